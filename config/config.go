@@ -1,0 +1,369 @@
+// Package config loads Herald's configuration: built-in defaults, then a YAML
+// file, then HERALD_* environment variables, then validation. Every problem is
+// reported as one line naming the key.
+package config
+
+import (
+	"fmt"
+	"net/mail"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+)
+
+// Config is the whole configuration. The yaml key names are part of Herald's
+// contract with operators: see herald.example.yaml.
+type Config struct {
+	ServerName    string     `yaml:"server_name"`
+	PublicBaseURL string     `yaml:"public_base_url"`
+	Listen        string     `yaml:"listen"`
+	DataDir       string     `yaml:"data_dir"`
+	Log           Log        `yaml:"log"`
+	TLS           TLS        `yaml:"tls"`
+	SMTP          SMTP       `yaml:"smtp"`
+	Email         Email      `yaml:"email"`
+	Federation    Federation `yaml:"federation"`
+	Terms         Terms      `yaml:"terms"`
+	Compat        Compat     `yaml:"compat"`
+	Lookup        Lookup     `yaml:"lookup"`
+	Invites       Invites    `yaml:"invites"`
+	Validation    Validation `yaml:"validation"`
+	Delivery      Delivery   `yaml:"delivery"`
+	Admin         Admin      `yaml:"admin"`
+}
+
+type Log struct {
+	Level  string `yaml:"level"`  // debug, info, warn, error
+	Format string `yaml:"format"` // text, json
+}
+
+type TLS struct {
+	CertFile   string `yaml:"cert_file"`
+	KeyFile    string `yaml:"key_file"`
+	SelfSigned bool   `yaml:"self_signed"`
+}
+
+// Enabled reports whether Herald serves TLS itself.
+func (t TLS) Enabled() bool { return t.SelfSigned || t.CertFile != "" }
+
+type SMTP struct {
+	Host     string   `yaml:"host"`
+	Port     int      `yaml:"port"`
+	Security string   `yaml:"security"` // none, starttls, tls
+	Username string   `yaml:"username"`
+	Password Secret   `yaml:"password"`
+	From     string   `yaml:"from"`
+	Timeout  Duration `yaml:"timeout"`
+	// InsecureSkipVerify accepts any certificate from the SMTP server (tests only).
+	InsecureSkipVerify bool `yaml:"insecure_skip_verify"`
+}
+
+type Email struct {
+	// TemplatesDir holds operator templates that replace the embedded ones.
+	TemplatesDir string `yaml:"templates_dir"`
+	// BrandName is shown in emails and pages.
+	BrandName string `yaml:"brand_name"`
+	// WebClientURL is the default web client for links in invite emails.
+	WebClientURL string `yaml:"web_client_url"`
+	// WebClientAllowlist lists origins an invite's org.matrix.web_client_location may use.
+	WebClientAllowlist []string `yaml:"web_client_allowlist"`
+}
+
+type Federation struct {
+	Servers               map[string]string `yaml:"servers"`
+	AllowPrivateAddresses bool              `yaml:"allow_private_addresses"`
+	InsecureSkipVerify    bool              `yaml:"insecure_skip_verify"`
+	Timeout               Duration          `yaml:"timeout"`
+}
+
+// Policy is one entry of the spec's terms policies object: a version plus, per
+// language, a name and url.
+type Policy struct {
+	Version   string                    `yaml:"version" json:"version"`
+	Languages map[string]PolicyLanguage `yaml:",inline" json:"-"`
+}
+
+type PolicyLanguage struct {
+	Name string `yaml:"name" json:"name"`
+	URL  string `yaml:"url" json:"url"`
+}
+
+type Terms struct {
+	Policies map[string]Policy `yaml:"policies"`
+}
+
+type Compat struct {
+	V1 bool `yaml:"v1"`
+	// V1StoreInviteAllow restricts the unauthenticated v1 store-invite to
+	// these client addresses (IPs or CIDRs). Empty allows any.
+	V1StoreInviteAllow []string `yaml:"v1_store_invite_allow"`
+}
+
+type Lookup struct {
+	// PepperRotation rotates the lookup pepper this often (0: never).
+	PepperRotation Duration `yaml:"pepper_rotation"`
+}
+
+type RateLimit struct {
+	// PerHour requests allowed per hour (0: unlimited); Burst allowed at once.
+	PerHour float64 `yaml:"per_hour"`
+	Burst   int     `yaml:"burst"`
+}
+
+type Invites struct {
+	Expiry    Duration `yaml:"expiry"`    // 0: never
+	Retention Duration `yaml:"retention"` // erase tokens/keys of finished invites after this
+	RateLimits struct {
+		Sender     RateLimit `yaml:"sender"`
+		Room       RateLimit `yaml:"room"`
+		Address    RateLimit `yaml:"address"`
+		Homeserver RateLimit `yaml:"homeserver"`
+	} `yaml:"rate_limits"`
+	Blocklist struct {
+		Rooms       []string `yaml:"rooms"`
+		Homeservers []string `yaml:"homeservers"`
+		Keywords    []string `yaml:"keywords"`
+	} `yaml:"blocklist"`
+	EmailDomains struct {
+		Allow []string `yaml:"allow"`
+		Deny  []string `yaml:"deny"`
+	} `yaml:"email_domains"`
+}
+
+type Validation struct {
+	SessionLifetime Duration `yaml:"session_lifetime"`
+}
+
+type Delivery struct {
+	// GiveUpAfter stops retrying an onbind delivery this long after it was queued.
+	GiveUpAfter Duration `yaml:"give_up_after"`
+	MaxBackoff  Duration `yaml:"max_backoff"`
+}
+
+type AdminUser struct {
+	Username     string `yaml:"username"`
+	PasswordHash Secret `yaml:"password_hash"`
+}
+
+type Admin struct {
+	Enabled bool   `yaml:"enabled"`
+	Listen  string `yaml:"listen"` // separate address for /admin; empty: same listener
+	Users   []AdminUser `yaml:"users"`
+	// APITokens are bearer tokens for the JSON admin API.
+	APITokens []Secret `yaml:"api_tokens"`
+	// SessionLifetime is how long a console login lasts.
+	SessionLifetime Duration `yaml:"session_lifetime"`
+}
+
+// Secret is a string that never prints.
+type Secret string
+
+func (s Secret) String() string {
+	if s == "" {
+		return ""
+	}
+	return "********"
+}
+
+// GoString masks %#v too.
+func (s Secret) GoString() string { return s.String() }
+
+// Default is the configuration of `go run ./cmd/herald` on a fresh clone.
+func Default() Config {
+	var c Config
+	c.ServerName = "localhost:8090"
+	c.Listen = "127.0.0.1:8090"
+	c.DataDir = "herald-data"
+	c.Log = Log{Level: "info", Format: "text"}
+	c.SMTP.Security = "starttls"
+	c.SMTP.From = "Herald <herald@localhost>"
+	c.SMTP.Timeout = Duration(10 * time.Second)
+	c.Email.BrandName = "Herald"
+	c.Email.WebClientURL = "https://app.element.io"
+	c.Federation.Timeout = Duration(10 * time.Second)
+	c.Lookup.PepperRotation = Duration(30 * 24 * time.Hour)
+	c.Invites.Expiry = Duration(7 * 24 * time.Hour)
+	c.Invites.Retention = Duration(30 * 24 * time.Hour)
+	c.Invites.RateLimits.Sender = RateLimit{PerHour: 100, Burst: 20}
+	c.Invites.RateLimits.Room = RateLimit{PerHour: 200, Burst: 50}
+	c.Invites.RateLimits.Address = RateLimit{PerHour: 10, Burst: 5}
+	c.Invites.RateLimits.Homeserver = RateLimit{PerHour: 2000, Burst: 200}
+	c.Validation.SessionLifetime = Duration(24 * time.Hour)
+	c.Delivery.GiveUpAfter = Duration(7 * 24 * time.Hour)
+	c.Delivery.MaxBackoff = Duration(time.Hour)
+	c.Admin.Enabled = true
+	c.Admin.SessionLifetime = Duration(12 * time.Hour)
+	return c
+}
+
+// BaseURL is public_base_url, or one derived from listen and TLS.
+func (c *Config) BaseURL() string {
+	if c.PublicBaseURL != "" {
+		return strings.TrimRight(c.PublicBaseURL, "/")
+	}
+	scheme := "http"
+	if c.TLS.Enabled() {
+		scheme = "https"
+	}
+	host := c.Listen
+	if strings.HasPrefix(host, ":") {
+		host = "localhost" + host
+	}
+	return scheme + "://" + host
+}
+
+// SMTPPort is smtp.port or the default for smtp.security.
+func (c *Config) SMTPPort() int {
+	if c.SMTP.Port != 0 {
+		return c.SMTP.Port
+	}
+	switch c.SMTP.Security {
+	case "tls":
+		return 465
+	case "none":
+		return 25
+	}
+	return 587
+}
+
+// Validate checks everything that can be checked before start-up.
+func (c *Config) Validate() error {
+	if c.ServerName == "" {
+		return keyErr("server_name", "must not be empty")
+	}
+	if strings.ContainsAny(c.ServerName, "/ @") {
+		return keyErr("server_name", "must be a host name with an optional port, e.g. id.example.org")
+	}
+	if c.PublicBaseURL != "" {
+		if err := checkHTTPURL(c.PublicBaseURL); err != nil {
+			return keyErr("public_base_url", err.Error())
+		}
+	}
+	if c.Listen == "" {
+		return keyErr("listen", "must not be empty")
+	}
+	if c.DataDir == "" {
+		return keyErr("data_dir", "must not be empty")
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		return keyErr("log.level", fmt.Sprintf("must be debug, info, warn or error (got %q)", c.Log.Level))
+	}
+	switch c.Log.Format {
+	case "text", "json":
+	default:
+		return keyErr("log.format", fmt.Sprintf("must be text or json (got %q)", c.Log.Format))
+	}
+	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
+		if c.TLS.CertFile == "" {
+			return keyErr("tls.cert_file", "must be set when tls.key_file is")
+		}
+		return keyErr("tls.key_file", "must be set when tls.cert_file is")
+	}
+	if c.TLS.SelfSigned && c.TLS.CertFile != "" {
+		return keyErr("tls.self_signed", "cannot be combined with tls.cert_file")
+	}
+	for _, f := range []struct{ key, path string }{{"tls.cert_file", c.TLS.CertFile}, {"tls.key_file", c.TLS.KeyFile}} {
+		if f.path == "" {
+			continue
+		}
+		if _, err := os.Stat(f.path); err != nil {
+			return keyErr(f.key, fmt.Sprintf("cannot read %s: %v", f.path, unwrapPathErr(err)))
+		}
+	}
+	switch c.SMTP.Security {
+	case "none", "starttls", "tls":
+	default:
+		return keyErr("smtp.security", fmt.Sprintf("must be none, starttls or tls (got %q)", c.SMTP.Security))
+	}
+	if c.SMTP.Port < 0 || c.SMTP.Port > 65535 {
+		return keyErr("smtp.port", fmt.Sprintf("must be between 1 and 65535 (got %d)", c.SMTP.Port))
+	}
+	if c.SMTP.From == "" {
+		return keyErr("smtp.from", "must not be empty")
+	}
+	if _, err := mail.ParseAddress(c.SMTP.From); err != nil {
+		return keyErr("smtp.from", fmt.Sprintf("is not an email address: %v", err))
+	}
+	if (c.SMTP.Username == "") != (c.SMTP.Password == "") {
+		return keyErr("smtp.password", "smtp.username and smtp.password must be set together")
+	}
+	if c.Email.WebClientURL != "" {
+		if err := checkHTTPURL(c.Email.WebClientURL); err != nil {
+			return keyErr("email.web_client_url", err.Error())
+		}
+	}
+	for i, o := range c.Email.WebClientAllowlist {
+		if err := checkHTTPURL(o); err != nil {
+			return keyErr(fmt.Sprintf("email.web_client_allowlist[%d]", i), err.Error())
+		}
+	}
+	if c.Email.TemplatesDir != "" {
+		if st, err := os.Stat(c.Email.TemplatesDir); err != nil || !st.IsDir() {
+			return keyErr("email.templates_dir", fmt.Sprintf("%s is not a readable directory", c.Email.TemplatesDir))
+		}
+	}
+	for name, u := range c.Federation.Servers {
+		if err := checkHTTPURL(u); err != nil {
+			return keyErr("federation.servers."+name, err.Error())
+		}
+	}
+	for id, p := range c.Terms.Policies {
+		if p.Version == "" {
+			return keyErr("terms.policies."+id+".version", "must not be empty")
+		}
+		if len(p.Languages) == 0 {
+			return keyErr("terms.policies."+id, "needs at least one language with name and url")
+		}
+		for lang, l := range p.Languages {
+			if l.Name == "" {
+				return keyErr("terms.policies."+id+"."+lang+".name", "must not be empty")
+			}
+			if err := checkHTTPURL(l.URL); err != nil {
+				return keyErr("terms.policies."+id+"."+lang+".url", err.Error())
+			}
+		}
+	}
+	for i, a := range c.Admin.Users {
+		if a.Username == "" {
+			return keyErr(fmt.Sprintf("admin.users[%d].username", i), "must not be empty")
+		}
+		if a.PasswordHash == "" {
+			return keyErr(fmt.Sprintf("admin.users[%d].password_hash", i), "must not be empty (make one with `herald admin hash-password`)")
+		}
+	}
+	return nil
+}
+
+func checkHTTPURL(s string) error {
+	u, err := url.Parse(s)
+	if err != nil {
+		return fmt.Errorf("is not a URL: %v", err)
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return fmt.Errorf("must be an http or https URL (got %q)", s)
+	}
+	if u.Host == "" {
+		return fmt.Errorf("has no host (got %q)", s)
+	}
+	return nil
+}
+
+func unwrapPathErr(err error) error {
+	if pe, ok := err.(*os.PathError); ok {
+		return pe.Err
+	}
+	return err
+}
+
+// KeyError is a configuration problem with one key.
+type KeyError struct {
+	Key string
+	Msg string
+}
+
+func (e *KeyError) Error() string { return "config: " + e.Key + ": " + e.Msg }
+
+func keyErr(key, msg string) error { return &KeyError{Key: key, Msg: msg} }

@@ -1,0 +1,248 @@
+// Package federation makes Herald's outbound calls to homeservers: OpenID
+// userinfo checks, onbind deliveries and server key fetches. It finds servers
+// by the server-server discovery rules (mautrix's resolver: well-known, SRV,
+// port 8448) unless federation.servers overrides a name, and refuses private,
+// loopback and link-local addresses unless told otherwise.
+package federation
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	mfed "maunium.net/go/mautrix/federation"
+)
+
+// Options configures a Client.
+type Options struct {
+	// Servers maps server names to base URLs, bypassing discovery.
+	Servers               map[string]string
+	AllowPrivateAddresses bool
+	InsecureSkipVerify    bool
+	Timeout               time.Duration
+	// UserAgent is sent on every request.
+	UserAgent string
+}
+
+// Client talks to homeservers.
+type Client struct {
+	opts   Options
+	http   *http.Client // for resolved federation endpoints (custom TLS name)
+	plain  *http.Client // for well-known lookups and overridden base URLs
+	cacheMu sync.Mutex
+	cache  map[string]cached
+}
+
+type cached struct {
+	base    *url.URL
+	host    string
+	expires time.Time
+}
+
+// ErrForbiddenAddress means a server resolved to an address Herald may not call.
+var ErrForbiddenAddress = errors.New("address not allowed (private, loopback or link-local)")
+
+// New builds a Client.
+func New(opts Options) *Client {
+	if opts.Timeout == 0 {
+		opts.Timeout = 10 * time.Second
+	}
+	if opts.UserAgent == "" {
+		opts.UserAgent = "Herald"
+	}
+	c := &Client{opts: opts, cache: map[string]cached{}}
+	dialer := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
+	if !opts.AllowPrivateAddresses {
+		dialer.Control = refusePrivate
+	}
+	newTransport := func() *http.Transport {
+		return &http.Transport{
+			DialContext:           dialer.DialContext,
+			TLSClientConfig:       &tls.Config{InsecureSkipVerify: opts.InsecureSkipVerify, MinVersion: tls.VersionTLS12},
+			TLSHandshakeTimeout:   5 * time.Second,
+			ResponseHeaderTimeout: opts.Timeout,
+			MaxIdleConnsPerHost:   4,
+			IdleConnTimeout:       60 * time.Second,
+			ForceAttemptHTTP2:     true,
+		}
+	}
+	noRedirects := func(req *http.Request, via []*http.Request) error { return http.ErrUseLastResponse }
+	c.http = &http.Client{Transport: newTransport(), Timeout: opts.Timeout, CheckRedirect: noRedirects}
+	// Well-known may redirect; the dialer's check applies to every hop.
+	c.plain = &http.Client{Transport: newTransport(), Timeout: opts.Timeout, CheckRedirect: func(req *http.Request, via []*http.Request) error {
+		if len(via) >= 5 {
+			return errors.New("too many redirects")
+		}
+		return nil
+	}}
+	return c
+}
+
+// refusePrivate runs on every connection after DNS resolution, so a name
+// that resolves to a private address is refused too.
+func refusePrivate(network, address string, _ syscall.RawConn) error {
+	host, _, err := net.SplitHostPort(address)
+	if err != nil {
+		return err
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		return err
+	}
+	if Forbidden(ip) {
+		return fmt.Errorf("%w: %s", ErrForbiddenAddress, ip)
+	}
+	return nil
+}
+
+var forbiddenPrefixes = func() []netip.Prefix {
+	var out []netip.Prefix
+	for _, s := range []string{
+		"0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
+		"192.0.0.0/24", "192.0.2.0/24", "192.88.99.0/24", "192.168.0.0/16", "198.18.0.0/15", "198.51.100.0/24",
+		"203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4", "255.255.255.255/32",
+		"::/128", "::1/128", "64:ff9b::/96", "100::/64", "2001::/32", "2001:db8::/32", "fc00::/7", "fe80::/10", "ff00::/8",
+	} {
+		out = append(out, netip.MustParsePrefix(s))
+	}
+	return out
+}()
+
+// Forbidden reports whether ip is private, loopback, link-local, CGNAT,
+// multicast, documentation or otherwise special, including the IPv4-mapped and
+// 6to4 forms of such IPv4 addresses.
+func Forbidden(ip netip.Addr) bool {
+	ip = ip.Unmap()
+	if ip.Is6() {
+		b := ip.As16()
+		if b[0] == 0x20 && b[1] == 0x02 { // 6to4: 2002:AABB:CCDD::/48 embeds an IPv4 address
+			if Forbidden(netip.AddrFrom4([4]byte{b[2], b[3], b[4], b[5]})) {
+				return true
+			}
+		}
+	}
+	for _, p := range forbiddenPrefixes {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+// endpoint finds the base URL and Host header for a server name.
+func (c *Client) endpoint(ctx context.Context, server string) (*url.URL, string, error) {
+	if base, ok := c.opts.Servers[server]; ok {
+		u, err := url.Parse(strings.TrimRight(base, "/"))
+		if err != nil {
+			return nil, "", err
+		}
+		return u, u.Host, nil
+	}
+	c.cacheMu.Lock()
+	e, ok := c.cache[server]
+	c.cacheMu.Unlock()
+	if ok && time.Now().Before(e.expires) {
+		return e.base, e.host, nil
+	}
+	res, err := mfed.ResolveServerName(ctx, server, &mfed.ResolveServerNameOpts{HTTPClient: c.plain})
+	if err != nil {
+		return nil, "", fmt.Errorf("resolve %s: %w", server, err)
+	}
+	if len(res.IPPort) == 0 {
+		return nil, "", fmt.Errorf("resolve %s: no addresses", server)
+	}
+	base := &url.URL{Scheme: "https", Host: res.IPPort[0]}
+	host := res.HostHeader
+	expires := res.Expires
+	if max := time.Now().Add(48 * time.Hour); expires.After(max) {
+		expires = max
+	}
+	c.cacheMu.Lock()
+	c.cache[server] = cached{base: base, host: host, expires: expires}
+	c.cacheMu.Unlock()
+	return base, host, nil
+}
+
+// Do sends method path?query to server with an optional body and returns the
+// response with its body read (at most limit bytes).
+func (c *Client) Do(ctx context.Context, server, method, path string, query url.Values, header http.Header, body []byte, limit int64) (*Response, error) {
+	base, host, err := c.endpoint(ctx, server)
+	if err != nil {
+		return nil, err
+	}
+	u := *base
+	u.Path = strings.TrimRight(base.Path, "/") + path
+	u.RawQuery = query.Encode()
+	var rd io.Reader
+	if body != nil {
+		rd = strings.NewReader(string(body))
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u.String(), rd)
+	if err != nil {
+		return nil, err
+	}
+	for k, v := range header {
+		req.Header[k] = v
+	}
+	req.Host = host
+	req.Header.Set("User-Agent", c.opts.UserAgent)
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	client := c.http
+	if _, overridden := c.opts.Servers[server]; !overridden && host != "" {
+		// Verify the certificate against the delegated server name, not the IP.
+		client = c.withServerName(hostOnly(host))
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(data)) > limit {
+		return nil, fmt.Errorf("response from %s larger than %d bytes", server, limit)
+	}
+	return &Response{Status: resp.StatusCode, Header: resp.Header, Body: data}, nil
+}
+
+// Response is a homeserver's answer.
+type Response struct {
+	Status int
+	Header http.Header
+	Body   []byte
+}
+
+func hostOnly(hostport string) string {
+	if h, _, err := net.SplitHostPort(hostport); err == nil {
+		return h
+	}
+	return hostport
+}
+
+var tlsClients sync.Map // server name -> *http.Client
+
+func (c *Client) withServerName(name string) *http.Client {
+	key := fmt.Sprintf("%p/%s", c, name)
+	if v, ok := tlsClients.Load(key); ok {
+		return v.(*http.Client)
+	}
+	base := c.http.Transport.(*http.Transport).Clone()
+	base.TLSClientConfig.ServerName = name
+	hc := &http.Client{Transport: base, Timeout: c.http.Timeout, CheckRedirect: c.http.CheckRedirect}
+	v, _ := tlsClients.LoadOrStore(key, hc)
+	return v.(*http.Client)
+}

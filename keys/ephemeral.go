@@ -1,0 +1,89 @@
+package keys
+
+import (
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/json"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+var ephemeralBucket = []byte("keys_ephemeral")
+
+// Ephemeral keeps the public halves of per-invite ephemeral keys and whether
+// each is still valid. Private halves belong to the invite (they travel in its
+// email link), never here.
+type Ephemeral struct{ db *bolt.DB }
+
+type ephemeralRecord struct {
+	Valid bool   `json:"valid"`
+	Ref   string `json:"ref,omitempty"` // what owns the key, e.g. an invite id
+}
+
+// OpenEphemeral creates the bucket.
+func OpenEphemeral(db *bolt.DB) (*Ephemeral, error) {
+	err := db.Update(func(tx *bolt.Tx) error {
+		_, err := tx.CreateBucketIfNotExists(ephemeralBucket)
+		return err
+	})
+	return &Ephemeral{db: db}, err
+}
+
+// NewEphemeralKey generates a fresh ed25519 key pair.
+func NewEphemeralKey() (ed25519.PublicKey, ed25519.PrivateKey) {
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		panic(err) // crypto/rand does not fail
+	}
+	return pub, priv
+}
+
+// Put records pub (unpadded base64) as valid, inside the caller's transaction.
+func (e *Ephemeral) Put(tx *bolt.Tx, pub, ref string) error {
+	raw, _ := json.Marshal(ephemeralRecord{Valid: true, Ref: ref})
+	return tx.Bucket(ephemeralBucket).Put([]byte(pub), raw)
+}
+
+// Invalidate marks pub as no longer valid, inside the caller's transaction.
+func (e *Ephemeral) Invalidate(tx *bolt.Tx, pub string) error {
+	b := tx.Bucket(ephemeralBucket)
+	raw := b.Get([]byte(pub))
+	if raw == nil {
+		return nil
+	}
+	var r ephemeralRecord
+	if err := json.Unmarshal(raw, &r); err != nil {
+		return err
+	}
+	r.Valid = false
+	raw, _ = json.Marshal(r)
+	return b.Put([]byte(pub), raw)
+}
+
+// Delete forgets pub entirely (data erasure).
+func (e *Ephemeral) Delete(tx *bolt.Tx, pub string) error {
+	return tx.Bucket(ephemeralBucket).Delete([]byte(pub))
+}
+
+// IsValid reports whether pub is a known, still valid ephemeral key. It only reads.
+func (e *Ephemeral) IsValid(pub string) (bool, error) {
+	var valid bool
+	err := e.db.View(func(tx *bolt.Tx) error {
+		raw := tx.Bucket(ephemeralBucket).Get([]byte(pub))
+		if raw == nil {
+			if b, err := DecodeBase64(pub); err == nil && EncodeBase64(b) != pub {
+				raw = tx.Bucket(ephemeralBucket).Get([]byte(EncodeBase64(b)))
+			}
+		}
+		if raw == nil {
+			return nil
+		}
+		var r ephemeralRecord
+		if err := json.Unmarshal(raw, &r); err != nil {
+			return err
+		}
+		valid = r.Valid
+		return nil
+	})
+	return valid, err
+}

@@ -1,0 +1,53 @@
+package matrix
+
+import (
+	"errors"
+	"log/slog"
+	"net/http"
+
+	"github.com/labstack/echo/v4"
+)
+
+// ErrorHandler turns every error a handler returns into a Matrix error body.
+// Internal errors are logged and shown only as "Internal server error".
+func ErrorHandler(log *slog.Logger) echo.HTTPErrorHandler {
+	return func(err error, c echo.Context) {
+		if c.Response().Committed {
+			return
+		}
+		me := toMatrix(err)
+		if me.Status >= 500 && me.Code == "M_UNKNOWN" {
+			log.Error("request failed", "method", c.Request().Method, "path", c.Path(), "err", err)
+		}
+		if c.Request().Method == http.MethodHead {
+			_ = c.NoContent(me.Status)
+			return
+		}
+		_ = c.JSON(me.Status, me.Body())
+	}
+}
+
+func toMatrix(err error) *Error {
+	if me, ok := AsError(err); ok {
+		return me
+	}
+	var he *echo.HTTPError
+	if errors.As(err, &he) {
+		switch he.Code {
+		case http.StatusNotFound:
+			return NotFoundRoute()
+		case http.StatusMethodNotAllowed:
+			return MethodNotAllowed()
+		case http.StatusRequestEntityTooLarge:
+			return TooLarge("Request body too large")
+		case http.StatusTooManyRequests:
+			return LimitExceeded(1000)
+		case http.StatusUnauthorized:
+			return Unauthorized("Unauthorized")
+		}
+		if he.Code < 500 {
+			return &Error{Status: he.Code, Code: "M_UNKNOWN", Message: http.StatusText(he.Code)}
+		}
+	}
+	return &Error{Status: http.StatusInternalServerError, Code: "M_UNKNOWN", Message: "Internal server error"}
+}

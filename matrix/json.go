@@ -1,0 +1,93 @@
+package matrix
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+
+	"github.com/labstack/echo/v4"
+)
+
+// MaxBodyBytes caps every request body (sydent uses 512 KiB too).
+const MaxBodyBytes = 512 << 10
+
+// DecodeJSON reads the request body as one JSON object into v.
+//
+// Unlike echo's Bind it needs no Content-Type (the spec lets clients omit it),
+// refuses an empty body, and tells malformed JSON (M_NOT_JSON) apart from JSON
+// of the wrong shape (M_BAD_JSON). Required keys are the caller's business:
+// see Require.
+func DecodeJSON(c echo.Context, v any) error {
+	body, err := ReadBody(c)
+	if err != nil {
+		return err
+	}
+	return DecodeJSONBytes(body, v)
+}
+
+// ReadBody reads the whole (size-capped) request body.
+func ReadBody(c echo.Context) ([]byte, error) {
+	r := http.MaxBytesReader(c.Response(), c.Request().Body, MaxBodyBytes)
+	body, err := io.ReadAll(r)
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return nil, TooLarge("Request body too large")
+		}
+		return nil, NotJSON("Could not read request body")
+	}
+	return body, nil
+}
+
+// DecodeJSONBytes decodes body (which must be one JSON object) into v.
+func DecodeJSONBytes(body []byte, v any) error {
+	trimmed := bytes.TrimSpace(body)
+	if len(trimmed) == 0 {
+		return NotJSON("Request body is empty; expected a JSON object")
+	}
+	if !json.Valid(trimmed) {
+		return NotJSON("Request body is not valid JSON")
+	}
+	if trimmed[0] != '{' {
+		return BadJSON("Request body must be a JSON object")
+	}
+	if err := json.Unmarshal(trimmed, v); err != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) && te.Field != "" {
+			return BadJSON("Wrong type for %q", te.Field)
+		}
+		return BadJSON("Request body has the wrong shape")
+	}
+	return nil
+}
+
+// Require answers M_MISSING_PARAMS naming the first key whose value is empty.
+// pairs alternate key name and value.
+func Require(pairs ...string) error {
+	var missing []string
+	for i := 0; i+1 < len(pairs); i += 2 {
+		if pairs[i+1] == "" {
+			missing = append(missing, pairs[i])
+		}
+	}
+	if len(missing) > 0 {
+		return MissingParams("Missing parameters: %s", joinComma(missing))
+	}
+	return nil
+}
+
+func joinComma(s []string) string {
+	var b bytes.Buffer
+	for i, x := range s {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString(x)
+	}
+	return b.String()
+}
+
+// JSON writes v with status 200.
+func JSON(c echo.Context, v any) error { return c.JSON(http.StatusOK, v) }

@@ -1,0 +1,113 @@
+// Package store opens Herald's single bbolt file and records its schema version.
+// Feature packages own their buckets and create them when they are constructed.
+package store
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// SchemaVersion is the layout version this build writes. Open refuses a file
+// written by a newer Herald, and is where migrations from older ones go.
+const SchemaVersion = 1
+
+// FileName is the bbolt file inside data_dir.
+const FileName = "herald.db"
+
+var metaBucket = []byte("meta")
+
+// ErrLocked means another process holds the database.
+var ErrLocked = errors.New("the database is in use by another Herald process")
+
+// Open opens (creating if needed) data_dir/herald.db, waiting at most timeout
+// for the file lock.
+func Open(dataDir string, timeout time.Duration) (*bolt.DB, error) {
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create data_dir: %w", err)
+	}
+	path := filepath.Join(dataDir, FileName)
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: timeout})
+	if err != nil {
+		if errors.Is(err, bolt.ErrTimeout) {
+			return nil, fmt.Errorf("%s: %w", path, ErrLocked)
+		}
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	if err := db.Update(migrate); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return db, nil
+}
+
+func migrate(tx *bolt.Tx) error {
+	b, err := tx.CreateBucketIfNotExists(metaBucket)
+	if err != nil {
+		return err
+	}
+	v := b.Get([]byte("schema_version"))
+	switch {
+	case v == nil:
+		return b.Put([]byte("schema_version"), U64(SchemaVersion))
+	case binary.BigEndian.Uint64(v) > SchemaVersion:
+		return fmt.Errorf("database schema version %d is newer than this Herald understands (%d)", binary.BigEndian.Uint64(v), SchemaVersion)
+	}
+	// Migrations from older versions go here.
+	return nil
+}
+
+// Version reads the recorded schema version.
+func Version(db *bolt.DB) (uint64, error) {
+	var v uint64
+	err := db.View(func(tx *bolt.Tx) error {
+		raw := tx.Bucket(metaBucket).Get([]byte("schema_version"))
+		if raw == nil {
+			return errors.New("no schema version recorded")
+		}
+		v = binary.BigEndian.Uint64(raw)
+		return nil
+	})
+	return v, err
+}
+
+// Buckets creates the named buckets (nested paths not supported) in one update.
+func Buckets(db *bolt.DB, names ...[]byte) error {
+	return db.Update(func(tx *bolt.Tx) error {
+		for _, n := range names {
+			if _, err := tx.CreateBucketIfNotExists(n); err != nil {
+				return fmt.Errorf("create bucket %s: %w", n, err)
+			}
+		}
+		return nil
+	})
+}
+
+// U64 encodes v big-endian, so keys sort numerically under a cursor.
+func U64(v uint64) []byte {
+	b := make([]byte, 8)
+	binary.BigEndian.PutUint64(b, v)
+	return b
+}
+
+// TimeKey encodes t as fixed-width big-endian unix nanoseconds followed by suffix.
+func TimeKey(t time.Time, suffix []byte) []byte {
+	b := make([]byte, 8, 8+len(suffix))
+	binary.BigEndian.PutUint64(b, uint64(t.UnixNano()))
+	return append(b, suffix...)
+}
+
+// Copy returns a copy of b (bbolt's slices are valid only inside the transaction).
+func Copy(b []byte) []byte {
+	if b == nil {
+		return nil
+	}
+	c := make([]byte, len(b))
+	copy(c, b)
+	return c
+}
