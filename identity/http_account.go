@@ -1,0 +1,140 @@
+package identity
+
+import (
+	"errors"
+	"net/http"
+	"strings"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/herald-im/herald/federation"
+	"github.com/herald-im/herald/matrix"
+)
+
+const accountKey = "herald.account"
+
+// AccountFrom returns the account that the Auth middleware put on c.
+func AccountFrom(c echo.Context) *Account {
+	a, _ := c.Get(accountKey).(*Account)
+	return a
+}
+
+// TokenFrom returns the request's access token: Authorization: Bearer, or
+// the access_token query parameter (which Synapse still sends).
+func TokenFrom(c echo.Context) string {
+	if h := c.Request().Header.Get("Authorization"); h != "" {
+		if scheme, tok, ok := strings.Cut(h, " "); ok && strings.EqualFold(scheme, "Bearer") {
+			return strings.TrimSpace(tok)
+		}
+	}
+	return c.QueryParam("access_token")
+}
+
+// Auth requires a valid access token. With gated, an account that has not
+// accepted every current terms policy gets 403 M_TERMS_NOT_SIGNED.
+func (s *Service) Auth(gated bool) echo.MiddlewareFunc {
+	return func(next echo.HandlerFunc) echo.HandlerFunc {
+		return func(c echo.Context) error {
+			tok := TokenFrom(c)
+			if tok == "" {
+				return matrix.Unauthorized("Missing access token")
+			}
+			a, err := s.AccountByToken(tok)
+			if errors.Is(err, ErrUnknownToken) {
+				return matrix.Unauthorized("Unrecognised access token")
+			} else if err != nil {
+				return err
+			}
+			if gated {
+				ok, err := s.HasAcceptedTerms(a.UserID)
+				if err != nil {
+					return err
+				}
+				if !ok {
+					return matrix.TermsNotSigned("Terms of service have not been accepted")
+				}
+			}
+			c.Set(accountKey, a)
+			return next(c)
+		}
+	}
+}
+
+// Register serves POST /account/register: it checks the OpenID token at the
+// homeserver named by matrix_server_name and issues an access token.
+func (s *Service) Register(c echo.Context) error {
+	var req struct {
+		AccessToken      string `json:"access_token"`
+		TokenType        string `json:"token_type"`
+		MatrixServerName string `json:"matrix_server_name"`
+		ExpiresIn        any    `json:"expires_in"`
+	}
+	if err := matrix.DecodeJSON(c, &req); err != nil {
+		return err
+	}
+	if err := matrix.Require("access_token", req.AccessToken, "token_type", req.TokenType, "matrix_server_name", req.MatrixServerName); err != nil {
+		return err
+	}
+	if req.TokenType != "Bearer" {
+		return matrix.InvalidParam("token_type must be Bearer")
+	}
+	if strings.ContainsAny(req.MatrixServerName, "/@?#") {
+		return matrix.InvalidParam("matrix_server_name is not a server name")
+	}
+	userID, err := s.opts.UserInfo.UserInfo(c.Request().Context(), req.MatrixServerName, req.AccessToken)
+	if err != nil {
+		s.opts.Log.Warn("account registration refused", "server", req.MatrixServerName, "err", err)
+		if errors.Is(err, federation.ErrOpenIDRejected) {
+			return matrix.Unauthorized("The homeserver did not accept the OpenID token")
+		}
+		return matrix.Unauthorized("Could not verify the OpenID token with the homeserver")
+	}
+	token, err := s.CreateAccount(userID)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, map[string]string{"token": token, "access_token": token})
+}
+
+// GetAccount serves GET /account.
+func (s *Service) GetAccount(c echo.Context) error {
+	return c.JSON(http.StatusOK, map[string]string{"user_id": AccountFrom(c).UserID})
+}
+
+// Logout serves POST /account/logout.
+func (s *Service) Logout(c echo.Context) error {
+	if err := s.DeleteToken(TokenFrom(c)); err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, struct{}{})
+}
+
+// GetTerms serves GET /terms.
+func (s *Service) GetTerms(c echo.Context) error {
+	policies := map[string]map[string]any{}
+	for id, p := range s.opts.Terms.Policies {
+		m := map[string]any{"version": p.Version}
+		for lang, l := range p.Languages {
+			m[lang] = map[string]string{"name": l.Name, "url": l.URL}
+		}
+		policies[id] = m
+	}
+	return c.JSON(http.StatusOK, map[string]any{"policies": policies})
+}
+
+// PostTerms serves POST /terms.
+func (s *Service) PostTerms(c echo.Context) error {
+	var req struct {
+		UserAccepts []string `json:"user_accepts"`
+	}
+	if err := matrix.DecodeJSON(c, &req); err != nil {
+		return err
+	}
+	if req.UserAccepts == nil {
+		return matrix.MissingParams("Missing parameter: user_accepts")
+	}
+	if err := s.AcceptTerms(AccountFrom(c).UserID, req.UserAccepts); err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, struct{}{})
+}
