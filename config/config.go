@@ -112,8 +112,8 @@ type RateLimit struct {
 }
 
 type Invites struct {
-	Expiry    Duration `yaml:"expiry"`    // 0: never
-	Retention Duration `yaml:"retention"` // erase tokens/keys of finished invites after this
+	Expiry     Duration `yaml:"expiry"`    // 0: never
+	Retention  Duration `yaml:"retention"` // erase tokens/keys of finished invites after this
 	RateLimits struct {
 		Sender     RateLimit `yaml:"sender"`
 		Room       RateLimit `yaml:"room"`
@@ -147,8 +147,8 @@ type AdminUser struct {
 }
 
 type Admin struct {
-	Enabled bool   `yaml:"enabled"`
-	Listen  string `yaml:"listen"` // separate address for /admin; empty: same listener
+	Enabled bool        `yaml:"enabled"`
+	Listen  string      `yaml:"listen"` // separate address for /admin; empty: same listener
 	Users   []AdminUser `yaml:"users"`
 	// APITokens are bearer tokens for the JSON admin API.
 	APITokens []Secret `yaml:"api_tokens"`

@@ -36,11 +36,11 @@ type Options struct {
 
 // Client talks to homeservers.
 type Client struct {
-	opts   Options
-	http   *http.Client // for resolved federation endpoints (custom TLS name)
-	plain  *http.Client // for well-known lookups and overridden base URLs
+	opts    Options
+	http    *http.Client // for resolved federation endpoints (custom TLS name)
+	plain   *http.Client // for well-known lookups and overridden base URLs
 	cacheMu sync.Mutex
-	cache  map[string]cached
+	cache   map[string]cached
 }
 
 type cached struct {

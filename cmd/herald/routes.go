@@ -12,7 +12,7 @@ import (
 func (a *app) routes(e *echo.Echo) {
 	id, inv := a.identity, a.invites
 	pk := &keys.Handler{Ring: a.ring, Ephemeral: a.ephemeral}
-	auth := id.Auth(false)  // a valid access token
+	auth := id.Auth(false) // a valid access token
 	gated := id.Auth(true) // ... that has accepted the current terms
 
 	e.GET("/_matrix/identity/versions", versions)
