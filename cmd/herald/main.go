@@ -12,6 +12,7 @@ import (
 	"syscall"
 
 	"github.com/herald-im/herald/config"
+	"github.com/herald-im/herald/internal/server"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -49,12 +50,12 @@ func run(ctx context.Context, args, environ []string, stdout, stderr io.Writer) 
 	log := newLogger(cfg, stderr)
 	switch cmd {
 	case "serve":
-		a, err := newApp(cfg, log, appOptions{})
+		a, err := server.New(cfg, log, server.Options{Version: version})
 		if err != nil {
 			return err
 		}
 		defer a.Close()
-		return a.run(ctx)
+		return a.Run(ctx)
 	default:
 		return fmt.Errorf("unknown command %q (want serve, version, keys, invites or admin)", cmd)
 	}

@@ -13,6 +13,7 @@ import (
 	"io"
 	"mime"
 	"net/http"
+	"sort"
 	"strconv"
 	"strings"
 	"testing"
@@ -236,16 +237,8 @@ func (op *operation) codes() []string {
 	for k := range op.responses {
 		out = append(out, k)
 	}
-	sortStrings(out)
+	sort.Strings(out)
 	return out
-}
-
-func sortStrings(s []string) {
-	for i := 1; i < len(s); i++ {
-		for j := i; j > 0 && s[j] < s[j-1]; j-- {
-			s[j], s[j-1] = s[j-1], s[j]
-		}
-	}
 }
 
 // jsonBody says whether the body is to be treated as JSON, and whether the
@@ -301,8 +294,6 @@ func leaves(e *jsonschema.ValidationError, out *[]string) {
 		msg = fmt.Sprintf("value does not match pattern %q", k.Want)
 	case *kind.Format:
 		msg = fmt.Sprintf("value is not a valid %s", k.Want)
-	case *kind.Enum, *kind.Const:
-		msg = "value is not one of the allowed values: " + e.ErrorKind.LocalizedString(printer)
 	default:
 		msg = e.ErrorKind.LocalizedString(printer)
 	}

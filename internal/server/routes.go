@@ -1,4 +1,4 @@
-package main
+package server
 
 import (
 	"net/http"
@@ -9,7 +9,7 @@ import (
 )
 
 // routes lists Herald's whole public API surface in one place.
-func (a *app) routes(e *echo.Echo) {
+func (a *App) routes(e *echo.Echo) {
 	id, inv := a.identity, a.invites
 	pk := &keys.Handler{Ring: a.ring, Ephemeral: a.ephemeral}
 	auth := id.Auth(false) // a valid access token

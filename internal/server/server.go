@@ -1,4 +1,6 @@
-package main
+// Package server wires Herald's feature packages into one running server. It
+// is what cmd/herald runs, and what tests start in-process.
+package server
 
 import (
 	"context"
@@ -22,8 +24,8 @@ import (
 	"github.com/herald-im/herald/store"
 )
 
-// app is one running Herald: every service wired together.
-type app struct {
+// App is one running Herald: every service wired together.
+type App struct {
 	cfg *config.Config
 	log *slog.Logger
 	db  *bolt.DB
@@ -34,17 +36,22 @@ type app struct {
 	identity  *identity.Service
 	invites   *invites.Service
 
-	now func() time.Time
+	now     func() time.Time
+	version string
 }
 
-// appOptions are test seams.
-type appOptions struct {
-	Now func() time.Time
+// Options are test seams and build facts.
+type Options struct {
+	Now     func() time.Time
+	Version string
 }
 
-// newApp opens storage and wires every service. Close releases it.
-func newApp(cfg *config.Config, log *slog.Logger, opts appOptions) (_ *app, err error) {
-	a := &app{cfg: cfg, log: log, now: opts.Now}
+// New opens storage and wires every service. Close releases it.
+func New(cfg *config.Config, log *slog.Logger, opts Options) (_ *App, err error) {
+	if opts.Version == "" {
+		opts.Version = "dev"
+	}
+	a := &App{cfg: cfg, log: log, now: opts.Now, version: opts.Version}
 	if a.now == nil {
 		a.now = time.Now
 	}
@@ -68,7 +75,7 @@ func newApp(cfg *config.Config, log *slog.Logger, opts appOptions) (_ *app, err 
 		AllowPrivateAddresses: cfg.Federation.AllowPrivateAddresses,
 		InsecureSkipVerify:    cfg.Federation.InsecureSkipVerify,
 		Timeout:               cfg.Federation.Timeout.D(),
-		UserAgent:             "Herald/" + version,
+		UserAgent:             "Herald/" + opts.Version,
 	})
 	if a.identity, err = identity.New(a.db, identity.Options{Terms: cfg.Terms, UserInfo: a.fed, Log: log, Now: a.now}); err != nil {
 		return nil, fmt.Errorf("identity: %w", err)
@@ -80,10 +87,10 @@ func newApp(cfg *config.Config, log *slog.Logger, opts appOptions) (_ *app, err 
 }
 
 // Close releases storage.
-func (a *app) Close() error { return a.db.Close() }
+func (a *App) Close() error { return a.db.Close() }
 
-// handler builds the HTTP stack.
-func (a *app) handler() http.Handler {
+// Handler builds the HTTP stack.
+func (a *App) Handler() http.Handler {
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
 	e.Debug = false
@@ -103,11 +110,11 @@ func (a *app) handler() http.Handler {
 	return e
 }
 
-// run serves until ctx is done, then shuts down gracefully.
-func (a *app) run(ctx context.Context) error {
+// Run serves until ctx is done, then shuts down gracefully.
+func (a *App) Run(ctx context.Context) error {
 	srv := &http.Server{
 		Addr:              a.cfg.Listen,
-		Handler:           a.handler(),
+		Handler:           a.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      30 * time.Second,
