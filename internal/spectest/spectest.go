@@ -199,7 +199,7 @@ func check(method, path string, status int, contentType string, body []byte) str
 	if op == nil {
 		// Outside the spec: only JSON error bodies are checked.
 		if status >= 400 && isJSON && !head {
-			return validateBody(fmt.Sprintf("%s %s (not in the spec)", method, path), status, "the standard Matrix error schema", s.errorSchema(status), body)
+			return validateBody(fmt.Sprintf("%s %s (not in the spec)", method, path), status, errorName(status), s.errorSchema(status), body)
 		}
 		return ""
 	}
@@ -220,7 +220,7 @@ func check(method, path string, status int, contentType string, body []byte) str
 		if contentType != "" && !declared {
 			return fmt.Sprintf("spectest: %s status %d: Content-Type is %q, a Matrix error must be application/json", what, status, contentType)
 		}
-		return validateBody(what, status, "the standard Matrix error schema", s.errorSchema(status), body)
+		return validateBody(what, status, errorName(status), s.errorSchema(status), body)
 	}
 	return ""
 }
@@ -230,6 +230,13 @@ func (s *spec) errorSchema(status int) *jsonschema.Schema {
 		return s.rateLimited
 	}
 	return s.errSchema
+}
+
+func errorName(status int) string {
+	if status == http.StatusTooManyRequests {
+		return "the Matrix rate-limit error schema (" + rateLimitedFile + ")"
+	}
+	return "the standard Matrix error schema (" + errorFile + ")"
 }
 
 func (op *operation) codes() []string {
