@@ -18,6 +18,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/herald-im/herald/config"
+	"github.com/herald-im/herald/keys"
 )
 
 var (
@@ -36,6 +37,10 @@ type Options struct {
 	UserInfo UserInfoer
 	Log      *slog.Logger
 	Now      func() time.Time
+	// Ring signs associations (v1 lookup, bind answers).
+	Ring *keys.Ring
+	// Lookup configures hashed lookups (pepper rotation).
+	Lookup config.Lookup
 }
 
 // Service is the identity feature.
@@ -44,6 +49,8 @@ type Service struct {
 	opts Options
 	// acceptURL maps a policy URL (any language) to "id\x00version".
 	acceptURL map[string]policyVersion
+	// bind holds binding hooks and the cached lookup pepper (bindings.go).
+	bind bindState
 }
 
 type policyVersion struct{ ID, Version string }

@@ -1,0 +1,89 @@
+package identity
+
+import (
+	"errors"
+	"net/mail"
+	"strings"
+	"unicode"
+	"unicode/utf8"
+
+	"golang.org/x/text/cases"
+
+	"github.com/herald-im/herald/matrix"
+)
+
+// Length caps for an email address (RFC 5321 4.5.3.1, in bytes of UTF-8).
+const (
+	MaxEmailBytes      = 254
+	MaxEmailLocalBytes = 64
+)
+
+// ErrInvalidEmail is what NormalizeEmail returns (wrapped in a *matrix.Error
+// answering 400 M_INVALID_EMAIL).
+var ErrInvalidEmail = errors.New("invalid email address")
+
+var folder = cases.Fold()
+
+func invalidEmail(why string) error {
+	return matrix.InvalidEmail("%s", "Invalid email address: "+why)
+}
+
+// NormalizeEmail checks that addr is one bare email address (no display name,
+// no angle brackets, no group, within the length caps) and returns it in the
+// form Herald stores and looks up: the spec's normalisation, Unicode case
+// folding of the whole address (which lower-cases the domain), so
+// "Strauss@Example.com" becomes "strauss@example.com". Surrounding spaces are
+// trimmed. Errors are *matrix.Error values answering 400 M_INVALID_EMAIL.
+func NormalizeEmail(addr string) (string, error) {
+	addr = strings.TrimSpace(addr)
+	if addr == "" {
+		return "", invalidEmail("empty")
+	}
+	if !utf8.ValidString(addr) {
+		return "", invalidEmail("not UTF-8")
+	}
+	for _, r := range addr {
+		if unicode.IsControl(r) || unicode.IsSpace(r) || r == '<' || r == '>' || r == ',' || r == ';' || r == '"' || r == '[' || r == ']' || r == '(' || r == ')' || r == '\\' {
+			return "", invalidEmail("contains a character not allowed in a bare address")
+		}
+	}
+	if len(addr) > MaxEmailBytes*2 {
+		return "", invalidEmail("too long")
+	}
+	folded := folder.String(addr)
+	if len(folded) > MaxEmailBytes {
+		return "", invalidEmail("too long")
+	}
+	local, domain, ok := strings.Cut(folded, "@")
+	if !ok || local == "" || domain == "" || strings.Contains(domain, "@") {
+		return "", invalidEmail("needs exactly one @ with text on both sides")
+	}
+	if len(local) > MaxEmailLocalBytes {
+		return "", invalidEmail("local part too long")
+	}
+	if strings.HasPrefix(domain, ".") || strings.HasSuffix(domain, ".") || strings.Contains(domain, "..") ||
+		strings.HasPrefix(domain, "-") {
+		return "", invalidEmail("malformed domain")
+	}
+	a, err := mail.ParseAddress(folded)
+	if err != nil || a.Name != "" || a.Address != folded {
+		return "", invalidEmail("not a single bare address")
+	}
+	return folded, nil
+}
+
+// RedactEmail shortens an address so it cannot be read back, as the spec's
+// display_name and Herald's logs need: "alice@example.org" -> "a...@e...".
+func RedactEmail(addr string) string {
+	local, domain, ok := strings.Cut(addr, "@")
+	first := func(s string) string {
+		for _, r := range s {
+			return string(r) + "..."
+		}
+		return "..."
+	}
+	if !ok {
+		return first(addr)
+	}
+	return first(local) + "@" + first(domain)
+}
