@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -38,6 +39,9 @@ type App struct {
 
 	now     func() time.Time
 	version string
+
+	bgCancel context.CancelFunc
+	bg       sync.WaitGroup
 }
 
 // Options are test seams and build facts.
@@ -86,8 +90,65 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) (_ *App, err error)
 	return a, nil
 }
 
-// Close releases storage.
-func (a *App) Close() error { return a.db.Close() }
+// Start runs the background work (key ring reloads, and the workers other
+// features register here) until ctx is done or Close is called. Run calls it;
+// tests that serve Handler() themselves call it too.
+func (a *App) Start(ctx context.Context) {
+	ctx, a.bgCancel = context.WithCancel(ctx)
+	a.bg.Add(1)
+	go func() {
+		defer a.bg.Done()
+		a.reloadKeys(ctx, 10*time.Second)
+	}()
+}
+
+// reloadKeys picks up `herald keys rotate|retire` run while Herald serves.
+func (a *App) reloadKeys(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := a.ring.ReloadIfChanged(); err != nil {
+				a.log.Error("reloading signing keys", "err", err)
+			}
+		}
+	}
+}
+
+// Close stops background work and releases storage.
+func (a *App) Close() error {
+	if a.bgCancel != nil {
+		a.bgCancel()
+	}
+	a.bg.Wait()
+	return a.db.Close()
+}
+
+// Accessors for tests and the command line.
+
+// DB is the open bbolt database.
+func (a *App) DB() *bolt.DB { return a.db }
+
+// Config is the configuration the App was built with.
+func (a *App) Config() *config.Config { return a.cfg }
+
+// Ring is the long-term signing key ring.
+func (a *App) Ring() *keys.Ring { return a.ring }
+
+// Ephemeral is the ephemeral public key store.
+func (a *App) Ephemeral() *keys.Ephemeral { return a.ephemeral }
+
+// Federation is the outbound homeserver client.
+func (a *App) Federation() *federation.Client { return a.fed }
+
+// Identity is the identity service (accounts, terms, bindings).
+func (a *App) Identity() *identity.Service { return a.identity }
+
+// Invites is the invites service.
+func (a *App) Invites() *invites.Service { return a.invites }
 
 // Handler builds the HTTP stack.
 func (a *App) Handler() http.Handler {
@@ -121,6 +182,7 @@ func (a *App) Run(ctx context.Context) error {
 		IdleTimeout:       120 * time.Second,
 		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
 	}
+	a.Start(ctx)
 	errc := make(chan error, 1)
 	go func() {
 		a.log.Info("listening", "addr", a.cfg.Listen, "base_url", a.cfg.BaseURL(), "server_name", a.cfg.ServerName)
