@@ -1,0 +1,35 @@
+package mailer
+
+import (
+	"path/filepath"
+
+	"github.com/herald-im/herald/config"
+)
+
+// DevMailboxDir is the dev mailbox directory inside data_dir.
+const DevMailboxDir = "mailbox"
+
+// FromConfig builds the Sender for c: an SMTPSender for smtp.host, or, when
+// smtp.host is empty, a DevMailbox in data_dir/mailbox (then dev is that
+// mailbox, for the /_herald/mailbox page and the console).
+func FromConfig(c *config.Config) (s Sender, dev *DevMailbox, err error) {
+	if c.SMTP.Host == "" {
+		dev, err = NewDevMailbox(filepath.Join(c.DataDir, DevMailboxDir))
+		return dev, dev, err
+	}
+	return NewSMTPSender(SMTPConfig{
+		Host:               c.SMTP.Host,
+		Port:               c.SMTPPort(),
+		Security:           c.SMTP.Security,
+		Username:           c.SMTP.Username,
+		Password:           string(c.SMTP.Password),
+		InsecureSkipVerify: c.SMTP.InsecureSkipVerify,
+		Timeout:            c.SMTP.Timeout.D(),
+	}), nil, nil
+}
+
+// OptionsFromConfig is the Queue configuration for c with sender s; the
+// retry budget uses the defaults of Options.
+func OptionsFromConfig(c *config.Config, s Sender) Options {
+	return Options{Sender: s, From: c.SMTP.From}
+}

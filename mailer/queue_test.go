@@ -1,0 +1,467 @@
+package mailer_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/herald-im/herald/mailer"
+	"github.com/herald-im/herald/mailer/smtptest"
+	"github.com/herald-im/herald/store"
+	bolt "go.etcd.io/bbolt"
+)
+
+func openDB(t testing.TB, dir string) *bolt.DB {
+	t.Helper()
+	db, err := store.Open(dir, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return db
+}
+
+// closeDB checks the file's consistency and closes it.
+func closeDB(t testing.TB, db *bolt.DB) {
+	t.Helper()
+	err := db.View(func(tx *bolt.Tx) error {
+		for err := range tx.Check() {
+			return err
+		}
+		return nil
+	})
+	if err != nil {
+		t.Errorf("bbolt consistency: %v", err)
+	}
+	db.Close()
+}
+
+type env struct {
+	t   *testing.T
+	db  *bolt.DB
+	q   *mailer.Queue
+	srv *smtptest.Server
+}
+
+func newEnv(t *testing.T, dir string, srv *smtptest.Server, mod func(*mailer.Options)) *env {
+	t.Helper()
+	db := openDB(t, dir)
+	opts := mailer.Options{
+		Sender:     mailer.NewSMTPSender(mailer.SMTPConfig{Host: srv.Host, Port: srv.Port, Security: "none", Timeout: 5 * time.Second}),
+		From:       "Herald <herald@id.example.org>",
+		MinBackoff: 2 * time.Millisecond,
+		MaxBackoff: 10 * time.Millisecond,
+	}
+	if mod != nil {
+		mod(&opts)
+	}
+	q, err := mailer.Open(db, opts, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &env{t: t, db: db, q: q, srv: srv}
+}
+
+// run starts the worker; the returned func stops it and waits for it.
+func (e *env) run() func() {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.q.Run(ctx) }()
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				e.t.Errorf("Run: %v", err)
+			}
+		})
+	}
+	e.t.Cleanup(stop)
+	return stop
+}
+
+func (e *env) enqueue(m mailer.Message) uint64 {
+	e.t.Helper()
+	var id uint64
+	err := e.db.Update(func(tx *bolt.Tx) error {
+		var err error
+		id, err = e.q.Enqueue(tx, m)
+		return err
+	})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.q.Wake()
+	return id
+}
+
+// waitFor polls the mail until cond holds (a wait, not a timing assertion).
+func (e *env) waitFor(id uint64, what string, cond func(mailer.Mail) bool) mailer.Mail {
+	e.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		m, err := e.q.Get(id)
+		if err == nil && cond(m) {
+			return m
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("mail %d never %s (last: %+v, %v)", id, what, m, err)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+func (e *env) waitState(id uint64, s mailer.State) mailer.Mail {
+	e.t.Helper()
+	return e.waitFor(id, string(s), func(m mailer.Mail) bool { return m.State == s })
+}
+
+func msg(to, subject string) mailer.Message {
+	return mailer.Message{To: to, Subject: subject, Text: "Hello " + subject, Kind: "invite", Ref: "invite:" + subject}
+}
+
+func TestQueueSendsAfterWake(t *testing.T) {
+	srv := smtptest.Start(t, smtptest.Options{})
+	e := newEnv(t, t.TempDir(), srv, nil)
+	defer closeDB(t, e.db)
+	stop := e.run()
+	id := e.enqueue(msg("Alice@Example.org", "one"))
+	got := srv.WaitFor(1, 5*time.Second)
+	m := e.waitState(id, mailer.Sent)
+	stop()
+	if len(m.Attempts) != 1 || !m.Attempts[0].OK || m.Attempts[0].Reply == "" {
+		t.Errorf("attempts = %+v", m.Attempts)
+	}
+	if string(got[0].Data) != string(m.Raw) {
+		t.Error("server received different bytes from those stored")
+	}
+	if got[0].From != "herald@id.example.org" || got[0].To[0] != "Alice@Example.org" {
+		t.Errorf("envelope %q -> %q", got[0].From, got[0].To)
+	}
+	if m.Subject != "one" || m.Kind != "invite" || m.Ref != "invite:one" || m.To != "Alice@Example.org" {
+		t.Errorf("mail = %+v", m)
+	}
+}
+
+func TestQueueEnqueueIsTransactional(t *testing.T) {
+	srv := smtptest.Start(t, smtptest.Options{})
+	e := newEnv(t, t.TempDir(), srv, nil)
+	defer closeDB(t, e.db)
+	e.run()
+	boom := errors.New("caller's change failed")
+	err := e.db.Update(func(tx *bolt.Tx) error {
+		if _, err := e.q.Enqueue(tx, msg("a@example.org", "rolled-back")); err != nil {
+			return err
+		}
+		return boom
+	})
+	if !errors.Is(err, boom) {
+		t.Fatal(err)
+	}
+	e.q.Wake()
+	id := e.enqueue(msg("a@example.org", "committed"))
+	e.waitState(id, mailer.Sent)
+	if msgs := srv.Messages(); len(msgs) != 1 || !strings.Contains(string(msgs[0].Data), "committed") {
+		t.Errorf("server got %d messages", len(msgs))
+	}
+	all, _ := e.q.List(mailer.Filter{})
+	if len(all) != 1 {
+		t.Errorf("%d mails stored, want 1", len(all))
+	}
+	// Invalid messages are refused at enqueue.
+	err = e.db.Update(func(tx *bolt.Tx) error {
+		_, err := e.q.Enqueue(tx, mailer.Message{To: "a@example.org", Subject: "x\r\nBcc: b@example.org", Text: "x"})
+		return err
+	})
+	if !errors.Is(err, mailer.ErrInvalidMessage) {
+		t.Errorf("err = %v", err)
+	}
+}
+
+func TestQueueRetriesTemporaryFailures(t *testing.T) {
+	for _, stage := range []smtptest.Stage{smtptest.AtMail, smtptest.AtRcpt, smtptest.AtData} {
+		t.Run(string(stage), func(t *testing.T) {
+			srv := smtptest.Start(t, smtptest.Options{})
+			srv.Fail(stage, 451, 2)
+			e := newEnv(t, t.TempDir(), srv, nil)
+			defer closeDB(t, e.db)
+			e.run()
+			id := e.enqueue(msg("a@example.org", "retry"))
+			m := e.waitState(id, mailer.Sent)
+			if len(m.Attempts) != 3 {
+				t.Fatalf("%d attempts, want 3: %+v", len(m.Attempts), m.Attempts)
+			}
+			for _, a := range m.Attempts[:2] {
+				if a.OK || !a.Temporary || !strings.Contains(a.Reply, "451") || !strings.Contains(a.Reply, "injected failure") {
+					t.Errorf("attempt %+v: want a temporary failure with the server's 451 reply", a)
+				}
+			}
+			if !m.Attempts[2].OK {
+				t.Errorf("last attempt %+v", m.Attempts[2])
+			}
+			if n := len(srv.Messages()); n != 1 {
+				t.Errorf("server accepted %d messages", n)
+			}
+			st, err := e.q.Stats()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st != (mailer.Stats{Sent: 1, FailedAttempts: 2}) {
+				t.Errorf("stats = %+v", st)
+			}
+		})
+	}
+}
+
+func TestQueueRetriesAuthAndNetworkErrors(t *testing.T) {
+	srv := smtptest.Start(t, smtptest.Options{Username: "u", Password: "p"})
+	srv.Fail(smtptest.AtAuth, 454, 1)
+	e := newEnv(t, t.TempDir(), srv, func(o *mailer.Options) {
+		o.Sender = mailer.NewSMTPSender(mailer.SMTPConfig{Host: srv.Host, Port: srv.Port, Security: "none", Username: "u", Password: "p", Timeout: 5 * time.Second})
+	})
+	defer closeDB(t, e.db)
+	e.run()
+	id := e.enqueue(msg("a@example.org", "auth"))
+	m := e.waitState(id, mailer.Sent)
+	if len(m.Attempts) != 2 || !m.Attempts[0].Temporary || !strings.Contains(m.Attempts[0].Reply, "454") {
+		t.Errorf("attempts = %+v", m.Attempts)
+	}
+
+	// Nobody listening: a network error is temporary, and the mail fails
+	// once MaxAttempts is used up.
+	down := smtptest.Start(t, smtptest.Options{})
+	e2 := newEnv(t, t.TempDir(), down, func(o *mailer.Options) {
+		o.Sender = mailer.NewSMTPSender(mailer.SMTPConfig{Host: "127.0.0.1", Port: 1, Security: "none", Timeout: time.Second})
+		o.MaxAttempts = 3
+	})
+	defer closeDB(t, e2.db)
+	e2.run()
+	id = e2.enqueue(msg("a@example.org", "down"))
+	m = e2.waitState(id, mailer.Failed)
+	if len(m.Attempts) != 3 {
+		t.Fatalf("%d attempts, want 3", len(m.Attempts))
+	}
+	for _, a := range m.Attempts {
+		if a.OK || !a.Temporary || a.Reply == "" {
+			t.Errorf("attempt %+v", a)
+		}
+	}
+}
+
+func TestQueuePermanentFailureAndRetry(t *testing.T) {
+	srv := smtptest.Start(t, smtptest.Options{})
+	srv.Fail(smtptest.AtRcpt, 550, 1)
+	e := newEnv(t, t.TempDir(), srv, nil)
+	defer closeDB(t, e.db)
+	e.run()
+	id := e.enqueue(msg("nobody@example.org", "perm"))
+	m := e.waitState(id, mailer.Failed)
+	if len(m.Attempts) != 1 || m.Attempts[0].Temporary || !strings.Contains(m.Attempts[0].Reply, "550") {
+		t.Fatalf("attempts = %+v", m.Attempts)
+	}
+	if st, _ := e.q.Stats(); st.Failed != 1 || st.Pending != 0 || st.FailedAttempts != 1 {
+		t.Errorf("stats = %+v", st)
+	}
+	if failed, _ := e.q.List(mailer.Filter{State: mailer.Failed}); len(failed) != 1 || failed[0].ID != id {
+		t.Errorf("failed list = %+v", failed)
+	}
+	// An operator retries it.
+	if err := e.q.Retry(id); err != nil {
+		t.Fatal(err)
+	}
+	m = e.waitState(id, mailer.Sent)
+	if len(m.Attempts) != 2 || !m.Attempts[1].OK {
+		t.Errorf("attempts = %+v", m.Attempts)
+	}
+	if err := e.q.Retry(id); !errors.Is(err, mailer.ErrState) {
+		t.Errorf("retry of sent mail: %v", err)
+	}
+	if err := e.q.Retry(999); !errors.Is(err, mailer.ErrNotFound) {
+		t.Errorf("retry of unknown mail: %v", err)
+	}
+	if len(srv.Messages()) != 1 {
+		t.Errorf("server accepted %d messages", len(srv.Messages()))
+	}
+}
+
+func TestQueueResumesAfterRestartWithoutResending(t *testing.T) {
+	dir := t.TempDir()
+	srv := smtptest.Start(t, smtptest.Options{})
+	e := newEnv(t, dir, srv, nil)
+	stop := e.run()
+	sent := e.enqueue(msg("a@example.org", "sent-before-restart"))
+	e.waitState(sent, mailer.Sent)
+	srv.Fail(smtptest.AtData, 421, -1)
+	deferred := e.enqueue(msg("b@example.org", "deferred"))
+	e.waitFor(deferred, "attempted", func(m mailer.Mail) bool { return len(m.Attempts) >= 1 })
+	stop()
+	// Queued while no worker runs: never attempted before the restart.
+	unattempted := e.enqueue(msg("c@example.org", "unattempted"))
+	closeDB(t, e.db)
+
+	srv.Fail(smtptest.AtData, 0, 0)
+	e = newEnv(t, dir, srv, nil)
+	defer closeDB(t, e.db)
+	e.run()
+	d := e.waitState(deferred, mailer.Sent)
+	u := e.waitState(unattempted, mailer.Sent)
+	if !d.Attempts[0].Temporary || d.Attempts[len(d.Attempts)-1].OK != true {
+		t.Errorf("deferred attempts = %+v", d.Attempts)
+	}
+	if len(u.Attempts) != 1 {
+		t.Errorf("unattempted attempts = %+v", u.Attempts)
+	}
+	msgs := srv.Messages()
+	count := map[string]int{}
+	for _, m := range msgs {
+		for _, s := range []string{"sent-before-restart", "deferred", "unattempted"} {
+			if strings.Contains(string(m.Data), "Subject: "+s) {
+				count[s]++
+			}
+		}
+	}
+	if len(msgs) != 3 || count["sent-before-restart"] != 1 || count["deferred"] != 1 || count["unattempted"] != 1 {
+		t.Errorf("server got %d messages: %v", len(msgs), count)
+	}
+	if m, _ := e.q.Get(sent); len(m.Attempts) != 1 {
+		t.Errorf("mail sent before the restart was attempted again: %+v", m.Attempts)
+	}
+}
+
+func TestQueueListFilterDropErase(t *testing.T) {
+	srv := smtptest.Start(t, smtptest.Options{})
+	e := newEnv(t, t.TempDir(), srv, nil)
+	defer closeDB(t, e.db)
+	// No worker: everything stays pending.
+	var ids []uint64
+	for i := range 6 {
+		m := msg(fmt.Sprintf("user%d@example.org", i%3), fmt.Sprint(i))
+		m.Ref = fmt.Sprintf("invite:%d", i%2)
+		if i == 5 {
+			m.Kind = "validation"
+			m.To = "USER2@Example.ORG"
+		}
+		ids = append(ids, e.enqueue(m))
+	}
+	all, err := e.q.List(mailer.Filter{})
+	if err != nil || len(all) != 6 {
+		t.Fatalf("List = %d, %v", len(all), err)
+	}
+	for i, m := range all {
+		if m.ID != ids[5-i] {
+			t.Errorf("List not newest first: position %d has %d", i, m.ID)
+		}
+		if m.Raw != nil {
+			t.Error("List returned Raw")
+		}
+	}
+	page, _ := e.q.List(mailer.Filter{Limit: 2, Offset: 2})
+	if len(page) != 2 || page[0].ID != ids[3] || page[1].ID != ids[2] {
+		t.Errorf("page = %+v", page)
+	}
+	if l, _ := e.q.List(mailer.Filter{Kind: "validation"}); len(l) != 1 || l[0].ID != ids[5] {
+		t.Errorf("kind filter = %+v", l)
+	}
+	if l, _ := e.q.List(mailer.Filter{State: mailer.Pending, Ref: "invite:1", Limit: 1}); len(l) != 1 || l[0].ID != ids[5] {
+		t.Errorf("state+ref filter = %+v", l)
+	}
+	if l, _ := e.q.List(mailer.Filter{State: mailer.Sent}); len(l) != 0 {
+		t.Errorf("sent filter = %+v", l)
+	}
+	if l, _ := e.q.List(mailer.Filter{To: "user2@EXAMPLE.org"}); len(l) != 2 {
+		t.Errorf("to filter = %d", len(l))
+	}
+	byRef, _ := e.q.ByRef("invite:0")
+	if len(byRef) != 3 || byRef[0].ID != ids[4] || byRef[2].ID != ids[0] {
+		t.Errorf("ByRef = %+v", byRef)
+	}
+	if st, _ := e.q.Stats(); st != (mailer.Stats{Pending: 6}) {
+		t.Errorf("stats = %+v", st)
+	}
+
+	if err := e.q.Drop(ids[0]); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.q.Get(ids[0]); !errors.Is(err, mailer.ErrNotFound) {
+		t.Errorf("dropped mail: %v", err)
+	}
+	if err := e.q.Drop(ids[0]); !errors.Is(err, mailer.ErrNotFound) {
+		t.Errorf("second drop: %v", err)
+	}
+	n, err := e.q.DeleteByRecipient("User2@example.org")
+	if err != nil || n != 2 {
+		t.Errorf("DeleteByRecipient = %d, %v", n, err)
+	}
+	if st, _ := e.q.Stats(); st.Pending != 3 {
+		t.Errorf("stats after erase = %+v", st)
+	}
+	if l, _ := e.q.List(mailer.Filter{To: "user2@example.org"}); len(l) != 0 {
+		t.Errorf("erased mail still listed: %+v", l)
+	}
+
+	// The worker sends what is left, and nothing that was dropped.
+	e.run()
+	e.q.Wake()
+	srv.WaitFor(3, 5*time.Second)
+	for _, id := range []uint64{ids[1], ids[3], ids[4]} {
+		e.waitState(id, mailer.Sent)
+	}
+	if n := len(srv.Messages()); n != 3 {
+		t.Errorf("server got %d messages, want 3", n)
+	}
+}
+
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *clock) Add(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+func TestQueueInjectedClockAndRetention(t *testing.T) {
+	srv := smtptest.Start(t, smtptest.Options{})
+	clk := &clock{t: fixedDate}
+	e := newEnv(t, t.TempDir(), srv, func(o *mailer.Options) {
+		o.Now = clk.Now
+		o.NewMessageID = func() string { return "<fixed@id.example.org>" }
+		o.Retention = time.Hour
+	})
+	defer closeDB(t, e.db)
+	e.run()
+	id := e.enqueue(msg("a@example.org", "golden"))
+	got := srv.WaitFor(1, 5*time.Second)
+	want, err := mailer.Compose(msg("a@example.org", "golden"), "Herald <herald@id.example.org>", fixedDate, "<fixed@id.example.org>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(got[0].Data) != string(want) {
+		t.Errorf("queued mail differs from Compose with the same clock and id:\n%s\n---\n%s", got[0].Data, want)
+	}
+	m := e.waitState(id, mailer.Sent)
+	if !m.Created.Equal(fixedDate) {
+		t.Errorf("created = %v", m.Created)
+	}
+	clk.Add(2 * time.Hour)
+	e.q.Wake()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := e.q.Get(id); errors.Is(err, mailer.ErrNotFound) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("sent mail past its retention was not deleted")
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	if l, _ := e.q.List(mailer.Filter{}); len(l) != 0 {
+		t.Errorf("list after retention = %+v", l)
+	}
+}

@@ -1,0 +1,296 @@
+package mailer
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+)
+
+// Sender hands one composed message to the next hop. An error that is a
+// *smtp.SMTPError carries the server's reply; Temporary tells the Queue
+// whether to retry.
+type Sender interface {
+	Send(ctx context.Context, from string, to []string, raw []byte) error
+}
+
+// PermanentError marks a failure that retrying cannot fix.
+type PermanentError struct{ Err error }
+
+func (e *PermanentError) Error() string { return e.Err.Error() }
+func (e *PermanentError) Unwrap() error { return e.Err }
+
+// Temporary reports whether a Send error is worth retrying: 4xx replies and
+// network or TLS errors are; 5xx replies and PermanentErrors are not.
+func Temporary(err error) bool {
+	var se *smtp.SMTPError
+	if errors.As(err, &se) {
+		return se.Temporary()
+	}
+	var pe *PermanentError
+	return !errors.As(err, &pe)
+}
+
+// SMTPConfig configures an SMTPSender.
+type SMTPConfig struct {
+	Host     string
+	Port     int    // 0: 465 for "tls", 25 for "none", else 587
+	Security string // "none", "starttls" (default) or "tls" (implicit TLS)
+	Username string // AUTH PLAIN or LOGIN, whichever the server offers; empty: no AUTH
+	Password string
+	// InsecureSkipVerify accepts any server certificate (tests only).
+	InsecureSkipVerify bool
+	// Timeout bounds the dial, the TLS handshake and each command; the reply
+	// to the end of DATA gets twice as long. Default 10 s.
+	Timeout time.Duration
+	// IdleTimeout closes a connection unused this long. Default 30 s.
+	IdleTimeout time.Duration
+	// HeloName is sent in EHLO. Default: the host name, else "localhost".
+	HeloName string
+}
+
+// SMTPSender sends through one SMTP server, keeping one connection open
+// between messages (checked with NOOP before reuse, reopened on error,
+// closed when idle). It is safe for concurrent use; sends are serialised.
+type SMTPSender struct {
+	cfg SMTPConfig
+
+	mu     sync.Mutex
+	client *smtp.Client
+	conn   net.Conn
+	idle   *time.Timer
+	closed bool
+}
+
+// NewSMTPSender returns a sender; it connects on the first Send.
+func NewSMTPSender(cfg SMTPConfig) *SMTPSender {
+	if cfg.Security == "" {
+		cfg.Security = "starttls"
+	}
+	if cfg.Port == 0 {
+		switch cfg.Security {
+		case "tls":
+			cfg.Port = 465
+		case "none":
+			cfg.Port = 25
+		default:
+			cfg.Port = 587
+		}
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = 10 * time.Second
+	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = 30 * time.Second
+	}
+	if cfg.HeloName == "" {
+		cfg.HeloName = "localhost"
+		if h, err := os.Hostname(); err == nil && h != "" && validHelo(h) {
+			cfg.HeloName = h
+		}
+	}
+	return &SMTPSender{cfg: cfg}
+}
+
+func validHelo(h string) bool {
+	for i := 0; i < len(h); i++ {
+		c := h[i]
+		if !(c == '.' || c == '-' || c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z') {
+			return false
+		}
+	}
+	return true
+}
+
+// Addr is host:port of the server.
+func (s *SMTPSender) Addr() string {
+	return net.JoinHostPort(s.cfg.Host, strconv.Itoa(s.cfg.Port))
+}
+
+// Send delivers raw to the server for the recipients in to.
+func (s *SMTPSender) Send(ctx context.Context, from string, to []string, raw []byte) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return errors.New("mailer: SMTP sender closed")
+	}
+	if s.idle != nil {
+		s.idle.Stop()
+	}
+	if s.client != nil {
+		if err := s.client.Noop(); err != nil {
+			s.drop()
+		}
+	}
+	if s.client == nil {
+		if err := s.connect(ctx); err != nil {
+			return err
+		}
+	}
+	// A cancelled ctx aborts a command in flight by closing the connection.
+	conn := s.conn
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	err := s.transaction(from, to, raw)
+	if !stop() || ctx.Err() != nil {
+		s.drop()
+		if err == nil {
+			err = ctx.Err()
+		}
+		return err
+	}
+	if err != nil {
+		var se *smtp.SMTPError
+		if errors.As(err, &se) && s.client.Reset() == nil {
+			// The server refused this message; the connection is fine.
+		} else {
+			s.drop()
+		}
+		return err
+	}
+	s.idle = time.AfterFunc(s.cfg.IdleTimeout, s.closeIdle)
+	return nil
+}
+
+func (s *SMTPSender) transaction(from string, to []string, raw []byte) error {
+	c := s.client
+	if err := c.Mail(from, nil); err != nil {
+		return fmt.Errorf("MAIL FROM: %w", err)
+	}
+	for _, r := range to {
+		if err := c.Rcpt(r, nil); err != nil {
+			return fmt.Errorf("RCPT TO: %w", err)
+		}
+	}
+	w, err := c.Data()
+	if err != nil {
+		return fmt.Errorf("DATA: %w", err)
+	}
+	if _, err := w.Write(raw); err != nil {
+		w.Close()
+		return fmt.Errorf("DATA: %w", err)
+	}
+	if err := w.Close(); err != nil {
+		return fmt.Errorf("end of DATA: %w", err)
+	}
+	return nil
+}
+
+func (s *SMTPSender) connect(ctx context.Context) error {
+	cfg := s.cfg
+	d := net.Dialer{Timeout: cfg.Timeout}
+	raw, err := d.DialContext(ctx, "tcp", s.Addr())
+	if err != nil {
+		return err
+	}
+	// Every deadline go-smtp sets (its own defaults are minutes) is capped.
+	var conn net.Conn = &cappedConn{Conn: raw, max: 2 * cfg.Timeout}
+	tlsCfg := &tls.Config{ServerName: cfg.Host, InsecureSkipVerify: cfg.InsecureSkipVerify, MinVersion: tls.VersionTLS12}
+	var c *smtp.Client
+	switch cfg.Security {
+	case "tls":
+		tc := tls.Client(conn, tlsCfg)
+		hctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+		err = tc.HandshakeContext(hctx)
+		cancel()
+		if err != nil {
+			raw.Close()
+			return fmt.Errorf("TLS handshake: %w", err)
+		}
+		conn = tc
+		c = smtp.NewClient(conn)
+	case "none":
+		c = smtp.NewClient(conn)
+	default:
+		c, err = smtp.NewClientStartTLS(conn, tlsCfg)
+		if err != nil {
+			raw.Close()
+			return fmt.Errorf("STARTTLS: %w", err)
+		}
+	}
+	c.CommandTimeout = cfg.Timeout
+	c.SubmissionTimeout = 2 * cfg.Timeout
+	if err := c.Hello(cfg.HeloName); err != nil {
+		c.Close()
+		return fmt.Errorf("EHLO: %w", err)
+	}
+	if cfg.Username != "" {
+		var a sasl.Client
+		switch {
+		case c.SupportsAuth(sasl.Plain):
+			a = sasl.NewPlainClient("", cfg.Username, cfg.Password)
+		case c.SupportsAuth(sasl.Login):
+			a = sasl.NewLoginClient(cfg.Username, cfg.Password)
+		default:
+			c.Close()
+			return &PermanentError{Err: errors.New("the SMTP server offers neither AUTH PLAIN nor AUTH LOGIN")}
+		}
+		if err := c.Auth(a); err != nil {
+			c.Close()
+			return fmt.Errorf("AUTH: %w", err)
+		}
+	}
+	s.client, s.conn = c, raw
+	return nil
+}
+
+// drop closes the current connection without ceremony.
+func (s *SMTPSender) drop() {
+	if s.client != nil {
+		s.client.Close()
+	}
+	s.client, s.conn = nil, nil
+}
+
+func (s *SMTPSender) closeIdle() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.quit()
+}
+
+func (s *SMTPSender) quit() {
+	if s.client == nil {
+		return
+	}
+	s.conn.SetDeadline(time.Now().Add(time.Second))
+	if s.client.Quit() != nil {
+		s.client.Close()
+	}
+	s.client, s.conn = nil, nil
+}
+
+// Close says QUIT on an open connection; later Sends fail.
+func (s *SMTPSender) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.idle != nil {
+		s.idle.Stop()
+	}
+	s.quit()
+	s.closed = true
+	return nil
+}
+
+// cappedConn caps every deadline at max from now.
+type cappedConn struct {
+	net.Conn
+	max time.Duration
+}
+
+func (c *cappedConn) cap(t time.Time) time.Time {
+	if limit := time.Now().Add(c.max); t.IsZero() || t.After(limit) {
+		return limit
+	}
+	return t
+}
+
+func (c *cappedConn) SetDeadline(t time.Time) error      { return c.Conn.SetDeadline(c.cap(t)) }
+func (c *cappedConn) SetReadDeadline(t time.Time) error  { return c.Conn.SetReadDeadline(c.cap(t)) }
+func (c *cappedConn) SetWriteDeadline(t time.Time) error { return c.Conn.SetWriteDeadline(c.cap(t)) }

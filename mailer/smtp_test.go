@@ -1,0 +1,163 @@
+package mailer_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+	"github.com/herald-im/herald/mailer"
+	"github.com/herald-im/herald/mailer/smtptest"
+)
+
+func testRaw(t *testing.T, to, subject string) []byte {
+	t.Helper()
+	raw, err := mailer.Compose(mailer.Message{To: to, Subject: subject, Text: "hello " + subject}, from, fixedDate, mailer.NewMessageID(from))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return raw
+}
+
+func sender(srv *smtptest.Server, security string) *mailer.SMTPSender {
+	return mailer.NewSMTPSender(mailer.SMTPConfig{
+		Host: srv.Host, Port: srv.Port, Security: security,
+		Username: "herald", Password: "s3cret",
+		InsecureSkipVerify: true, Timeout: 5 * time.Second,
+	})
+}
+
+func TestSMTPSenderSecurityModes(t *testing.T) {
+	for _, sec := range []string{"none", "starttls", "tls"} {
+		t.Run(sec, func(t *testing.T) {
+			srv := smtptest.Start(t, smtptest.Options{Security: sec, Username: "herald", Password: "s3cret", AuthMechanisms: []string{"PLAIN"}})
+			s := sender(srv, sec)
+			defer s.Close()
+			raw := testRaw(t, "alice@example.org", "over "+sec)
+			if err := s.Send(context.Background(), "herald@id.example.org", []string{"alice@example.org"}, raw); err != nil {
+				t.Fatal(err)
+			}
+			msgs := srv.Messages()
+			if len(msgs) != 1 {
+				t.Fatalf("%d messages", len(msgs))
+			}
+			m := msgs[0]
+			if m.From != "herald@id.example.org" || len(m.To) != 1 || m.To[0] != "alice@example.org" {
+				t.Errorf("envelope %q -> %q", m.From, m.To)
+			}
+			if m.AuthUser != "herald" {
+				t.Errorf("not authenticated (user %q)", m.AuthUser)
+			}
+			if m.TLS != (sec != "none") {
+				t.Errorf("TLS = %v over %s", m.TLS, sec)
+			}
+			if string(m.Data) != string(raw) {
+				t.Errorf("data differs:\n%s", m.Data)
+			}
+		})
+	}
+}
+
+func TestSMTPSenderAuthLogin(t *testing.T) {
+	srv := smtptest.Start(t, smtptest.Options{Username: "herald", Password: "s3cret", AuthMechanisms: []string{"LOGIN"}})
+	s := sender(srv, "none")
+	defer s.Close()
+	if err := s.Send(context.Background(), "h@x.org", []string{"a@example.org"}, testRaw(t, "a@example.org", "login")); err != nil {
+		t.Fatal(err)
+	}
+	if m := srv.Messages(); len(m) != 1 || m[0].AuthUser != "herald" {
+		t.Fatalf("messages = %+v", m)
+	}
+}
+
+func TestSMTPSenderWrongPasswordIsPermanent(t *testing.T) {
+	srv := smtptest.Start(t, smtptest.Options{Username: "herald", Password: "other"})
+	s := sender(srv, "none")
+	defer s.Close()
+	err := s.Send(context.Background(), "h@x.org", []string{"a@example.org"}, testRaw(t, "a@example.org", "x"))
+	var se *smtp.SMTPError
+	if !errors.As(err, &se) || se.Code != 535 {
+		t.Fatalf("err = %v, want 535", err)
+	}
+	if mailer.Temporary(err) {
+		t.Error("535 classified temporary")
+	}
+}
+
+func TestSMTPSenderStartTLSRequired(t *testing.T) {
+	srv := smtptest.Start(t, smtptest.Options{}) // plain server: no STARTTLS offered
+	s := sender(srv, "starttls")
+	defer s.Close()
+	err := s.Send(context.Background(), "h@x.org", []string{"a@example.org"}, testRaw(t, "a@example.org", "x"))
+	if err == nil || !strings.Contains(err.Error(), "STARTTLS") {
+		t.Fatalf("err = %v, want a STARTTLS error", err)
+	}
+	if len(srv.Messages()) != 0 {
+		t.Error("mail sent in clear although STARTTLS was required")
+	}
+}
+
+func TestSMTPSenderReusesConnection(t *testing.T) {
+	srv := smtptest.Start(t, smtptest.Options{Security: "starttls", Username: "herald", Password: "s3cret"})
+	s := sender(srv, "starttls")
+	defer s.Close()
+	ctx := context.Background()
+	for i := range 5 {
+		if err := s.Send(ctx, "h@x.org", []string{"a@example.org"}, testRaw(t, "a@example.org", "n")); err != nil {
+			t.Fatalf("send %d: %v", i, err)
+		}
+	}
+	// A refused message leaves the connection usable.
+	srv.Fail(smtptest.AtRcpt, 550, 1)
+	if err := s.Send(ctx, "h@x.org", []string{"a@example.org"}, testRaw(t, "a@example.org", "n")); err == nil {
+		t.Fatal("RCPT failure not reported")
+	}
+	if err := s.Send(ctx, "h@x.org", []string{"a@example.org"}, testRaw(t, "a@example.org", "n")); err != nil {
+		t.Fatal(err)
+	}
+	if n := srv.Connections(); n != 1 {
+		t.Errorf("%d connections for 7 sends, want 1", n)
+	}
+	if n := len(srv.Messages()); n != 6 {
+		t.Errorf("%d messages, want 6", n)
+	}
+}
+
+func TestSMTPSenderReconnectsAfterServerCloses(t *testing.T) {
+	srv := smtptest.Start(t, smtptest.Options{})
+	s := mailer.NewSMTPSender(mailer.SMTPConfig{Host: srv.Host, Port: srv.Port, Security: "none", Timeout: 5 * time.Second})
+	defer s.Close()
+	ctx := context.Background()
+	for i := range 3 {
+		if err := s.Send(ctx, "h@x.org", []string{"a@example.org"}, testRaw(t, "a@example.org", "x")); err != nil {
+			t.Fatalf("send %d: %v", i, err)
+		}
+		srv.DropConnections()
+	}
+	if n := len(srv.Messages()); n != 3 {
+		t.Errorf("%d messages, want 3", n)
+	}
+	if n := srv.Connections(); n != 3 {
+		t.Errorf("%d connections, want 3 (one per dropped connection)", n)
+	}
+}
+
+func TestTemporaryClassification(t *testing.T) {
+	for _, c := range []struct {
+		err  error
+		want bool
+	}{
+		{&smtp.SMTPError{Code: 421}, true},
+		{&smtp.SMTPError{Code: 451}, true},
+		{&smtp.SMTPError{Code: 550}, false},
+		{&smtp.SMTPError{Code: 554}, false},
+		{errors.New("dial tcp: connection refused"), true},
+		{&mailer.PermanentError{Err: errors.New("no AUTH")}, false},
+	} {
+		if got := mailer.Temporary(c.err); got != c.want {
+			t.Errorf("Temporary(%v) = %v", c.err, got)
+		}
+	}
+}
