@@ -206,7 +206,7 @@ func (c *Client) Do(ctx context.Context, server, method, path string, query url.
 	}
 	resp, err := client.Do(req)
 	if err != nil {
-		return nil, err
+		return nil, scrubURL(err)
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
@@ -245,4 +245,21 @@ func (c *Client) withServerName(name string) *http.Client {
 	hc := &http.Client{Transport: base, Timeout: c.http.Timeout, CheckRedirect: c.http.CheckRedirect}
 	v, _ := tlsClients.LoadOrStore(key, hc)
 	return v.(*http.Client)
+}
+
+// scrubURL drops the query string from the URL inside err: it may carry an
+// access token (OpenID userinfo), and errors end up in logs.
+func scrubURL(err error) error {
+	var ue *url.Error
+	if !errors.As(err, &ue) {
+		return err
+	}
+	clean := *ue
+	if u, perr := url.Parse(ue.URL); perr == nil {
+		u.RawQuery, u.User = "", nil
+		clean.URL = u.String()
+	} else {
+		clean.URL = "(unparsable URL)"
+	}
+	return &clean
 }

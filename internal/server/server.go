@@ -4,9 +4,9 @@ package server
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"path/filepath"
 	"sync"
@@ -37,8 +37,9 @@ type App struct {
 	identity  *identity.Service
 	invites   *invites.Service
 
-	now     func() time.Time
-	version string
+	now       func() time.Time
+	version   string
+	listening func(net.Addr)
 
 	bgCancel context.CancelFunc
 	bg       sync.WaitGroup
@@ -48,6 +49,8 @@ type App struct {
 type Options struct {
 	Now     func() time.Time
 	Version string
+	// Listening, if set, is told the address Run listens on (tests use port 0).
+	Listening func(net.Addr)
 }
 
 // New opens storage and wires every service. Close releases it.
@@ -55,7 +58,7 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) (_ *App, err error)
 	if opts.Version == "" {
 		opts.Version = "dev"
 	}
-	a := &App{cfg: cfg, log: log, now: opts.Now, version: opts.Version}
+	a := &App{cfg: cfg, log: log, now: opts.Now, version: opts.Version, listening: opts.Listening}
 	if a.now == nil {
 		a.now = time.Now
 	}
@@ -156,6 +159,7 @@ func (a *App) Handler() http.Handler {
 	e.HideBanner, e.HidePort = true, true
 	e.Debug = false
 	e.HTTPErrorHandler = matrix.ErrorHandler(a.log)
+	e.Use(logRequests(a.log))
 	e.Use(middleware.RecoverWithConfig(middleware.RecoverConfig{DisablePrintStack: true, LogErrorFunc: func(c echo.Context, err error, stack []byte) error {
 		a.log.Error("panic in handler", "path", c.Path(), "err", err, "stack", string(stack))
 		return err
@@ -165,39 +169,8 @@ func (a *App) Handler() http.Handler {
 	e.Use(middleware.CORSWithConfig(middleware.CORSConfig{
 		AllowOrigins: []string{"*"},
 		AllowMethods: []string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodDelete, http.MethodOptions},
-		AllowHeaders: []string{"X-Requested-With", "Content-Type", "Authorization"},
+		AllowHeaders: []string{"Origin", "X-Requested-With", "Content-Type", "Accept", "Authorization"},
 	}))
 	a.routes(e)
 	return e
-}
-
-// Run serves until ctx is done, then shuts down gracefully.
-func (a *App) Run(ctx context.Context) error {
-	srv := &http.Server{
-		Addr:              a.cfg.Listen,
-		Handler:           a.Handler(),
-		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       30 * time.Second,
-		WriteTimeout:      30 * time.Second,
-		IdleTimeout:       120 * time.Second,
-		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
-	}
-	a.Start(ctx)
-	errc := make(chan error, 1)
-	go func() {
-		a.log.Info("listening", "addr", a.cfg.Listen, "base_url", a.cfg.BaseURL(), "server_name", a.cfg.ServerName)
-		errc <- srv.ListenAndServe()
-	}()
-	select {
-	case err := <-errc:
-		return err
-	case <-ctx.Done():
-	}
-	a.log.Info("shutting down")
-	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return err
-	}
-	return nil
 }

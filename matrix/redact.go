@@ -1,0 +1,28 @@
+package matrix
+
+import "strings"
+
+// RedactEmail shortens an address for logs: "alice@example.org" becomes
+// "a...@e...". Use it for every address that reaches a log line.
+func RedactEmail(addr string) string {
+	first := func(s string) string {
+		for _, r := range s {
+			return string(r) + "..."
+		}
+		return "..."
+	}
+	local, domain, ok := strings.Cut(addr, "@")
+	if !ok {
+		return first(addr)
+	}
+	return first(local) + "@" + first(domain)
+}
+
+// RedactToken keeps only enough of a secret token to tell two apart in logs:
+// its first four characters.
+func RedactToken(tok string) string {
+	if len(tok) <= 8 {
+		return "..."
+	}
+	return tok[:4] + "..."
+}
