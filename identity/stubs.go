@@ -10,10 +10,6 @@ import (
 
 func notYet(echo.Context) error { return matrix.NotFoundRoute() }
 
-func (s *Service) HashDetails(c echo.Context) error          { return notYet(c) }
-func (s *Service) Lookup(c echo.Context) error               { return notYet(c) }
-func (s *Service) LookupV1(c echo.Context) error             { return notYet(c) }
-func (s *Service) BulkLookupV1(c echo.Context) error         { return notYet(c) }
 func (s *Service) RequestEmailToken(c echo.Context) error    { return notYet(c) }
 func (s *Service) SubmitEmailToken(c echo.Context) error     { return notYet(c) }
 func (s *Service) SubmitEmailTokenLink(c echo.Context) error { return notYet(c) }

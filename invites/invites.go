@@ -1,18 +1,26 @@
 // Package invites owns third-party invites: store-invite, the invite email,
-// signing for the invitee, and (later) resolution on bind.
+// signing for the invitee, and (in the binding engineer's files) resolution
+// on bind, delivery and the invite lifecycle.
+//
+// Storage (store.go): one record per invite plus token, address, state and
+// de-duplication indexes, all in bbolt. store-invite writes the invite, its
+// ephemeral key and its outgoing email (the mailer outbox) in one
+// transaction and wakes the mail worker after the commit.
 package invites
 
 import (
+	"errors"
+	"fmt"
 	"log/slog"
 	"time"
 
-	"github.com/labstack/echo/v4"
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/herald-im/herald/config"
 	"github.com/herald-im/herald/identity"
 	"github.com/herald-im/herald/keys"
-	"github.com/herald-im/herald/matrix"
+	"github.com/herald-im/herald/mailer"
+	"github.com/herald-im/herald/store"
 )
 
 // Options configure a Service.
@@ -21,34 +29,85 @@ type Options struct {
 	Identity  *identity.Service
 	Ring      *keys.Ring
 	Ephemeral *keys.Ephemeral
-	Log       *slog.Logger
-	Now       func() time.Time
+	// Mailer is the outbox invite emails are queued in. Nil: invites are
+	// stored but no email is queued (a warning is logged).
+	Mailer *mailer.Queue
+	Log    *slog.Logger
+	Now    func() time.Time
 }
 
 // Service is the invites feature.
 type Service struct {
-	db   *bolt.DB
-	opts Options
+	db     *bolt.DB
+	opts   Options
+	cfg    *config.Config
+	mail   *mailTemplates
+	limits *limits
+	policy *policy
 }
 
-// New creates the invites buckets and returns the service.
+// Setup is run at the end of New, in registration order. Files of this
+// package owned by other features (delivery, lifecycle, pages) register one
+// in an init function to hook themselves in (bind hooks, buckets, ...)
+// without editing New.
+type Setup func(s *Service) error
+
+var setups []Setup
+
+// StoreCheck runs inside store-invite's write transaction, before the invite
+// is written, for a new invite (not for a de-duplicated repeat). Returning a
+// *matrix.Error refuses the request with it; the opt-out list registers one.
+type StoreCheck func(s *Service, tx *bolt.Tx, inv *Invite) error
+
+var storeChecks []StoreCheck
+
+// RegisterSetup adds a Setup (call it from an init function).
+func RegisterSetup(f Setup) { setups = append(setups, f) }
+
+// RegisterStoreCheck adds a StoreCheck (call it from an init function).
+func RegisterStoreCheck(f StoreCheck) { storeChecks = append(storeChecks, f) }
+
+// New creates the invites buckets, loads and checks the email templates and
+// returns the service. A broken template is an error naming the file.
 func New(db *bolt.DB, opts Options) (*Service, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	return &Service{db: db, opts: opts}, nil
+	if opts.Log == nil {
+		opts.Log = slog.Default()
+	}
+	if opts.Config == nil {
+		c := config.Default()
+		opts.Config = &c
+	}
+	if opts.Identity == nil || opts.Ring == nil || opts.Ephemeral == nil {
+		return nil, errors.New("invites: Options need Identity, Ring and Ephemeral")
+	}
+	if err := store.Buckets(db, allBuckets...); err != nil {
+		return nil, err
+	}
+	s := &Service{db: db, opts: opts, cfg: opts.Config}
+	var err error
+	if s.mail, err = loadMailTemplates(opts.Config); err != nil {
+		return nil, err
+	}
+	if s.policy, err = newPolicy(opts.Config.Invites); err != nil {
+		return nil, err
+	}
+	s.limits = newLimits(opts.Config.Invites, opts.Now)
+	for _, f := range setups {
+		if err := f(s); err != nil {
+			return nil, fmt.Errorf("invites: %w", err)
+		}
+	}
+	return s, nil
 }
 
-func notYet(echo.Context) error { return matrix.NotFoundRoute() }
+// DB is the database the invites live in.
+func (s *Service) DB() *bolt.DB { return s.db }
 
-// StoreInvite serves POST /v2/store-invite.
-func (s *Service) StoreInvite(c echo.Context) error { return notYet(c) }
+// Options returns the options the service was built with.
+func (s *Service) Options() Options { return s.opts }
 
-// SignEd25519 serves POST /v2/sign-ed25519.
-func (s *Service) SignEd25519(c echo.Context) error { return notYet(c) }
-
-// StoreInviteV1 serves POST /api/v1/store-invite.
-func (s *Service) StoreInviteV1(c echo.Context) error { return notYet(c) }
-
-// SignEd25519V1 serves POST /api/v1/sign-ed25519.
-func (s *Service) SignEd25519V1(c echo.Context) error { return notYet(c) }
+// Now is the service's clock.
+func (s *Service) Now() time.Time { return s.opts.Now() }

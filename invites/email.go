@@ -1,0 +1,234 @@
+package invites
+
+import (
+	"embed"
+	"fmt"
+	"html"
+	"io/fs"
+	"net/url"
+	"strings"
+	"unicode"
+
+	"github.com/herald-im/herald/config"
+	"github.com/herald-im/herald/mailer"
+)
+
+//go:embed templates/invite.*
+var embedded embed.FS
+
+// DefaultTemplates are the embedded invite email templates (invite.subject.txt,
+// invite.txt, invite.html).
+func DefaultTemplates() fs.FS {
+	sub, _ := fs.Sub(embedded, "templates")
+	return sub
+}
+
+type mailTemplates struct {
+	t *mailer.Templates
+}
+
+// loadMailTemplates loads the "invite" templates (operator overrides from
+// email.templates_dir) and renders them once with sample data, so a broken
+// or misspelt template stops start-up.
+func loadMailTemplates(c *config.Config) (*mailTemplates, error) {
+	t, err := mailer.LoadTemplates(DefaultTemplates(), c.Email.TemplatesDir, "invite")
+	if err != nil {
+		return nil, fmt.Errorf("invite email templates: %w", err)
+	}
+	sample := &Invite{
+		ID: 1, Token: "SampleToken", Medium: "email", Address: "invitee@example.org",
+		RoomID: "!room:example.org", Sender: "@alice:example.org", RoomAlias: "#room:example.org",
+		RoomName: "Sample room", RoomAvatarURL: "mxc://example.org/a", RoomJoinRules: "invite",
+		RoomType: "", SenderDisplayName: "Alice", SenderAvatarURL: "mxc://example.org/b",
+		EphemeralPrivate: "c2FtcGxl", Homeserver: "example.org",
+	}
+	if err := t.Check(templateData(c, sample)); err != nil {
+		return nil, fmt.Errorf("invite email templates (%s): %w", strings.Join(t.Files(), ", "), err)
+	}
+	return &mailTemplates{t: t}, nil
+}
+
+// TemplateFiles lists the invite templates in use, for the start-up log.
+func (s *Service) TemplateFiles() []string { return s.mail.t.Files() }
+
+// clean makes a request value safe for a one-line spot in a mail: control
+// characters (line breaks included) become spaces, and it is cut at 200 runes.
+func clean(s string) string {
+	s = strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) || r == '\u2028' || r == '\u2029' {
+			return ' '
+		}
+		return r
+	}, s)
+	s = strings.TrimSpace(s)
+	if r := []rune(s); len(r) > 200 {
+		s = string(r[:199]) + "…"
+	}
+	return s
+}
+
+// webClient is the web client base for the invite's links: the invite's
+// org.matrix.web_client_location only if its origin is on
+// email.web_client_allowlist, else email.web_client_url. A link in the email
+// never points where an inviter alone chose.
+func webClient(c *config.Config, inv *Invite) string {
+	if loc := inv.WebClientLocation; loc != "" {
+		if u, err := url.Parse(loc); err == nil && (u.Scheme == "https" || u.Scheme == "http") && u.Host != "" && u.User == nil {
+			origin := strings.ToLower(u.Scheme + "://" + u.Host)
+			for _, a := range c.Email.WebClientAllowlist {
+				au, err := url.Parse(a)
+				if err != nil {
+					continue
+				}
+				if strings.ToLower(au.Scheme+"://"+au.Host) == origin {
+					u.RawQuery, u.Fragment = "", ""
+					return strings.TrimRight(u.String(), "/")
+				}
+			}
+		}
+	}
+	return strings.TrimRight(c.Email.WebClientURL, "/")
+}
+
+// SignURL is the link a client POSTs (with &mxid= appended) to have the
+// invite signed with its ephemeral key: the v1 sign-ed25519 form sydent's
+// emails carry, which matrix-js-sdk uses.
+func SignURL(c *config.Config, inv *Invite) string {
+	return c.BaseURL() + "/_matrix/identity/api/v1/sign-ed25519?token=" + url.QueryEscape(inv.Token) +
+		"&private_key=" + url.QueryEscape(inv.EphemeralPrivate)
+}
+
+// DeclineURL is the invitee's link to decline the invite.
+func DeclineURL(c *config.Config, inv *Invite) string {
+	return c.BaseURL() + "/_herald/invites/decline?token=" + url.QueryEscape(inv.Token)
+}
+
+// OptOutURL is the invitee's link to ask for no further invites.
+func OptOutURL(c *config.Config, inv *Invite) string {
+	return c.BaseURL() + "/_herald/invites/optout?token=" + url.QueryEscape(inv.Token)
+}
+
+// JoinURL is the web client link that lets the invitee accept: the room with
+// what the client needs (email, signurl, room name, inviter), as Element reads it.
+func JoinURL(c *config.Config, inv *Invite) string {
+	q := url.Values{}
+	q.Set("email", inv.Address)
+	q.Set("signurl", SignURL(c, inv))
+	q.Set("room_name", clean(inv.RoomName))
+	q.Set("room_avatar_url", clean(inv.RoomAvatarURL))
+	q.Set("inviter_name", clean(inviterName(inv)))
+	if inv.RoomType != "" {
+		q.Set("room_type", clean(inv.RoomType))
+	}
+	return webClient(c, inv) + "/#/room/" + url.PathEscape(inv.RoomID) + "?" + q.Encode()
+}
+
+func inviterName(inv *Invite) string {
+	if n := clean(inv.SenderDisplayName); n != "" {
+		return n
+	}
+	return inv.Sender
+}
+
+func roomDisplay(inv *Invite) string {
+	switch {
+	case clean(inv.RoomName) != "":
+		return clean(inv.RoomName)
+	case clean(inv.RoomAlias) != "":
+		return clean(inv.RoomAlias)
+	case inv.RoomType == "m.space":
+		return "a space"
+	}
+	return "a room"
+}
+
+// templateData is what invite templates see: Herald's names, plus sydent's
+// variable names (token, room_name, sender_display_name, web_client_location,
+// ephemeral_private_key, bracketed_room_name, ...) and their _forhtml and
+// _forurl variants, so sydent operators can port their templates. Every
+// value from the request is cleaned of control characters; the HTML template
+// escapes on output.
+func templateData(c *config.Config, inv *Invite) map[string]any {
+	d := map[string]any{}
+	// sydent's names first, so Herald's own names win on a clash.
+	str := map[string]string{}
+	for k, v := range inv.Extra {
+		var s string
+		if err := jsonString(v, &s); err == nil && validVarName(k) {
+			str[k] = clean(s)
+		}
+	}
+	name := clean(inv.RoomName)
+	display := clean(inv.SenderDisplayName)
+	bracketedRoom, bracketedSender := "", inv.Sender
+	if name != "" {
+		bracketedRoom = "(" + name + ")"
+	}
+	if display != "" {
+		bracketedSender = display + " (" + inv.Sender + ")"
+	}
+	for k, v := range map[string]string{
+		"medium": inv.Medium, "address": inv.Address, "to": inv.Address,
+		"room_id": inv.RoomID, "sender": inv.Sender, "token": inv.Token,
+		"room_alias": clean(inv.RoomAlias), "room_avatar_url": clean(inv.RoomAvatarURL),
+		"room_join_rules": clean(inv.RoomJoinRules), "room_name": name, "room_type": clean(inv.RoomType),
+		"sender_display_name": display, "sender_avatar_url": clean(inv.SenderAvatarURL),
+		"ephemeral_private_key": inv.EphemeralPrivate, "web_client_location": webClient(c, inv),
+		"bracketed_room_name": bracketedRoom, "bracketed_verified_sender": bracketedSender,
+		"signurl": SignURL(c, inv),
+	} {
+		str[k] = v
+	}
+	for k, v := range str {
+		d[k] = v
+		d[k+"_forhtml"] = html.EscapeString(v)
+		d[k+"_forurl"] = url.QueryEscape(v)
+	}
+	// Herald's names.
+	d["brand"] = c.Email.BrandName
+	d["inviter_name"] = inviterName(inv)
+	d["inviter_full"] = bracketedSender
+	d["room_display"] = roomDisplay(inv)
+	d["room_is_space"] = inv.RoomType == "m.space"
+	d["join_url"] = JoinURL(c, inv)
+	d["decline_url"] = DeclineURL(c, inv)
+	d["optout_url"] = OptOutURL(c, inv)
+	d["homeserver"] = inv.Homeserver
+	d["base_url"] = c.BaseURL()
+	d["invite_id"] = inv.ID
+	return d
+}
+
+func validVarName(k string) bool {
+	if k == "" || len(k) > 64 {
+		return false
+	}
+	for _, r := range k {
+		if !(r == '_' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9') {
+			return false
+		}
+	}
+	return true
+}
+
+// renderMail renders inv's invite email. To, Headers and Ref are set; the
+// caller sets Ref again once the invite has its id.
+func (s *Service) renderMail(inv *Invite) (mailer.Message, error) {
+	m, err := s.mail.t.Render(templateData(s.cfg, inv))
+	if err != nil {
+		return m, err
+	}
+	m.To = inv.Address
+	m.Kind = "invite"
+	m.Ref = fmt.Sprintf("invite:%d", inv.ID)
+	m.Headers = map[string]string{
+		"List-Unsubscribe":         "<" + OptOutURL(s.cfg, inv) + ">",
+		"Auto-Submitted":           "auto-generated",
+		"X-Auto-Response-Suppress": "All",
+	}
+	return m, nil
+}
+
+// RenderMail renders the invite email for inv as it would be queued (for the
+// admin console's "resend" and for tests).
+func (s *Service) RenderMail(inv *Invite) (mailer.Message, error) { return s.renderMail(inv) }

@@ -1,0 +1,484 @@
+package invites
+
+import (
+	"bytes"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+
+	"github.com/labstack/echo/v4"
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/herald-im/herald/identity"
+	"github.com/herald-im/herald/keys"
+	"github.com/herald-im/herald/matrix"
+)
+
+// The store-invite keys Herald knows; any other key is kept in Invite.Extra.
+var knownKeys = map[string]bool{
+	"medium": true, "address": true, "room_id": true, "sender": true, "room_alias": true,
+	"room_avatar_url": true, "room_join_rules": true, "room_name": true, "room_type": true,
+	"sender_display_name": true, "sender_avatar_url": true, "org.matrix.web_client_location": true,
+}
+
+// Caps on what a request may make Herald store.
+const (
+	maxValueRunes  = 1000 // any one string value
+	maxExtraKeys   = 32
+	maxExtraBytes  = 1024 // one extra value's JSON
+	tokenBytes     = 32   // 256 bits, 43 characters of [A-Za-z0-9_-]
+	ephemeralKeyID = "ed25519:0"
+)
+
+func jsonString(raw json.RawMessage, s *string) error {
+	if bytes.Equal(bytes.TrimSpace(raw), []byte("null")) {
+		*s = ""
+		return nil
+	}
+	return json.Unmarshal(raw, s)
+}
+
+// inviteFromFields builds an Invite (not yet normalised or checked) from the
+// request's keys. Known keys must be strings (or null).
+func inviteFromFields(fields map[string]json.RawMessage) (*Invite, error) {
+	inv := &Invite{}
+	str := func(key string) (string, error) {
+		raw, ok := fields[key]
+		if !ok {
+			return "", nil
+		}
+		var s string
+		if err := jsonString(raw, &s); err != nil {
+			return "", matrix.BadJSON("%s must be a string", key)
+		}
+		if len([]rune(s)) > maxValueRunes {
+			return "", matrix.InvalidParam("%s is too long", key)
+		}
+		return s, nil
+	}
+	for _, f := range []struct {
+		key string
+		dst *string
+	}{
+		{"medium", &inv.Medium}, {"address", &inv.Address}, {"room_id", &inv.RoomID}, {"sender", &inv.Sender},
+		{"room_alias", &inv.RoomAlias}, {"room_avatar_url", &inv.RoomAvatarURL}, {"room_join_rules", &inv.RoomJoinRules},
+		{"room_name", &inv.RoomName}, {"room_type", &inv.RoomType}, {"sender_display_name", &inv.SenderDisplayName},
+		{"sender_avatar_url", &inv.SenderAvatarURL}, {"org.matrix.web_client_location", &inv.WebClientLocation},
+	} {
+		v, err := str(f.key)
+		if err != nil {
+			return nil, err
+		}
+		*f.dst = v
+	}
+	for k, v := range fields {
+		if knownKeys[k] || len(inv.Extra) >= maxExtraKeys || len(v) > maxExtraBytes || len(k) > 255 {
+			continue
+		}
+		if inv.Extra == nil {
+			inv.Extra = map[string]json.RawMessage{}
+		}
+		inv.Extra[k] = append(json.RawMessage(nil), v...)
+	}
+	return inv, nil
+}
+
+// storeAnswer is store-invite's answer.
+type storeAnswer struct {
+	Token       string      `json:"token"`
+	PublicKey   string      `json:"public_key"`
+	PublicKeys  []publicKey `json:"public_keys"`
+	DisplayName string      `json:"display_name"`
+}
+
+type publicKey struct {
+	PublicKey      string `json:"public_key"`
+	KeyValidityURL string `json:"key_validity_url"`
+}
+
+func (s *Service) answer(inv *Invite, api string) storeAnswer {
+	base := s.cfg.BaseURL() + "/_matrix/identity/" + api + "/pubkey"
+	return storeAnswer{
+		Token:     inv.Token,
+		PublicKey: inv.PublicKey,
+		PublicKeys: []publicKey{
+			{PublicKey: inv.PublicKey, KeyValidityURL: base + "/isvalid"},
+			{PublicKey: inv.EphemeralPublic, KeyValidityURL: base + "/ephemeral/isvalid"},
+		},
+		DisplayName: identity.RedactEmail(inv.Address),
+	}
+}
+
+func newInviteToken() string {
+	b := make([]byte, tokenBytes)
+	if _, err := rand.Read(b); err != nil {
+		panic(err)
+	}
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+func serverOf(userID string) string {
+	_, s, _ := strings.Cut(userID, ":")
+	return strings.ToLower(s)
+}
+
+// validUserID is a loose check of a Matrix user ID: "@localpart:server".
+func validUserID(s string) bool {
+	local, server, ok := strings.Cut(s, ":")
+	return ok && len(local) > 1 && local[0] == '@' && server != "" && len(s) <= 255 &&
+		!strings.ContainsAny(s, " \t\r\n\x00/")
+}
+
+func validRoomID(s string) bool {
+	return len(s) > 1 && s[0] == '!' && len(s) <= 255 && !strings.ContainsAny(s, " \t\r\n\x00")
+}
+
+// store is store-invite for both API versions. account is the caller's user
+// ID (v2), or "" for the unauthenticated v1 form.
+func (s *Service) store(fields map[string]json.RawMessage, account, api string) (*storeAnswer, error) {
+	inv, err := inviteFromFields(fields)
+	if err != nil {
+		return nil, err
+	}
+	if err := matrix.Require("medium", inv.Medium, "address", inv.Address, "room_id", inv.RoomID, "sender", inv.Sender); err != nil {
+		return nil, err
+	}
+	if inv.Medium != "email" {
+		return nil, matrix.Unrecognized("Unsupported medium: only email invites are supported")
+	}
+	if account != "" && inv.Sender != account {
+		return nil, matrix.ForbiddenUnauthorized("sender must be the user the access token belongs to")
+	}
+	if !validUserID(inv.Sender) {
+		return nil, matrix.InvalidParam("sender is not a Matrix user ID")
+	}
+	if !validRoomID(inv.RoomID) {
+		return nil, matrix.InvalidParam("room_id is not a Matrix room ID")
+	}
+	if inv.Address, err = identity.NormalizeEmail(inv.Address); err != nil {
+		return nil, err
+	}
+	inv.Homeserver = serverOf(inv.Sender)
+	inv.Via = api
+	if err := s.policy.check(inv); err != nil {
+		return nil, err
+	}
+
+	// Already bound, or a repeat of a pending invite: answer without writing.
+	var dup *Invite
+	err = s.db.View(func(tx *bolt.Tx) error {
+		if err := s.checkBound(tx, inv.Address); err != nil {
+			return err
+		}
+		dup, err = s.pendingDuplicate(tx, inv.Sender, inv.RoomID, inv.Medium, inv.Address)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	if dup != nil {
+		a := s.answer(dup, api)
+		return &a, nil
+	}
+	if err := s.limits.allow(inv.Sender, inv.RoomID, inv.Address, inv.Homeserver); err != nil {
+		return nil, err
+	}
+
+	// Everything random or rendered is made before the transaction: Batch may
+	// run the function more than once, which must then write the same thing.
+	now := s.opts.Now().UTC()
+	inv.Token = newInviteToken()
+	pub, priv := keys.NewEphemeralKey()
+	inv.EphemeralPublic = keys.EncodeBase64(pub)
+	inv.EphemeralPrivate = keys.EncodeBase64(priv.Seed())
+	lt := s.opts.Ring.Current()
+	inv.PublicKey, inv.KeyID = lt.PublicBase64(), lt.ID
+	inv.Created, inv.StateChanged, inv.State = now, now, StatePending
+	if d := s.cfg.Invites.Expiry.D(); d > 0 {
+		inv.ExpiresAt = now.Add(d)
+	}
+	mail, err := s.renderMail(inv)
+	if err != nil {
+		return nil, err
+	}
+
+	var result *Invite
+	queued := false
+	err = s.db.Batch(func(tx *bolt.Tx) error {
+		result, queued = nil, false
+		if err := s.checkBound(tx, inv.Address); err != nil {
+			return err
+		}
+		d, err := s.pendingDuplicate(tx, inv.Sender, inv.RoomID, inv.Medium, inv.Address)
+		if err != nil {
+			return err
+		}
+		if d != nil {
+			result = d
+			return nil
+		}
+		rec := *inv
+		for _, check := range storeChecks {
+			if err := check(s, tx, &rec); err != nil {
+				return err
+			}
+		}
+		if err := s.insert(tx, &rec); err != nil {
+			return err
+		}
+		if err := s.opts.Ephemeral.Put(tx, rec.EphemeralPublic, "invite:"+itoa(rec.ID)); err != nil {
+			return err
+		}
+		if s.opts.Mailer != nil {
+			m := mail
+			m.Ref = "invite:" + itoa(rec.ID)
+			id, err := s.opts.Mailer.Enqueue(tx, m)
+			if err != nil {
+				return err
+			}
+			rec.MailID = id
+			if err := putRecord(tx, &rec); err != nil {
+				return err
+			}
+			queued = true
+		}
+		result = &rec
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if queued {
+		s.opts.Mailer.Wake()
+	} else if s.opts.Mailer == nil && result.ID != 0 && result.Token == inv.Token {
+		s.opts.Log.Warn("invite stored without an email: no mail queue configured", "invite", result.ID)
+	}
+	if result.Token == inv.Token {
+		s.opts.Log.Info("invite stored", "invite", result.ID, "to", identity.RedactEmail(result.Address),
+			"sender", result.Sender, "room", result.RoomID, "api", api)
+	}
+	a := s.answer(result, api)
+	return &a, nil
+}
+
+func (s *Service) checkBound(tx *bolt.Tx, address string) error {
+	b, err := s.opts.Identity.BindingTx(tx, "email", address)
+	if err != nil {
+		return err
+	}
+	if b != nil {
+		return matrix.ThreepidInUse("Binding already known").With("mxid", b.MXID)
+	}
+	return nil
+}
+
+func itoa(v uint64) string {
+	var b [20]byte
+	i := len(b)
+	for {
+		i--
+		b[i] = byte('0' + v%10)
+		v /= 10
+		if v == 0 {
+			break
+		}
+	}
+	return string(b[i:])
+}
+
+// StoreInvite serves POST /v2/store-invite (authenticated, terms-gated).
+func (s *Service) StoreInvite(c echo.Context) error {
+	var fields map[string]json.RawMessage
+	if err := matrix.DecodeJSON(c, &fields); err != nil {
+		return err
+	}
+	acct := identity.AccountFrom(c)
+	if acct == nil {
+		return matrix.Unauthorized("Missing access token")
+	}
+	a, err := s.store(fields, acct.UserID, "v2")
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, a)
+}
+
+// StoreInviteV1 serves POST /api/v1/store-invite: no authentication, the body
+// form-encoded (as Dendrite sends it) or JSON. When
+// compat.v1_store_invite_allow is set, only those client addresses may call it.
+func (s *Service) StoreInviteV1(c echo.Context) error {
+	if !s.v1Allowed(c) {
+		return matrix.Forbidden("This identity server does not accept v1 store-invite from your address")
+	}
+	fields, err := formOrJSON(c)
+	if err != nil {
+		return err
+	}
+	a, err := s.store(fields, "", "v1")
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, a)
+}
+
+// v1Allowed checks the client address against compat.v1_store_invite_allow.
+// The address is the TCP peer, unless the server was set up with an
+// IPExtractor that trusts a proxy.
+func (s *Service) v1Allowed(c echo.Context) bool {
+	allow := s.cfg.Compat.V1StoreInviteAllow
+	if len(allow) == 0 {
+		return true
+	}
+	host := c.Request().RemoteAddr
+	if c.Echo().IPExtractor != nil {
+		host = c.RealIP()
+	} else if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	ip := net.ParseIP(host)
+	if ip == nil {
+		return false
+	}
+	for _, a := range allow {
+		if strings.Contains(a, "/") {
+			if _, n, err := net.ParseCIDR(a); err == nil && n.Contains(ip) {
+				return true
+			}
+		} else if p := net.ParseIP(a); p != nil && p.Equal(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+// formOrJSON reads a v1 request's parameters: a JSON object body, or a
+// form-encoded body, plus the query string (body values win).
+func formOrJSON(c echo.Context) (map[string]json.RawMessage, error) {
+	body, err := matrix.ReadBody(c)
+	if err != nil {
+		return nil, err
+	}
+	fields := map[string]json.RawMessage{}
+	put := func(vals url.Values) {
+		for k, v := range vals {
+			if len(v) > 0 {
+				raw, _ := json.Marshal(v[0])
+				fields[k] = raw
+			}
+		}
+	}
+	put(c.Request().URL.Query())
+	trimmed := bytes.TrimSpace(body)
+	ct := c.Request().Header.Get("Content-Type")
+	switch {
+	case len(trimmed) == 0:
+	case strings.HasPrefix(ct, "application/x-www-form-urlencoded") || (trimmed[0] != '{' && !strings.Contains(ct, "json")):
+		vals, err := url.ParseQuery(string(trimmed))
+		if err != nil {
+			return nil, matrix.BadJSON("Request body is neither JSON nor form-encoded")
+		}
+		put(vals)
+	default:
+		var m map[string]json.RawMessage
+		if err := matrix.DecodeJSONBytes(trimmed, &m); err != nil {
+			return nil, err
+		}
+		for k, v := range m {
+			fields[k] = v
+		}
+	}
+	return fields, nil
+}
+
+// ---- sign-ed25519 ----
+
+var errTokenUnknown = &matrix.Error{Status: http.StatusNotFound, Code: "M_UNRECOGNIZED", Message: "Didn't recognize token"}
+
+// Sign signs {mxid, sender, token} with the invite's ephemeral key, after
+// checking that privateKey is that key and that the invite can still be
+// accepted by mxid. It answers the signed object.
+func (s *Service) Sign(mxid, token, privateKey string) (map[string]json.RawMessage, error) {
+	if err := matrix.Require("mxid", mxid, "token", token, "private_key", privateKey); err != nil {
+		return nil, err
+	}
+	if !validUserID(mxid) {
+		return nil, matrix.InvalidParam("mxid is not a Matrix user ID")
+	}
+	inv, err := s.ByToken(token)
+	if errors.Is(err, ErrNotFound) {
+		return nil, errTokenUnknown
+	}
+	if err != nil {
+		return nil, err
+	}
+	seed, err := keys.DecodeBase64(privateKey)
+	if err != nil || len(seed) != ed25519.SeedSize {
+		return nil, matrix.InvalidParam("private_key is not an ed25519 private key in base64")
+	}
+	priv := ed25519.NewKeyFromSeed(seed)
+	if keys.EncodeBase64(priv.Public().(ed25519.PublicKey)) != inv.EphemeralPublic {
+		return nil, matrix.Forbidden("private_key is not this invite's key")
+	}
+	switch {
+	case inv.Pending(s.opts.Now()):
+	case inv.State == StateResolved && (inv.ResolvedMXID == "" || inv.ResolvedMXID == mxid):
+	default:
+		return nil, matrix.Forbidden("This invite is no longer valid (%s)", stateWord(inv))
+	}
+	return keys.SignJSON(map[string]string{"mxid": mxid, "sender": inv.Sender, "token": inv.Token},
+		s.opts.Ring.ServerName(), ephemeralKeyID, priv)
+}
+
+func stateWord(inv *Invite) string {
+	if inv.State == StatePending {
+		return StateExpired
+	}
+	return inv.State
+}
+
+// SignEd25519 serves POST /v2/sign-ed25519 (authenticated, terms-gated).
+func (s *Service) SignEd25519(c echo.Context) error {
+	var req struct {
+		MXID       string `json:"mxid"`
+		Token      string `json:"token"`
+		PrivateKey string `json:"private_key"`
+	}
+	if err := matrix.DecodeJSON(c, &req); err != nil {
+		return err
+	}
+	signed, err := s.Sign(req.MXID, req.Token, req.PrivateKey)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, signed)
+}
+
+// SignEd25519V1 serves POST /api/v1/sign-ed25519: no authentication, the
+// parameters in the query string (the email's signurl with &mxid= appended,
+// no body, as matrix-js-sdk sends it), a form body, or a JSON body.
+func (s *Service) SignEd25519V1(c echo.Context) error {
+	fields, err := formOrJSON(c)
+	if err != nil {
+		return err
+	}
+	get := func(k string) string {
+		var v string
+		if raw, ok := fields[k]; ok {
+			if jsonString(raw, &v) != nil {
+				return ""
+			}
+		}
+		return v
+	}
+	signed, err := s.Sign(get("mxid"), get("token"), get("private_key"))
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, signed)
+}

@@ -1,0 +1,205 @@
+package invites
+
+import (
+	"fmt"
+	"math"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/text/cases"
+	"golang.org/x/time/rate"
+
+	"github.com/herald-im/herald/config"
+	"github.com/herald-im/herald/matrix"
+)
+
+// policy holds the operator's blocklists and email domain lists.
+type policy struct {
+	rooms       map[string]bool
+	homeservers []string // exact names, or "*.example.org" / ".example.org" for subdomains
+	keywords    []string // case-folded
+	allow, deny []string // email domains, same matching as homeservers
+}
+
+var fold = cases.Fold()
+
+func newPolicy(c config.Invites) (*policy, error) {
+	p := &policy{rooms: map[string]bool{}}
+	for _, r := range c.Blocklist.Rooms {
+		p.rooms[strings.TrimSpace(r)] = true
+	}
+	for _, h := range c.Blocklist.Homeservers {
+		p.homeservers = append(p.homeservers, strings.ToLower(strings.TrimSpace(h)))
+	}
+	for _, k := range c.Blocklist.Keywords {
+		if k = strings.TrimSpace(k); k != "" {
+			p.keywords = append(p.keywords, fold.String(k))
+		}
+	}
+	for _, d := range c.EmailDomains.Allow {
+		p.allow = append(p.allow, strings.ToLower(strings.TrimSpace(d)))
+	}
+	for _, d := range c.EmailDomains.Deny {
+		p.deny = append(p.deny, strings.ToLower(strings.TrimSpace(d)))
+	}
+	return p, nil
+}
+
+// domainMatches reports whether name matches one of patterns: an exact name,
+// or "*.example.org" / ".example.org" matching example.org's subdomains (and
+// example.org itself for the "*." form).
+func domainMatches(name string, patterns []string) bool {
+	name = strings.ToLower(name)
+	for _, p := range patterns {
+		switch {
+		case strings.HasPrefix(p, "*."):
+			if name == p[2:] || strings.HasSuffix(name, p[1:]) {
+				return true
+			}
+		case strings.HasPrefix(p, "."):
+			if strings.HasSuffix(name, p) {
+				return true
+			}
+		case name == p:
+			return true
+		}
+	}
+	return false
+}
+
+// check refuses an invite the operator does not want sent (403 M_FORBIDDEN).
+// The message does not say which list matched, so spammers learn little.
+func (p *policy) check(inv *Invite) error {
+	_, domain, _ := strings.Cut(inv.Address, "@")
+	if len(p.allow) > 0 && !domainMatches(domain, p.allow) {
+		return matrix.Forbidden("Invites to this email domain are not accepted by this identity server")
+	}
+	if domainMatches(domain, p.deny) {
+		return matrix.Forbidden("Invites to this email domain are not accepted by this identity server")
+	}
+	if p.rooms[inv.RoomID] || (inv.RoomAlias != "" && p.rooms[inv.RoomAlias]) {
+		return matrix.Forbidden("Invites from this room are not accepted by this identity server")
+	}
+	if domainMatches(inv.Homeserver, p.homeservers) {
+		return matrix.Forbidden("Invites from this homeserver are not accepted by this identity server")
+	}
+	if len(p.keywords) > 0 {
+		text := fold.String(inv.RoomName + "\n" + inv.SenderDisplayName)
+		for _, k := range p.keywords {
+			if strings.Contains(text, k) {
+				return matrix.Forbidden("This invite was refused by this identity server's content policy")
+			}
+		}
+	}
+	return nil
+}
+
+// limits are the in-memory per-key rate limiters for store-invite.
+type limits struct {
+	now  func() time.Time
+	sets [4]*limiterSet // sender, room, address, homeserver
+}
+
+func newLimits(c config.Invites, now func() time.Time) *limits {
+	rl := c.RateLimits
+	return &limits{now: now, sets: [4]*limiterSet{
+		newLimiterSet(rl.Sender), newLimiterSet(rl.Room), newLimiterSet(rl.Address), newLimiterSet(rl.Homeserver),
+	}}
+}
+
+// allow takes one token from each of the four limiters, or none: it returns
+// 429 M_LIMIT_EXCEEDED with the longest wait when any is exhausted.
+func (l *limits) allow(sender, room, address, homeserver string) error {
+	now := l.now()
+	keys := [4]string{sender, room, address, homeserver}
+	var taken []*rate.Reservation
+	var wait time.Duration
+	for i, set := range l.sets {
+		lim := set.get(keys[i], now)
+		if lim == nil {
+			continue
+		}
+		r := lim.ReserveN(now, 1)
+		if !r.OK() {
+			wait = time.Hour
+			continue
+		}
+		if d := r.DelayFrom(now); d > 0 {
+			r.CancelAt(now)
+			if d > wait {
+				wait = d
+			}
+			continue
+		}
+		taken = append(taken, r)
+	}
+	if wait > 0 {
+		for _, r := range taken {
+			r.CancelAt(now)
+		}
+		ms := int64(math.Ceil(float64(wait) / float64(time.Millisecond)))
+		return matrix.LimitExceeded(ms)
+	}
+	return nil
+}
+
+// limiterSet keeps one token bucket per key, forgetting buckets that have
+// refilled completely so memory stays bounded by recent activity.
+type limiterSet struct {
+	limit rate.Limit
+	burst int
+	full  time.Duration // time for an empty bucket to refill
+
+	mu    sync.Mutex
+	m     map[string]*limEntry
+	sweep time.Time
+}
+
+type limEntry struct {
+	lim  *rate.Limiter
+	seen time.Time
+}
+
+func newLimiterSet(c config.RateLimit) *limiterSet {
+	if c.PerHour <= 0 {
+		return nil
+	}
+	burst := c.Burst
+	if burst < 1 {
+		burst = 1
+	}
+	perSec := c.PerHour / 3600
+	return &limiterSet{limit: rate.Limit(perSec), burst: burst,
+		full: time.Duration(float64(burst) / perSec * float64(time.Second)), m: map[string]*limEntry{}}
+}
+
+func (s *limiterSet) get(key string, now time.Time) *rate.Limiter {
+	if s == nil || key == "" {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if now.Sub(s.sweep) > time.Minute || len(s.m) > 100000 {
+		for k, e := range s.m {
+			if now.Sub(e.seen) > s.full {
+				delete(s.m, k)
+			}
+		}
+		s.sweep = now
+	}
+	e := s.m[key]
+	if e == nil {
+		e = &limEntry{lim: rate.NewLimiter(s.limit, s.burst)}
+		s.m[key] = e
+	}
+	e.seen = now
+	return e.lim
+}
+
+func (s *limiterSet) String() string {
+	if s == nil {
+		return "unlimited"
+	}
+	return fmt.Sprintf("%v/s burst %d", s.limit, s.burst)
+}

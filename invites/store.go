@@ -1,0 +1,499 @@
+package invites
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/herald-im/herald/identity"
+	"github.com/herald-im/herald/store"
+)
+
+// Invite states.
+const (
+	StatePending  = "pending"  // stored, waiting for the address to be bound
+	StateResolved = "resolved" // delivered to (or queued for) the invitee's homeserver
+	StateExpired  = "expired"
+	StateRevoked  = "revoked"
+	StateDeclined = "declined"
+)
+
+// States lists every state, in the order a dashboard shows them.
+var States = []string{StatePending, StateResolved, StateExpired, StateRevoked, StateDeclined}
+
+// Invite is one stored third-party invite.
+type Invite struct {
+	ID      uint64 `json:"id"`
+	Token   string `json:"token"` // erased ("") after the retention period
+	Medium  string `json:"medium"`
+	Address string `json:"address"` // normalised
+	RoomID  string `json:"room_id"`
+	Sender  string `json:"sender"`
+
+	// What the homeserver sent, kept for the email.
+	RoomAlias         string                     `json:"room_alias,omitempty"`
+	RoomAvatarURL     string                     `json:"room_avatar_url,omitempty"`
+	RoomJoinRules     string                     `json:"room_join_rules,omitempty"`
+	RoomName          string                     `json:"room_name,omitempty"`
+	RoomType          string                     `json:"room_type,omitempty"`
+	SenderDisplayName string                     `json:"sender_display_name,omitempty"`
+	SenderAvatarURL   string                     `json:"sender_avatar_url,omitempty"`
+	WebClientLocation string                     `json:"web_client_location,omitempty"` // org.matrix.web_client_location
+	Extra             map[string]json.RawMessage `json:"extra,omitempty"`               // any other keys
+
+	PublicKey        string `json:"public_key"` // long-term key (unpadded base64) given in the answer
+	KeyID            string `json:"key_id"`     // its id, "ed25519:..."
+	EphemeralPublic  string `json:"ephemeral_public"`
+	EphemeralPrivate string `json:"ephemeral_private,omitempty"` // seed, unpadded base64; erased after retention
+
+	Created      time.Time `json:"created"`
+	ExpiresAt    time.Time `json:"expires_at,omitzero"` // zero: never
+	State        string    `json:"state"`
+	StateChanged time.Time `json:"state_changed"`
+	ResolvedMXID string    `json:"resolved_mxid,omitempty"`
+	MailID       uint64    `json:"mail_id,omitempty"` // the invite email in the mailer outbox
+	Homeserver   string    `json:"homeserver"`        // the sender's server
+	Via          string    `json:"via,omitempty"`     // "v2" or "v1"
+}
+
+// Expired reports whether inv is past its expiry time at now.
+func (inv *Invite) Expired(now time.Time) bool {
+	return !inv.ExpiresAt.IsZero() && !now.Before(inv.ExpiresAt)
+}
+
+// Pending reports whether inv is pending and not past its expiry at now.
+func (inv *Invite) Pending(now time.Time) bool {
+	return inv.State == StatePending && !inv.Expired(now)
+}
+
+// Buckets. Keys are big-endian ids so cursors walk them in creation order.
+var (
+	bktInvites = []byte("invites")       // id -> JSON Invite
+	bktToken   = []byte("invites_token") // token -> id
+	bktAddr    = []byte("invites_addr")  // medium 0 address 0 id -> nil
+	bktDedup   = []byte("invites_dedup") // sender 0 room 0 medium 0 address -> id, pending only
+	bktState   = []byte("invites_state") // state 0 id -> nil
+)
+
+var allBuckets = [][]byte{bktInvites, bktToken, bktAddr, bktDedup, bktState}
+
+// ErrNotFound means no invite matches.
+var ErrNotFound = errors.New("invites: no such invite")
+
+func join0(parts ...string) []byte {
+	var b bytes.Buffer
+	for i, p := range parts {
+		if i > 0 {
+			b.WriteByte(0)
+		}
+		b.WriteString(p)
+	}
+	return b.Bytes()
+}
+
+func addrPrefix(medium, address string) []byte { return append(join0(medium, address), 0) }
+
+func addrKey(medium, address string, id uint64) []byte {
+	return append(addrPrefix(medium, address), store.U64(id)...)
+}
+
+func dedupKey(sender, room, medium, address string) []byte {
+	return join0(sender, room, medium, address)
+}
+
+func stateKey(state string, id uint64) []byte { return append(join0(state, ""), store.U64(id)...) }
+
+func getTx(tx *bolt.Tx, id uint64) (*Invite, error) {
+	raw := tx.Bucket(bktInvites).Get(store.U64(id))
+	if raw == nil {
+		return nil, ErrNotFound
+	}
+	inv := new(Invite)
+	if err := json.Unmarshal(raw, inv); err != nil {
+		return nil, err
+	}
+	return inv, nil
+}
+
+func putRecord(tx *bolt.Tx, inv *Invite) error {
+	raw, err := json.Marshal(inv)
+	if err != nil {
+		return err
+	}
+	return tx.Bucket(bktInvites).Put(store.U64(inv.ID), raw)
+}
+
+// Get returns the invite with that id.
+func (s *Service) Get(id uint64) (*Invite, error) {
+	var inv *Invite
+	err := s.db.View(func(tx *bolt.Tx) error {
+		var err error
+		inv, err = getTx(tx, id)
+		return err
+	})
+	return inv, err
+}
+
+// GetTx is Get inside the caller's transaction.
+func (s *Service) GetTx(tx *bolt.Tx, id uint64) (*Invite, error) { return getTx(tx, id) }
+
+// ByToken returns the invite with that token.
+func (s *Service) ByToken(token string) (*Invite, error) {
+	var inv *Invite
+	err := s.db.View(func(tx *bolt.Tx) error {
+		var err error
+		inv, err = s.ByTokenTx(tx, token)
+		return err
+	})
+	return inv, err
+}
+
+// ByTokenTx is ByToken inside the caller's transaction.
+func (s *Service) ByTokenTx(tx *bolt.Tx, token string) (*Invite, error) {
+	if token == "" {
+		return nil, ErrNotFound
+	}
+	id := tx.Bucket(bktToken).Get([]byte(token))
+	if len(id) != 8 {
+		return nil, ErrNotFound
+	}
+	return getTx(tx, u64(id))
+}
+
+// ForAddress returns every invite (any state) for the address, oldest first.
+// address is normalised for email.
+func (s *Service) ForAddress(tx *bolt.Tx, medium, address string) ([]*Invite, error) {
+	address = normalize(medium, address)
+	prefix := addrPrefix(medium, address)
+	var out []*Invite
+	c := tx.Bucket(bktAddr).Cursor()
+	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+		if len(k) != len(prefix)+8 {
+			continue
+		}
+		inv, err := getTx(tx, u64(k[len(prefix):]))
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, inv)
+	}
+	return out, nil
+}
+
+// PendingFor returns the address's invites that are pending and not past
+// their expiry, oldest first, inside the caller's transaction (the bind hook
+// calls it). address is normalised for email. The slice is fresh every call.
+func (s *Service) PendingFor(tx *bolt.Tx, medium, address string) ([]*Invite, error) {
+	all, err := s.ForAddress(tx, medium, address)
+	if err != nil {
+		return nil, err
+	}
+	now := s.opts.Now()
+	out := make([]*Invite, 0, len(all))
+	for _, inv := range all {
+		if inv.Pending(now) {
+			out = append(out, inv)
+		}
+	}
+	return out, nil
+}
+
+func normalize(medium, address string) string {
+	if medium == "email" {
+		if n, err := identity.NormalizeEmail(address); err == nil {
+			return n
+		}
+	}
+	return address
+}
+
+// insert stores a new invite, assigning its ID, and writes every index.
+func (s *Service) insert(tx *bolt.Tx, inv *Invite) error {
+	id, err := tx.Bucket(bktInvites).NextSequence()
+	if err != nil {
+		return err
+	}
+	inv.ID = id
+	if inv.State == "" {
+		inv.State = StatePending
+	}
+	if inv.StateChanged.IsZero() {
+		inv.StateChanged = inv.Created
+	}
+	if err := putRecord(tx, inv); err != nil {
+		return err
+	}
+	return s.index(tx, nil, inv)
+}
+
+// index moves the indexes from old (nil for a new invite) to inv.
+func (s *Service) index(tx *bolt.Tx, old, inv *Invite) error {
+	tb, ab, db, sb := tx.Bucket(bktToken), tx.Bucket(bktAddr), tx.Bucket(bktDedup), tx.Bucket(bktState)
+	id := store.U64(inv.ID)
+	if old != nil {
+		if old.Token != "" && old.Token != inv.Token {
+			if err := tb.Delete([]byte(old.Token)); err != nil {
+				return err
+			}
+		}
+		if old.Medium != inv.Medium || old.Address != inv.Address {
+			if err := ab.Delete(addrKey(old.Medium, old.Address, old.ID)); err != nil {
+				return err
+			}
+		}
+		if old.State != inv.State {
+			if err := sb.Delete(stateKey(old.State, old.ID)); err != nil {
+				return err
+			}
+		}
+		dk := dedupKey(old.Sender, old.RoomID, old.Medium, old.Address)
+		if v := db.Get(dk); v != nil && u64(v) == old.ID {
+			if err := db.Delete(dk); err != nil {
+				return err
+			}
+		}
+	}
+	if inv.Token != "" {
+		if err := tb.Put([]byte(inv.Token), id); err != nil {
+			return err
+		}
+	}
+	if inv.Address != "" {
+		if err := ab.Put(addrKey(inv.Medium, inv.Address, inv.ID), nil); err != nil {
+			return err
+		}
+	}
+	if err := sb.Put(stateKey(inv.State, inv.ID), nil); err != nil {
+		return err
+	}
+	if inv.State == StatePending && inv.Token != "" {
+		if err := db.Put(dedupKey(inv.Sender, inv.RoomID, inv.Medium, inv.Address), id); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Update writes inv (which must exist) inside the caller's write transaction
+// and keeps every index right: token, address, state, and the de-duplication
+// entry (present only while pending). A change of state stamps StateChanged
+// (unless the caller set it) and, for expired, revoked and declined invites,
+// marks the ephemeral key invalid so ephemeral/isvalid answers false.
+func (s *Service) Update(tx *bolt.Tx, inv *Invite) error {
+	old, err := getTx(tx, inv.ID)
+	if err != nil {
+		return err
+	}
+	if old.State != inv.State {
+		if inv.StateChanged.Equal(old.StateChanged) {
+			inv.StateChanged = s.opts.Now().UTC()
+		}
+		switch inv.State {
+		case StateExpired, StateRevoked, StateDeclined:
+			if inv.EphemeralPublic != "" && s.opts.Ephemeral != nil {
+				if err := s.opts.Ephemeral.Invalidate(tx, inv.EphemeralPublic); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	if err := putRecord(tx, inv); err != nil {
+		return err
+	}
+	return s.index(tx, old, inv)
+}
+
+// Delete erases an invite, its indexes and its ephemeral key (data-protection
+// erasure) inside the caller's write transaction.
+func (s *Service) Delete(tx *bolt.Tx, id uint64) error {
+	old, err := getTx(tx, id)
+	if err != nil {
+		return err
+	}
+	if old.Token != "" {
+		if err := tx.Bucket(bktToken).Delete([]byte(old.Token)); err != nil {
+			return err
+		}
+	}
+	if err := tx.Bucket(bktAddr).Delete(addrKey(old.Medium, old.Address, id)); err != nil {
+		return err
+	}
+	if err := tx.Bucket(bktState).Delete(stateKey(old.State, id)); err != nil {
+		return err
+	}
+	dk := dedupKey(old.Sender, old.RoomID, old.Medium, old.Address)
+	if v := tx.Bucket(bktDedup).Get(dk); v != nil && u64(v) == id {
+		if err := tx.Bucket(bktDedup).Delete(dk); err != nil {
+			return err
+		}
+	}
+	if old.EphemeralPublic != "" && s.opts.Ephemeral != nil {
+		if err := s.opts.Ephemeral.Delete(tx, old.EphemeralPublic); err != nil {
+			return err
+		}
+	}
+	return tx.Bucket(bktInvites).Delete(store.U64(id))
+}
+
+// pendingDuplicate returns the pending invite from sender to address in room, if any.
+func (s *Service) pendingDuplicate(tx *bolt.Tx, sender, room, medium, address string) (*Invite, error) {
+	v := tx.Bucket(bktDedup).Get(dedupKey(sender, room, medium, address))
+	if len(v) != 8 {
+		return nil, nil
+	}
+	inv, err := getTx(tx, u64(v))
+	if errors.Is(err, ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil || !inv.Pending(s.opts.Now()) {
+		return nil, err
+	}
+	return inv, nil
+}
+
+// EachInState calls fn for every invite in state, oldest first, inside the
+// caller's transaction. fn must not change the state index of invites other
+// than the one it is given (Update on that one is fine in a write tx).
+func (s *Service) EachInState(tx *bolt.Tx, state string, fn func(*Invite) error) error {
+	prefix := join0(state, "")
+	var ids []uint64
+	c := tx.Bucket(bktState).Cursor()
+	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+		if len(k) == len(prefix)+8 {
+			ids = append(ids, u64(k[len(prefix):]))
+		}
+	}
+	for _, id := range ids {
+		inv, err := getTx(tx, id)
+		if err != nil {
+			return err
+		}
+		if err := fn(inv); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Filter selects invites for List. Zero fields match everything.
+type Filter struct {
+	State      string
+	RoomID     string
+	Sender     string
+	Homeserver string
+	Address    string // matched after normalisation
+	Since      time.Time
+	Until      time.Time
+	Limit      int // default 50
+	Offset     int
+}
+
+func (f Filter) match(inv *Invite) bool {
+	switch {
+	case f.State != "" && inv.State != f.State,
+		f.RoomID != "" && inv.RoomID != f.RoomID,
+		f.Sender != "" && inv.Sender != f.Sender,
+		f.Homeserver != "" && inv.Homeserver != f.Homeserver,
+		f.Address != "" && inv.Address != f.Address,
+		!f.Since.IsZero() && inv.Created.Before(f.Since),
+		!f.Until.IsZero() && !inv.Created.Before(f.Until):
+		return false
+	}
+	return true
+}
+
+// List returns the invites matching f, newest first, and how many match in all.
+func (s *Service) List(f Filter) ([]*Invite, int, error) {
+	if f.Limit <= 0 {
+		f.Limit = 50
+	}
+	if f.Address != "" {
+		f.Address = normalize("email", f.Address)
+	}
+	var out []*Invite
+	total := 0
+	err := s.db.View(func(tx *bolt.Tx) error {
+		visit := func(inv *Invite) {
+			if !f.match(inv) {
+				return
+			}
+			if total >= f.Offset && len(out) < f.Limit {
+				out = append(out, inv)
+			}
+			total++
+		}
+		switch {
+		case f.Address != "":
+			all, err := s.ForAddress(tx, "email", f.Address)
+			if err != nil {
+				return err
+			}
+			for i := len(all) - 1; i >= 0; i-- {
+				visit(all[i])
+			}
+		case f.State != "":
+			prefix := join0(f.State, "")
+			c := tx.Bucket(bktState).Cursor()
+			// Walk the state's keys backwards: seek past the prefix, step back.
+			end := append(append([]byte{}, prefix...), 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff)
+			k, _ := c.Seek(end)
+			if k == nil {
+				k, _ = c.Last()
+			} else {
+				k, _ = c.Prev()
+			}
+			for ; k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Prev() {
+				if len(k) != len(prefix)+8 {
+					continue
+				}
+				inv, err := getTx(tx, u64(k[len(prefix):]))
+				if err != nil {
+					return err
+				}
+				visit(inv)
+			}
+		default:
+			c := tx.Bucket(bktInvites).Cursor()
+			for k, v := c.Last(); k != nil; k, v = c.Prev() {
+				inv := new(Invite)
+				if err := json.Unmarshal(v, inv); err != nil {
+					return err
+				}
+				visit(inv)
+			}
+		}
+		return nil
+	})
+	return out, total, err
+}
+
+// Counts returns how many invites are in each state (every state present).
+func (s *Service) Counts() (map[string]int, error) {
+	out := make(map[string]int, len(States))
+	for _, st := range States {
+		out[st] = 0
+	}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bktState).ForEach(func(k, _ []byte) error {
+			if i := bytes.IndexByte(k, 0); i >= 0 {
+				out[string(k[:i])]++
+			}
+			return nil
+		})
+	})
+	return out, err
+}
+
+func u64(b []byte) uint64 {
+	if len(b) != 8 {
+		return 0
+	}
+	var v uint64
+	for _, c := range b {
+		v = v<<8 | uint64(c)
+	}
+	return v
+}
