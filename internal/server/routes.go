@@ -41,6 +41,9 @@ func (a *App) routes(e *echo.Echo) {
 
 	v2.POST("/store-invite", inv.StoreInvite, gated)
 	v2.POST("/sign-ed25519", inv.SignEd25519, gated)
+	// The signurl in every invite email (sydent's form, which matrix-js-sdk
+	// POSTs with &mxid= appended, unauthenticated): served even without compat.v1.
+	e.POST("/_matrix/identity/api/v1/sign-ed25519", inv.SignEd25519V1)
 
 	if a.cfg.Compat.V1 {
 		// The legacy v1 API, unauthenticated, for Dendrite and older clients.
@@ -52,7 +55,6 @@ func (a *App) routes(e *echo.Echo) {
 		v1.GET("/lookup", id.LookupV1)
 		v1.POST("/bulk_lookup", id.BulkLookupV1)
 		v1.POST("/store-invite", inv.StoreInviteV1)
-		v1.POST("/sign-ed25519", inv.SignEd25519V1)
 	}
 }
 

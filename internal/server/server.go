@@ -21,6 +21,7 @@ import (
 	"github.com/herald-im/herald/identity"
 	"github.com/herald-im/herald/invites"
 	"github.com/herald-im/herald/keys"
+	"github.com/herald-im/herald/mailer"
 	"github.com/herald-im/herald/matrix"
 	"github.com/herald-im/herald/store"
 )
@@ -36,6 +37,8 @@ type App struct {
 	fed       *federation.Client
 	identity  *identity.Service
 	invites   *invites.Service
+	mail      *mailer.Queue
+	mailbox   *mailer.DevMailbox // nil when smtp.host is set
 
 	now       func() time.Time
 	version   string
@@ -84,12 +87,25 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) (_ *App, err error)
 		Timeout:               cfg.Federation.Timeout.D(),
 		UserAgent:             "Herald/" + opts.Version,
 	})
-	if a.identity, err = identity.New(a.db, identity.Options{Terms: cfg.Terms, UserInfo: a.fed, Log: log, Now: a.now}); err != nil {
+	sender, mailbox, err := mailer.FromConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	mopts := mailer.OptionsFromConfig(cfg, sender)
+	mopts.Now = a.now
+	if a.mail, err = mailer.Open(a.db, mopts, log); err != nil {
+		return nil, err
+	}
+	if a.mailbox = mailbox; mailbox != nil {
+		log.Info("no smtp.host: mail goes to the dev mailbox", "dir", mailbox.Dir())
+	}
+	if a.identity, err = identity.New(a.db, identity.Options{Terms: cfg.Terms, UserInfo: a.fed, Log: log, Now: a.now, Ring: a.ring, Lookup: cfg.Lookup}); err != nil {
 		return nil, fmt.Errorf("identity: %w", err)
 	}
-	if a.invites, err = invites.New(a.db, invites.Options{Config: cfg, Identity: a.identity, Ring: a.ring, Ephemeral: a.ephemeral, Log: log, Now: a.now}); err != nil {
+	if a.invites, err = invites.New(a.db, invites.Options{Config: cfg, Identity: a.identity, Ring: a.ring, Ephemeral: a.ephemeral, Mailer: a.mail, Log: log, Now: a.now}); err != nil {
 		return nil, fmt.Errorf("invites: %w", err)
 	}
+	log.Debug("invite email templates", "files", a.invites.TemplateFiles())
 	return a, nil
 }
 
@@ -102,6 +118,13 @@ func (a *App) Start(ctx context.Context) {
 	go func() {
 		defer a.bg.Done()
 		a.reloadKeys(ctx, 10*time.Second)
+	}()
+	a.bg.Add(1)
+	go func() {
+		defer a.bg.Done()
+		if err := a.mail.Run(ctx); err != nil {
+			a.log.Error("mail worker stopped", "err", err)
+		}
 	}()
 }
 
@@ -134,6 +157,12 @@ func (a *App) Close() error {
 
 // DB is the open bbolt database.
 func (a *App) DB() *bolt.DB { return a.db }
+
+// Mailer is the outgoing mail queue.
+func (a *App) Mailer() *mailer.Queue { return a.mail }
+
+// Mailbox is the dev mailbox (nil when smtp.host is set).
+func (a *App) Mailbox() *mailer.DevMailbox { return a.mailbox }
 
 // Config is the configuration the App was built with.
 func (a *App) Config() *config.Config { return a.cfg }
