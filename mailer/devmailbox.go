@@ -50,23 +50,32 @@ func (d *DevMailbox) Dir() string { return d.dir }
 
 // Send writes raw to a new .eml file (atomically: temp file, then rename).
 func (d *DevMailbox) Send(ctx context.Context, from string, to []string, raw []byte) error {
+	_, err := d.SendReply(ctx, from, to, raw)
+	return err
+}
+
+// SendReply is Send, returning "saved as NAME" for the attempt record.
+func (d *DevMailbox) SendReply(ctx context.Context, from string, to []string, raw []byte) (string, error) {
 	d.mu.Lock()
 	d.seq++
 	name := fmt.Sprintf("%s-%04d.eml", d.now().UTC().Format("20060102T150405.000000000Z"), d.seq%10000)
 	d.mu.Unlock()
 	tmp, err := os.CreateTemp(d.dir, ".tmp-*")
 	if err != nil {
-		return err
+		return "", err
 	}
 	defer os.Remove(tmp.Name())
 	if _, err := tmp.Write(raw); err != nil {
 		tmp.Close()
-		return err
+		return "", err
 	}
 	if err := tmp.Close(); err != nil {
-		return err
+		return "", err
 	}
-	return os.Rename(tmp.Name(), filepath.Join(d.dir, name))
+	if err := os.Rename(tmp.Name(), filepath.Join(d.dir, name)); err != nil {
+		return "", err
+	}
+	return "saved in the dev mailbox as " + name, nil
 }
 
 func validName(name string) bool {

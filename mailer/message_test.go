@@ -74,7 +74,7 @@ func TestComposeMultipart(t *testing.T) {
 	if !strings.HasPrefix(p.Header.Get("Subject"), "=?utf-8?q?") {
 		t.Errorf("subject not RFC 2047 encoded: %q", p.Header.Get("Subject"))
 	}
-	if p.Text != strings.TrimRight(m.Text, " ")+"\n" && p.Text != m.Text+"\n" {
+	if p.Text != m.Text+"\n" {
 		t.Errorf("text = %q", p.Text)
 	}
 	if p.HTML != m.HTML+"\n" {

@@ -273,8 +273,11 @@ func (q *Queue) Run(ctx context.Context) error {
 		if ok {
 			wait = due.Sub(q.opts.Now())
 			if wait <= 0 && id != 0 {
-				q.attempt(ctx, id)
-				continue
+				if err := q.attempt(ctx, id); err == nil {
+					continue
+				}
+				// The database failed: pause rather than spin (and resend).
+				wait = 5 * time.Second
 			}
 			wait = max(wait, time.Millisecond)
 			if wait > time.Hour {
@@ -313,7 +316,7 @@ func (q *Queue) next() (id uint64, due time.Time, ok bool, err error) {
 }
 
 // attempt sends mail id once and records the outcome in its own transaction.
-func (q *Queue) attempt(ctx context.Context, id uint64) {
+func (q *Queue) attempt(ctx context.Context, id uint64) error {
 	var ml *Mail
 	var raw []byte
 	err := q.db.View(func(tx *bolt.Tx) error {
@@ -325,9 +328,13 @@ func (q *Queue) attempt(ctx context.Context, id uint64) {
 		raw = store.Copy(tx.Bucket(bktRaw).Get(store.U64(id)))
 		return nil
 	})
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		q.log.Error("read queued mail", "id", id, "err", err)
+		return err
+	}
 	if err != nil || ml.State != Pending {
 		// Stale index entry: remove it so the worker does not spin.
-		q.db.Update(func(tx *bolt.Tx) error {
+		return q.db.Update(func(tx *bolt.Tx) error {
 			c := tx.Bucket(bktDue).Cursor()
 			for k, _ := c.First(); k != nil; k, _ = c.Next() {
 				if len(k) == 16 && binary.BigEndian.Uint64(k[8:]) == id {
@@ -336,7 +343,6 @@ func (q *Queue) attempt(ctx context.Context, id uint64) {
 			}
 			return nil
 		})
-		return
 	}
 
 	from := q.opts.From
@@ -344,14 +350,23 @@ func (q *Queue) attempt(ctx context.Context, id uint64) {
 		from = a.Address
 	}
 	sctx, cancel := context.WithTimeout(ctx, q.opts.SendTimeout)
-	sendErr := q.opts.Sender.Send(sctx, from, []string{ml.To}, raw)
+	reply := "250 OK"
+	var sendErr error
+	if rs, ok := q.opts.Sender.(ReplySender); ok {
+		var r string
+		if r, sendErr = rs.SendReply(sctx, from, []string{ml.To}, raw); r != "" {
+			reply = r
+		}
+	} else {
+		sendErr = q.opts.Sender.Send(sctx, from, []string{ml.To}, raw)
+	}
 	cancel()
 	if sendErr != nil && ctx.Err() != nil {
 		// Shutting down: not the server's fault; try again after restart.
-		return
+		return nil
 	}
 	now := q.opts.Now()
-	at := Attempt{At: now, OK: sendErr == nil, Reply: "250 OK"}
+	at := Attempt{At: now, OK: sendErr == nil, Reply: reply}
 	if sendErr != nil {
 		at.Reply = sendErr.Error()
 		at.Temporary = Temporary(sendErr)
@@ -393,11 +408,11 @@ func (q *Queue) attempt(ctx context.Context, id uint64) {
 		return putMail(tx, cur)
 	})
 	if errors.Is(err, ErrNotFound) {
-		return
+		return nil // dropped while it was being sent
 	}
 	if err != nil {
-		q.log.Error("record mail attempt", "id", id, "err", err)
-		return
+		q.log.Error("record mail attempt", "id", id, "sent", at.OK, "err", err)
+		return err
 	}
 	attrs := []any{"id", id, "kind", ml.Kind, "to", Redact(ml.To), "attempt", len(ml.Attempts)}
 	switch ml.State {
@@ -408,6 +423,7 @@ func (q *Queue) attempt(ctx context.Context, id uint64) {
 	default:
 		q.log.Info("mail deferred", append(attrs, "reply", at.Reply, "next_attempt", ml.NextAttempt)...)
 	}
+	return nil
 }
 
 func (q *Queue) budgetLeft(m *Mail, now time.Time) bool {

@@ -22,6 +22,13 @@ type Sender interface {
 	Send(ctx context.Context, from string, to []string, raw []byte) error
 }
 
+// ReplySender is a Sender that also returns the server's final reply on
+// success (e.g. "250 2.0.0 Ok: queued as 4F2A1"), which the Queue records.
+type ReplySender interface {
+	Sender
+	SendReply(ctx context.Context, from string, to []string, raw []byte) (string, error)
+}
+
 // PermanentError marks a failure that retrying cannot fix.
 type PermanentError struct{ Err error }
 
@@ -117,10 +124,16 @@ func (s *SMTPSender) Addr() string {
 
 // Send delivers raw to the server for the recipients in to.
 func (s *SMTPSender) Send(ctx context.Context, from string, to []string, raw []byte) error {
+	_, err := s.SendReply(ctx, from, to, raw)
+	return err
+}
+
+// SendReply is Send, also returning the server's reply to the end of DATA.
+func (s *SMTPSender) SendReply(ctx context.Context, from string, to []string, raw []byte) (string, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
-		return errors.New("mailer: SMTP sender closed")
+		return "", errors.New("mailer: SMTP sender closed")
 	}
 	if s.idle != nil {
 		s.idle.Stop()
@@ -132,19 +145,19 @@ func (s *SMTPSender) Send(ctx context.Context, from string, to []string, raw []b
 	}
 	if s.client == nil {
 		if err := s.connect(ctx); err != nil {
-			return err
+			return "", err
 		}
 	}
 	// A cancelled ctx aborts a command in flight by closing the connection.
 	conn := s.conn
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
-	err := s.transaction(from, to, raw)
+	reply, err := s.transaction(from, to, raw)
 	if !stop() || ctx.Err() != nil {
 		s.drop()
 		if err == nil {
 			err = ctx.Err()
 		}
-		return err
+		return "", err
 	}
 	if err != nil {
 		var se *smtp.SMTPError
@@ -153,34 +166,35 @@ func (s *SMTPSender) Send(ctx context.Context, from string, to []string, raw []b
 		} else {
 			s.drop()
 		}
-		return err
+		return "", err
 	}
 	s.idle = time.AfterFunc(s.cfg.IdleTimeout, s.closeIdle)
-	return nil
+	return reply, nil
 }
 
-func (s *SMTPSender) transaction(from string, to []string, raw []byte) error {
+func (s *SMTPSender) transaction(from string, to []string, raw []byte) (string, error) {
 	c := s.client
 	if err := c.Mail(from, nil); err != nil {
-		return fmt.Errorf("MAIL FROM: %w", err)
+		return "", fmt.Errorf("MAIL FROM: %w", err)
 	}
 	for _, r := range to {
 		if err := c.Rcpt(r, nil); err != nil {
-			return fmt.Errorf("RCPT TO: %w", err)
+			return "", fmt.Errorf("RCPT TO: %w", err)
 		}
 	}
 	w, err := c.Data()
 	if err != nil {
-		return fmt.Errorf("DATA: %w", err)
+		return "", fmt.Errorf("DATA: %w", err)
 	}
 	if _, err := w.Write(raw); err != nil {
 		w.Close()
-		return fmt.Errorf("DATA: %w", err)
+		return "", fmt.Errorf("DATA: %w", err)
 	}
-	if err := w.Close(); err != nil {
-		return fmt.Errorf("end of DATA: %w", err)
+	resp, err := w.CloseWithResponse()
+	if err != nil {
+		return "", fmt.Errorf("end of DATA: %w", err)
 	}
-	return nil
+	return "250 " + resp.StatusText, nil
 }
 
 func (s *SMTPSender) connect(ctx context.Context) error {

@@ -1,0 +1,92 @@
+package mailer_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/herald-im/herald/mailer"
+	"github.com/herald-im/herald/mailer/smtptest"
+	bolt "go.etcd.io/bbolt"
+)
+
+type nopSender struct{}
+
+func (nopSender) Send(context.Context, string, []string, []byte) error { return nil }
+
+func benchQueue(b *testing.B) (*bolt.DB, *mailer.Queue) {
+	dir := b.TempDir()
+	db := openDB(b, dir)
+	b.Cleanup(func() { closeDB(b, db) })
+	q, err := mailer.Open(db, mailer.Options{Sender: nopSender{}, From: from}, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return db, q
+}
+
+var benchMsg = mailer.Message{
+	To: "alice@example.org", Subject: "Bob invited you to Tea & Cake", Kind: "invite", Ref: "invite:1",
+	Text:    "Hi,\nBob invited you to Tea & Cake.\nJoin: https://app.example.org/#/room/!abc:example.org\n",
+	HTML:    "<p>Bob invited you to <b>Tea &amp; Cake</b>. <a href=\"https://app.example.org/#/room/!abc:example.org\">Join</a></p>",
+	Headers: map[string]string{"List-Unsubscribe": "<mailto:unsubscribe@id.example.org>"},
+}
+
+// BenchmarkEnqueue: one durable transaction (fsync) per mail.
+func BenchmarkEnqueue(b *testing.B) {
+	db, q := benchQueue(b)
+	for b.Loop() {
+		if err := db.Update(func(tx *bolt.Tx) error { _, err := q.Enqueue(tx, benchMsg); return err }); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkEnqueueBatch: concurrent callers through bbolt's Batch, which
+// groups their commits, as store-invite does.
+func BenchmarkEnqueueBatch(b *testing.B) {
+	db, q := benchQueue(b)
+	b.SetParallelism(32)
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if err := db.Batch(func(tx *bolt.Tx) error { _, err := q.Enqueue(tx, benchMsg); return err }); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}
+
+// BenchmarkCompose: composing alone, no storage.
+func BenchmarkCompose(b *testing.B) {
+	for b.Loop() {
+		if _, err := mailer.Compose(benchMsg, from, fixedDate, "<x@id.example.org>"); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkDelivery: enqueue, wake and wait until an in-process SMTP server
+// (plain, one reused connection) has accepted every mail.
+func BenchmarkDelivery(b *testing.B) {
+	srv := smtptest.Start(b, smtptest.Options{})
+	db := openDB(b, b.TempDir())
+	b.Cleanup(func() { closeDB(b, db) })
+	q, err := mailer.Open(db, mailer.Options{From: from,
+		Sender: mailer.NewSMTPSender(mailer.SMTPConfig{Host: srv.Host, Port: srv.Port, Security: "none"})}, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { q.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if err := db.Update(func(tx *bolt.Tx) error { _, err := q.Enqueue(tx, benchMsg); return err }); err != nil {
+			b.Fatal(err)
+		}
+		q.Wake()
+	}
+	srv.WaitFor(b.N, time.Minute)
+}

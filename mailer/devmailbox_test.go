@@ -1,0 +1,130 @@
+package mailer_test
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/herald-im/herald/mailer"
+	"github.com/labstack/echo/v4"
+)
+
+func TestDevMailbox(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "mailbox")
+	d, err := mailer.NewDevMailbox(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := mailer.Message{To: "alice@example.org", Subject: "<b>Hi</b> & welcome",
+		Text: "Join <script>alert(1)</script>", HTML: `<p onclick="x()">Hello <script>alert(2)</script></p>`}
+	raw, err := mailer.Compose(m, from, fixedDate, "<d@x>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Send(context.Background(), "herald@id.example.org", []string{m.To}, raw); err != nil {
+		t.Fatal(err)
+	}
+	raw2 := testRaw(t, "bob@example.org", "second")
+	if err := d.Send(context.Background(), "herald@id.example.org", []string{"bob@example.org"}, raw2); err != nil {
+		t.Fatal(err)
+	}
+	files, _ := filepath.Glob(filepath.Join(dir, "*.eml"))
+	if len(files) != 2 {
+		t.Fatalf("%d .eml files: %v", len(files), files)
+	}
+	list, err := d.List()
+	if err != nil || len(list) != 2 {
+		t.Fatalf("List = %+v, %v", list, err)
+	}
+	if list[0].Subject != "second" || list[1].Subject != "<b>Hi</b> & welcome" || list[1].To != "<alice@example.org>" {
+		t.Errorf("list (newest first) = %+v", list)
+	}
+	got, err := d.Read(list[1].Name)
+	if err != nil || string(got) != string(raw) {
+		t.Fatalf("Read = %v", err)
+	}
+	for _, bad := range []string{"../herald.db", "x.txt", ".tmp-1.eml", "a/b.eml", "missing.eml"} {
+		if _, err := d.Read(bad); err != mailer.ErrNoSuchFile {
+			t.Errorf("Read(%q) = %v", bad, err)
+		}
+	}
+	os.WriteFile(filepath.Join(filepath.Dir(dir), "secret.eml"), []byte("x"), 0o600)
+	if _, err := d.Read("../secret.eml"); err == nil {
+		t.Error("Read escaped the mailbox directory")
+	}
+
+	e := echo.New()
+	h := d.Handler()
+	e.GET("/_herald/mailbox", h)
+	e.GET("/_herald/mailbox/:name", h)
+	get := func(path string) (*httptest.ResponseRecorder, string) {
+		rec := httptest.NewRecorder()
+		e.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+		b, _ := io.ReadAll(rec.Body)
+		return rec, string(b)
+	}
+	rec, body := get("/_herald/mailbox")
+	if rec.Code != 200 || !strings.Contains(body, "&lt;b&gt;Hi&lt;/b&gt; &amp; welcome") || strings.Contains(body, "<b>Hi</b>") {
+		t.Errorf("list page %d: %s", rec.Code, body)
+	}
+	if !strings.Contains(body, "/_herald/mailbox/"+list[1].Name) {
+		t.Error("list page has no link to the message")
+	}
+	rec, body = get("/_herald/mailbox/" + list[1].Name)
+	if rec.Code != 200 || !strings.Contains(body, "Join &lt;script&gt;alert(1)&lt;/script&gt;") || strings.Contains(body, "<script>") {
+		t.Errorf("message page %d: %s", rec.Code, body)
+	}
+	if !strings.Contains(body, `<iframe sandbox=""`) {
+		t.Error("HTML part not in a sandboxed iframe")
+	}
+	rec, body = get("/_herald/mailbox/" + list[1].Name + "?part=html")
+	if rec.Code != 200 || !strings.Contains(rec.Header().Get("Content-Security-Policy"), "sandbox") || !strings.Contains(body, "Hello") {
+		t.Errorf("html part %d csp %q", rec.Code, rec.Header().Get("Content-Security-Policy"))
+	}
+	rec, _ = get("/_herald/mailbox/" + list[1].Name + "?part=raw")
+	if rec.Code != 200 || !strings.HasPrefix(rec.Header().Get("Content-Type"), "text/plain") {
+		t.Errorf("raw part %d %q", rec.Code, rec.Header().Get("Content-Type"))
+	}
+	rec, _ = get("/_herald/mailbox/nope.eml")
+	if rec.Code != 404 {
+		t.Errorf("unknown message: %d", rec.Code)
+	}
+	rec, _ = get("/_herald/mailbox/..%2fsecret.eml")
+	if rec.Code != 404 {
+		t.Errorf("traversal: %d", rec.Code)
+	}
+}
+
+func TestDevMailboxAsQueueSender(t *testing.T) {
+	dir := t.TempDir()
+	d, err := mailer.NewDevMailbox(filepath.Join(dir, "mailbox"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := openDB(t, dir)
+	defer closeDB(t, db)
+	q, err := mailer.Open(db, mailer.Options{Sender: d, From: from}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{t: t, db: db, q: q}
+	e.run()
+	id := e.enqueue(msg("a@example.org", "dev"))
+	got := e.waitState(id, mailer.Sent)
+	list, _ := d.List()
+	if len(list) != 1 || list[0].Subject != "dev" {
+		t.Fatalf("list = %+v", list)
+	}
+	if r := got.Attempts[0].Reply; !strings.Contains(r, list[0].Name) {
+		t.Errorf("attempt reply %q does not name the file", r)
+	}
+	raw, _ := d.Read(list[0].Name)
+	if string(raw) != string(got.Raw) {
+		t.Error("mailbox file differs from the queued bytes")
+	}
+}
