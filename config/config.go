@@ -57,6 +57,11 @@ type SMTP struct {
 	Timeout  Duration `yaml:"timeout"`
 	// InsecureSkipVerify accepts any certificate from the SMTP server (tests only).
 	InsecureSkipVerify bool `yaml:"insecure_skip_verify"`
+	// MaxBackoff caps the wait between attempts at a mail the server deferred
+	// (4xx or a network error); GiveUpAfter marks it failed this long after
+	// it was queued (an operator can retry it from the console).
+	MaxBackoff  Duration `yaml:"max_backoff"`
+	GiveUpAfter Duration `yaml:"give_up_after"`
 }
 
 type Email struct {
@@ -68,6 +73,9 @@ type Email struct {
 	WebClientURL string `yaml:"web_client_url"`
 	// WebClientAllowlist lists origins an invite's org.matrix.web_client_location may use.
 	WebClientAllowlist []string `yaml:"web_client_allowlist"`
+	// OutboxRetention deletes sent and failed mail (whose bytes hold invite
+	// tokens and keys) this long after it was queued; 0 keeps it forever.
+	OutboxRetention Duration `yaml:"outbox_retention"`
 }
 
 type Federation struct {
@@ -179,6 +187,9 @@ func Default() Config {
 	c.SMTP.Security = "starttls"
 	c.SMTP.From = "Herald <herald@localhost>"
 	c.SMTP.Timeout = Duration(10 * time.Second)
+	c.SMTP.MaxBackoff = Duration(time.Hour)
+	c.SMTP.GiveUpAfter = Duration(48 * time.Hour)
+	c.Email.OutboxRetention = Duration(30 * 24 * time.Hour)
 	c.Email.BrandName = "Herald"
 	c.Email.WebClientURL = "https://app.element.io"
 	c.Federation.Timeout = Duration(10 * time.Second)
@@ -289,6 +300,15 @@ func (c *Config) Validate() error {
 	}
 	if (c.SMTP.Username == "") != (c.SMTP.Password == "") {
 		return keyErr("smtp.password", "smtp.username and smtp.password must be set together")
+	}
+	if c.SMTP.MaxBackoff <= 0 {
+		return keyErr("smtp.max_backoff", "must be positive (e.g. 1h)")
+	}
+	if c.SMTP.GiveUpAfter <= 0 {
+		return keyErr("smtp.give_up_after", "must be positive (e.g. 48h)")
+	}
+	if c.Email.OutboxRetention < 0 {
+		return keyErr("email.outbox_retention", "must not be negative (0 keeps mail forever)")
 	}
 	if c.Email.WebClientURL != "" {
 		if err := checkHTTPURL(c.Email.WebClientURL); err != nil {

@@ -28,8 +28,14 @@ func FromConfig(c *config.Config) (s Sender, dev *DevMailbox, err error) {
 	}), nil, nil
 }
 
-// OptionsFromConfig is the Queue configuration for c with sender s; the
-// retry budget uses the defaults of Options.
+// OptionsFromConfig is the Queue configuration for c with sender s
+// (smtp.from, smtp.max_backoff, smtp.give_up_after, email.outbox_retention).
 func OptionsFromConfig(c *config.Config, s Sender) Options {
-	return Options{Sender: s, From: c.SMTP.From}
+	return Options{
+		Sender:      s,
+		From:        c.SMTP.From,
+		MaxBackoff:  c.SMTP.MaxBackoff.D(),
+		GiveUpAfter: c.SMTP.GiveUpAfter.D(),
+		Retention:   c.Email.OutboxRetention.D(),
+	}
 }
