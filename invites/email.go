@@ -120,7 +120,7 @@ func JoinURL(c *config.Config, inv *Invite) string {
 	if inv.RoomType != "" {
 		q.Set("room_type", clean(inv.RoomType))
 	}
-	return webClient(c, inv) + "/#/room/" + url.PathEscape(inv.RoomID) + "?" + q.Encode()
+	return webClient(c, inv) + "/#/room/" + strings.ReplaceAll(url.PathEscape(inv.RoomID), "%21", "!") + "?" + q.Encode()
 }
 
 func inviterName(inv *Invite) string {
