@@ -146,7 +146,10 @@ type Validation struct {
 type Delivery struct {
 	// GiveUpAfter stops retrying an onbind delivery this long after it was queued.
 	GiveUpAfter Duration `yaml:"give_up_after"`
-	MaxBackoff  Duration `yaml:"max_backoff"`
+	// MinBackoff is the wait after the first failed attempt; it doubles per
+	// attempt up to MaxBackoff. A Retry-After from the homeserver is honoured.
+	MinBackoff Duration `yaml:"min_backoff"`
+	MaxBackoff Duration `yaml:"max_backoff"`
 }
 
 type AdminUser struct {
@@ -202,6 +205,7 @@ func Default() Config {
 	c.Invites.RateLimits.Homeserver = RateLimit{PerHour: 2000, Burst: 200}
 	c.Validation.SessionLifetime = Duration(24 * time.Hour)
 	c.Delivery.GiveUpAfter = Duration(7 * 24 * time.Hour)
+	c.Delivery.MinBackoff = Duration(30 * time.Second)
 	c.Delivery.MaxBackoff = Duration(time.Hour)
 	c.Admin.Enabled = true
 	c.Admin.SessionLifetime = Duration(12 * time.Hour)
@@ -345,6 +349,15 @@ func (c *Config) Validate() error {
 				return keyErr("terms.policies."+id+"."+lang+".url", err.Error())
 			}
 		}
+	}
+	if c.Validation.SessionLifetime <= 0 {
+		return keyErr("validation.session_lifetime", "must be positive (e.g. 24h)")
+	}
+	if c.Delivery.GiveUpAfter <= 0 {
+		return keyErr("delivery.give_up_after", "must be positive (e.g. 7d)")
+	}
+	if c.Delivery.MinBackoff <= 0 || c.Delivery.MaxBackoff < c.Delivery.MinBackoff {
+		return keyErr("delivery.min_backoff", "must be positive and not above delivery.max_backoff")
 	}
 	for i, a := range c.Admin.Users {
 		if a.Username == "" {

@@ -17,15 +17,25 @@ const onBindLimit = 16 << 10
 // says PUT, so it POSTs first and retries with PUT only when the server
 // answers 404 or 405 M_UNRECOGNIZED (it does not know the POST route). The
 // answer is returned whatever its status; an error means no answer arrived.
-func (c *Client) OnBind(ctx context.Context, server string, body []byte) (*Response, error) {
+func (c *Client) OnBind(ctx context.Context, server string, body []byte) (*OnBindResponse, error) {
 	resp, err := c.Do(ctx, server, http.MethodPost, OnBindPath, nil, nil, body, onBindLimit)
 	if err != nil {
 		return nil, err
 	}
 	if unrecognizedRoute(resp) {
-		return c.Do(ctx, server, http.MethodPut, OnBindPath, nil, nil, body, onBindLimit)
+		put, err := c.Do(ctx, server, http.MethodPut, OnBindPath, nil, nil, body, onBindLimit)
+		if err != nil {
+			return nil, err
+		}
+		return &OnBindResponse{Response: put, Method: http.MethodPut}, nil
 	}
-	return resp, nil
+	return &OnBindResponse{Response: resp, Method: http.MethodPost}, nil
+}
+
+// OnBindResponse is the homeserver's answer and the method that got it.
+type OnBindResponse struct {
+	*Response
+	Method string // POST, or PUT after the fallback
 }
 
 // unrecognizedRoute reports whether resp says "no such route": a 404 or 405

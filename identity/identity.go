@@ -51,6 +51,8 @@ type Service struct {
 	acceptURL map[string]policyVersion
 	// bind holds binding hooks and the cached lookup pepper (bindings.go).
 	bind bindState
+	// val configures email validation sessions and binding (validate.go).
+	val *validation
 }
 
 type policyVersion struct{ ID, Version string }

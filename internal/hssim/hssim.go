@@ -391,8 +391,8 @@ func (s *Sim) checkSynapse(r *http.Request, inv onbindInvite) *simError {
 	if mxid != inv.MXID {
 		return fail(403, "M_FORBIDDEN", "signed.mxid does not match")
 	}
-	var sigs map[string]map[string]string
-	if json.Unmarshal(signed["signatures"], &sigs) != nil {
+	order, err := signatureOrder(signed["signatures"])
+	if err != nil || len(order) == 0 {
 		return fail(403, "M_FORBIDDEN", "no signatures")
 	}
 	type cand struct{ pub, validity string }
@@ -403,29 +403,40 @@ func (s *Sim) checkSynapse(r *http.Request, inv onbindInvite) *simError {
 	for _, pk := range ev.PublicKeys {
 		cands = append(cands, cand{pk.PublicKey, pk.KeyValidityURL})
 	}
+	// Synapse: for each public key, the first ed25519 signature (in the
+	// order received) is tried; any failure moves on to the next key.
+	var lastErr *simError
 	for _, c := range cands {
 		pub, err := keys.DecodeBase64(c.pub)
 		if err != nil {
 			continue
 		}
-		for server, byKey := range sigs {
-			for keyID := range byKey {
-				if !strings.HasPrefix(keyID, "ed25519:") {
-					continue
-				}
-				if keys.VerifyJSON(inv.Signed, server, keyID, pub) != nil {
-					continue
-				}
-				valid, err := s.keyValid(r, c.validity, c.pub)
-				if err != nil {
-					return fail(502, "M_UNKNOWN", "key_validity_url unreachable: %v", err)
-				}
-				if !valid {
-					return fail(403, "M_FORBIDDEN", "public key is not valid")
-				}
-				return nil
+		var first *[2]string
+		for i := range order {
+			if strings.HasPrefix(order[i][1], "ed25519:") {
+				first = &order[i]
+				break
 			}
 		}
+		if first == nil {
+			break
+		}
+		if keys.VerifyJSON(inv.Signed, first[0], first[1], pub) != nil {
+			continue
+		}
+		valid, err := s.keyValid(r, c.validity, c.pub)
+		if err != nil {
+			lastErr = fail(502, "M_UNKNOWN", "key_validity_url unreachable: %v", err)
+			continue
+		}
+		if !valid {
+			lastErr = fail(403, "M_FORBIDDEN", "public key is not valid")
+			continue
+		}
+		return nil
+	}
+	if lastErr != nil {
+		return lastErr
 	}
 	return fail(403, "M_FORBIDDEN", "No signature from a key of the invite")
 }
@@ -470,6 +481,42 @@ func (s *Sim) checkDendrite(inv onbindInvite) *simError {
 		}
 	}
 	return fail(400, "M_UNKNOWN", "no valid signature on the invite")
+}
+
+// signatureOrder lists (server, key id) pairs of a signatures object in the
+// order they appear, as Python's dicts keep them.
+func signatureOrder(raw json.RawMessage) ([][2]string, error) {
+	var out [][2]string
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return nil, errors.New("signatures is not an object")
+	}
+	for dec.More() {
+		t, err := dec.Token()
+		if err != nil {
+			return nil, err
+		}
+		server, _ := t.(string)
+		if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+			return nil, errors.New("signatures entry is not an object")
+		}
+		for dec.More() {
+			t, err := dec.Token()
+			if err != nil {
+				return nil, err
+			}
+			keyID, _ := t.(string)
+			var sig string
+			if err := dec.Decode(&sig); err != nil {
+				return nil, err
+			}
+			out = append(out, [2]string{server, keyID})
+		}
+		if _, err := dec.Token(); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
 }
 
 func (s *Sim) keyValid(r *http.Request, validityURL, pub string) (bool, error) {

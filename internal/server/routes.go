@@ -55,7 +55,19 @@ func (a *App) routes(e *echo.Echo) {
 		v1.GET("/lookup", id.LookupV1)
 		v1.POST("/bulk_lookup", id.BulkLookupV1)
 		v1.POST("/store-invite", inv.StoreInviteV1)
+		v1.POST("/validate/email/requestToken", id.RequestEmailToken)
+		v1.POST("/validate/email/submitToken", id.SubmitEmailToken)
+		v1.GET("/validate/email/submitToken", id.SubmitEmailTokenLink)
+		v1.GET("/3pid/getValidated3pid", id.GetValidated3pid)
+		v1.POST("/3pid/bind", id.BindV1)
+		v1.POST("/3pid/unbind", id.Unbind)
 	}
+
+	// The invitee's pages linked from invite emails (GET confirms, POST acts).
+	e.GET("/_herald/invites/decline", inv.DeclinePage)
+	e.POST("/_herald/invites/decline", inv.DeclineAction)
+	e.GET("/_herald/invites/optout", inv.OptOutPage)
+	e.POST("/_herald/invites/optout", inv.OptOutAction)
 }
 
 func versions(c echo.Context) error {

@@ -39,6 +39,7 @@ type App struct {
 	invites   *invites.Service
 	mail      *mailer.Queue
 	mailbox   *mailer.DevMailbox // nil when smtp.host is set
+	onbind    *invites.Deliveries
 
 	now       func() time.Time
 	version   string
@@ -106,6 +107,20 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) (_ *App, err error)
 		return nil, fmt.Errorf("invites: %w", err)
 	}
 	log.Debug("invite email templates", "files", a.invites.TemplateFiles())
+	if err = a.identity.EnableValidation(identity.ValidationOptions{
+		Mail: a.mail, TemplatesDir: cfg.Email.TemplatesDir, BaseURL: cfg.BaseURL(), Brand: cfg.Email.BrandName,
+		SessionLifetime: cfg.Validation.SessionLifetime.D(), ServerName: cfg.ServerName, Keys: a.fed,
+	}); err != nil {
+		return nil, fmt.Errorf("validation: %w", err)
+	}
+	// Binding resolves pending invites (a hook in the bind transaction) and
+	// queues their onbind delivery.
+	if a.onbind, err = invites.OpenDeliveries(a.invites, invites.DeliveryOptions{
+		Notifier: a.fed, MinBackoff: cfg.Delivery.MinBackoff.D(), MaxBackoff: cfg.Delivery.MaxBackoff.D(),
+		GiveUpAfter: cfg.Delivery.GiveUpAfter.D(), Log: log,
+	}); err != nil {
+		return nil, fmt.Errorf("onbind deliveries: %w", err)
+	}
 	return a, nil
 }
 
@@ -125,6 +140,17 @@ func (a *App) Start(ctx context.Context) {
 		if err := a.mail.Run(ctx); err != nil {
 			a.log.Error("mail worker stopped", "err", err)
 		}
+	}()
+	a.bg.Add(2)
+	go func() {
+		defer a.bg.Done()
+		if err := a.onbind.Run(ctx); err != nil {
+			a.log.Error("onbind worker stopped", "err", err)
+		}
+	}()
+	go func() {
+		defer a.bg.Done()
+		a.invites.RunLifecycle(ctx, time.Minute)
 	}()
 }
 
@@ -181,6 +207,9 @@ func (a *App) Identity() *identity.Service { return a.identity }
 
 // Invites is the invites service.
 func (a *App) Invites() *invites.Service { return a.invites }
+
+// Deliveries is the onbind delivery queue.
+func (a *App) Deliveries() *invites.Deliveries { return a.onbind }
 
 // Handler builds the HTTP stack.
 func (a *App) Handler() http.Handler {

@@ -1,0 +1,155 @@
+package identity
+
+import (
+	"encoding/json"
+	"net/http"
+	"strings"
+
+	"github.com/labstack/echo/v4"
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/herald-im/herald/matrix"
+)
+
+// Bind serves POST /v2/3pid/bind: the account's own user binds the address
+// of a validated session, and gets the signed association back. Pending
+// invites are resolved by the bind hooks, in the same transaction.
+func (s *Service) Bind(c echo.Context) error { return s.bindHTTP(c, true) }
+
+// BindV1 serves POST /api/v1/3pid/bind (no account: the homeserver proxies
+// for its user, as in the v1 API).
+func (s *Service) BindV1(c echo.Context) error { return s.bindHTTP(c, false) }
+
+func (s *Service) bindHTTP(c echo.Context, needAccount bool) error {
+	var req struct {
+		SID          string `json:"sid"`
+		ClientSecret string `json:"client_secret"`
+		MXID         string `json:"mxid"`
+	}
+	if err := decodeBody(c, &req); err != nil {
+		return err
+	}
+	if err := matrix.Require("sid", req.SID, "client_secret", req.ClientSecret, "mxid", req.MXID); err != nil {
+		return err
+	}
+	if !validUserID(req.MXID) {
+		return matrix.InvalidParam("mxid is not a Matrix user ID")
+	}
+	if needAccount {
+		a := AccountFrom(c)
+		if a == nil || a.UserID != req.MXID {
+			return matrix.ForbiddenUnauthorized("mxid must be the user ID of this account")
+		}
+	}
+	se, err := s.ValidatedSession(req.SID, req.ClientSecret)
+	if err != nil {
+		return err
+	}
+	now := s.opts.Now().UTC().Truncate(1e6) // milliseconds, as the association states them
+	b := Binding{Medium: se.Medium, Address: se.Address, MXID: req.MXID, TS: now, NotBefore: now, NotAfter: now.AddDate(100, 0, 0)}
+	if err := s.db.Update(func(tx *bolt.Tx) error { return s.PutBinding(tx, b) }); err != nil {
+		return err
+	}
+	s.opts.Log.Info("address bound", "address", RedactEmail(b.Address), "mxid", b.MXID)
+	assoc, err := s.SignedAssociation(b)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, assoc)
+}
+
+func validUserID(s string) bool {
+	local, server, ok := strings.Cut(s, ":")
+	return ok && len(s) <= 255 && strings.HasPrefix(local, "@") && len(local) > 1 && server != "" &&
+		!strings.ContainsAny(s, " \t\r\n/")
+}
+
+// ServerOf is the server part of a user ID ("" if it has none).
+func ServerOf(mxid string) string {
+	_, server, _ := strings.Cut(mxid, ":")
+	return server
+}
+
+// Unbind serves POST /3pid/unbind (v2 and v1). It is authorised either by
+// the session that validated the address (sid + client_secret) or by a
+// request signed (X-Matrix) by the homeserver of mxid. Only a binding to that
+// mxid is removed; answering {} whether or not there was one.
+func (s *Service) Unbind(c echo.Context) error {
+	body, err := matrix.ReadBody(c)
+	if err != nil {
+		return err
+	}
+	var req struct {
+		SID          string `json:"sid"`
+		ClientSecret string `json:"client_secret"`
+		MXID         string `json:"mxid"`
+		Threepid     *struct {
+			Medium  string `json:"medium"`
+			Address string `json:"address"`
+		} `json:"threepid"`
+	}
+	if err := matrix.DecodeJSONBytes(body, &req); err != nil {
+		return err
+	}
+	if req.Threepid == nil {
+		return matrix.MissingParams("Missing parameters: threepid")
+	}
+	if err := matrix.Require("mxid", req.MXID, "threepid.medium", req.Threepid.Medium, "threepid.address", req.Threepid.Address); err != nil {
+		return err
+	}
+	if req.Threepid.Medium != "email" {
+		return matrix.Unrecognized("Only the email medium is supported")
+	}
+	address, err := NormalizeEmail(req.Threepid.Address)
+	if err != nil {
+		return err
+	}
+	auth := c.Request().Header.Get("Authorization")
+	switch {
+	case strings.HasPrefix(auth, "X-Matrix "):
+		v, err := s.validator()
+		if err != nil {
+			return err
+		}
+		if v.opts.Keys == nil {
+			return matrix.Forbidden("Signed unbind requests are not supported")
+		}
+		origin, err := VerifyXMatrix(c.Request().Context(), v.opts.Keys, c.Request().Method, c.Request().RequestURI, body, auth, v.opts.ServerName)
+		if err != nil {
+			s.opts.Log.Warn("signed unbind refused", "err", err)
+			return matrix.Forbidden("Invalid homeserver signature")
+		}
+		if origin != ServerOf(req.MXID) {
+			return matrix.Forbidden("The request is not signed by the homeserver of mxid")
+		}
+	case req.SID != "" && req.ClientSecret != "":
+		se, err := s.ValidatedSession(req.SID, req.ClientSecret)
+		if err != nil {
+			if me, ok := matrix.AsError(err); ok && me.Status < 500 {
+				return matrix.Forbidden("%s", me.Message)
+			}
+			return err
+		}
+		if se.Medium != req.Threepid.Medium || se.Address != address {
+			return matrix.Forbidden("The session did not validate this address")
+		}
+	default:
+		return matrix.Forbidden("Unbinding needs sid and client_secret, or a request signed by the homeserver")
+	}
+	removed := false
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		b, err := s.BindingTx(tx, "email", address)
+		if err != nil || b == nil || b.MXID != req.MXID {
+			return err
+		}
+		removed = true
+		return s.DeleteBinding(tx, "email", address)
+	})
+	if err != nil {
+		return err
+	}
+	if removed {
+		s.opts.Log.Info("address unbound", "address", RedactEmail(address), "mxid", req.MXID)
+	}
+	return c.JSON(http.StatusOK, json.RawMessage(`{}`))
+}
