@@ -103,7 +103,11 @@ type publicKey struct {
 }
 
 func (s *Service) answer(inv *Invite, api string) storeAnswer {
-	base := s.cfg.BaseURL() + "/_matrix/identity/" + api + "/pubkey"
+	prefix := "/_matrix/identity/v2"
+	if api == "v1" {
+		prefix = "/_matrix/identity/api/v1"
+	}
+	base := s.cfg.BaseURL() + prefix + "/pubkey"
 	return storeAnswer{
 		Token:     inv.Token,
 		PublicKey: inv.PublicKey,
@@ -375,10 +379,11 @@ func formOrJSON(c echo.Context) (map[string]json.RawMessage, error) {
 	}
 	put(c.Request().URL.Query())
 	trimmed := bytes.TrimSpace(body)
-	ct := c.Request().Header.Get("Content-Type")
+	// Dendrite sends a form; others JSON. The body's first byte tells them
+	// apart whatever the Content-Type claims.
 	switch {
 	case len(trimmed) == 0:
-	case strings.HasPrefix(ct, "application/x-www-form-urlencoded") || (trimmed[0] != '{' && !strings.Contains(ct, "json")):
+	case trimmed[0] != '{':
 		vals, err := url.ParseQuery(string(trimmed))
 		if err != nil {
 			return nil, matrix.BadJSON("Request body is neither JSON nor form-encoded")
