@@ -204,6 +204,9 @@ func Compose(m Message, from string, date time.Time, messageID string) ([]byte, 
 		if err := CheckHeaderValue(v); err != nil {
 			return nil, invalid("header %s contains a line break", k)
 		}
+		if len(v) > 900 {
+			return nil, invalid("header %s is longer than 900 bytes", k)
+		}
 		writeHeader(&buf, k, encodeWord(v))
 	}
 
@@ -259,14 +262,37 @@ func writeQP(w io.Writer, s string) {
 	qw.Close()
 }
 
-// encodeWord RFC 2047-encodes v when it is not printable ASCII.
+// encodeWord RFC 2047-encodes v when it is not printable ASCII, or when it
+// contains "=?" (which a reader would otherwise decode as an encoded word).
 func encodeWord(v string) string {
+	if strings.Contains(v, "=?") {
+		return forceEncode(v)
+	}
 	for i := 0; i < len(v); i++ {
 		if v[i] >= 0x80 {
 			return mime.QEncoding.Encode("utf-8", v)
 		}
 	}
 	return v
+}
+
+// forceEncode writes v as base64 encoded words of at most 72 characters,
+// split on rune boundaries.
+func forceEncode(v string) string {
+	var words []string
+	for len(v) > 0 {
+		n := 0
+		for n < len(v) {
+			_, size := utf8.DecodeRuneInString(v[n:])
+			if n+size > 45 {
+				break
+			}
+			n += size
+		}
+		words = append(words, "=?utf-8?b?"+base64.StdEncoding.EncodeToString([]byte(v[:n]))+"?=")
+		v = v[n:]
+	}
+	return strings.Join(words, " ")
 }
 
 // writeHeader writes "Name: value" folded at spaces to lines of at most 78
