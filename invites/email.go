@@ -60,7 +60,7 @@ func clean(s string) string {
 		}
 		return r
 	}, s)
-	s = strings.TrimSpace(s)
+	s = strings.Join(strings.Fields(s), " ")
 	if r := []rune(s); len(r) > 200 {
 		s = string(r[:199]) + "…"
 	}
@@ -145,7 +145,9 @@ func roomDisplay(inv *Invite) string {
 // templateData is what invite templates see: Herald's names, plus sydent's
 // variable names (token, room_name, sender_display_name, web_client_location,
 // ephemeral_private_key, bracketed_room_name, ...) and their _forhtml and
-// _forurl variants, so sydent operators can port their templates. Every
+// _forurl variants, so sydent operators can port their templates. Any other
+// string key the homeserver sent is there too; as it may be absent, reach it
+// with {{index . "key"}} (a plain {{.key}} fails the start-up check). Every
 // value from the request is cleaned of control characters; the HTML template
 // escapes on output.
 func templateData(c *config.Config, inv *Invite) map[string]any {
