@@ -192,6 +192,7 @@ func templateData(c *config.Config, inv *Invite) map[string]any {
 	d["inviter_full"] = bracketedSender
 	d["room_display"] = roomDisplay(inv)
 	d["room_is_space"] = inv.RoomType == "m.space"
+	d["room_named"] = name != "" || clean(inv.RoomAlias) != ""
 	d["join_url"] = JoinURL(c, inv)
 	d["decline_url"] = DeclineURL(c, inv)
 	d["optout_url"] = OptOutURL(c, inv)

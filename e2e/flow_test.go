@@ -1,0 +1,400 @@
+package e2e
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/herald-im/herald/internal/hssim"
+	"github.com/herald-im/herald/internal/testenv"
+	"github.com/herald-im/herald/invites"
+	"github.com/herald-im/herald/keys"
+)
+
+const alice = "@alice:hs.test"
+
+func TestBindDeliversToSynapseAndDendrite(t *testing.T) {
+	for _, mode := range []hssim.Mode{hssim.Synapse, hssim.Dendrite} {
+		t.Run(string(mode), func(t *testing.T) {
+			w := start(t, mode)
+			atok := w.env.Register(t, alice)
+			room1, _ := w.storeInvite(t, atok, alice, "Bob@Example.org")
+			room2, _ := w.storeInvite(t, atok, alice, "bob@example.org")
+			waitMail(t, w.smtp, "bob@example.org", "", 1) // both invite emails
+
+			bob := "@bob:" + simName
+			btok := w.registerSim(t, bob)
+			sid := w.validate(t, btok, "bob@EXAMPLE.org", "secret1")
+			assoc := w.bind(t, btok, sid, "secret1", bob)
+
+			// The association is signed by Herald's current key.
+			ring := w.env.App.Ring()
+			k := ring.Current()
+			if err := keys.VerifyJSON(json.RawMessage(assoc), testenv.ServerName, k.ID, k.Public); err != nil {
+				t.Fatalf("association signature: %v (%s)", err, assoc)
+			}
+			var a struct{ Address, Medium, MXID string }
+			_ = json.Unmarshal(assoc, &a)
+			if a.Address != "bob@example.org" || a.MXID != bob || a.Medium != "email" {
+				t.Fatalf("association %s", assoc)
+			}
+
+			got := waitAccepted(t, w.sim, 2)
+			rooms := map[string]bool{}
+			for _, g := range got {
+				if g.MXID != bob || g.Sender != alice {
+					t.Errorf("accepted %+v", g)
+				}
+				rooms[g.RoomID] = true
+			}
+			if len(got) != 2 || !rooms[room1] || !rooms[room2] {
+				t.Fatalf("accepted %+v, want one invite for each of %s and %s", got, room1, room2)
+			}
+			// One delivery, one call, carrying exactly {mxid, token} signed.
+			cs := w.sim.Calls()
+			if len(cs) != 1 || cs[0].Method != "POST" || cs[0].Status != 200 {
+				t.Fatalf("onbind calls %v", calls(w.sim))
+			}
+			var body struct {
+				Medium, Address, MXID string
+				Invites               []struct {
+					Signed map[string]json.RawMessage `json:"signed"`
+				}
+			}
+			if err := json.Unmarshal(cs[0].Body, &body); err != nil || body.MXID != bob || body.Address != "bob@example.org" || body.Medium != "email" {
+				t.Fatalf("onbind body %s", cs[0].Body)
+			}
+			for _, inv := range body.Invites {
+				if len(inv.Signed) != 3 || inv.Signed["mxid"] == nil || inv.Signed["token"] == nil || inv.Signed["signatures"] == nil {
+					t.Fatalf("signed must be exactly {mxid, token, signatures}: %v", inv.Signed)
+				}
+			}
+			waitDelivered(t, w, 1)
+
+			// Lookups find the binding now, and store-invite refuses.
+			if m := lookupV2(t, w.env, atok, "bob@example.org"); m != bob {
+				t.Fatalf("lookup = %q, want %s", m, bob)
+			}
+			status, resp := w.env.Do(t, "POST", "/_matrix/identity/v2/store-invite", map[string]any{
+				"medium": "email", "address": "bob@example.org", "room_id": "!again:hs.test", "sender": alice,
+			}, atok)
+			expectErr(t, status, resp, 400, "M_THREEPID_IN_USE")
+
+			// Invites are resolved.
+			list, _, err := w.env.App.Invites().List(invites.Filter{Address: "bob@example.org"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, inv := range list {
+				if inv.State != invites.StateResolved || inv.ResolvedMXID != bob {
+					t.Errorf("invite %d: %s %s", inv.ID, inv.State, inv.ResolvedMXID)
+				}
+			}
+		})
+	}
+}
+
+func waitDelivered(t *testing.T, w *world, n int) []invites.Delivery {
+	t.Helper()
+	var list []invites.Delivery
+	waitFor(t, "deliveries delivered", func() bool {
+		var err error
+		list, _, err = w.env.App.Deliveries().List(invites.DeliveryFilter{State: invites.DeliveryDelivered})
+		return err == nil && len(list) >= n
+	})
+	return list
+}
+
+func waitDeliveryState(t *testing.T, w *world, state invites.DeliveryState) invites.Delivery {
+	t.Helper()
+	var list []invites.Delivery
+	waitFor(t, "a delivery in state "+string(state), func() bool {
+		list, _, _ = w.env.App.Deliveries().List(invites.DeliveryFilter{State: state})
+		return len(list) > 0
+	})
+	return list[0]
+}
+
+// bindBob stores one invite for bob@example.org, then validates and binds it.
+func bindBob(t *testing.T, w *world) (atok, btok, sid string) {
+	t.Helper()
+	atok = w.env.Register(t, alice)
+	w.storeInvite(t, atok, alice, "bob@example.org")
+	btok = w.registerSim(t, "@bob:"+simName)
+	sid = w.validate(t, btok, "bob@example.org", "s3cret")
+	w.bind(t, btok, sid, "s3cret", "@bob:"+simName)
+	return
+}
+
+func TestPutFallback(t *testing.T) {
+	w := start(t, hssim.Synapse)
+	w.sim.PutOnly(true)
+	bindBob(t, w)
+	waitAccepted(t, w.sim, 1)
+	d := waitDelivered(t, w, 1)[0]
+	if len(d.Attempts) != 1 || d.Attempts[0].Method != "PUT" || !d.Attempts[0].OK {
+		t.Fatalf("attempts %+v", d.Attempts)
+	}
+	if c := calls(w.sim); len(c) != 2 || c[0] != "POST->404" || c[1] != "PUT->200" {
+		t.Fatalf("calls %v", c)
+	}
+}
+
+func TestRetryOn5xxAnd429(t *testing.T) {
+	w := start(t, hssim.Synapse)
+	w.sim.Fail(2, 503, "")
+	bindBob(t, w)
+	waitAccepted(t, w.sim, 1)
+	d := waitDelivered(t, w, 1)[0]
+	if len(d.Attempts) != 3 || d.Attempts[0].Status != 503 || !d.Attempts[0].Retryable || !d.Attempts[2].OK {
+		t.Fatalf("attempts %+v", d.Attempts)
+	}
+
+	w2 := start(t, hssim.Dendrite)
+	w2.sim.Fail(1, 429, "1")
+	bindBob(t, w2)
+	waitAccepted(t, w2.sim, 1)
+	d = waitDelivered(t, w2, 1)[0]
+	if len(d.Attempts) != 2 || d.Attempts[0].Status != 429 {
+		t.Fatalf("attempts %+v", d.Attempts)
+	}
+	if gap := d.Attempts[1].At.Sub(d.Attempts[0].At); gap < time.Second {
+		t.Fatalf("Retry-After: 1 not honoured: retried after %v", gap)
+	}
+}
+
+func TestNetworkErrorAndHangAreRetried(t *testing.T) {
+	w := start(t, hssim.Synapse)
+	w.sim.Hang(true)
+	bindBob(t, w)
+	waitFor(t, "a timed-out attempt", func() bool {
+		d, _, _ := w.env.App.Deliveries().List(invites.DeliveryFilter{})
+		return len(d) == 1 && len(d[0].Attempts) >= 1
+	})
+	w.sim.Hang(false)
+	waitAccepted(t, w.sim, 1)
+	d := waitDelivered(t, w, 1)[0]
+	if d.Attempts[0].Status != 0 || !d.Attempts[0].Retryable || d.Attempts[0].Reply == "" {
+		t.Fatalf("first attempt %+v", d.Attempts[0])
+	}
+}
+
+func TestPermanentFailureOn4xx(t *testing.T) {
+	w := start(t, hssim.Synapse)
+	w.sim.Fail(-1, 403, "")
+	bindBob(t, w)
+	d := waitDeliveryState(t, w, invites.DeliveryFailed)
+	if len(d.Attempts) != 1 || d.Attempts[0].Status != 403 || !strings.Contains(d.LastError, "403") {
+		t.Fatalf("delivery %+v", d)
+	}
+	// An operator retry after the homeserver is fixed delivers it.
+	w.sim.Fail(0, 0, "")
+	if err := w.env.App.Deliveries().Retry(d.ID); err != nil {
+		t.Fatal(err)
+	}
+	waitAccepted(t, w.sim, 1)
+	got, err := w.env.App.Deliveries().ByInvite(d.InviteIDs[0])
+	if err != nil || len(got) != 1 || got[0].State != invites.DeliveryDelivered || len(got[0].Attempts) != 2 {
+		t.Fatalf("ByInvite: %+v %v", got, err)
+	}
+	st, _ := w.env.App.Deliveries().Stats()
+	if st.Delivered != 1 || st.Failed != 0 || st.Pending != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+func TestGiveUp(t *testing.T) {
+	w := start(t, hssim.Synapse, func(c *configT) { c.Delivery.GiveUpAfter = durationT(200 * time.Millisecond) })
+	w.sim.Fail(-1, 502, "")
+	bindBob(t, w)
+	d := waitDeliveryState(t, w, invites.DeliveryFailed)
+	if !strings.Contains(d.LastError, "gave up") || len(d.Attempts) < 2 {
+		t.Fatalf("delivery %+v", d)
+	}
+}
+
+func TestRestartWhileRetryingDeliversOnce(t *testing.T) {
+	w := start(t, hssim.Synapse)
+	w.sim.Down(true)
+	bindBob(t, w)
+	waitFor(t, "failed attempts", func() bool { return len(w.sim.Calls()) >= 2 })
+	w.env.Restart(t)
+	w.sim.Down(false)
+	waitAccepted(t, w.sim, 1)
+	waitDelivered(t, w, 1)
+	w.env.Restart(t) // nothing is sent again after a restart
+	st, _ := w.env.App.Deliveries().Stats()
+	if n := len(w.sim.Accepted()); n != 1 || st.Delivered != 1 || st.Pending != 0 {
+		t.Fatalf("accepted %d, stats %+v", n, st)
+	}
+}
+
+func TestRevokedExpiredDeclinedNeverDelivered(t *testing.T) {
+	w := start(t, hssim.Synapse)
+	atok := w.env.Register(t, alice)
+	_, expAns := w.storeInvite(t, atok, alice, "bob@example.org")
+	w.env.Clock.Advance(8 * 24 * time.Hour) // past invites.expiry (7 days)
+	if n, err := w.env.App.Invites().ExpireDue(); err != nil || n != 1 {
+		t.Fatalf("ExpireDue = %d, %v", n, err)
+	}
+	_, revAns := w.storeInvite(t, atok, alice, "bob@example.org")
+	_, decAns := w.storeInvite(t, atok, alice, "bob@example.org")
+	room, liveAns := w.storeInvite(t, atok, alice, "bob@example.org")
+
+	rev, _ := w.env.App.Invites().ByToken(tokenOf(t, revAns))
+	if err := w.env.App.Invites().Revoke(rev.ID, "test"); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.env.App.Invites().Revoke(rev.ID, "test"); err == nil {
+		t.Fatal("revoking twice succeeded")
+	}
+	// The invitee declines one through the page in the email.
+	form := url.Values{"token": {tokenOf(t, decAns)}, "action": {"decline"}}
+	resp := postForm(t, w.env, "/_herald/invites/decline", form)
+	if resp.StatusCode != 200 {
+		t.Fatalf("decline: %d", resp.StatusCode)
+	}
+	for _, ans := range [][]byte{expAns, revAns, decAns} {
+		if ephemeralValid(t, w.env, ans) {
+			t.Errorf("ephemeral key of a finished invite still valid")
+		}
+	}
+	if !ephemeralValid(t, w.env, liveAns) {
+		t.Errorf("ephemeral key of the live invite invalid")
+	}
+
+	btok := w.registerSim(t, "@bob:"+simName)
+	sid := w.validate(t, btok, "bob@example.org", "sec")
+	w.bind(t, btok, sid, "sec", "@bob:"+simName)
+	got := waitAccepted(t, w.sim, 1)
+	waitDelivered(t, w, 1)
+	if len(got) != 1 || got[0].RoomID != room {
+		t.Fatalf("accepted %+v, want only %s", got, room)
+	}
+	var body struct{ Invites []any }
+	_ = json.Unmarshal(w.sim.Calls()[0].Body, &body)
+	if len(body.Invites) != 1 {
+		t.Fatalf("onbind carried %d invites", len(body.Invites))
+	}
+}
+
+func TestRecycledAddressGetsNoOldInvites(t *testing.T) {
+	w := start(t, hssim.Synapse)
+	atok, btok, sid := bindBob(t, w)
+	waitAccepted(t, w.sim, 1)
+	waitDelivered(t, w, 1)
+	// Bob unbinds with his session; the address is recycled to Carol.
+	status, body := w.env.Do(t, "POST", "/_matrix/identity/v2/3pid/unbind", map[string]any{
+		"sid": sid, "client_secret": "s3cret", "mxid": "@bob:" + simName,
+		"threepid": map[string]string{"medium": "email", "address": "bob@example.org"},
+	}, btok)
+	if status != 200 {
+		t.Fatalf("unbind: %d %s", status, body)
+	}
+	if m := lookupV2(t, w.env, atok, "bob@example.org"); m != "" {
+		t.Fatalf("still bound to %s", m)
+	}
+	carol := "@carol:" + simName
+	ctok := w.registerSim(t, carol)
+	csid := w.validate(t, ctok, "bob@example.org", "carolsecret")
+	w.bind(t, ctok, csid, "carolsecret", carol)
+	if m := lookupV2(t, w.env, atok, "bob@example.org"); m != carol {
+		t.Fatalf("lookup = %q", m)
+	}
+	st, _ := w.env.App.Deliveries().Stats()
+	if st.Pending+st.Delivered+st.Failed != 1 || len(w.sim.Accepted()) != 1 {
+		t.Fatalf("recycled address got old invites: %+v, accepted %d", st, len(w.sim.Accepted()))
+	}
+}
+
+func TestSignedUnbind(t *testing.T) {
+	w := start(t, hssim.Synapse)
+	atok, _, _ := bindBob(t, w)
+	payload := map[string]any{"mxid": "@bob:" + simName, "threepid": map[string]string{"medium": "email", "address": "bob@example.org"}}
+	raw, _ := json.Marshal(payload)
+	send := func(mutate func(*http.Request)) (int, []byte) {
+		req, _ := http.NewRequest("POST", w.env.URL+"/_matrix/identity/v2/3pid/unbind", bytes.NewReader(raw))
+		req.Header.Set("Content-Type", "application/json")
+		mutate(req)
+		resp := w.env.DoRequest(t, req)
+		var b bytes.Buffer
+		_, _ = b.ReadFrom(resp.Body)
+		return resp.StatusCode, b.Bytes()
+	}
+	// No authorisation at all.
+	status, body := send(func(*http.Request) {})
+	expectErr(t, status, body, 403, "M_FORBIDDEN")
+	// Signed for another destination.
+	status, body = send(func(r *http.Request) { w.sim.SignRequest(r, "elsewhere.test", raw) })
+	expectErr(t, status, body, 403, "M_FORBIDDEN")
+	// A bad signature.
+	status, body = send(func(r *http.Request) {
+		w.sim.SignRequest(r, testenv.ServerName, []byte(`{"other":1}`))
+	})
+	expectErr(t, status, body, 403, "M_FORBIDDEN")
+	if m := lookupV2(t, w.env, atok, "bob@example.org"); m == "" {
+		t.Fatal("a refused unbind removed the binding")
+	}
+	// Properly signed by sim.test (with destination, as Synapse sends it).
+	status, body = send(func(r *http.Request) { w.sim.SignRequest(r, testenv.ServerName, raw) })
+	if status != 200 {
+		t.Fatalf("signed unbind: %d %s", status, body)
+	}
+	if m := lookupV2(t, w.env, atok, "bob@example.org"); m != "" {
+		t.Fatalf("still bound to %s", m)
+	}
+}
+
+func TestSignedUnbindWrongOrigin(t *testing.T) {
+	other := hssim.New(t, "other2.test", hssim.Synapse)
+	w := start(t, hssim.Synapse, func(c *configT) { c.Federation.Servers["other2.test"] = other.URL })
+	atok, _, _ := bindBob(t, w)
+	raw, _ := json.Marshal(map[string]any{"mxid": "@bob:" + simName, "threepid": map[string]string{"medium": "email", "address": "bob@example.org"}})
+	req, _ := http.NewRequest("POST", w.env.URL+"/_matrix/identity/v2/3pid/unbind", bytes.NewReader(raw))
+	other.SignRequest(req, "", raw) // a valid signature, but not from bob's homeserver
+	resp := w.env.DoRequest(t, req)
+	var b bytes.Buffer
+	_, _ = b.ReadFrom(resp.Body)
+	expectErr(t, resp.StatusCode, b.Bytes(), 403, "M_FORBIDDEN")
+	if m := lookupV2(t, w.env, atok, "bob@example.org"); m == "" {
+		t.Fatal("binding removed")
+	}
+}
+
+func tokenOf(t *testing.T, answer []byte) string {
+	t.Helper()
+	var a struct{ Token string }
+	if err := json.Unmarshal(answer, &a); err != nil || a.Token == "" {
+		t.Fatalf("no token in %s", answer)
+	}
+	return a.Token
+}
+
+func ephemeralValid(t *testing.T, env *testenv.Env, answer []byte) bool {
+	t.Helper()
+	var a struct {
+		PublicKeys []struct {
+			PublicKey string `json:"public_key"`
+		} `json:"public_keys"`
+	}
+	_ = json.Unmarshal(answer, &a)
+	if len(a.PublicKeys) < 2 {
+		t.Fatalf("no ephemeral key in %s", answer)
+	}
+	status, body := env.Do(t, "GET", "/_matrix/identity/v2/pubkey/ephemeral/isvalid?public_key="+url.QueryEscape(a.PublicKeys[1].PublicKey), nil, "")
+	if status != 200 {
+		t.Fatalf("isvalid: %d %s", status, body)
+	}
+	return strings.Contains(string(body), "true")
+}
+
+func postForm(t *testing.T, env *testenv.Env, path string, form url.Values) *http.Response {
+	t.Helper()
+	req, _ := http.NewRequest("POST", env.URL+path, strings.NewReader(form.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	return env.DoRequest(t, req)
+}
