@@ -87,7 +87,10 @@ func run(ctx context.Context, args, environ []string, stdout, stderr io.Writer) 
 	fs.Usage = func() { fmt.Fprintf(stderr, usage, extraUsage()) }
 	configPath := fs.String("config", lookupEnv(environ, "HERALD_CONFIG"), "configuration file (YAML); also HERALD_CONFIG")
 	if err := fs.Parse(args); err != nil {
-		return err
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return usageError(err.Error())
 	}
 	cmd, rest := "serve", fs.Args()
 	if len(rest) > 0 {

@@ -132,7 +132,7 @@ func (a *App) Start(ctx context.Context) {
 	a.bg.Add(1)
 	go func() {
 		defer a.bg.Done()
-		a.reloadKeys(ctx, 10*time.Second)
+		a.reloadKeys(ctx, KeyReloadInterval)
 	}()
 	a.bg.Add(1)
 	go func() {
@@ -153,6 +153,10 @@ func (a *App) Start(ctx context.Context) {
 		a.invites.RunLifecycle(ctx, time.Minute)
 	}()
 }
+
+// KeyReloadInterval is how often a running server re-reads data_dir/keys to
+// pick up `herald keys rotate|retire` (tests shorten it).
+var KeyReloadInterval = 10 * time.Second
 
 // reloadKeys picks up `herald keys rotate|retire` run while Herald serves.
 func (a *App) reloadKeys(ctx context.Context, every time.Duration) {

@@ -1,0 +1,331 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/herald-im/herald/internal/server"
+)
+
+// TestMain lets tests run the real main() in a child process.
+func TestMain(m *testing.M) {
+	if os.Getenv("TEST_HERALD_RUN_MAIN") == "1" {
+		os.Args = append([]string{"herald"}, strings.Fields(os.Getenv("TEST_HERALD_ARGS"))...)
+		main()
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+func writeConfig(t *testing.T, yaml string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "herald.yaml")
+	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func TestVersion(t *testing.T) {
+	var out bytes.Buffer
+	if err := run(context.Background(), []string{"version"}, nil, &out, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(out.String(), "herald ") {
+		t.Fatalf("version output %q", out.String())
+	}
+}
+
+func TestUsageErrors(t *testing.T) {
+	for _, args := range [][]string{{"frobnicate"}, {"serve", "extra"}, {"--nope"}, {"keys"}, {"keys", "retire"}, {"keys", "dance"}} {
+		dataDir := t.TempDir()
+		err := run(context.Background(), args, []string{"HERALD_DATA_DIR=" + dataDir}, io.Discard, io.Discard)
+		if err == nil || exitCode(err) != 2 {
+			t.Errorf("run %v: %v (exit %d), want a usage error", args, err, exitCode(err))
+		}
+	}
+}
+
+func TestBadConfig(t *testing.T) {
+	cases := []struct {
+		name, yaml string
+		env        []string
+		key        string
+	}{
+		{"unknown key", "smtp:\n  hots: mail.example.org\n", nil, "smtp.hots"},
+		{"unknown top-level key", "sever_name: x\n", nil, "sever_name"},
+		{"wrong type", "listen: [1, 2]\n", nil, "listen"},
+		{"wrong type bool", "compat:\n  v1: maybe\n", nil, "compat.v1"},
+		{"wrong type number", "smtp:\n  port: many\n", nil, "smtp.port"},
+		{"bad duration", "invites:\n  expiry: soon\n", nil, "invites.expiry"},
+		{"missing cert file", "tls:\n  cert_file: /nonexistent/cert.pem\n  key_file: /nonexistent/key.pem\n", nil, "tls.cert_file"},
+		{"cert without key", "tls:\n  cert_file: /etc/hostname\n", nil, "tls.key_file"},
+		{"unparsable URL", "public_base_url: 'http://[::1'\n", nil, "public_base_url"},
+		{"not an http URL", "public_base_url: 'ftp://example.org'\n", nil, "public_base_url"},
+		{"bad federation URL", "federation:\n  servers:\n    hs.example.org: 'hs.example.org:8448'\n", nil, "federation.servers.hs.example.org"},
+		{"bad enum", "smtp:\n  security: ssl\n", nil, "smtp.security"},
+		{"bad server_name", "server_name: 'https://id.example.org'\n", nil, "server_name"},
+		{"terms without version", "terms:\n  policies:\n    privacy:\n      en: {name: Privacy, url: 'https://x.test/p'}\n", nil, "terms.policies.privacy.version"},
+		{"env wrong type", "", []string{"HERALD_SMTP_PORT=abc"}, "smtp.port"},
+		{"env unknown key", "", []string{"HERALD_SMTP_HOTS=x"}, "HERALD_SMTP_HOTS"},
+		{"not YAML", "server_name: [unclosed\n", nil, "YAML"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			path := writeConfig(t, c.yaml)
+			env := append([]string{"HERALD_DATA_DIR=" + t.TempDir()}, c.env...)
+			err := run(context.Background(), []string{"--config", path}, env, io.Discard, io.Discard)
+			if err == nil {
+				t.Fatal("bad config accepted")
+			}
+			msg := err.Error()
+			if !strings.Contains(msg, c.key) || strings.Contains(oneLine(err), "\n") || exitCode(err) == 0 {
+				t.Errorf("error %q should name %q on one line", msg, c.key)
+			}
+		})
+	}
+	t.Run("missing file", func(t *testing.T) {
+		err := run(context.Background(), []string{"--config", "/nonexistent/herald.yaml"}, nil, io.Discard, io.Discard)
+		if err == nil || !strings.Contains(err.Error(), "/nonexistent/herald.yaml") {
+			t.Fatalf("missing config file: %v", err)
+		}
+	})
+	t.Run("HERALD_CONFIG", func(t *testing.T) {
+		path := writeConfig(t, "smtp:\n  hots: x\n")
+		err := run(context.Background(), nil, []string{"HERALD_CONFIG=" + path}, io.Discard, io.Discard)
+		if err == nil || !strings.Contains(err.Error(), "smtp.hots") {
+			t.Fatalf("HERALD_CONFIG not read: %v", err)
+		}
+	})
+}
+
+// startServe runs `herald serve` in-process and returns its base URL and a
+// function that stops it (as SIGTERM would) and returns run's error.
+func startServe(t *testing.T, env []string, args ...string) (string, func() error) {
+	t.Helper()
+	addrc := make(chan net.Addr, 1)
+	listening = func(a net.Addr) { addrc <- a }
+	t.Cleanup(func() { listening = nil })
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, args, env, io.Discard, io.Discard) }()
+	var addr net.Addr
+	select {
+	case addr = <-addrc:
+	case err := <-done:
+		cancel()
+		t.Fatalf("serve: %v", err)
+	}
+	var stopped bool
+	var result error
+	stop := func() error {
+		if !stopped {
+			stopped = true
+			cancel()
+			result = <-done
+		}
+		return result
+	}
+	t.Cleanup(func() { stop() })
+	return "http://" + addr.String(), stop
+}
+
+func TestServeAndSecondInstance(t *testing.T) {
+	dataDir := t.TempDir()
+	env := []string{"HERALD_DATA_DIR=" + dataDir, "HERALD_LISTEN=127.0.0.1:0", "HERALD_SERVER_NAME=herald.test"}
+	base, stop := startServe(t, env)
+	resp, err := http.Get(base + "/_matrix/identity/versions")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("versions: %d", resp.StatusCode)
+	}
+
+	// A second Herald on the same data_dir says so and exits.
+	err = run(context.Background(), nil, env, io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "in use by another Herald") || exitCode(err) == 0 {
+		t.Fatalf("second instance: %v", err)
+	}
+
+	if err := stop(); err != nil {
+		t.Fatalf("graceful stop: %v", err)
+	}
+	// After a clean stop the data_dir can be used again.
+	_, stop = startServe(t, env)
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func keysCLI(t *testing.T, dataDir string, args ...string) (string, error) {
+	t.Helper()
+	var out bytes.Buffer
+	err := run(context.Background(), append([]string{"keys"}, args...), []string{"HERALD_DATA_DIR=" + dataDir, "HERALD_SERVER_NAME=herald.test"}, &out, io.Discard)
+	return out.String(), err
+}
+
+var keyLine = regexp.MustCompile(`(?m)^(ed25519:\S+)\s+(current|valid|retired \S+)\s+\S+\s+(\S+)$`)
+
+func TestKeysCommand(t *testing.T) {
+	dataDir := t.TempDir()
+	out, err := keysCLI(t, dataDir, "list")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := keyLine.FindAllStringSubmatch(out, -1)
+	if len(m) != 1 || m[0][2] != "current" {
+		t.Fatalf("list on a fresh data_dir:\n%s", out)
+	}
+	first := m[0][1]
+	if st, err := os.Stat(filepath.Join(dataDir, "keys", strings.ReplaceAll(first, ":", "_")+".jwk")); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("key file: %v", err)
+	}
+
+	if out, err = keysCLI(t, dataDir, "rotate"); err != nil || !strings.Contains(out, "new current key ed25519:") {
+		t.Fatalf("rotate: %v\n%s", err, out)
+	}
+	out, _ = keysCLI(t, dataDir, "list")
+	m = keyLine.FindAllStringSubmatch(out, -1)
+	if len(m) != 2 || m[0][2] != "current" || m[1][1] != first || m[1][2] != "valid" {
+		t.Fatalf("list after rotate:\n%s", out)
+	}
+	second := m[0][1]
+	if _, err := keysCLI(t, dataDir, "retire", second); err == nil {
+		t.Error("retiring the current key succeeded")
+	}
+	if _, err := keysCLI(t, dataDir, "retire", "ed25519:nope"); err == nil {
+		t.Error("retiring an unknown key succeeded")
+	}
+	if out, err := keysCLI(t, dataDir, "retire", first); err != nil {
+		t.Fatalf("retire: %v %s", err, out)
+	}
+	out, _ = keysCLI(t, dataDir, "list")
+	m = keyLine.FindAllStringSubmatch(out, -1)
+	if len(m) != 2 || !strings.HasPrefix(m[1][2], "retired ") {
+		t.Fatalf("list after retire:\n%s", out)
+	}
+}
+
+// `herald keys rotate` while Herald runs: the server picks the new key up.
+func TestKeysRotateWhileServing(t *testing.T) {
+	old := server.KeyReloadInterval
+	server.KeyReloadInterval = 20 * time.Millisecond
+	t.Cleanup(func() { server.KeyReloadInterval = old })
+	dataDir := t.TempDir()
+	base, _ := startServe(t, []string{"HERALD_DATA_DIR=" + dataDir, "HERALD_LISTEN=127.0.0.1:0", "HERALD_SERVER_NAME=herald.test"})
+	out, err := keysCLI(t, dataDir, "rotate")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub := strings.Fields(strings.TrimPrefix(out[strings.Index(out, "(public key ")+len("(public key "):], ""))[0]
+	pub = strings.TrimSuffix(pub, ")")
+	// Nudge the modification time so coarse file system clocks see a change.
+	future := time.Now().Add(time.Minute)
+	os.Chtimes(filepath.Join(dataDir, "keys", "ring.json"), future, future)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := http.Get(base + "/_matrix/identity/v2/pubkey/isvalid?public_key=" + url.QueryEscape(pub))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var r struct{ Valid bool }
+		json.NewDecoder(resp.Body).Decode(&r)
+		resp.Body.Close()
+		if r.Valid {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the running server never picked up the rotated key")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// The real binary: a bad config prints one line and exits 1; SIGTERM stops a
+// serving Herald cleanly with exit status 0.
+func TestMainProcess(t *testing.T) {
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	child := func(args string, env ...string) *exec.Cmd {
+		cmd := exec.Command(exe, "-test.run=^$")
+		cmd.Env = append(os.Environ(), append([]string{"TEST_HERALD_RUN_MAIN=1", "TEST_HERALD_ARGS=" + args}, env...)...)
+		return cmd
+	}
+
+	cmd := child("--config " + writeConfig(t, "smtp:\n  hots: x\n"))
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	err = cmd.Run()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 {
+		t.Fatalf("bad config: %v", err)
+	}
+	if got := stderr.String(); strings.Count(got, "\n") != 1 || !strings.HasPrefix(got, "herald: config: smtp.hots: unknown key") {
+		t.Fatalf("bad config stderr %q", got)
+	}
+
+	dataDir := t.TempDir()
+	cmd = child("serve", "HERALD_DATA_DIR="+dataDir, "HERALD_LISTEN=127.0.0.1:0", "HERALD_SERVER_NAME=herald.test", "HERALD_LOG_FORMAT=json")
+	pipe, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	lines := bufio.NewScanner(pipe)
+	var logs []string
+	addr := ""
+	for addr == "" && lines.Scan() {
+		logs = append(logs, lines.Text())
+		var l struct{ Msg, Addr string }
+		if json.Unmarshal(lines.Bytes(), &l) == nil && l.Msg == "listening" {
+			addr = l.Addr
+		}
+	}
+	if addr == "" {
+		t.Fatalf("no listening line in %q", logs)
+	}
+	resp, err := http.Get("http://" + addr + "/_matrix/identity/v2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	for lines.Scan() {
+		logs = append(logs, lines.Text())
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("exit after SIGTERM: %v\n%s", err, strings.Join(logs, "\n"))
+	}
+	if !strings.Contains(strings.Join(logs, "\n"), `"msg":"stopped"`) {
+		t.Errorf("no clean stop in logs:\n%s", strings.Join(logs, "\n"))
+	}
+	for _, l := range logs {
+		if !json.Valid([]byte(l)) {
+			t.Errorf("log line is not JSON: %q", l)
+		}
+	}
+}
