@@ -4,7 +4,9 @@
 package config
 
 import (
+	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net/mail"
 	"net/url"
 	"os"
@@ -179,6 +181,15 @@ func (s Secret) String() string {
 
 // GoString masks %#v too.
 func (s Secret) GoString() string { return s.String() }
+
+// LogValue masks the secret in structured logs (slog calls it for every handler).
+func (s Secret) LogValue() slog.Value { return slog.StringValue(s.String()) }
+
+// MarshalJSON masks the secret when a configuration is shown as JSON.
+func (s Secret) MarshalJSON() ([]byte, error) { return json.Marshal(s.String()) }
+
+// MarshalYAML masks the secret when a configuration is shown as YAML.
+func (s Secret) MarshalYAML() (any, error) { return s.String(), nil }
 
 // Default is the configuration of `go run ./cmd/herald` on a fresh clone.
 func Default() Config {
