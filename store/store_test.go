@@ -1,0 +1,87 @@
+package store
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+func TestOpenRecordsSchemaVersion(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	db, err := Open(dir, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, err := Version(db); err != nil || v != SchemaVersion {
+		t.Fatalf("Version = %d, %v", v, err)
+	}
+	if err := Buckets(db, []byte("a"), []byte("b")); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	if st, err := os.Stat(filepath.Join(dir, FileName)); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("db file mode: %v %v", st.Mode(), err)
+	}
+	if st, err := os.Stat(dir); err != nil || st.Mode().Perm() != 0o700 {
+		t.Fatalf("data_dir mode: %v", err)
+	}
+	// Reopening keeps data and version.
+	db, err = Open(dir, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	db.View(func(tx *bolt.Tx) error {
+		if tx.Bucket([]byte("a")) == nil {
+			t.Error("bucket lost")
+		}
+		return nil
+	})
+}
+
+func TestOpenRefusesNewerSchema(t *testing.T) {
+	dir := t.TempDir()
+	db, err := Open(dir, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.Update(func(tx *bolt.Tx) error { return tx.Bucket(metaBucket).Put([]byte("schema_version"), U64(SchemaVersion+1)) })
+	db.Close()
+	if _, err := Open(dir, time.Second); err == nil || !strings.Contains(err.Error(), "newer") {
+		t.Fatalf("newer schema: %v", err)
+	}
+}
+
+func TestOpenLocked(t *testing.T) {
+	dir := t.TempDir()
+	db, err := Open(dir, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := Open(dir, 50*time.Millisecond); !errors.Is(err, ErrLocked) {
+		t.Fatalf("second open: %v, want ErrLocked", err)
+	}
+}
+
+func TestKeys(t *testing.T) {
+	a := TimeKey(time.Unix(1, 0), []byte("x"))
+	b := TimeKey(time.Unix(2, 0), nil)
+	if string(a) >= string(b) || len(a) != 9 {
+		t.Error("TimeKey does not sort by time")
+	}
+	if string(U64(255)) >= string(U64(256)) {
+		t.Error("U64 does not sort numerically")
+	}
+	src := []byte("abc")
+	c := Copy(src)
+	src[0] = 'z'
+	if string(c) != "abc" || Copy(nil) != nil {
+		t.Error("Copy")
+	}
+}
