@@ -50,7 +50,9 @@ func TestOpenRefusesNewerSchema(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	db.Update(func(tx *bolt.Tx) error { return tx.Bucket(metaBucket).Put([]byte("schema_version"), U64(SchemaVersion+1)) })
+	db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(metaBucket).Put([]byte("schema_version"), U64(SchemaVersion+1))
+	})
 	db.Close()
 	if _, err := Open(dir, time.Second); err == nil || !strings.Contains(err.Error(), "newer") {
 		t.Fatalf("newer schema: %v", err)
