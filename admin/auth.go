@@ -1,0 +1,247 @@
+package admin
+
+import (
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/json"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/labstack/echo/v4"
+	bolt "go.etcd.io/bbolt"
+	"golang.org/x/time/rate"
+)
+
+const (
+	sessionCookie = "herald_admin"
+	loginCookie   = "herald_admin_login" // double-submit CSRF token of the login form
+	ctxUser       = "admin.user"
+	ctxSession    = "admin.session"
+	csrfField     = "csrf"
+	csrfHeader    = "X-CSRF-Token"
+)
+
+func randomID() string {
+	b := make([]byte, 24)
+	if _, err := rand.Read(b); err != nil {
+		panic(err)
+	}
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+func (h *Handler) mac(purpose, v string) string {
+	m := hmac.New(sha256.New, h.key)
+	m.Write([]byte(purpose))
+	m.Write([]byte{0})
+	m.Write([]byte(v))
+	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
+}
+
+// csrfToken is bound to the session: HMAC(key, "csrf", session id).
+func (h *Handler) csrfToken(sid string) string { return h.mac("csrf", sid) }
+
+func secure(c echo.Context) bool {
+	return c.Request().TLS != nil || strings.EqualFold(c.Request().Header.Get("X-Forwarded-Proto"), "https")
+}
+
+func (h *Handler) setCookie(c echo.Context, name, value, path string, maxAge int) {
+	c.SetCookie(&http.Cookie{Name: name, Value: value, Path: path, MaxAge: maxAge, HttpOnly: true,
+		Secure: secure(c), SameSite: http.SameSiteStrictMode})
+}
+
+// startSession stores a session and sets its signed cookie.
+func (h *Handler) startSession(c echo.Context, user string) error {
+	sid := randomID()
+	now := h.opts.Now().UTC()
+	raw, _ := json.Marshal(session{User: user, Created: now, Expires: now.Add(h.lifetime)})
+	if err := h.opts.DB.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bktSessions)
+		// Forget expired sessions while here.
+		var old [][]byte
+		_ = b.ForEach(func(k, v []byte) error {
+			var s session
+			if json.Unmarshal(v, &s) != nil || now.After(s.Expires) {
+				old = append(old, append([]byte(nil), k...))
+			}
+			return nil
+		})
+		for _, k := range old {
+			_ = b.Delete(k)
+		}
+		return b.Put([]byte(sid), raw)
+	}); err != nil {
+		return err
+	}
+	h.setCookie(c, sessionCookie, sid+"."+h.mac("session", sid), Prefix, int(h.lifetime.Seconds()))
+	return nil
+}
+
+// sessionFrom checks the cookie's signature, then the stored session.
+func (h *Handler) sessionFrom(c echo.Context) (sid, user string, ok bool) {
+	ck, err := c.Cookie(sessionCookie)
+	if err != nil {
+		return "", "", false
+	}
+	sid, sig, found := strings.Cut(ck.Value, ".")
+	if !found || subtle.ConstantTimeCompare([]byte(sig), []byte(h.mac("session", sid))) != 1 {
+		return "", "", false
+	}
+	var s session
+	err = h.opts.DB.View(func(tx *bolt.Tx) error {
+		raw := tx.Bucket(bktSessions).Get([]byte(sid))
+		if raw == nil {
+			return ErrNotFound
+		}
+		return json.Unmarshal(raw, &s)
+	})
+	if err != nil || !h.opts.Now().Before(s.Expires) || !h.userExists(s.User) {
+		return "", "", false
+	}
+	return sid, s.User, true
+}
+
+func (h *Handler) endSession(c echo.Context, sid string) {
+	_ = h.opts.DB.Update(func(tx *bolt.Tx) error { return tx.Bucket(bktSessions).Delete([]byte(sid)) })
+	h.setCookie(c, sessionCookie, "", Prefix, -1)
+}
+
+func (h *Handler) userExists(name string) bool {
+	if _, ok := h.cfgUsers[name]; ok {
+		return true
+	}
+	_, ok := storedHash(h.opts.DB, name)
+	return ok
+}
+
+// checkLogin verifies a username and password against config users, then
+// stored ones. Unknown names cost one hash too.
+func (h *Handler) checkLogin(user, password string) bool {
+	hash, ok := h.cfgUsers[user]
+	if !ok {
+		hash, ok = storedHash(h.opts.DB, user)
+	}
+	if !ok {
+		VerifyPassword(dummyHash(), password)
+		return false
+	}
+	return VerifyPassword(hash, password)
+}
+
+// requireSession lets a logged-in admin through and checks the CSRF token of
+// every state-changing request; others go to the login page.
+func (h *Handler) requireSession(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		sid, user, ok := h.sessionFrom(c)
+		if !ok {
+			if c.Request().Method == http.MethodGet || c.Request().Method == http.MethodHead {
+				return c.Redirect(http.StatusSeeOther, Prefix+"/login?next="+urlQueryEscape(c.Request().URL.RequestURI()))
+			}
+			return c.Redirect(http.StatusSeeOther, Prefix+"/login")
+		}
+		if !safeMethod(c.Request().Method) {
+			if !h.validCSRF(sid, c.FormValue(csrfField)) {
+				return errStatus(http.StatusForbidden, "The form expired or did not come from this console (CSRF token missing or wrong). Go back, reload and try again.")
+			}
+		}
+		c.Set(ctxUser, user)
+		c.Set(ctxSession, sid)
+		return next(c)
+	}
+}
+
+// requireAPI accepts an admin API token (Authorization: Bearer) or a console
+// session; with a session, state-changing calls need the X-CSRF-Token header.
+func (h *Handler) requireAPI(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		if auth := c.Request().Header.Get("Authorization"); auth != "" {
+			tok, ok := strings.CutPrefix(auth, "Bearer ")
+			i := -1
+			if ok {
+				i = constantTimeIn([]byte(strings.TrimSpace(tok)), h.apiTokens)
+			}
+			if i < 0 {
+				c.Response().Header().Set("WWW-Authenticate", `Bearer realm="herald-admin"`)
+				return errStatus(http.StatusUnauthorized, "Unknown admin API token")
+			}
+			c.Set(ctxUser, "api-token-"+itoa(i+1))
+			return next(c)
+		}
+		sid, user, ok := h.sessionFrom(c)
+		if !ok {
+			c.Response().Header().Set("WWW-Authenticate", `Bearer realm="herald-admin"`)
+			return errStatus(http.StatusUnauthorized, "Log in or send an admin API token")
+		}
+		if !safeMethod(c.Request().Method) && !h.validCSRF(sid, c.Request().Header.Get(csrfHeader)) {
+			return errStatus(http.StatusForbidden, "Missing or wrong X-CSRF-Token header")
+		}
+		c.Set(ctxUser, user)
+		c.Set(ctxSession, sid)
+		return next(c)
+	}
+}
+
+func (h *Handler) validCSRF(sid, got string) bool {
+	want := h.csrfToken(sid)
+	return got != "" && subtle.ConstantTimeCompare([]byte(got), []byte(want)) == 1
+}
+
+func safeMethod(m string) bool {
+	return m == http.MethodGet || m == http.MethodHead || m == http.MethodOptions
+}
+
+func who(c echo.Context) string {
+	u, _ := c.Get(ctxUser).(string)
+	return u
+}
+
+// loginLimiter rate-limits login attempts per username and per client IP.
+type loginLimiter struct {
+	mu     sync.Mutex
+	byUser map[string]*rate.Limiter
+	byIP   map[string]*rate.Limiter
+	user   func() *rate.Limiter
+	ip     func() *rate.Limiter
+}
+
+func newLoginLimiter() *loginLimiter {
+	return &loginLimiter{
+		byUser: map[string]*rate.Limiter{}, byIP: map[string]*rate.Limiter{},
+		// 5 quick tries per name, then one every 30 s; 20 per address, then one every 5 s.
+		user: func() *rate.Limiter { return rate.NewLimiter(rate.Every(30*time.Second), 5) },
+		ip:   func() *rate.Limiter { return rate.NewLimiter(rate.Every(5*time.Second), 20) },
+	}
+}
+
+// allow takes one attempt from both buckets; false means refuse.
+func (l *loginLimiter) allow(user, ip string, now time.Time) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	get := func(m map[string]*rate.Limiter, k string, mk func() *rate.Limiter) *rate.Limiter {
+		if len(m) > 10000 { // bound memory under a spray of names
+			clear(m)
+		}
+		lim, ok := m[k]
+		if !ok {
+			lim = mk()
+			m[k] = lim
+		}
+		return lim
+	}
+	u, i := get(l.byUser, strings.ToLower(user), l.user), get(l.byIP, ip, l.ip)
+	okU, okI := u.AllowN(now, 1), i.AllowN(now, 1)
+	return okU && okI
+}
+
+func clientIP(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
