@@ -74,16 +74,4 @@ func NormalizeEmail(addr string) (string, error) {
 
 // RedactEmail shortens an address so it cannot be read back, as the spec's
 // display_name and Herald's logs need: "alice@example.org" -> "a...@e...".
-func RedactEmail(addr string) string {
-	local, domain, ok := strings.Cut(addr, "@")
-	first := func(s string) string {
-		for _, r := range s {
-			return string(r) + "..."
-		}
-		return "..."
-	}
-	if !ok {
-		return first(addr)
-	}
-	return first(local) + "@" + first(domain)
-}
+func RedactEmail(addr string) string { return matrix.RedactEmail(addr) }

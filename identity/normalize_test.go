@@ -1,0 +1,68 @@
+package identity_test
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/herald-im/herald/identity"
+	"github.com/herald-im/herald/matrix"
+)
+
+func TestNormalizeEmail(t *testing.T) {
+	good := map[string]string{
+		"Strauss@Example.com":                    "strauss@example.com",
+		"  alice@example.org ":                   "alice@example.org",
+		"STRASSE@EXAMPLE.DE":                     "strasse@example.de",
+		"Straße@example.de":                      "strasse@example.de", // full case folding
+		"ΣΊΣΥΦΟΣ@example.gr":                     "σίσυφοσ@example.gr",
+		"a.b+tag@sub.Example.ORG":                "a.b+tag@sub.example.org",
+		"user@localhost":                         "user@localhost",
+		"o'brien@example.ie":                     "o'brien@example.ie",
+		strings.Repeat("a", 64) + "@example.org": strings.Repeat("a", 64) + "@example.org",
+	}
+	for in, want := range good {
+		got, err := identity.NormalizeEmail(in)
+		if err != nil || got != want {
+			t.Errorf("NormalizeEmail(%q) = %q, %v; want %q", in, got, err, want)
+		}
+	}
+	bad := []string{
+		"", " ", "alice", "@example.org", "alice@", "a@b@c", "Alice <alice@example.org>", "<alice@example.org>",
+		"a@example.org, b@example.org", "a b@example.org", "a@exa mple.org", "a\r\n@example.org",
+		"a@.example.org", "a@example..org", "a@example.org.", "a@[127.0.0.1]", `"quoted"@example.org`,
+		"a@-example.org", strings.Repeat("a", 65) + "@example.org", "a@" + strings.Repeat("b", 250) + ".org",
+		"a(comment)@example.org", "a@example.org;b", "\xff@example.org",
+	}
+	for _, in := range bad {
+		got, err := identity.NormalizeEmail(in)
+		me, ok := matrix.AsError(err)
+		if !ok || me.Code != "M_INVALID_EMAIL" || me.Status != 400 {
+			t.Errorf("NormalizeEmail(%q) = %q, %v; want M_INVALID_EMAIL", in, got, err)
+		}
+	}
+}
+
+func TestRedactEmail(t *testing.T) {
+	for in, want := range map[string]string{
+		"alice@example.org": "a...@e...",
+		"é@ü.de":            "é...@ü...",
+		"noat":              "n...",
+		"":                  "...",
+	} {
+		if got := identity.RedactEmail(in); got != want {
+			t.Errorf("RedactEmail(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestLookupHashSpecVectors(t *testing.T) {
+	for in, want := range map[[2]string]string{
+		{"alice@example.com", "email"}: "4kenr7N9drpCJ4AfalmlGQVsOn3o2RHjkADUpXJWZUc",
+		{"bob@example.com", "email"}:   "LJwSazmv46n0hlMlsb_iYxI0_HXEqy_yj6Jm636cdT8",
+		{"18005552067", "msisdn"}:      "nlo35_T5fzSGZzJApqu8lgIudJvmOQtDaHtr-I4rU7I",
+	} {
+		if got := identity.LookupHash(in[0], in[1], "matrixrocks"); got != want {
+			t.Errorf("LookupHash(%v) = %s, want %s", in, got, want)
+		}
+	}
+}
