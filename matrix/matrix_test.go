@@ -1,0 +1,88 @@
+package matrix
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"testing"
+
+	"github.com/labstack/echo/v4"
+)
+
+func TestRedactEmail(t *testing.T) {
+	for in, want := range map[string]string{
+		"alice@example.org": "a...@e...",
+		"Ülrich@bücher.de":  "Ü...@b...",
+		"@example.org":      "...@e...",
+		"nobody":            "n...",
+		"":                  "...",
+		"a@b@c":             "a...@b...",
+	} {
+		if got := RedactEmail(in); got != want {
+			t.Errorf("RedactEmail(%q) = %q, want %q", in, got, want)
+		}
+	}
+	if got := RedactToken("abcdefghijklmnop"); got != "abcd..." {
+		t.Errorf("RedactToken = %q", got)
+	}
+	if got := RedactToken("short"); got != "..." {
+		t.Errorf("RedactToken(short) = %q", got)
+	}
+}
+
+func TestErrors(t *testing.T) {
+	e := LimitExceeded(1500)
+	b := e.Body()
+	if e.Status != 429 || b["errcode"] != "M_LIMIT_EXCEEDED" || b["retry_after_ms"] != int64(1500) {
+		t.Errorf("LimitExceeded body %v", b)
+	}
+	base := BadJSON("x %d", 1)
+	w := base.With("k", "v")
+	if base.Extra != nil || w.Extra["k"] != "v" || w.Message != "x 1" {
+		t.Error("With must copy")
+	}
+	wrapped := fmt.Errorf("ctx: %w", Forbidden("no"))
+	if me, ok := AsError(wrapped); !ok || me.Status != http.StatusForbidden {
+		t.Error("AsError through wrapping")
+	}
+	for code, want := range map[int]string{404: "M_UNRECOGNIZED", 405: "M_UNRECOGNIZED", 413: "M_TOO_LARGE", 429: "M_LIMIT_EXCEEDED", 401: "M_UNAUTHORIZED", 418: "M_UNKNOWN"} {
+		if me := toMatrix(echo.NewHTTPError(code)); me.Code != want || me.Status != code {
+			t.Errorf("echo %d -> %d %s", code, me.Status, me.Code)
+		}
+	}
+	if me := toMatrix(errors.New("disk on fire")); me.Status != 500 || me.Message != "Internal server error" {
+		t.Errorf("internal errors must not leak: %+v", me)
+	}
+	if err := Require("a", "x", "b", "", "c", ""); err == nil || err.(*Error).Message != "Missing parameters: b, c" {
+		t.Errorf("Require: %v", err)
+	}
+	if Require("a", "x") != nil {
+		t.Error("Require with everything present")
+	}
+}
+
+func TestDecodeJSONBytes(t *testing.T) {
+	var v struct {
+		A string `json:"a"`
+	}
+	for body, code := range map[string]string{
+		"":          "M_NOT_JSON",
+		"  ":        "M_NOT_JSON",
+		"{":         "M_NOT_JSON",
+		"[1]":       "M_BAD_JSON",
+		"null":      "M_BAD_JSON",
+		`{"a": 1}`:  "M_BAD_JSON",
+		`{"a":"x"}`: "",
+	} {
+		err := DecodeJSONBytes([]byte(body), &v)
+		got := ""
+		if me, ok := AsError(err); ok {
+			got = me.Code
+		} else if err != nil {
+			got = err.Error()
+		}
+		if got != code {
+			t.Errorf("DecodeJSONBytes(%q) = %q, want %q", body, got, code)
+		}
+	}
+}
