@@ -89,8 +89,8 @@ func Start(t testing.TB, mutate ...func(*config.Config)) *Env {
 	cfg.Listen = "127.0.0.1:0"
 	cfg.DataDir = e.DataDir
 	cfg.Log.Level = "debug"
-	cfg.SMTP.Host = "127.0.0.1"
-	cfg.SMTP.Port = 1 // nothing listens there unless a test points it elsewhere
+	// No smtp.host: mail goes to the dev mailbox in data_dir unless a test
+	// points smtp at an in-process server (mailer/smtptest).
 	cfg.SMTP.Security = "none"
 	cfg.SMTP.From = "Herald <herald@herald.test>"
 	cfg.SMTP.Timeout = config.Duration(2 * time.Second)
