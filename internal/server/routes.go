@@ -68,6 +68,12 @@ func (a *App) routes(e *echo.Echo) {
 	e.POST("/_herald/invites/decline", inv.DeclineAction)
 	e.GET("/_herald/invites/optout", inv.OptOutPage)
 	e.POST("/_herald/invites/optout", inv.OptOutAction)
+
+	if a.mailbox != nil {
+		// No smtp.host: mail goes to the dev mailbox, readable here (and in the console).
+		e.GET("/_herald/mailbox", a.mailbox.Handler())
+		e.GET("/_herald/mailbox/:name", a.mailbox.Handler())
+	}
 }
 
 func versions(c echo.Context) error {

@@ -98,7 +98,7 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) (_ *App, err error)
 		return nil, err
 	}
 	if a.mailbox = mailbox; mailbox != nil {
-		log.Info("no smtp.host: mail goes to the dev mailbox", "dir", mailbox.Dir())
+		log.Info("no smtp.host: mail goes to the dev mailbox", "dir", mailbox.Dir(), "url", cfg.BaseURL()+"/_herald/mailbox")
 	}
 	if a.identity, err = identity.New(a.db, identity.Options{Terms: cfg.Terms, UserInfo: a.fed, Log: log, Now: a.now, Ring: a.ring, Lookup: cfg.Lookup}); err != nil {
 		return nil, fmt.Errorf("identity: %w", err)
