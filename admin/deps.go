@@ -112,9 +112,10 @@ type Attempt struct {
 
 // Queue states shared by the outbox and the delivery queue.
 const (
-	QueuePending = "pending"
-	QueueDone    = "sent"
-	QueueFailed  = "failed"
+	QueuePending   = "pending"
+	QueueDone      = "sent"      // a mail the SMTP server accepted
+	QueueDelivered = "delivered" // a delivery the homeserver accepted
+	QueueFailed    = "failed"
 )
 
 // QueueFilter selects queue entries.

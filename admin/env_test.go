@@ -162,7 +162,7 @@ func seed(e *env) {
 				inv.Events = append(inv.Events, admin.Event{At: bound, Kind: "bound", Detail: "to " + mx, OK: true},
 					admin.Event{At: bound.Add(time.Second), Kind: "resolved", Detail: "delivered to " + s.hs, OK: true})
 				e.dels.dels[fmt.Sprint("d", n)] = &admin.Delivery{ID: fmt.Sprint("d", n), Homeserver: s.hs, MXID: mx, Address: addr, Invites: []string{inv.ID},
-					State: admin.QueueDone, Created: bound, Attempts: []admin.Attempt{{At: bound.Add(time.Second), Reply: "200 OK {}", OK: true}}}
+					State: admin.QueueDelivered, Created: bound, Attempts: []admin.Attempt{{At: bound.Add(time.Second), Reply: "200 OK {}", OK: true}}}
 				e.binds.m[addr] = admin.Binding{Address: addr, MXID: mx, Bound: bound}
 			}
 			if st == admin.StateExpired {
@@ -179,7 +179,7 @@ func seed(e *env) {
 	fox.Events = []admin.Event{
 		{At: t0, Kind: "created", Detail: "store-invite from example.org", OK: true},
 		{At: t0.Add(3*time.Hour + 10*time.Minute), Kind: "bound", Detail: "fox.mulder@example.net bound to @fox:matrix.example.com", OK: true},
-		{At: t0.Add(3*time.Hour + 42*time.Minute), Kind: "resolved", Detail: "accepted by matrix.example.com", OK: true},
+		{At: t0.Add(3*time.Hour + 42*time.Minute + 41*time.Second), Kind: "resolved", Detail: "accepted by matrix.example.com", OK: true},
 	}
 	e.inv.invites[fox.ID] = fox
 	e.out.add(admin.Mail{To: fox.Address, Subject: "Dana Scully invited you to The X-Files", Kind: "invite", Ref: fox.MailRef, State: admin.QueueDone, Created: t0,
@@ -189,7 +189,7 @@ func seed(e *env) {
 		}})
 	b := t0.Add(3*time.Hour + 10*time.Minute)
 	e.dels.dels["d-fox"] = &admin.Delivery{ID: "d-fox", Homeserver: "matrix.example.com", MXID: "@fox:matrix.example.com", Address: fox.Address, Invites: []string{fox.ID},
-		State: admin.QueueDone, Created: b, Attempts: []admin.Attempt{
+		State: admin.QueueDelivered, Created: b, Attempts: []admin.Attempt{
 			{At: b.Add(time.Second), Reply: "dial tcp 203.0.113.7:8448: connect: connection refused", Temporary: true},
 			{At: b.Add(32 * time.Minute), Reply: "502 Bad Gateway", Temporary: true},
 			{At: b.Add(32*time.Minute + 40*time.Second), Reply: "200 OK {}", OK: true},

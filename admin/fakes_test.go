@@ -330,7 +330,7 @@ func (f *fakeDeliveries) RetryDelivery(_ context.Context, id string) error {
 	if !ok {
 		return admin.ErrNotFound
 	}
-	if d.State == admin.QueueDone {
+	if d.State == admin.QueueDelivered {
 		return fmt.Errorf("%w: already delivered", admin.ErrNotPossible)
 	}
 	d.State, d.NextAttempt = admin.QueuePending, f.now()
@@ -355,7 +355,7 @@ func (f *fakeDeliveries) DeliveryStats(context.Context) (admin.QueueStats, error
 		switch d.State {
 		case admin.QueuePending:
 			s.Pending++
-		case admin.QueueDone:
+		case admin.QueueDelivered:
 			s.Done++
 		case admin.QueueFailed:
 			s.Failed++

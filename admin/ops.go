@@ -336,7 +336,7 @@ type queueData struct {
 func (h *Handler) listQueue(c echo.Context, q *queue) (queueData, error) {
 	d := queueData{State: c.QueryParam("state"), Page: pageParam(c)}
 	switch d.State {
-	case "", QueuePending, QueueDone, QueueFailed:
+	case "", QueuePending, QueueDone, QueueDelivered, QueueFailed:
 	default:
 		return d, errStatus(http.StatusBadRequest, "Unknown state %q", d.State)
 	}

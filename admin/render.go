@@ -42,7 +42,7 @@ var funcs = template.FuncMap{
 	},
 	"stateClass": func(s string) string {
 		switch s {
-		case StateResolved, QueueDone, "delivered", "current", "ok":
+		case StateResolved, QueueDone, QueueDelivered, "current", "ok":
 			return "ok"
 		case StateFailed, StateRevoked, "retired", "error":
 			return "bad"
@@ -209,7 +209,7 @@ func chartSVG(days []DayCount) template.HTML {
 			fmt.Fprintf(&b, `<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" class="%s"><title>%s: %d %s</title></rect>`,
 				x+float64(j)*bw, top+plotH-bh, bw, bh, cls, d.Day.UTC().Format("2006-01-02"), v, what)
 		}
-		if i%max(1, len(days)/7) == 0 || i == len(days)-1 {
+		if step := max(1, len(days)/7); i%step == 0 || (i == len(days)-1 && i%step > step/2) {
 			fmt.Fprintf(&b, `<text x="%.1f" y="%.1f" class="axis" text-anchor="middle">%s</text>`, x+bw, hgt-6, d.Day.UTC().Format("01-02"))
 		}
 	}

@@ -1,0 +1,221 @@
+package admin_test
+
+import (
+	"context"
+	"flag"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+
+	"github.com/herald-im/herald/admin"
+)
+
+var updateScreenshots = flag.Bool("update-screenshots", false, "copy the dashboard and invite screenshots to docs/img")
+
+// chromium finds Debian's chromium. In CI (CI=true) a missing browser fails
+// the test; elsewhere it skips with the command that installs one.
+func chromium(t *testing.T) string {
+	for _, p := range []string{os.Getenv("HERALD_CHROMIUM"), "/usr/bin/chromium"} {
+		if p != "" {
+			if _, err := os.Stat(p); err == nil {
+				return p
+			}
+		}
+	}
+	if p, err := exec.LookPath("chromium"); err == nil {
+		return p
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatal("chromium not found at /usr/bin/chromium: .ci/run installs it (apt-get install -y chromium)")
+	}
+	t.Skip("chromium not installed (apt-get install -y chromium); CI=true makes this a failure")
+	return ""
+}
+
+func newBrowser(t *testing.T) context.Context {
+	opts := []chromedp.ExecAllocatorOption{
+		chromedp.ExecPath(chromium(t)),
+		chromedp.Headless,
+		chromedp.NoSandbox,
+		chromedp.DisableGPU,
+		chromedp.NoFirstRun,
+		chromedp.NoDefaultBrowserCheck,
+		chromedp.Flag("disable-quic", true),
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true),
+		chromedp.Flag("disable-dev-shm-usage", true),
+		chromedp.Flag("disable-extensions", true),
+		chromedp.Flag("force-color-profile", "srgb"),
+		chromedp.Flag("hide-scrollbars", true),
+		chromedp.UserDataDir(t.TempDir()),
+		chromedp.WindowSize(1280, 900),
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	actx, acancel := chromedp.NewExecAllocator(ctx, opts...)
+	t.Cleanup(acancel)
+	bctx, bcancel := chromedp.NewContext(actx)
+	t.Cleanup(bcancel)
+	return bctx
+}
+
+// artifacts is where screenshots go: test-artifacts/admin at the repository root.
+func artifacts(t *testing.T) string {
+	dir := filepath.Join("..", "test-artifacts", "admin")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+func TestBrowser(t *testing.T) {
+	e := newEnv(t)
+	ctx := newBrowser(t)
+	dir := artifacts(t)
+	must := func(what string, steps ...chromedp.Action[chromedp.Void]) {
+		t.Helper()
+		if err := chromedp.Do(ctx, steps...); err != nil {
+			shot(t, ctx, filepath.Join(dir, "failure.png"))
+			t.Fatalf("%s: %v", what, err)
+		}
+	}
+	text := func(sel string) string {
+		t.Helper()
+		s, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS(sel)))
+		if err != nil {
+			t.Fatalf("text of %s: %v", sel, err)
+		}
+		return s
+	}
+	loc := func() string {
+		u, err := chromedp.Run(ctx, chromedp.Location())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.TrimPrefix(u, e.srv.URL)
+	}
+
+	// Log in: the console sends us to the login form first.
+	must("open console", chromedp.Navigate(e.srv.URL+"/admin/invites"), chromedp.WaitVisible(chromedp.CSS("input[name=password]")))
+	if l := loc(); !strings.HasPrefix(l, "/admin/login?next=") {
+		t.Fatalf("not sent to login: %s", l)
+	}
+	must("log in",
+		chromedp.SendKeys(chromedp.CSS("input[name=username]"), testUser),
+		chromedp.SendKeys(chromedp.CSS("input[name=password]"), testPassword),
+		chromedp.Click(chromedp.CSS("button[type=submit]")),
+		chromedp.WaitVisible(chromedp.CSS("form.filters")))
+	if l := loc(); l != "/admin/invites" {
+		t.Fatalf("after login at %s", l)
+	}
+
+	// The dashboard, with times in local time by the script.
+	must("dashboard", chromedp.Navigate(e.srv.URL+"/admin"), chromedp.WaitVisible(chromedp.CSS("svg.chart")))
+	if s := text("footer"); !strings.Contains(s, "your local time") {
+		t.Fatalf("script did not run: footer %q", s)
+	}
+	shot(t, ctx, filepath.Join(dir, "dashboard.png"))
+
+	// Find an invite by its address, typed differently, and open it.
+	must("search",
+		chromedp.Navigate(e.srv.URL+"/admin/invites"),
+		chromedp.WaitVisible(chromedp.CSS("input[name=q]")),
+		chromedp.SendKeys(chromedp.CSS("input[name=q]"), "Dana.Katz@EXAMPLE.net"),
+		chromedp.Click(chromedp.CSS("form.filters button[type=submit]")),
+		chromedp.WaitVisible(chromedp.CSS(`a[href="/admin/invites/inv-dana"]`)))
+	if n, _ := chromedp.Run(ctx, chromedp.Evaluate[int](`document.querySelectorAll("table.list tbody tr").length`)); n != 1 {
+		t.Fatalf("search found %d rows", n)
+	}
+	shot(t, ctx, filepath.Join(dir, "search.png"))
+	must("open invite", chromedp.Click(chromedp.CSS(`a[href="/admin/invites/inv-dana"]`)), chromedp.WaitVisible(chromedp.CSS("ol.timeline")))
+
+	// Revoke it.
+	must("revoke", chromedp.Click(chromedp.CSS(`form[action$="/revoke"] button`)), chromedp.WaitVisible(chromedp.CSS("p.notice")))
+	if s := text("p.notice"); s != "The invite was revoked." {
+		t.Fatalf("notice %q", s)
+	}
+	if s := text("h1 .badge"); s != "revoked" || e.inv.invites["inv-dana"].State != admin.StateRevoked {
+		t.Fatalf("badge %q", s)
+	}
+
+	// Resend the email of an invite whose mail bounced.
+	must("open failed invite", chromedp.Navigate(e.srv.URL+"/admin/invites?state=failed"), chromedp.WaitVisible(chromedp.CSS(`a[href="/admin/invites/inv-walter"]`)),
+		chromedp.Click(chromedp.CSS(`a[href="/admin/invites/inv-walter"]`)), chromedp.WaitVisible(chromedp.CSS("ol.timeline")))
+	must("resend", chromedp.Click(chromedp.CSS(`form[action$="/resend"] button`)), chromedp.WaitVisible(chromedp.CSS("p.notice")))
+	if s := text("ol.timeline"); !strings.Contains(s, "You have been invited (again)") {
+		t.Fatalf("timeline after resend: %q", s)
+	}
+
+	// An invite's whole story, for the README.
+	must("timeline", chromedp.Navigate(e.srv.URL+"/admin/invites/inv-fox"), chromedp.WaitVisible(chromedp.CSS("ol.timeline")))
+	if s := text("ol.timeline"); !strings.Contains(s, "connection refused") || !strings.Contains(s, "250 2.0.0") {
+		t.Fatalf("timeline %q", s)
+	}
+	shot(t, ctx, filepath.Join(dir, "invite.png"))
+
+	// Rotate the signing key.
+	before := e.ring.Current().ID
+	must("rotate", chromedp.Navigate(e.srv.URL+"/admin/keys"), chromedp.WaitVisible(chromedp.CSS(`form[action="/admin/keys/rotate"] button`)),
+		chromedp.Click(chromedp.CSS(`form[action="/admin/keys/rotate"] button`)), chromedp.WaitVisible(chromedp.CSS("p.notice")))
+	after := e.ring.Current().ID
+	if after == before || !strings.Contains(text("table.list"), after) {
+		t.Fatalf("rotate: %s -> %s", before, after)
+	}
+	shot(t, ctx, filepath.Join(dir, "keys.png"))
+
+	// The audit log shows what we did.
+	must("audit", chromedp.Navigate(e.srv.URL+"/admin/audit"), chromedp.WaitVisible(chromedp.CSS("table.list")))
+	audit := text("table.list")
+	for _, a := range []string{"invite.revoke", "invite.resend", "key.rotate", "login"} {
+		if !strings.Contains(audit, a) {
+			t.Fatalf("audit page lacks %s: %q", a, audit)
+		}
+	}
+
+	// On a phone-sized screen the dashboard still reads.
+	must("phone", chromedp.EmulateViewport(390, 844, chromedp.EmulateMobile), chromedp.Navigate(e.srv.URL+"/admin/invites"), chromedp.WaitVisible(chromedp.CSS("form.filters")))
+	if w, _ := chromedp.Run(ctx, chromedp.Evaluate[int](`document.documentElement.scrollWidth`)); w > 400 {
+		t.Errorf("page is %d px wide on a 390 px screen", w)
+	}
+	if buf, err := chromedp.Run(ctx, chromedp.CaptureScreenshot()); err == nil {
+		_ = os.WriteFile(filepath.Join(dir, "invites-phone.png"), buf, 0o644)
+	}
+	must("desktop", chromedp.EmulateReset())
+
+	// Log out: the console is closed again.
+	must("log out", chromedp.Click(chromedp.CSS("form.logout button")), chromedp.WaitVisible(chromedp.CSS("input[name=password]")))
+	if s := text("p.notice"); s != "You are logged out." {
+		t.Fatalf("notice %q", s)
+	}
+	must("after logout", chromedp.Navigate(e.srv.URL+"/admin/keys"), chromedp.WaitVisible(chromedp.CSS("input[name=password]")))
+
+	if *updateScreenshots {
+		for _, n := range []string{"dashboard.png", "invite.png"} {
+			raw, err := os.ReadFile(filepath.Join(dir, n))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join("..", "docs", "img", "admin-"+n), raw, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+}
+
+func shot(t *testing.T, ctx context.Context, path string) {
+	t.Helper()
+	buf, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
+	if err != nil {
+		t.Errorf("screenshot %s: %v", path, err)
+		return
+	}
+	if err := os.WriteFile(path, buf, 0o644); err != nil {
+		t.Error(err)
+	}
+}
