@@ -40,6 +40,7 @@ func start(t *testing.T, mode hssim.Mode, mutate ...func(*config.Config)) *world
 		c.Federation.Timeout = config.Duration(time.Second)
 		c.Delivery.MinBackoff = config.Duration(10 * time.Millisecond)
 		c.Delivery.MaxBackoff = config.Duration(50 * time.Millisecond)
+		c.Invites.RateLimits.Address.PerHour = 0
 	}
 	w.env = testenv.Start(t, append([]func(*config.Config){base}, mutate...)...)
 	return w
