@@ -55,6 +55,17 @@ func TestExampleDocumentsEveryKey(t *testing.T) {
 	}
 }
 
+// The docker-compose example's configuration is valid.
+func TestDeployConfigLoads(t *testing.T) {
+	c, err := Load(filepath.Join("..", "deploy", "herald", "herald.yaml"), nil)
+	if err != nil {
+		t.Fatalf("deploy/herald/herald.yaml: %v", err)
+	}
+	if !c.TLS.SelfSigned || c.Federation.Servers["synapse.localhost"] == "" {
+		t.Errorf("deploy config: %+v", c)
+	}
+}
+
 func walkKeys(n *yaml.Node, path string, out map[string]bool) {
 	if n.Kind != yaml.MappingNode {
 		return
