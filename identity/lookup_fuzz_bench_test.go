@@ -1,0 +1,114 @@
+package identity_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/herald-im/herald/identity"
+	"github.com/herald-im/herald/internal/testenv"
+)
+
+// FuzzLookup: whatever the body, /v2/lookup answers below 500 with a
+// well-formed answer (testenv validates it against the spec).
+func FuzzLookup(f *testing.F) {
+	e := testenv.Start(f)
+	tok := e.Register(f, "@fuzz:hs.test")
+	bindAll(f, e, "alice@example.com", "@alice:hs.test")
+	pepper, _, _ := e.App.Identity().Pepper()
+	for _, b := range []any{
+		map[string]any{"algorithm": "sha256", "pepper": pepper, "addresses": []string{identity.LookupHash("alice@example.com", "email", pepper), "x"}},
+		map[string]any{"algorithm": "none", "pepper": pepper, "addresses": []string{"alice@example.com email", " email", "a b c"}},
+		map[string]any{"algorithm": "none", "pepper": pepper, "addresses": []any{1, nil}},
+		map[string]any{"algorithm": []int{}, "pepper": pepper, "addresses": []string{}},
+		map[string]any{"algorithm": "sha256", "pepper": nil, "addresses": nil},
+	} {
+		raw, _ := json.Marshal(b)
+		f.Add(raw)
+	}
+	for _, s := range []string{"", "{}", "[]", "null", "{\"addresses\":{}}", "\xff", `{"algorithm":"sha256"`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		status, raw := e.Do(t, http.MethodPost, "/_matrix/identity/v2/lookup", body, tok)
+		if status >= 500 {
+			t.Fatalf("status %d: %s", status, raw)
+		}
+		var m map[string]any
+		if err := json.Unmarshal(raw, &m); err != nil {
+			t.Fatalf("answer is not a JSON object: %q", raw)
+		}
+		if _, ok := m["mappings"].(map[string]any); status == 200 && !ok {
+			t.Fatalf("200 without mappings: %s", raw)
+		}
+		if code, _ := m["errcode"].(string); status != 200 && !strings.HasPrefix(code, "M_") {
+			t.Fatalf("error without errcode: %d %s", status, raw)
+		}
+	})
+}
+
+// BenchmarkLookup1000 posts 1,000 sha256 hashes (half of them bound) per
+// request through the HTTP stack, with 1,000 and 100,000 bindings stored:
+// the cost must not depend on the number of bindings.
+func BenchmarkLookup1000(b *testing.B) {
+	for _, stored := range []int{1000, 100000} {
+		b.Run(fmt.Sprintf("bindings=%d", stored), func(b *testing.B) {
+			e := testenv.Start(b)
+			tok := e.Register(b, "@bench:hs.test")
+			id := e.App.Identity()
+			for start := 0; start < stored; start += 10000 {
+				err := id.DB().Update(func(tx *bolt.Tx) error {
+					for i := start; i < start+10000 && i < stored; i++ {
+						if err := id.PutBinding(tx, identity.Binding{Medium: "email", Address: fmt.Sprintf("user%d@example.org", i), MXID: fmt.Sprintf("@u%d:hs.test", i)}); err != nil {
+							return err
+						}
+					}
+					return nil
+				})
+				if err != nil {
+					b.Fatal(err)
+				}
+			}
+			pepper, _, _ := id.Pepper()
+			addrs := make([]string, 1000)
+			for i := range addrs {
+				n := i * 2 // half bound, half not
+				if i%2 == 1 {
+					n = stored + i
+				}
+				addrs[i] = identity.LookupHash(fmt.Sprintf("user%d@example.org", n), "email", pepper)
+			}
+			body, _ := json.Marshal(map[string]any{"algorithm": "sha256", "pepper": pepper, "addresses": addrs})
+			client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+			u := e.URL + "/_matrix/identity/v2/lookup"
+			b.ReportAllocs()
+			b.SetParallelism(4)
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					req, _ := http.NewRequest(http.MethodPost, u, bytes.NewReader(body))
+					req.Header.Set("Authorization", "Bearer "+tok)
+					resp, err := client.Do(req)
+					if err != nil {
+						b.Error(err)
+						return
+					}
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					if resp.StatusCode != 200 {
+						b.Errorf("status %d", resp.StatusCode)
+						return
+					}
+				}
+			})
+			b.StopTimer()
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "lookups/s")
+		})
+	}
+}
