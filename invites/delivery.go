@@ -261,7 +261,10 @@ func (d *Deliveries) Run(ctx context.Context) error {
 				d.mu.Lock()
 				delete(d.inFlight, id)
 				d.mu.Unlock()
-				done <- struct{}{}
+				select { // never block: a full buffer already wakes the loop
+				case done <- struct{}{}:
+				default:
+				}
 			}(id)
 		}
 		wait := time.Hour
