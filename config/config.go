@@ -377,6 +377,25 @@ func (c *Config) Validate() error {
 		if a.PasswordHash == "" {
 			return keyErr(fmt.Sprintf("admin.users[%d].password_hash", i), "must not be empty (make one with `herald admin hash-password`)")
 		}
+		if !strings.HasPrefix(string(a.PasswordHash), "$argon2id$") {
+			return keyErr(fmt.Sprintf("admin.users[%d].password_hash", i), "must be an argon2id hash made with `herald admin hash-password`, not a password")
+		}
+		for _, b := range c.Admin.Users[:i] {
+			if b.Username == a.Username {
+				return keyErr(fmt.Sprintf("admin.users[%d].username", i), fmt.Sprintf("%q is listed twice", a.Username))
+			}
+		}
+	}
+	for i, t := range c.Admin.APITokens {
+		if len(t) < 24 {
+			return keyErr(fmt.Sprintf("admin.api_tokens[%d]", i), "must be at least 24 characters (e.g. `openssl rand -base64 32`)")
+		}
+	}
+	if c.Admin.SessionLifetime <= 0 {
+		return keyErr("admin.session_lifetime", "must be positive (e.g. 12h)")
+	}
+	if c.Admin.Listen != "" && c.Admin.Listen == c.Listen {
+		return keyErr("admin.listen", "must differ from listen (leave it empty to serve /admin on the main listener)")
 	}
 	return nil
 }

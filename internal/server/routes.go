@@ -74,6 +74,13 @@ func (a *App) routes(e *echo.Echo) {
 		e.GET("/_herald/mailbox", a.mailbox.Handler())
 		e.GET("/_herald/mailbox/:name", a.mailbox.Handler())
 	}
+
+	if a.admin != nil && a.cfg.Admin.Listen == "" {
+		// The operator console and its JSON API (admin/routes.go lists its
+		// routes); with admin.listen set it is served there instead.
+		e.Any("/admin", echo.WrapHandler(a.admin))
+		e.Any("/admin/*", echo.WrapHandler(a.admin))
+	}
 }
 
 func versions(c echo.Context) error {

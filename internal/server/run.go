@@ -58,6 +58,11 @@ func (a *App) serve(ctx context.Context, ln net.Listener, tlsConf *tls.Config) e
 	if a.listening != nil {
 		a.listening(ln.Addr())
 	}
+	adminErrc, err := a.serveAdmin(ctx, tlsConf)
+	if err != nil {
+		ln.Close()
+		return err
+	}
 	errc := make(chan error, 1)
 	go func() {
 		if tlsConf != nil {
@@ -69,6 +74,8 @@ func (a *App) serve(ctx context.Context, ln net.Listener, tlsConf *tls.Config) e
 	select {
 	case err := <-errc:
 		return err
+	case err := <-adminErrc:
+		return fmt.Errorf("admin console: %w", err)
 	case <-ctx.Done():
 	}
 	a.log.Info("shutting down")

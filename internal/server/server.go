@@ -16,6 +16,7 @@ import (
 	"github.com/labstack/echo/v4/middleware"
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/herald-im/herald/admin"
 	"github.com/herald-im/herald/config"
 	"github.com/herald-im/herald/federation"
 	"github.com/herald-im/herald/identity"
@@ -40,6 +41,7 @@ type App struct {
 	mail      *mailer.Queue
 	mailbox   *mailer.DevMailbox // nil when smtp.host is set
 	onbind    *invites.Deliveries
+	admin     *admin.Handler // nil when admin.enabled is false
 
 	now       func() time.Time
 	version   string
@@ -120,6 +122,9 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) (_ *App, err error)
 		GiveUpAfter: cfg.Delivery.GiveUpAfter.D(), Log: log,
 	}); err != nil {
 		return nil, fmt.Errorf("onbind deliveries: %w", err)
+	}
+	if a.admin, err = a.newAdmin(); err != nil {
+		return nil, fmt.Errorf("admin console: %w", err)
 	}
 	return a, nil
 }

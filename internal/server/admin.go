@@ -1,0 +1,566 @@
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"net"
+	"net/http"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/herald-im/herald/admin"
+	"github.com/herald-im/herald/identity"
+	"github.com/herald-im/herald/invites"
+	"github.com/herald-im/herald/mailer"
+	bolt "go.etcd.io/bbolt"
+)
+
+// The admin console's wiring: adapters from the real services to the small
+// interfaces package admin consumes, and its optional separate listener.
+
+// newAdmin builds the console (nil when admin.enabled is false).
+func (a *App) newAdmin() (*admin.Handler, error) {
+	if !a.cfg.Admin.Enabled {
+		return nil, nil
+	}
+	opts := admin.Options{
+		DB: a.db, Config: a.cfg, Log: a.log, Now: a.now,
+		Invites:        &adminInvites{s: a.invites, mail: a.mail, dels: a.onbind, now: a.now},
+		Outbox:         &adminOutbox{q: a.mail},
+		Deliveries:     &adminDeliveries{d: a.onbind, now: a.now},
+		Bindings:       &adminBindings{id: a.identity},
+		Keys:           a.ring,
+		NormalizeEmail: identity.NormalizeEmail,
+	}
+	if a.mailbox != nil {
+		opts.Mailbox = &adminMailbox{m: a.mailbox}
+	}
+	return admin.New(opts)
+}
+
+// Admin is the console's handler (nil when disabled).
+func (a *App) Admin() *admin.Handler { return a.admin }
+
+// serveAdmin serves the console on admin.listen, when set, until ctx is done.
+// It returns once the listener is bound; errc receives the server's end.
+func (a *App) serveAdmin(ctx context.Context, tlsConf *tls.Config) (errc <-chan error, err error) {
+	if a.admin == nil || a.cfg.Admin.Listen == "" {
+		return nil, nil
+	}
+	ln, err := net.Listen("tcp", a.cfg.Admin.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("admin.listen: %w", err)
+	}
+	srv := &http.Server{
+		Handler:           a.admin,
+		TLSConfig:         tlsConf,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      60 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
+	}
+	ch := make(chan error, 1)
+	scheme := "http"
+	if tlsConf != nil {
+		scheme = "https"
+	}
+	a.log.Info("admin console listening", "addr", ln.Addr().String(), "url", scheme+"://"+ln.Addr().String()+admin.Prefix)
+	go func() {
+		var err error
+		if tlsConf != nil {
+			err = srv.ServeTLS(ln, "", "")
+		} else {
+			err = srv.Serve(ln)
+		}
+		if errors.Is(err, http.ErrServerClosed) {
+			err = nil
+		}
+		ch <- err
+	}()
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), ShutdownTimeout)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}()
+	return ch, nil
+}
+
+func parseID(id string) (uint64, error) {
+	n, err := strconv.ParseUint(id, 10, 64)
+	if err != nil || n == 0 {
+		return 0, fmt.Errorf("id %q: %w", id, admin.ErrNotFound)
+	}
+	return n, nil
+}
+
+// adminErr maps the services' errors onto the console's.
+func adminErr(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, invites.ErrNotFound), errors.Is(err, invites.ErrNoDelivery), errors.Is(err, mailer.ErrNotFound), errors.Is(err, mailer.ErrNoSuchFile):
+		return fmt.Errorf("%w: %v", admin.ErrNotFound, err)
+	case errors.Is(err, invites.ErrState), errors.Is(err, invites.ErrDeliveryState), errors.Is(err, mailer.ErrState):
+		return fmt.Errorf("%w: %v", admin.ErrNotPossible, err)
+	}
+	return err
+}
+
+// adminInvites adapts invites.Service. The console's "emailed" and "failed"
+// states are derived: a pending invite whose email was sent, or whose email
+// failed for good; a resolved invite whose every delivery failed.
+type adminInvites struct {
+	s    *invites.Service
+	mail *mailer.Queue
+	dels *invites.Deliveries
+	now  func() time.Time
+}
+
+func (ai *adminInvites) state(inv *invites.Invite) string {
+	switch inv.State {
+	case invites.StatePending:
+		if inv.Expired(ai.now()) {
+			return admin.StateExpired
+		}
+		if ai.mail != nil && inv.MailID != 0 {
+			if m, err := ai.mail.Get(inv.MailID); err == nil {
+				switch m.State {
+				case mailer.Sent:
+					return admin.StateEmailed
+				case mailer.Failed:
+					return admin.StateFailed
+				}
+			}
+		}
+		return admin.StatePending
+	case invites.StateResolved:
+		if ai.dels != nil {
+			if ds, err := ai.dels.ByInvite(inv.ID); err == nil && len(ds) > 0 {
+				failed := true
+				for _, d := range ds {
+					if d.State != invites.DeliveryFailed {
+						failed = false
+					}
+				}
+				if failed {
+					return admin.StateFailed
+				}
+			}
+		}
+	}
+	return inv.State
+}
+
+func (ai *adminInvites) convert(inv *invites.Invite) admin.Invite {
+	id := strconv.FormatUint(inv.ID, 10)
+	out := admin.Invite{
+		ID: id, Address: inv.Address, State: ai.state(inv), RoomID: inv.RoomID, RoomAlias: inv.RoomAlias, RoomName: inv.RoomName,
+		Sender: inv.Sender, SenderDisplayName: inv.SenderDisplayName, Homeserver: inv.Homeserver, Created: inv.Created,
+		Expires: inv.ExpiresAt, MXID: inv.ResolvedMXID, MailRef: "invite:" + id, Fields: map[string]string{},
+	}
+	for k, v := range map[string]string{
+		"room_avatar_url": inv.RoomAvatarURL, "room_join_rules": inv.RoomJoinRules, "room_type": inv.RoomType,
+		"sender_avatar_url": inv.SenderAvatarURL, "org.matrix.web_client_location": inv.WebClientLocation,
+		"key_id": inv.KeyID, "ephemeral_public_key": inv.EphemeralPublic, "api": inv.Via,
+	} {
+		if v != "" {
+			out.Fields[k] = v
+		}
+	}
+	for k, v := range inv.Extra {
+		out.Fields[k] = string(v)
+	}
+	if inv.Token == "" {
+		out.Fields["token"] = "(erased after the retention period)"
+	}
+	via := inv.Via
+	if via == "" {
+		via = "v2"
+	}
+	out.Events = []admin.Event{{At: inv.Created, Kind: "created", Detail: "store-invite (" + via + ") from " + inv.Homeserver, OK: true}}
+	switch inv.State {
+	case invites.StateResolved:
+		out.Events = append(out.Events, admin.Event{At: inv.StateChanged, Kind: "bound", Detail: "address bound to " + inv.ResolvedMXID + "; invite resolved and queued for delivery", OK: true})
+	case invites.StateExpired, invites.StateRevoked, invites.StateDeclined:
+		out.Events = append(out.Events, admin.Event{At: inv.StateChanged, Kind: inv.State, OK: false})
+	}
+	return out
+}
+
+// needsScan says whether the console's filter cannot be answered by the
+// store's own filter and paging alone.
+func needsScan(f admin.InviteFilter) bool {
+	return f.State == admin.StatePending || f.State == admin.StateEmailed || f.State == admin.StateFailed ||
+		f.State == admin.StateExpired || strings.HasPrefix(f.Room, "#")
+}
+
+func (ai *adminInvites) ListInvites(_ context.Context, f admin.InviteFilter) ([]admin.Invite, error) {
+	base := invites.Filter{Sender: f.Sender, Homeserver: f.Homeserver, Address: f.Address, Since: f.Since, Until: f.Until, Limit: f.Limit, Offset: f.Offset, State: f.State}
+	if !strings.HasPrefix(f.Room, "#") {
+		base.RoomID = f.Room
+	}
+	scan := needsScan(f)
+	if scan {
+		base.Limit, base.Offset, base.State = math.MaxInt, 0, ""
+		switch f.State {
+		case admin.StatePending, admin.StateEmailed:
+			base.State = invites.StatePending
+		}
+	}
+	list, _, err := ai.s.List(base)
+	if err != nil {
+		return nil, err
+	}
+	var out []admin.Invite
+	skip := f.Offset
+	for _, inv := range list {
+		v := ai.convert(inv)
+		if scan {
+			if (f.State != "" && v.State != f.State) || (strings.HasPrefix(f.Room, "#") && inv.RoomAlias != f.Room) {
+				continue
+			}
+			if skip > 0 {
+				skip--
+				continue
+			}
+		}
+		out = append(out, v)
+		if f.Limit > 0 && len(out) >= f.Limit {
+			break
+		}
+	}
+	return out, nil
+}
+
+func (ai *adminInvites) GetInvite(_ context.Context, id string) (admin.Invite, error) {
+	n, err := parseID(id)
+	if err != nil {
+		return admin.Invite{}, err
+	}
+	inv, err := ai.s.Get(n)
+	if err != nil {
+		return admin.Invite{}, adminErr(err)
+	}
+	return ai.convert(inv), nil
+}
+
+func (ai *adminInvites) CountInvites(context.Context) (map[string]int, error) {
+	stored, err := ai.s.Counts()
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]int{}
+	for k, v := range stored {
+		out[k] = v
+	}
+	// Split pending (and resolved-but-undeliverable) by the derived states.
+	out[admin.StatePending] = 0
+	pending, _, err := ai.s.List(invites.Filter{State: invites.StatePending, Limit: math.MaxInt})
+	if err != nil {
+		return nil, err
+	}
+	for _, inv := range pending {
+		out[ai.state(inv)]++
+	}
+	if ai.dels != nil {
+		failed, _, err := ai.dels.List(invites.DeliveryFilter{State: invites.DeliveryFailed, Limit: math.MaxInt})
+		if err != nil {
+			return nil, err
+		}
+		seen := map[uint64]bool{}
+		for _, d := range failed {
+			for _, id := range d.InviteIDs {
+				if seen[id] {
+					continue
+				}
+				seen[id] = true
+				if inv, err := ai.s.Get(id); err == nil && inv.State == invites.StateResolved && ai.state(inv) == admin.StateFailed {
+					out[invites.StateResolved]--
+					out[admin.StateFailed]++
+				}
+			}
+		}
+	}
+	return out, nil
+}
+
+func (ai *adminInvites) InvitesPerDay(_ context.Context, days int) ([]admin.DayCount, error) {
+	today := ai.now().UTC().Truncate(24 * time.Hour)
+	start := today.AddDate(0, 0, -days+1)
+	out := make([]admin.DayCount, days)
+	for i := range out {
+		out[i].Day = start.AddDate(0, 0, i)
+	}
+	// Invites created up to a month before the window may resolve inside it.
+	list, _, err := ai.s.List(invites.Filter{Since: start.AddDate(0, 0, -30), Limit: math.MaxInt})
+	if err != nil {
+		return nil, err
+	}
+	slot := func(t time.Time) int { return int(t.UTC().Sub(start) / (24 * time.Hour)) }
+	for _, inv := range list {
+		if i := slot(inv.Created); !inv.Created.Before(start) && i < days {
+			out[i].Created++
+		}
+		if inv.State == invites.StateResolved {
+			if i := slot(inv.StateChanged); !inv.StateChanged.Before(start) && i < days {
+				out[i].Resolved++
+			}
+		}
+	}
+	return out, nil
+}
+
+func (ai *adminInvites) RevokeInvite(_ context.Context, id string) error {
+	n, err := parseID(id)
+	if err != nil {
+		return err
+	}
+	return adminErr(ai.s.Revoke(n, "admin console"))
+}
+
+func (ai *adminInvites) ResendInvite(_ context.Context, id string) error {
+	n, err := parseID(id)
+	if err != nil {
+		return err
+	}
+	_, err = ai.s.Resend(n)
+	return adminErr(err)
+}
+
+func (ai *adminInvites) EraseInvites(_ context.Context, address string) (int, error) {
+	return ai.s.EraseAddress(address)
+}
+
+// adminOutbox adapts mailer.Queue.
+type adminOutbox struct{ q *mailer.Queue }
+
+func convertMail(m mailer.Mail) admin.Mail {
+	out := admin.Mail{ID: strconv.FormatUint(m.ID, 10), To: m.To, Subject: m.Subject, Kind: m.Kind, Ref: m.Ref, State: string(m.State), Created: m.Created}
+	if m.State == mailer.Pending {
+		out.NextAttempt = m.NextAttempt
+	}
+	for _, at := range m.Attempts {
+		out.Attempts = append(out.Attempts, admin.Attempt{At: at.At, Reply: at.Reply, OK: at.OK, Temporary: at.Temporary})
+	}
+	return out
+}
+
+func (o *adminOutbox) ListMail(_ context.Context, f admin.QueueFilter) ([]admin.Mail, error) {
+	l, err := o.q.List(mailer.Filter{State: mailer.State(f.State), Limit: f.Limit, Offset: f.Offset})
+	var out []admin.Mail
+	for _, m := range l {
+		out = append(out, convertMail(m))
+	}
+	return out, err
+}
+
+func (o *adminOutbox) GetMail(_ context.Context, id string) (admin.Mail, error) {
+	n, err := parseID(id)
+	if err != nil {
+		return admin.Mail{}, err
+	}
+	m, err := o.q.Get(n)
+	return convertMail(m), adminErr(err)
+}
+
+func (o *adminOutbox) MailByRef(_ context.Context, ref string) ([]admin.Mail, error) {
+	l, err := o.q.ByRef(ref)
+	var out []admin.Mail
+	for i := len(l) - 1; i >= 0; i-- { // oldest first
+		out = append(out, convertMail(l[i]))
+	}
+	return out, err
+}
+
+func (o *adminOutbox) RetryMail(_ context.Context, id string) error {
+	n, err := parseID(id)
+	if err != nil {
+		return err
+	}
+	return adminErr(o.q.Retry(n))
+}
+
+func (o *adminOutbox) DropMail(_ context.Context, id string) error {
+	n, err := parseID(id)
+	if err != nil {
+		return err
+	}
+	if _, err := o.q.Get(n); err != nil {
+		return adminErr(err)
+	}
+	return adminErr(o.q.Drop(n))
+}
+
+func (o *adminOutbox) MailStats(context.Context) (admin.QueueStats, error) {
+	s, err := o.q.Stats()
+	return admin.QueueStats{Pending: s.Pending, Done: s.Sent, Failed: s.Failed, FailedAttempts24h: s.FailedAttempts}, err
+}
+
+func (o *adminOutbox) DeleteMailTo(_ context.Context, address string) (int, error) {
+	return o.q.DeleteByRecipient(address)
+}
+
+// adminDeliveries adapts the onbind delivery queue.
+type adminDeliveries struct {
+	d   *invites.Deliveries
+	now func() time.Time
+}
+
+func convertDelivery(d invites.Delivery) admin.Delivery {
+	out := admin.Delivery{ID: strconv.FormatUint(d.ID, 10), Homeserver: d.Server, MXID: d.MXID, Address: d.Address, State: string(d.State), Created: d.Created}
+	if d.State == invites.DeliveryPending {
+		out.NextAttempt = d.NextAttempt
+	}
+	for _, id := range d.InviteIDs {
+		out.Invites = append(out.Invites, strconv.FormatUint(id, 10))
+	}
+	for _, at := range d.Attempts {
+		reply := at.Reply
+		if at.Status != 0 {
+			reply = fmt.Sprintf("%s %d %s", at.Method, at.Status, at.Reply)
+		} else if at.Method != "" {
+			reply = at.Method + ": " + at.Reply
+		}
+		out.Attempts = append(out.Attempts, admin.Attempt{At: at.At, Reply: strings.TrimSpace(reply), OK: at.OK, Temporary: at.Retryable})
+	}
+	return out
+}
+
+func (ad *adminDeliveries) ListDeliveries(_ context.Context, f admin.QueueFilter) ([]admin.Delivery, error) {
+	state := invites.DeliveryState(f.State)
+	if f.State == admin.QueueDone {
+		state = invites.DeliveryDelivered
+	}
+	l, _, err := ad.d.List(invites.DeliveryFilter{State: state, Limit: f.Limit, Offset: f.Offset})
+	var out []admin.Delivery
+	for _, d := range l {
+		out = append(out, convertDelivery(d))
+	}
+	return out, err
+}
+
+func (ad *adminDeliveries) GetDelivery(_ context.Context, id string) (admin.Delivery, error) {
+	n, err := parseID(id)
+	if err != nil {
+		return admin.Delivery{}, err
+	}
+	d, err := ad.d.Get(n)
+	if err != nil {
+		return admin.Delivery{}, adminErr(err)
+	}
+	return convertDelivery(*d), nil
+}
+
+func (ad *adminDeliveries) DeliveriesForInvite(_ context.Context, inviteID string) ([]admin.Delivery, error) {
+	n, err := parseID(inviteID)
+	if err != nil {
+		return nil, nil
+	}
+	l, err := ad.d.ByInvite(n)
+	var out []admin.Delivery
+	for _, d := range l {
+		out = append(out, convertDelivery(d))
+	}
+	return out, err
+}
+
+func (ad *adminDeliveries) RetryDelivery(_ context.Context, id string) error {
+	n, err := parseID(id)
+	if err != nil {
+		return err
+	}
+	return adminErr(ad.d.Retry(n))
+}
+
+func (ad *adminDeliveries) DropDelivery(_ context.Context, id string) error {
+	n, err := parseID(id)
+	if err != nil {
+		return err
+	}
+	return adminErr(ad.d.Drop(n))
+}
+
+func (ad *adminDeliveries) DeliveryStats(context.Context) (admin.QueueStats, error) {
+	s, err := ad.d.Stats()
+	if err != nil {
+		return admin.QueueStats{}, err
+	}
+	out := admin.QueueStats{Pending: s.Pending, Done: s.Delivered, Failed: s.Failed}
+	// Failed attempts in the last 24 hours: only deliveries created in the
+	// give-up window can have any.
+	since := ad.now().Add(-24 * time.Hour)
+	all, _, err := ad.d.List(invites.DeliveryFilter{Limit: math.MaxInt})
+	for _, d := range all {
+		for _, at := range d.Attempts {
+			if !at.OK && at.At.After(since) {
+				out.FailedAttempts24h++
+			}
+		}
+	}
+	return out, err
+}
+
+func (ad *adminDeliveries) DeleteDeliveriesTo(_ context.Context, address string) (int, error) {
+	return ad.d.EraseAddress(address)
+}
+
+// adminBindings adapts identity's bindings.
+type adminBindings struct{ id *identity.Service }
+
+func (ab *adminBindings) BindingFor(_ context.Context, address string) (*admin.Binding, error) {
+	b, err := ab.id.BindingFor("email", address)
+	if err != nil || b == nil {
+		return nil, err
+	}
+	return &admin.Binding{Address: b.Address, MXID: b.MXID, Bound: b.TS}, nil
+}
+
+func (ab *adminBindings) Unbind(_ context.Context, address string) error {
+	return ab.id.DB().Update(func(tx *bolt.Tx) error {
+		b, err := ab.id.BindingTx(tx, "email", address)
+		if err != nil {
+			return err
+		}
+		if b == nil {
+			return fmt.Errorf("%w: the address is not bound", admin.ErrNotPossible)
+		}
+		return ab.id.DeleteBinding(tx, "email", address)
+	})
+}
+
+// adminMailbox adapts the dev mailbox.
+type adminMailbox struct{ m *mailer.DevMailbox }
+
+func (am *adminMailbox) ListDevMail(context.Context) ([]admin.DevMail, error) {
+	l, err := am.m.List()
+	var out []admin.DevMail
+	for _, d := range l {
+		out = append(out, admin.DevMail{ID: d.Name, To: d.To, Subject: d.Subject, Date: d.Date})
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].Date.After(out[j].Date) })
+	return out, err
+}
+
+func (am *adminMailbox) ReadDevMail(_ context.Context, id string) (admin.DevMail, error) {
+	raw, err := am.m.Read(id)
+	if err != nil {
+		return admin.DevMail{}, adminErr(err)
+	}
+	p, err := mailer.Parse(raw)
+	if err != nil {
+		return admin.DevMail{ID: id, Text: string(raw)}, nil
+	}
+	out := admin.DevMail{ID: id, To: p.Header.Get("To"), Subject: p.Subject, Text: p.Text, HTML: p.HTML}
+	if d, err := p.Header.Date(); err == nil {
+		out.Date = d
+	}
+	return out, nil
+}
