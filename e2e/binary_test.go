@@ -250,6 +250,7 @@ delivery:
 	sim.Down(false)
 	h.start(t)
 	waitFor(t, "carol's invite to be accepted", func() bool { return acceptedFor(carol) == 1 })
+	waitFor(t, "the delivery to be recorded", func() bool { return strings.Count(h.out.String(), "onbind delivered") >= 2 })
 
 	// Restart again and deliver one more: nothing is delivered twice.
 	h.stop(t)

@@ -44,6 +44,7 @@ func TestBindDeliversToSynapseAndDendrite(t *testing.T) {
 			}
 
 			got := waitAccepted(t, w.sim, 2)
+			waitDelivered(t, w, 1)
 			rooms := map[string]bool{}
 			for _, g := range got {
 				if g.MXID != bob || g.Sender != alice {
@@ -197,6 +198,7 @@ func TestPermanentFailureOn4xx(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitAccepted(t, w.sim, 1)
+	waitDelivered(t, w, 1)
 	got, err := w.env.App.Deliveries().ByInvite(d.InviteIDs[0])
 	if err != nil || len(got) != 1 || got[0].State != invites.DeliveryDelivered || len(got[0].Attempts) != 2 {
 		t.Fatalf("ByInvite: %+v %v", got, err)

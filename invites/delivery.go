@@ -402,8 +402,8 @@ func (d *Deliveries) attempt(ctx context.Context, id uint64) {
 		return
 	}
 	resp, sendErr := d.opts.Notifier.OnBind(ctx, dl.Server, body)
-	if ctx.Err() != nil {
-		return // shutting down: not an attempt; it runs again after the restart
+	if sendErr != nil && ctx.Err() != nil {
+		return // cut short by shutdown: not an attempt; it runs again after the restart
 	}
 	err = d.finish(id, func(dl *Delivery, now time.Time) {
 		a := DeliveryAttempt{At: now, Method: http.MethodPost, Invites: n}
