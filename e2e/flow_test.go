@@ -400,3 +400,27 @@ func postForm(t *testing.T, env *testenv.Env, path string, form url.Values) *htt
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	return env.DoRequest(t, req)
 }
+
+// A key rotation between store-invite and bind must not break the invite: the
+// homeserver checks `signed` against the keys in the invite event, which are
+// the ones Herald answered at store-invite time.
+func TestKeyRotationBetweenInviteAndBind(t *testing.T) {
+	for _, mode := range []hssim.Mode{hssim.Synapse, hssim.Dendrite} {
+		t.Run(string(mode), func(t *testing.T) {
+			w := start(t, mode)
+			atok := w.env.Register(t, alice)
+			w.storeInvite(t, atok, alice, "bob@example.org")
+			if _, err := w.env.App.Ring().Rotate(); err != nil {
+				t.Fatal(err)
+			}
+			bob := "@bob:" + simName
+			btok := w.registerSim(t, bob)
+			sid := w.validate(t, btok, "bob@example.org", "s3cret")
+			w.bind(t, btok, sid, "s3cret", bob)
+			if got := waitAccepted(t, w.sim, 1); len(got) != 1 || got[0].MXID != bob {
+				t.Fatalf("accepted %+v", got)
+			}
+			waitDelivered(t, w, 1)
+		})
+	}
+}

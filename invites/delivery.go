@@ -19,6 +19,7 @@ import (
 
 	"github.com/herald-im/herald/federation"
 	"github.com/herald-im/herald/identity"
+	"github.com/herald-im/herald/keys"
 	"github.com/herald-im/herald/store"
 )
 
@@ -347,7 +348,7 @@ type onbindBody struct {
 // body builds the onbind body from the invites still deliverable: resolved
 // to this mxid and not revoked, declined or erased since. signed is exactly
 // {mxid, token} (Dendrite re-marshals only those and signatures) signed with
-// Herald's current long-term key.
+// one Herald long-term key: see signForInvite.
 func (d *Deliveries) body(dl *Delivery) ([]byte, int, error) {
 	b := onbindBody{Medium: dl.Medium, Address: dl.Address, MXID: dl.MXID, Invites: []onbindInvite{}}
 	err := d.db.View(func(tx *bolt.Tx) error {
@@ -362,7 +363,7 @@ func (d *Deliveries) body(dl *Delivery) ([]byte, int, error) {
 			if inv.State != StateResolved || inv.ResolvedMXID != dl.MXID || inv.Token == "" {
 				continue
 			}
-			signed, err := d.s.opts.Ring.Sign(map[string]string{"mxid": dl.MXID, "token": inv.Token})
+			signed, err := d.s.signForInvite(inv, map[string]string{"mxid": dl.MXID, "token": inv.Token})
 			if err != nil {
 				return err
 			}
@@ -703,4 +704,20 @@ func deliveryDueKey(dl *Delivery) []byte { return store.TimeKey(dl.NextAttempt, 
 
 func deliveryStateKey(s DeliveryState, id uint64) []byte {
 	return append(join0(string(s), ""), store.U64(id)...)
+}
+
+// signForInvite signs obj with the long-term key whose public half the
+// invite's m.room.third_party_invite event carries (recorded at store-invite),
+// so a key rotation between invite and bind does not break it; if that key
+// is gone from the ring, with the current key.
+//
+// Exactly one signature: Synapse tries each public key of the event against
+// the signatures in order and gives up on a key at the first signature that
+// does not verify, so a second signature by another key can make it refuse.
+func (s *Service) signForInvite(inv *Invite, obj any) (map[string]json.RawMessage, error) {
+	ring := s.opts.Ring
+	if k, ok := ring.Get(inv.KeyID); ok && inv.KeyID != "" {
+		return keys.SignJSON(obj, ring.ServerName(), k.ID, k.Private)
+	}
+	return ring.Sign(obj)
 }
