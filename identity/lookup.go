@@ -1,6 +1,7 @@
 package identity
 
 import (
+	"bytes"
 	"encoding/base64"
 	"encoding/json"
 	"net/http"
@@ -41,7 +42,7 @@ type lookupRequest struct {
 // Lookup serves POST /v2/lookup.
 func (s *Service) Lookup(c echo.Context) error {
 	var req lookupRequest
-	if err := matrix.DecodeJSON(c, &req); err != nil {
+	if err := decodeOnce(c, &req); err != nil {
 		return err
 	}
 	var missing []string
@@ -61,7 +62,59 @@ func (s *Service) Lookup(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	return c.JSON(http.StatusOK, map[string]any{"mappings": mappings})
+	return writeMappings(c, mappings)
+}
+
+// decodeOnce is matrix.DecodeJSON with a single parse of the body (lookups
+// of thousands of addresses are the hot path): the same errors, M_NOT_JSON
+// for malformed JSON and M_BAD_JSON for the wrong shape.
+func decodeOnce(c echo.Context, v any) error {
+	body, err := matrix.ReadBody(c)
+	if err != nil {
+		return err
+	}
+	trimmed := bytes.TrimSpace(body)
+	if len(trimmed) == 0 || trimmed[0] != '{' {
+		return matrix.DecodeJSONBytes(body, v) // the precise error
+	}
+	if err := json.Unmarshal(trimmed, v); err != nil {
+		return matrix.DecodeJSONBytes(body, v)
+	}
+	return nil
+}
+
+// writeMappings writes {"mappings": {...}} without reflection.
+func writeMappings(c echo.Context, mappings map[string]string) error {
+	var b bytes.Buffer
+	b.Grow(32 + len(mappings)*80)
+	b.WriteString(`{"mappings":{`)
+	first := true
+	for k, v := range mappings {
+		if !first {
+			b.WriteByte(',')
+		}
+		first = false
+		writeJSONString(&b, k)
+		b.WriteByte(':')
+		writeJSONString(&b, v)
+	}
+	b.WriteString("}}")
+	return c.Blob(http.StatusOK, echo.MIMEApplicationJSON, b.Bytes())
+}
+
+// writeJSONString writes s as a JSON string: plain characters copied,
+// anything else through encoding/json.
+func writeJSONString(b *bytes.Buffer, s string) {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			raw, _ := json.Marshal(s)
+			b.Write(raw)
+			return
+		}
+	}
+	b.WriteByte('"')
+	b.WriteString(s)
+	b.WriteByte('"')
 }
 
 // LookupHashed answers a v2 lookup: addresses in the algorithm's form,

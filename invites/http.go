@@ -233,24 +233,24 @@ func (s *Service) store(fields map[string]json.RawMessage, account, api string) 
 				return err
 			}
 		}
-		if err := s.insert(tx, &rec); err != nil {
+		id, err := reserveID(tx)
+		if err != nil {
 			return err
 		}
-		if err := s.opts.Ephemeral.Put(tx, rec.EphemeralPublic, "invite:"+itoa(rec.ID)); err != nil {
-			return err
-		}
+		rec.ID = id
 		if s.opts.Mailer != nil {
 			m := mail
-			m.Ref = "invite:" + itoa(rec.ID)
-			id, err := s.opts.Mailer.Enqueue(tx, m)
-			if err != nil {
-				return err
-			}
-			rec.MailID = id
-			if err := putRecord(tx, &rec); err != nil {
+			m.Ref = "invite:" + itoa(id)
+			if rec.MailID, err = s.opts.Mailer.Enqueue(tx, m); err != nil {
 				return err
 			}
 			queued = true
+		}
+		if err := s.insert(tx, &rec); err != nil {
+			return err
+		}
+		if err := s.opts.Ephemeral.Put(tx, rec.EphemeralPublic, "invite:"+itoa(id)); err != nil {
+			return err
 		}
 		result = &rec
 		return nil

@@ -211,12 +211,15 @@ func normalize(medium, address string) string {
 }
 
 // insert stores a new invite, assigning its ID, and writes every index.
+// A non-zero inv.ID must come from reserveID in the same transaction.
 func (s *Service) insert(tx *bolt.Tx, inv *Invite) error {
-	id, err := tx.Bucket(bktInvites).NextSequence()
-	if err != nil {
-		return err
+	if inv.ID == 0 {
+		id, err := reserveID(tx)
+		if err != nil {
+			return err
+		}
+		inv.ID = id
 	}
-	inv.ID = id
 	if inv.State == "" {
 		inv.State = StatePending
 	}
@@ -228,6 +231,9 @@ func (s *Service) insert(tx *bolt.Tx, inv *Invite) error {
 	}
 	return s.index(tx, nil, inv)
 }
+
+// reserveID takes the next invite id.
+func reserveID(tx *bolt.Tx) (uint64, error) { return tx.Bucket(bktInvites).NextSequence() }
 
 // index moves the indexes from old (nil for a new invite) to inv.
 func (s *Service) index(tx *bolt.Tx, old, inv *Invite) error {
