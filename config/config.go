@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/mail"
 	"net/url"
 	"os"
@@ -370,6 +371,9 @@ func (c *Config) Validate() error {
 	if c.Delivery.MinBackoff <= 0 || c.Delivery.MaxBackoff < c.Delivery.MinBackoff {
 		return keyErr("delivery.min_backoff", "must be positive and not above delivery.max_backoff")
 	}
+	if err := c.validateInvites(); err != nil {
+		return err
+	}
 	for i, a := range c.Admin.Users {
 		if a.Username == "" {
 			return keyErr(fmt.Sprintf("admin.users[%d].username", i), "must not be empty")
@@ -430,3 +434,33 @@ type KeyError struct {
 func (e *KeyError) Error() string { return "config: " + e.Key + ": " + e.Msg }
 
 func keyErr(key, msg string) error { return &KeyError{Key: key, Msg: msg} }
+
+// validateInvites checks the lookup, compat and invites sections.
+func (c *Config) validateInvites() error {
+	if c.Lookup.PepperRotation < 0 {
+		return keyErr("lookup.pepper_rotation", "must not be negative (0 never rotates)")
+	}
+	for i, a := range c.Compat.V1StoreInviteAllow {
+		if _, _, err := net.ParseCIDR(a); err != nil && net.ParseIP(a) == nil {
+			return keyErr(fmt.Sprintf("compat.v1_store_invite_allow[%d]", i), fmt.Sprintf("%q is neither an IP address nor a CIDR range", a))
+		}
+	}
+	if c.Invites.Expiry < 0 {
+		return keyErr("invites.expiry", "must not be negative (0: never)")
+	}
+	for name, rl := range map[string]RateLimit{"sender": c.Invites.RateLimits.Sender, "room": c.Invites.RateLimits.Room,
+		"address": c.Invites.RateLimits.Address, "homeserver": c.Invites.RateLimits.Homeserver} {
+		if rl.PerHour < 0 || rl.Burst < 0 {
+			return keyErr("invites.rate_limits."+name, "per_hour and burst must not be negative (per_hour 0: unlimited)")
+		}
+	}
+	for key, list := range map[string][]string{"invites.blocklist.homeservers": c.Invites.Blocklist.Homeservers,
+		"invites.email_domains.allow": c.Invites.EmailDomains.Allow, "invites.email_domains.deny": c.Invites.EmailDomains.Deny} {
+		for i, d := range list {
+			if strings.TrimSpace(d) == "" || strings.ContainsAny(d, "@/ ") {
+				return keyErr(fmt.Sprintf("%s[%d]", key, i), fmt.Sprintf("%q is not a domain (use example.org or *.example.org)", d))
+			}
+		}
+	}
+	return nil
+}
