@@ -128,6 +128,8 @@ func TestBrowser(t *testing.T) {
 		chromedp.WaitVisible(chromedp.CSS("input[name=q]")),
 		chromedp.SendKeys(chromedp.CSS("input[name=q]"), "Dana.Katz@EXAMPLE.net"),
 		chromedp.Click(chromedp.CSS("form.filters button[type=submit]")),
+		// The answer page carries the query in the field's value attribute.
+		chromedp.WaitVisible(chromedp.CSS(`input[name=q][value="Dana.Katz@EXAMPLE.net"]`)),
 		chromedp.WaitVisible(chromedp.CSS(`a[href="/admin/invites/inv-dana"]`)))
 	if n, _ := chromedp.Run(ctx, chromedp.Evaluate[int](`document.querySelectorAll("table.list tbody tr").length`)); n != 1 {
 		t.Fatalf("search found %d rows", n)
