@@ -17,6 +17,7 @@ import (
 
 	"github.com/herald-im/herald/identity"
 	"github.com/herald-im/herald/keys"
+	"github.com/herald-im/herald/mailer"
 	"github.com/herald-im/herald/matrix"
 )
 
@@ -207,9 +208,17 @@ func (s *Service) store(fields map[string]json.RawMessage, account, api string) 
 	if d := s.cfg.Invites.Expiry.D(); d > 0 {
 		inv.ExpiresAt = now.Add(d)
 	}
-	mail, err := s.renderMail(inv)
+	// The mail is rendered and composed (MIME, quoted-printable) here too, so
+	// the single bbolt writer only writes.
+	m, err := s.renderMail(inv)
 	if err != nil {
 		return nil, err
+	}
+	var mail *mailer.Prepared
+	if s.opts.Mailer != nil {
+		if mail, err = s.opts.Mailer.Prepare(m); err != nil {
+			return nil, err
+		}
 	}
 
 	var result *Invite
@@ -238,10 +247,10 @@ func (s *Service) store(fields map[string]json.RawMessage, account, api string) 
 			return err
 		}
 		rec.ID = id
-		if s.opts.Mailer != nil {
-			m := mail
+		if mail != nil {
+			m := *mail // a copy: this function may run twice
 			m.Ref = "invite:" + itoa(id)
-			if rec.MailID, err = s.opts.Mailer.Enqueue(tx, m); err != nil {
+			if rec.MailID, err = s.opts.Mailer.EnqueuePrepared(tx, &m); err != nil {
 				return err
 			}
 			queued = true

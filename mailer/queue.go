@@ -176,23 +176,55 @@ func (q *Queue) Compose(m Message) ([]byte, error) {
 	return Compose(m, q.opts.From, q.opts.Now(), q.opts.NewMessageID())
 }
 
-// Enqueue composes m and stores it as pending inside tx, the caller's write
-// transaction, so the mail exists if and only if the caller's change commits.
-// It sends nothing: call Wake after the commit.
-func (q *Queue) Enqueue(tx *bolt.Tx, m Message) (uint64, error) {
+// Prepared is a composed message ready to be stored by EnqueuePrepared. It
+// holds no transaction state, so one Prepared may be enqueued again (bbolt's
+// Batch may run its function twice). Ref may be changed before enqueueing:
+// it is not part of the composed bytes.
+type Prepared struct {
+	To      string // the parsed recipient
+	Subject string // as the console shows it (capped)
+	Kind    string
+	Ref     string
+	Raw     []byte // the composed RFC 5322 message
+}
+
+// Prepare parses and composes m (recipient check, MIME composition,
+// Message-ID and Date) without touching storage. Compose outside the write
+// transaction, then store the result with EnqueuePrepared inside it: the
+// single bbolt writer then spends its time only on the writes.
+func (q *Queue) Prepare(m Message) (*Prepared, error) {
 	to, err := ParseRecipient(m.To)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	m.To = to
 	raw, err := q.Compose(m)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	subject := CapSubject(m.Subject)
 	if m.Raw != nil {
 		subject = rawSubject(raw)
 	}
+	return &Prepared{To: to, Subject: subject, Kind: m.Kind, Ref: m.Ref, Raw: raw}, nil
+}
+
+// Enqueue composes m and stores it as pending inside tx, the caller's write
+// transaction, so the mail exists if and only if the caller's change commits.
+// It sends nothing: call Wake after the commit. Callers on a hot path should
+// Prepare before the transaction and call EnqueuePrepared inside it.
+func (q *Queue) Enqueue(tx *bolt.Tx, m Message) (uint64, error) {
+	p, err := q.Prepare(m)
+	if err != nil {
+		return 0, err
+	}
+	return q.EnqueuePrepared(tx, p)
+}
+
+// EnqueuePrepared stores p as pending inside tx, the caller's write
+// transaction (see Enqueue). It only writes: it does not change p, so it is
+// safe in a bbolt Batch function, which may run more than once.
+func (q *Queue) EnqueuePrepared(tx *bolt.Tx, p *Prepared) (uint64, error) {
 	b := tx.Bucket(bktMail)
 	if b == nil {
 		return 0, errors.New("mailer: buckets missing (was the queue opened on this database?)")
@@ -202,9 +234,10 @@ func (q *Queue) Enqueue(tx *bolt.Tx, m Message) (uint64, error) {
 		return 0, err
 	}
 	now := q.opts.Now()
-	ml := &Mail{ID: id, To: to, Subject: subject, Kind: m.Kind, Ref: m.Ref, State: Pending,
+	ml := &Mail{ID: id, To: p.To, Subject: p.Subject, Kind: p.Kind, Ref: p.Ref, State: Pending,
 		Created: now, NextAttempt: now, RetryFrom: now, Attempts: []Attempt{}}
-	if err := tx.Bucket(bktRaw).Put(store.U64(id), raw); err != nil {
+	k := store.U64(id)
+	if err := tx.Bucket(bktRaw).Put(k, p.Raw); err != nil {
 		return 0, err
 	}
 	if err := putMail(tx, ml); err != nil {
@@ -221,7 +254,7 @@ func (q *Queue) Enqueue(tx *bolt.Tx, m Message) (uint64, error) {
 			return 0, err
 		}
 	}
-	if err := tx.Bucket(bktTo).Put(idxKey(strings.ToLower(to), id), nil); err != nil {
+	if err := tx.Bucket(bktTo).Put(idxKey(strings.ToLower(p.To), id), nil); err != nil {
 		return 0, err
 	}
 	return id, nil
