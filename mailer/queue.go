@@ -282,7 +282,8 @@ func (q *Queue) Wake() {
 }
 
 // Run is the worker: it sends due mail in next-attempt order, one at a time,
-// sleeping until the next one is due or Wake is called, and returns nil when
+// recording the attempts of a group of sends in one transaction (see
+// maxGroup), sleeping until the next one is due or Wake is called, and returns nil when
 // ctx is done. Pending mail from before a restart is picked up at once. If
 // the Sender has a Close method it is called on return.
 func (q *Queue) Run(ctx context.Context) error {
@@ -306,7 +307,7 @@ func (q *Queue) Run(ctx context.Context) error {
 		if ok {
 			wait = due.Sub(q.opts.Now())
 			if wait <= 0 && id != 0 {
-				if err := q.attempt(ctx, id); err == nil {
+				if err := q.attemptDue(ctx); err == nil {
 					continue
 				}
 				// The database failed: pause rather than spin (and resend).
@@ -348,113 +349,197 @@ func (q *Queue) next() (id uint64, due time.Time, ok bool, err error) {
 	return
 }
 
-// attempt sends mail id once and records the outcome in its own transaction.
-func (q *Queue) attempt(ctx context.Context, id uint64) error {
-	var ml *Mail
-	var raw []byte
+// The worker records attempts in one transaction per group of sends (up to
+// maxGroup mails, or what was sent in maxGroupWait), not one per send: its
+// commits share bbolt's single writer, and the disk's fsync, with every
+// request that writes. A success is recorded before the mail can be picked
+// again, so nothing is sent twice after a recorded success; a crash can only
+// resend the few mails sent since the last recorded group, as a crash between
+// a send and its record always could.
+const (
+	maxGroup     = 32
+	maxGroupWait = 200 * time.Millisecond
+)
+
+type dueMail struct {
+	key []byte // its mail_due key as found
+	ml  *Mail
+	raw []byte
+}
+
+type outcome struct {
+	due dueMail
+	at  Attempt
+}
+
+// attemptDue sends the mail due now, in next-attempt order (at most
+// maxGroup of it), and records every outcome.
+func (q *Queue) attemptDue(ctx context.Context) error {
+	now := q.opts.Now()
+	var due []dueMail
+	var stale [][]byte
 	err := q.db.View(func(tx *bolt.Tx) error {
-		var err error
-		ml, err = getMail(tx, id)
-		if err != nil {
-			return err
+		c := tx.Bucket(bktDue).Cursor()
+		for k, _ := c.First(); k != nil && len(due) < maxGroup; k, _ = c.Next() {
+			if len(k) != 16 {
+				continue
+			}
+			if time.Unix(0, int64(binary.BigEndian.Uint64(k[:8]))).After(now) {
+				break
+			}
+			id := binary.BigEndian.Uint64(k[8:])
+			ml, err := getMail(tx, id)
+			if errors.Is(err, ErrNotFound) || err == nil && ml.State != Pending {
+				// Stale index entry: remove it so the worker does not spin.
+				stale = append(stale, store.Copy(k))
+				continue
+			}
+			if err != nil {
+				q.log.Error("read queued mail", "id", id, "err", err)
+				return err
+			}
+			due = append(due, dueMail{key: store.Copy(k), ml: ml, raw: store.Copy(tx.Bucket(bktRaw).Get(store.U64(id)))})
 		}
-		raw = store.Copy(tx.Bucket(bktRaw).Get(store.U64(id)))
 		return nil
 	})
-	if err != nil && !errors.Is(err, ErrNotFound) {
-		q.log.Error("read queued mail", "id", id, "err", err)
+	if err != nil {
 		return err
 	}
-	if err != nil || ml.State != Pending {
-		// Stale index entry: remove it so the worker does not spin.
-		return q.db.Update(func(tx *bolt.Tx) error {
-			c := tx.Bucket(bktDue).Cursor()
-			for k, _ := c.First(); k != nil; k, _ = c.Next() {
-				if len(k) == 16 && binary.BigEndian.Uint64(k[8:]) == id {
-					return c.Delete()
+	if len(stale) > 0 {
+		if err := q.db.Update(func(tx *bolt.Tx) error {
+			for _, k := range stale {
+				if err := tx.Bucket(bktDue).Delete(k); err != nil {
+					return err
 				}
 			}
 			return nil
-		})
+		}); err != nil {
+			return err
+		}
 	}
 
 	from := q.opts.From
 	if a, err := mail.ParseAddress(from); err == nil {
 		from = a.Address
 	}
+	var done []outcome
+	var first time.Time
+	for _, d := range due {
+		at, ok := q.send(ctx, from, d)
+		if !ok {
+			break // shutting down: not the server's fault; try again after restart
+		}
+		if len(done) == 0 {
+			first = time.Now()
+		}
+		done = append(done, outcome{due: d, at: at})
+		if time.Since(first) >= maxGroupWait {
+			if err := q.record(done); err != nil {
+				return err
+			}
+			done = done[:0]
+		}
+	}
+	return q.record(done)
+}
+
+// send tries one mail once. ok is false when ctx ended during the send.
+func (q *Queue) send(ctx context.Context, from string, d dueMail) (Attempt, bool) {
 	sctx, cancel := context.WithTimeout(ctx, q.opts.SendTimeout)
 	reply := "250 OK"
 	var sendErr error
 	if rs, ok := q.opts.Sender.(ReplySender); ok {
 		var r string
-		if r, sendErr = rs.SendReply(sctx, from, []string{ml.To}, raw); r != "" {
+		if r, sendErr = rs.SendReply(sctx, from, []string{d.ml.To}, d.raw); r != "" {
 			reply = r
 		}
 	} else {
-		sendErr = q.opts.Sender.Send(sctx, from, []string{ml.To}, raw)
+		sendErr = q.opts.Sender.Send(sctx, from, []string{d.ml.To}, d.raw)
 	}
 	cancel()
 	if sendErr != nil && ctx.Err() != nil {
-		// Shutting down: not the server's fault; try again after restart.
-		return nil
+		return Attempt{}, false
 	}
-	now := q.opts.Now()
-	at := Attempt{At: now, OK: sendErr == nil, Reply: reply}
+	at := Attempt{At: q.opts.Now(), OK: sendErr == nil, Reply: reply}
 	if sendErr != nil {
 		at.Reply = sendErr.Error()
 		at.Temporary = Temporary(sendErr)
 	}
+	return at, true
+}
 
-	err = q.db.Update(func(tx *bolt.Tx) error {
-		cur, err := getMail(tx, id)
-		if err != nil {
-			return err // dropped meanwhile
-		}
-		if err := tx.Bucket(bktDue).Delete(dueKey(cur)); err != nil {
-			return err
-		}
-		old := cur.State
-		cur.Attempts = append(cur.Attempts, at)
-		switch {
-		case at.OK:
-			cur.State = Sent
-		case at.Temporary && q.budgetLeft(cur, now):
-			n := len(cur.Attempts) - cur.RetryBase
-			cur.NextAttempt = now.Add(q.backoff(n))
-			if err := tx.Bucket(bktDue).Put(dueKey(cur), nil); err != nil {
-				return err
-			}
-		default:
-			cur.State = Failed
-		}
-		if !at.OK {
-			if err := tx.Bucket(bktFail).Put(store.TimeKey(now, store.U64(id)), nil); err != nil {
-				return err
-			}
-		}
-		if cur.State != old {
-			if err := moveState(tx, id, old, cur.State); err != nil {
-				return err
-			}
-		}
-		ml = cur
-		return putMail(tx, cur)
-	})
-	if errors.Is(err, ErrNotFound) {
-		return nil // dropped while it was being sent
+// record writes the outcomes of a group of sends in one transaction.
+func (q *Queue) record(done []outcome) error {
+	if len(done) == 0 {
+		return nil
 	}
+	recorded := make([]*Mail, len(done))
+	err := q.db.Update(func(tx *bolt.Tx) error {
+		for i, o := range done {
+			recorded[i] = nil
+			id, at, now := o.due.ml.ID, o.at, o.at.At
+			cur, err := getMail(tx, id)
+			if errors.Is(err, ErrNotFound) {
+				continue // dropped while it was being sent
+			}
+			if err != nil {
+				return err
+			}
+			if err := tx.Bucket(bktDue).Delete(o.due.key); err != nil {
+				return err
+			}
+			if err := tx.Bucket(bktDue).Delete(dueKey(cur)); err != nil {
+				return err
+			}
+			old := cur.State
+			cur.Attempts = append(cur.Attempts, at)
+			switch {
+			case at.OK:
+				cur.State = Sent
+			case at.Temporary && q.budgetLeft(cur, now):
+				n := len(cur.Attempts) - cur.RetryBase
+				cur.NextAttempt = now.Add(q.backoff(n))
+				if err := tx.Bucket(bktDue).Put(dueKey(cur), nil); err != nil {
+					return err
+				}
+			default:
+				cur.State = Failed
+			}
+			if !at.OK {
+				if err := tx.Bucket(bktFail).Put(store.TimeKey(now, store.U64(id)), nil); err != nil {
+					return err
+				}
+			}
+			if cur.State != old {
+				if err := moveState(tx, id, old, cur.State); err != nil {
+					return err
+				}
+			}
+			if err := putMail(tx, cur); err != nil {
+				return err
+			}
+			recorded[i] = cur
+		}
+		return nil
+	})
 	if err != nil {
-		q.log.Error("record mail attempt", "id", id, "sent", at.OK, "err", err)
+		q.log.Error("record mail attempts", "mails", len(done), "err", err)
 		return err
 	}
-	attrs := []any{"id", id, "kind", ml.Kind, "to", Redact(ml.To), "attempt", len(ml.Attempts)}
-	switch ml.State {
-	case Sent:
-		q.log.Info("mail sent", attrs...)
-	case Failed:
-		q.log.Warn("mail failed", append(attrs, "reply", at.Reply)...)
-	default:
-		q.log.Info("mail deferred", append(attrs, "reply", at.Reply, "next_attempt", ml.NextAttempt)...)
+	for i, ml := range recorded {
+		if ml == nil {
+			continue
+		}
+		at := done[i].at
+		attrs := []any{"id", ml.ID, "kind", ml.Kind, "to", Redact(ml.To), "attempt", len(ml.Attempts)}
+		switch ml.State {
+		case Sent:
+			q.log.Info("mail sent", attrs...)
+		case Failed:
+			q.log.Warn("mail failed", append(attrs, "reply", at.Reply)...)
+		default:
+			q.log.Info("mail deferred", append(attrs, "reply", at.Reply, "next_attempt", ml.NextAttempt)...)
+		}
 	}
 	return nil
 }

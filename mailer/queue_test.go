@@ -465,3 +465,49 @@ func TestQueueInjectedClockAndRetention(t *testing.T) {
 		t.Errorf("list after retention = %+v", l)
 	}
 }
+
+// A backlog larger than one group (Prepare before the transaction,
+// EnqueuePrepared inside it, many mails per commit) is sent exactly once
+// each, every attempt recorded.
+func TestQueueSendsBacklogInGroupsOnce(t *testing.T) {
+	srv := smtptest.Start(t, smtptest.Options{})
+	e := newEnv(t, t.TempDir(), srv, nil)
+	defer closeDB(t, e.db)
+	const n = 75
+	var ids []uint64
+	err := e.db.Update(func(tx *bolt.Tx) error {
+		for i := range n {
+			p, err := e.q.Prepare(msg(fmt.Sprintf("user%d@example.org", i), fmt.Sprint(i)))
+			if err != nil {
+				return err
+			}
+			id, err := e.q.EnqueuePrepared(tx, p)
+			if err != nil {
+				return err
+			}
+			ids = append(ids, id)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := e.run()
+	got := srv.WaitFor(n, 10*time.Second)
+	for _, id := range ids {
+		if m := e.waitState(id, mailer.Sent); len(m.Attempts) != 1 || !m.Attempts[0].OK {
+			t.Errorf("mail %d attempts = %+v", id, m.Attempts)
+		}
+	}
+	stop()
+	if len(srv.Messages()) != n || len(got) < n {
+		t.Errorf("server got %d messages, want %d", len(srv.Messages()), n)
+	}
+	seen := map[string]bool{}
+	for _, m := range srv.Messages() {
+		if seen[m.To[0]] {
+			t.Errorf("%s received twice", m.To[0])
+		}
+		seen[m.To[0]] = true
+	}
+}
