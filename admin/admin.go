@@ -43,6 +43,10 @@ type Options struct {
 	// Default: trim and lower-case.
 	NormalizeEmail func(string) (string, error)
 
+	// Scrub, when set, runs after an erasure to overwrite what the storage
+	// still holds of deleted records (freed database pages).
+	Scrub func(ctx context.Context) error
+
 	Log *slog.Logger
 	Now func() time.Time
 }

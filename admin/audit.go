@@ -3,11 +3,14 @@ package admin
 import (
 	"bytes"
 	"encoding/json"
+	"regexp"
 	"strconv"
+	"strings"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/herald-im/herald/matrix"
 	"github.com/herald-im/herald/store"
 )
 
@@ -21,8 +24,20 @@ type AuditEntry struct {
 	OK     bool      `json:"ok"`
 }
 
+// emailLike matches anything shaped like an email address.
+var emailLike = regexp.MustCompile(`[^\s<>"'(),;:\[\]@]+@[^\s<>"'(),;:\[\]@]+`)
+
+// redactEmails shortens every address in s (matrix.RedactEmail): the audit
+// log and the server log never hold an address in clear, whatever an error
+// message or a mistyped login name carried.
+func redactEmails(s string) string { return emailLike.ReplaceAllStringFunc(s, matrix.RedactEmail) }
+
 // audit appends an entry. A failure to write is logged, never hidden from the log.
 func (h *Handler) audit(who, action, target, detail string, ok bool) {
+	target, detail = redactEmails(target), redactEmails(detail)
+	if strings.Contains(who, "@") && !h.userExists(who) {
+		who = redactEmails(who) // a name typed at the login form, not an account
+	}
 	e := AuditEntry{At: h.opts.Now().UTC(), Who: who, Action: action, Target: target, Detail: detail, OK: ok}
 	raw, _ := json.Marshal(e)
 	err := h.opts.DB.Update(func(tx *bolt.Tx) error {

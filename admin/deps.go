@@ -194,6 +194,8 @@ type Bindings interface {
 	BindingFor(ctx context.Context, address string) (*Binding, error)
 	// Unbind removes the address's binding (and any validation state).
 	Unbind(ctx context.Context, address string) error
+	// EraseSessions deletes the address's email validation sessions.
+	EraseSessions(ctx context.Context, address string) (int, error)
 }
 
 // Keyring is keys.Ring's administrative surface.
@@ -217,4 +219,6 @@ type DevMail struct {
 type Mailbox interface {
 	ListDevMail(ctx context.Context) ([]DevMail, error)
 	ReadDevMail(ctx context.Context, id string) (DevMail, error)
+	// DeleteDevMailTo deletes the mails addressed to (or naming) address.
+	DeleteDevMailTo(ctx context.Context, address string) (int, error)
 }

@@ -421,3 +421,19 @@ func (f *fakeMailbox) ReadDevMail(_ context.Context, id string) (admin.DevMail, 
 	}
 	return admin.DevMail{}, admin.ErrNotFound
 }
+
+// EraseSessions: the fake holds no validation sessions.
+func (f *fakeBindings) EraseSessions(context.Context, string) (int, error) { return 0, nil }
+
+func (f *fakeMailbox) DeleteDevMailTo(_ context.Context, address string) (int, error) {
+	kept, n := f.mails[:0], 0
+	for _, m := range f.mails {
+		if strings.EqualFold(m.To, address) {
+			n++
+			continue
+		}
+		kept = append(kept, m)
+	}
+	f.mails = kept
+	return n, nil
+}

@@ -12,6 +12,7 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/herald-im/herald/keys"
+	"github.com/herald-im/herald/matrix"
 )
 
 // The operations behind both the pages and the JSON API: each loads data or
@@ -31,19 +32,7 @@ func (h *Handler) act(c echo.Context, action, target string, fn func(ctx context
 }
 
 // redact shortens an address for the audit log and the server log.
-func redact(addr string) string {
-	local, domain, ok := strings.Cut(addr, "@")
-	first := func(s string) string {
-		for _, r := range s {
-			return string(r) + "..."
-		}
-		return "..."
-	}
-	if !ok {
-		return first(addr)
-	}
-	return first(local) + "@" + first(domain)
-}
+func redact(addr string) string { return matrix.RedactEmail(addr) }
 
 type stateCount struct {
 	State string `json:"state"`
@@ -420,6 +409,9 @@ type EraseResult struct {
 	Invites    int  `json:"invites"`
 	Mails      int  `json:"mails"`
 	Deliveries int  `json:"deliveries"`
+	Sessions   int  `json:"sessions"`  // email validation sessions
+	DevMails   int  `json:"dev_mails"` // files in the dev mailbox
+	Scrubbed   bool `json:"scrubbed"`  // freed storage overwritten
 }
 
 // erase removes everything Herald holds about an address. confirm must repeat it.
@@ -433,7 +425,14 @@ func (h *Handler) erase(c echo.Context, raw, confirm string) (EraseResult, error
 		return res, errStatus(http.StatusBadRequest, "Type the address again to confirm the erasure")
 	}
 	err = h.act(c, "address.erase", redact(a), func(ctx context.Context) error {
+		// Invites first, so none can queue another mail; the dev mailbox
+		// last, after the outbox stopped writing to it; then the storage.
 		var errs []error
+		if h.opts.Invites != nil {
+			n, err := h.opts.Invites.EraseInvites(ctx, a)
+			res.Invites = n
+			errs = append(errs, err)
+		}
 		if h.opts.Bindings != nil {
 			b, err := h.opts.Bindings.BindingFor(ctx, a)
 			if err == nil && b != nil {
@@ -441,10 +440,8 @@ func (h *Handler) erase(c echo.Context, raw, confirm string) (EraseResult, error
 				res.Binding = err == nil
 			}
 			errs = append(errs, err)
-		}
-		if h.opts.Invites != nil {
-			n, err := h.opts.Invites.EraseInvites(ctx, a)
-			res.Invites = n
+			n, err := h.opts.Bindings.EraseSessions(ctx, a)
+			res.Sessions = n
 			errs = append(errs, err)
 		}
 		if h.opts.Outbox != nil {
@@ -455,6 +452,16 @@ func (h *Handler) erase(c echo.Context, raw, confirm string) (EraseResult, error
 		if h.opts.Deliveries != nil {
 			n, err := h.opts.Deliveries.DeleteDeliveriesTo(ctx, a)
 			res.Deliveries = n
+			errs = append(errs, err)
+		}
+		if h.opts.Mailbox != nil {
+			n, err := h.opts.Mailbox.DeleteDevMailTo(ctx, a)
+			res.DevMails = n
+			errs = append(errs, err)
+		}
+		if h.opts.Scrub != nil {
+			err := h.opts.Scrub(ctx)
+			res.Scrubbed = err == nil
 			errs = append(errs, err)
 		}
 		return errors.Join(errs...)

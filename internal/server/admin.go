@@ -18,6 +18,7 @@ import (
 	"github.com/herald-im/herald/identity"
 	"github.com/herald-im/herald/invites"
 	"github.com/herald-im/herald/mailer"
+	"github.com/herald-im/herald/store"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -37,6 +38,10 @@ func (a *App) newAdmin() (*admin.Handler, error) {
 		Bindings:       &adminBindings{id: a.identity},
 		Keys:           a.ring,
 		NormalizeEmail: identity.NormalizeEmail,
+		Scrub: func(context.Context) error {
+			_, err := store.Scrub(a.db, 5*time.Second)
+			return err
+		},
 	}
 	if a.mailbox != nil {
 		opts.Mailbox = &adminMailbox{m: a.mailbox}
@@ -536,6 +541,10 @@ func (ab *adminBindings) Unbind(_ context.Context, address string) error {
 	})
 }
 
+func (ab *adminBindings) EraseSessions(_ context.Context, address string) (int, error) {
+	return ab.id.EraseSessions(address)
+}
+
 // adminMailbox adapts the dev mailbox.
 type adminMailbox struct{ m *mailer.DevMailbox }
 
@@ -547,6 +556,10 @@ func (am *adminMailbox) ListDevMail(context.Context) ([]admin.DevMail, error) {
 	}
 	sort.SliceStable(out, func(i, j int) bool { return out[i].Date.After(out[j].Date) })
 	return out, err
+}
+
+func (am *adminMailbox) DeleteDevMailTo(_ context.Context, address string) (int, error) {
+	return am.m.DeleteTo(address)
 }
 
 func (am *adminMailbox) ReadDevMail(_ context.Context, id string) (admin.DevMail, error) {

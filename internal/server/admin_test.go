@@ -3,11 +3,16 @@ package server_test
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -16,8 +21,11 @@ import (
 
 	"github.com/herald-im/herald/admin"
 	"github.com/herald-im/herald/config"
+	"github.com/herald-im/herald/identity"
 	"github.com/herald-im/herald/internal/server"
 	"github.com/herald-im/herald/internal/testenv"
+	"github.com/herald-im/herald/invites"
+	bolt "go.etcd.io/bbolt"
 )
 
 const adminToken = "admin-token-for-the-wiring-test-0123456789"
@@ -231,5 +239,181 @@ func TestAdminSeparateListener(t *testing.T) {
 	res.Body.Close()
 	if res.StatusCode != http.StatusNotFound {
 		t.Fatalf("console on the public listener: %d", res.StatusCode)
+	}
+}
+
+// TestAdminEraseLeavesNothing: erasing an address from the console removes
+// every trace of it, down to the bytes of the bbolt file and the files in
+// data_dir: invite and ephemeral key, binding and lookup hash, validation
+// session, outbox mails with their attempts, dev mailbox files, deliveries.
+// The audit log keeps only the redacted form.
+func TestAdminEraseLeavesNothing(t *testing.T) {
+	const typed, addr, local = "Erin.Example@Example.ORG", "erin.example@example.org", "erin.example"
+	e := testenv.Start(t, func(c *config.Config) {
+		c.Admin.APITokens = []config.Secret{adminToken}
+		c.Delivery.MinBackoff = config.Duration(time.Hour) // one delivery attempt, then quiet
+	})
+	tok := e.Register(t, "@alice:hs.test")
+	e.AcceptTerms(t, tok)
+	status, raw := e.Do(t, http.MethodPost, "/_matrix/identity/v2/store-invite", map[string]any{
+		"medium": "email", "address": typed, "room_id": "!room:hs.test", "sender": "@alice:hs.test", "room_name": "Tea",
+	}, tok)
+	if status != http.StatusOK {
+		t.Fatalf("store-invite: %d %s", status, raw)
+	}
+	var stored struct {
+		PublicKeys []struct {
+			PublicKey string `json:"public_key"`
+		} `json:"public_keys"`
+	}
+	if err := json.Unmarshal(raw, &stored); err != nil || len(stored.PublicKeys) != 2 {
+		t.Fatalf("store-invite answer %s", raw)
+	}
+	ephemeral := stored.PublicKeys[1].PublicKey
+	// Someone else's invite must survive.
+	if status, raw := e.Do(t, http.MethodPost, "/_matrix/identity/v2/store-invite", map[string]any{
+		"medium": "email", "address": "frank@example.org", "room_id": "!room:hs.test", "sender": "@alice:hs.test",
+	}, tok); status != http.StatusOK {
+		t.Fatalf("store-invite: %d %s", status, raw)
+	}
+	// A validation session (and its mail), as typed.
+	if status, raw := e.Do(t, http.MethodPost, "/_matrix/identity/v2/validate/email/requestToken", map[string]any{
+		"client_secret": "secret-123", "email": typed, "send_attempt": 1,
+	}, tok); status != http.StatusOK {
+		t.Fatalf("requestToken: %d %s", status, raw)
+	}
+	// A binding: the invite resolves and an onbind delivery is queued.
+	now := time.Now().UTC()
+	err := e.App.DB().Update(func(tx *bolt.Tx) error {
+		return e.App.Identity().PutBinding(tx, identity.Binding{Medium: "email", Address: addr, MXID: "@someone:hs.test", NotBefore: now, NotAfter: now.Add(time.Hour), TS: now})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pepper, _, err := e.App.Identity().Pepper()
+	if err != nil {
+		t.Fatal(err)
+	}
+	hash := identity.LookupHash(addr, "email", pepper)
+	if m, err := e.App.Identity().LookupHashed("sha256", pepper, []string{hash}); err != nil || m[hash] != "@someone:hs.test" {
+		t.Fatalf("lookup before erasure: %v %v", m, err)
+	}
+	// Wait for the three mails in the dev mailbox and one delivery attempt.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		mails, _ := e.App.Mailbox().List()
+		dels, _, _ := e.App.Deliveries().List(invites.DeliveryFilter{Limit: 10})
+		if len(mails) == 3 && len(dels) == 1 && len(dels[0].Attempts) > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("mails %d, deliveries %+v", len(mails), dels)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	var er admin.EraseResult
+	body := `{"address":"` + typed + `","confirm":"` + addr + `"}`
+	if code := adminCall(t, e, "POST", "/admin/api/bindings/erase", body, &er); code != 200 {
+		t.Fatalf("erase: %d", code)
+	}
+	if want := (admin.EraseResult{Binding: true, Invites: 1, Mails: 2, Deliveries: 1, Sessions: 1, DevMails: 2, Scrubbed: true}); er != want {
+		t.Fatalf("erase: %+v, want %+v", er, want)
+	}
+
+	// Through the API: nothing bound, the ephemeral key no longer valid.
+	if m, err := e.App.Identity().LookupHashed("sha256", pepper, []string{hash}); err != nil || len(m) != 0 {
+		t.Fatalf("lookup after erasure: %v %v", m, err)
+	}
+	status, raw = e.Do(t, http.MethodGet, "/_matrix/identity/v2/pubkey/ephemeral/isvalid?public_key="+url.QueryEscape(ephemeral), nil, "")
+	if status != 200 || !strings.Contains(string(raw), "false") {
+		t.Fatalf("ephemeral isvalid after erasure: %d %s", status, raw)
+	}
+	if mails, _ := e.App.Mailbox().List(); len(mails) != 1 {
+		t.Fatalf("dev mailbox after erasure: %+v", mails)
+	}
+
+	// The audit log names the erasure, redacted.
+	entries, err := e.App.Admin().Audit(10, 0)
+	if err != nil || len(entries) == 0 || entries[0].Action != "address.erase" || entries[0].Target != "e...@e..." || !entries[0].OK {
+		t.Fatalf("audit %+v %v", entries, err)
+	}
+
+	// Nothing left in the raw bytes of any file in data_dir (the bbolt file
+	// included): not the address in any case, not its local part, not its
+	// lookup hash.
+	rawHash, err := base64.RawURLEncoding.DecodeString(hash)
+	if err != nil {
+		t.Fatal(err)
+	}
+	needles := [][]byte{[]byte(addr), []byte(local), rawHash}
+	files := 0
+	err = filepath.WalkDir(e.DataDir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		files++
+		lower := bytes.ToLower(b)
+		for _, n := range needles {
+			if bytes.Contains(lower, n) || bytes.Contains(b, n) {
+				t.Errorf("%s still holds %q", path, n)
+			}
+		}
+		if d.Name() == "herald.db" && !bytes.Contains(b, []byte("frank@example.org")) {
+			t.Error("the other address's invite was erased too")
+		}
+		return nil
+	})
+	if err != nil || files < 2 {
+		t.Fatalf("walk %s: %d files, %v", e.DataDir, files, err)
+	}
+	if logs := strings.ToLower(e.Logs()); strings.Contains(logs, addr) {
+		t.Fatal("the address was logged in clear")
+	}
+}
+
+// TestAuditRedactsAddresses: an address typed as a login name, or carried by
+// an error, reaches the audit log redacted.
+func TestAuditRedactsAddresses(t *testing.T) {
+	e := testenv.Start(t, func(c *config.Config) { c.Admin.APITokens = []config.Secret{adminToken} })
+	// Unbinding an unbound address fails; its error names nothing in clear.
+	if code := adminCall(t, e, "POST", "/admin/api/bindings/unbind", `{"address":"Grace.Hopper@Example.org"}`, nil); code == 200 {
+		t.Fatal("unbind of an unbound address succeeded")
+	}
+	res, err := e.Client.Get(e.URL + "/admin/login")
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	var csrf string
+	for _, c := range res.Cookies() {
+		if c.Name == "herald_admin_login" {
+			csrf = c.Value
+		}
+	}
+	if csrf == "" {
+		t.Fatal("no login form cookie")
+	}
+	{
+		req, _ := http.NewRequest("POST", e.URL+"/admin/login", strings.NewReader(url.Values{"username": {"grace.hopper@example.org"}, "password": {"x"}, "csrf": {csrf}}.Encode()))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.AddCookie(&http.Cookie{Name: "herald_admin_login", Value: csrf})
+		res, err := e.Client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+	}
+	entries, err := e.App.Admin().Audit(10, 0)
+	if err != nil || len(entries) != 2 || entries[0].Action != "login" || entries[0].Who != "g...@e..." || entries[1].Action != "binding.unbind" {
+		t.Fatalf("audit %+v %v", entries, err)
+	}
+	raw, _ := json.Marshal(entries)
+	if strings.Contains(strings.ToLower(string(raw)), "grace.hopper") {
+		t.Fatalf("audit log holds an address in clear: %s", raw)
 	}
 }
