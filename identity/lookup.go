@@ -2,9 +2,12 @@ package identity
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/json"
 	"net/http"
+	"slices"
 	"strings"
 
 	"github.com/labstack/echo/v4"
@@ -41,9 +44,16 @@ type lookupRequest struct {
 
 // Lookup serves POST /v2/lookup.
 func (s *Service) Lookup(c echo.Context) error {
-	var req lookupRequest
-	if err := decodeOnce(c, &req); err != nil {
+	body, err := matrix.ReadBody(c)
+	if err != nil {
 		return err
+	}
+	req, ok := parseLookupFast(body)
+	if !ok {
+		req = lookupRequest{}
+		if err := decodeOnce(body, &req); err != nil {
+			return err
+		}
 	}
 	var missing []string
 	if req.Algorithm == nil {
@@ -58,21 +68,32 @@ func (s *Service) Lookup(c echo.Context) error {
 	if err := matrix.Require(missing...); err != nil {
 		return err
 	}
-	mappings, err := s.LookupHashed(*req.Algorithm, *req.Pepper, *req.Addresses)
+	// The answer is written as the index is read, without reflection or an
+	// intermediate map: {"mappings": {...}}.
+	var b bytes.Buffer
+	b.Grow(32 + len(*req.Addresses)*40)
+	b.WriteString(`{"mappings":{`)
+	n := 0
+	err = s.lookupEach(*req.Algorithm, *req.Pepper, *req.Addresses, func(address string, mxid []byte) {
+		if n > 0 {
+			b.WriteByte(',')
+		}
+		n++
+		writeJSONString(&b, address)
+		b.WriteByte(':')
+		writeJSONString(&b, mxid)
+	})
 	if err != nil {
 		return err
 	}
-	return writeMappings(c, mappings)
+	b.WriteString("}}")
+	return c.Blob(http.StatusOK, echo.MIMEApplicationJSON, b.Bytes())
 }
 
-// decodeOnce is matrix.DecodeJSON with a single parse of the body (lookups
-// of thousands of addresses are the hot path): the same errors, M_NOT_JSON
-// for malformed JSON and M_BAD_JSON for the wrong shape.
-func decodeOnce(c echo.Context, v any) error {
-	body, err := matrix.ReadBody(c)
-	if err != nil {
-		return err
-	}
+// decodeOnce is matrix.DecodeJSONBytes with a single parse of the body in
+// the common case: the same errors, M_NOT_JSON for malformed JSON and
+// M_BAD_JSON for the wrong shape.
+func decodeOnce(body []byte, v any) error {
 	trimmed := bytes.TrimSpace(body)
 	if len(trimmed) == 0 || trimmed[0] != '{' {
 		return matrix.DecodeJSONBytes(body, v) // the precise error
@@ -83,37 +104,141 @@ func decodeOnce(c echo.Context, v any) error {
 	return nil
 }
 
-// writeMappings writes {"mappings": {...}} without reflection.
-func writeMappings(c echo.Context, mappings map[string]string) error {
-	var b bytes.Buffer
-	b.Grow(32 + len(mappings)*80)
-	b.WriteString(`{"mappings":{`)
-	first := true
-	for k, v := range mappings {
-		if !first {
-			b.WriteByte(',')
-		}
-		first = false
-		writeJSONString(&b, k)
-		b.WriteByte(':')
-		writeJSONString(&b, v)
+// parseLookupFast decodes the usual lookup body without reflection: one
+// object with "algorithm", "pepper" (strings) and "addresses" (an array of
+// strings), each at most once, in any order, every string plain printable
+// ASCII without escapes. Anything else (other keys, null, escapes, non-ASCII,
+// trailing data, ...) gives ok false, and the body goes through
+// encoding/json, which then gives the same result or the precise error. The
+// strings share one copy of the body.
+func parseLookupFast(body []byte) (req lookupRequest, ok bool) {
+	p := fastJSON{s: string(body)}
+	if !p.skip('{') {
+		return req, false
 	}
-	b.WriteString("}}")
-	return c.Blob(http.StatusOK, echo.MIMEApplicationJSON, b.Bytes())
+	for {
+		key, ok := p.str()
+		if !ok || !p.skip(':') {
+			return req, false
+		}
+		switch key {
+		case "algorithm", "pepper":
+			v, ok := p.str()
+			if !ok {
+				return req, false
+			}
+			dst := &req.Algorithm
+			if key == "pepper" {
+				dst = &req.Pepper
+			}
+			if *dst != nil {
+				return req, false
+			}
+			*dst = &v
+		case "addresses":
+			if req.Addresses != nil || !p.skip('[') {
+				return req, false
+			}
+			list := make([]string, 0, len(p.s)/48+1)
+			if !p.skip(']') {
+				for {
+					v, ok := p.str()
+					if !ok {
+						return req, false
+					}
+					list = append(list, v)
+					if p.skip(']') {
+						break
+					}
+					if !p.skip(',') {
+						return req, false
+					}
+				}
+			}
+			req.Addresses = &list
+		default:
+			return req, false
+		}
+		if p.skip('}') {
+			break
+		}
+		if !p.skip(',') {
+			return req, false
+		}
+	}
+	p.ws()
+	return req, p.i == len(p.s)
+}
+
+// fastJSON is the cursor of parseLookupFast.
+type fastJSON struct {
+	s string
+	i int
+}
+
+func (p *fastJSON) ws() {
+	for p.i < len(p.s) {
+		switch p.s[p.i] {
+		case ' ', '\t', '\n', '\r':
+			p.i++
+		default:
+			return
+		}
+	}
+}
+
+// skip consumes c (after white space) if it is next.
+func (p *fastJSON) skip(c byte) bool {
+	p.ws()
+	if p.i < len(p.s) && p.s[p.i] == c {
+		p.i++
+		return true
+	}
+	return false
+}
+
+// plainJSON marks the bytes parseLookupFast copies as they are: printable
+// ASCII other than the quote and the backslash.
+var plainJSON = func() (t [256]bool) {
+	for c := 0x20; c < 0x7f; c++ {
+		t[c] = c != '"' && c != '\\'
+	}
+	return t
+}()
+
+// str reads a string of printable ASCII without escapes.
+func (p *fastJSON) str() (string, bool) {
+	p.ws()
+	if p.i >= len(p.s) || p.s[p.i] != '"' {
+		return "", false
+	}
+	start := p.i + 1
+	end := strings.IndexByte(p.s[start:], '"')
+	if end < 0 {
+		return "", false
+	}
+	v := p.s[start : start+end]
+	for i := 0; i < len(v); i++ {
+		if !plainJSON[v[i]] {
+			return "", false
+		}
+	}
+	p.i = start + end + 1
+	return v, true
 }
 
 // writeJSONString writes s as a JSON string: plain characters copied,
 // anything else through encoding/json.
-func writeJSONString(b *bytes.Buffer, s string) {
+func writeJSONString[T string | []byte](b *bytes.Buffer, s T) {
 	for i := 0; i < len(s); i++ {
 		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
-			raw, _ := json.Marshal(s)
+			raw, _ := json.Marshal(string(s))
 			b.Write(raw)
 			return
 		}
 	}
 	b.WriteByte('"')
-	b.WriteString(s)
+	b.Write([]byte(s))
 	b.WriteByte('"')
 }
 
@@ -121,17 +246,27 @@ func writeJSONString(b *bytes.Buffer, s string) {
 // mapped to the Matrix IDs of those that are bound. It costs one index read
 // per address, whatever the number of bindings.
 func (s *Service) LookupHashed(algorithm, pepper string, addresses []string) (map[string]string, error) {
-	if algorithm != "sha256" && algorithm != "none" {
-		return nil, matrix.InvalidParam("Unsupported algorithm: supported are none and sha256")
-	}
-	if len(addresses) > MaxLookupAddresses {
-		return nil, matrix.InvalidParam("Too many addresses in one lookup (at most %d)", MaxLookupAddresses)
-	}
-	current, _, err := s.Pepper()
+	mappings := make(map[string]string)
+	err := s.lookupEach(algorithm, pepper, addresses, func(a string, mxid []byte) { mappings[a] = string(mxid) })
 	if err != nil {
 		return nil, err
 	}
-	mappings := make(map[string]string)
+	return mappings, nil
+}
+
+// lookupEach is LookupHashed calling found, inside one read transaction,
+// once for each distinct bound address (mxid is valid only during the call).
+func (s *Service) lookupEach(algorithm, pepper string, addresses []string, found func(address string, mxid []byte)) error {
+	if algorithm != "sha256" && algorithm != "none" {
+		return matrix.InvalidParam("Unsupported algorithm: supported are none and sha256")
+	}
+	if len(addresses) > MaxLookupAddresses {
+		return matrix.InvalidParam("Too many addresses in one lookup (at most %d)", MaxLookupAddresses)
+	}
+	current, _, err := s.Pepper()
+	if err != nil {
+		return err
+	}
 	err = s.db.View(func(tx *bolt.Tx) error {
 		// Compare with the pepper of this very snapshot: the index matches it.
 		p, err := s.pepperTx(tx)
@@ -145,24 +280,53 @@ func (s *Service) LookupHashed(algorithm, pepper string, addresses []string) (ma
 		}
 		switch algorithm {
 		case "sha256":
-			idx := tx.Bucket(lookupHashBucket)
-			var h [32]byte
-			for _, a := range addresses {
+			// Decode every hash and seek them in key order with one cursor.
+			// Equal addresses end up side by side (same prefix) and are
+			// answered once.
+			type hashed struct {
+				prefix uint64
+				i      int
+			}
+			hs := make([]hashed, 0, len(addresses))
+			keys := make([][32]byte, len(addresses))
+			for i, a := range addresses {
 				if base64.RawURLEncoding.DecodedLen(len(a)) != 32 {
 					continue
 				}
-				if n, err := base64.RawURLEncoding.Decode(h[:], []byte(a)); err != nil || n != 32 {
+				if n, err := base64.RawURLEncoding.Decode(keys[i][:], []byte(a)); err != nil || n != 32 {
 					continue
 				}
-				if v := idx.Get(h[:]); v != nil {
-					mappings[a] = string(v)
+				hs = append(hs, hashed{binary.BigEndian.Uint64(keys[i][:8]), i})
+			}
+			slices.SortFunc(hs, func(x, y hashed) int {
+				if c := cmp.Compare(x.prefix, y.prefix); c != 0 {
+					return c
+				}
+				return cmp.Compare(x.i, y.i)
+			})
+			c := tx.Bucket(lookupHashBucket).Cursor()
+			run := 0 // start of the run of equal prefixes
+		next:
+			for j, x := range hs {
+				if j == 0 || hs[j-1].prefix != x.prefix {
+					run = j
+				}
+				for _, y := range hs[run:j] {
+					if addresses[y.i] == addresses[x.i] {
+						continue next
+					}
+				}
+				key := keys[x.i][:]
+				if k, v := c.Seek(key); v != nil && bytes.Equal(k, key) {
+					found(addresses[x.i], v)
 				}
 			}
 		case "none":
+			seen := make(map[string]bool)
 			bb := tx.Bucket(bindingsBucket)
 			for _, a := range addresses {
 				i := strings.LastIndexByte(a, ' ')
-				if i <= 0 {
+				if i <= 0 || seen[a] {
 					continue
 				}
 				address, medium := a[:i], a[i+1:]
@@ -174,16 +338,17 @@ func (s *Service) LookupHashed(algorithm, pepper string, addresses []string) (ma
 				if err := json.Unmarshal(raw, &b); err != nil {
 					return err
 				}
-				mappings[a] = b.MXID
+				seen[a] = true
+				found(a, []byte(b.MXID))
 			}
 		}
 		return nil
 	})
 	if err == errNoPepper {
-		return nil, matrix.InvalidPepper("Unknown or invalid pepper - has it been rotated?").
+		return matrix.InvalidPepper("Unknown or invalid pepper - has it been rotated?").
 			With("algorithm", "sha256").With("pepper", current).With("lookup_pepper", current)
 	}
-	return mappings, err
+	return err
 }
 
 // LookupV1 serves GET /api/v1/lookup?medium=&address=: the signed

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"strings"
 	"testing"
 	"time"
 
@@ -299,5 +300,34 @@ func TestLookupThousandAddresses(t *testing.T) {
 	mp, _ := m["mappings"].(map[string]any)
 	if status != 200 || len(mp) != 500 || mp[addrs[7]] != "@u7:hs.test" {
 		t.Errorf("1000-address lookup: %d, %d mappings", status, len(mp))
+	}
+}
+
+// An address asked twice (or in another base64 spelling of the same hash)
+// is answered once each: the answer has no duplicate keys.
+func TestLookupRepeatedAddresses(t *testing.T) {
+	e := testenv.Start(t)
+	tok := e.Register(t, "@looker:hs.test")
+	bindAll(t, e, "a@example.org", "@a:hs.test", "b@example.org", "@b:hs.test")
+	pepper, _, _ := e.App.Identity().Pepper()
+	ha := identity.LookupHash("a@example.org", "email", pepper)
+	hb := identity.LookupHash("b@example.org", "email", pepper)
+	// The last character carries 2 unused bits: flip one for another spelling.
+	alt := ha[:42] + string("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"[strings.IndexByte("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_", ha[42])^1])
+	for _, none := range []bool{false, true} {
+		body := map[string]any{"algorithm": "sha256", "pepper": pepper, "addresses": []string{ha, hb, ha, alt, "nope", ha}}
+		if none {
+			body = map[string]any{"algorithm": "none", "pepper": pepper, "addresses": []string{"a@example.org email", "a@example.org email", "b@example.org email"}}
+		}
+		status, raw := e.Do(t, http.MethodPost, "/_matrix/identity/v2/lookup", body, tok)
+		if status != 200 {
+			t.Fatalf("status %d: %s", status, raw)
+		}
+		if n := strings.Count(string(raw), `"@a:hs.test"`); n != map[bool]int{false: 2, true: 1}[none] {
+			t.Errorf("none=%v: @a answered %d times: %s", none, n, raw)
+		}
+		if n := strings.Count(string(raw), `"@b:hs.test"`); n != 1 {
+			t.Errorf("none=%v: @b answered %d times: %s", none, n, raw)
+		}
 	}
 }
