@@ -1,11 +1,13 @@
 package identity
 
 import (
+	"encoding/json"
 	"errors"
 	"net/http"
 	"strings"
 
 	"github.com/labstack/echo/v4"
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/herald-im/herald/federation"
 	"github.com/herald-im/herald/matrix"
@@ -39,20 +41,14 @@ func (s *Service) Auth(gated bool) echo.MiddlewareFunc {
 			if tok == "" {
 				return matrix.Unauthorized("Missing access token")
 			}
-			a, err := s.AccountByToken(tok)
+			a, accepted, err := s.accountAndTerms(tok, gated)
 			if errors.Is(err, ErrUnknownToken) {
 				return matrix.Unauthorized("Unrecognised access token")
 			} else if err != nil {
 				return err
 			}
-			if gated {
-				ok, err := s.HasAcceptedTerms(a.UserID)
-				if err != nil {
-					return err
-				}
-				if !ok {
-					return matrix.TermsNotSigned("Terms of service have not been accepted")
-				}
+			if gated && !accepted {
+				return matrix.TermsNotSigned("Terms of service have not been accepted")
 			}
 			c.Set(accountKey, a)
 			return next(c)
@@ -137,4 +133,39 @@ func (s *Service) PostTerms(c echo.Context) error {
 		return err
 	}
 	return c.JSON(http.StatusOK, struct{}{})
+}
+
+// accountAndTerms reads the token's account and, when gated, whether its
+// user accepted every current policy, in one read transaction (every
+// authenticated request pays for it).
+func (s *Service) accountAndTerms(token string, gated bool) (*Account, bool, error) {
+	var a *Account
+	accepted := !gated || len(s.opts.Terms.Policies) == 0
+	err := s.db.View(func(tx *bolt.Tx) error {
+		raw := tx.Bucket(accountsBucket).Get(hashToken(token))
+		if raw == nil {
+			return ErrUnknownToken
+		}
+		a = new(Account)
+		if err := json.Unmarshal(raw, a); err != nil {
+			return err
+		}
+		if accepted {
+			return nil
+		}
+		got := map[string]bool{}
+		if raw := tx.Bucket(termsBucket).Get([]byte(a.UserID)); raw != nil {
+			if err := json.Unmarshal(raw, &got); err != nil {
+				return err
+			}
+		}
+		accepted = true
+		for id, p := range s.opts.Terms.Policies {
+			if !got[id+"\x00"+p.Version] {
+				accepted = false
+			}
+		}
+		return nil
+	})
+	return a, accepted, err
 }
