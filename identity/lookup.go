@@ -2,7 +2,6 @@ package identity
 
 import (
 	"bytes"
-	"cmp"
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/json"
@@ -280,14 +279,14 @@ func (s *Service) lookupEach(algorithm, pepper string, addresses []string, found
 		}
 		switch algorithm {
 		case "sha256":
-			// Decode every hash and seek them in key order with one cursor.
-			// Equal addresses end up side by side (same prefix) and are
-			// answered once.
-			type hashed struct {
-				prefix uint64
-				i      int
-			}
-			hs := make([]hashed, 0, len(addresses))
+			// Decode every hash and seek them in (nearly) key order with one
+			// cursor. Each hash sorts by a word of its top 50 bits and its
+			// position (MaxLookupAddresses < 1<<14): an ordinary integer
+			// sort, and equal addresses end up in one run of equal top bits,
+			// where they are answered once.
+			const posBits = 14
+			const _ = uint(1<<posBits - MaxLookupAddresses) // fails to compile if it does not fit
+			order := make([]uint64, 0, len(addresses))
 			keys := make([][32]byte, len(addresses))
 			for i, a := range addresses {
 				if base64.RawURLEncoding.DecodedLen(len(a)) != 32 {
@@ -296,29 +295,25 @@ func (s *Service) lookupEach(algorithm, pepper string, addresses []string, found
 				if n, err := base64.RawURLEncoding.Decode(keys[i][:], []byte(a)); err != nil || n != 32 {
 					continue
 				}
-				hs = append(hs, hashed{binary.BigEndian.Uint64(keys[i][:8]), i})
+				order = append(order, binary.BigEndian.Uint64(keys[i][:8])&^(1<<posBits-1)|uint64(i))
 			}
-			slices.SortFunc(hs, func(x, y hashed) int {
-				if c := cmp.Compare(x.prefix, y.prefix); c != 0 {
-					return c
-				}
-				return cmp.Compare(x.i, y.i)
-			})
+			slices.Sort(order)
 			c := tx.Bucket(lookupHashBucket).Cursor()
-			run := 0 // start of the run of equal prefixes
+			run := 0 // start of the run of equal top bits
 		next:
-			for j, x := range hs {
-				if j == 0 || hs[j-1].prefix != x.prefix {
+			for j, x := range order {
+				if j == 0 || order[j-1]>>posBits != x>>posBits {
 					run = j
 				}
-				for _, y := range hs[run:j] {
-					if addresses[y.i] == addresses[x.i] {
+				i := int(x & (1<<posBits - 1))
+				for _, y := range order[run:j] {
+					if addresses[y&(1<<posBits-1)] == addresses[i] {
 						continue next
 					}
 				}
-				key := keys[x.i][:]
+				key := keys[i][:]
 				if k, v := c.Seek(key); v != nil && bytes.Equal(k, key) {
-					found(addresses[x.i], v)
+					found(addresses[i], v)
 				}
 			}
 		case "none":
