@@ -29,8 +29,9 @@ func DecodeJSON(c echo.Context, v any) error {
 
 // ReadBody reads the whole (size-capped) request body.
 func ReadBody(c echo.Context) ([]byte, error) {
-	r := http.MaxBytesReader(c.Response(), c.Request().Body, MaxBodyBytes)
-	body, err := io.ReadAll(r)
+	req := c.Request()
+	r := http.MaxBytesReader(c.Response(), req.Body, MaxBodyBytes)
+	body, err := readAll(r, req.ContentLength)
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
@@ -39,6 +40,29 @@ func ReadBody(c echo.Context) ([]byte, error) {
 		return nil, NotJSON("Could not read request body")
 	}
 	return body, nil
+}
+
+// readAll is io.ReadAll starting with room for the announced length (a
+// 1,000-address lookup is 45 KB: no regrowing through 512, 1K, 2K, ...).
+func readAll(r io.Reader, length int64) ([]byte, error) {
+	size := 512
+	if length > 0 && length < MaxBodyBytes {
+		size = int(length) + 1 // +1: the read that sees EOF needs room
+	}
+	b := make([]byte, 0, size)
+	for {
+		n, err := r.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if err != nil {
+			if err == io.EOF {
+				err = nil
+			}
+			return b, err
+		}
+		if len(b) == cap(b) {
+			b = append(b, 0)[:len(b)]
+		}
+	}
 }
 
 // DecodeJSONBytes decodes body (which must be one JSON object) into v.
