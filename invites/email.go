@@ -151,9 +151,10 @@ func roomDisplay(inv *Invite) string {
 // value from the request is cleaned of control characters; the HTML template
 // escapes on output.
 func templateData(c *config.Config, inv *Invite) map[string]any {
-	d := map[string]any{}
+	// Sized once: the maps would otherwise regrow several times per invite.
+	d := make(map[string]any, 3*(len(inv.Extra)+20)+12)
 	// sydent's names first, so Herald's own names win on a clash.
-	str := map[string]string{}
+	str := make(map[string]string, len(inv.Extra)+20)
 	for k, v := range inv.Extra {
 		var s string
 		if err := jsonString(v, &s); err == nil && validVarName(k) {

@@ -42,7 +42,22 @@ func jsonString(raw json.RawMessage, s *string) error {
 		*s = ""
 		return nil
 	}
+	// The usual value, a quoted string of printable ASCII without escapes,
+	// is itself; anything else goes through encoding/json.
+	if n := len(raw); n >= 2 && raw[0] == '"' && raw[n-1] == '"' && plainASCII(raw[1:n-1]) {
+		*s = string(raw[1 : n-1])
+		return nil
+	}
 	return json.Unmarshal(raw, s)
+}
+
+func plainASCII(b []byte) bool {
+	for _, c := range b {
+		if c < 0x20 || c >= 0x7f || c == '"' || c == '\\' {
+			return false
+		}
+	}
+	return true
 }
 
 // inviteFromFields builds an Invite (not yet normalised or checked) from the
