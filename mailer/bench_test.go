@@ -57,6 +57,27 @@ func BenchmarkEnqueueBatch(b *testing.B) {
 	})
 }
 
+// BenchmarkEnqueuePreparedBatch: as BenchmarkEnqueueBatch, composed before
+// the transaction (Prepare) so the Batch function only writes, as
+// store-invite does.
+func BenchmarkEnqueuePreparedBatch(b *testing.B) {
+	db, q := benchQueue(b)
+	b.SetParallelism(32)
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			p, err := q.Prepare(benchMsg)
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			if err := db.Batch(func(tx *bolt.Tx) error { _, err := q.EnqueuePrepared(tx, p); return err }); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}
+
 // BenchmarkCompose: composing alone, no storage.
 func BenchmarkCompose(b *testing.B) {
 	for b.Loop() {
