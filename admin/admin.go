@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -61,6 +62,8 @@ type Handler struct {
 	cfgUsers  map[string]string // username -> hash, from config
 	apiTokens [][]byte
 	lifetime  time.Duration
+
+	handoverMu sync.Mutex // one import of handed-over accounts at a time
 }
 
 // New checks the configuration, parses every template and builds the routes.
@@ -96,6 +99,10 @@ func New(opts Options) (*Handler, error) {
 		if len(t) > 0 {
 			h.apiTokens = append(h.apiTokens, []byte(t))
 		}
+	}
+	h.importHandovers()
+	if !h.hasAccount() {
+		h.opts.Log.Warn("admin console: " + NoAccountHint(opts.Config.DataDir))
 	}
 	h.lifetime = opts.Config.Admin.SessionLifetime.D()
 	if h.lifetime <= 0 {

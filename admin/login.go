@@ -13,6 +13,7 @@ type loginData struct {
 	Next     string
 	Username string
 	Error    string
+	NoAdmin  bool // no account exists yet: say how to make one
 }
 
 // loginPage serves GET /admin/login.
@@ -25,6 +26,10 @@ func (h *Handler) loginPage(c echo.Context) error {
 }
 
 func (h *Handler) showLogin(c echo.Context, status int, d loginData) error {
+	h.importHandovers()
+	if !h.hasAccount() {
+		d.NoAdmin = true
+	}
 	d.Token = randomID()
 	h.setCookie(c, loginCookie, d.Token, Prefix+"/login", 3600)
 	return h.render(c, status, "login", "Log in", "", d)
@@ -39,6 +44,7 @@ func (h *Handler) login(c echo.Context) error {
 	if err != nil || ck.Value == "" || subtle.ConstantTimeCompare([]byte(ck.Value), []byte(c.FormValue(csrfField))) != 1 {
 		return errStatus(http.StatusForbidden, "The login form expired (CSRF token missing or wrong). Go back, reload and try again.")
 	}
+	h.importHandovers()
 	if !h.limiter.allow(user, clientIP(c.Request()), h.opts.Now()) {
 		h.audit(user, "login", "", "rate limited", false)
 		d.Error = "Too many login attempts. Wait a minute and try again."

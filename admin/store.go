@@ -94,6 +94,11 @@ func CreateUser(db *bolt.DB, username, password string, replace bool, now time.T
 	if err := Open(db); err != nil {
 		return err
 	}
+	return putUser(db, username, hash, replace, now)
+}
+
+// putUser stores an account with an already made hash.
+func putUser(db *bolt.DB, username, hash string, replace bool, now time.Time) error {
 	return db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bktUsers)
 		if b.Get([]byte(username)) != nil && !replace {
