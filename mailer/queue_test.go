@@ -511,3 +511,41 @@ func TestQueueSendsBacklogInGroupsOnce(t *testing.T) {
 		seen[m.To[0]] = true
 	}
 }
+
+// Temporary failures are retried after MinBackoff·2^(n-1), capped at
+// MaxBackoff: the clock is injected and only moves when the test moves it.
+func TestQueueBackoffIsExponentialAndCapped(t *testing.T) {
+	srv := smtptest.Start(t, smtptest.Options{})
+	srv.Fail(smtptest.AtRcpt, 451, 5)
+	clk := &clock{t: fixedDate}
+	e := newEnv(t, t.TempDir(), srv, func(o *mailer.Options) {
+		o.Now = clk.Now
+		o.MinBackoff = time.Minute
+		o.MaxBackoff = 5 * time.Minute
+	})
+	defer closeDB(t, e.db)
+	e.run()
+	id := e.enqueue(msg("a@example.org", "backoff"))
+	for n, want := range []time.Duration{time.Minute, 2 * time.Minute, 4 * time.Minute, 5 * time.Minute, 5 * time.Minute} {
+		m := e.waitFor(id, fmt.Sprintf("attempted %d times", n+1), func(m mailer.Mail) bool { return len(m.Attempts) == n+1 })
+		last := m.LastAttempt()
+		if m.State != mailer.Pending || last.OK || !last.Temporary || !strings.Contains(last.Reply, "451") {
+			t.Fatalf("attempt %d: %+v", n+1, m)
+		}
+		if got := m.NextAttempt.Sub(last.At); got != want {
+			t.Errorf("after attempt %d the next is %v later, want %v", n+1, got, want)
+		}
+		// Not due yet: a wake-up sends nothing.
+		clk.Add(want - time.Second)
+		e.q.Wake()
+		if got, _ := e.q.Get(id); len(got.Attempts) != n+1 {
+			t.Fatalf("attempt %d made before its time: %+v", n+2, got.Attempts)
+		}
+		clk.Add(time.Second)
+		e.q.Wake()
+	}
+	m := e.waitState(id, mailer.Sent)
+	if len(m.Attempts) != 6 || len(srv.Messages()) != 1 {
+		t.Errorf("attempts %+v, %d messages", m.Attempts, len(srv.Messages()))
+	}
+}

@@ -3,7 +3,9 @@ package mailer_test
 import (
 	"context"
 	"errors"
+	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -158,6 +160,53 @@ func TestTemporaryClassification(t *testing.T) {
 	} {
 		if got := mailer.Temporary(c.err); got != c.want {
 			t.Errorf("Temporary(%v) = %v", c.err, got)
+		}
+	}
+}
+
+// A server that accepts the connection and never answers costs one Timeout,
+// not go-smtp's minutes-long defaults, and the failure is retried later.
+func TestSMTPSenderTimesOutOnSilentServer(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var held []net.Conn
+	var mu sync.Mutex
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			held = append(held, c) // accepted, never answered
+			mu.Unlock()
+		}
+	}()
+	defer func() {
+		mu.Lock()
+		for _, c := range held {
+			c.Close()
+		}
+		mu.Unlock()
+	}()
+	port := ln.Addr().(*net.TCPAddr).Port
+	for _, sec := range []string{"none", "starttls", "tls"} {
+		s := mailer.NewSMTPSender(mailer.SMTPConfig{Host: "127.0.0.1", Port: port, Security: sec, Timeout: 100 * time.Millisecond})
+		// The test's own deadline is far away: only the sender's Timeout can
+		// end this Send in time.
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		err := s.Send(ctx, "h@x.org", []string{"a@example.org"}, testRaw(t, "a@example.org", "x"))
+		ctxErr := ctx.Err()
+		cancel()
+		s.Close()
+		if err == nil || ctxErr != nil {
+			t.Fatalf("%s: err = %v (ctx %v), want the sender's own timeout", sec, err, ctxErr)
+		}
+		if !mailer.Temporary(err) {
+			t.Errorf("%s: a timeout classified permanent: %v", sec, err)
 		}
 	}
 }
