@@ -12,6 +12,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	bolt "go.etcd.io/bbolt"
 	"golang.org/x/sys/unix"
 
 	"github.com/herald-im/herald/admin"
@@ -29,8 +30,9 @@ const adminUsage = `usage: herald admin create USER [--replace] | delete USER | 
   hash-password   print an argon2id hash of a password (read the same way) for
                   admin.users[].password_hash in the configuration file
 
-create, delete and list open the database: stop Herald first, or use
-admin.users in the configuration instead.`
+create works while Herald runs: it hands the account (name and password
+hash) to the running server through data_dir/admin-accounts. delete and
+list open the database: stop Herald first.`
 
 func init() { subcommands["admin"] = adminCommand }
 
@@ -83,7 +85,16 @@ func adminCommand(ctx context.Context, cfg *config.Config, log *slog.Logger, arg
 		if err != nil {
 			return err
 		}
-		db, err := store.Open(cfg.DataDir, 2*time.Second)
+		db, err := store.Open(cfg.DataDir, time.Second)
+		if errors.Is(err, store.ErrLocked) {
+			// Herald is running and holds the database: hand the account over.
+			if err := admin.HandOver(cfg.DataDir, user, pw, replace); err != nil {
+				return err
+			}
+			log.Info("admin account handed over to the running server", "user", user)
+			fmt.Fprintf(stdout, "Herald is running: admin account %q handed over to it (%s); log in at %s/admin\n", user, admin.HandoverDir(cfg.DataDir), adminURL(cfg))
+			return nil
+		}
 		if err != nil {
 			return err
 		}
@@ -95,13 +106,13 @@ func adminCommand(ctx context.Context, cfg *config.Config, log *slog.Logger, arg
 			return err
 		}
 		log.Info("admin account saved", "user", user)
-		fmt.Fprintf(stdout, "admin account %q saved; log in at %s/admin\n", user, cfg.BaseURL())
+		fmt.Fprintf(stdout, "admin account %q saved; log in at %s/admin\n", user, adminURL(cfg))
 		return nil
 	case "delete":
 		if len(args) != 2 {
 			return usageError(adminUsage)
 		}
-		db, err := store.Open(cfg.DataDir, 2*time.Second)
+		db, err := openStopped(cfg)
 		if err != nil {
 			return err
 		}
@@ -115,7 +126,7 @@ func adminCommand(ctx context.Context, cfg *config.Config, log *slog.Logger, arg
 		if len(args) != 1 {
 			return usageError(adminUsage)
 		}
-		db, err := store.Open(cfg.DataDir, 2*time.Second)
+		db, err := openStopped(cfg)
 		if err != nil {
 			return err
 		}
@@ -135,6 +146,27 @@ func adminCommand(ctx context.Context, cfg *config.Config, log *slog.Logger, arg
 		return tw.Flush()
 	}
 	return usageError(adminUsage)
+}
+
+// openStopped opens the database for delete and list, which need Herald stopped.
+func openStopped(cfg *config.Config) (*bolt.DB, error) {
+	db, err := store.Open(cfg.DataDir, 2*time.Second)
+	if errors.Is(err, store.ErrLocked) {
+		return nil, fmt.Errorf("%w: stop Herald first (only `herald admin create` works while it runs)", err)
+	}
+	return db, err
+}
+
+// adminURL is where the console is: admin.listen when set, else the public URL.
+func adminURL(cfg *config.Config) string {
+	if cfg.Admin.Listen != "" {
+		scheme := "http"
+		if cfg.TLS.Enabled() {
+			scheme = "https"
+		}
+		return scheme + "://" + cfg.Admin.Listen
+	}
+	return cfg.BaseURL()
 }
 
 // readPassword reads one line from in. On a terminal it asks twice, with

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -68,5 +70,29 @@ func TestAdminCommand(t *testing.T) {
 	}
 	if _, err = runAdmin(t, dir, "", "frobnicate"); err == nil || !strings.Contains(err.Error(), "usage: herald admin") {
 		t.Fatalf("usage: %v", err)
+	}
+}
+
+// While Herald runs it holds the database: create hands the account over
+// (data_dir/admin-accounts), delete and list say to stop Herald first.
+func TestAdminCreateWhileRunning(t *testing.T) {
+	dir := t.TempDir()
+	db, err := store.Open(dir, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	out, err := runAdmin(t, dir, "a good long password\n", "create", "ops")
+	if err != nil || !strings.Contains(out, "Herald is running") || !strings.Contains(out, `"ops" handed over`) {
+		t.Fatalf("create while running: %q %v", out, err)
+	}
+	raw, err := os.ReadFile(filepath.Join(admin.HandoverDir(dir), "ops.json"))
+	if err != nil || !strings.Contains(string(raw), "$argon2id$") || strings.Contains(string(raw), "a good long password") {
+		t.Fatalf("hand-over file %q %v", raw, err)
+	}
+	for _, cmd := range [][]string{{"list"}, {"delete", "ops"}} {
+		if _, err := runAdmin(t, dir, "", cmd...); err == nil || !strings.Contains(err.Error(), "stop Herald first") {
+			t.Fatalf("%v while running: %v", cmd, err)
+		}
 	}
 }
