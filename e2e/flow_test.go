@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/herald-im/herald/identity"
 	"github.com/herald-im/herald/internal/hssim"
 	"github.com/herald-im/herald/internal/testenv"
 	"github.com/herald-im/herald/invites"
@@ -327,43 +328,90 @@ func TestSignedUnbind(t *testing.T) {
 		_, _ = b.ReadFrom(resp.Body)
 		return resp.StatusCode, b.Bytes()
 	}
+	u, _ := url.Parse(w.env.URL)
 	// No authorisation at all.
 	status, body := send(func(*http.Request) {})
 	expectErr(t, status, body, 403, "M_FORBIDDEN")
-	// Signed for another destination.
+	// Signed for another destination, in either form.
 	status, body = send(func(r *http.Request) { w.sim.SignRequest(r, "elsewhere.test", raw) })
 	expectErr(t, status, body, 403, "M_FORBIDDEN")
-	// A bad signature.
+	status, body = send(func(r *http.Request) { w.sim.SignRequestSynapse(r, "elsewhere.test", raw) })
+	expectErr(t, status, body, 403, "M_FORBIDDEN")
+	// A signature over another body.
+	status, body = send(func(r *http.Request) { w.sim.SignRequestSynapse(r, u.Host, []byte(`{"other":1}`)) })
+	expectErr(t, status, body, 403, "M_FORBIDDEN")
+	// A signature by a key sim.test does not publish.
 	status, body = send(func(r *http.Request) {
-		w.sim.SignRequest(r, testenv.ServerName, []byte(`{"other":1}`))
+		_, forged := keys.NewEphemeralKey()
+		h, _ := identity.SignXMatrixIdentity("POST", r.URL.RequestURI(), raw, simName, u.Host, w.sim.KeyID, forged)
+		r.Header.Set("Authorization", h)
 	})
 	expectErr(t, status, body, 403, "M_FORBIDDEN")
 	if m := lookupV2(t, w.env, atok, "bob@example.org"); m == "" {
 		t.Fatal("a refused unbind removed the binding")
 	}
-	// Properly signed by sim.test (with destination, as Synapse sends it).
-	status, body = send(func(r *http.Request) { w.sim.SignRequest(r, testenv.ServerName, raw) })
+	// Signed exactly as Synapse signs it: destination_is = the id_server the
+	// client bound with (the host of Herald's URL), no destination in the header.
+	status, body = send(func(r *http.Request) { w.sim.SignRequestSynapse(r, u.Host, raw) })
 	if status != 200 {
-		t.Fatalf("signed unbind: %d %s", status, body)
+		t.Fatalf("Synapse-signed unbind: %d %s", status, body)
 	}
 	if m := lookupV2(t, w.env, atok, "bob@example.org"); m != "" {
 		t.Fatalf("still bound to %s", m)
 	}
 }
 
+// The server-server form (destination signed and named in the header) and
+// Synapse's form with server_name as destination_is are accepted too.
+func TestSignedUnbindOtherForms(t *testing.T) {
+	for name, sign := range map[string]func(*hssim.Sim, *http.Request, []byte){
+		"destination":               func(s *hssim.Sim, r *http.Request, b []byte) { s.SignRequest(r, testenv.ServerName, b) },
+		"destination_is_servername": func(s *hssim.Sim, r *http.Request, b []byte) { s.SignRequestSynapse(r, testenv.ServerName, b) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			w := start(t, hssim.Synapse)
+			atok, _, _ := bindBob(t, w)
+			raw, _ := json.Marshal(map[string]any{"mxid": "@bob:" + simName, "threepid": map[string]string{"medium": "email", "address": "bob@example.org"}})
+			req, _ := http.NewRequest("POST", w.env.URL+"/_matrix/identity/v2/3pid/unbind", bytes.NewReader(raw))
+			sign(w.sim, req, raw)
+			resp := w.env.DoRequest(t, req)
+			resp.Body.Close()
+			if resp.StatusCode != 200 {
+				t.Fatalf("unbind: %d", resp.StatusCode)
+			}
+			if m := lookupV2(t, w.env, atok, "bob@example.org"); m != "" {
+				t.Fatalf("still bound to %s", m)
+			}
+		})
+	}
+}
+
+// A request validly signed by a homeserver that is not the mxid's is refused.
 func TestSignedUnbindWrongOrigin(t *testing.T) {
 	other := hssim.New(t, "other2.test", hssim.Synapse)
 	w := start(t, hssim.Synapse, func(c *configT) { c.Federation.Servers["other2.test"] = other.URL })
 	atok, _, _ := bindBob(t, w)
+	u, _ := url.Parse(w.env.URL)
 	raw, _ := json.Marshal(map[string]any{"mxid": "@bob:" + simName, "threepid": map[string]string{"medium": "email", "address": "bob@example.org"}})
-	req, _ := http.NewRequest("POST", w.env.URL+"/_matrix/identity/v2/3pid/unbind", bytes.NewReader(raw))
-	other.SignRequest(req, "", raw) // a valid signature, but not from bob's homeserver
-	resp := w.env.DoRequest(t, req)
-	var b bytes.Buffer
-	_, _ = b.ReadFrom(resp.Body)
-	expectErr(t, resp.StatusCode, b.Bytes(), 403, "M_FORBIDDEN")
+	send := func(s *hssim.Sim) (int, []byte) {
+		req, _ := http.NewRequest("POST", w.env.URL+"/_matrix/identity/v2/3pid/unbind", bytes.NewReader(raw))
+		s.SignRequestSynapse(req, u.Host, raw)
+		resp := w.env.DoRequest(t, req)
+		var b bytes.Buffer
+		_, _ = b.ReadFrom(resp.Body)
+		return resp.StatusCode, b.Bytes()
+	}
+	status, body := send(other) // a valid signature, but not from bob's homeserver
+	expectErr(t, status, body, 403, "M_FORBIDDEN")
+	if !strings.Contains(string(body), "not signed by the homeserver of mxid") {
+		t.Fatalf("refused for another reason than the origin: %s", body)
+	}
 	if m := lookupV2(t, w.env, atok, "bob@example.org"); m == "" {
 		t.Fatal("binding removed")
+	}
+	// The same request signed by bob's own homeserver goes through.
+	if status, body := send(w.sim); status != 200 {
+		t.Fatalf("unbind by bob's homeserver: %d %s", status, body)
 	}
 }
 

@@ -3,6 +3,7 @@ package identity
 import (
 	"encoding/json"
 	"net/http"
+	"net/url"
 	"strings"
 
 	"github.com/labstack/echo/v4"
@@ -114,7 +115,7 @@ func (s *Service) Unbind(c echo.Context) error {
 		if v.opts.Keys == nil {
 			return matrix.Forbidden("Signed unbind requests are not supported")
 		}
-		origin, err := VerifyXMatrix(c.Request().Context(), v.opts.Keys, c.Request().Method, c.Request().RequestURI, body, auth, v.opts.ServerName)
+		origin, err := VerifyXMatrix(c.Request().Context(), v.opts.Keys, c.Request().Method, c.Request().RequestURI, body, auth, v.ownNames()...)
 		if err != nil {
 			s.opts.Log.Warn("signed unbind refused", "err", err)
 			return matrix.Forbidden("Invalid homeserver signature")
@@ -152,4 +153,18 @@ func (s *Service) Unbind(c echo.Context) error {
 		s.opts.Log.Info("address unbound", "address", RedactEmail(address), "mxid", req.MXID)
 	}
 	return c.JSON(http.StatusOK, json.RawMessage(`{}`))
+}
+
+// ownNames are the names a homeserver may sign as this identity server's
+// (Synapse signs the id_server of the binding: the host, with any port, the
+// client used): server_name, then the host of the public base URL.
+func (v *validation) ownNames() []string {
+	names := []string{v.opts.ServerName}
+	if u, err := url.Parse(v.opts.BaseURL); err == nil && u.Host != "" {
+		names = append(names, u.Host)
+		if u.Port() == "" || (u.Scheme == "https" && u.Port() == "443") {
+			names = append(names, u.Hostname())
+		}
+	}
+	return names
 }

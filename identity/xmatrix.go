@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	mfed "maunium.net/go/mautrix/federation"
@@ -23,12 +24,20 @@ type ServerKeyer interface {
 var ErrXMatrix = errors.New("X-Matrix authorization refused")
 
 // VerifyXMatrix checks a request signed by a homeserver (Authorization:
-// X-Matrix origin=..,destination=..,key=..,sig=..) and returns the origin.
-// ownName is Herald's server_name: a destination in the header must equal
-// it, and it is the destination signed when the header names none. uri is
-// the request URI as sent (path and query); body is the raw request body
-// (nil or empty when there is none).
-func VerifyXMatrix(ctx context.Context, keyer ServerKeyer, method, uri string, body []byte, authorization, ownName string) (string, error) {
+// X-Matrix origin=..,key=..,sig=..[,destination=..]) and returns the origin.
+// ownNames are the names this identity server answers to: its server_name
+// first, then e.g. the host of its public URL. uri is the request URI as sent
+// (path and query); body is the raw request body (nil or empty when there is
+// none).
+//
+// Two signed forms are accepted:
+//   - Synapse's and sydent's, for requests to an identity server: no
+//     destination in the header, and the signed object carries
+//     "destination_is": the identity server name the homeserver used (the
+//     id_server of the binding), instead of "destination";
+//   - the server-server form: "destination" signed, and given in the header
+//     (it must then be one of ownNames) or, without one, one of ownNames.
+func VerifyXMatrix(ctx context.Context, keyer ServerKeyer, method, uri string, body []byte, authorization string, ownNames ...string) (string, error) {
 	if !strings.HasPrefix(authorization, "X-Matrix ") {
 		return "", fmt.Errorf("%w: not an X-Matrix authorization", ErrXMatrix)
 	}
@@ -39,41 +48,72 @@ func VerifyXMatrix(ctx context.Context, keyer ServerKeyer, method, uri string, b
 	if !strings.HasPrefix(string(a.KeyID), "ed25519:") {
 		return "", fmt.Errorf("%w: unsupported key algorithm", ErrXMatrix)
 	}
-	dest := ownName
+	var names []string
+	for _, n := range ownNames {
+		if n != "" && !slices.Contains(names, n) {
+			names = append(names, n)
+		}
+	}
+	if len(names) == 0 {
+		return "", fmt.Errorf("%w: this server has no name to be the destination", ErrXMatrix)
+	}
+	// Each candidate: the key ("destination" or "destination_is") and value.
+	var cands [][2]string
 	if a.Destination != "" {
-		if a.Destination != ownName {
+		if !slices.Contains(names, a.Destination) {
 			return "", fmt.Errorf("%w: request is for %q, not this server", ErrXMatrix, a.Destination)
 		}
-		dest = a.Destination
-	}
-	signed := map[string]any{
-		"method":      method,
-		"uri":         uri,
-		"origin":      a.Origin,
-		"destination": dest,
-		"signatures":  map[string]map[string]string{a.Origin: {string(a.KeyID): a.Signature}},
-	}
-	if len(body) > 0 {
-		if !json.Valid(body) {
-			return "", fmt.Errorf("%w: body is not JSON", ErrXMatrix)
+		cands = append(cands, [2]string{"destination", a.Destination})
+	} else {
+		for _, n := range names {
+			cands = append(cands, [2]string{"destination_is", n})
 		}
-		signed["content"] = json.RawMessage(body)
+		for _, n := range names {
+			cands = append(cands, [2]string{"destination", n})
+		}
+	}
+	if len(body) > 0 && !json.Valid(body) {
+		return "", fmt.Errorf("%w: body is not JSON", ErrXMatrix)
 	}
 	pub, err := keyer.ServerKey(ctx, a.Origin, string(a.KeyID))
 	if err != nil {
 		return "", fmt.Errorf("%w: cannot get key %s of %s: %v", ErrXMatrix, a.KeyID, a.Origin, err)
 	}
-	if err := keys.VerifyJSON(signed, a.Origin, string(a.KeyID), pub); err != nil {
-		return "", fmt.Errorf("%w: %v", ErrXMatrix, err)
+	for _, c := range cands {
+		signed := map[string]any{
+			"method":     method,
+			"uri":        uri,
+			"origin":     a.Origin,
+			c[0]:         c[1],
+			"signatures": map[string]map[string]string{a.Origin: {string(a.KeyID): a.Signature}},
+		}
+		if len(body) > 0 {
+			signed["content"] = json.RawMessage(body)
+		}
+		if err = keys.VerifyJSON(signed, a.Origin, string(a.KeyID), pub); err == nil {
+			return a.Origin, nil
+		}
 	}
-	return a.Origin, nil
+	return "", fmt.Errorf("%w: %v", ErrXMatrix, err)
 }
 
 // SignXMatrix builds the Authorization header value for a request signed as
-// origin with key keyID (what a homeserver sends; used by tests and the
-// homeserver simulator).
+// origin with key keyID, in the server-server form (destination signed and in
+// the header). Used by tests and the homeserver simulator.
 func SignXMatrix(method, uri string, body []byte, origin, destination, keyID string, priv ed25519.PrivateKey) (string, error) {
-	obj := map[string]any{"method": method, "uri": uri, "origin": origin, "destination": destination}
+	return signXMatrix(method, uri, body, origin, "destination", destination, keyID, priv)
+}
+
+// SignXMatrixIdentity builds the Authorization header value exactly as
+// Synapse signs a request to an identity server (its unbind): the signed
+// object carries "destination_is": idServer and no "destination", and the
+// header names no destination.
+func SignXMatrixIdentity(method, uri string, body []byte, origin, idServer, keyID string, priv ed25519.PrivateKey) (string, error) {
+	return signXMatrix(method, uri, body, origin, "destination_is", idServer, keyID, priv)
+}
+
+func signXMatrix(method, uri string, body []byte, origin, destKey, dest, keyID string, priv ed25519.PrivateKey) (string, error) {
+	obj := map[string]any{"method": method, "uri": uri, "origin": origin, destKey: dest}
 	if len(body) > 0 {
 		obj["content"] = json.RawMessage(body)
 	}
@@ -85,5 +125,9 @@ func SignXMatrix(method, uri string, body []byte, origin, destination, keyID str
 	if err := json.Unmarshal(signed["signatures"], &sigs); err != nil {
 		return "", err
 	}
-	return mfed.XMatrixAuth{Origin: origin, Destination: destination, KeyID: id.KeyID(keyID), Signature: sigs[origin][keyID]}.String(), nil
+	if destKey != "destination" {
+		// Synapse's header for identity servers: no destination, origin unquoted.
+		return fmt.Sprintf(`X-Matrix origin=%s,key="%s",sig="%s"`, origin, keyID, sigs[origin][keyID]), nil
+	}
+	return mfed.XMatrixAuth{Origin: origin, Destination: dest, KeyID: id.KeyID(keyID), Signature: sigs[origin][keyID]}.String(), nil
 }

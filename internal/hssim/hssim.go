@@ -228,14 +228,23 @@ func (s *Sim) ServerKeysJSON() []byte {
 }
 
 // SignRequest sets an X-Matrix Authorization header on req (whose body is
-// body) as Synapse does, with destination (empty: no destination field).
+// body) in the server-server form: destination signed and named in the header.
 func (s *Sim) SignRequest(req *http.Request, destination string, body []byte) {
 	h, err := identity.SignXMatrix(req.Method, req.URL.RequestURI(), body, s.ServerName, destination, s.KeyID, s.Key)
 	if err != nil {
 		panic(err)
 	}
-	if destination == "" {
-		h = strings.Replace(h, `,destination=""`, "", 1)
+	req.Header.Set("Authorization", h)
+}
+
+// SignRequestSynapse sets the Authorization header exactly as Synapse signs
+// its unbind request to an identity server: {method, uri, origin,
+// destination_is: idServer, content} signed, and a header naming no
+// destination.
+func (s *Sim) SignRequestSynapse(req *http.Request, idServer string, body []byte) {
+	h, err := identity.SignXMatrixIdentity(req.Method, req.URL.RequestURI(), body, s.ServerName, idServer, s.KeyID, s.Key)
+	if err != nil {
+		panic(err)
 	}
 	req.Header.Set("Authorization", h)
 }
