@@ -13,6 +13,7 @@ import (
 
 	"github.com/herald-im/herald/config"
 	"github.com/herald-im/herald/internal/server"
+	"github.com/herald-im/herald/internal/testenv"
 	"github.com/herald-im/herald/invites"
 	"github.com/herald-im/herald/mailer"
 )
@@ -158,5 +159,43 @@ func TestInviteJSONRoundTrip(t *testing.T) {
 	var back invites.Invite
 	if err := json.Unmarshal(raw, &back); err != nil || string(back.Extra["x"]) != `{"a":1}` || !back.Created.Equal(inv.Created) {
 		t.Errorf("round trip: %+v %v", back, err)
+	}
+}
+
+// With no smtp.host, the startup log names the dev mailbox (directory and
+// page), and an invite's mail lands there as an .eml file a newcomer can read.
+func TestDevMailboxNamedInStartupLog(t *testing.T) {
+	e := testenv.Start(t, func(c *config.Config) {
+		c.SMTP.Host = ""
+		c.Invites.RateLimits.Sender.PerHour = 0
+	})
+	dir := filepath.Join(e.App.Config().DataDir, mailer.DevMailboxDir)
+	logs := e.Logs()
+	if !strings.Contains(logs, "dev mailbox") || !strings.Contains(logs, dir) ||
+		!strings.Contains(logs, e.App.Config().BaseURL()+"/_herald/mailbox") {
+		t.Fatalf("startup log does not name the dev mailbox %s:\n%s", dir, logs)
+	}
+	tok := e.Register(t, alice)
+	e.AcceptTerms(t, tok)
+	if status, raw := e.Do(t, "POST", "/_matrix/identity/v2/store-invite", inviteBody(alice, "dev@example.org"), tok); status != 200 {
+		t.Fatalf("store-invite: %d %s", status, raw)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		files, _ := filepath.Glob(filepath.Join(dir, "*.eml"))
+		if len(files) == 1 {
+			raw, _ := os.ReadFile(files[0])
+			if p, err := mailer.Parse(raw); err != nil || !strings.Contains(p.Subject, "Tea & Cake") {
+				t.Errorf("dev mailbox file %s: %v", files[0], err)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no .eml in %s (found %v)", dir, files)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if strings.Contains(e.Logs(), "dev@example.org") {
+		t.Error("the address was logged in clear")
 	}
 }

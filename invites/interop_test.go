@@ -137,14 +137,19 @@ func TestV1StoreInviteDendriteForm(t *testing.T) {
 	}
 	var a storeAnswer
 	json.Unmarshal(body, &a)
+	// Dendrite copies public_key into the event: it must be the long-term key.
 	if a.Token == "" || len(a.PublicKeys) != 2 || a.DisplayName != "d...@e..." ||
+		a.PublicKey != e.App.Ring().Current().PublicBase64() || a.PublicKeys[0].PublicKey != a.PublicKey ||
+		a.PublicKeys[0].KeyValidityURL != e.URL+"/_matrix/identity/api/v1/pubkey/isvalid" ||
 		a.PublicKeys[1].KeyValidityURL != e.URL+"/_matrix/identity/api/v1/pubkey/ephemeral/isvalid" {
 		t.Errorf("answer %s", body)
 	}
-	// Dendrite checks public_keys only: the ephemeral key is valid on v1.
-	status, raw := e.Do(t, http.MethodGet, "/_matrix/identity/api/v1/pubkey/ephemeral/isvalid?public_key="+url.QueryEscape(a.PublicKeys[1].PublicKey), nil, "")
-	if status != 200 || strings.TrimSpace(string(raw)) != `{"valid":true}` {
-		t.Errorf("v1 ephemeral isvalid: %d %s", status, raw)
+	// Dendrite checks public_keys only: both keys are valid at their v1 URLs.
+	for _, pk := range a.PublicKeys {
+		status, raw := e.Do(t, http.MethodGet, strings.TrimPrefix(pk.KeyValidityURL, e.URL)+"?public_key="+url.QueryEscape(pk.PublicKey), nil, "")
+		if status != 200 || strings.TrimSpace(string(raw)) != `{"valid":true}` {
+			t.Errorf("v1 isvalid %s: %d %s", pk.KeyValidityURL, status, raw)
+		}
 	}
 	inv, _ := e.App.Invites().ByToken(a.Token)
 	if inv == nil || inv.Address != "dendrite@example.org" || inv.SenderDisplayName != "Dan" || inv.Via != "v1" {
@@ -153,7 +158,7 @@ func TestV1StoreInviteDendriteForm(t *testing.T) {
 	e.waitMail(t, 1)
 
 	// JSON works too, and errors are Matrix errors.
-	status, raw = e.Do(t, http.MethodPost, "/_matrix/identity/api/v1/store-invite", inviteBody("@dan:hs.test", "j@example.org"), "")
+	status, raw := e.Do(t, http.MethodPost, "/_matrix/identity/api/v1/store-invite", inviteBody("@dan:hs.test", "j@example.org"), "")
 	if status != 200 {
 		t.Errorf("v1 JSON: %d %s", status, raw)
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/herald-im/herald/config"
 	"github.com/herald-im/herald/invites"
 	"github.com/herald-im/herald/keys"
+	"github.com/herald-im/herald/mailer"
 )
 
 var tokenRE = regexp.MustCompile(`^[0-9a-zA-Z.=_-]{22,255}$`)
@@ -147,8 +148,17 @@ func TestStoreInviteDeduplicates(t *testing.T) {
 	if a3.Token == a1.Token {
 		t.Error("another room reused the token")
 	}
-	e.waitMail(t, 2)
-	time.Sleep(200 * time.Millisecond) // a third mail would be on its way by now
+	// The repeat queued nothing: the outbox holds one mail per invite (the
+	// outbox is written in store-invite's transaction, so this is exact).
+	queued, err := e.App.Mailer().List(mailer.Filter{To: "dup@example.org", Limit: 10})
+	if err != nil || len(queued) != 2 || queued[0].Ref == queued[1].Ref {
+		t.Fatalf("outbox for the address: %+v %v, want 2 mails for 2 invites", queued, err)
+	}
+	// Both are sent, and once each: with nothing else queued, no third mail
+	// can reach the server.
+	for _, m := range queued {
+		waitSent(t, e, m.ID)
+	}
 	if n := len(e.SMTP.Messages()); n != 2 {
 		t.Errorf("%d mails sent, want 2", n)
 	}
@@ -232,6 +242,27 @@ func TestStoreInviteErrors(t *testing.T) {
 	}
 	if counts, _ := e.App.Invites().Counts(); counts[invites.StatePending] != 0 {
 		t.Errorf("refused invites were stored: %v", counts)
+	}
+}
+
+// Blocklisted keywords are looked for in the room name and the sender's
+// display name only: the same word in a URL (avatar, web client) or in the
+// room alias does not refuse the invite.
+func TestStoreInviteKeywordsNotInURLs(t *testing.T) {
+	e := start(t, func(c *config.Config) { c.Invites.Blocklist.Keywords = []string{"casino"} })
+	tok := e.register(t, alice)
+	body := inviteBody(alice, "k@example.org")
+	body["room_avatar_url"] = "mxc://casino.example/avatar"
+	body["sender_avatar_url"] = "mxc://casino.example/alice"
+	body["org.matrix.web_client_location"] = "https://casino.example/"
+	e.storeInvite(t, tok, body)
+	for _, key := range []string{"room_name", "sender_display_name"} {
+		b := inviteBody(alice, "k2@example.org")
+		b[key] = "Big CASINO night"
+		status, raw := e.Do(t, http.MethodPost, "/_matrix/identity/v2/store-invite", b, tok)
+		if status != 403 || errcode(t, raw)["errcode"] != "M_FORBIDDEN" {
+			t.Errorf("keyword in %s: %d %s", key, status, raw)
+		}
 	}
 }
 
@@ -393,5 +424,21 @@ func TestSignEd25519(t *testing.T) {
 	// And a new invite to the same address from the same room is possible again.
 	if b := e.storeInvite(t, tok, inviteBody(alice, "inv@example.org")); b.Token == a.Token {
 		t.Error("revoked invite still de-duplicates")
+	}
+}
+
+// waitSent waits until the outbox records mail id as sent.
+func waitSent(t testing.TB, e *env, id uint64) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		m, err := e.App.Mailer().Get(id)
+		if err == nil && m.State == mailer.Sent {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("mail %d never sent: %+v %v", id, m, err)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
