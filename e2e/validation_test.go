@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/url"
 	"strings"
@@ -171,11 +172,56 @@ func TestSubmitTokenLinkPage(t *testing.T) {
 		t.Fatalf("next_link redirect: %d %q", r.StatusCode, r.Header.Get("Location"))
 	}
 
-	sid, token = request("page3", "p3@example.org", "javascript:alert(1)")
-	r = get(url.Values{"sid": {sid}, "client_secret": {"page3"}, "token": {token}})
-	if page := read(r); r.StatusCode != 200 || r.Header.Get("Location") != "" || strings.Contains(page, "javascript") {
-		t.Fatalf("a non-http next_link was followed: %d %q", r.StatusCode, r.Header.Get("Location"))
+	// Anything but an absolute http(s) URL is never followed: the page shows
+	// success instead, and does not echo the link.
+	for i, next := range []string{
+		"javascript:alert(1)", "JavaScript:alert(1)", "data:text/html,<script>alert(1)</script>",
+		"file:///etc/passwd", "//evil.example/x", "https:evil.example", "ftp://evil.example/", "vbscript:msgbox(1)",
+	} {
+		secret := fmt.Sprintf("page3x%d", i)
+		sid, token = request(secret, fmt.Sprintf("p3x%d@example.org", i), next)
+		r = get(url.Values{"sid": {sid}, "client_secret": {secret}, "token": {token}})
+		if page := read(r); r.StatusCode != 200 || r.Header.Get("Location") != "" || !strings.Contains(page, "Email address confirmed") ||
+			strings.Contains(page, "evil") || strings.Contains(strings.ToLower(page), "script:") {
+			t.Fatalf("next_link %q was followed or echoed: %d %q", next, r.StatusCode, r.Header.Get("Location"))
+		}
 	}
+}
+
+// A session expires 24 hours after its LAST change (a new send_attempt, a
+// submitted token), not after its creation; a repeated request is no change.
+func TestSessionExpiresAfterLastChange(t *testing.T) {
+	w := start(t, hssim.Synapse)
+	tok := w.env.Register(t, alice)
+	req := map[string]any{"client_secret": "life", "email": "erin@example.org", "send_attempt": 1}
+	status, body := w.env.Do(t, "POST", reqTokenPath, req, tok)
+	if status != 200 {
+		t.Fatalf("requestToken: %d %s", status, body)
+	}
+	sid, _, _ := tokenFromMail(t, waitMail(t, w.smtp, "erin@example.org", "Confirm", 0))
+	w.env.Clock.Advance(20 * time.Hour)
+	req["send_attempt"] = 2 // a change, at 20 h
+	if status, body = w.env.Do(t, "POST", reqTokenPath, req, tok); status != 200 {
+		t.Fatalf("requestToken again: %d %s", status, body)
+	}
+	_, _, token2 := tokenFromMail(t, waitMail(t, w.smtp, "erin@example.org", "Confirm", 1))
+	w.env.Clock.Advance(20 * time.Hour)
+	if status, body = w.env.Do(t, "POST", reqTokenPath, req, tok); status != 200 { // a repeat, at 40 h: no change
+		t.Fatalf("repeated requestToken: %d %s", status, body)
+	}
+	w.env.Clock.Advance(3 * time.Hour) // 43 h after creation, 23 h after the last change
+	status, body = w.env.Do(t, "POST", submitPath, map[string]any{"sid": sid, "client_secret": "life", "token": token2}, tok)
+	if status != 200 {
+		t.Fatalf("submitToken 23 h after the last change: %d %s", status, body)
+	}
+	q := "?sid=" + sid + "&client_secret=life"
+	w.env.Clock.Advance(23 * time.Hour) // 23 h after the submit
+	if status, body = w.env.Do(t, "GET", "/_matrix/identity/v2/3pid/getValidated3pid"+q, nil, tok); status != 200 {
+		t.Fatalf("getValidated3pid 23 h after the submit: %d %s", status, body)
+	}
+	w.env.Clock.Advance(2 * time.Hour) // 25 h after the submit
+	status, body = w.env.Do(t, "GET", "/_matrix/identity/v2/3pid/getValidated3pid"+q, nil, tok)
+	expectErr(t, status, body, 400, "M_SESSION_EXPIRED")
 }
 
 func TestDeclineAndOptOutPages(t *testing.T) {
