@@ -82,3 +82,79 @@ func TestSimulatorRefusesWhatHomeserversRefuse(t *testing.T) {
 		}
 	}
 }
+
+// Synapse's loop: every public key of the event (legacy public_key first,
+// then public_keys); for each, the first ed25519: signature in the order
+// received is tried and a failure gives up on that key; a key_validity_url
+// saying invalid moves on to the next key. Dendrite checks public_keys only.
+func TestSimulatorKeyLoops(t *testing.T) {
+	pub, priv := keys.NewEphemeralKey()
+	_, otherPriv := keys.NewEphemeralKey()
+	validitySrv := func(valid bool) string {
+		s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			_ = json.NewEncoder(w).Encode(map[string]bool{"valid": valid})
+		}))
+		t.Cleanup(s.Close)
+		return s.URL
+	}
+	yes, no := validitySrv(true), validitySrv(false)
+	sigOf := func(server, keyID string, k []byte) string {
+		s, err := keys.SignJSON(map[string]any{"mxid": "@bob:sim.test", "token": "tok"}, server, keyID, k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var sigs keys.Signatures
+		_ = json.Unmarshal(s["signatures"], &sigs)
+		return sigs[server][keyID]
+	}
+	good := sigOf("id.test", "ed25519:1", priv)
+	bad := sigOf("aaa.test", "ed25519:x", otherPriv)
+	signed := func(sigs string) json.RawMessage {
+		return json.RawMessage(`{"mxid":"@bob:sim.test","token":"tok","signatures":{` + sigs + `}}`)
+	}
+	post := func(sim *hssim.Sim, signed json.RawMessage) int {
+		body, _ := json.Marshal(map[string]any{"invites": []any{map[string]any{"medium": "email", "address": "a@b.example",
+			"mxid": "@bob:sim.test", "room_id": "!r:hs.test", "sender": "@alice:hs.test", "signed": signed}}})
+		resp, err := http.Post(sim.URL+"/_matrix/federation/v1/3pid/onbind", "application/json", bytes.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	pk := keys.EncodeBase64(pub)
+	for _, c := range []struct {
+		name   string
+		mode   hssim.Mode
+		inv    hssim.Invite
+		signed json.RawMessage
+		ok     bool
+	}{
+		{"synapse: legacy public_key alone", hssim.Synapse,
+			hssim.Invite{PublicKey: pk, KeyValidityURL: yes}, signed(`"id.test":{"ed25519:1":"` + good + `"}`), true},
+		{"synapse: a bad first signature gives up on the key", hssim.Synapse,
+			hssim.Invite{PublicKeys: []hssim.PublicKey{{pk, yes}}}, signed(`"aaa.test":{"ed25519:x":"` + bad + `"},"id.test":{"ed25519:1":"` + good + `"}`), false},
+		{"synapse: the good signature first", hssim.Synapse,
+			hssim.Invite{PublicKeys: []hssim.PublicKey{{pk, yes}}}, signed(`"id.test":{"ed25519:1":"` + good + `"},"aaa.test":{"ed25519:x":"` + bad + `"}`), true},
+		{"synapse: non-ed25519 key ids are skipped", hssim.Synapse,
+			hssim.Invite{PublicKeys: []hssim.PublicKey{{pk, yes}}}, signed(`"id.test":{"curve25519:1":"AAAA","ed25519:1":"` + good + `"}`), true},
+		{"synapse: any server name", hssim.Synapse,
+			hssim.Invite{PublicKeys: []hssim.PublicKey{{pk, yes}}}, signed(`"elsewhere.test":{"ed25519:zz":"` + sigOf("elsewhere.test", "ed25519:zz", priv) + `"}`), true},
+		{"synapse: legacy key invalid, then public_keys valid", hssim.Synapse,
+			hssim.Invite{PublicKey: pk, KeyValidityURL: no, PublicKeys: []hssim.PublicKey{{pk, yes}}}, signed(`"id.test":{"ed25519:1":"` + good + `"}`), true},
+		{"synapse: every key invalid", hssim.Synapse,
+			hssim.Invite{PublicKey: pk, KeyValidityURL: no, PublicKeys: []hssim.PublicKey{{pk, no}}}, signed(`"id.test":{"ed25519:1":"` + good + `"}`), false},
+		{"dendrite: legacy public_key is not checked", hssim.Dendrite,
+			hssim.Invite{PublicKey: pk, KeyValidityURL: yes}, signed(`"id.test":{"ed25519:1":"` + good + `"}`), false},
+		{"dendrite: any signature of public_keys", hssim.Dendrite,
+			hssim.Invite{PublicKeys: []hssim.PublicKey{{pk, yes}}}, signed(`"aaa.test":{"ed25519:x":"` + bad + `"},"id.test":{"ed25519:1":"` + good + `"}`), true},
+	} {
+		sim := hssim.New(t, "sim.test", c.mode)
+		sim.AddUser("@bob:sim.test")
+		c.inv.RoomID, c.inv.Sender, c.inv.Token = "!r:hs.test", "@alice:hs.test", "tok"
+		sim.AddInvite(c.inv)
+		if got := post(sim, c.signed) == 200; got != c.ok {
+			t.Errorf("%s: accepted = %v, want %v", c.name, got, c.ok)
+		}
+	}
+}
