@@ -276,6 +276,11 @@ func (s *Service) store(fields map[string]json.RawMessage, account, api string) 
 		if err := s.opts.Ephemeral.Put(tx, rec.EphemeralPublic, "invite:"+itoa(id)); err != nil {
 			return err
 		}
+		if storeTxHook != nil {
+			if err := storeTxHook(); err != nil {
+				return err
+			}
+		}
 		result = &rec
 		return nil
 	})
@@ -294,6 +299,10 @@ func (s *Service) store(fields map[string]json.RawMessage, account, api string) 
 	a := s.answer(result, api)
 	return &a, nil
 }
+
+// storeTxHook, set only by tests, runs at the end of store-invite's write
+// transaction, after the invite, its ephemeral key and its mail are written.
+var storeTxHook func() error
 
 func (s *Service) checkBound(tx *bolt.Tx, address string) error {
 	b, err := s.opts.Identity.BindingTx(tx, "email", address)

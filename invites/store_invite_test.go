@@ -3,6 +3,8 @@ package invites_test
 import (
 	"crypto/ed25519"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"net/http"
 	"net/url"
 	"regexp"
@@ -440,5 +442,50 @@ func waitSent(t testing.TB, e *env, id uint64) {
 			t.Fatalf("mail %d never sent: %+v %v", id, m, err)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// The invite, its ephemeral key and its mail are written in one transaction:
+// a failure at its very end leaves none of them, and nothing reaches the
+// SMTP server before the commit.
+func TestStoreInviteIsOneTransaction(t *testing.T) {
+	e := start(t)
+	tok := e.register(t, alice)
+	restore := invites.SetStoreTxHook(func() error { return errors.New("injected failure at the end of the transaction") })
+	status, raw := e.Do(t, http.MethodPost, "/_matrix/identity/v2/store-invite", inviteBody(alice, "atomic@example.org"), tok)
+	restore()
+	if status != 500 || errcode(t, raw)["errcode"] != "M_UNKNOWN" || strings.Contains(string(raw), "injected") {
+		t.Fatalf("failed transaction: %d %s", status, raw)
+	}
+	if queued, _ := e.App.Mailer().List(mailer.Filter{}); len(queued) != 0 {
+		t.Errorf("mail queued by a rolled-back store-invite: %+v", queued)
+	}
+	if list, total, _ := e.App.Invites().List(invites.Filter{}); total != 0 {
+		t.Errorf("invite stored by a rolled-back store-invite: %+v", list)
+	}
+
+	// Committed: all three exist together; at the end of the transaction the
+	// SMTP server had not been contacted.
+	connsInTx := -1
+	restore = invites.SetStoreTxHook(func() error { connsInTx = e.SMTP.Connections(); return nil })
+	a := e.storeInvite(t, tok, inviteBody(alice, "atomic@example.org"))
+	restore()
+	if connsInTx != 0 {
+		t.Errorf("the SMTP server saw %d connections before store-invite committed", connsInTx)
+	}
+	inv, err := e.App.Invites().ByToken(a.Token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := e.App.Mailer().Get(inv.MailID)
+	if err != nil || m.Ref != fmt.Sprintf("invite:%d", inv.ID) || m.To != "atomic@example.org" {
+		t.Errorf("the invite's mail: %+v %v", m, err)
+	}
+	if ok, err := e.App.Ephemeral().IsValid(inv.EphemeralPublic); !ok || err != nil {
+		t.Errorf("the invite's ephemeral key is not valid: %v", err)
+	}
+	waitSent(t, e, inv.MailID)
+	if n := len(e.SMTP.Messages()); n != 1 {
+		t.Errorf("%d mails sent, want 1", n)
 	}
 }
