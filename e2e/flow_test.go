@@ -43,6 +43,13 @@ func TestBindDeliversToSynapseAndDendrite(t *testing.T) {
 			if a.Address != "bob@example.org" || a.MXID != bob || a.Medium != "email" {
 				t.Fatalf("association %s", assoc)
 			}
+			var fields map[string]json.RawMessage
+			_ = json.Unmarshal(assoc, &fields)
+			for _, f := range []string{"address", "medium", "mxid", "not_before", "not_after", "ts", "signatures"} {
+				if fields[f] == nil {
+					t.Fatalf("association lacks %s: %s", f, assoc)
+				}
+			}
 
 			got := waitAccepted(t, w.sim, 2)
 			waitDelivered(t, w, 1)
@@ -63,16 +70,30 @@ func TestBindDeliversToSynapseAndDendrite(t *testing.T) {
 			}
 			var body struct {
 				Medium, Address, MXID string
-				Invites               []struct {
-					Signed map[string]json.RawMessage `json:"signed"`
-				}
+				Invites               []map[string]json.RawMessage
 			}
-			if err := json.Unmarshal(cs[0].Body, &body); err != nil || body.MXID != bob || body.Address != "bob@example.org" || body.Medium != "email" {
+			if err := json.Unmarshal(cs[0].Body, &body); err != nil || body.MXID != bob || body.Address != "bob@example.org" || body.Medium != "email" || len(body.Invites) != 2 {
 				t.Fatalf("onbind body %s", cs[0].Body)
 			}
 			for _, inv := range body.Invites {
-				if len(inv.Signed) != 3 || inv.Signed["mxid"] == nil || inv.Signed["token"] == nil || inv.Signed["signatures"] == nil {
-					t.Fatalf("signed must be exactly {mxid, token, signatures}: %v", inv.Signed)
+				if len(inv) != 6 || inv["medium"] == nil || inv["address"] == nil || inv["mxid"] == nil || inv["room_id"] == nil || inv["sender"] == nil {
+					t.Fatalf("an invite must be exactly {medium, address, mxid, room_id, sender, signed}: %s", cs[0].Body)
+				}
+				var signed struct {
+					MXID, Token string
+					Signatures  map[string]map[string]string
+				}
+				var keysOf map[string]json.RawMessage
+				_ = json.Unmarshal(inv["signed"], &keysOf)
+				if err := json.Unmarshal(inv["signed"], &signed); err != nil || len(keysOf) != 3 || signed.MXID != bob || signed.Token == "" {
+					t.Fatalf("signed must be exactly {mxid, token, signatures}: %s", inv["signed"])
+				}
+				// One signature, by Herald's key (the one of the invite).
+				if len(signed.Signatures) != 1 || len(signed.Signatures[testenv.ServerName]) != 1 {
+					t.Fatalf("signed must carry exactly one signature by %s: %s", testenv.ServerName, inv["signed"])
+				}
+				if err := keys.VerifyJSON(inv["signed"], testenv.ServerName, k.ID, k.Public); err != nil {
+					t.Fatalf("signed not signed by the invite's key: %v", err)
 				}
 			}
 			waitDelivered(t, w, 1)
