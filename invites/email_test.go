@@ -199,3 +199,31 @@ func TestDevMailboxNamedInStartupLog(t *testing.T) {
 		t.Error("the address was logged in clear")
 	}
 }
+
+// The inviter's org.matrix.web_client_location is used only when its origin
+// (scheme, host and port) is on email.web_client_allowlist; look-alikes fall
+// back to email.web_client_url.
+func TestWebClientAllowlistOrigins(t *testing.T) {
+	e := start(t) // allowlist: https://chat.example.org; default https://app.element.io
+	for loc, want := range map[string]string{
+		"https://chat.example.org/element/":              "https://chat.example.org/element/#/room/",
+		"https://CHAT.example.org":                       "https://CHAT.example.org/#/room/",
+		"https://chat.example.org.evil.example/":         "https://app.element.io/#/room/",
+		"https://chat.example.org@evil.example/":         "https://app.element.io/#/room/",
+		"https://evil.example/?https://chat.example.org": "https://app.element.io/#/room/",
+		"http://chat.example.org/":                       "https://app.element.io/#/room/",
+		"https://chat.example.org:8443/":                 "https://app.element.io/#/room/",
+		"javascript:alert(1)//chat.example.org":          "https://app.element.io/#/room/",
+		"//chat.example.org/":                            "https://app.element.io/#/room/",
+	} {
+		inv := goldenInvite()
+		inv.WebClientLocation = loc
+		m, err := e.App.Invites().RenderMail(inv)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(m.Text, "\n"+want) {
+			t.Errorf("web_client_location %q: join link is not %s...:\n%s", loc, want, m.Text)
+		}
+	}
+}
