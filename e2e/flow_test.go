@@ -306,6 +306,33 @@ func TestRevokedExpiredDeclinedNeverDelivered(t *testing.T) {
 	}
 }
 
+// An invite past its expiry is not delivered even before the sweeper marked
+// it, and binding the same address again delivers nothing already resolved.
+func TestUnsweptExpiredAndResolvedNotDeliveredAgain(t *testing.T) {
+	w := start(t, hssim.Synapse)
+	atok := w.env.Register(t, alice)
+	w.storeInvite(t, atok, alice, "bob@example.org")
+	w.env.Clock.Advance(7*24*time.Hour + time.Minute) // expired, not swept
+	_, liveAns := w.storeInvite(t, atok, alice, "bob@example.org")
+	bob := "@bob:" + simName
+	btok := w.registerSim(t, bob)
+	sid := w.validate(t, btok, "bob@example.org", "sec")
+	w.bind(t, btok, sid, "sec", bob)
+	got := waitAccepted(t, w.sim, 1)
+	waitDelivered(t, w, 1)
+	live, _ := w.env.App.Invites().ByToken(tokenOf(t, liveAns))
+	if len(got) != 1 || got[0].Token != live.Token {
+		t.Fatalf("accepted %+v, want only the live invite", got)
+	}
+	// The same user binds the address again (a second session).
+	sid2 := w.validate(t, btok, "bob@example.org", "sec2")
+	w.bind(t, btok, sid2, "sec2", bob)
+	st, _ := w.env.App.Deliveries().Stats()
+	if st.Pending+st.Delivered+st.Failed+st.Cancelled != 1 || len(w.sim.Calls()) != 1 {
+		t.Fatalf("a re-bind queued another delivery: %+v, %d calls", st, len(w.sim.Calls()))
+	}
+}
+
 func TestRecycledAddressGetsNoOldInvites(t *testing.T) {
 	w := start(t, hssim.Synapse)
 	atok, btok, sid := bindBob(t, w)
