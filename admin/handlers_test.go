@@ -296,7 +296,7 @@ func TestPages(t *testing.T) {
 		{"/admin/settings", "admin.session_lifetime"},
 		{"/admin/audit", "login"},
 		{"/admin/mailbox", "Alice invited you to Project Apollo"},
-		{"/admin/mailbox/m1", "/admin/mailbox/m1/html"},
+		{"/admin/mailbox/m1", `<iframe class="mail" sandbox src="/admin/mailbox/m1/html"`},
 	} {
 		res, body := c.get(p.path)
 		if res.StatusCode != http.StatusOK || !strings.Contains(body, p.want) {
