@@ -193,9 +193,17 @@ func (ai *adminInvites) convert(inv *invites.Invite) admin.Invite {
 	out.Events = []admin.Event{{At: inv.Created, Kind: "created", Detail: "store-invite (" + via + ") from " + inv.Homeserver, OK: true}}
 	switch inv.State {
 	case invites.StateResolved:
-		out.Events = append(out.Events, admin.Event{At: inv.StateChanged, Kind: "bound", Detail: "address bound to " + inv.ResolvedMXID + "; invite resolved and queued for delivery", OK: true})
+		// Herald resolves an invite when its address is bound; the onbind
+		// deliveries (with the homeserver's answers) follow in the timeline.
+		out.Events = append(out.Events,
+			admin.Event{At: inv.StateChanged, Kind: "bound", Detail: "address bound to " + inv.ResolvedMXID, OK: true},
+			admin.Event{At: inv.StateChanged, Kind: "resolved", Detail: "onbind queued for the homeserver of " + inv.ResolvedMXID, OK: true})
 	case invites.StateExpired, invites.StateRevoked, invites.StateDeclined:
 		out.Events = append(out.Events, admin.Event{At: inv.StateChanged, Kind: inv.State, OK: false})
+	case invites.StatePending:
+		if inv.Expired(ai.now()) { // not yet swept: expired all the same
+			out.Events = append(out.Events, admin.Event{At: inv.ExpiresAt, Kind: invites.StateExpired, OK: false})
+		}
 	}
 	return out
 }

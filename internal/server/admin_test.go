@@ -117,6 +117,10 @@ func TestAdminWiring(t *testing.T) {
 	if code := adminCall(t, e, "POST", "/admin/api/invites/"+id+"/revoke", "", nil); code != 200 {
 		t.Fatalf("revoke: %d", code)
 	}
+	adminCall(t, e, "GET", "/admin/api/invites/"+id, "", &inv)
+	if last := inv.Timeline[len(inv.Timeline)-1]; last.Kind != "revoked" || inv.Invite.State != admin.StateRevoked {
+		t.Fatalf("timeline after revoke ends with %+v", last)
+	}
 	for path, want := range map[string]int{"/revoke": 409, "/resend": 409} {
 		if code := adminCall(t, e, "POST", "/admin/api/invites/"+id+path, "", nil); code != want {
 			t.Fatalf("%s after revoke: %d", path, code)
@@ -415,5 +419,35 @@ func TestAuditRedactsAddresses(t *testing.T) {
 	raw, _ := json.Marshal(entries)
 	if strings.Contains(strings.ToLower(string(raw)), "grace.hopper") {
 		t.Fatalf("audit log holds an address in clear: %s", raw)
+	}
+}
+
+// An invite past its expiry shows as expired, with an "expired" entry in its
+// timeline, whether or not the sweeper has marked it yet.
+func TestAdminExpiredTimeline(t *testing.T) {
+	e := testenv.Start(t, func(c *config.Config) { c.Admin.APITokens = []config.Secret{adminToken} })
+	tok := e.Register(t, "@alice:hs.test")
+	e.AcceptTerms(t, tok)
+	status, raw := e.Do(t, http.MethodPost, "/_matrix/identity/v2/store-invite", map[string]any{
+		"medium": "email", "address": "late@example.org", "room_id": "!room:hs.test", "sender": "@alice:hs.test",
+	}, tok)
+	if status != http.StatusOK {
+		t.Fatalf("store-invite: %d %s", status, raw)
+	}
+	var list struct {
+		Invites []admin.Invite `json:"invites"`
+	}
+	adminCall(t, e, "GET", "/admin/api/invites?q=late@example.org", "", &list)
+	if len(list.Invites) != 1 || list.Invites[0].Expires.IsZero() {
+		t.Fatalf("invites %+v", list.Invites)
+	}
+	e.Clock.Advance(time.Until(list.Invites[0].Expires) + time.Minute)
+	var inv inviteAnswer
+	if code := adminCall(t, e, "GET", "/admin/api/invites/"+list.Invites[0].ID, "", &inv); code != 200 {
+		t.Fatalf("invite: %d", code)
+	}
+	last := inv.Timeline[len(inv.Timeline)-1]
+	if inv.Invite.State != admin.StateExpired || last.Kind != admin.StateExpired || !last.At.Equal(inv.Invite.Expires) {
+		t.Fatalf("state %s, timeline ends with %+v", inv.Invite.State, last)
 	}
 }
