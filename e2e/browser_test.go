@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"net/url"
 	"os"
@@ -25,6 +26,8 @@ import (
 // server.App with its bbolt file, mail sent over SMTP to an in-process
 // server, invites stored through the Matrix API. (admin/browser_test.go
 // drives the same pages against fakes, for states hard to reach for real.)
+
+var updateScreenshots = flag.Bool("update-screenshots", false, "copy the real stack's dashboard and invite screenshots to docs/img (the README's)")
 
 const (
 	consoleUser     = "operator"
@@ -150,6 +153,16 @@ func TestConsoleInBrowser(t *testing.T) {
 	if !ephemeralValid(t, w.env, carolAnswer) {
 		t.Fatal("a fresh invite's ephemeral key is not valid")
 	}
+	// Bob's invite goes the whole way: he binds his address and the first
+	// onbind call is refused (503) before the retry is accepted.
+	_, _ = w.storeInvite(t, tok, "@alice:hs.test", "bob@example.org")
+	bob := inviteOf(t, w, "bob@example.org")
+	waitSent(t, w, "invite:"+strconv.FormatUint(bob.ID, 10), 1)
+	w.sim.Fail(1, 503, "")
+	btok := w.registerSim(t, "@bob:"+simName)
+	w.bind(t, btok, w.validate(t, btok, "bob@example.org", "s3cret"), "s3cret", "@bob:"+simName)
+	waitAccepted(t, w.sim, 1)
+	waitDelivered(t, w, 1)
 
 	ctx := browser(t)
 	dir := artifactDir(t)
@@ -221,7 +234,24 @@ func TestConsoleInBrowser(t *testing.T) {
 		chromedp.Click(chromedp.CSS("button[type=submit]")),
 		chromedp.WaitVisible(chromedp.CSS("form.logout")))
 	must("dashboard", chromedp.Navigate(base+"/admin"), chromedp.WaitVisible(chromedp.CSS("svg.chart")))
-	shot("dashboard.png")
+	shot("dashboard-start.png")
+
+	// Bob's resolved invite: the whole story on the real stack.
+	must("bob's invite", chromedp.Navigate(base+"/admin/invites/"+strconv.FormatUint(bob.ID, 10)), chromedp.WaitVisible(chromedp.CSS("ol.timeline")))
+	if h := text("h1"); !strings.Contains(h, "bob@example.org") || !strings.Contains(h, admin.StateResolved) {
+		t.Fatalf("bob's invite heading %q", h)
+	}
+	// In this order: created, the email attempt with the SMTP reply, bound,
+	// resolved, the refused delivery attempt, the accepted one.
+	bobLine, at := text("ol.timeline"), 0
+	for _, want := range []string{"created", "email attempt", "250", "bound", "@bob:" + simName, "resolved", "delivery attempt", "503", "delivery attempt", "200"} {
+		i := strings.Index(bobLine[at:], want)
+		if i < 0 {
+			t.Fatalf("bob's timeline lacks %q after byte %d: %q", want, at, bobLine)
+		}
+		at += i + len(want)
+	}
+	shot("invite-resolved.png")
 
 	// Find Carol's invite by her address typed in another case, and open it.
 	typed := "CAROL.jones@EXAMPLE.org"
@@ -295,6 +325,27 @@ func TestConsoleInBrowser(t *testing.T) {
 	for _, a := range []string{"login", "invite.revoke", "invite.resend", "key.rotate"} {
 		if !strings.Contains(audit, a) {
 			t.Fatalf("audit log lacks %s: %q", a, audit)
+		}
+	}
+
+	// The dashboard after all that, for the README.
+	must("dashboard again", chromedp.Navigate(base+"/admin"), chromedp.WaitVisible(chromedp.CSS("svg.chart")))
+	cards := text("main")
+	for _, want := range []string{"pending", "emailed", "resolved", "expired", "revoked", "declined", "failed", "emails queued", "deliveries failed", "last 24 h"} {
+		if !strings.Contains(cards, want) {
+			t.Fatalf("dashboard lacks %q: %q", want, cards)
+		}
+	}
+	shot("dashboard.png")
+	if *updateScreenshots {
+		for from, to := range map[string]string{"dashboard.png": "admin-dashboard.png", "invite-resolved.png": "admin-invite.png"} {
+			raw, err := os.ReadFile(filepath.Join(dir, from))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join("..", "docs", "img", to), raw, 0o644); err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
 
