@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/url"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -340,17 +341,30 @@ func TestPages(t *testing.T) {
 }
 
 func TestSettingsMaskSecrets(t *testing.T) {
-	e := newEnv(t)
+	hash, err := admin.HashPassword("config user password")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newEnv(t, func(o *admin.Options) {
+		o.Config.Admin.Users = []config.AdminUser{{Username: "ops", PasswordHash: config.Secret(hash)}}
+	})
 	c := e.client()
 	c.login(testUser, testPassword)
 	_, body := c.get("/admin/settings")
 	_, api := c.api("GET", "/admin/api/settings", testToken, "")
+	salt := strings.Split(hash, "$")[4]
 	for _, b := range []string{body, api} {
-		if strings.Contains(b, "smtp-hunter2") || strings.Contains(b, testToken) {
+		if strings.Contains(b, "smtp-hunter2") || strings.Contains(b, testToken) || strings.Contains(b, salt) || strings.Contains(b, "argon2id") {
 			t.Fatal("a secret is shown")
 		}
-		if !strings.Contains(b, "smtp.password") || !strings.Contains(b, "********") || !strings.Contains(b, "smtp.username") {
-			t.Fatalf("settings lack masked rows: %s", b)
+		for _, key := range []string{"smtp.password", "admin.api_tokens[0]", "admin.users[0].password_hash"} {
+			if !regexp.MustCompile(regexp.QuoteMeta(key) + `(</code></td><td data-label="Value"><code>|","value":")\*{8}[<"]`).MatchString(b) {
+				i := strings.Index(b, key)
+				t.Errorf("%s not masked: %.200s", key, b[max(i, 0):])
+			}
+		}
+		if !strings.Contains(b, "smtp.username") || !strings.Contains(b, "ops") {
+			t.Fatalf("settings lack plain rows: %s", b)
 		}
 	}
 }
