@@ -564,6 +564,27 @@ func TestAPI(t *testing.T) {
 	if len(list.Invites) != 1 || list.Invites[0].ID != "inv-dana" {
 		t.Fatalf("search %+v", list)
 	}
+	// Dates are whole UTC days: since includes its day, until includes its day.
+	today := time.Now().UTC().Format("2006-01-02")
+	get("/admin/api/invites?since="+today, &list)
+	if len(list.Invites) == 0 {
+		t.Fatal("nothing created today")
+	}
+	for _, i := range list.Invites {
+		if i.Created.UTC().Format("2006-01-02") != today {
+			t.Fatalf("since=%s gave an invite of %v", today, i.Created)
+		}
+	}
+	yesterday := time.Now().UTC().Add(-24 * time.Hour).Format("2006-01-02")
+	get("/admin/api/invites?until="+yesterday+"&state=resolved", &list)
+	if len(list.Invites) == 0 {
+		t.Fatal("nothing resolved before today")
+	}
+	for _, i := range list.Invites {
+		if i.Created.UTC().Format("2006-01-02") > yesterday || i.State != admin.StateResolved {
+			t.Fatalf("until=%s&state=resolved gave %s of %v", yesterday, i.State, i.Created)
+		}
+	}
 	get("/admin/api/invites", &list)
 	if len(list.Invites) != 50 || !list.More {
 		t.Fatalf("page 1: %d more=%v", len(list.Invites), list.More)
