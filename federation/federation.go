@@ -1,6 +1,6 @@
 // Package federation makes Herald's outbound calls to homeservers: OpenID
 // userinfo checks, onbind deliveries and server key fetches. It finds servers
-// by the server-server discovery rules (mautrix's resolver: well-known, SRV,
+// by the server-server discovery rules (resolve.go: well-known, SRV,
 // port 8448) unless federation.servers overrides a name, and refuses private,
 // loopback and link-local addresses unless told otherwise.
 package federation
@@ -32,6 +32,10 @@ type Options struct {
 	Timeout               time.Duration
 	// UserAgent is sent on every request.
 	UserAgent string
+
+	// dialAddr, in tests, rewrites the address a connection is opened to
+	// (after discovery, before the private address check).
+	dialAddr func(addr string) string
 }
 
 // Client talks to homeservers.
@@ -40,13 +44,12 @@ type Client struct {
 	http    *http.Client // for resolved federation endpoints (custom TLS name)
 	plain   *http.Client // for well-known lookups and overridden base URLs
 	cacheMu sync.Mutex
-	cache   map[string]cached
-}
+	cache   map[string]resolved // discovery results (resolve.go)
+	// tlsClients: one client per certificate name (withServerName).
+	tlsClients map[string]*http.Client
 
-type cached struct {
-	base    *url.URL
-	host    string
-	expires time.Time
+	now       func() time.Time
+	lookupSRV func(ctx context.Context, hostname string) ([]*net.SRV, error)
 }
 
 // ErrForbiddenAddress means a server resolved to an address Herald may not call.
@@ -60,14 +63,20 @@ func New(opts Options) *Client {
 	if opts.UserAgent == "" {
 		opts.UserAgent = "Herald"
 	}
-	c := &Client{opts: opts, cache: map[string]cached{}}
+	c := &Client{opts: opts, cache: map[string]resolved{}, tlsClients: map[string]*http.Client{}, now: time.Now, lookupSRV: lookupSRV}
 	dialer := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
 	if !opts.AllowPrivateAddresses {
 		dialer.Control = refusePrivate
 	}
+	dial := dialer.DialContext
+	if opts.dialAddr != nil {
+		dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return dialer.DialContext(ctx, network, opts.dialAddr(addr))
+		}
+	}
 	newTransport := func() *http.Transport {
 		return &http.Transport{
-			DialContext:           dialer.DialContext,
+			DialContext:           dial,
 			TLSClientConfig:       &tls.Config{InsecureSkipVerify: opts.InsecureSkipVerify, MinVersion: tls.VersionTLS12},
 			TLSHandshakeTimeout:   5 * time.Second,
 			ResponseHeaderTimeout: opts.Timeout,
@@ -86,6 +95,10 @@ func New(opts Options) *Client {
 		return nil
 	}}
 	return c
+}
+
+func lookupSRV(ctx context.Context, hostname string) ([]*net.SRV, error) {
+	return mfed.RequestSRV(ctx, net.DefaultResolver, hostname)
 }
 
 // refusePrivate runs on every connection after DNS resolution, so a name
@@ -137,40 +150,6 @@ func Forbidden(ip netip.Addr) bool {
 		}
 	}
 	return false
-}
-
-// endpoint finds the base URL and Host header for a server name.
-func (c *Client) endpoint(ctx context.Context, server string) (*url.URL, string, error) {
-	if base, ok := c.opts.Servers[server]; ok {
-		u, err := url.Parse(strings.TrimRight(base, "/"))
-		if err != nil {
-			return nil, "", err
-		}
-		return u, u.Host, nil
-	}
-	c.cacheMu.Lock()
-	e, ok := c.cache[server]
-	c.cacheMu.Unlock()
-	if ok && time.Now().Before(e.expires) {
-		return e.base, e.host, nil
-	}
-	res, err := mfed.ResolveServerName(ctx, server, &mfed.ResolveServerNameOpts{HTTPClient: c.plain})
-	if err != nil {
-		return nil, "", fmt.Errorf("resolve %s: %w", server, err)
-	}
-	if len(res.IPPort) == 0 {
-		return nil, "", fmt.Errorf("resolve %s: no addresses", server)
-	}
-	base := &url.URL{Scheme: "https", Host: res.IPPort[0]}
-	host := res.HostHeader
-	expires := res.Expires
-	if max := time.Now().Add(48 * time.Hour); expires.After(max) {
-		expires = max
-	}
-	c.cacheMu.Lock()
-	c.cache[server] = cached{base: base, host: host, expires: expires}
-	c.cacheMu.Unlock()
-	return base, host, nil
 }
 
 // Do sends method path?query to server with an optional body and returns the
@@ -233,18 +212,32 @@ func hostOnly(hostport string) string {
 	return hostport
 }
 
-var tlsClients sync.Map // server name -> *http.Client
+// tlsClientsMax bounds the per-name TLS clients: names come from
+// unauthenticated requests.
+const tlsClientsMax = 1024
 
+// withServerName returns a client whose TLS checks the certificate against
+// name (the server name or its delegated hostname), not the dialled address.
 func (c *Client) withServerName(name string) *http.Client {
-	key := fmt.Sprintf("%p/%s", c, name)
-	if v, ok := tlsClients.Load(key); ok {
-		return v.(*http.Client)
+	c.cacheMu.Lock()
+	defer c.cacheMu.Unlock()
+	if hc, ok := c.tlsClients[name]; ok {
+		return hc
+	}
+	if len(c.tlsClients) >= tlsClientsMax {
+		for k, hc := range c.tlsClients {
+			hc.CloseIdleConnections() // requests in flight finish normally
+			delete(c.tlsClients, k)
+			if len(c.tlsClients) < tlsClientsMax/2 {
+				break
+			}
+		}
 	}
 	base := c.http.Transport.(*http.Transport).Clone()
 	base.TLSClientConfig.ServerName = name
 	hc := &http.Client{Transport: base, Timeout: c.http.Timeout, CheckRedirect: c.http.CheckRedirect}
-	v, _ := tlsClients.LoadOrStore(key, hc)
-	return v.(*http.Client)
+	c.tlsClients[name] = hc
+	return hc
 }
 
 // scrubURL drops the query string from the URL inside err: it may carry an
