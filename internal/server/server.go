@@ -232,12 +232,8 @@ func (a *App) Handler() http.Handler {
 		return err
 	}}))
 	e.Use(middleware.BodyLimit(fmt.Sprint(matrix.MaxBodyBytes/1024) + "K"))
-	// CORS as the spec recommends for every endpoint.
-	e.Use(middleware.CORSWithConfig(middleware.CORSConfig{
-		AllowOrigins: []string{"*"},
-		AllowMethods: []string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodDelete, http.MethodOptions},
-		AllowHeaders: []string{"Origin", "X-Requested-With", "Content-Type", "Accept", "Authorization"},
-	}))
+	// CORS as the spec recommends, on every answer (cors.go).
+	e.Use(cors)
 	a.routes(e)
 	return e
 }
