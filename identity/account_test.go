@@ -266,3 +266,23 @@ func TestPostTermsErrors(t *testing.T) {
 	status, body = e.Do(t, http.MethodPost, v2+"/terms", `nope`, tok)
 	expectError(t, status, body, http.StatusBadRequest, "M_NOT_JSON")
 }
+
+// One document may serve as several policies: accepting its URL accepts each.
+func TestTermsSharedURL(t *testing.T) {
+	shared := config.PolicyLanguage{Name: "Terms and privacy", URL: "https://herald.test/legal.html"}
+	e := testenv.Start(t, func(c *config.Config) {
+		c.Terms.Policies = map[string]config.Policy{
+			"privacy_policy":   {Version: "1", Languages: map[string]config.PolicyLanguage{"en": shared}},
+			"terms_of_service": {Version: "1", Languages: map[string]config.PolicyLanguage{"en": shared}},
+		}
+	})
+	tok := e.Register(t, "@alice:hs.test")
+	status, body := e.Do(t, http.MethodGet, v2+"/hash_details", nil, tok)
+	expectError(t, status, body, http.StatusForbidden, "M_TERMS_NOT_SIGNED")
+	if status, body := e.Do(t, http.MethodPost, v2+"/terms", map[string]any{"user_accepts": []string{shared.URL}}, tok); status != http.StatusOK {
+		t.Fatalf("post terms: %d %s", status, body)
+	}
+	if status, body := e.Do(t, http.MethodGet, v2+"/hash_details", nil, tok); status != http.StatusOK {
+		t.Fatalf("after accepting the shared document: %d %s", status, body)
+	}
+}

@@ -47,8 +47,9 @@ type Options struct {
 type Service struct {
 	db   *bolt.DB
 	opts Options
-	// acceptURL maps a policy URL (any language) to "id\x00version".
-	acceptURL map[string]policyVersion
+	// acceptURL maps a policy URL (any language) to the policy versions it
+	// accepts (several policies may share one document).
+	acceptURL map[string][]policyVersion
 	// bind holds binding hooks and the cached lookup pepper (bindings.go).
 	bind bindState
 	// val configures email validation sessions and binding (validate.go).
@@ -65,10 +66,10 @@ func New(db *bolt.DB, opts Options) (*Service, error) {
 	if opts.Log == nil {
 		opts.Log = slog.Default()
 	}
-	s := &Service{db: db, opts: opts, acceptURL: map[string]policyVersion{}}
+	s := &Service{db: db, opts: opts, acceptURL: map[string][]policyVersion{}}
 	for id, p := range opts.Terms.Policies {
 		for _, l := range p.Languages {
-			s.acceptURL[l.URL] = policyVersion{id, p.Version}
+			s.acceptURL[l.URL] = append(s.acceptURL[l.URL], policyVersion{id, p.Version})
 		}
 	}
 	err := db.Update(func(tx *bolt.Tx) error {
@@ -157,7 +158,7 @@ func (s *Service) AcceptTerms(userID string, urls []string) error {
 			}
 		}
 		for _, u := range urls {
-			if pv, ok := s.acceptURL[u]; ok {
+			for _, pv := range s.acceptURL[u] {
 				accepted[pv.ID+"\x00"+pv.Version] = true
 			}
 		}
