@@ -21,6 +21,7 @@ import (
 	"github.com/herald-im/herald/config"
 	"github.com/herald-im/herald/internal/server"
 	"github.com/herald-im/herald/internal/testenv"
+	"github.com/herald-im/herald/mailer/smtptest"
 	"github.com/herald-im/herald/matrix"
 )
 
@@ -403,3 +404,65 @@ func TestGracefulShutdown(t *testing.T) {
 func itoa(n int) string { return strconv.Itoa(n) }
 
 func bufioReader(r io.Reader) *bufio.Reader { return bufio.NewReader(r) }
+
+// Nothing secret reaches the logs, at debug level, over start-up, a
+// registration, authenticated calls, an invite mailed through an SMTP server
+// that requires AUTH, an admin API call and a restart: not the SMTP password,
+// an admin API token, an access or OpenID token, the invitee's address or
+// the private signing key.
+func TestLogsKeepSecrets(t *testing.T) {
+	const (
+		smtpPassword = "smtp-pass-Zq8vW2"
+		apiToken     = "admin-api-token-Xk4pL9mN2bV7cQ1r"
+		address      = "carol.secret@example.org"
+		openID       = "openid-token-Yt6hJ3"
+	)
+	mail := smtptest.Start(t, smtptest.Options{Username: "herald", Password: smtpPassword})
+	e := testenv.Start(t, func(c *config.Config) {
+		c.SMTP.Host, c.SMTP.Port = mail.Host, mail.Port
+		c.SMTP.Username, c.SMTP.Password = "herald", config.Secret(smtpPassword)
+		c.Admin.Enabled = true
+		c.Admin.APITokens = []config.Secret{apiToken}
+		c.Federation.Servers["dead.test"] = "http://127.0.0.1:1"
+	})
+	tok := e.Register(t, "@alice:hs.test")
+	req, _ := http.NewRequest(http.MethodGet, "/_matrix/identity/v2/account?access_token="+tok, nil)
+	e.DoRequest(t, req)
+	e.Do(t, http.MethodPost, "/_matrix/identity/v2/account/register",
+		map[string]any{"access_token": openID, "token_type": "Bearer", "matrix_server_name": "dead.test"}, "")
+	status, body := e.Do(t, http.MethodPost, "/_matrix/identity/v2/store-invite", map[string]any{
+		"medium": "email", "address": address, "room_id": "!room:hs.test", "sender": "@alice:hs.test",
+	}, tok)
+	if status != http.StatusOK {
+		t.Fatalf("store-invite: %d %s", status, body)
+	}
+	if msgs := mail.WaitFor(1, 10*time.Second); len(msgs) != 1 || msgs[0].AuthUser != "herald" {
+		t.Fatalf("the invite was not mailed with AUTH: %+v", msgs)
+	}
+	req, _ = http.NewRequest(http.MethodGet, "/admin/api/invites", nil)
+	req.Header.Set("Authorization", "Bearer "+apiToken)
+	e.DoRequest(t, req)
+	e.Restart(t)
+
+	var private struct {
+		D string `json:"d"`
+	}
+	jwks, _ := filepath.Glob(filepath.Join(e.DataDir, "keys", "*.jwk"))
+	if len(jwks) == 0 {
+		t.Fatal("no signing key file")
+	}
+	raw, _ := os.ReadFile(jwks[0])
+	if json.Unmarshal(raw, &private) != nil || private.D == "" {
+		t.Fatalf("unexpected key file %s", jwks[0])
+	}
+	logs := e.Logs()
+	if !strings.Contains(logs, "level=DEBUG") || !strings.Contains(logs, "store-invite") {
+		t.Fatalf("the logs do not cover the run:\n%s", logs)
+	}
+	for name, secret := range map[string]string{"SMTP password": smtpPassword, "admin API token": apiToken,
+		"access token": tok, "OpenID token": openID, "address": address, "private key": private.D} {
+		if strings.Contains(strings.ToLower(logs), strings.ToLower(secret)) {
+			t.Errorf("the logs contain the %s", name)
+		}
+	}
+}
