@@ -86,8 +86,14 @@ func TestRegister(t *testing.T) {
 		}
 	})
 	t.Run("bad server name", func(t *testing.T) {
-		status, body := register(e, t, "x", "evil.test/path")
-		expectError(t, status, body, http.StatusBadRequest, "M_INVALID_PARAM")
+		before := len(e.HS.Requests())
+		for _, name := range []string{"evil.test/path", "a b", "@hs.test", "hs_test", "[::1", "hs.test:port"} {
+			status, body := register(e, t, "x", name)
+			expectError(t, status, body, http.StatusBadRequest, "M_INVALID_PARAM")
+		}
+		if len(e.HS.Requests()) != before {
+			t.Error("an invalid server name reached a homeserver")
+		}
 	})
 	for _, c := range []struct {
 		name, body, code string

@@ -8,6 +8,7 @@ import (
 
 	"github.com/labstack/echo/v4"
 	bolt "go.etcd.io/bbolt"
+	mfed "maunium.net/go/mautrix/federation"
 
 	"github.com/herald-im/herald/federation"
 	"github.com/herald-im/herald/matrix"
@@ -74,7 +75,7 @@ func (s *Service) Register(c echo.Context) error {
 	if req.TokenType != "Bearer" {
 		return matrix.InvalidParam("token_type must be Bearer")
 	}
-	if strings.ContainsAny(req.MatrixServerName, "/@?#") {
+	if _, _, ok := mfed.ParseServerName(req.MatrixServerName); !ok {
 		return matrix.InvalidParam("matrix_server_name is not a server name")
 	}
 	userID, err := s.opts.UserInfo.UserInfo(c.Request().Context(), req.MatrixServerName, req.AccessToken)
