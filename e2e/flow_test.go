@@ -262,6 +262,9 @@ func TestRevokedExpiredDeclinedNeverDelivered(t *testing.T) {
 	atok := w.env.Register(t, alice)
 	_, expAns := w.storeInvite(t, atok, alice, "bob@example.org")
 	w.env.Clock.Advance(8 * 24 * time.Hour) // past invites.expiry (7 days)
+	if ephemeralValid(t, w.env, expAns) {
+		t.Fatal("an expired invite's ephemeral key is valid before the sweeper ran")
+	}
 	if n, err := w.env.App.Invites().ExpireDue(); err != nil || n != 1 {
 		t.Fatalf("ExpireDue = %d, %v", n, err)
 	}

@@ -273,7 +273,7 @@ func (s *Service) store(fields map[string]json.RawMessage, account, api string) 
 		if err := s.insert(tx, &rec); err != nil {
 			return err
 		}
-		if err := s.opts.Ephemeral.Put(tx, rec.EphemeralPublic, "invite:"+itoa(id)); err != nil {
+		if err := s.opts.Ephemeral.Put(tx, rec.EphemeralPublic, "invite:"+itoa(id), rec.ExpiresAt); err != nil {
 			return err
 		}
 		if storeTxHook != nil {

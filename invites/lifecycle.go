@@ -143,7 +143,7 @@ func (s *Service) Decline(token string, undo bool) (*Invite, error) {
 				return err
 			}
 			if inv.EphemeralPublic != "" {
-				return s.opts.Ephemeral.Put(tx, inv.EphemeralPublic, fmt.Sprintf("invite:%d", inv.ID))
+				return s.opts.Ephemeral.Put(tx, inv.EphemeralPublic, fmt.Sprintf("invite:%d", inv.ID), inv.ExpiresAt)
 			}
 			return nil
 		}

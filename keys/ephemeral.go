@@ -4,6 +4,7 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/json"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -13,20 +14,28 @@ var ephemeralBucket = []byte("keys_ephemeral")
 // Ephemeral keeps the public halves of per-invite ephemeral keys and whether
 // each is still valid. Private halves belong to the invite (they travel in its
 // email link), never here.
-type Ephemeral struct{ db *bolt.DB }
-
-type ephemeralRecord struct {
-	Valid bool   `json:"valid"`
-	Ref   string `json:"ref,omitempty"` // what owns the key, e.g. an invite id
+type Ephemeral struct {
+	db  *bolt.DB
+	now func() time.Time
 }
 
-// OpenEphemeral creates the bucket.
-func OpenEphemeral(db *bolt.DB) (*Ephemeral, error) {
+type ephemeralRecord struct {
+	Valid   bool      `json:"valid"`
+	Ref     string    `json:"ref,omitempty"`     // what owns the key, e.g. an invite id
+	Expires time.Time `json:"expires,omitzero"` // zero: valid until invalidated
+}
+
+// OpenEphemeral creates the bucket. now is the clock expiries are checked
+// against (nil: time.Now).
+func OpenEphemeral(db *bolt.DB, now func() time.Time) (*Ephemeral, error) {
+	if now == nil {
+		now = time.Now
+	}
 	err := db.Update(func(tx *bolt.Tx) error {
 		_, err := tx.CreateBucketIfNotExists(ephemeralBucket)
 		return err
 	})
-	return &Ephemeral{db: db}, err
+	return &Ephemeral{db: db, now: now}, err
 }
 
 // NewEphemeralKey generates a fresh ed25519 key pair.
@@ -38,9 +47,11 @@ func NewEphemeralKey() (ed25519.PublicKey, ed25519.PrivateKey) {
 	return pub, priv
 }
 
-// Put records pub (unpadded base64) as valid, inside the caller's transaction.
-func (e *Ephemeral) Put(tx *bolt.Tx, pub, ref string) error {
-	raw, _ := json.Marshal(ephemeralRecord{Valid: true, Ref: ref})
+// Put records pub (unpadded base64) as valid until expires (zero: until
+// invalidated), inside the caller's transaction. The expiry makes isvalid
+// answer false from that instant on, before any sweeper marks the owner.
+func (e *Ephemeral) Put(tx *bolt.Tx, pub, ref string, expires time.Time) error {
+	raw, _ := json.Marshal(ephemeralRecord{Valid: true, Ref: ref, Expires: expires})
 	return tx.Bucket(ephemeralBucket).Put([]byte(pub), raw)
 }
 
@@ -82,7 +93,7 @@ func (e *Ephemeral) IsValid(pub string) (bool, error) {
 		if err := json.Unmarshal(raw, &r); err != nil {
 			return err
 		}
-		valid = r.Valid
+		valid = r.Valid && (r.Expires.IsZero() || e.now().Before(r.Expires))
 		return nil
 	})
 	return valid, err

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/url"
 	"testing"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -111,11 +112,26 @@ func TestEphemeralIsValid(t *testing.T) {
 	if isValid(t, e, path, pubB64) {
 		t.Error("unknown ephemeral key valid")
 	}
-	if err := e.App.DB().Update(func(tx *bolt.Tx) error { return eph.Put(tx, pubB64, "test") }); err != nil {
+	if err := e.App.DB().Update(func(tx *bolt.Tx) error { return eph.Put(tx, pubB64, "test", time.Time{}) }); err != nil {
 		t.Fatal(err)
 	}
 	if !isValid(t, e, path, pubB64) {
 		t.Error("stored ephemeral key not valid")
+	}
+	// A key stored with an expiry answers false from that instant on, before
+	// anything marks it.
+	pub2, _ := keys.NewEphemeralKey()
+	pub2B64 := keys.EncodeBase64(pub2)
+	expires := e.Clock.Now().Add(time.Hour)
+	if err := e.App.DB().Update(func(tx *bolt.Tx) error { return eph.Put(tx, pub2B64, "test", expires) }); err != nil {
+		t.Fatal(err)
+	}
+	if !isValid(t, e, path, pub2B64) {
+		t.Error("ephemeral key not valid before its expiry")
+	}
+	e.Clock.Advance(time.Hour)
+	if isValid(t, e, path, pub2B64) {
+		t.Error("ephemeral key still valid at its expiry")
 	}
 	// A long-term key is not an ephemeral key.
 	if isValid(t, e, path, e.App.Ring().Current().PublicBase64()) {

@@ -80,7 +80,7 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) (_ *App, err error)
 	if a.ring, err = keys.OpenRing(filepath.Join(cfg.DataDir, "keys"), cfg.ServerName); err != nil {
 		return nil, err
 	}
-	if a.ephemeral, err = keys.OpenEphemeral(a.db); err != nil {
+	if a.ephemeral, err = keys.OpenEphemeral(a.db, a.now); err != nil {
 		return nil, err
 	}
 	a.fed = federation.New(federation.Options{
