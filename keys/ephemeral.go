@@ -21,7 +21,7 @@ type Ephemeral struct {
 
 type ephemeralRecord struct {
 	Valid   bool      `json:"valid"`
-	Ref     string    `json:"ref,omitempty"`     // what owns the key, e.g. an invite id
+	Ref     string    `json:"ref,omitempty"`    // what owns the key, e.g. an invite id
 	Expires time.Time `json:"expires,omitzero"` // zero: valid until invalidated
 }
 
