@@ -3,7 +3,6 @@ package admin_test
 import (
 	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -12,66 +11,13 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/herald-im/herald/admin"
+	"github.com/herald-im/herald/internal/browsertest"
 )
-
-// chromium finds Debian's chromium; a missing browser fails the test (.ci/run
-// installs it with apt-get install -y chromium).
-func chromium(t *testing.T) string {
-	for _, p := range []string{os.Getenv("HERALD_CHROMIUM"), "/usr/bin/chromium"} {
-		if p != "" {
-			if _, err := os.Stat(p); err == nil {
-				return p
-			}
-		}
-	}
-	if p, err := exec.LookPath("chromium"); err == nil {
-		return p
-	}
-	t.Fatal("chromium not found at /usr/bin/chromium: .ci/run installs it (apt-get install -y chromium), or set HERALD_CHROMIUM")
-	return ""
-}
-
-func newBrowser(t *testing.T) context.Context {
-	opts := []chromedp.ExecAllocatorOption{
-		chromedp.ExecPath(chromium(t)),
-		chromedp.Headless,
-		chromedp.NoSandbox,
-		chromedp.DisableGPU,
-		chromedp.NoFirstRun,
-		chromedp.NoDefaultBrowserCheck,
-		chromedp.Flag("disable-quic", true),
-		chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true),
-		chromedp.Flag("disable-dev-shm-usage", true),
-		chromedp.Flag("disable-extensions", true),
-		chromedp.Flag("force-color-profile", "srgb"),
-		chromedp.Flag("hide-scrollbars", true),
-		chromedp.UserDataDir(t.TempDir()),
-		chromedp.WindowSize(1280, 900),
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	t.Cleanup(cancel)
-	actx, acancel := chromedp.NewExecAllocator(ctx, opts...)
-	t.Cleanup(acancel)
-	bctx, bcancel := chromedp.NewContext(actx)
-	t.Cleanup(bcancel)
-	return bctx
-}
-
-// artifacts is where screenshots go: test-artifacts/admin at the repository root.
-func artifacts(t *testing.T) string {
-	dir := filepath.Join("..", "test-artifacts", "admin")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	return dir
-}
 
 func TestBrowser(t *testing.T) {
 	e := newEnv(t)
-	ctx := newBrowser(t)
-	dir := artifacts(t)
+	ctx := browsertest.New(t, 60*time.Second)
+	dir := browsertest.Artifacts(t, "admin")
 	must := func(what string, steps ...chromedp.Action[chromedp.Void]) {
 		t.Helper()
 		if err := chromedp.Do(ctx, steps...); err != nil {
@@ -205,12 +151,7 @@ func TestBrowser(t *testing.T) {
 
 func shot(t *testing.T, ctx context.Context, path string) {
 	t.Helper()
-	buf, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
-	if err != nil {
+	if err := browsertest.Screenshot(ctx, path); err != nil {
 		t.Errorf("screenshot %s: %v", path, err)
-		return
-	}
-	if err := os.WriteFile(path, buf, 0o644); err != nil {
-		t.Error(err)
 	}
 }

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -17,6 +16,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/herald-im/herald/admin"
+	"github.com/herald-im/herald/internal/browsertest"
 	"github.com/herald-im/herald/internal/hssim"
 	"github.com/herald-im/herald/invites"
 	"github.com/herald-im/herald/mailer"
@@ -33,65 +33,6 @@ const (
 	consoleUser     = "operator"
 	consolePassword = "correct horse battery staple"
 )
-
-// browserPath finds Debian's chromium; a missing browser fails the test
-// (.ci/run installs it with apt-get install -y chromium).
-func browserPath(t *testing.T) string {
-	t.Helper()
-	for _, p := range []string{os.Getenv("HERALD_CHROMIUM"), "/usr/bin/chromium"} {
-		if p != "" {
-			if _, err := os.Stat(p); err == nil {
-				return p
-			}
-		}
-	}
-	if p, err := exec.LookPath("chromium"); err == nil {
-		return p
-	}
-	t.Fatal("chromium not found at /usr/bin/chromium (apt-get install -y chromium, or set HERALD_CHROMIUM)")
-	return ""
-}
-
-// browser starts headless Chromium; everything it does must finish within a
-// generous overall deadline (waits are for elements, never fixed sleeps).
-func browser(t *testing.T) context.Context {
-	t.Helper()
-	opts := []chromedp.ExecAllocatorOption{
-		chromedp.ExecPath(browserPath(t)),
-		chromedp.Headless,
-		chromedp.NoSandbox,
-		chromedp.DisableGPU,
-		chromedp.NoFirstRun,
-		chromedp.NoDefaultBrowserCheck,
-		chromedp.Flag("disable-quic", true),
-		chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true),
-		chromedp.Flag("disable-dev-shm-usage", true),
-		chromedp.Flag("disable-extensions", true),
-		chromedp.Flag("force-color-profile", "srgb"),
-		chromedp.Flag("hide-scrollbars", true),
-		chromedp.UserDataDir(t.TempDir()),
-		chromedp.WindowSize(1280, 900),
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
-	t.Cleanup(cancel)
-	actx, acancel := chromedp.NewExecAllocator(ctx, opts...)
-	t.Cleanup(acancel)
-	bctx, bcancel := chromedp.NewContext(actx)
-	t.Cleanup(bcancel)
-	return bctx
-}
-
-// artifactDir is test-artifacts/e2e at the repository root (gitignored).
-func artifactDir(t *testing.T) string {
-	t.Helper()
-	dir := filepath.Join("..", "test-artifacts", "e2e")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	return dir
-}
 
 // inviteOf finds the one invite stored for address (normalised).
 func inviteOf(t *testing.T, w *world, address string) *invites.Invite {
@@ -164,26 +105,20 @@ func TestConsoleInBrowser(t *testing.T) {
 	waitAccepted(t, w.sim, 1)
 	waitDelivered(t, w, 1)
 
-	ctx := browser(t)
-	dir := artifactDir(t)
+	ctx := browsertest.New(t, 120*time.Second)
+	dir := browsertest.Artifacts(t, "e2e")
 	base := w.env.URL
 	must := func(what string, steps ...chromedp.Action[chromedp.Void]) {
 		t.Helper()
 		if err := chromedp.Do(ctx, steps...); err != nil {
-			if buf, serr := chromedp.Run(ctx, chromedp.FullScreenshot(100)); serr == nil {
-				_ = os.WriteFile(filepath.Join(dir, "failure.png"), buf, 0o644)
-			}
+			_ = browsertest.Screenshot(ctx, filepath.Join(dir, "failure.png"))
 			t.Fatalf("%s: %v", what, err)
 		}
 	}
 	shot := func(name string) {
 		t.Helper()
-		buf, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
-		if err != nil {
+		if err := browsertest.Screenshot(ctx, filepath.Join(dir, name)); err != nil {
 			t.Fatalf("screenshot %s: %v", name, err)
-		}
-		if err := os.WriteFile(filepath.Join(dir, name), buf, 0o644); err != nil {
-			t.Fatal(err)
 		}
 	}
 	text := func(sel string) string {
