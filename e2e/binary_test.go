@@ -11,12 +11,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/herald-im/herald/internal/hssim"
 	"github.com/herald-im/herald/internal/spectest"
+	"github.com/herald-im/herald/internal/testenv"
 	"github.com/herald-im/herald/mailer/smtptest"
 )
 
@@ -24,25 +24,8 @@ import (
 type herald struct {
 	bin, config, url string
 	cmd              *exec.Cmd
-	out              *lockedBuffer
+	out              *testenv.SyncBuffer
 	client           *http.Client
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 func freePort(t *testing.T) int {
@@ -127,7 +110,7 @@ func TestBinaryEndToEnd(t *testing.T) {
 	inviterHS := hssim.New(t, "hs.test", hssim.Synapse)
 	sim := hssim.New(t, simName, hssim.Synapse)
 	port := freePort(t)
-	h := &herald{bin: bin, config: filepath.Join(dir, "herald.yaml"), url: fmt.Sprintf("http://127.0.0.1:%d", port), out: &lockedBuffer{},
+	h := &herald{bin: bin, config: filepath.Join(dir, "herald.yaml"), url: fmt.Sprintf("http://127.0.0.1:%d", port), out: &testenv.SyncBuffer{},
 		client: &http.Client{Timeout: 10 * time.Second, Transport: spectest.Transport(t, nil),
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}}
 	cfg := fmt.Sprintf(`server_name: herald.test

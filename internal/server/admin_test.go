@@ -2,27 +2,22 @@ package server_test
 
 import (
 	"bytes"
-	"context"
 	"encoding/base64"
 	"encoding/json"
 	"io"
 	"io/fs"
-	"log/slog"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/herald-im/herald/admin"
 	"github.com/herald-im/herald/config"
 	"github.com/herald-im/herald/identity"
-	"github.com/herald-im/herald/internal/server"
 	"github.com/herald-im/herald/internal/testenv"
 	"github.com/herald-im/herald/invites"
 	bolt "go.etcd.io/bbolt"
@@ -174,23 +169,6 @@ func TestAdminWiring(t *testing.T) {
 	}
 }
 
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // TestAdminSeparateListener: with admin.listen the console is served there,
 // and not on the public listener.
 func TestAdminSeparateListener(t *testing.T) {
@@ -198,24 +176,12 @@ func TestAdminSeparateListener(t *testing.T) {
 	cfg.DataDir = t.TempDir()
 	cfg.Listen = "127.0.0.1:0"
 	cfg.Admin.Listen = "127.0.0.1:0"
-	var logs lockedBuffer
-	a, err := server.New(&cfg, slog.New(slog.NewTextHandler(&logs, nil)), server.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Serve(ctx, ln) }()
+	var logs testenv.SyncBuffer
+	public, stop := serveApp(t, &cfg, &logs)
 	defer func() {
-		cancel()
-		if err := <-done; err != nil {
+		if err := stop(); err != nil {
 			t.Error(err)
 		}
-		a.Close()
 	}()
 	re := regexp.MustCompile(`admin console listening"? addr=(\S+)`)
 	var addr string
@@ -236,7 +202,7 @@ func TestAdminSeparateListener(t *testing.T) {
 	if res.StatusCode != 200 || !strings.Contains(string(body), "Log in") {
 		t.Fatalf("admin listener: %d", res.StatusCode)
 	}
-	res, err = http.Get("http://" + ln.Addr().String() + "/admin/login")
+	res, err = http.Get("http://" + public + "/admin/login")
 	if err != nil {
 		t.Fatal(err)
 	}

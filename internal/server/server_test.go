@@ -175,12 +175,12 @@ func TestRequestLog(t *testing.T) {
 	}
 }
 
-// serveApp runs a fresh App on 127.0.0.1:0 with cfg and returns its address
-// and a stop function that waits for Serve to return.
-func serveApp(t *testing.T, cfg *config.Config) (string, func() error) {
+// serveApp runs a fresh App on 127.0.0.1:0 with cfg, its logs written to logs,
+// and returns its address and a stop function that waits for Serve to return.
+func serveApp(t *testing.T, cfg *config.Config, logs io.Writer) (string, func() error) {
 	t.Helper()
 	ready := make(chan struct{})
-	a, err := server.New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), server.Options{Listening: func(net.Addr) { close(ready) }})
+	a, err := server.New(cfg, slog.New(slog.NewTextHandler(logs, nil)), server.Options{Listening: func(net.Addr) { close(ready) }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -221,7 +221,7 @@ func testConfig(t *testing.T) *config.Config {
 func TestServeSelfSignedTLS(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.TLS.SelfSigned = true
-	addr, stop := serveApp(t, cfg)
+	addr, stop := serveApp(t, cfg, io.Discard)
 
 	certPEM, err := os.ReadFile(filepath.Join(cfg.DataDir, "tls", server.SelfSignedCertFile))
 	if err != nil {
@@ -258,7 +258,7 @@ func TestServeSelfSignedTLS(t *testing.T) {
 	}
 
 	// A restart reuses the certificate.
-	_, stop = serveApp(t, cfg)
+	_, stop = serveApp(t, cfg, io.Discard)
 	stop()
 	again, _ := os.ReadFile(filepath.Join(cfg.DataDir, "tls", server.SelfSignedCertFile))
 	if !bytes.Equal(again, certPEM) {
@@ -266,7 +266,7 @@ func TestServeSelfSignedTLS(t *testing.T) {
 	}
 	// A change of server_name makes a new one that covers it.
 	cfg.ServerName = "id.example.org"
-	_, stop = serveApp(t, cfg)
+	_, stop = serveApp(t, cfg, io.Discard)
 	stop()
 	again, _ = os.ReadFile(filepath.Join(cfg.DataDir, "tls", server.SelfSignedCertFile))
 	if bytes.Equal(again, certPEM) {
@@ -315,7 +315,7 @@ func TestServeCertFiles(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.TLS.CertFile = filepath.Join(dir, server.SelfSignedCertFile)
 	cfg.TLS.KeyFile = filepath.Join(dir, server.SelfSignedKeyFile)
-	addr, stop := serveApp(t, cfg)
+	addr, stop := serveApp(t, cfg, io.Discard)
 	pool := x509.NewCertPool()
 	pool.AddCert(leaf.Leaf)
 	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, ServerName: "id.example.org"}}, Timeout: 10 * time.Second}
@@ -349,7 +349,7 @@ func TestServeCertFiles(t *testing.T) {
 // Shutdown lets a request in flight finish.
 func TestGracefulShutdown(t *testing.T) {
 	cfg := testConfig(t)
-	addr, stop := serveApp(t, cfg)
+	addr, stop := serveApp(t, cfg, io.Discard)
 	// Once one request was answered, the server is accepting.
 	if resp, err := http.Get("http://" + addr + "/_matrix/identity/versions"); err != nil {
 		t.Fatal(err)

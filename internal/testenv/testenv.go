@@ -61,7 +61,7 @@ type Env struct {
 	// Client is an HTTP client for the server (no redirects followed).
 	Client *http.Client
 
-	logs    *syncBuffer
+	logs    *SyncBuffer
 	srv     *httptest.Server
 	handler atomic.Pointer[http.Handler]
 	closed  bool
@@ -72,7 +72,7 @@ type Env struct {
 // a bbolt consistency check on the data file.
 func Start(t testing.TB, mutate ...func(*config.Config)) *Env {
 	t.Helper()
-	e := &Env{HS: NewFakeHomeserver(t), DataDir: t.TempDir(), Clock: &Clock{}, logs: &syncBuffer{}}
+	e := &Env{HS: NewFakeHomeserver(t), DataDir: t.TempDir(), Clock: &Clock{}, logs: &SyncBuffer{}}
 	e.setHandler(http.NotFoundHandler())
 	e.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		(*e.handler.Load()).ServeHTTP(w, r)
@@ -315,18 +315,22 @@ func (c *Clock) Advance(d time.Duration) {
 	c.mu.Unlock()
 }
 
-type syncBuffer struct {
+// SyncBuffer is a bytes.Buffer safe for concurrent writers, for capturing a
+// server's logs while it runs.
+type SyncBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
 }
 
-func (s *syncBuffer) Write(p []byte) (int, error) {
+// Write appends p.
+func (s *SyncBuffer) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.Write(p)
 }
 
-func (s *syncBuffer) String() string {
+// String is everything written so far.
+func (s *SyncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
