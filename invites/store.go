@@ -441,21 +441,8 @@ func (s *Service) List(f Filter) ([]*Invite, int, error) {
 				visit(all[i])
 			}
 		case f.State != "":
-			prefix := join0(f.State, "")
-			c := tx.Bucket(bktState).Cursor()
-			// Walk the state's keys backwards: seek past the prefix, step back.
-			end := append(append([]byte{}, prefix...), 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff)
-			k, _ := c.Seek(end)
-			if k == nil {
-				k, _ = c.Last()
-			} else {
-				k, _ = c.Prev()
-			}
-			for ; k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Prev() {
-				if len(k) != len(prefix)+8 {
-					continue
-				}
-				inv, err := getTx(tx, u64(k[len(prefix):]))
+			for id := range store.Descending(tx.Bucket(bktState), join0(f.State, "")) {
+				inv, err := getTx(tx, id)
 				if err != nil {
 					return err
 				}

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"iter"
 	"log/slog"
 	"math"
 	"mime"
@@ -662,45 +663,16 @@ func (q *Queue) List(f Filter) ([]Mail, error) {
 }
 
 // candidates yields ids, newest first, from the most selective index.
-func (q *Queue) candidates(tx *bolt.Tx, f Filter) func(yield func(uint64) bool) {
-	var b *bolt.Bucket
-	var prefix []byte
+func (q *Queue) candidates(tx *bolt.Tx, f Filter) iter.Seq[uint64] {
 	switch {
 	case f.Ref != "":
-		b, prefix = tx.Bucket(bktRef), append([]byte(f.Ref), 0)
+		return store.Descending(tx.Bucket(bktRef), append([]byte(f.Ref), 0))
 	case f.To != "":
-		b, prefix = tx.Bucket(bktTo), append([]byte(strings.ToLower(f.To)), 0)
+		return store.Descending(tx.Bucket(bktTo), append([]byte(strings.ToLower(f.To)), 0))
 	case f.State != "":
-		b, prefix = tx.Bucket(bktState), append([]byte(f.State), 0)
+		return store.Descending(tx.Bucket(bktState), append([]byte(f.State), 0))
 	}
-	if b == nil {
-		return func(yield func(uint64) bool) {
-			c := tx.Bucket(bktMail).Cursor()
-			for k, _ := c.Last(); k != nil; k, _ = c.Prev() {
-				if !yield(binary.BigEndian.Uint64(k)) {
-					return
-				}
-			}
-		}
-	}
-	return func(yield func(uint64) bool) {
-		c := b.Cursor()
-		end := append(append([]byte{}, prefix...), 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff)
-		k, _ := c.Seek(end)
-		if k == nil {
-			k, _ = c.Last()
-		} else {
-			k, _ = c.Prev()
-		}
-		for ; k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Prev() {
-			if len(k) != len(prefix)+8 {
-				continue
-			}
-			if !yield(binary.BigEndian.Uint64(k[len(prefix):])) {
-				return
-			}
-		}
-	}
+	return store.Descending(tx.Bucket(bktMail), nil)
 }
 
 // ByRef returns every mail queued with ref, newest first.

@@ -3,9 +3,11 @@
 package store
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"iter"
 	"os"
 	"path/filepath"
 	"time"
@@ -100,6 +102,32 @@ func TimeKey(t time.Time, suffix []byte) []byte {
 	b := make([]byte, 8, 8+len(suffix))
 	binary.BigEndian.PutUint64(b, uint64(t.UnixNano()))
 	return append(b, suffix...)
+}
+
+// Descending yields, highest first, the IDs of b's keys that are prefix
+// followed by an 8-byte big-endian ID (U64): newest first, for an index of
+// value+NUL+ID keys or, with a nil prefix, a bucket keyed by ID. Keys with the
+// prefix and another length are skipped. Use it inside the transaction of b.
+func Descending(b *bolt.Bucket, prefix []byte) iter.Seq[uint64] {
+	return func(yield func(uint64) bool) {
+		c := b.Cursor()
+		// Seek past every prefix+ID key, then step back.
+		end := append(append([]byte{}, prefix...), 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff)
+		k, _ := c.Seek(end)
+		if k == nil {
+			k, _ = c.Last()
+		} else {
+			k, _ = c.Prev()
+		}
+		for ; k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Prev() {
+			if len(k) != len(prefix)+8 {
+				continue
+			}
+			if !yield(binary.BigEndian.Uint64(k[len(prefix):])) {
+				return
+			}
+		}
+	}
 }
 
 // Copy returns a copy of b (bbolt's slices are valid only inside the transaction).

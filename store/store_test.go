@@ -87,3 +87,71 @@ func TestKeys(t *testing.T) {
 		t.Error("Copy")
 	}
 }
+
+func TestDescending(t *testing.T) {
+	db, err := Open(t.TempDir(), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	err = db.Update(func(tx *bolt.Tx) error {
+		b, err := tx.CreateBucket([]byte("idx"))
+		if err != nil {
+			return err
+		}
+		for _, k := range [][]byte{
+			append([]byte("a\x00"), U64(1)...),
+			append([]byte("b\x00"), U64(2)...),
+			append([]byte("b\x00"), U64(300)...),
+			append([]byte("b\x00"), U64(1<<64-1)...),
+			[]byte("b\x00short"), // another length: skipped
+			append([]byte("c\x00"), U64(3)...),
+		} {
+			if err := b.Put(k, nil); err != nil {
+				return err
+			}
+		}
+		ids := func(prefix []byte, most int) []uint64 {
+			var out []uint64
+			for id := range Descending(b, prefix) {
+				out = append(out, id)
+				if len(out) == most {
+					break
+				}
+			}
+			return out
+		}
+		if got := ids([]byte("b\x00"), 10); len(got) != 3 || got[0] != 1<<64-1 || got[1] != 300 || got[2] != 2 {
+			t.Errorf("b: %v", got)
+		}
+		if got := ids([]byte("b\x00"), 1); len(got) != 1 || got[0] != 1<<64-1 {
+			t.Errorf("b, stopped after one: %v", got)
+		}
+		if got := ids([]byte("c\x00"), 10); len(got) != 1 || got[0] != 3 {
+			t.Errorf("c (the last prefix): %v", got)
+		}
+		if got := ids([]byte("z\x00"), 10); len(got) != 0 {
+			t.Errorf("z: %v", got)
+		}
+		ib, err := tx.CreateBucket([]byte("byid"))
+		if err != nil {
+			return err
+		}
+		for _, id := range []uint64{5, 1, 9} {
+			if err := ib.Put(U64(id), nil); err != nil {
+				return err
+			}
+		}
+		var all []uint64
+		for id := range Descending(ib, nil) {
+			all = append(all, id)
+		}
+		if len(all) != 3 || all[0] != 9 || all[1] != 5 || all[2] != 1 {
+			t.Errorf("by ID: %v", all)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
