@@ -178,18 +178,11 @@ func randomString(n int) string {
 
 // Errors of the session endpoints.
 var (
-	errNoSession = &matrix.Error{Status: http.StatusNotFound, Code: "M_NO_VALID_SESSION",
-		Message: "No valid session was found matching that sid and client secret"}
+	errNoSession    = matrix.NoValidSession("No valid session was found matching that sid and client secret")
 	errExpired      = matrix.SessionExpired("This validation session has expired: request a new token")
 	errNotValidated = matrix.SessionNotValidated("This validation session has not yet been completed")
 	errBadToken     = matrix.TokenIncorrect("The token is incorrect")
 )
-
-// emailSendError is M_EMAIL_SEND_ERROR with the status the spec documents
-// for requestToken (400).
-func emailSendError(msg string) error {
-	return &matrix.Error{Status: http.StatusBadRequest, Code: "M_EMAIL_SEND_ERROR", Message: msg}
-}
 
 func (s *Service) validator() (*validation, error) {
 	if s.val == nil {
@@ -364,14 +357,14 @@ func (s *Service) RequestEmailToken(c echo.Context) error {
 		msg, err := v.email.Render(validationData(address, token, link, se.SID, v.opts.Brand))
 		if err != nil {
 			s.opts.Log.Error("rendering the validation email", "err", err)
-			return emailSendError("The validation email could not be prepared")
+			return matrix.EmailSendError("The validation email could not be prepared")
 		}
 		msg.To = address
 		msg.Ref = "session:" + se.SID
 		id, err := v.opts.Mail.Enqueue(tx, msg)
 		if err != nil {
 			s.opts.Log.Warn("queueing the validation email", "to", RedactEmail(address), "err", err)
-			return emailSendError("The validation email could not be sent")
+			return matrix.EmailSendError("The validation email could not be sent")
 		}
 		se.MailID = id
 		if err := putSession(tx, se); err != nil {

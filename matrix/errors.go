@@ -67,9 +67,9 @@ var (
 	ThreepidInUse         = newErr(http.StatusBadRequest, "M_THREEPID_IN_USE")
 	TokenIncorrect        = newErr(http.StatusBadRequest, "M_TOKEN_INCORRECT")
 	SessionExpired        = newErr(http.StatusBadRequest, "M_SESSION_EXPIRED")
-	NoValidSession        = newErr(http.StatusBadRequest, "M_NO_VALID_SESSION")
+	NoValidSession        = newErr(http.StatusNotFound, "M_NO_VALID_SESSION")
 	SessionNotValidated   = newErr(http.StatusBadRequest, "M_SESSION_NOT_VALIDATED")
-	EmailSendError        = newErr(http.StatusInternalServerError, "M_EMAIL_SEND_ERROR")
+	EmailSendError        = newErr(http.StatusBadRequest, "M_EMAIL_SEND_ERROR")
 	Unauthorized          = newErr(http.StatusUnauthorized, "M_UNAUTHORIZED")
 	ForbiddenUnauthorized = newErr(http.StatusForbidden, "M_UNAUTHORIZED")
 	Forbidden             = newErr(http.StatusForbidden, "M_FORBIDDEN")
@@ -77,7 +77,6 @@ var (
 	TooLarge              = newErr(http.StatusRequestEntityTooLarge, "M_TOO_LARGE")
 	Unknown               = newErr(http.StatusInternalServerError, "M_UNKNOWN")
 	ServerUnavailable     = newErr(http.StatusServiceUnavailable, "M_UNKNOWN")
-	BadGateway            = newErr(http.StatusBadGateway, "M_UNKNOWN")
 )
 
 // NotFoundRoute is the answer for a path Herald does not serve.

@@ -112,6 +112,3 @@ func joinComma(s []string) string {
 	}
 	return b.String()
 }
-
-// JSON writes v with status 200.
-func JSON(c echo.Context, v any) error { return c.JSON(http.StatusOK, v) }

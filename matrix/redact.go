@@ -17,12 +17,3 @@ func RedactEmail(addr string) string {
 	}
 	return first(local) + "@" + first(domain)
 }
-
-// RedactToken keeps only enough of a secret token to tell two apart in logs:
-// its first four characters.
-func RedactToken(tok string) string {
-	if len(tok) <= 8 {
-		return "..."
-	}
-	return tok[:4] + "..."
-}

@@ -208,9 +208,6 @@ func (a *App) Ring() *keys.Ring { return a.ring }
 // Ephemeral is the ephemeral public key store.
 func (a *App) Ephemeral() *keys.Ephemeral { return a.ephemeral }
 
-// Federation is the outbound homeserver client.
-func (a *App) Federation() *federation.Client { return a.fed }
-
 // Identity is the identity service (accounts, terms, bindings).
 func (a *App) Identity() *identity.Service { return a.identity }
 

@@ -61,15 +61,6 @@ func (h *FakeHomeserver) serve(w http.ResponseWriter, r *http.Request) {
 	h.mux.ServeHTTP(w, r)
 }
 
-// Handle registers a handler, with http.ServeMux patterns
-// ("POST /_matrix/federation/v1/3pid/onbind").
-func (h *FakeHomeserver) Handle(pattern string, handler http.Handler) { h.mux.Handle(pattern, handler) }
-
-// HandleFunc is Handle for a function.
-func (h *FakeHomeserver) HandleFunc(pattern string, handler func(http.ResponseWriter, *http.Request)) {
-	h.mux.HandleFunc(pattern, handler)
-}
-
 // OpenIDToken makes a fresh OpenID access token that userinfo answers with
 // {"sub": userID}.
 func (h *FakeHomeserver) OpenIDToken(userID string) string {
