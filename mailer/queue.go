@@ -90,7 +90,7 @@ type Options struct {
 	Now          func() time.Time
 	NewMessageID func() string // "<id@domain>"; default: random with From's domain
 	// Backoff after the n-th failed attempt is MinBackoff·2^(n-1), at most MaxBackoff.
-	MinBackoff time.Duration // default 30 s
+	MinBackoff time.Duration // default 30 s, or MaxBackoff if that is less
 	MaxBackoff time.Duration // default 1 h
 	// A mail that keeps failing temporarily becomes Failed after MaxAttempts
 	// attempts (0: no limit) or GiveUpAfter since it was queued or retried
@@ -155,7 +155,9 @@ func Open(db *bolt.DB, opts Options, log *slog.Logger) (*Queue, error) {
 		opts.MaxBackoff = time.Hour
 	}
 	if opts.MaxBackoff < opts.MinBackoff {
-		opts.MaxBackoff = opts.MinBackoff
+		// The cap wins: smtp.max_backoff below the default first wait
+		// (30 s) is the operator's cap on every wait, the first included.
+		opts.MinBackoff = opts.MaxBackoff
 	}
 	if opts.GiveUpAfter <= 0 {
 		opts.GiveUpAfter = 48 * time.Hour

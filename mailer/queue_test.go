@@ -512,6 +512,29 @@ func TestQueueSendsBacklogInGroupsOnce(t *testing.T) {
 	}
 }
 
+// smtp.max_backoff caps every wait, the first included: a cap below the
+// default first wait (30 s) is not raised to it.
+func TestQueueMaxBackoffBelowDefaultMinimumCapsFirstWait(t *testing.T) {
+	srv := smtptest.Start(t, smtptest.Options{})
+	srv.Fail(smtptest.AtData, 451, 1)
+	clk := &clock{t: fixedDate}
+	e := newEnv(t, t.TempDir(), srv, func(o *mailer.Options) {
+		o.Now = clk.Now
+		o.MinBackoff = 0 // the default, as mailer.OptionsFromConfig leaves it
+		o.MaxBackoff = 10 * time.Second
+	})
+	defer closeDB(t, e.db)
+	e.run()
+	id := e.enqueue(msg("a@example.org", "capped"))
+	m := e.waitFor(id, "attempted once", func(m mailer.Mail) bool { return len(m.Attempts) == 1 })
+	if got := m.NextAttempt.Sub(m.LastAttempt().At); got != 10*time.Second {
+		t.Fatalf("the first retry is %v later, want the 10s cap", got)
+	}
+	clk.Add(10 * time.Second)
+	e.q.Wake()
+	e.waitState(id, mailer.Sent)
+}
+
 // Temporary failures are retried after MinBackoff·2^(n-1), capped at
 // MaxBackoff: the clock is injected and only moves when the test moves it.
 func TestQueueBackoffIsExponentialAndCapped(t *testing.T) {
