@@ -95,22 +95,24 @@ func (h *herald) do(t *testing.T, method, path string, body any, token string) (
 	return resp.StatusCode, raw
 }
 
-// TestBinaryEndToEnd runs the built herald binary with a config file, an
-// in-process SMTP server and two simulated homeservers (the inviter's and
-// the invitee's), through the whole third-party invite; then again with the
-// invitee's homeserver down for a while and Herald restarted in between.
-func TestBinaryEndToEnd(t *testing.T) {
+// newBinary builds the herald binary and writes its config: an in-process
+// SMTP server, the inviter's homeserver (hs.test) and the invitee's
+// (simName), short federation and onbind timings. smtpExtra is indented YAML
+// added to the smtp section, extra top-level YAML appended. It does not
+// start Herald.
+func newBinary(t *testing.T, smtpExtra, extra string) (h *herald, smtp *smtptest.Server, inviterHS, sim *hssim.Sim) {
+	t.Helper()
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "herald")
 	build := exec.Command("go", "build", "-o", bin, "github.com/herald-im/herald/cmd/herald")
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
-	smtp := smtptest.Start(t, smtptest.Options{})
-	inviterHS := hssim.New(t, "hs.test", hssim.Synapse)
-	sim := hssim.New(t, simName, hssim.Synapse)
+	smtp = smtptest.Start(t, smtptest.Options{})
+	inviterHS = hssim.New(t, "hs.test", hssim.Synapse)
+	sim = hssim.New(t, simName, hssim.Synapse)
 	port := freePort(t)
-	h := &herald{bin: bin, config: filepath.Join(dir, "herald.yaml"), url: fmt.Sprintf("http://127.0.0.1:%d", port), out: &testenv.SyncBuffer{},
+	h = &herald{bin: bin, config: filepath.Join(dir, "herald.yaml"), url: fmt.Sprintf("http://127.0.0.1:%d", port), out: &testenv.SyncBuffer{},
 		client: &http.Client{Timeout: 10 * time.Second, Transport: spectest.Transport(t, nil),
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}}
 	cfg := fmt.Sprintf(`server_name: herald.test
@@ -124,7 +126,7 @@ smtp:
   port: %d
   security: none
   from: "Herald <herald@herald.test>"
-federation:
+%sfederation:
   allow_private_addresses: true
   timeout: 2s
   servers:
@@ -133,10 +135,19 @@ federation:
 delivery:
   min_backoff: 20ms
   max_backoff: 100ms
-`, h.url, port, filepath.Join(dir, "data"), smtp.Host, smtp.Port, inviterHS.URL, simName, sim.URL)
+%s`, h.url, port, filepath.Join(dir, "data"), smtp.Host, smtp.Port, smtpExtra, inviterHS.URL, simName, sim.URL, extra)
 	if err := os.WriteFile(h.config, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	return h, smtp, inviterHS, sim
+}
+
+// TestBinaryEndToEnd runs the built herald binary with a config file, an
+// in-process SMTP server and two simulated homeservers (the inviter's and
+// the invitee's), through the whole third-party invite; then again with the
+// invitee's homeserver down for a while and Herald restarted in between.
+func TestBinaryEndToEnd(t *testing.T) {
+	h, smtp, inviterHS, sim := newBinary(t, "", "")
 	t.Cleanup(func() {
 		h.stop(t)
 		if t.Failed() {

@@ -7,17 +7,10 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
-	"github.com/herald-im/herald/internal/hssim"
-	"github.com/herald-im/herald/internal/spectest"
-	"github.com/herald-im/herald/internal/testenv"
 	"github.com/herald-im/herald/mailer"
 	"github.com/herald-im/herald/mailer/smtptest"
 )
@@ -62,43 +55,9 @@ func (h *herald) admin(t *testing.T, path string, v any) {
 // every invite stored (acknowledged or not) gets its email exactly once, and
 // the onbind delivery arrives exactly once.
 func TestCrashLosesNoAcknowledgedWork(t *testing.T) {
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "herald")
-	build := exec.Command("go", "build", "-o", bin, "github.com/herald-im/herald/cmd/herald")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	smtp := smtptest.Start(t, smtptest.Options{})
-	inviterHS := hssim.New(t, "hs.test", hssim.Synapse)
-	sim := hssim.New(t, simName, hssim.Synapse)
-	port := freePort(t)
-	h := &herald{bin: bin, config: filepath.Join(dir, "herald.yaml"), url: fmt.Sprintf("http://127.0.0.1:%d", port), out: &testenv.SyncBuffer{},
-		client: &http.Client{Timeout: 10 * time.Second, Transport: spectest.Transport(t, nil),
-			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}}
 	// Short SMTP and onbind backoffs so deferred work is retried within the
 	// test; no rate limits (40 invites from one sender at once).
-	cfg := fmt.Sprintf(`server_name: herald.test
-public_base_url: %s
-listen: 127.0.0.1:%d
-data_dir: %s
-log:
-  level: debug
-smtp:
-  host: %s
-  port: %d
-  security: none
-  from: "Herald <herald@herald.test>"
-  max_backoff: 50ms
-federation:
-  allow_private_addresses: true
-  timeout: 2s
-  servers:
-    hs.test: %s
-    %s: %s
-delivery:
-  min_backoff: 20ms
-  max_backoff: 100ms
-invites:
+	h, smtp, inviterHS, sim := newBinary(t, "  max_backoff: 50ms\n", fmt.Sprintf(`invites:
   rate_limits:
     sender: {per_hour: 0}
     room: {per_hour: 0}
@@ -106,10 +65,7 @@ invites:
     homeserver: {per_hour: 0}
 admin:
   api_tokens: [%q]
-`, h.url, port, filepath.Join(dir, "data"), smtp.Host, smtp.Port, inviterHS.URL, simName, sim.URL, crashAdminToken)
-	if err := os.WriteFile(h.config, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
+`, crashAdminToken))
 	t.Cleanup(func() {
 		if h.cmd != nil {
 			h.kill(t)
