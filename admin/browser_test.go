@@ -20,26 +20,10 @@ func TestBrowser(t *testing.T) {
 	dir := browsertest.Artifacts(t, "admin")
 	must := func(what string, steps ...chromedp.Action[chromedp.Void]) {
 		t.Helper()
-		if err := chromedp.Do(ctx, steps...); err != nil {
-			shot(t, ctx, filepath.Join(dir, "failure.png"))
-			t.Fatalf("%s: %v", what, err)
-		}
+		browsertest.Must(t, ctx, dir, what, steps...)
 	}
-	text := func(sel string) string {
-		t.Helper()
-		s, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS(sel)))
-		if err != nil {
-			t.Fatalf("text of %s: %v", sel, err)
-		}
-		return s
-	}
-	loc := func() string {
-		u, err := chromedp.Run(ctx, chromedp.Location())
-		if err != nil {
-			t.Fatal(err)
-		}
-		return strings.TrimPrefix(u, e.srv.URL)
-	}
+	text := func(sel string) string { t.Helper(); return browsertest.Text(t, ctx, sel) }
+	loc := func() string { t.Helper(); return browsertest.Location(t, ctx, e.srv.URL) }
 
 	// Log in: the console sends us to the login form first.
 	must("open console", chromedp.Navigate(e.srv.URL+"/admin/invites"), chromedp.WaitVisible(chromedp.CSS("input[name=password]")))

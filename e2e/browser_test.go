@@ -110,10 +110,7 @@ func TestConsoleInBrowser(t *testing.T) {
 	base := w.env.URL
 	must := func(what string, steps ...chromedp.Action[chromedp.Void]) {
 		t.Helper()
-		if err := chromedp.Do(ctx, steps...); err != nil {
-			_ = browsertest.Screenshot(ctx, filepath.Join(dir, "failure.png"))
-			t.Fatalf("%s: %v", what, err)
-		}
+		browsertest.Must(t, ctx, dir, what, steps...)
 	}
 	shot := func(name string) {
 		t.Helper()
@@ -121,22 +118,8 @@ func TestConsoleInBrowser(t *testing.T) {
 			t.Fatalf("screenshot %s: %v", name, err)
 		}
 	}
-	text := func(sel string) string {
-		t.Helper()
-		s, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS(sel)))
-		if err != nil {
-			t.Fatalf("text of %s: %v", sel, err)
-		}
-		return s
-	}
-	loc := func() string {
-		t.Helper()
-		u, err := chromedp.Run(ctx, chromedp.Location())
-		if err != nil {
-			t.Fatal(err)
-		}
-		return strings.TrimPrefix(u, base)
-	}
+	text := func(sel string) string { t.Helper(); return browsertest.Text(t, ctx, sel) }
+	loc := func() string { t.Helper(); return browsertest.Location(t, ctx, base) }
 	// noticeIs waits for the page a redirect lands on to show exactly msg.
 	// It asks again while the page navigates (an evaluation then fails).
 	noticeIs := func(msg string) chromedp.Action[chromedp.Void] {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -82,4 +83,34 @@ func Screenshot(ctx context.Context, path string) error {
 		return err
 	}
 	return os.WriteFile(path, buf, 0o644)
+}
+
+// Must runs steps; on failure it saves dir/failure.png and fails the test
+// saying what was being done.
+func Must(t testing.TB, ctx context.Context, dir, what string, steps ...chromedp.Action[chromedp.Void]) {
+	t.Helper()
+	if err := chromedp.Do(ctx, steps...); err != nil {
+		_ = Screenshot(ctx, filepath.Join(dir, "failure.png"))
+		t.Fatalf("%s: %v", what, err)
+	}
+}
+
+// Text returns the text of the first element matching the CSS selector sel.
+func Text(t testing.TB, ctx context.Context, sel string) string {
+	t.Helper()
+	s, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS(sel)))
+	if err != nil {
+		t.Fatalf("text of %s: %v", sel, err)
+	}
+	return s
+}
+
+// Location returns the page's URL without the prefix base.
+func Location(t testing.TB, ctx context.Context, base string) string {
+	t.Helper()
+	u, err := chromedp.Run(ctx, chromedp.Location())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimPrefix(u, base)
 }
