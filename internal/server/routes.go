@@ -5,6 +5,7 @@ import (
 
 	"github.com/labstack/echo/v4"
 
+	"github.com/herald-im/herald/admin"
 	"github.com/herald-im/herald/keys"
 )
 
@@ -78,9 +79,22 @@ func (a *App) routes(e *echo.Echo) {
 	if a.admin != nil && a.cfg.Admin.Listen == "" {
 		// The operator console and its JSON API (admin/routes.go lists its
 		// routes); with admin.listen set it is served there instead.
-		e.Any("/admin", echo.WrapHandler(a.admin))
-		e.Any("/admin/*", echo.WrapHandler(a.admin))
+		e.Any("/admin", a.serveConsole)
+		e.Any("/admin/*", a.serveConsole)
 	}
+}
+
+// serveConsole hands a request to the console with the client address this
+// server determined, which the console's login limits count by. Without an
+// IPExtractor (trusted proxies) Echo's RealIP would believe any
+// X-Forwarded-For, so the console then uses the TCP peer itself.
+func (a *App) serveConsole(c echo.Context) error {
+	r := c.Request()
+	if c.Echo().IPExtractor != nil {
+		r = admin.WithClientIP(r, c.RealIP())
+	}
+	a.admin.ServeHTTP(c.Response(), r)
+	return nil
 }
 
 func versions(c echo.Context) error {

@@ -157,6 +157,14 @@ func (a *App) Start(ctx context.Context) {
 		defer a.bg.Done()
 		a.invites.RunLifecycle(ctx, time.Minute)
 	}()
+	if a.admin != nil {
+		// Audit log retention; the count of refused console logins.
+		a.bg.Add(1)
+		go func() {
+			defer a.bg.Done()
+			a.admin.Run(ctx)
+		}()
+	}
 }
 
 // KeyReloadInterval is how often a running server re-reads data_dir/keys to
