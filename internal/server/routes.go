@@ -70,11 +70,8 @@ func (a *App) routes(e *echo.Echo) {
 	e.GET("/_herald/invites/optout", inv.OptOutPage)
 	e.POST("/_herald/invites/optout", inv.OptOutAction)
 
-	if a.mailbox != nil {
-		// No smtp.host: mail goes to the dev mailbox, readable here (and in the console).
-		e.GET("/_herald/mailbox", a.mailbox.Handler())
-		e.GET("/_herald/mailbox/:name", a.mailbox.Handler())
-	}
+	// No smtp.host: the dev mailbox (validation codes, invite links) is a
+	// console page behind the admin login (/admin/mailbox), nothing else.
 
 	if a.admin != nil && a.cfg.Admin.Listen == "" {
 		// The operator console and its JSON API (admin/routes.go lists its

@@ -99,9 +99,7 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) (_ *App, err error)
 	if a.mail, err = mailer.Open(a.db, mopts, log); err != nil {
 		return nil, err
 	}
-	if a.mailbox = mailbox; mailbox != nil {
-		log.Info("no smtp.host: mail goes to the dev mailbox", "dir", mailbox.Dir(), "url", cfg.BaseURL()+"/_herald/mailbox")
-	}
+	a.mailbox = mailbox
 	if a.identity, err = identity.New(a.db, identity.Options{Terms: cfg.Terms, UserInfo: a.fed, Log: log, Now: a.now, Ring: a.ring, Lookup: cfg.Lookup}); err != nil {
 		return nil, fmt.Errorf("identity: %w", err)
 	}
@@ -126,6 +124,7 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) (_ *App, err error)
 	if a.admin, err = a.newAdmin(); err != nil {
 		return nil, fmt.Errorf("admin console: %w", err)
 	}
+	a.logDevMailbox()
 	return a, nil
 }
 
