@@ -15,6 +15,9 @@ COPY --from=build /out/herald /usr/local/bin/herald
 # mounted there inherits that ownership.
 COPY --from=build --chown=65532:65532 /out/data /data
 USER 65532:65532
+# Listening on 0.0.0.0 needs HERALD_SMTP_HOST (or HERALD_SMTP_DEV_MAILBOX=true
+# to keep mail in the dev mailbox, read in the console): Herald refuses to
+# start without either.
 ENV HERALD_DATA_DIR=/data \
     HERALD_LISTEN=0.0.0.0:8090
 VOLUME ["/data"]

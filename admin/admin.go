@@ -48,6 +48,11 @@ type Options struct {
 	// still holds of deleted records (freed database pages).
 	Scrub func(ctx context.Context) error
 
+	// IPExtractor finds the client address of a request to the console's
+	// own listener (admin.listen) for the login limits. Default: the TCP
+	// peer. On the main listener the server passes its own (WithClientIP).
+	IPExtractor echo.IPExtractor
+
 	Log *slog.Logger
 	Now func() time.Time
 }
@@ -64,6 +69,10 @@ type Handler struct {
 	lifetime  time.Duration
 
 	handoverMu sync.Mutex // one import of handed-over accounts at a time
+
+	auditMu  sync.Mutex // one audit write at a time, so auditN stays exact
+	auditN   int        // entries in the audit bucket
+	refusals refusals   // login attempts refused without an audit entry each
 }
 
 // New checks the configuration, parses every template and builds the routes.
@@ -100,6 +109,12 @@ func New(opts Options) (*Handler, error) {
 			h.apiTokens = append(h.apiTokens, []byte(t))
 		}
 	}
+	if err := h.countAudit(); err != nil {
+		return nil, err
+	}
+	if err := h.PruneAudit(); err != nil {
+		return nil, err
+	}
 	h.importHandovers()
 	if !h.hasAccount() {
 		h.opts.Log.Warn("admin console: " + NoAccountHint(opts.Config.DataDir))
@@ -113,12 +128,19 @@ func New(opts Options) (*Handler, error) {
 	}
 	e := echo.New()
 	e.HideBanner, e.HidePort, e.Debug = true, true, false
+	e.IPExtractor = opts.IPExtractor
+	if e.IPExtractor == nil {
+		e.IPExtractor = echo.ExtractIPDirect()
+	}
 	e.HTTPErrorHandler = h.errorHandler
 	e.Use(middleware.RecoverWithConfig(middleware.RecoverConfig{DisablePrintStack: true, LogErrorFunc: func(c echo.Context, err error, stack []byte) error {
 		h.opts.Log.Error("admin: panic in handler", "path", c.Path(), "err", err, "stack", string(stack))
 		return err
 	}}))
 	e.Use(securityHeaders)
+	// The console's forms and API calls are small; the login form tiny
+	// (routes.go). Nothing larger is read, whichever listener serves it.
+	e.Use(middleware.BodyLimit("1M"))
 	h.routes(e)
 	h.e = e
 	return h, nil

@@ -1,21 +1,18 @@
 package admin
 
 import (
+	"context"
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/base64"
 	"encoding/json"
-	"net"
 	"net/http"
 	"strings"
-	"sync"
-	"time"
 
 	"github.com/labstack/echo/v4"
 	bolt "go.etcd.io/bbolt"
-	"golang.org/x/time/rate"
 )
 
 const (
@@ -200,48 +197,23 @@ func who(c echo.Context) string {
 	return u
 }
 
-// loginLimiter rate-limits login attempts per username and per client IP.
-type loginLimiter struct {
-	mu     sync.Mutex
-	byUser map[string]*rate.Limiter
-	byIP   map[string]*rate.Limiter
-	user   func() *rate.Limiter
-	ip     func() *rate.Limiter
+type clientIPKey struct{}
+
+// WithClientIP returns r carrying the client address the embedding server
+// determined (its Echo's RealIP, which knows the trusted proxies); the
+// console limits logins by it. Without it the console uses its own
+// IPExtractor (Options.IPExtractor, by default the TCP peer).
+func WithClientIP(r *http.Request, ip string) *http.Request {
+	if ip == "" {
+		return r
+	}
+	return r.WithContext(context.WithValue(r.Context(), clientIPKey{}, ip))
 }
 
-func newLoginLimiter() *loginLimiter {
-	return &loginLimiter{
-		byUser: map[string]*rate.Limiter{}, byIP: map[string]*rate.Limiter{},
-		// 5 quick tries per name, then one every 30 s; 20 per address, then one every 5 s.
-		user: func() *rate.Limiter { return rate.NewLimiter(rate.Every(30*time.Second), 5) },
-		ip:   func() *rate.Limiter { return rate.NewLimiter(rate.Every(5*time.Second), 20) },
+// clientIP is the address a request came from, for the login limits.
+func clientIP(c echo.Context) string {
+	if ip, ok := c.Request().Context().Value(clientIPKey{}).(string); ok {
+		return ip
 	}
-}
-
-// allow takes one attempt from both buckets; false means refuse.
-func (l *loginLimiter) allow(user, ip string, now time.Time) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	get := func(m map[string]*rate.Limiter, k string, mk func() *rate.Limiter) *rate.Limiter {
-		if len(m) > 10000 { // bound memory under a spray of names
-			clear(m)
-		}
-		lim, ok := m[k]
-		if !ok {
-			lim = mk()
-			m[k] = lim
-		}
-		return lim
-	}
-	u, i := get(l.byUser, strings.ToLower(user), l.user), get(l.byIP, ip, l.ip)
-	okU, okI := u.AllowN(now, 1), i.AllowN(now, 1)
-	return okU && okI
-}
-
-func clientIP(r *http.Request) string {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		return r.RemoteAddr
-	}
-	return host
+	return c.RealIP()
 }

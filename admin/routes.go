@@ -1,6 +1,9 @@
 package admin
 
-import "github.com/labstack/echo/v4"
+import (
+	"github.com/labstack/echo/v4"
+	"github.com/labstack/echo/v4/middleware"
+)
 
 // routes lists every page, action and API call of the console in one place.
 // Everything but the login form and the static files needs a session (pages)
@@ -8,7 +11,7 @@ import "github.com/labstack/echo/v4"
 func (h *Handler) routes(e *echo.Echo) {
 	e.GET(Prefix+"/static/*", h.static)
 	e.GET(Prefix+"/login", h.loginPage)
-	e.POST(Prefix+"/login", h.login)
+	e.POST(Prefix+"/login", h.login, middleware.BodyLimit("16K")) // unauthenticated: small
 
 	ui := e.Group(Prefix, h.requireSession)
 	ui.GET("", h.dashboardPage)

@@ -65,6 +65,10 @@ type SMTP struct {
 	// it was queued (an operator can retry it from the console).
 	MaxBackoff  Duration `yaml:"max_backoff"`
 	GiveUpAfter Duration `yaml:"give_up_after"`
+	// DevMailbox says the operator means to run without smtp.host on a
+	// listener other than loopback: mail is then kept in the dev mailbox (read
+	// in the console) instead of sent. Without it Herald refuses to start so.
+	DevMailbox bool `yaml:"dev_mailbox"`
 }
 
 type Email struct {
@@ -168,6 +172,10 @@ type Admin struct {
 	APITokens []Secret `yaml:"api_tokens"`
 	// SessionLifetime is how long a console login lasts.
 	SessionLifetime Duration `yaml:"session_lifetime"`
+	// AuditRetention is how long audit log entries are kept; AuditMaxEntries
+	// bounds how many are kept (the oldest go first).
+	AuditRetention  Duration `yaml:"audit_retention"`
+	AuditMaxEntries int      `yaml:"audit_max_entries"`
 }
 
 // Secret is a string that never prints.
@@ -221,6 +229,8 @@ func Default() Config {
 	c.Delivery.MaxBackoff = Duration(time.Hour)
 	c.Admin.Enabled = true
 	c.Admin.SessionLifetime = Duration(12 * time.Hour)
+	c.Admin.AuditRetention = Duration(90 * 24 * time.Hour)
+	c.Admin.AuditMaxEntries = 100000
 	return c
 }
 
@@ -401,7 +411,32 @@ func (c *Config) Validate() error {
 	if c.Admin.Listen != "" && c.Admin.Listen == c.Listen {
 		return keyErr("admin.listen", "must differ from listen (leave it empty to serve /admin on the main listener)")
 	}
+	if c.Admin.AuditRetention <= 0 {
+		return keyErr("admin.audit_retention", "must be positive (e.g. 90d)")
+	}
+	if c.Admin.AuditMaxEntries < 1000 {
+		return keyErr("admin.audit_max_entries", fmt.Sprintf("must be at least 1000 (got %d)", c.Admin.AuditMaxEntries))
+	}
+	if c.SMTP.Host == "" && !c.SMTP.DevMailbox && (!LoopbackAddr(c.Listen) || c.Admin.Listen != "" && !LoopbackAddr(c.Admin.Listen)) {
+		return keyErr("smtp.dev_mailbox", "smtp.host is empty and Herald listens beyond loopback: set smtp.host to send mail, "+
+			"or smtp.dev_mailbox: true to keep it in the dev mailbox (read in the admin console) on purpose")
+	}
 	return nil
+}
+
+// LoopbackAddr reports whether a listen address (host:port) binds loopback
+// only: 127.0.0.0/8, ::1 or localhost. An empty host, 0.0.0.0, :: and any
+// other name or address listen beyond this machine.
+func LoopbackAddr(listen string) bool {
+	host, _, err := net.SplitHostPort(listen)
+	if err != nil {
+		return false
+	}
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 func checkHTTPURL(s string) error {

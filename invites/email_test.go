@@ -172,7 +172,7 @@ func TestDevMailboxNamedInStartupLog(t *testing.T) {
 	dir := filepath.Join(e.App.Config().DataDir, mailer.DevMailboxDir)
 	logs := e.Logs()
 	if !strings.Contains(logs, "dev mailbox") || !strings.Contains(logs, dir) ||
-		!strings.Contains(logs, e.App.Config().BaseURL()+"/_herald/mailbox") {
+		!strings.Contains(logs, e.App.Config().BaseURL()+"/admin/mailbox") || !strings.Contains(logs, "herald admin create") {
 		t.Fatalf("startup log does not name the dev mailbox %s:\n%s", dir, logs)
 	}
 	tok := e.Register(t, alice)

@@ -11,7 +11,7 @@ const DevMailboxDir = "mailbox"
 
 // FromConfig builds the Sender for c: an SMTPSender for smtp.host, or, when
 // smtp.host is empty, a DevMailbox in data_dir/mailbox (then dev is that
-// mailbox, for the /_herald/mailbox page and the console).
+// mailbox, for the console's Mailbox page).
 func FromConfig(c *config.Config) (s Sender, dev *DevMailbox, err error) {
 	if c.SMTP.Host == "" {
 		dev, err = NewDevMailbox(filepath.Join(c.DataDir, DevMailboxDir))

@@ -585,3 +585,35 @@ func (am *adminMailbox) ReadDevMail(_ context.Context, id string) (admin.DevMail
 	}
 	return out, nil
 }
+
+// logDevMailbox says at start-up, with no smtp.host, where mail is read:
+// the console's mailbox page (nothing else serves it), and how to get an
+// account for the console.
+func (a *App) logDevMailbox() {
+	if a.mailbox == nil {
+		return
+	}
+	if a.admin == nil {
+		a.log.Warn("no smtp.host: mail is not sent but kept as .eml files in the dev mailbox; admin.enabled is false, so read the files", "dir", a.mailbox.Dir())
+		return
+	}
+	a.log.Warn("no smtp.host: mail is not sent but kept in the dev mailbox; read it in the admin console's Mailbox page, "+
+		"logged in with an account made by `herald admin create NAME` (from a source checkout `go run ./cmd/herald admin create NAME`, same configuration, works while Herald runs)",
+		"url", a.consoleURL()+admin.Prefix+"/mailbox", "dir", a.mailbox.Dir())
+}
+
+// consoleURL is where the console is reached: public_base_url, or admin.listen.
+func (a *App) consoleURL() string {
+	if a.cfg.Admin.Listen == "" {
+		return a.cfg.BaseURL()
+	}
+	scheme := "http"
+	if a.cfg.TLS.Enabled() {
+		scheme = "https"
+	}
+	host := a.cfg.Admin.Listen
+	if strings.HasPrefix(host, ":") {
+		host = "localhost" + host
+	}
+	return scheme + "://" + host
+}

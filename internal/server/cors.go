@@ -2,6 +2,7 @@ package server
 
 import (
 	"net/http"
+	"strings"
 
 	"github.com/labstack/echo/v4"
 )
@@ -15,12 +16,17 @@ const (
 	corsAllowHeaders = "X-Requested-With, Content-Type, Authorization, Origin, Accept"
 )
 
-// cors sets those headers on every answer, errors included, whether or not
-// the request carries an Origin header, and answers every OPTIONS request
-// (a preflight) with 204 without running the endpoint's logic, as the
-// specification requires.
+// cors sets those headers on every answer of the Matrix API (/_matrix/),
+// errors included, whether or not the request carries an Origin header, and
+// answers every OPTIONS request there (a preflight) with 204 without running
+// the endpoint's logic, as the specification requires. Nothing else gets
+// CORS: the admin console and its API (a page of any origin must not read
+// them with an operator's session or token) and Herald's own pages.
 func cors(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
+		if !strings.HasPrefix(c.Request().URL.Path, "/_matrix/") {
+			return next(c)
+		}
 		h := c.Response().Header()
 		h.Set(echo.HeaderAccessControlAllowOrigin, corsAllowOrigin)
 		h.Set(echo.HeaderAccessControlAllowMethods, corsAllowMethods)

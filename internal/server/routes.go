@@ -5,6 +5,7 @@ import (
 
 	"github.com/labstack/echo/v4"
 
+	"github.com/herald-im/herald/admin"
 	"github.com/herald-im/herald/keys"
 )
 
@@ -69,18 +70,28 @@ func (a *App) routes(e *echo.Echo) {
 	e.GET("/_herald/invites/optout", inv.OptOutPage)
 	e.POST("/_herald/invites/optout", inv.OptOutAction)
 
-	if a.mailbox != nil {
-		// No smtp.host: mail goes to the dev mailbox, readable here (and in the console).
-		e.GET("/_herald/mailbox", a.mailbox.Handler())
-		e.GET("/_herald/mailbox/:name", a.mailbox.Handler())
-	}
+	// No smtp.host: the dev mailbox (validation codes, invite links) is a
+	// console page behind the admin login (/admin/mailbox), nothing else.
 
 	if a.admin != nil && a.cfg.Admin.Listen == "" {
 		// The operator console and its JSON API (admin/routes.go lists its
 		// routes); with admin.listen set it is served there instead.
-		e.Any("/admin", echo.WrapHandler(a.admin))
-		e.Any("/admin/*", echo.WrapHandler(a.admin))
+		e.Any("/admin", a.serveConsole)
+		e.Any("/admin/*", a.serveConsole)
 	}
+}
+
+// serveConsole hands a request to the console with the client address this
+// server determined, which the console's login limits count by. Without an
+// IPExtractor (trusted proxies) Echo's RealIP would believe any
+// X-Forwarded-For, so the console then uses the TCP peer itself.
+func (a *App) serveConsole(c echo.Context) error {
+	r := c.Request()
+	if c.Echo().IPExtractor != nil {
+		r = admin.WithClientIP(r, c.RealIP())
+	}
+	a.admin.ServeHTTP(c.Response(), r)
+	return nil
 }
 
 func versions(c echo.Context) error {

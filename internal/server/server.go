@@ -99,9 +99,7 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) (_ *App, err error)
 	if a.mail, err = mailer.Open(a.db, mopts, log); err != nil {
 		return nil, err
 	}
-	if a.mailbox = mailbox; mailbox != nil {
-		log.Info("no smtp.host: mail goes to the dev mailbox", "dir", mailbox.Dir(), "url", cfg.BaseURL()+"/_herald/mailbox")
-	}
+	a.mailbox = mailbox
 	if a.identity, err = identity.New(a.db, identity.Options{Terms: cfg.Terms, UserInfo: a.fed, Log: log, Now: a.now, Ring: a.ring, Lookup: cfg.Lookup}); err != nil {
 		return nil, fmt.Errorf("identity: %w", err)
 	}
@@ -126,6 +124,7 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) (_ *App, err error)
 	if a.admin, err = a.newAdmin(); err != nil {
 		return nil, fmt.Errorf("admin console: %w", err)
 	}
+	a.logDevMailbox()
 	return a, nil
 }
 
@@ -157,6 +156,14 @@ func (a *App) Start(ctx context.Context) {
 		defer a.bg.Done()
 		a.invites.RunLifecycle(ctx, time.Minute)
 	}()
+	if a.admin != nil {
+		// Audit log retention; the count of refused console logins.
+		a.bg.Add(1)
+		go func() {
+			defer a.bg.Done()
+			a.admin.Run(ctx)
+		}()
+	}
 }
 
 // KeyReloadInterval is how often a running server re-reads data_dir/keys to
