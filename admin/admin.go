@@ -50,6 +50,11 @@ type Options struct {
 
 	Log *slog.Logger
 	Now func() time.Time
+
+	// IPExtractor is what c.RealIP() answers (the client address behind
+	// trusted_proxies); nil: the TCP peer. Echo's own default would believe
+	// X-Forwarded-For from anyone.
+	IPExtractor echo.IPExtractor
 }
 
 // Handler serves the console. It is an http.Handler for paths under /admin.
@@ -113,6 +118,10 @@ func New(opts Options) (*Handler, error) {
 	}
 	e := echo.New()
 	e.HideBanner, e.HidePort, e.Debug = true, true, false
+	e.IPExtractor = opts.IPExtractor
+	if e.IPExtractor == nil {
+		e.IPExtractor = echo.ExtractIPDirect()
+	}
 	e.HTTPErrorHandler = h.errorHandler
 	e.Use(middleware.RecoverWithConfig(middleware.RecoverConfig{DisablePrintStack: true, LogErrorFunc: func(c echo.Context, err error, stack []byte) error {
 		h.opts.Log.Error("admin: panic in handler", "path", c.Path(), "err", err, "stack", string(stack))
