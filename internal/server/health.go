@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -106,9 +107,24 @@ func (a *App) Health(c echo.Context) error {
 // database moved, deleted or replaced under a running server loses every
 // later write at the next restart), and that the background workers run.
 // It costs one read transaction and one stat, so it may be polled freely.
+//
+// The answer is written here rather than returned as an error, so a probe
+// polling a server that is not ready does not log an error per poll: a
+// change of readiness is logged once instead.
 func (a *App) Ready(c echo.Context) error {
-	if problems := a.readiness(); len(problems) > 0 {
-		return matrix.ServerUnavailable("Not ready: %s", strings.Join(problems, "; ")).With("reasons", problems)
+	problems := a.readiness()
+	reason := strings.Join(problems, "; ")
+	if old := a.notReady.Swap(&reason); old == nil || *old != reason {
+		if reason == "" {
+			a.log.Info("ready")
+		} else {
+			a.log.Warn("not ready", "reason", reason)
+		}
+	}
+	if len(problems) > 0 {
+		me := matrix.ServerUnavailable("Not ready: %s", reason).With("reasons", problems)
+		c.Set(errcodeKey, me.Code)
+		return c.JSON(me.Status, me.Body())
 	}
 	return c.JSON(http.StatusOK, map[string]string{"status": "ready"})
 }
@@ -118,7 +134,7 @@ func (a *App) readiness() []string {
 	if _, err := store.Version(a.db); err != nil {
 		out = append(out, "database not usable: "+err.Error())
 	}
-	if st, err := os.Stat(a.db.Path()); os.IsNotExist(err) {
+	if st, err := os.Stat(filepath.Join(a.cfg.DataDir, store.FileName)); os.IsNotExist(err) {
 		out = append(out, fmt.Sprintf("database file %s is missing from data_dir (moved or deleted while Herald runs): restart Herald once it is back", store.FileName))
 	} else if err != nil {
 		out = append(out, fmt.Sprintf("database file %s: %v", store.FileName, unwrapPath(err)))

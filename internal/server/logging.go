@@ -18,6 +18,10 @@ import (
 // It is on every request's path, so it checks the level first and hands a
 // record straight to the handler: no source-location lookup (no Herald
 // handler records the source) and no allocation beyond the handler's own.
+// errcodeKey is where a handler that writes a Matrix error itself (rather
+// than returning it) leaves the errcode for the request log.
+const errcodeKey = "herald.errcode"
+
 func logRequests(log *slog.Logger, m *metrics) echo.MiddlewareFunc {
 	h := log.Handler()
 	return func(next echo.HandlerFunc) echo.HandlerFunc {
@@ -59,6 +63,8 @@ func logRequests(log *slog.Logger, m *metrics) echo.MiddlewareFunc {
 			)
 			if err != nil && status >= 400 {
 				r.AddAttrs(slog.String("errcode", matrix.Errcode(err)))
+			} else if code, ok := c.Get(errcodeKey).(string); ok && status >= 400 {
+				r.AddAttrs(slog.String("errcode", code))
 			}
 			_ = h.Handle(ctx, r)
 			return nil

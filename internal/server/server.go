@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -54,6 +55,7 @@ type App struct {
 	clientIP         echo.IPExtractor
 	dbFile           os.FileInfo // data_dir/herald.db as opened, for /_herald/ready
 	workers          workers
+	notReady         atomic.Pointer[string] // the last readiness answered ("" ready), to log changes
 
 	bgCancel context.CancelFunc
 	bg       sync.WaitGroup
