@@ -61,7 +61,7 @@ func healthcheckCommand(ctx context.Context, cfg *config.Config, _ *slog.Logger,
 		return fmt.Errorf("healthcheck: %w", err)
 	}
 	client := &http.Client{
-		Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, Proxy: nil},
+		Transport:     &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, Proxy: nil},
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
 	resp, err := client.Do(req)
