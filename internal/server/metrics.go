@@ -85,6 +85,9 @@ func newMetrics(a *App) *metrics {
 	for _, r := range []string{"delivered", "retry", "refused", "gave_up"} {
 		m.onbind.WithLabelValues(r)
 	}
+	for _, task := range []string{"keys", "mail", "onbind", "lifecycle"} {
+		m.panics.WithLabelValues(task)
+	}
 	for _, api := range []string{"v2", "v1", "v1_bulk"} {
 		m.lookups.WithLabelValues(api)
 		m.lookupHits.WithLabelValues(api)
