@@ -119,8 +119,24 @@ func (l metricsErrorLog) Println(v ...any) { l.a.log.Error("serving metrics", "e
 // observeRequest counts one answered request.
 func (m *metrics) observeRequest(route, method string, status int, d time.Duration) {
 	method = methodLabel(method)
-	m.requests.WithLabelValues(route, method, strconv.Itoa(status)).Inc()
+	m.requests.WithLabelValues(route, method, statusLabel(status)).Inc()
 	m.latency.WithLabelValues(route, method).Observe(d.Seconds())
+}
+
+// statusLabels are the status codes as label values, made once so that
+// counting a request does not allocate one.
+var statusLabels = func() (l [600]string) {
+	for i := 100; i < len(l); i++ {
+		l[i] = strconv.Itoa(i)
+	}
+	return l
+}()
+
+func statusLabel(status int) string {
+	if status >= 100 && status < len(statusLabels) {
+		return statusLabels[status]
+	}
+	return strconv.Itoa(status)
 }
 
 // methodLabel keeps the method label to the standard methods: anything else
