@@ -22,5 +22,8 @@ ENV HERALD_DATA_DIR=/data \
     HERALD_LISTEN=0.0.0.0:8090
 VOLUME ["/data"]
 EXPOSE 8090
+# The image has no curl: herald asks its own /_herald/ready (exit 0 or 1).
+# It reads the configuration as serve does (HERALD_CONFIG, HERALD_* variables).
+HEALTHCHECK --interval=30s --timeout=5s --start-period=10s CMD ["/usr/local/bin/herald", "healthcheck"]
 ENTRYPOINT ["/usr/local/bin/herald"]
 CMD ["serve"]

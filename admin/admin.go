@@ -48,9 +48,11 @@ type Options struct {
 	// still holds of deleted records (freed database pages).
 	Scrub func(ctx context.Context) error
 
-	// IPExtractor finds the client address of a request to the console's
-	// own listener (admin.listen) for the login limits. Default: the TCP
-	// peer. On the main listener the server passes its own (WithClientIP).
+	// IPExtractor is what c.RealIP() answers on the console's own listener
+	// (admin.listen): the client address behind trusted_proxies, used by the
+	// login limits. Default: the TCP peer (Echo's own default would believe
+	// X-Forwarded-For from anyone). On the main listener the server passes
+	// its address with WithClientIP.
 	IPExtractor echo.IPExtractor
 
 	Log *slog.Logger

@@ -34,6 +34,16 @@ type Config struct {
 	Validation    Validation `yaml:"validation"`
 	Delivery      Delivery   `yaml:"delivery"`
 	Admin         Admin      `yaml:"admin"`
+	Metrics       Metrics    `yaml:"metrics"`
+	// TrustedProxies are the reverse proxies (IPs or CIDRs) whose
+	// X-Forwarded-For Herald believes; from any other peer the client address
+	// is the TCP peer.
+	TrustedProxies []string `yaml:"trusted_proxies"`
+}
+
+type Metrics struct {
+	// Listen is the address of the Prometheus /metrics endpoint; empty: off.
+	Listen string `yaml:"listen"`
 }
 
 type Log struct {
@@ -420,6 +430,24 @@ func (c *Config) Validate() error {
 	if c.SMTP.Host == "" && !c.SMTP.DevMailbox && (!LoopbackAddr(c.Listen) || c.Admin.Listen != "" && !LoopbackAddr(c.Admin.Listen)) {
 		return keyErr("smtp.dev_mailbox", "smtp.host is empty and Herald listens beyond loopback: set smtp.host to send mail, "+
 			"or smtp.dev_mailbox: true to keep it in the dev mailbox (read in the admin console) on purpose")
+	}
+	return c.validateObserve()
+}
+
+// validateObserve checks metrics.listen and trusted_proxies.
+func (c *Config) validateObserve() error {
+	if m := c.Metrics.Listen; m != "" {
+		if _, port, err := net.SplitHostPort(m); err != nil || port == "" {
+			return keyErr("metrics.listen", fmt.Sprintf("must be host:port, e.g. 127.0.0.1:9090 (got %q)", m))
+		}
+		if m == c.Listen || m == c.Admin.Listen {
+			return keyErr("metrics.listen", "must differ from listen and admin.listen (metrics have their own listener)")
+		}
+	}
+	for i, p := range c.TrustedProxies {
+		if _, _, err := net.ParseCIDR(p); err != nil && net.ParseIP(p) == nil {
+			return keyErr(fmt.Sprintf("trusted_proxies[%d]", i), fmt.Sprintf("%q is neither an IP address nor a CIDR range", p))
+		}
 	}
 	return nil
 }

@@ -96,6 +96,10 @@ func TestKeyErrors(t *testing.T) {
 		"smtp: {from: 'not an address'}":                                              "smtp.from",
 		"smtp: {username: u}":                                                         "smtp.password",
 		"smtp: {port: 70000}":                                                         "smtp.port",
+		"metrics: {listen: '9090'}":                                                   "metrics.listen",
+		"metrics: {listen: '127.0.0.1:8090'}":                                         "metrics.listen",
+		"trusted_proxies: [10.0.0.0/33]":                                              "trusted_proxies[0]",
+		"trusted_proxies: [127.0.0.1, proxy.example.org]":                             "trusted_proxies[1]",
 	} {
 		path := filepath.Join(t.TempDir(), "c.yaml")
 		os.WriteFile(path, []byte(yml), 0o600)

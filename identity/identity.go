@@ -41,6 +41,10 @@ type Options struct {
 	Ring *keys.Ring
 	// Lookup configures hashed lookups (pepper rotation).
 	Lookup config.Lookup
+	// OnLookup, if set, is told of every answered lookup: the API ("v2",
+	// "v1" or "v1_bulk"), how many addresses it asked about and how many
+	// were bound. Metrics count these.
+	OnLookup func(api string, addresses, matches int)
 }
 
 // Service is the identity feature.

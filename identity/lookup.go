@@ -85,6 +85,7 @@ func (s *Service) Lookup(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	s.observeLookup("v2", len(*req.Addresses), n)
 	b.WriteString("}}")
 	return c.Blob(http.StatusOK, echo.MIMEApplicationJSON, b.Bytes())
 }
@@ -358,8 +359,10 @@ func (s *Service) LookupV1(c echo.Context) error {
 		return err
 	}
 	if b == nil {
+		s.observeLookup("v1", 1, 0)
 		return c.JSON(http.StatusOK, struct{}{})
 	}
+	s.observeLookup("v1", 1, 1)
 	signed, err := s.SignedAssociation(*b)
 	if err != nil {
 		return err
@@ -402,5 +405,12 @@ func (s *Service) BulkLookupV1(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	s.observeLookup("v1_bulk", len(req.Threepids), len(out))
 	return c.JSON(http.StatusOK, map[string]any{"threepids": out})
+}
+
+func (s *Service) observeLookup(api string, addresses, matches int) {
+	if s.opts.OnLookup != nil {
+		s.opts.OnLookup(api, addresses, matches)
+	}
 }

@@ -116,6 +116,11 @@ type DeliveryOptions struct {
 	// Workers is how many deliveries run at once. Default 8.
 	Workers int
 	Log     *slog.Logger
+	// OnAttempt, if set, is told the result of every recorded attempt (after
+	// its transaction commits): "delivered", "retry" (tried again later),
+	// "refused" (a 4xx: failed for good) or "gave_up" (out of retry time).
+	// Metrics count these.
+	OnAttempt func(result string)
 }
 
 // Deliveries is the durable onbind queue.
@@ -406,6 +411,7 @@ func (d *Deliveries) attempt(ctx context.Context, id uint64) {
 	if sendErr != nil && ctx.Err() != nil {
 		return // cut short by shutdown: not an attempt; it runs again after the restart
 	}
+	var result string
 	err = d.finish(id, func(dl *Delivery, now time.Time) {
 		a := DeliveryAttempt{At: now, Method: http.MethodPost, Invites: n}
 		var retryAfter time.Duration
@@ -430,9 +436,11 @@ func (d *Deliveries) attempt(ctx context.Context, id uint64) {
 		dl.Attempts = append(dl.Attempts, a)
 		switch {
 		case a.OK:
+			result = "delivered"
 			dl.State, dl.Finished, dl.LastError = DeliveryDelivered, now, ""
 			d.log.Info("onbind delivered", "delivery", dl.ID, "server", dl.Server, "invites", n, "status", a.Status)
 		case !a.Retryable:
+			result = "refused"
 			dl.State, dl.Finished, dl.LastError = DeliveryFailed, now, fmt.Sprintf("%d %s", a.Status, a.Reply)
 			d.log.Warn("onbind refused", "delivery", dl.ID, "server", dl.Server, "status", a.Status)
 		default:
@@ -442,17 +450,21 @@ func (d *Deliveries) attempt(ctx context.Context, id uint64) {
 			}
 			wait := max(d.backoff(len(dl.Attempts)-dl.RetryBase), min(retryAfter, d.opts.MaxRetryAfter))
 			if !now.Add(wait).Before(dl.RetryFrom.Add(d.opts.GiveUpAfter)) {
+				result = "gave_up"
 				dl.State, dl.Finished = DeliveryFailed, now
 				dl.LastError = "gave up after " + d.opts.GiveUpAfter.String() + ": " + dl.LastError
 				d.log.Warn("onbind delivery given up", "delivery", dl.ID, "server", dl.Server)
 				return
 			}
+			result = "retry"
 			dl.NextAttempt = now.Add(wait)
 			d.log.Info("onbind delivery will be retried", "delivery", dl.ID, "server", dl.Server, "in", wait, "status", a.Status)
 		}
 	})
 	if err != nil {
 		d.log.Error("recording onbind attempt", "delivery", id, "err", err)
+	} else if result != "" && d.opts.OnAttempt != nil {
+		d.opts.OnAttempt(result)
 	}
 }
 

@@ -111,6 +111,8 @@ type storeAnswer struct {
 	PublicKey   string      `json:"public_key"`
 	PublicKeys  []publicKey `json:"public_keys"`
 	DisplayName string      `json:"display_name"`
+
+	stored bool // a new invite, not the answer for a pending duplicate
 }
 
 type publicKey struct {
@@ -292,12 +294,52 @@ func (s *Service) store(fields map[string]json.RawMessage, account, api string) 
 	} else if s.opts.Mailer == nil && result.ID != 0 && result.Token == inv.Token {
 		s.opts.Log.Warn("invite stored without an email: no mail queue configured", "invite", result.ID)
 	}
-	if result.Token == inv.Token {
+	stored := result.Token == inv.Token
+	if stored {
 		s.opts.Log.Info("invite stored", "invite", result.ID, "to", identity.RedactEmail(result.Address),
 			"sender", result.Sender, "room", result.RoomID, "api", api)
 	}
 	a := s.answer(result, api)
+	a.stored = stored
 	return &a, nil
+}
+
+// observeStore tells Options.OnStore how a store-invite ended: "stored",
+// "deduplicated" (the answer for a pending identical invite) or "refused"
+// with a reason from a small fixed set (never anything from the request).
+func (s *Service) observeStore(a *storeAnswer, err error) {
+	if s.opts.OnStore == nil {
+		return
+	}
+	switch {
+	case err == nil && a.stored:
+		s.opts.OnStore("stored", "")
+	case err == nil:
+		s.opts.OnStore("deduplicated", "")
+	default:
+		s.opts.OnStore("refused", refusalReason(err))
+	}
+}
+
+// refusalReason names why a store-invite was refused, from its errcode.
+func refusalReason(err error) string {
+	me, ok := matrix.AsError(err)
+	if !ok || me.Status >= 500 {
+		return "error"
+	}
+	switch me.Code {
+	case "M_LIMIT_EXCEEDED":
+		return "rate_limited"
+	case "M_THREEPID_IN_USE":
+		return "already_bound"
+	case "M_FORBIDDEN":
+		return "policy"
+	case "M_UNAUTHORIZED", "M_TERMS_NOT_SIGNED":
+		return "unauthorized"
+	case "M_UNRECOGNIZED":
+		return "unsupported_medium"
+	}
+	return "invalid"
 }
 
 // storeTxHook, set only by tests, runs at the end of store-invite's write
@@ -333,6 +375,7 @@ func itoa(v uint64) string {
 func (s *Service) StoreInvite(c echo.Context) error {
 	var fields map[string]json.RawMessage
 	if err := matrix.DecodeJSON(c, &fields); err != nil {
+		s.observeStore(nil, err)
 		return err
 	}
 	acct := identity.AccountFrom(c)
@@ -340,6 +383,7 @@ func (s *Service) StoreInvite(c echo.Context) error {
 		return matrix.Unauthorized("Missing access token")
 	}
 	a, err := s.store(fields, acct.UserID, "v2")
+	s.observeStore(a, err)
 	if err != nil {
 		return err
 	}
@@ -351,13 +395,17 @@ func (s *Service) StoreInvite(c echo.Context) error {
 // compat.v1_store_invite_allow is set, only those client addresses may call it.
 func (s *Service) StoreInviteV1(c echo.Context) error {
 	if !s.v1Allowed(c) {
-		return matrix.Forbidden("This identity server does not accept v1 store-invite from your address")
+		err := matrix.Forbidden("This identity server does not accept v1 store-invite from your address")
+		s.observeStore(nil, err)
+		return err
 	}
 	fields, err := formOrJSON(c)
 	if err != nil {
+		s.observeStore(nil, err)
 		return err
 	}
 	a, err := s.store(fields, "", "v1")
+	s.observeStore(a, err)
 	if err != nil {
 		return err
 	}

@@ -34,6 +34,10 @@ type Options struct {
 	Mailer *mailer.Queue
 	Log    *slog.Logger
 	Now    func() time.Time
+	// OnStore, if set, is told how every store-invite ended (outcome
+	// "stored", "deduplicated" or "refused", and for refusals a reason such as
+	// "rate_limited" or "policy"). Metrics count these.
+	OnStore func(outcome, reason string)
 }
 
 // Service is the invites feature.

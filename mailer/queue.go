@@ -102,6 +102,11 @@ type Options struct {
 	// Retention deletes sent and failed mail (with its history) this long
 	// after it was queued. 0 keeps it forever.
 	Retention time.Duration
+	// OnSend, if set, is told the outcome of every recorded attempt (after
+	// its transaction commits): result "sent", "deferred" (tried again
+	// later) or "failed" (given up), and the SMTP reply class (ReplyClass).
+	// Metrics count these.
+	OnSend func(result, replyClass string)
 }
 
 var (
@@ -371,8 +376,9 @@ type dueMail struct {
 }
 
 type outcome struct {
-	due dueMail
-	at  Attempt
+	due   dueMail
+	at    Attempt
+	class string // the SMTP reply class for Options.OnSend
 }
 
 // attemptDue sends the mail due now, in next-attempt order (at most
@@ -428,14 +434,14 @@ func (q *Queue) attemptDue(ctx context.Context) error {
 	var done []outcome
 	var first time.Time
 	for _, d := range due {
-		at, ok := q.send(ctx, from, d)
+		at, class, ok := q.send(ctx, from, d)
 		if !ok {
 			break // shutting down: not the server's fault; try again after restart
 		}
 		if len(done) == 0 {
 			first = time.Now()
 		}
-		done = append(done, outcome{due: d, at: at})
+		done = append(done, outcome{due: d, at: at, class: class})
 		if time.Since(first) >= maxGroupWait {
 			if err := q.record(done); err != nil {
 				return err
@@ -447,7 +453,8 @@ func (q *Queue) attemptDue(ctx context.Context) error {
 }
 
 // send tries one mail once. ok is false when ctx ended during the send.
-func (q *Queue) send(ctx context.Context, from string, d dueMail) (Attempt, bool) {
+// class is the SMTP reply class (ReplyClass).
+func (q *Queue) send(ctx context.Context, from string, d dueMail) (_ Attempt, class string, ok bool) {
 	sctx, cancel := context.WithTimeout(ctx, q.opts.SendTimeout)
 	reply := "250 OK"
 	var sendErr error
@@ -461,14 +468,14 @@ func (q *Queue) send(ctx context.Context, from string, d dueMail) (Attempt, bool
 	}
 	cancel()
 	if sendErr != nil && ctx.Err() != nil {
-		return Attempt{}, false
+		return Attempt{}, "", false
 	}
 	at := Attempt{At: q.opts.Now(), OK: sendErr == nil, Reply: reply}
 	if sendErr != nil {
 		at.Reply = sendErr.Error()
 		at.Temporary = Temporary(sendErr)
 	}
-	return at, true
+	return at, ReplyClass(sendErr), true
 }
 
 // record writes the outcomes of a group of sends in one transaction.
@@ -532,6 +539,16 @@ func (q *Queue) record(done []outcome) error {
 	for i, ml := range recorded {
 		if ml == nil {
 			continue
+		}
+		if q.opts.OnSend != nil {
+			result := "deferred"
+			switch ml.State {
+			case Sent:
+				result = "sent"
+			case Failed:
+				result = "failed"
+			}
+			q.opts.OnSend(result, done[i].class)
 		}
 		at := done[i].at
 		attrs := []any{"id", ml.ID, "kind", ml.Kind, "to", Redact(ml.To), "attempt", len(ml.Attempts)}

@@ -46,6 +46,20 @@ func Temporary(err error) bool {
 	return !errors.As(err, &pe)
 }
 
+// ReplyClass is the class of the SMTP server's reply to a send: "2xx" for a
+// message accepted (or kept in the dev mailbox), "4xx" or "5xx" for a
+// refusal, "none" when no reply came (network, TLS or AUTH setup errors).
+func ReplyClass(err error) string {
+	if err == nil {
+		return "2xx"
+	}
+	var se *smtp.SMTPError
+	if errors.As(err, &se) && se.Code >= 200 && se.Code < 600 {
+		return fmt.Sprintf("%dxx", se.Code/100)
+	}
+	return "none"
+}
+
 // SMTPConfig configures an SMTPSender.
 type SMTPConfig struct {
 	Host     string

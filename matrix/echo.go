@@ -51,3 +51,7 @@ func toMatrix(err error) *Error {
 	}
 	return &Error{Status: http.StatusInternalServerError, Code: "M_UNKNOWN", Message: "Internal server error"}
 }
+
+// Errcode is the errcode ErrorHandler answers err with (for request logs and
+// metrics, which must agree with what the client saw).
+func Errcode(err error) string { return toMatrix(err).Code }

@@ -31,7 +31,7 @@ func (a *App) newAdmin() (*admin.Handler, error) {
 		return nil, nil
 	}
 	opts := admin.Options{
-		DB: a.db, Config: a.cfg, Log: a.log, Now: a.now,
+		DB: a.db, Config: a.cfg, Log: a.log, Now: a.now, IPExtractor: a.clientIP,
 		Invites:        &adminInvites{s: a.invites, mail: a.mail, dels: a.onbind, now: a.now},
 		Outbox:         &adminOutbox{q: a.mail},
 		Deliveries:     &adminDeliveries{d: a.onbind, now: a.now},

@@ -5,24 +5,45 @@ import (
 	"time"
 
 	"github.com/labstack/echo/v4"
+
+	"github.com/herald-im/herald/matrix"
 )
 
-// logRequests logs one line per request: method, route pattern, status and
-// duration. It never logs the raw path or query string, which may carry
-// access tokens, addresses or key material.
+// logRequests logs one line per request: method, route pattern, status,
+// duration, the client address (c.RealIP(): the peer, or behind a trusted
+// proxy the address it forwarded) and, for errors, the errcode the client
+// got. It never logs the raw path or query string, which may carry access
+// tokens, addresses or key material. It also counts the request in m.
 //
 // It is on every request's path, so it checks the level first and hands a
 // record straight to the handler: no source-location lookup (no Herald
 // handler records the source) and no allocation beyond the handler's own.
-func logRequests(log *slog.Logger) echo.MiddlewareFunc {
+// errcodeKey is where a handler that writes a Matrix error itself (rather
+// than returning it) leaves the errcode for the request log.
+const errcodeKey = "herald.errcode"
+
+func logRequests(log *slog.Logger, m *metrics) echo.MiddlewareFunc {
 	h := log.Handler()
 	return func(next echo.HandlerFunc) echo.HandlerFunc {
 		return func(c echo.Context) error {
 			start := time.Now()
-			if err := next(c); err != nil {
+			err := next(c)
+			if err != nil {
 				c.Error(err)
 			}
 			status := c.Response().Status
+			route := c.Path()
+			if route == "" {
+				route = "-" // no route matched
+			}
+			now := time.Now()
+			if m != nil {
+				mroute := route
+				if route == "-" {
+					mroute = "unmatched"
+				}
+				m.observeRequest(mroute, c.Request().Method, status, now.Sub(start))
+			}
 			level := slog.LevelInfo
 			if status >= 500 {
 				level = slog.LevelWarn
@@ -32,18 +53,19 @@ func logRequests(log *slog.Logger) echo.MiddlewareFunc {
 			if !h.Enabled(ctx, level) {
 				return nil
 			}
-			route := c.Path()
-			if route == "" {
-				route = "-" // no route matched
-			}
-			now := time.Now()
 			r := slog.NewRecord(now, level, "request", 0)
 			r.AddAttrs(
 				slog.String("method", req.Method),
 				slog.String("route", route),
 				slog.Int("status", status),
 				slog.Duration("duration", now.Sub(start)),
+				slog.String("client", c.RealIP()),
 			)
+			if err != nil && status >= 400 {
+				r.AddAttrs(slog.String("errcode", matrix.Errcode(err)))
+			} else if code, ok := c.Get(errcodeKey).(string); ok && status >= 400 {
+				r.AddAttrs(slog.String("errcode", code))
+			}
 			_ = h.Handle(ctx, r)
 			return nil
 		}

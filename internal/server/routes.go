@@ -64,6 +64,11 @@ func (a *App) routes(e *echo.Echo) {
 		v1.POST("/3pid/unbind", id.Unbind)
 	}
 
+	// Liveness and readiness for load balancers and container health checks
+	// (health.go; `herald healthcheck` asks them).
+	e.GET("/_herald/health", a.Health)
+	e.GET("/_herald/ready", a.Ready)
+
 	// The invitee's pages linked from invite emails (GET confirms, POST acts).
 	e.GET("/_herald/invites/decline", inv.DeclinePage)
 	e.POST("/_herald/invites/decline", inv.DeclineAction)

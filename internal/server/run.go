@@ -63,6 +63,11 @@ func (a *App) serve(ctx context.Context, ln net.Listener, tlsConf *tls.Config) e
 		ln.Close()
 		return err
 	}
+	metricsErrc, err := a.serveMetrics(ctx)
+	if err != nil {
+		ln.Close()
+		return err
+	}
 	errc := make(chan error, 1)
 	go func() {
 		if tlsConf != nil {
@@ -76,6 +81,8 @@ func (a *App) serve(ctx context.Context, ln net.Listener, tlsConf *tls.Config) e
 		return err
 	case err := <-adminErrc:
 		return fmt.Errorf("admin console: %w", err)
+	case err := <-metricsErrc:
+		return fmt.Errorf("metrics: %w", err)
 	case <-ctx.Done():
 	}
 	a.log.Info("shutting down")

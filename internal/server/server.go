@@ -8,8 +8,10 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -47,6 +49,14 @@ type App struct {
 	version   string
 	listening func(net.Addr)
 
+	// Observability (metrics.go, health.go, clientip.go).
+	metrics          *metrics
+	metricsListening func(net.Addr)
+	clientIP         echo.IPExtractor
+	dbFile           os.FileInfo // data_dir/herald.db as opened, for /_herald/ready
+	workers          workers
+	notReady         atomic.Pointer[string] // the last readiness answered ("" ready), to log changes
+
 	bgCancel context.CancelFunc
 	bg       sync.WaitGroup
 }
@@ -57,6 +67,8 @@ type Options struct {
 	Version string
 	// Listening, if set, is told the address Run listens on (tests use port 0).
 	Listening func(net.Addr)
+	// MetricsListening, if set, is told the address of metrics.listen.
+	MetricsListening func(net.Addr)
 }
 
 // New opens storage and wires every service. Close releases it.
@@ -64,10 +76,14 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) (_ *App, err error)
 	if opts.Version == "" {
 		opts.Version = "dev"
 	}
-	a := &App{cfg: cfg, log: log, now: opts.Now, version: opts.Version, listening: opts.Listening}
+	a := &App{cfg: cfg, log: log, now: opts.Now, version: opts.Version, listening: opts.Listening, metricsListening: opts.MetricsListening}
 	if a.now == nil {
 		a.now = time.Now
 	}
+	if a.clientIP, err = clientIPExtractor(cfg.TrustedProxies); err != nil {
+		return nil, err
+	}
+	a.metrics = newMetrics(a)
 	a.db, err = store.Open(cfg.DataDir, 2*time.Second)
 	if err != nil {
 		return nil, err
@@ -77,6 +93,9 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) (_ *App, err error)
 			a.db.Close()
 		}
 	}()
+	if a.dbFile, err = os.Stat(a.db.Path()); err != nil {
+		return nil, err
+	}
 	if a.ring, err = keys.OpenRing(filepath.Join(cfg.DataDir, "keys"), cfg.ServerName); err != nil {
 		return nil, err
 	}
@@ -96,14 +115,20 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) (_ *App, err error)
 	}
 	mopts := mailer.OptionsFromConfig(cfg, sender)
 	mopts.Now = a.now
+	mopts.OnSend = func(result, class string) { a.metrics.mailSends.WithLabelValues(result, class).Inc() }
 	if a.mail, err = mailer.Open(a.db, mopts, log); err != nil {
 		return nil, err
 	}
 	a.mailbox = mailbox
-	if a.identity, err = identity.New(a.db, identity.Options{Terms: cfg.Terms, UserInfo: a.fed, Log: log, Now: a.now, Ring: a.ring, Lookup: cfg.Lookup}); err != nil {
+	if a.identity, err = identity.New(a.db, identity.Options{Terms: cfg.Terms, UserInfo: a.fed, Log: log, Now: a.now, Ring: a.ring, Lookup: cfg.Lookup,
+		OnLookup: func(api string, n, found int) {
+			a.metrics.lookups.WithLabelValues(api).Add(float64(n))
+			a.metrics.lookupHits.WithLabelValues(api).Add(float64(found))
+		}}); err != nil {
 		return nil, fmt.Errorf("identity: %w", err)
 	}
-	if a.invites, err = invites.New(a.db, invites.Options{Config: cfg, Identity: a.identity, Ring: a.ring, Ephemeral: a.ephemeral, Mailer: a.mail, Log: log, Now: a.now}); err != nil {
+	if a.invites, err = invites.New(a.db, invites.Options{Config: cfg, Identity: a.identity, Ring: a.ring, Ephemeral: a.ephemeral, Mailer: a.mail, Log: log, Now: a.now,
+		OnStore: func(outcome, reason string) { a.metrics.storeInv.WithLabelValues(outcome, reason).Inc() }}); err != nil {
 		return nil, fmt.Errorf("invites: %w", err)
 	}
 	log.Debug("invite email templates", "files", a.invites.TemplateFiles())
@@ -118,6 +143,7 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) (_ *App, err error)
 	if a.onbind, err = invites.OpenDeliveries(a.invites, invites.DeliveryOptions{
 		Notifier: a.fed, MinBackoff: cfg.Delivery.MinBackoff.D(), MaxBackoff: cfg.Delivery.MaxBackoff.D(),
 		GiveUpAfter: cfg.Delivery.GiveUpAfter.D(), Log: log,
+		OnAttempt: func(result string) { a.metrics.onbind.WithLabelValues(result).Inc() },
 	}); err != nil {
 		return nil, fmt.Errorf("onbind deliveries: %w", err)
 	}
@@ -133,27 +159,34 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) (_ *App, err error)
 // tests that serve Handler() themselves call it too.
 func (a *App) Start(ctx context.Context) {
 	ctx, a.bgCancel = context.WithCancel(ctx)
+	a.workers.starting(ctx, "keys", "mail", "onbind", "lifecycle")
 	a.bg.Add(1)
 	go func() {
 		defer a.bg.Done()
+		defer a.workers.stopped("keys", nil)
 		a.reloadKeys(ctx, KeyReloadInterval)
 	}()
 	a.bg.Add(1)
 	go func() {
 		defer a.bg.Done()
-		if err := a.mail.Run(ctx); err != nil {
+		err := a.mail.Run(ctx)
+		if err != nil {
 			a.log.Error("mail worker stopped", "err", err)
 		}
+		a.workers.stopped("mail", err)
 	}()
 	a.bg.Add(2)
 	go func() {
 		defer a.bg.Done()
-		if err := a.onbind.Run(ctx); err != nil {
+		err := a.onbind.Run(ctx)
+		if err != nil {
 			a.log.Error("onbind worker stopped", "err", err)
 		}
+		a.workers.stopped("onbind", err)
 	}()
 	go func() {
 		defer a.bg.Done()
+		defer a.workers.stopped("lifecycle", nil)
 		a.invites.RunLifecycle(ctx, time.Minute)
 	}()
 	if a.admin != nil {
@@ -230,7 +263,8 @@ func (a *App) Handler() http.Handler {
 	e.HideBanner, e.HidePort = true, true
 	e.Debug = false
 	e.HTTPErrorHandler = matrix.ErrorHandler(a.log)
-	e.Use(logRequests(a.log))
+	e.IPExtractor = a.clientIP
+	e.Use(logRequests(a.log, a.metrics))
 	e.Use(middleware.RecoverWithConfig(middleware.RecoverConfig{DisablePrintStack: true, LogErrorFunc: func(c echo.Context, err error, stack []byte) error {
 		a.log.Error("panic in handler", "path", c.Path(), "err", err, "stack", string(stack))
 		return err
