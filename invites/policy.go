@@ -7,22 +7,25 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/text/cases"
 	"golang.org/x/time/rate"
 
 	"github.com/herald-im/herald/config"
+	"github.com/herald-im/herald/internal/textnorm"
 	"github.com/herald-im/herald/matrix"
 )
 
-// policy holds the operator's blocklists and email domain lists.
+// policy holds the operator's blocklists and email domain lists. Names and
+// text are compared in one normalised form on both sides (internal/textnorm),
+// so spelling a name differently does not get past a list: server names
+// without port or trailing dot, lower-cased, in IDNA ASCII form; keywords and
+// the text they are searched in NFKC case-folded with format characters
+// (zero-width spaces, bidi controls) removed.
 type policy struct {
 	rooms       map[string]bool
 	homeservers []string // exact names, or "*.example.org" / ".example.org" for subdomains
-	keywords    []string // case-folded
+	keywords    []string // textnorm.Keyword form
 	allow, deny []string // email domains, same matching as homeservers
 }
-
-var fold = cases.Fold()
 
 func newPolicy(c config.Invites) (*policy, error) {
 	p := &policy{rooms: map[string]bool{}}
@@ -30,27 +33,40 @@ func newPolicy(c config.Invites) (*policy, error) {
 		p.rooms[strings.TrimSpace(r)] = true
 	}
 	for _, h := range c.Blocklist.Homeservers {
-		p.homeservers = append(p.homeservers, strings.ToLower(strings.TrimSpace(h)))
+		p.homeservers = append(p.homeservers, domainPattern(h))
 	}
 	for _, k := range c.Blocklist.Keywords {
-		if k = strings.TrimSpace(k); k != "" {
-			p.keywords = append(p.keywords, fold.String(k))
+		if k = textnorm.Keyword(k); k != "" {
+			p.keywords = append(p.keywords, k)
 		}
 	}
 	for _, d := range c.EmailDomains.Allow {
-		p.allow = append(p.allow, strings.ToLower(strings.TrimSpace(d)))
+		p.allow = append(p.allow, domainPattern(d))
 	}
 	for _, d := range c.EmailDomains.Deny {
-		p.deny = append(p.deny, strings.ToLower(strings.TrimSpace(d)))
+		p.deny = append(p.deny, domainPattern(d))
 	}
 	return p, nil
 }
 
+// domainPattern normalises a configured domain or server name, keeping its
+// "*." or "." subdomain prefix.
+func domainPattern(d string) string {
+	d = strings.TrimSpace(d)
+	for _, prefix := range []string{"*.", "."} {
+		if rest, ok := strings.CutPrefix(d, prefix); ok {
+			return prefix + textnorm.ServerName(rest)
+		}
+	}
+	return textnorm.ServerName(d)
+}
+
 // domainMatches reports whether name matches one of patterns: an exact name,
 // or "*.example.org" / ".example.org" matching example.org's subdomains (and
-// example.org itself for the "*." form).
+// example.org itself for the "*." form). name is normalised first (port and
+// trailing dot removed, lower case, IDNA ASCII form), as the patterns were.
 func domainMatches(name string, patterns []string) bool {
-	name = strings.ToLower(name)
+	name = textnorm.ServerName(name)
 	for _, p := range patterns {
 		switch {
 		case strings.HasPrefix(p, "*."):
@@ -85,10 +101,11 @@ func (p *policy) check(inv *Invite) error {
 		return matrix.Forbidden("Invites from this homeserver are not accepted by this identity server")
 	}
 	if len(p.keywords) > 0 {
-		text := fold.String(inv.RoomName + "\n" + inv.SenderDisplayName)
-		for _, k := range p.keywords {
-			if strings.Contains(text, k) {
-				return matrix.Forbidden("This invite was refused by this identity server's content policy")
+		for _, text := range []string{textnorm.Keyword(inv.RoomName), textnorm.Keyword(inv.SenderDisplayName)} {
+			for _, k := range p.keywords {
+				if strings.Contains(text, k) {
+					return matrix.Forbidden("This invite was refused by this identity server's content policy")
+				}
 			}
 		}
 	}
