@@ -112,6 +112,8 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) (_ *App, err error)
 	if err = a.identity.EnableValidation(identity.ValidationOptions{
 		Mail: a.mail, TemplatesDir: cfg.Email.TemplatesDir, BaseURL: cfg.BaseURL(), Brand: cfg.Email.BrandName,
 		SessionLifetime: cfg.Validation.SessionLifetime.D(), ServerName: cfg.ServerName, Keys: a.fed,
+		Limits: identity.ValidationLimits{Address: cfg.Validation.RateLimits.Address,
+			Account: cfg.Validation.RateLimits.Account, ClientIP: cfg.Validation.RateLimits.ClientIP},
 	}); err != nil {
 		return nil, fmt.Errorf("validation: %w", err)
 	}
