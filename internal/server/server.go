@@ -102,7 +102,8 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) (_ *App, err error)
 	if a.mailbox = mailbox; mailbox != nil {
 		log.Info("no smtp.host: mail goes to the dev mailbox", "dir", mailbox.Dir(), "url", cfg.BaseURL()+"/_herald/mailbox")
 	}
-	if a.identity, err = identity.New(a.db, identity.Options{Terms: cfg.Terms, UserInfo: a.fed, Log: log, Now: a.now, Ring: a.ring, Lookup: cfg.Lookup}); err != nil {
+	if a.identity, err = identity.New(a.db, identity.Options{Terms: cfg.Terms, UserInfo: a.fed, Log: log, Now: a.now, Ring: a.ring, Lookup: cfg.Lookup,
+		TokenIdleLifetime: cfg.Account.TokenIdleLifetime.D()}); err != nil {
 		return nil, fmt.Errorf("identity: %w", err)
 	}
 	if a.invites, err = invites.New(a.db, invites.Options{Config: cfg, Identity: a.identity, Ring: a.ring, Ephemeral: a.ephemeral, Mailer: a.mail, Log: log, Now: a.now}); err != nil {
@@ -158,6 +159,12 @@ func (a *App) Start(ctx context.Context) {
 	go func() {
 		defer a.bg.Done()
 		a.invites.RunLifecycle(ctx, time.Minute)
+	}()
+	// Access tokens unused past account.token_idle_lifetime expire.
+	a.bg.Add(1)
+	go func() {
+		defer a.bg.Done()
+		a.identity.RunTokenExpiry(ctx, time.Hour)
 	}()
 }
 
