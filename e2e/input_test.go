@@ -173,3 +173,41 @@ func TestRequestTokenRefusesInvisibleCharacters(t *testing.T) {
 		t.Fatalf("mails queued for refused addresses: %+v %v", st, err)
 	}
 }
+
+// The same flood against the built binary, as an attacker would send it:
+// anonymous v1 requestTokens to many addresses from one client, each with a
+// forged X-Forwarded-For. The binary sends the default burst of validation
+// mails for that client and answers the rest 429 M_LIMIT_EXCEEDED.
+func TestBinaryRequestTokenFlood(t *testing.T) {
+	h, smtp, _, _ := newBinary(t, "", "compat:\n  v1: true\n")
+	h.start(t)
+	defer h.stop(t)
+	burst := config.Default().Validation.RateLimits.ClientIP.Burst
+	ok := 0
+	for i := range 3 * burst {
+		req, err := http.NewRequest("POST", h.url+reqTokenV1Path, strings.NewReader(
+			fmt.Sprintf(`{"client_secret":"s","email":"flood%d@example.org","send_attempt":1}`, i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("X-Forwarded-For", fmt.Sprintf("192.0.2.%d", i+1))
+		resp, err := h.client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusOK {
+			ok++
+			continue
+		}
+		expectLimited(t, fmt.Sprint("request ", i), resp.StatusCode, body)
+	}
+	if ok != burst {
+		t.Fatalf("%d validation mails accepted from one client, want %d", ok, burst)
+	}
+	if got := len(smtp.WaitFor(burst, 10*time.Second)); got != burst {
+		t.Fatalf("%d mails arrived, want %d", got, burst)
+	}
+}

@@ -138,12 +138,12 @@ func Millis(d time.Duration) int64 {
 
 // ClientKey is the key for a client address: the address itself for IPv4,
 // its /64 network for IPv6 (one subscriber usually holds a whole /64, so
-// per-address keys would let one client take 2^64 of them). "" if host is
-// not an IP address.
+// per-address keys would let one client take 2^64 of them). A host that is
+// not an IP address is its own key, so the limit still applies to it.
 func ClientKey(host string) string {
 	ip, err := netip.ParseAddr(host)
 	if err != nil {
-		return ""
+		return "host:" + host
 	}
 	ip = ip.Unmap().WithZone("")
 	if ip.Is4() {

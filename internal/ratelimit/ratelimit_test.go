@@ -62,8 +62,8 @@ func TestClientKey(t *testing.T) {
 		"2001:db8:1:2:3:4:5:6": "2001:db8:1:2::/64",
 		"2001:db8:1:2:ffff::1": "2001:db8:1:2::/64",
 		"fe80::1%eth0":         "fe80::/64",
-		"not an ip":            "",
-		"":                     "",
+		"not an ip":            "host:not an ip",
+		"":                     "host:",
 	} {
 		if got := ClientKey(in); got != want {
 			t.Errorf("ClientKey(%q) = %q, want %q", in, got, want)
