@@ -16,6 +16,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/herald-im/herald/identity"
+	"github.com/herald-im/herald/internal/textnorm"
 	"github.com/herald-im/herald/keys"
 	"github.com/herald-im/herald/mailer"
 	"github.com/herald-im/herald/matrix"
@@ -206,7 +207,9 @@ func (s *Service) store(fields map[string]json.RawMessage, account, api string) 
 		a := s.answer(dup, api)
 		return &a, nil
 	}
-	if err := s.limits.allow(inv.Sender, inv.RoomID, inv.Address, inv.Homeserver); err != nil {
+	// The homeserver's bucket is keyed by its normalised name: "hs:8448",
+	// "hs." and "HS" must not be three homeservers with three allowances.
+	if err := s.limits.allow(inv.Sender, inv.RoomID, inv.Address, textnorm.ServerName(inv.Homeserver)); err != nil {
 		return nil, err
 	}
 

@@ -114,3 +114,22 @@ func TestMailsStripBidiControls(t *testing.T) {
 func isBidiControl(r rune) bool {
 	return r >= '\u202a' && r <= '\u202e' || r >= '\u2066' && r <= '\u2069' || r == '\u200e' || r == '\u200f' || r == '\u061c'
 }
+
+// The per-homeserver invite limit is not multiplied by writing the
+// homeserver's name with a port, a trailing dot or in upper case.
+func TestHomeserverLimitKeyIsNormalised(t *testing.T) {
+	e := start(t, func(c *config.Config) {
+		c.Compat.V1 = true
+		c.Invites.RateLimits.Homeserver = config.RateLimit{PerHour: 1, Burst: 2}
+	})
+	for i, sender := range []string{"@a:flood.test:1", "@b:flood.test.", "@c:FLOOD.test:8448"} {
+		b := inviteBody(sender, "limit"+string(rune('a'+i))+"@example.org")
+		status, body := e.Do(t, http.MethodPost, "/_matrix/identity/api/v1/store-invite", b, "")
+		if i < 2 && status != http.StatusOK {
+			t.Fatalf("invite %d: %d %s", i, status, body)
+		}
+		if i == 2 && (status != http.StatusTooManyRequests || !strings.Contains(string(body), `"M_LIMIT_EXCEEDED"`)) {
+			t.Fatalf("third invite from flood.test: %d %s, want 429 M_LIMIT_EXCEEDED", status, body)
+		}
+	}
+}
