@@ -10,7 +10,9 @@ import (
 
 	"github.com/herald-im/herald/config"
 	"github.com/herald-im/herald/internal/hssim"
+	"github.com/herald-im/herald/internal/testenv"
 	"github.com/herald-im/herald/mailer"
+	"github.com/herald-im/herald/mailer/smtptest"
 )
 
 const reqTokenV1Path = "/_matrix/identity/api/v1/validate/email/requestToken"
@@ -209,5 +211,49 @@ func TestBinaryRequestTokenFlood(t *testing.T) {
 	}
 	if got := len(smtp.WaitFor(burst, 10*time.Second)); got != burst {
 		t.Fatalf("%d mails arrived, want %d", got, burst)
+	}
+}
+
+// Through the whole stack: an invite to an address with a non-ASCII local
+// part (a valid address, stored with its domain normalised) goes out with
+// SMTPUTF8 and a punycode domain where the server offers SMTPUTF8, and fails
+// once, with that reason recorded, where it does not.
+func TestInviteToUTF8AddressAndSMTPUTF8(t *testing.T) {
+	for _, offered := range []bool{true, false} {
+		t.Run(fmt.Sprint("smtputf8=", offered), func(t *testing.T) {
+			srv := smtptest.Start(t, smtptest.Options{SMTPUTF8: offered})
+			env := testenv.Start(t, func(c *config.Config) {
+				c.SMTP.Host, c.SMTP.Port = srv.Host, srv.Port
+			})
+			tok := env.Register(t, alice)
+			status, body := env.Do(t, "POST", "/_matrix/identity/v2/store-invite", map[string]any{
+				"medium": "email", "address": "Jörg@MÜNCHEN.de", "room_id": "!utf8:hs.test", "sender": alice,
+			}, tok)
+			if status != http.StatusOK {
+				t.Fatalf("store-invite: %d %s", status, body)
+			}
+			var m mailer.Mail
+			waitFor(t, "the invite mail to be sent or fail", func() bool {
+				ms, err := env.App.Mailer().List(mailer.Filter{To: "jörg@münchen.de"})
+				if err != nil || len(ms) != 1 {
+					return false
+				}
+				m = ms[0]
+				return m.State != mailer.Pending
+			})
+			if offered {
+				msgs := srv.Messages()
+				if m.State != mailer.Sent || len(msgs) != 1 || !msgs[0].UTF8 || msgs[0].To[0] != "jörg@xn--mnchen-3ya.de" {
+					t.Fatalf("state %s, messages %+v; want one SMTPUTF8 message to jörg@xn--mnchen-3ya.de", m.State, msgs)
+				}
+				return
+			}
+			if m.State != mailer.Failed || len(m.Attempts) != 1 || !strings.Contains(m.Attempts[0].Reply, "SMTPUTF8") {
+				t.Fatalf("state %s, attempts %+v; want failed once, naming SMTPUTF8", m.State, m.Attempts)
+			}
+			if n := len(srv.Messages()); n != 0 {
+				t.Fatalf("%d messages reached the server", n)
+			}
+		})
 	}
 }
