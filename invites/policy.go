@@ -1,15 +1,11 @@
 package invites
 
 import (
-	"fmt"
-	"math"
 	"strings"
-	"sync"
 	"time"
 
-	"golang.org/x/time/rate"
-
 	"github.com/herald-im/herald/config"
+	"github.com/herald-im/herald/internal/ratelimit"
 	"github.com/herald-im/herald/internal/textnorm"
 	"github.com/herald-im/herald/matrix"
 )
@@ -112,111 +108,28 @@ func (p *policy) check(inv *Invite) error {
 	return nil
 }
 
-// limits are the in-memory per-key rate limiters for store-invite.
+// limits are the in-memory per-key rate limiters for store-invite. Each set
+// remembers a bounded number of keys (internal/ratelimit), so the
+// unauthenticated v1 store-invite cannot grow memory with fresh senders,
+// rooms or addresses.
 type limits struct {
 	now  func() time.Time
-	sets [4]*limiterSet // sender, room, address, homeserver
+	sets [4]*ratelimit.Set // sender, room, address, homeserver
 }
 
 func newLimits(c config.Invites, now func() time.Time) *limits {
 	rl := c.RateLimits
-	return &limits{now: now, sets: [4]*limiterSet{
-		newLimiterSet(rl.Sender), newLimiterSet(rl.Room), newLimiterSet(rl.Address), newLimiterSet(rl.Homeserver),
-	}}
+	set := func(r config.RateLimit) *ratelimit.Set { return ratelimit.New(r.PerHour, r.Burst, 0) }
+	return &limits{now: now, sets: [4]*ratelimit.Set{set(rl.Sender), set(rl.Room), set(rl.Address), set(rl.Homeserver)}}
 }
 
 // allow takes one token from each of the four limiters, or none: it returns
 // 429 M_LIMIT_EXCEEDED with the longest wait when any is exhausted.
 func (l *limits) allow(sender, room, address, homeserver string) error {
-	now := l.now()
-	keys := [4]string{sender, room, address, homeserver}
-	var taken []*rate.Reservation
-	var wait time.Duration
-	for i, set := range l.sets {
-		lim := set.get(keys[i], now)
-		if lim == nil {
-			continue
-		}
-		r := lim.ReserveN(now, 1)
-		if !r.OK() {
-			wait = time.Hour
-			continue
-		}
-		if d := r.DelayFrom(now); d > 0 {
-			r.CancelAt(now)
-			if d > wait {
-				wait = d
-			}
-			continue
-		}
-		taken = append(taken, r)
-	}
+	_, wait := ratelimit.Take(l.now(), ratelimit.Key{Set: l.sets[0], Key: sender}, ratelimit.Key{Set: l.sets[1], Key: room},
+		ratelimit.Key{Set: l.sets[2], Key: address}, ratelimit.Key{Set: l.sets[3], Key: homeserver})
 	if wait > 0 {
-		for _, r := range taken {
-			r.CancelAt(now)
-		}
-		ms := int64(math.Ceil(float64(wait) / float64(time.Millisecond)))
-		return matrix.LimitExceeded(ms)
+		return matrix.LimitExceeded(ratelimit.Millis(wait))
 	}
 	return nil
-}
-
-// limiterSet keeps one token bucket per key, forgetting buckets that have
-// refilled completely so memory stays bounded by recent activity.
-type limiterSet struct {
-	limit rate.Limit
-	burst int
-	full  time.Duration // time for an empty bucket to refill
-
-	mu    sync.Mutex
-	m     map[string]*limEntry
-	sweep time.Time
-}
-
-type limEntry struct {
-	lim  *rate.Limiter
-	seen time.Time
-}
-
-func newLimiterSet(c config.RateLimit) *limiterSet {
-	if c.PerHour <= 0 {
-		return nil
-	}
-	burst := c.Burst
-	if burst < 1 {
-		burst = 1
-	}
-	perSec := c.PerHour / 3600
-	return &limiterSet{limit: rate.Limit(perSec), burst: burst,
-		full: time.Duration(float64(burst) / perSec * float64(time.Second)), m: map[string]*limEntry{}}
-}
-
-func (s *limiterSet) get(key string, now time.Time) *rate.Limiter {
-	if s == nil || key == "" {
-		return nil
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if now.Sub(s.sweep) > time.Minute || len(s.m) > 100000 {
-		for k, e := range s.m {
-			if now.Sub(e.seen) > s.full {
-				delete(s.m, k)
-			}
-		}
-		s.sweep = now
-	}
-	e := s.m[key]
-	if e == nil {
-		e = &limEntry{lim: rate.NewLimiter(s.limit, s.burst)}
-		s.m[key] = e
-	}
-	e.seen = now
-	return e.lim
-}
-
-func (s *limiterSet) String() string {
-	if s == nil {
-		return "unlimited"
-	}
-	return fmt.Sprintf("%v/s burst %d", s.limit, s.burst)
 }
