@@ -57,7 +57,9 @@ func New(perHour float64, burst, maxKeys int) *Set {
 func (s *Set) reserve(key string, now time.Time) (*rate.Reservation, time.Duration) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if now.Sub(s.sweep) > time.Minute || len(s.m) >= s.max {
+	// Sweep once a minute, or once a second while full: not on every
+	// request, or a flood of new keys would cost a walk of the map each.
+	if since := now.Sub(s.sweep); since > time.Minute || len(s.m) >= s.max && since > time.Second {
 		for k, e := range s.m {
 			if now.Sub(e.seen) > s.full {
 				delete(s.m, k) // refilled completely: same as a fresh bucket
