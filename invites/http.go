@@ -150,14 +150,17 @@ func serverOf(userID string) string {
 }
 
 // validUserID is a loose check of a Matrix user ID: "@localpart:server".
+// Control, format (bidi, zero-width) and undecodable characters are refused:
+// the sender's ID is shown in the invite email.
 func validUserID(s string) bool {
 	local, server, ok := strings.Cut(s, ":")
 	return ok && len(local) > 1 && local[0] == '@' && server != "" && len(s) <= 255 &&
-		!strings.ContainsAny(s, " \t\r\n\x00/")
+		!strings.ContainsAny(s, " \t\r\n\x00/") && !strings.ContainsFunc(s, textnorm.Refused)
 }
 
 func validRoomID(s string) bool {
-	return len(s) > 1 && s[0] == '!' && len(s) <= 255 && !strings.ContainsAny(s, " \t\r\n\x00")
+	return len(s) > 1 && s[0] == '!' && len(s) <= 255 && !strings.ContainsAny(s, " \t\r\n\x00") &&
+		!strings.ContainsFunc(s, textnorm.Refused)
 }
 
 // store is store-invite for both API versions. account is the caller's user

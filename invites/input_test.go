@@ -133,3 +133,24 @@ func TestHomeserverLimitKeyIsNormalised(t *testing.T) {
 		}
 	}
 }
+
+// The sender's Matrix ID and the room ID are shown in the invite email as
+// they are: with a bidi override or zero-width character they are refused
+// (400 M_INVALID_PARAM), on the anonymous v1 API as on v2.
+func TestStoreInviteRefusesInvisibleCharactersInIDs(t *testing.T) {
+	e := start(t, func(c *config.Config) { c.Compat.V1 = true })
+	for _, c := range []struct{ field, value string }{
+		{"sender", "@admin\u202e:hs.test"}, {"sender", "@a\u200b:hs.test"}, {"sender", "@a:hs\ufffd.test"},
+		{"room_id", "!room\u202e:hs.test"}, {"room_id", "!ro\u2066om:hs.test"},
+	} {
+		b := inviteBody(alice, "ids@example.org")
+		b[c.field] = c.value
+		status, body := e.Do(t, http.MethodPost, "/_matrix/identity/api/v1/store-invite", b, "")
+		if status != http.StatusBadRequest || !strings.Contains(string(body), `"M_INVALID_PARAM"`) {
+			t.Errorf("%s %q: %d %s, want 400 M_INVALID_PARAM", c.field, c.value, status, body)
+		}
+	}
+	if n := len(e.SMTP.Messages()); n != 0 {
+		t.Errorf("%d mails sent", n)
+	}
+}
