@@ -79,3 +79,28 @@ func TestLookupHashSpecVectors(t *testing.T) {
 		}
 	}
 }
+
+// NormalizeEmail's output is what Herald stores and looks up, so it must be
+// a fixed point (normalising it again changes nothing) and free of the
+// characters NormalizeEmail refuses.
+func FuzzNormalizeEmail(f *testing.F) {
+	for _, s := range []string{"Strauss@Example.com", "x@ｂｌｏｃｋｅｄ。example", "jörg@MÜNCHEN.de", "x@xn--mnchen-3ya.de",
+		"Straße@faß.de", "ΣΊΣΥΦΟΣ@example.gr", "a\u200b@example.org", "a@exa\u0301mple.org", "ǅ@ǆ.example"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, in string) {
+		out, err := identity.NormalizeEmail(in)
+		if err != nil {
+			return
+		}
+		again, err := identity.NormalizeEmail(out)
+		if err != nil || again != out {
+			t.Fatalf("NormalizeEmail(%q) = %q, but NormalizeEmail(%q) = %q, %v", in, out, out, again, err)
+		}
+		for _, r := range out {
+			if r == '\ufffd' || r == '\u200b' || r == '\u202e' {
+				t.Fatalf("NormalizeEmail(%q) = %q keeps %U", in, out, r)
+			}
+		}
+	})
+}
