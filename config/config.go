@@ -34,6 +34,7 @@ type Config struct {
 	Validation    Validation `yaml:"validation"`
 	Delivery      Delivery   `yaml:"delivery"`
 	Admin         Admin      `yaml:"admin"`
+	Account       Account    `yaml:"account"`
 	Metrics       Metrics    `yaml:"metrics"`
 	// TrustedProxies are the reverse proxies (IPs or CIDRs) whose
 	// X-Forwarded-For Herald believes; from any other peer the client address
@@ -158,6 +159,13 @@ type Invites struct {
 
 type Validation struct {
 	SessionLifetime Duration `yaml:"session_lifetime"`
+	// RateLimits bound validation mails (requestToken): per address, per
+	// account (v2) and per client IP (the unauthenticated v1 API).
+	RateLimits struct {
+		Address  RateLimit `yaml:"address"`
+		Account  RateLimit `yaml:"account"`
+		ClientIP RateLimit `yaml:"client_ip"`
+	} `yaml:"rate_limits"`
 }
 
 type Delivery struct {
@@ -167,6 +175,12 @@ type Delivery struct {
 	// attempt up to MaxBackoff. A Retry-After from the homeserver is honoured.
 	MinBackoff Duration `yaml:"min_backoff"`
 	MaxBackoff Duration `yaml:"max_backoff"`
+}
+
+// Account configures identity server access tokens (/account/register).
+type Account struct {
+	// TokenIdleLifetime expires an access token unused this long (0: never).
+	TokenIdleLifetime Duration `yaml:"token_idle_lifetime"`
 }
 
 type AdminUser struct {
@@ -234,6 +248,9 @@ func Default() Config {
 	c.Invites.RateLimits.Address = RateLimit{PerHour: 10, Burst: 5}
 	c.Invites.RateLimits.Homeserver = RateLimit{PerHour: 2000, Burst: 200}
 	c.Validation.SessionLifetime = Duration(24 * time.Hour)
+	c.Validation.RateLimits.Address = RateLimit{PerHour: 5, Burst: 3}
+	c.Validation.RateLimits.Account = RateLimit{PerHour: 20, Burst: 5}
+	c.Validation.RateLimits.ClientIP = RateLimit{PerHour: 60, Burst: 10}
 	c.Delivery.GiveUpAfter = Duration(7 * 24 * time.Hour)
 	c.Delivery.MinBackoff = Duration(30 * time.Second)
 	c.Delivery.MaxBackoff = Duration(time.Hour)
@@ -241,6 +258,7 @@ func Default() Config {
 	c.Admin.SessionLifetime = Duration(12 * time.Hour)
 	c.Admin.AuditRetention = Duration(90 * 24 * time.Hour)
 	c.Admin.AuditMaxEntries = 100000
+	c.Account.TokenIdleLifetime = Duration(90 * 24 * time.Hour)
 	return c
 }
 
@@ -384,6 +402,15 @@ func (c *Config) Validate() error {
 	}
 	if c.Validation.SessionLifetime <= 0 {
 		return keyErr("validation.session_lifetime", "must be positive (e.g. 24h)")
+	}
+	for name, rl := range map[string]RateLimit{"address": c.Validation.RateLimits.Address,
+		"account": c.Validation.RateLimits.Account, "client_ip": c.Validation.RateLimits.ClientIP} {
+		if rl.PerHour < 0 || rl.Burst < 0 {
+			return keyErr("validation.rate_limits."+name, "per_hour and burst must not be negative (per_hour 0: unlimited)")
+		}
+	}
+	if c.Account.TokenIdleLifetime < 0 {
+		return keyErr("account.token_idle_lifetime", "must not be negative (0: tokens never expire)")
 	}
 	if c.Delivery.GiveUpAfter <= 0 {
 		return keyErr("delivery.give_up_after", "must be positive (e.g. 7d)")

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/herald-im/herald/config"
 	"github.com/herald-im/herald/internal/hssim"
 )
 
@@ -126,7 +127,8 @@ func TestRequestTokenErrorsAndIdempotency(t *testing.T) {
 }
 
 func TestSubmitTokenLinkPage(t *testing.T) {
-	w := start(t, hssim.Synapse)
+	// One account asks for more validation mails than its default burst.
+	w := start(t, hssim.Synapse, func(c *config.Config) { c.Validation.RateLimits.Account.PerHour = 0 })
 	tok := w.env.Register(t, alice)
 	request := func(secret, address, next string) (sid, token string) {
 		body := map[string]any{"client_secret": secret, "email": address, "send_attempt": 1}

@@ -124,7 +124,7 @@ var forbiddenPrefixes = func() []netip.Prefix {
 		"0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
 		"192.0.0.0/24", "192.0.2.0/24", "192.88.99.0/24", "192.168.0.0/16", "198.18.0.0/15", "198.51.100.0/24",
 		"203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4", "255.255.255.255/32",
-		"::/128", "::1/128", "64:ff9b::/96", "100::/64", "2001::/32", "2001:db8::/32", "fc00::/7", "fe80::/10", "ff00::/8",
+		"::/128", "::1/128", "::/96", "64:ff9b::/96", "64:ff9b:1::/48", "100::/64", "2001::/32", "2001:db8::/32", "fc00::/7", "fe80::/10", "ff00::/8",
 	} {
 		out = append(out, netip.MustParsePrefix(s))
 	}
@@ -133,7 +133,10 @@ var forbiddenPrefixes = func() []netip.Prefix {
 
 // Forbidden reports whether ip is private, loopback, link-local, CGNAT,
 // multicast, documentation or otherwise special, including the IPv4-mapped and
-// 6to4 forms of such IPv4 addresses.
+// 6to4 forms of such IPv4 addresses. The deprecated IPv4-compatible range
+// ::/96 and both NAT64 prefixes (64:ff9b::/96 and the local-use
+// 64:ff9b:1::/48) are refused whole: they reach IPv4 hosts, private ones
+// included, through a translator.
 func Forbidden(ip netip.Addr) bool {
 	ip = ip.Unmap()
 	if ip.Is6() {

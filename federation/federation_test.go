@@ -20,11 +20,14 @@ func TestForbidden(t *testing.T) {
 		"::1", "::", "fe80::1", "fc00::1", "fd12:3456::1", "ff02::1", "2001:db8::1",
 		"::ffff:127.0.0.1", "::ffff:10.0.0.1", "::ffff:169.254.169.254", // IPv4-mapped
 		"2002:7f00:1::1", "2002:a00:1::", "2002:c0a8:101::1", // 6to4 embedding 127.0.0.1, 10.0.0.1, 192.168.1.1
-		"64:ff9b::7f00:1", // NAT64
+		"64:ff9b::7f00:1",                  // NAT64
+		"::7f00:1", "::a00:1", "::808:808", // IPv4-compatible (::/96), deprecated: refused whole
+		"64:ff9b:1::a00:1", "64:ff9b:1:ffff::1", // local-use NAT64 (64:ff9b:1::/48)
 	}
 	allowed := []string{
 		"8.8.8.8", "1.1.1.1", "100.63.255.255", "100.128.0.0", "172.32.0.1", "2606:4700:4700::1111",
 		"::ffff:8.8.8.8", "2002:808:808::1", // 6to4 of a public address
+		"::1:0:0:1", "64:ff9b:2::1", // just outside ::/96 and 64:ff9b:1::/48
 	}
 	for _, s := range forbidden {
 		if !Forbidden(netip.MustParseAddr(s)) {
@@ -44,6 +47,8 @@ func TestRefusePrivate(t *testing.T) {
 		"[::1]:443":              true,
 		"[::ffff:10.0.0.1]:443":  true,
 		"[2002:7f00:1::1]:443":   true,
+		"[::7f00:1]:443":         true,
+		"[64:ff9b:1::a00:1]:443": true,
 		"100.64.1.1:443":         true,
 		"93.184.216.34:443":      false,
 		"[2606:4700::1111]:8448": false,

@@ -42,9 +42,18 @@ func (s *Service) Auth(gated bool) echo.MiddlewareFunc {
 			if tok == "" {
 				return matrix.Unauthorized("Missing access token")
 			}
-			a, accepted, err := s.accountAndTerms(tok, gated)
+			a, accepted, touch, err := s.accountAndTerms(tok, gated)
 			if errors.Is(err, ErrUnknownToken) {
 				return matrix.Unauthorized("Unrecognised access token")
+			}
+			if touch || errors.Is(err, ErrTokenExpired) {
+				// Record the use (at most once per touchEvery) or the expiry.
+				if err := s.useToken(tok, s.opts.Now().UTC()); err != nil {
+					s.opts.Log.Error("recording access token use", "err", err)
+				}
+			}
+			if errors.Is(err, ErrTokenExpired) {
+				return matrix.UnknownToken("Access token expired after going unused: register again")
 			} else if err != nil {
 				return err
 			}
@@ -138,9 +147,12 @@ func (s *Service) PostTerms(c echo.Context) error {
 
 // accountAndTerms reads the token's account and, when gated, whether its
 // user accepted every current policy, in one read transaction (every
-// authenticated request pays for it).
-func (s *Service) accountAndTerms(token string, gated bool) (*Account, bool, error) {
+// authenticated request pays for it). touch says the recorded last use is
+// stale enough to record again; an expired token is ErrTokenExpired.
+func (s *Service) accountAndTerms(token string, gated bool) (*Account, bool, bool, error) {
 	var a *Account
+	touch := false
+	now := s.opts.Now().UTC()
 	accepted := !gated || len(s.opts.Terms.Policies) == 0
 	err := s.db.View(func(tx *bolt.Tx) error {
 		raw := tx.Bucket(accountsBucket).Get(hashToken(token))
@@ -151,6 +163,10 @@ func (s *Service) accountAndTerms(token string, gated bool) (*Account, bool, err
 		if err := json.Unmarshal(raw, a); err != nil {
 			return err
 		}
+		if !a.Expired.IsZero() || s.idle(a, now) {
+			return ErrTokenExpired
+		}
+		touch = s.opts.TokenIdleLifetime > 0 && now.Sub(a.LastUsed) >= s.touchEvery()
 		if accepted {
 			return nil
 		}
@@ -168,5 +184,5 @@ func (s *Service) accountAndTerms(token string, gated bool) (*Account, bool, err
 		}
 		return nil
 	})
-	return a, accepted, err
+	return a, accepted, touch, err
 }

@@ -19,6 +19,7 @@ import (
 
 	"github.com/herald-im/herald/config"
 	"github.com/herald-im/herald/keys"
+	"github.com/herald-im/herald/store"
 )
 
 var (
@@ -45,6 +46,9 @@ type Options struct {
 	// "v1" or "v1_bulk"), how many addresses it asked about and how many
 	// were bound. Metrics count these.
 	OnLookup func(api string, addresses, matches int)
+	// TokenIdleLifetime expires an access token unused this long
+	// (account.token_idle_lifetime; 0: never).
+	TokenIdleLifetime time.Duration
 }
 
 // Service is the identity feature.
@@ -90,10 +94,17 @@ func New(db *bolt.DB, opts Options) (*Service, error) {
 // allBuckets lists every bucket the identity package owns.
 var allBuckets = [][]byte{accountsBucket, termsBucket}
 
-// Account is an access token's owner.
+// Account is an access token's owner. LastUsed is when the token was last
+// presented, recorded at a coarse granularity (touchEvery), so expiring idle
+// tokens does not write on every request. A token that expired keeps a
+// tombstone (Expired set, UserID erased) for one more idle lifetime, so its
+// holder is told it expired (M_UNKNOWN_TOKEN) rather than that it never
+// existed.
 type Account struct {
-	UserID  string    `json:"user_id"`
-	Created time.Time `json:"created"`
+	UserID   string    `json:"user_id,omitempty"`
+	Created  time.Time `json:"created"`
+	LastUsed time.Time `json:"last_used,omitzero"`
+	Expired  time.Time `json:"expired,omitzero"`
 }
 
 // Server is the server part of the account's user ID.
@@ -119,7 +130,8 @@ func newToken() string {
 // token's hash is stored.
 func (s *Service) CreateAccount(userID string) (string, error) {
 	token := newToken()
-	raw, _ := json.Marshal(Account{UserID: userID, Created: s.opts.Now().UTC()})
+	now := s.opts.Now().UTC()
+	raw, _ := json.Marshal(Account{UserID: userID, Created: now, LastUsed: now})
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		return tx.Bucket(accountsBucket).Put(hashToken(token), raw)
 	})
@@ -128,6 +140,10 @@ func (s *Service) CreateAccount(userID string) (string, error) {
 
 // ErrUnknownToken means no account has that token.
 var ErrUnknownToken = errors.New("unknown access token")
+
+// ErrTokenExpired means the token went unused for longer than
+// account.token_idle_lifetime.
+var ErrTokenExpired = errors.New("access token expired")
 
 // AccountByToken finds the token's account.
 func (s *Service) AccountByToken(token string) (*Account, error) {
@@ -138,7 +154,13 @@ func (s *Service) AccountByToken(token string) (*Account, error) {
 			return ErrUnknownToken
 		}
 		a = new(Account)
-		return json.Unmarshal(raw, a)
+		if err := json.Unmarshal(raw, a); err != nil {
+			return err
+		}
+		if !a.Expired.IsZero() || s.idle(a, s.opts.Now()) {
+			return ErrTokenExpired
+		}
+		return nil
 	})
 	return a, err
 }
@@ -192,4 +214,132 @@ func (s *Service) HasAcceptedTerms(userID string) (bool, error) {
 		}
 	}
 	return true, nil
+}
+
+// idle reports whether a live account's token has gone unused past
+// account.token_idle_lifetime. A record from before last use was recorded
+// (LastUsed zero) is not idle: its clock starts at its next use or sweep.
+func (s *Service) idle(a *Account, now time.Time) bool {
+	d := s.opts.TokenIdleLifetime
+	return d > 0 && !a.LastUsed.IsZero() && now.Sub(a.LastUsed) > d
+}
+
+// touchEvery is how stale a recorded last use may get before a request
+// records it again: an hour, or a tenth of a shorter idle lifetime.
+func (s *Service) touchEvery() time.Duration {
+	if d := s.opts.TokenIdleLifetime / 10; d > 0 && d < time.Hour {
+		return d
+	}
+	return time.Hour
+}
+
+// useToken records that token was used now if the recorded use is older
+// than touchEvery, and turns it into a tombstone if it expired. Batch may run
+// the function twice: it only sets values derived from now.
+func (s *Service) useToken(token string, now time.Time) error {
+	key := hashToken(token)
+	return s.db.Batch(func(tx *bolt.Tx) error {
+		b := tx.Bucket(accountsBucket)
+		raw := b.Get(key)
+		if raw == nil {
+			return nil // logged out meanwhile
+		}
+		var a Account
+		if err := json.Unmarshal(raw, &a); err != nil {
+			return err
+		}
+		switch {
+		case !a.Expired.IsZero():
+			return nil
+		case s.idle(&a, now):
+			a = Account{Created: a.Created, LastUsed: a.LastUsed, Expired: now}
+		case now.Sub(a.LastUsed) >= s.touchEvery():
+			a.LastUsed = now
+		default:
+			return nil
+		}
+		raw, err := json.Marshal(a)
+		if err != nil {
+			return err
+		}
+		return b.Put(key, raw)
+	})
+}
+
+// ExpireIdleTokens sweeps the accounts: tokens unused past
+// account.token_idle_lifetime become tombstones, tombstones older than one
+// more lifetime are deleted, and records from before last use was recorded
+// start their clock now. It returns how many tokens expired and how many
+// tombstones were deleted.
+func (s *Service) ExpireIdleTokens(now time.Time) (expired, deleted int, err error) {
+	d := s.opts.TokenIdleLifetime
+	if d <= 0 {
+		return 0, 0, nil
+	}
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		expired, deleted = 0, 0
+		b := tx.Bucket(accountsBucket)
+		// Changes are collected first: bbolt cursors must not walk a bucket
+		// that is being written.
+		var drop [][]byte
+		put := map[string][]byte{}
+		err := b.ForEach(func(k, raw []byte) error {
+			var a Account
+			if err := json.Unmarshal(raw, &a); err != nil {
+				return err
+			}
+			switch {
+			case !a.Expired.IsZero():
+				if now.Sub(a.Expired) > d {
+					drop = append(drop, store.Copy(k))
+					deleted++
+				}
+				return nil
+			case a.LastUsed.IsZero():
+				a.LastUsed = now
+			case s.idle(&a, now):
+				a = Account{Created: a.Created, LastUsed: a.LastUsed, Expired: now}
+				expired++
+			default:
+				return nil
+			}
+			raw, err := json.Marshal(a)
+			put[string(k)] = raw
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		for _, k := range drop {
+			if err := b.Delete(k); err != nil {
+				return err
+			}
+		}
+		for k, raw := range put {
+			if err := b.Put([]byte(k), raw); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	return expired, deleted, err
+}
+
+// RunTokenExpiry runs ExpireIdleTokens every interval until ctx is done.
+func (s *Service) RunTokenExpiry(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			expired, deleted, err := s.ExpireIdleTokens(s.opts.Now().UTC())
+			if err != nil {
+				s.opts.Log.Error("expiring idle access tokens", "err", err)
+			} else if expired+deleted > 0 {
+				s.opts.Log.Info("idle access tokens expired", "expired", expired, "tombstones_deleted", deleted)
+			}
+		}
+	}
 }

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	htmltemplate "html/template"
 	"io/fs"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -24,6 +25,8 @@ import (
 	"github.com/labstack/echo/v4"
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/herald-im/herald/config"
+	"github.com/herald-im/herald/internal/ratelimit"
 	"github.com/herald-im/herald/mailer"
 	"github.com/herald-im/herald/matrix"
 )
@@ -93,12 +96,22 @@ type ValidationOptions struct {
 	ServerName string
 	// Keys fetches homeserver keys for X-Matrix signed unbinds.
 	Keys ServerKeyer
+	// Limits bound the validation mails requestToken sends (zero: unlimited).
+	Limits ValidationLimits
+}
+
+// ValidationLimits are validation.rate_limits: validation mails per address,
+// per account (v2) and per client IP (v1, which is unauthenticated).
+type ValidationLimits struct {
+	Address, Account, ClientIP config.RateLimit
 }
 
 type validation struct {
 	opts  ValidationOptions
 	email *mailer.Templates
 	page  *htmltemplate.Template
+	// In-memory token buckets for validation mail (nil: unlimited).
+	perAddress, perAccount, perClient *ratelimit.Set
 }
 
 // EnableValidation loads the validation templates (a broken one is an error
@@ -138,7 +151,11 @@ func (s *Service) EnableValidation(opts ValidationOptions) error {
 	if err := page.Execute(&bytes.Buffer{}, pageData{Brand: opts.Brand, Success: false, Reason: "x"}); err != nil {
 		return fmt.Errorf("identity: template %s: %w", pageName, err)
 	}
-	s.val = &validation{opts: opts, email: t, page: page}
+	l := opts.Limits
+	s.val = &validation{opts: opts, email: t, page: page,
+		perAddress: ratelimit.New(l.Address.PerHour, l.Address.Burst, 0),
+		perAccount: ratelimit.New(l.Account.PerHour, l.Account.Burst, 0),
+		perClient:  ratelimit.New(l.ClientIP.PerHour, l.ClientIP.Burst, 0)}
 	return nil
 }
 
@@ -274,6 +291,20 @@ func decodeBody(c echo.Context, v any) error {
 	return matrix.DecodeJSON(c, v)
 }
 
+// clientIP is the client's address: the TCP peer, or what Echo's
+// IPExtractor (set from trusted_proxies) finds. Without an extractor,
+// forwarding headers are not trusted: anyone could send them.
+func clientIP(c echo.Context) string {
+	if c.Echo().IPExtractor != nil {
+		return c.RealIP()
+	}
+	host, _, err := net.SplitHostPort(c.Request().RemoteAddr)
+	if err != nil {
+		return c.Request().RemoteAddr
+	}
+	return host
+}
+
 func parseSendAttempt(raw json.RawMessage) (int, error) {
 	if len(raw) == 0 || string(raw) == "null" {
 		return 0, matrix.MissingParams("Missing parameters: send_attempt")
@@ -322,6 +353,15 @@ func (s *Service) RequestEmailToken(c echo.Context) error {
 	}
 	now := s.opts.Now().UTC()
 	key := sha(req.ClientSecret, "email", address)
+	// Who pays for a new mail: the address always; the account on v2; the
+	// client's address on the anonymous v1 API.
+	limitKeys := []ratelimit.Key{{Set: v.perAddress, Key: address}}
+	if a := AccountFrom(c); a != nil {
+		limitKeys = append(limitKeys, ratelimit.Key{Set: v.perAccount, Key: a.UserID})
+	} else {
+		limitKeys = append(limitKeys, ratelimit.Key{Set: v.perClient, Key: ratelimit.ClientKey(clientIP(c))})
+	}
+	undoLimits := func() {}
 	var sid string
 	sent := false
 	err = s.db.Update(func(tx *bolt.Tx) error {
@@ -338,6 +378,14 @@ func (s *Service) RequestEmailToken(c echo.Context) error {
 			sid = se.SID // a repeat: same session, nothing sent
 			return nil
 		}
+		// A new mail: charged against the limits only now, so repeats are free.
+		// (Update runs this function once; a failure below gives the tokens back.)
+		undo, wait := ratelimit.Take(now, limitKeys...)
+		if wait > 0 {
+			s.opts.Log.Warn("validation mail refused by validation.rate_limits", "to", RedactEmail(address), "retry_after", wait.Round(time.Second))
+			return matrix.LimitExceeded(ratelimit.Millis(wait))
+		}
+		undoLimits = undo
 		if se == nil {
 			se = &Session{SID: randomString(18), SecretHash: sha(req.ClientSecret), Medium: "email", Address: address, Created: now}
 		}
@@ -374,6 +422,7 @@ func (s *Service) RequestEmailToken(c echo.Context) error {
 		return tx.Bucket(sessionKeysBucket).Put(key, []byte(se.SID))
 	})
 	if err != nil {
+		undoLimits()
 		return err
 	}
 	if sent {

@@ -10,6 +10,7 @@ import (
 	"unicode"
 
 	"github.com/herald-im/herald/config"
+	"github.com/herald-im/herald/internal/textnorm"
 	"github.com/herald-im/herald/mailer"
 )
 
@@ -52,9 +53,15 @@ func loadMailTemplates(c *config.Config) (*mailTemplates, error) {
 func (s *Service) TemplateFiles() []string { return s.mail.t.Files() }
 
 // clean makes a request value safe for a one-line spot in a mail: control
-// characters (line breaks included) become spaces, and it is cut at 200 runes.
+// characters (line breaks included) become spaces, bidi controls (U+202E and
+// the other embeddings, overrides, isolates and marks) are removed so an
+// inviter's room or display name cannot reorder the subject or sentence it is
+// put in, and it is cut at 200 runes.
 func clean(s string) string {
 	s = strings.Map(func(r rune) rune {
+		if textnorm.IsBidiControl(r) {
+			return -1
+		}
 		if unicode.IsControl(r) || r == '\u2028' || r == '\u2029' {
 			return ' '
 		}

@@ -16,6 +16,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/herald-im/herald/identity"
+	"github.com/herald-im/herald/internal/textnorm"
 	"github.com/herald-im/herald/keys"
 	"github.com/herald-im/herald/mailer"
 	"github.com/herald-im/herald/matrix"
@@ -151,14 +152,17 @@ func serverOf(userID string) string {
 }
 
 // validUserID is a loose check of a Matrix user ID: "@localpart:server".
+// Control, format (bidi, zero-width) and undecodable characters are refused:
+// the sender's ID is shown in the invite email.
 func validUserID(s string) bool {
 	local, server, ok := strings.Cut(s, ":")
 	return ok && len(local) > 1 && local[0] == '@' && server != "" && len(s) <= 255 &&
-		!strings.ContainsAny(s, " \t\r\n\x00/")
+		!strings.ContainsAny(s, " \t\r\n\x00/") && !strings.ContainsFunc(s, textnorm.Refused)
 }
 
 func validRoomID(s string) bool {
-	return len(s) > 1 && s[0] == '!' && len(s) <= 255 && !strings.ContainsAny(s, " \t\r\n\x00")
+	return len(s) > 1 && s[0] == '!' && len(s) <= 255 && !strings.ContainsAny(s, " \t\r\n\x00") &&
+		!strings.ContainsFunc(s, textnorm.Refused)
 }
 
 // store is store-invite for both API versions. account is the caller's user
@@ -208,7 +212,9 @@ func (s *Service) store(fields map[string]json.RawMessage, account, api string) 
 		a := s.answer(dup, api)
 		return &a, nil
 	}
-	if err := s.limits.allow(inv.Sender, inv.RoomID, inv.Address, inv.Homeserver); err != nil {
+	// The homeserver's bucket is keyed by its normalised name: "hs:8448",
+	// "hs." and "HS" must not be three homeservers with three allowances.
+	if err := s.limits.allow(inv.Sender, inv.RoomID, inv.Address, textnorm.ServerName(inv.Homeserver)); err != nil {
 		return nil, err
 	}
 

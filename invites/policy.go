@@ -1,28 +1,27 @@
 package invites
 
 import (
-	"fmt"
-	"math"
 	"strings"
-	"sync"
 	"time"
 
-	"golang.org/x/text/cases"
-	"golang.org/x/time/rate"
-
 	"github.com/herald-im/herald/config"
+	"github.com/herald-im/herald/internal/ratelimit"
+	"github.com/herald-im/herald/internal/textnorm"
 	"github.com/herald-im/herald/matrix"
 )
 
-// policy holds the operator's blocklists and email domain lists.
+// policy holds the operator's blocklists and email domain lists. Names and
+// text are compared in one normalised form on both sides (internal/textnorm),
+// so spelling a name differently does not get past a list: server names
+// without port or trailing dot, lower-cased, in IDNA ASCII form; keywords and
+// the text they are searched in NFKC case-folded with format characters
+// (zero-width spaces, bidi controls) removed.
 type policy struct {
 	rooms       map[string]bool
 	homeservers []string // exact names, or "*.example.org" / ".example.org" for subdomains
-	keywords    []string // case-folded
+	keywords    []string // textnorm.Keyword form
 	allow, deny []string // email domains, same matching as homeservers
 }
-
-var fold = cases.Fold()
 
 func newPolicy(c config.Invites) (*policy, error) {
 	p := &policy{rooms: map[string]bool{}}
@@ -30,27 +29,40 @@ func newPolicy(c config.Invites) (*policy, error) {
 		p.rooms[strings.TrimSpace(r)] = true
 	}
 	for _, h := range c.Blocklist.Homeservers {
-		p.homeservers = append(p.homeservers, strings.ToLower(strings.TrimSpace(h)))
+		p.homeservers = append(p.homeservers, domainPattern(h))
 	}
 	for _, k := range c.Blocklist.Keywords {
-		if k = strings.TrimSpace(k); k != "" {
-			p.keywords = append(p.keywords, fold.String(k))
+		if k = textnorm.Keyword(k); k != "" {
+			p.keywords = append(p.keywords, k)
 		}
 	}
 	for _, d := range c.EmailDomains.Allow {
-		p.allow = append(p.allow, strings.ToLower(strings.TrimSpace(d)))
+		p.allow = append(p.allow, domainPattern(d))
 	}
 	for _, d := range c.EmailDomains.Deny {
-		p.deny = append(p.deny, strings.ToLower(strings.TrimSpace(d)))
+		p.deny = append(p.deny, domainPattern(d))
 	}
 	return p, nil
 }
 
+// domainPattern normalises a configured domain or server name, keeping its
+// "*." or "." subdomain prefix.
+func domainPattern(d string) string {
+	d = strings.TrimSpace(d)
+	for _, prefix := range []string{"*.", "."} {
+		if rest, ok := strings.CutPrefix(d, prefix); ok {
+			return prefix + textnorm.ServerName(rest)
+		}
+	}
+	return textnorm.ServerName(d)
+}
+
 // domainMatches reports whether name matches one of patterns: an exact name,
 // or "*.example.org" / ".example.org" matching example.org's subdomains (and
-// example.org itself for the "*." form).
+// example.org itself for the "*." form). name is normalised first (port and
+// trailing dot removed, lower case, IDNA ASCII form), as the patterns were.
 func domainMatches(name string, patterns []string) bool {
-	name = strings.ToLower(name)
+	name = textnorm.ServerName(name)
 	for _, p := range patterns {
 		switch {
 		case strings.HasPrefix(p, "*."):
@@ -85,121 +97,39 @@ func (p *policy) check(inv *Invite) error {
 		return matrix.Forbidden("Invites from this homeserver are not accepted by this identity server")
 	}
 	if len(p.keywords) > 0 {
-		text := fold.String(inv.RoomName + "\n" + inv.SenderDisplayName)
-		for _, k := range p.keywords {
-			if strings.Contains(text, k) {
-				return matrix.Forbidden("This invite was refused by this identity server's content policy")
+		for _, text := range []string{textnorm.Keyword(inv.RoomName), textnorm.Keyword(inv.SenderDisplayName)} {
+			for _, k := range p.keywords {
+				if strings.Contains(text, k) {
+					return matrix.Forbidden("This invite was refused by this identity server's content policy")
+				}
 			}
 		}
 	}
 	return nil
 }
 
-// limits are the in-memory per-key rate limiters for store-invite.
+// limits are the in-memory per-key rate limiters for store-invite. Each set
+// remembers a bounded number of keys (internal/ratelimit), so the
+// unauthenticated v1 store-invite cannot grow memory with fresh senders,
+// rooms or addresses.
 type limits struct {
 	now  func() time.Time
-	sets [4]*limiterSet // sender, room, address, homeserver
+	sets [4]*ratelimit.Set // sender, room, address, homeserver
 }
 
 func newLimits(c config.Invites, now func() time.Time) *limits {
 	rl := c.RateLimits
-	return &limits{now: now, sets: [4]*limiterSet{
-		newLimiterSet(rl.Sender), newLimiterSet(rl.Room), newLimiterSet(rl.Address), newLimiterSet(rl.Homeserver),
-	}}
+	set := func(r config.RateLimit) *ratelimit.Set { return ratelimit.New(r.PerHour, r.Burst, 0) }
+	return &limits{now: now, sets: [4]*ratelimit.Set{set(rl.Sender), set(rl.Room), set(rl.Address), set(rl.Homeserver)}}
 }
 
 // allow takes one token from each of the four limiters, or none: it returns
 // 429 M_LIMIT_EXCEEDED with the longest wait when any is exhausted.
 func (l *limits) allow(sender, room, address, homeserver string) error {
-	now := l.now()
-	keys := [4]string{sender, room, address, homeserver}
-	var taken []*rate.Reservation
-	var wait time.Duration
-	for i, set := range l.sets {
-		lim := set.get(keys[i], now)
-		if lim == nil {
-			continue
-		}
-		r := lim.ReserveN(now, 1)
-		if !r.OK() {
-			wait = time.Hour
-			continue
-		}
-		if d := r.DelayFrom(now); d > 0 {
-			r.CancelAt(now)
-			if d > wait {
-				wait = d
-			}
-			continue
-		}
-		taken = append(taken, r)
-	}
+	_, wait := ratelimit.Take(l.now(), ratelimit.Key{Set: l.sets[0], Key: sender}, ratelimit.Key{Set: l.sets[1], Key: room},
+		ratelimit.Key{Set: l.sets[2], Key: address}, ratelimit.Key{Set: l.sets[3], Key: homeserver})
 	if wait > 0 {
-		for _, r := range taken {
-			r.CancelAt(now)
-		}
-		ms := int64(math.Ceil(float64(wait) / float64(time.Millisecond)))
-		return matrix.LimitExceeded(ms)
+		return matrix.LimitExceeded(ratelimit.Millis(wait))
 	}
 	return nil
-}
-
-// limiterSet keeps one token bucket per key, forgetting buckets that have
-// refilled completely so memory stays bounded by recent activity.
-type limiterSet struct {
-	limit rate.Limit
-	burst int
-	full  time.Duration // time for an empty bucket to refill
-
-	mu    sync.Mutex
-	m     map[string]*limEntry
-	sweep time.Time
-}
-
-type limEntry struct {
-	lim  *rate.Limiter
-	seen time.Time
-}
-
-func newLimiterSet(c config.RateLimit) *limiterSet {
-	if c.PerHour <= 0 {
-		return nil
-	}
-	burst := c.Burst
-	if burst < 1 {
-		burst = 1
-	}
-	perSec := c.PerHour / 3600
-	return &limiterSet{limit: rate.Limit(perSec), burst: burst,
-		full: time.Duration(float64(burst) / perSec * float64(time.Second)), m: map[string]*limEntry{}}
-}
-
-func (s *limiterSet) get(key string, now time.Time) *rate.Limiter {
-	if s == nil || key == "" {
-		return nil
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if now.Sub(s.sweep) > time.Minute || len(s.m) > 100000 {
-		for k, e := range s.m {
-			if now.Sub(e.seen) > s.full {
-				delete(s.m, k)
-			}
-		}
-		s.sweep = now
-	}
-	e := s.m[key]
-	if e == nil {
-		e = &limEntry{lim: rate.NewLimiter(s.limit, s.burst)}
-		s.m[key] = e
-	}
-	e.seen = now
-	return e.lim
-}
-
-func (s *limiterSet) String() string {
-	if s == nil {
-		return "unlimited"
-	}
-	return fmt.Sprintf("%v/s burst %d", s.limit, s.burst)
 }

@@ -185,7 +185,7 @@ func Compose(m Message, from string, date time.Time, messageID string) ([]byte, 
 	writeHeader(&buf, "Date", date.Format(time.RFC1123Z))
 	writeHeader(&buf, "Message-ID", messageID)
 	writeHeader(&buf, "From", fromAddr.String())
-	writeHeader(&buf, "To", (&mail.Address{Address: strings.TrimSpace(m.To)}).String())
+	writeHeader(&buf, "To", headerAddress(m.To))
 	writeHeader(&buf, "Subject", encodeWord(subject))
 	writeHeader(&buf, "MIME-Version", "1.0")
 	names := make([]string, 0, len(m.Headers))
@@ -346,7 +346,7 @@ func composeRaw(m Message, from string, date time.Time, messageID string) ([]byt
 		writeHeader(&pre, "From", from)
 	}
 	if hdr.Get("To") == "" {
-		writeHeader(&pre, "To", (&mail.Address{Address: strings.TrimSpace(m.To)}).String())
+		writeHeader(&pre, "To", headerAddress(m.To))
 	}
 	out := append(pre.Bytes(), raw...)
 	if !bytes.HasSuffix(out, []byte("\r\n")) {

@@ -175,7 +175,10 @@ func (s *SMTPSender) SendReply(ctx context.Context, from string, to []string, ra
 	}
 	if err != nil {
 		var se *smtp.SMTPError
-		if errors.As(err, &se) && s.client.Reset() == nil {
+		var pe *PermanentError
+		if errors.As(err, &pe) && s.client.Reset() == nil {
+			// Refused before the server saw it; the connection is fine.
+		} else if errors.As(err, &se) && s.client.Reset() == nil {
 			// The server refused this message; the connection is fine.
 		} else {
 			s.drop()
@@ -186,12 +189,34 @@ func (s *SMTPSender) SendReply(ctx context.Context, from string, to []string, ra
 	return reply, nil
 }
 
+// transaction sends one message. Addresses go out with IDNA (punycode)
+// domains; an address with a non-ASCII local part needs SMTPUTF8, and fails
+// permanently with ErrNeedsSMTPUTF8 when the server does not offer it.
 func (s *SMTPSender) transaction(from string, to []string, raw []byte) (string, error) {
 	c := s.client
-	if err := c.Mail(from, nil); err != nil {
+	from, needUTF8, err := EnvelopeAddress(from)
+	if err != nil {
+		return "", &PermanentError{Err: err}
+	}
+	rcpts := make([]string, len(to))
+	for i, r := range to {
+		a, u, err := EnvelopeAddress(r)
+		if err != nil {
+			return "", &PermanentError{Err: err}
+		}
+		rcpts[i], needUTF8 = a, needUTF8 || u
+	}
+	var opts *smtp.MailOptions
+	if needUTF8 {
+		if ok, _ := c.Extension("SMTPUTF8"); !ok {
+			return "", &PermanentError{Err: ErrNeedsSMTPUTF8}
+		}
+		opts = &smtp.MailOptions{UTF8: true}
+	}
+	if err := c.Mail(from, opts); err != nil {
 		return "", fmt.Errorf("MAIL FROM: %w", err)
 	}
-	for _, r := range to {
+	for _, r := range rcpts {
 		if err := c.Rcpt(r, nil); err != nil {
 			return "", fmt.Errorf("RCPT TO: %w", err)
 		}

@@ -71,6 +71,7 @@ var (
 	SessionNotValidated   = newErr(http.StatusBadRequest, "M_SESSION_NOT_VALIDATED")
 	EmailSendError        = newErr(http.StatusBadRequest, "M_EMAIL_SEND_ERROR")
 	Unauthorized          = newErr(http.StatusUnauthorized, "M_UNAUTHORIZED")
+	UnknownToken          = newErr(http.StatusUnauthorized, "M_UNKNOWN_TOKEN")
 	ForbiddenUnauthorized = newErr(http.StatusForbidden, "M_UNAUTHORIZED")
 	Forbidden             = newErr(http.StatusForbidden, "M_FORBIDDEN")
 	TermsNotSigned        = newErr(http.StatusForbidden, "M_TERMS_NOT_SIGNED")

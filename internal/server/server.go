@@ -121,6 +121,7 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) (_ *App, err error)
 	}
 	a.mailbox = mailbox
 	if a.identity, err = identity.New(a.db, identity.Options{Terms: cfg.Terms, UserInfo: a.fed, Log: log, Now: a.now, Ring: a.ring, Lookup: cfg.Lookup,
+		TokenIdleLifetime: cfg.Account.TokenIdleLifetime.D(),
 		OnLookup: func(api string, n, found int) {
 			a.metrics.lookups.WithLabelValues(api).Add(float64(n))
 			a.metrics.lookupHits.WithLabelValues(api).Add(float64(found))
@@ -135,6 +136,8 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) (_ *App, err error)
 	if err = a.identity.EnableValidation(identity.ValidationOptions{
 		Mail: a.mail, TemplatesDir: cfg.Email.TemplatesDir, BaseURL: cfg.BaseURL(), Brand: cfg.Email.BrandName,
 		SessionLifetime: cfg.Validation.SessionLifetime.D(), ServerName: cfg.ServerName, Keys: a.fed,
+		Limits: identity.ValidationLimits{Address: cfg.Validation.RateLimits.Address,
+			Account: cfg.Validation.RateLimits.Account, ClientIP: cfg.Validation.RateLimits.ClientIP},
 	}); err != nil {
 		return nil, fmt.Errorf("validation: %w", err)
 	}
@@ -197,6 +200,12 @@ func (a *App) Start(ctx context.Context) {
 			a.admin.Run(ctx)
 		}()
 	}
+	// Access tokens unused past account.token_idle_lifetime expire.
+	a.bg.Add(1)
+	go func() {
+		defer a.bg.Done()
+		a.identity.RunTokenExpiry(ctx, time.Hour)
+	}()
 }
 
 // KeyReloadInterval is how often a running server re-reads data_dir/keys to

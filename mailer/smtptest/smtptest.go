@@ -50,6 +50,10 @@ type Options struct {
 	Username, Password string
 	// AuthMechanisms offered (default PLAIN and LOGIN).
 	AuthMechanisms []string
+	// SMTPUTF8 advertises the SMTPUTF8 extension (RFC 6531), needed for
+	// addresses with a non-ASCII local part. Without it, a MAIL asking for
+	// SMTPUTF8 is refused and a non-ASCII envelope address is refused.
+	SMTPUTF8 bool
 }
 
 // Message is one accepted message.
@@ -62,6 +66,8 @@ type Message struct {
 	Conn     int
 	TLS      bool
 	AuthUser string
+	// UTF8 says the client asked for SMTPUTF8 on MAIL.
+	UTF8 bool
 }
 
 // Server is a running test server.
@@ -104,6 +110,7 @@ func Start(t testing.TB, opts Options) *Server {
 	srv.ReadTimeout = 30 * time.Second
 	srv.WriteTimeout = 30 * time.Second
 	srv.MaxMessageBytes = 10 << 20
+	srv.EnableSMTPUTF8 = opts.SMTPUTF8
 	// Clients that hang up mid-reply (a worker stopped by its test) are normal here.
 	srv.ErrorLog = log.New(io.Discard, "", 0)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -249,6 +256,7 @@ type session struct {
 	user string
 	from string
 	to   []string
+	utf8 bool
 }
 
 func (ss *session) AuthMechanisms() []string {
@@ -283,12 +291,16 @@ func (ss *session) Auth(mech string) (sasl.Server, error) {
 	return nil, smtp.ErrAuthUnknownMechanism
 }
 
-func (ss *session) Mail(from string, _ *smtp.MailOptions) error {
+func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 	if ss.s.opts.Username != "" && ss.user == "" {
 		return smtp.ErrAuthRequired
 	}
 	if err := ss.s.check(AtMail); err != nil {
 		return err
+	}
+	ss.utf8 = opts != nil && opts.UTF8
+	if !ss.utf8 && !ascii(from) {
+		return &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 6, 7}, Message: "non-ASCII address without SMTPUTF8"}
 	}
 	if _, ok := ss.c.TLSConnectionState(); ok {
 		ss.tls = true
@@ -300,6 +312,10 @@ func (ss *session) Mail(from string, _ *smtp.MailOptions) error {
 func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	if err := ss.s.check(AtRcpt); err != nil {
 		return err
+	}
+	if !ss.utf8 && !ascii(to) {
+		// What a real server does (RFC 6531 3.4): no SMTPUTF8, no UTF-8 address.
+		return &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 6, 7}, Message: "non-ASCII address without SMTPUTF8"}
 	}
 	ss.to = append(ss.to, to)
 	return nil
@@ -314,7 +330,7 @@ func (ss *session) Data(r io.Reader) error {
 		return err
 	}
 	ss.s.mu.Lock()
-	ss.s.msgs = append(ss.s.msgs, Message{From: ss.from, To: ss.to, Data: b, Conn: ss.conn, TLS: ss.tls, AuthUser: ss.user})
+	ss.s.msgs = append(ss.s.msgs, Message{From: ss.from, To: ss.to, Data: b, Conn: ss.conn, TLS: ss.tls, AuthUser: ss.user, UTF8: ss.utf8})
 	ss.s.mu.Unlock()
 	select {
 	case ss.s.notify <- struct{}{}:
@@ -323,7 +339,7 @@ func (ss *session) Data(r io.Reader) error {
 	return nil
 }
 
-func (ss *session) Reset()        { ss.from, ss.to = "", nil }
+func (ss *session) Reset()        { ss.from, ss.to, ss.utf8 = "", nil, false }
 func (ss *session) Logout() error { return nil }
 
 // loginServer is the server side of the (obsolete but common) LOGIN mechanism.
@@ -375,4 +391,13 @@ func selfSigned(t testing.TB) tls.Certificate {
 		t.Fatal(err)
 	}
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+}
+
+func ascii(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
 }
