@@ -115,13 +115,20 @@ func (s *Service) Unbind(c echo.Context) error {
 		if v.opts.Keys == nil {
 			return matrix.Forbidden("Signed unbind requests are not supported")
 		}
-		origin, err := VerifyXMatrix(c.Request().Context(), v.opts.Keys, c.Request().Method, c.Request().RequestURI, body, auth, v.ownNames()...)
+		a, err := ParseXMatrix(auth)
 		if err != nil {
 			s.opts.Log.Warn("signed unbind refused", "err", err)
 			return matrix.Forbidden("Invalid homeserver signature")
 		}
-		if origin != ServerOf(req.MXID) {
+		// Only the mxid's own homeserver may unbind it: compare before any
+		// key is fetched, so that a request naming an arbitrary origin makes
+		// Herald neither resolve nor call that origin nor cache anything.
+		if a.Origin != ServerOf(req.MXID) {
 			return matrix.Forbidden("The request is not signed by the homeserver of mxid")
+		}
+		if _, err := a.Verify(c.Request().Context(), v.opts.Keys, c.Request().Method, c.Request().RequestURI, body, v.ownNames()...); err != nil {
+			s.opts.Log.Warn("signed unbind refused", "err", err)
+			return matrix.Forbidden("Invalid homeserver signature")
 		}
 	case req.SID != "" && req.ClientSecret != "":
 		se, err := s.ValidatedSession(req.SID, req.ClientSecret)
