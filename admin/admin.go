@@ -22,6 +22,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/herald-im/herald/config"
+	"github.com/herald-im/herald/matrix"
 )
 
 // Prefix is where the console is served.
@@ -119,6 +120,7 @@ func New(opts Options) (*Handler, error) {
 		return err
 	}}))
 	e.Use(securityHeaders)
+	e.Use(matrix.UnescapePathParams) // ids in links may arrive percent-encoded
 	h.routes(e)
 	h.e = e
 	return h, nil
