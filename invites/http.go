@@ -124,15 +124,22 @@ func (s *Service) answer(inv *Invite, api string) storeAnswer {
 		prefix = "/_matrix/identity/api/v1"
 	}
 	base := s.cfg.BaseURL() + prefix + "/pubkey"
-	return storeAnswer{
-		Token:     inv.Token,
-		PublicKey: inv.PublicKey,
-		PublicKeys: []publicKey{
-			{PublicKey: inv.PublicKey, KeyValidityURL: base + "/isvalid"},
-			{PublicKey: inv.EphemeralPublic, KeyValidityURL: base + "/ephemeral/isvalid"},
-		},
+	a := storeAnswer{
+		Token:       inv.Token,
+		PublicKey:   inv.PublicKey,
+		PublicKeys:  []publicKey{{PublicKey: inv.PublicKey, KeyValidityURL: base + "/isvalid"}},
 		DisplayName: identity.RedactEmail(inv.Address),
 	}
+	if api != "v1" {
+		// Synapse checks key_validity_url, so a revoked invite's ephemeral key
+		// stops working there. Only Dendrite uses v1, and it never calls
+		// key_validity_url: an ephemeral key in the event would let whoever
+		// holds the invite email (its signurl carries the private key) sign
+		// an onbind Dendrite accepts even after the invite was revoked; and
+		// Dendrite has no third_party_signed join for the key to serve.
+		a.PublicKeys = append(a.PublicKeys, publicKey{PublicKey: inv.EphemeralPublic, KeyValidityURL: base + "/ephemeral/isvalid"})
+	}
+	return a
 }
 
 func newInviteToken() string {
