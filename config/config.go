@@ -140,6 +140,10 @@ type Invites struct {
 		Allow []string `yaml:"allow"`
 		Deny  []string `yaml:"deny"`
 	} `yaml:"email_domains"`
+
+	// ResendInterval: a repeated store-invite for a pending invite emails the
+	// invitee again at most this often (0: every time).
+	ResendInterval Duration `yaml:"resend_interval"`
 }
 
 type Validation struct {
@@ -211,6 +215,7 @@ func Default() Config {
 	c.Lookup.PepperRotation = Duration(30 * 24 * time.Hour)
 	c.Invites.Expiry = Duration(7 * 24 * time.Hour)
 	c.Invites.Retention = Duration(30 * 24 * time.Hour)
+	c.Invites.ResendInterval = Duration(time.Hour)
 	c.Invites.RateLimits.Sender = RateLimit{PerHour: 100, Burst: 20}
 	c.Invites.RateLimits.Room = RateLimit{PerHour: 200, Burst: 50}
 	c.Invites.RateLimits.Address = RateLimit{PerHour: 10, Burst: 5}
@@ -447,6 +452,9 @@ func (c *Config) validateInvites() error {
 	}
 	if c.Invites.Expiry < 0 {
 		return keyErr("invites.expiry", "must not be negative (0: never)")
+	}
+	if c.Invites.ResendInterval < 0 {
+		return keyErr("invites.resend_interval", "must not be negative (0: resend on every repeated store-invite)")
 	}
 	for name, rl := range map[string]RateLimit{"sender": c.Invites.RateLimits.Sender, "room": c.Invites.RateLimits.Room,
 		"address": c.Invites.RateLimits.Address, "homeserver": c.Invites.RateLimits.Homeserver} {

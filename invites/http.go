@@ -210,6 +210,15 @@ func (s *Service) store(fields map[string]json.RawMessage, account, api string) 
 		return nil, err
 	}
 	if dup != nil {
+		// The inviter invited again: same token (the room gets no second
+		// invite event), and the invitee gets the email again if the
+		// resend rule allows.
+		if _, err := s.resend(dup, "repeated store-invite"); err != nil {
+			if !errors.Is(err, ErrResendRefused) {
+				return nil, err
+			}
+			s.opts.Log.Info("repeated store-invite: email not sent again", "invite", dup.ID, "reason", err)
+		}
 		a := s.answer(dup, api)
 		return &a, nil
 	}
@@ -275,6 +284,7 @@ func (s *Service) store(fields map[string]json.RawMessage, account, api string) 
 			if rec.MailID, err = s.opts.Mailer.EnqueuePrepared(tx, &m); err != nil {
 				return err
 			}
+			rec.MailedAt = now
 			queued = true
 		}
 		if err := s.insert(tx, &rec); err != nil {

@@ -53,7 +53,10 @@ type inviteAnswer struct {
 // invite stored over the Matrix API shows up, its email is sent to the dev
 // mailbox, it can be resent, revoked and erased.
 func TestAdminWiring(t *testing.T) {
-	e := testenv.Start(t, func(c *config.Config) { c.Admin.APITokens = []config.Secret{adminToken} })
+	e := testenv.Start(t, func(c *config.Config) {
+		c.Admin.APITokens = []config.Secret{adminToken}
+		c.Invites.ResendInterval = 0 // resend at once (invites.resend_interval is tested in invites)
+	})
 	tok := e.Register(t, "@alice:hs.test")
 	e.AcceptTerms(t, tok)
 	status, raw := e.Do(t, http.MethodPost, "/_matrix/identity/v2/store-invite", map[string]any{
