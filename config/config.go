@@ -65,6 +65,9 @@ type SMTP struct {
 	// it was queued (an operator can retry it from the console).
 	MaxBackoff  Duration `yaml:"max_backoff"`
 	GiveUpAfter Duration `yaml:"give_up_after"`
+	// ValidationMaxBackoff caps that wait for validation mail (requestToken):
+	// its code is wanted within minutes, so it is retried more often.
+	ValidationMaxBackoff Duration `yaml:"validation_max_backoff"`
 }
 
 type Email struct {
@@ -208,6 +211,7 @@ func Default() Config {
 	c.SMTP.Timeout = Duration(10 * time.Second)
 	c.SMTP.MaxBackoff = Duration(time.Hour)
 	c.SMTP.GiveUpAfter = Duration(48 * time.Hour)
+	c.SMTP.ValidationMaxBackoff = Duration(time.Minute)
 	c.Email.OutboxRetention = Duration(30 * 24 * time.Hour)
 	c.Email.BrandName = "Herald"
 	c.Email.WebClientURL = "https://app.element.io"
@@ -222,8 +226,8 @@ func Default() Config {
 	c.Invites.RateLimits.Homeserver = RateLimit{PerHour: 2000, Burst: 200}
 	c.Validation.SessionLifetime = Duration(24 * time.Hour)
 	c.Delivery.GiveUpAfter = Duration(7 * 24 * time.Hour)
-	c.Delivery.MinBackoff = Duration(30 * time.Second)
-	c.Delivery.MaxBackoff = Duration(time.Hour)
+	c.Delivery.MinBackoff = Duration(2 * time.Second)
+	c.Delivery.MaxBackoff = Duration(10 * time.Minute)
 	c.Admin.Enabled = true
 	c.Admin.SessionLifetime = Duration(12 * time.Hour)
 	return c
@@ -327,6 +331,9 @@ func (c *Config) Validate() error {
 	}
 	if c.SMTP.GiveUpAfter <= 0 {
 		return keyErr("smtp.give_up_after", "must be positive (e.g. 48h)")
+	}
+	if c.SMTP.ValidationMaxBackoff <= 0 {
+		return keyErr("smtp.validation_max_backoff", "must be positive (e.g. 1m)")
 	}
 	if c.Email.OutboxRetention < 0 {
 		return keyErr("email.outbox_retention", "must not be negative (0 keeps mail forever)")

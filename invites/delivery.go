@@ -108,8 +108,8 @@ type Notifier interface {
 // DeliveryOptions configure the queue.
 type DeliveryOptions struct {
 	Notifier    Notifier
-	MinBackoff  time.Duration // default 30 s
-	MaxBackoff  time.Duration // default 1 h
+	MinBackoff  time.Duration // default 2 s
+	MaxBackoff  time.Duration // default 10 min
 	GiveUpAfter time.Duration // default 7 days
 	// MaxRetryAfter caps a homeserver's Retry-After. Default 6 h.
 	MaxRetryAfter time.Duration
@@ -144,10 +144,10 @@ func OpenDeliveries(s *Service, opts DeliveryOptions) (*Deliveries, error) {
 		return nil, errors.New("invites: DeliveryOptions.Notifier is required")
 	}
 	if opts.MinBackoff <= 0 {
-		opts.MinBackoff = 30 * time.Second
+		opts.MinBackoff = 2 * time.Second
 	}
 	if opts.MaxBackoff < opts.MinBackoff {
-		opts.MaxBackoff = max(opts.MinBackoff, time.Hour)
+		opts.MaxBackoff = max(opts.MinBackoff, 10*time.Minute)
 	}
 	if opts.GiveUpAfter <= 0 {
 		opts.GiveUpAfter = 7 * 24 * time.Hour

@@ -225,6 +225,7 @@ func TestAdminEraseLeavesNothing(t *testing.T) {
 	e := testenv.Start(t, func(c *config.Config) {
 		c.Admin.APITokens = []config.Secret{adminToken}
 		c.Delivery.MinBackoff = config.Duration(time.Hour) // one delivery attempt, then quiet
+		c.Delivery.MaxBackoff = config.Duration(time.Hour)
 	})
 	tok := e.Register(t, "@alice:hs.test")
 	e.AcceptTerms(t, tok)
