@@ -3,10 +3,13 @@ package e2e
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"regexp"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -544,5 +547,46 @@ func TestKeyRotationBetweenInviteAndBind(t *testing.T) {
 			}
 			waitDelivered(t, w, 1)
 		})
+	}
+}
+
+// Unbinds naming many different servers (each its own mxid's, so each needs
+// a key fetch) are cut off by the global fetch limit: the first burst is
+// fetched, the rest answered 429 without any outbound request.
+func TestSignedUnbindKeyFetchLimit(t *testing.T) {
+	var fetches atomic.Int64
+	trap := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fetches.Add(1)
+		http.Error(w, "{}", http.StatusNotFound)
+	}))
+	defer trap.Close()
+	const n = 40
+	w := start(t, hssim.Synapse, func(c *configT) {
+		for i := range n {
+			c.Federation.Servers[fmt.Sprintf("s%d.test", i)] = trap.URL
+		}
+	})
+	u, _ := url.Parse(w.env.URL)
+	limited := 0
+	for i := range n {
+		server := fmt.Sprintf("s%d.test", i)
+		raw, _ := json.Marshal(map[string]any{"mxid": "@x:" + server, "threepid": map[string]string{"medium": "email", "address": "x@example.org"}})
+		req, _ := http.NewRequest("POST", w.env.URL+"/_matrix/identity/v2/3pid/unbind", bytes.NewReader(raw))
+		req.Header.Set("Authorization", fmt.Sprintf(`X-Matrix origin="%s",key="ed25519:a",sig="c2ln",destination="%s"`, server, u.Host))
+		resp := w.env.DoRequest(t, req)
+		var b bytes.Buffer
+		_, _ = b.ReadFrom(resp.Body)
+		resp.Body.Close()
+		switch resp.StatusCode {
+		case 403:
+		case 429:
+			limited++
+			expectErr(t, resp.StatusCode, b.Bytes(), 429, "M_LIMIT_EXCEEDED")
+		default:
+			t.Fatalf("unbind %d: %d %s", i, resp.StatusCode, b.Bytes())
+		}
+	}
+	if got := fetches.Load(); got+int64(limited) != n || got > 25 || limited == 0 {
+		t.Fatalf("%d fetches and %d refused with 429 for %d servers", got, limited, n)
 	}
 }

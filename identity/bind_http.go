@@ -2,6 +2,7 @@ package identity
 
 import (
 	"encoding/json"
+	"errors"
 	"net/http"
 	"net/url"
 	"strings"
@@ -9,6 +10,7 @@ import (
 	"github.com/labstack/echo/v4"
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/herald-im/herald/federation"
 	"github.com/herald-im/herald/matrix"
 )
 
@@ -64,6 +66,10 @@ func validUserID(s string) bool {
 	return ok && len(s) <= 255 && strings.HasPrefix(local, "@") && len(local) > 1 && server != "" &&
 		!strings.ContainsAny(s, " \t\r\n/")
 }
+
+// keyFetchRetryMS is the retry_after_ms of an unbind refused because the
+// homeserver's keys could not be fetched yet (the fetch limits).
+const keyFetchRetryMS = 1000
 
 // ServerOf is the server part of a user ID ("" if it has none).
 func ServerOf(mxid string) string {
@@ -128,6 +134,10 @@ func (s *Service) Unbind(c echo.Context) error {
 		}
 		if _, err := a.Verify(c.Request().Context(), v.opts.Keys, c.Request().Method, c.Request().RequestURI, body, v.ownNames()...); err != nil {
 			s.opts.Log.Warn("signed unbind refused", "err", err)
+			if errors.Is(err, federation.ErrKeyFetchLimited) {
+				// Not the signature's fault: the homeserver may try again.
+				return matrix.LimitExceeded(keyFetchRetryMS)
+			}
 			return matrix.Forbidden("Invalid homeserver signature")
 		}
 	case req.SID != "" && req.ClientSecret != "":

@@ -95,7 +95,7 @@ func (a XMatrixAuth) Verify(ctx context.Context, keyer ServerKeyer, method, uri 
 	}
 	pub, err := keyer.ServerKey(ctx, a.Origin, a.KeyID)
 	if err != nil {
-		return "", fmt.Errorf("%w: cannot get key %s of %s: %v", ErrXMatrix, a.KeyID, a.Origin, err)
+		return "", fmt.Errorf("%w: cannot get key %s of %s: %w", ErrXMatrix, a.KeyID, a.Origin, err)
 	}
 	for _, field := range []string{"destination_is", "destination"} {
 		for _, n := range names {

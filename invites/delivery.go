@@ -490,7 +490,11 @@ func (d *Deliveries) attempt(ctx context.Context, id uint64) {
 			if !now.Add(wait).Before(dl.RetryFrom.Add(d.opts.GiveUpAfter)) {
 				dl.State, dl.Finished = DeliveryFailed, now
 				dl.LastError = "gave up after " + d.opts.GiveUpAfter.String() + ": " + dl.LastError
-				d.log.Warn("onbind delivery given up", "delivery", dl.ID, "server", dl.Server)
+				if sendErr != nil {
+					d.log.Warn("onbind delivery given up", "delivery", dl.ID, "server", dl.Server, "status", a.Status, "err", a.Reply)
+				} else {
+					d.log.Warn("onbind delivery given up", "delivery", dl.ID, "server", dl.Server, "status", a.Status)
+				}
 				return
 			}
 			dl.NextAttempt = now.Add(wait)
@@ -665,6 +669,9 @@ func (d *Deliveries) Retry(id uint64) error {
 		return d.rewrite(tx, dl, from)
 	})
 	if err == nil {
+		d.mu.Lock()
+		delete(d.stalled, id) // the operator asked for an attempt now
+		d.mu.Unlock()
 		d.Wake()
 	}
 	return err
