@@ -149,11 +149,12 @@ func (c *Client) ServerKey(ctx context.Context, server, keyID string) (ed25519.P
 		}
 		e.done = nil
 		close(done)
+		got := e.keys
 		cache.mu.Unlock()
 		if err != nil {
 			return nil, err
 		}
-		k, found := e.keys.Keys[keyID]
+		k, found := got.Keys[keyID]
 		if !found {
 			return nil, ErrUnknownServerKey
 		}

@@ -157,3 +157,43 @@ func TestServerKeyCacheBounded(t *testing.T) {
 		t.Fatalf("after a refetch: %v, %d fetches", err, fetches.Load())
 	}
 }
+
+// Concurrent requests naming the same server share one fetch.
+func TestServerKeyConcurrentRequestsShareOneFetch(t *testing.T) {
+	var fetches atomic.Int64
+	release := make(chan struct{})
+	pub, priv := keys.NewEphemeralKey()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fetches.Add(1)
+		<-release
+		obj := map[string]any{"server_name": "hs.test", "valid_until_ts": time.Now().Add(time.Hour).UnixMilli(),
+			"verify_keys": map[string]any{"ed25519:a": map[string]string{"key": keys.EncodeBase64(pub)}}}
+		signed, _ := keys.SignJSON(obj, "hs.test", "ed25519:a", priv)
+		_ = json.NewEncoder(w).Encode(signed)
+	}))
+	defer srv.Close()
+	c := New(Options{Servers: map[string]string{"hs.test": srv.URL}, AllowPrivateAddresses: true})
+	errs := make(chan error, 50)
+	for range 50 {
+		go func() {
+			k, err := c.ServerKey(context.Background(), "hs.test", "ed25519:a")
+			if err == nil && !k.Equal(pub) {
+				err = errors.New("wrong key")
+			}
+			errs <- err
+		}()
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for fetches.Load() == 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	close(release)
+	for range 50 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := fetches.Load(); n != 1 {
+		t.Fatalf("%d fetches for 50 concurrent requests", n)
+	}
+}

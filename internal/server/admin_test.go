@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"io"
 	"io/fs"
 	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"strings"
 	"testing"
@@ -534,6 +536,15 @@ func TestAdminAPIStatesAndFieldNames(t *testing.T) {
 		if len(items) == 0 {
 			t.Fatalf("%s: nothing listed", route)
 		}
-		check(route + items[0].(map[string]any)["id"].(string))
+		id := items[0].(map[string]any)["id"].(string)
+		plain := check(route + id)
+		// The console's path parameters may be percent-encoded too.
+		var enc strings.Builder
+		for _, b := range []byte(id) {
+			fmt.Fprintf(&enc, "%%%02X", b)
+		}
+		if status, v := get(route + enc.String()); status != http.StatusOK || !reflect.DeepEqual(v, plain) {
+			t.Errorf("GET %s%s: %d, want the answer of %s%s", route, enc.String(), status, route, id)
+		}
 	}
 }
