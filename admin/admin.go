@@ -22,6 +22,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/herald-im/herald/config"
+	"github.com/herald-im/herald/matrix"
 )
 
 // Prefix is where the console is served.
@@ -143,6 +144,7 @@ func New(opts Options) (*Handler, error) {
 	// The console's forms and API calls are small; the login form tiny
 	// (routes.go). Nothing larger is read, whichever listener serves it.
 	e.Use(middleware.BodyLimit("1M"))
+	e.Use(matrix.UnescapePathParams) // ids in links may arrive percent-encoded
 	h.routes(e)
 	h.e = e
 	return h, nil

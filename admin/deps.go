@@ -116,6 +116,14 @@ const (
 	QueueDone      = "sent"      // a mail the SMTP server accepted
 	QueueDelivered = "delivered" // a delivery the homeserver accepted
 	QueueFailed    = "failed"
+	QueueCancelled = "cancelled" // a delivery left with nothing to deliver, or dropped
+)
+
+// OutboxStates and DeliveryStates are the state filters each queue accepts,
+// as docs/admin.md lists them.
+var (
+	OutboxStates   = []string{QueuePending, QueueDone, QueueFailed}
+	DeliveryStates = []string{QueuePending, QueueDelivered, QueueFailed, QueueCancelled}
 )
 
 // QueueFilter selects queue entries.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -247,7 +248,8 @@ func (h *Handler) resendInvite(c echo.Context, id string) error {
 
 // queue is the outbox or the delivery queue seen the same way.
 type queue struct {
-	name, noun string // "outbox", "mail"
+	name, noun string   // "outbox", "mail"
+	states     []string // the state filters it accepts ("" too)
 	list       func(ctx context.Context, f QueueFilter) (any, int, error)
 	retry      func(ctx context.Context, id string) error
 	drop       func(ctx context.Context, id string) error
@@ -258,7 +260,7 @@ func (h *Handler) mailQueue() (*queue, error) {
 	if o == nil {
 		return nil, errUnavailable("The outbox")
 	}
-	return &queue{name: "outbox", noun: "mail",
+	return &queue{name: "outbox", noun: "mail", states: OutboxStates,
 		list: func(ctx context.Context, f QueueFilter) (any, int, error) {
 			l, err := o.ListMail(ctx, f)
 			return l, len(l), err
@@ -271,7 +273,7 @@ func (h *Handler) deliveryQueue() (*queue, error) {
 	if q == nil {
 		return nil, errUnavailable("The delivery queue")
 	}
-	return &queue{name: "deliveries", noun: "delivery",
+	return &queue{name: "deliveries", noun: "delivery", states: slices.Concat(DeliveryStates, []string{QueueDone}), // "sent": an older name for delivered
 		list: func(ctx context.Context, f QueueFilter) (any, int, error) {
 			l, err := q.ListDeliveries(ctx, f)
 			return l, len(l), err
@@ -313,21 +315,19 @@ func (h *Handler) bulk(c echo.Context, q *queue, action string, ids []string) (i
 }
 
 type queueData struct {
-	State   string `json:"state,omitempty"`
-	Items   any    `json:"items"`
-	Page    int    `json:"page"`
-	More    bool   `json:"more"`
-	PrevURL string `json:"-"`
-	NextURL string `json:"-"`
-	Stats   *QueueStats
+	State   string      `json:"state,omitempty"`
+	Items   any         `json:"items"`
+	Page    int         `json:"page"`
+	More    bool        `json:"more"`
+	PrevURL string      `json:"-"`
+	NextURL string      `json:"-"`
+	Stats   *QueueStats `json:"stats,omitempty"`
 }
 
 func (h *Handler) listQueue(c echo.Context, q *queue) (queueData, error) {
 	d := queueData{State: c.QueryParam("state"), Page: pageParam(c)}
-	switch d.State {
-	case "", QueuePending, QueueDone, QueueDelivered, QueueFailed:
-	default:
-		return d, errStatus(http.StatusBadRequest, "Unknown state %q", d.State)
+	if d.State != "" && !slices.Contains(q.states, d.State) {
+		return d, errStatus(http.StatusBadRequest, "Unknown state %q for the %s: use one of %s", d.State, q.name, strings.Join(q.states, ", "))
 	}
 	items, n, err := q.list(c.Request().Context(), QueueFilter{State: d.State, Limit: pageSize + 1, Offset: (d.Page - 1) * pageSize})
 	if err != nil {

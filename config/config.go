@@ -80,6 +80,9 @@ type SMTP struct {
 	// listener other than loopback: mail is then kept in the dev mailbox (read
 	// in the console) instead of sent. Without it Herald refuses to start so.
 	DevMailbox bool `yaml:"dev_mailbox"`
+	// ValidationMaxBackoff caps that wait for validation mail (requestToken):
+	// its code is wanted within minutes, so it is retried more often.
+	ValidationMaxBackoff Duration `yaml:"validation_max_backoff"`
 }
 
 type Email struct {
@@ -155,6 +158,10 @@ type Invites struct {
 		Allow []string `yaml:"allow"`
 		Deny  []string `yaml:"deny"`
 	} `yaml:"email_domains"`
+
+	// ResendInterval: a repeated store-invite for a pending invite emails the
+	// invitee again at most this often (0: every time).
+	ResendInterval Duration `yaml:"resend_interval"`
 }
 
 type Validation struct {
@@ -236,6 +243,7 @@ func Default() Config {
 	c.SMTP.Timeout = Duration(10 * time.Second)
 	c.SMTP.MaxBackoff = Duration(time.Hour)
 	c.SMTP.GiveUpAfter = Duration(48 * time.Hour)
+	c.SMTP.ValidationMaxBackoff = Duration(time.Minute)
 	c.Email.OutboxRetention = Duration(30 * 24 * time.Hour)
 	c.Email.BrandName = "Herald"
 	c.Email.WebClientURL = "https://app.element.io"
@@ -243,6 +251,7 @@ func Default() Config {
 	c.Lookup.PepperRotation = Duration(30 * 24 * time.Hour)
 	c.Invites.Expiry = Duration(7 * 24 * time.Hour)
 	c.Invites.Retention = Duration(30 * 24 * time.Hour)
+	c.Invites.ResendInterval = Duration(time.Hour)
 	c.Invites.RateLimits.Sender = RateLimit{PerHour: 100, Burst: 20}
 	c.Invites.RateLimits.Room = RateLimit{PerHour: 200, Burst: 50}
 	c.Invites.RateLimits.Address = RateLimit{PerHour: 10, Burst: 5}
@@ -252,8 +261,8 @@ func Default() Config {
 	c.Validation.RateLimits.Account = RateLimit{PerHour: 20, Burst: 5}
 	c.Validation.RateLimits.ClientIP = RateLimit{PerHour: 60, Burst: 10}
 	c.Delivery.GiveUpAfter = Duration(7 * 24 * time.Hour)
-	c.Delivery.MinBackoff = Duration(30 * time.Second)
-	c.Delivery.MaxBackoff = Duration(time.Hour)
+	c.Delivery.MinBackoff = Duration(2 * time.Second)
+	c.Delivery.MaxBackoff = Duration(10 * time.Minute)
 	c.Admin.Enabled = true
 	c.Admin.SessionLifetime = Duration(12 * time.Hour)
 	c.Admin.AuditRetention = Duration(90 * 24 * time.Hour)
@@ -360,6 +369,9 @@ func (c *Config) Validate() error {
 	}
 	if c.SMTP.GiveUpAfter <= 0 {
 		return keyErr("smtp.give_up_after", "must be positive (e.g. 48h)")
+	}
+	if c.SMTP.ValidationMaxBackoff <= 0 {
+		return keyErr("smtp.validation_max_backoff", "must be positive (e.g. 1m)")
 	}
 	if c.Email.OutboxRetention < 0 {
 		return keyErr("email.outbox_retention", "must not be negative (0 keeps mail forever)")
@@ -537,6 +549,9 @@ func (c *Config) validateInvites() error {
 	}
 	if c.Invites.Expiry < 0 {
 		return keyErr("invites.expiry", "must not be negative (0: never)")
+	}
+	if c.Invites.ResendInterval < 0 {
+		return keyErr("invites.resend_interval", "must not be negative (0: resend on every repeated store-invite)")
 	}
 	for name, rl := range map[string]RateLimit{"sender": c.Invites.RateLimits.Sender, "room": c.Invites.RateLimits.Room,
 		"address": c.Invites.RateLimits.Address, "homeserver": c.Invites.RateLimits.Homeserver} {

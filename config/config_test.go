@@ -158,3 +158,12 @@ func TestParseDuration(t *testing.T) {
 		t.Errorf("String = %s", s)
 	}
 }
+
+// Onbind retries an invitee waiting in their client can live with: the
+// first retry after 2 s, never more than 10 min apart.
+func TestDeliveryBackoffDefaults(t *testing.T) {
+	c := Default()
+	if c.Delivery.MinBackoff.D() != 2*time.Second || c.Delivery.MaxBackoff.D() != 10*time.Minute {
+		t.Fatalf("delivery backoff defaults %v..%v, want 2s..10m", c.Delivery.MinBackoff, c.Delivery.MaxBackoff)
+	}
+}

@@ -3,9 +3,13 @@ package e2e
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
+	"regexp"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -401,9 +405,17 @@ func TestSignedUnbind(t *testing.T) {
 	if m := lookupV2(t, w.env, atok, "bob@example.org"); m == "" {
 		t.Fatal("a refused unbind removed the binding")
 	}
-	// Signed exactly as Synapse signs it: destination_is = the id_server the
-	// client bound with (the host of Herald's URL), no destination in the header.
-	status, body = send(func(r *http.Request) { w.sim.SignRequestSynapse(r, u.Host, raw) })
+	// Signed exactly as Synapse (1.58 and later) signs it: destination_is =
+	// the id_server the client bound with (the host of Herald's URL), and the
+	// same name as destination in the header.
+	var header string
+	status, body = send(func(r *http.Request) {
+		w.sim.SignRequestSynapse(r, u.Host, raw)
+		header = r.Header.Get("Authorization")
+	})
+	if want := regexp.MustCompile(`^X-Matrix origin="` + regexp.QuoteMeta(simName) + `",key="ed25519:[^"]+",sig="[A-Za-z0-9+/]+",destination="` + regexp.QuoteMeta(u.Host) + `"$`); !want.MatchString(header) {
+		t.Fatalf("the helper does not build Synapse's header: %s", header)
+	}
 	if status != 200 {
 		t.Fatalf("Synapse-signed unbind: %d %s", status, body)
 	}
@@ -412,19 +424,29 @@ func TestSignedUnbind(t *testing.T) {
 	}
 }
 
-// The server-server form (destination signed and named in the header) and
-// Synapse's form with server_name as destination_is are accepted too.
+// Every other form real homeservers send is accepted: Synapse before 1.58
+// (no destination in the header), Synapse's form with server_name as
+// destination_is, the server-server form with destination in the header or
+// (Dendrite, servers before MSC3383) without it.
 func TestSignedUnbindOtherForms(t *testing.T) {
-	for name, sign := range map[string]func(*hssim.Sim, *http.Request, []byte){
-		"destination":               func(s *hssim.Sim, r *http.Request, b []byte) { s.SignRequest(r, testenv.ServerName, b) },
-		"destination_is_servername": func(s *hssim.Sim, r *http.Request, b []byte) { s.SignRequestSynapse(r, testenv.ServerName, b) },
+	for name, sign := range map[string]func(s *hssim.Sim, r *http.Request, b []byte, host string){
+		"synapse_legacy_header": func(s *hssim.Sim, r *http.Request, b []byte, host string) { s.SignRequestSynapseLegacy(r, host, b) },
+		"destination_is_servername": func(s *hssim.Sim, r *http.Request, b []byte, _ string) {
+			s.SignRequestSynapse(r, testenv.ServerName, b)
+		},
+		"destination":             func(s *hssim.Sim, r *http.Request, b []byte, _ string) { s.SignRequest(r, testenv.ServerName, b) },
+		"destination_public_host": func(s *hssim.Sim, r *http.Request, b []byte, host string) { s.SignRequest(r, host, b) },
+		"dendrite_no_destination": func(s *hssim.Sim, r *http.Request, b []byte, _ string) {
+			s.SignRequestNoDestination(r, testenv.ServerName, b)
+		},
 	} {
 		t.Run(name, func(t *testing.T) {
 			w := start(t, hssim.Synapse)
 			atok, _, _ := bindBob(t, w)
+			u, _ := url.Parse(w.env.URL)
 			raw, _ := json.Marshal(map[string]any{"mxid": "@bob:" + simName, "threepid": map[string]string{"medium": "email", "address": "bob@example.org"}})
 			req, _ := http.NewRequest("POST", w.env.URL+"/_matrix/identity/v2/3pid/unbind", bytes.NewReader(raw))
-			sign(w.sim, req, raw)
+			sign(w.sim, req, raw, u.Host)
 			resp := w.env.DoRequest(t, req)
 			resp.Body.Close()
 			if resp.StatusCode != 200 {
@@ -456,6 +478,10 @@ func TestSignedUnbindWrongOrigin(t *testing.T) {
 	expectErr(t, status, body, 403, "M_FORBIDDEN")
 	if !strings.Contains(string(body), "not signed by the homeserver of mxid") {
 		t.Fatalf("refused for another reason than the origin: %s", body)
+	}
+	// The origin is compared with the mxid's server before any key is fetched.
+	if n := other.KeyFetches(); n != 0 {
+		t.Fatalf("the keys of a foreign origin were fetched %d times", n)
 	}
 	if m := lookupV2(t, w.env, atok, "bob@example.org"); m == "" {
 		t.Fatal("binding removed")
@@ -521,5 +547,46 @@ func TestKeyRotationBetweenInviteAndBind(t *testing.T) {
 			}
 			waitDelivered(t, w, 1)
 		})
+	}
+}
+
+// Unbinds naming many different servers (each its own mxid's, so each needs
+// a key fetch) are cut off by the global fetch limit: the first burst is
+// fetched, the rest answered 429 without any outbound request.
+func TestSignedUnbindKeyFetchLimit(t *testing.T) {
+	var fetches atomic.Int64
+	trap := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fetches.Add(1)
+		http.Error(w, "{}", http.StatusNotFound)
+	}))
+	defer trap.Close()
+	const n = 40
+	w := start(t, hssim.Synapse, func(c *configT) {
+		for i := range n {
+			c.Federation.Servers[fmt.Sprintf("s%d.test", i)] = trap.URL
+		}
+	})
+	u, _ := url.Parse(w.env.URL)
+	limited := 0
+	for i := range n {
+		server := fmt.Sprintf("s%d.test", i)
+		raw, _ := json.Marshal(map[string]any{"mxid": "@x:" + server, "threepid": map[string]string{"medium": "email", "address": "x@example.org"}})
+		req, _ := http.NewRequest("POST", w.env.URL+"/_matrix/identity/v2/3pid/unbind", bytes.NewReader(raw))
+		req.Header.Set("Authorization", fmt.Sprintf(`X-Matrix origin="%s",key="ed25519:a",sig="c2ln",destination="%s"`, server, u.Host))
+		resp := w.env.DoRequest(t, req)
+		var b bytes.Buffer
+		_, _ = b.ReadFrom(resp.Body)
+		resp.Body.Close()
+		switch resp.StatusCode {
+		case 403:
+		case 429:
+			limited++
+			expectErr(t, resp.StatusCode, b.Bytes(), 429, "M_LIMIT_EXCEEDED")
+		default:
+			t.Fatalf("unbind %d: %d %s", i, resp.StatusCode, b.Bytes())
+		}
+	}
+	if got := fetches.Load(); got+int64(limited) != n || got > 25 || limited == 0 {
+		t.Fatalf("%d fetches and %d refused with 429 for %d servers", got, limited, n)
 	}
 }

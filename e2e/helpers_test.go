@@ -41,6 +41,7 @@ func start(t *testing.T, mode hssim.Mode, mutate ...func(*config.Config)) *world
 		c.Delivery.MinBackoff = config.Duration(10 * time.Millisecond)
 		c.Delivery.MaxBackoff = config.Duration(50 * time.Millisecond)
 		c.Invites.RateLimits.Address.PerHour = 0
+		c.Invites.ResendInterval = 0 // the console's resend works at once
 	}
 	w.env = testenv.Start(t, append([]func(*config.Config){base}, mutate...)...)
 	return w

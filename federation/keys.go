@@ -11,6 +11,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	"github.com/herald-im/herald/keys"
 )
 
@@ -27,23 +29,43 @@ type ServerKeys struct {
 // keyCaches holds each Client's server key cache (*Client -> *keyCache).
 var keyCaches sync.Map
 
+// keyCache remembers, per server name, the last answer (or failure) of its
+// /_matrix/key/v2/server. It is bounded in size (keysCacheMax entries,
+// expired ones dropped first, then the least recently fetched) and in time
+// (an answer until its valid_until_ts, at most a day; a failure for
+// keysFailureCache), and it fetches a server's keys at most once per
+// keysRefetchAfter, however many requests name it, plus at most
+// keysFetchBurst fetches at once and keysFetchRate a second over all servers.
 type keyCache struct {
-	mu sync.Mutex
-	m  map[string]keyCacheEntry
+	mu      sync.Mutex
+	m       map[string]*keyCacheEntry
+	limiter *rate.Limiter
 }
 
 func (c *Client) keyCache() *keyCache {
 	if v, ok := keyCaches.Load(c); ok {
 		return v.(*keyCache)
 	}
-	v, _ := keyCaches.LoadOrStore(c, &keyCache{m: map[string]keyCacheEntry{}})
+	v, _ := keyCaches.LoadOrStore(c, &keyCache{m: map[string]*keyCacheEntry{}, limiter: rate.NewLimiter(keysFetchRate, keysFetchBurst)})
 	return v.(*keyCache)
 }
 
 type keyCacheEntry struct {
 	keys    *ServerKeys
 	err     error
-	fetched time.Time
+	fetched time.Time     // when the last fetch started
+	done    chan struct{} // non-nil while a fetch is running; closed when it ends
+}
+
+// expired says whether e is worth nothing any more at now.
+func (e *keyCacheEntry) expired(now time.Time) bool {
+	if e.done != nil {
+		return false
+	}
+	if e.keys != nil {
+		return !now.Before(e.keys.ValidUntil)
+	}
+	return now.Sub(e.fetched) >= keysFailureCache
 }
 
 const (
@@ -54,43 +76,123 @@ const (
 	// keysRefetchAfter: a key id unknown to a cached answer triggers a new
 	// fetch at most this often (the server may have rotated).
 	keysRefetchAfter = time.Minute
+	// keysCacheMax bounds the number of servers remembered.
+	keysCacheMax = 1024
+	// keysFetchRate and keysFetchBurst bound fetches over all servers.
+	keysFetchRate  = rate.Limit(5)
+	keysFetchBurst = 20
 )
 
 // ErrUnknownServerKey means the server does not publish that key id.
 var ErrUnknownServerKey = errors.New("the homeserver does not publish that key")
 
+// ErrKeyFetchLimited means a server's keys were not fetched because too many
+// fetches were made recently; the request can be retried later.
+var ErrKeyFetchLimited = errors.New("too many server key fetches: try again later")
+
 // ServerKey returns server's published key keyID, fetching
 // GET /_matrix/key/v2/server (and checking its self-signature) when the
-// cached answer lacks it.
+// cached answer lacks it and the fetch limits allow one.
 func (c *Client) ServerKey(ctx context.Context, server, keyID string) (ed25519.PublicKey, error) {
-	now := time.Now()
 	cache := c.keyCache()
-	cache.mu.Lock()
-	e, ok := cache.m[server]
-	cache.mu.Unlock()
-	if ok && e.keys != nil {
-		if k, found := e.keys.Keys[keyID]; found && now.Before(e.keys.ValidUntil) {
-			return k, nil
+	for {
+		now := c.now()
+		cache.mu.Lock()
+		e, ok := cache.m[server]
+		if ok && e.done != nil {
+			// Another request is fetching this server's keys: wait for it.
+			done := e.done
+			cache.mu.Unlock()
+			select {
+			case <-done:
+				continue
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
 		}
-		if now.Sub(e.fetched) < keysRefetchAfter && now.Before(e.keys.ValidUntil) {
+		if ok && !e.expired(now) {
+			if e.keys != nil {
+				if k, found := e.keys.Keys[keyID]; found {
+					cache.mu.Unlock()
+					return k, nil
+				}
+			}
+			if now.Sub(e.fetched) < keysRefetchAfter {
+				err := e.err
+				cache.mu.Unlock()
+				if err == nil {
+					err = ErrUnknownServerKey
+				}
+				return nil, err
+			}
+		}
+		if !cache.limiter.AllowN(now, 1) {
+			cache.mu.Unlock()
+			return nil, ErrKeyFetchLimited
+		}
+		if !ok {
+			cache.makeRoom(now)
+			e = &keyCacheEntry{}
+			cache.m[server] = e
+		}
+		e.fetched, e.done = now, make(chan struct{})
+		done := e.done
+		cache.mu.Unlock()
+
+		sk, err := c.FetchServerKeys(ctx, server)
+		cache.mu.Lock()
+		if err != nil && e.keys != nil && c.now().Before(e.keys.ValidUntil) {
+			// Keep the keys still valid; the failure only delays the next fetch.
+			err = nil
+		} else {
+			e.keys, e.err = sk, err
+		}
+		e.done = nil
+		close(done)
+		got := e.keys
+		cache.mu.Unlock()
+		if err != nil {
+			return nil, err
+		}
+		k, found := got.Keys[keyID]
+		if !found {
 			return nil, ErrUnknownServerKey
 		}
+		return k, nil
 	}
-	if ok && e.err != nil && now.Sub(e.fetched) < keysFailureCache {
-		return nil, e.err
+}
+
+// makeRoom drops expired entries when the cache is full, then the least
+// recently fetched ones until there is room for one more. c.mu is held.
+func (c *keyCache) makeRoom(now time.Time) {
+	if len(c.m) < keysCacheMax {
+		return
 	}
-	sk, err := c.FetchServerKeys(ctx, server)
+	for name, e := range c.m {
+		if e.expired(now) {
+			delete(c.m, name)
+		}
+	}
+	for len(c.m) >= keysCacheMax {
+		oldest := ""
+		for name, e := range c.m {
+			if e.done == nil && (oldest == "" || e.fetched.Before(c.m[oldest].fetched)) {
+				oldest = name
+			}
+		}
+		if oldest == "" {
+			return // every entry is being fetched: at most keysFetchBurst over
+		}
+		delete(c.m, oldest)
+	}
+}
+
+// cachedServers is how many servers the key cache remembers (for tests).
+func (c *Client) cachedServers() int {
+	cache := c.keyCache()
 	cache.mu.Lock()
-	cache.m[server] = keyCacheEntry{keys: sk, err: err, fetched: now}
-	cache.mu.Unlock()
-	if err != nil {
-		return nil, err
-	}
-	k, found := sk.Keys[keyID]
-	if !found {
-		return nil, ErrUnknownServerKey
-	}
-	return k, nil
+	defer cache.mu.Unlock()
+	return len(cache.m)
 }
 
 // FetchServerKeys fetches server's keys without the cache and checks that
@@ -103,7 +205,7 @@ func (c *Client) FetchServerKeys(ctx context.Context, server string) (*ServerKey
 	if resp.Status != http.StatusOK {
 		return nil, fmt.Errorf("server keys: %s answered %d", server, resp.Status)
 	}
-	return ParseServerKeys(resp.Body, server, time.Now())
+	return ParseServerKeys(resp.Body, server, c.now())
 }
 
 // ParseServerKeys checks a /_matrix/key/v2/server answer from server.

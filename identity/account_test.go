@@ -292,3 +292,19 @@ func TestTermsSharedURL(t *testing.T) {
 		t.Fatalf("after accepting the shared document: %d %s", status, body)
 	}
 }
+
+// matrix-is-tester and some scripts post only access_token and
+// matrix_server_name: a missing token_type means Bearer; any other is refused.
+func TestRegisterWithoutTokenType(t *testing.T) {
+	e := testenv.Start(t)
+	status, body := e.Do(t, http.MethodPost, v2+"/account/register", map[string]any{
+		"access_token": e.HS.OpenIDToken("@alice:hs.test"), "matrix_server_name": "hs.test",
+	}, "")
+	if status != http.StatusOK || !bytes.Contains(body, []byte(`"token"`)) {
+		t.Fatalf("register without token_type: %d %s", status, body)
+	}
+	status, body = e.Do(t, http.MethodPost, v2+"/account/register", map[string]any{
+		"access_token": e.HS.OpenIDToken("@alice:hs.test"), "token_type": "MAC", "matrix_server_name": "hs.test",
+	}, "")
+	expectError(t, status, body, http.StatusBadRequest, "M_INVALID_PARAM")
+}

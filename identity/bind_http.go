@@ -2,6 +2,7 @@ package identity
 
 import (
 	"encoding/json"
+	"errors"
 	"net/http"
 	"net/url"
 	"strings"
@@ -9,6 +10,7 @@ import (
 	"github.com/labstack/echo/v4"
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/herald-im/herald/federation"
 	"github.com/herald-im/herald/matrix"
 )
 
@@ -65,6 +67,10 @@ func validUserID(s string) bool {
 		!strings.ContainsAny(s, " \t\r\n/")
 }
 
+// keyFetchRetryMS is the retry_after_ms of an unbind refused because the
+// homeserver's keys could not be fetched yet (the fetch limits).
+const keyFetchRetryMS = 1000
+
 // ServerOf is the server part of a user ID ("" if it has none).
 func ServerOf(mxid string) string {
 	_, server, _ := strings.Cut(mxid, ":")
@@ -115,13 +121,24 @@ func (s *Service) Unbind(c echo.Context) error {
 		if v.opts.Keys == nil {
 			return matrix.Forbidden("Signed unbind requests are not supported")
 		}
-		origin, err := VerifyXMatrix(c.Request().Context(), v.opts.Keys, c.Request().Method, c.Request().RequestURI, body, auth, v.ownNames()...)
+		a, err := ParseXMatrix(auth)
 		if err != nil {
 			s.opts.Log.Warn("signed unbind refused", "err", err)
 			return matrix.Forbidden("Invalid homeserver signature")
 		}
-		if origin != ServerOf(req.MXID) {
+		// Only the mxid's own homeserver may unbind it: compare before any
+		// key is fetched, so that a request naming an arbitrary origin makes
+		// Herald neither resolve nor call that origin nor cache anything.
+		if a.Origin != ServerOf(req.MXID) {
 			return matrix.Forbidden("The request is not signed by the homeserver of mxid")
+		}
+		if _, err := a.Verify(c.Request().Context(), v.opts.Keys, c.Request().Method, c.Request().RequestURI, body, v.ownNames()...); err != nil {
+			s.opts.Log.Warn("signed unbind refused", "err", err)
+			if errors.Is(err, federation.ErrKeyFetchLimited) {
+				// Not the signature's fault: the homeserver may try again.
+				return matrix.LimitExceeded(keyFetchRetryMS)
+			}
+			return matrix.Forbidden("Invalid homeserver signature")
 		}
 	case req.SID != "" && req.ClientSecret != "":
 		se, err := s.ValidatedSession(req.SID, req.ClientSecret)

@@ -78,10 +78,12 @@ func (s *Service) Register(c echo.Context) error {
 	if err := matrix.DecodeJSON(c, &req); err != nil {
 		return err
 	}
-	if err := matrix.Require("access_token", req.AccessToken, "token_type", req.TokenType, "matrix_server_name", req.MatrixServerName); err != nil {
+	if err := matrix.Require("access_token", req.AccessToken, "matrix_server_name", req.MatrixServerName); err != nil {
 		return err
 	}
-	if req.TokenType != "Bearer" {
+	// OpenID tokens are always Bearer tokens; matrix-is-tester and some
+	// scripts omit token_type, so a missing one means Bearer.
+	if req.TokenType != "" && req.TokenType != "Bearer" {
 		return matrix.InvalidParam("token_type must be Bearer")
 	}
 	if _, _, ok := mfed.ParseServerName(req.MatrixServerName); !ok {

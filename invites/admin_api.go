@@ -2,7 +2,6 @@ package invites
 
 import (
 	"encoding/json"
-	"fmt"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -11,41 +10,15 @@ import (
 
 // Methods the admin console needs (owned by the admin console's engineer).
 
-// Resend queues the invite's email again, rendered afresh. Only a pending,
-// unexpired invite whose token and keys are still held can be resent. It
-// returns the new mail's id.
+// Resend queues the invite's email again, rendered afresh, for the admin
+// console. It follows the same rule as a repeated store-invite (resend.go);
+// it returns the new mail's id.
 func (s *Service) Resend(id uint64) (uint64, error) {
-	if s.opts.Mailer == nil {
-		return 0, fmt.Errorf("%w: no mail queue configured", ErrState)
+	inv, err := s.Get(id)
+	if err != nil {
+		return 0, err
 	}
-	var mailID uint64
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		inv, err := getTx(tx, id)
-		if err != nil {
-			return err
-		}
-		if !inv.Pending(s.opts.Now()) {
-			return fmt.Errorf("%w: invite %d is %s", ErrState, id, inv.State)
-		}
-		if inv.Token == "" || inv.EphemeralPrivate == "" {
-			return fmt.Errorf("%w: invite %d no longer holds its token and keys", ErrState, id)
-		}
-		m, err := s.renderMail(inv)
-		if err != nil {
-			return err
-		}
-		m.Ref = "invite:" + itoa(inv.ID)
-		if mailID, err = s.opts.Mailer.Enqueue(tx, m); err != nil {
-			return err
-		}
-		inv.MailID = mailID
-		return putRecord(tx, inv)
-	})
-	if err == nil {
-		s.opts.Mailer.Wake()
-		s.opts.Log.Info("invite email queued again", "invite", id, "mail", mailID)
-	}
-	return mailID, err
+	return s.resend(inv, "admin console")
 }
 
 // EraseAddress deletes every invite to address (email), with its indexes and

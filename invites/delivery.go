@@ -108,8 +108,8 @@ type Notifier interface {
 // DeliveryOptions configure the queue.
 type DeliveryOptions struct {
 	Notifier    Notifier
-	MinBackoff  time.Duration // default 30 s
-	MaxBackoff  time.Duration // default 1 h
+	MinBackoff  time.Duration // default 2 s
+	MaxBackoff  time.Duration // default 10 min
 	GiveUpAfter time.Duration // default 7 days
 	// MaxRetryAfter caps a homeserver's Retry-After. Default 6 h.
 	MaxRetryAfter time.Duration
@@ -133,6 +133,15 @@ type Deliveries struct {
 
 	mu       sync.Mutex
 	inFlight map[uint64]bool
+	// stalled: due deliveries that could not be loaded or prepared (a
+	// storage error), not attempted again before until. In memory: after a
+	// restart each is tried once more, then backs off again.
+	stalled map[uint64]stall
+}
+
+type stall struct {
+	n     int
+	until time.Time
 }
 
 var (
@@ -149,10 +158,10 @@ func OpenDeliveries(s *Service, opts DeliveryOptions) (*Deliveries, error) {
 		return nil, errors.New("invites: DeliveryOptions.Notifier is required")
 	}
 	if opts.MinBackoff <= 0 {
-		opts.MinBackoff = 30 * time.Second
+		opts.MinBackoff = 2 * time.Second
 	}
 	if opts.MaxBackoff < opts.MinBackoff {
-		opts.MaxBackoff = max(opts.MinBackoff, time.Hour)
+		opts.MaxBackoff = max(opts.MinBackoff, 10*time.Minute)
 	}
 	if opts.GiveUpAfter <= 0 {
 		opts.GiveUpAfter = 7 * 24 * time.Hour
@@ -170,7 +179,7 @@ func OpenDeliveries(s *Service, opts DeliveryOptions) (*Deliveries, error) {
 		return nil, err
 	}
 	d := &Deliveries{s: s, db: s.db, opts: opts, log: opts.Log.With("component", "onbind"),
-		wake: make(chan struct{}, 1), inFlight: map[uint64]bool{}}
+		wake: make(chan struct{}, 1), inFlight: map[uint64]bool{}, stalled: map[uint64]stall{}}
 	s.opts.Identity.OnBind(d.resolve)
 	return d, nil
 }
@@ -304,6 +313,12 @@ func (d *Deliveries) running() int {
 // the next not-yet-due one is due (zero: none).
 func (d *Deliveries) due(n int) (ids []uint64, next time.Time, err error) {
 	now := d.s.opts.Now()
+	var stalledNext time.Time
+	defer func() {
+		if !stalledNext.IsZero() && (next.IsZero() || stalledNext.Before(next)) {
+			next = stalledNext
+		}
+	}()
 	err = d.db.View(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bktDeliveryDue).Cursor()
 		for k, _ := c.First(); k != nil; k, _ = c.Next() {
@@ -318,8 +333,15 @@ func (d *Deliveries) due(n int) (ids []uint64, next time.Time, err error) {
 			}
 			d.mu.Lock()
 			busy := d.inFlight[id]
+			st, stalled := d.stalled[id]
 			d.mu.Unlock()
 			if busy {
+				continue
+			}
+			if stalled && st.until.After(now) {
+				if stalledNext.IsZero() || st.until.Before(stalledNext) {
+					stalledNext = st.until
+				}
 				continue
 			}
 			if len(ids) >= n {
@@ -388,16 +410,40 @@ func (d *Deliveries) body(dl *Delivery) ([]byte, int, error) {
 	return raw, len(b.Invites), err
 }
 
+// stall backs a due delivery off that could not be loaded or prepared, like
+// any failed attempt: without it the worker would pick it again at once, in
+// a hot loop.
+func (d *Deliveries) stall(id uint64) time.Duration {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	st := d.stalled[id]
+	st.n++
+	wait := d.backoff(st.n)
+	st.until = d.s.opts.Now().Add(wait)
+	d.stalled[id] = st
+	return wait
+}
+
 func (d *Deliveries) attempt(ctx context.Context, id uint64) {
-	dl, err := d.Get(id)
-	if err != nil || dl.State != DeliveryPending {
+	dl, err := loadDelivery(d, id)
+	if err != nil {
+		d.log.Error("loading a due onbind delivery", "delivery", id, "err", err, "retry_in", d.stall(id))
+		return
+	}
+	if dl.State != DeliveryPending {
+		// Finished or dropped since it was found due (its due entry is gone
+		// then); were the entry left behind, it must not spin either.
+		d.log.Debug("due onbind delivery no longer pending", "delivery", id, "state", dl.State, "retry_in", d.stall(id))
 		return
 	}
 	body, n, err := d.body(dl)
 	if err != nil {
-		d.log.Error("building onbind body", "delivery", id, "err", err)
+		d.log.Error("building onbind body", "delivery", id, "err", err, "retry_in", d.stall(id))
 		return
 	}
+	d.mu.Lock()
+	delete(d.stalled, id)
+	d.mu.Unlock()
 	if n == 0 {
 		err := d.finish(id, func(dl *Delivery, now time.Time) {
 			dl.State, dl.Finished, dl.LastError = DeliveryCancelled, now, "no invite left to deliver (revoked, declined or erased)"
@@ -453,12 +499,21 @@ func (d *Deliveries) attempt(ctx context.Context, id uint64) {
 				result = "gave_up"
 				dl.State, dl.Finished = DeliveryFailed, now
 				dl.LastError = "gave up after " + d.opts.GiveUpAfter.String() + ": " + dl.LastError
-				d.log.Warn("onbind delivery given up", "delivery", dl.ID, "server", dl.Server)
+				if sendErr != nil {
+					d.log.Warn("onbind delivery given up", "delivery", dl.ID, "server", dl.Server, "status", a.Status, "err", a.Reply)
+				} else {
+					d.log.Warn("onbind delivery given up", "delivery", dl.ID, "server", dl.Server, "status", a.Status)
+				}
 				return
 			}
 			result = "retry"
 			dl.NextAttempt = now.Add(wait)
-			d.log.Info("onbind delivery will be retried", "delivery", dl.ID, "server", dl.Server, "in", wait, "status", a.Status)
+			if sendErr != nil {
+				// No answer (status 0): the error is the only thing that says why.
+				d.log.Info("onbind delivery will be retried", "delivery", dl.ID, "server", dl.Server, "in", wait, "status", a.Status, "err", a.Reply)
+			} else {
+				d.log.Info("onbind delivery will be retried", "delivery", dl.ID, "server", dl.Server, "in", wait, "status", a.Status)
+			}
 		}
 	})
 	if err != nil {
@@ -467,6 +522,10 @@ func (d *Deliveries) attempt(ctx context.Context, id uint64) {
 		d.opts.OnAttempt(result)
 	}
 }
+
+// loadDelivery reads a due delivery for an attempt; tests replace it to
+// make loading fail.
+var loadDelivery = (*Deliveries).Get
 
 // backoff after the n-th failed attempt: MinBackoff·2^(n-1), at most MaxBackoff.
 func (d *Deliveries) backoff(n int) time.Duration {
@@ -622,6 +681,9 @@ func (d *Deliveries) Retry(id uint64) error {
 		return d.rewrite(tx, dl, from)
 	})
 	if err == nil {
+		d.mu.Lock()
+		delete(d.stalled, id) // the operator asked for an attempt now
+		d.mu.Unlock()
 		d.Wake()
 	}
 	return err

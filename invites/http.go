@@ -127,15 +127,22 @@ func (s *Service) answer(inv *Invite, api string) storeAnswer {
 		prefix = "/_matrix/identity/api/v1"
 	}
 	base := s.cfg.BaseURL() + prefix + "/pubkey"
-	return storeAnswer{
-		Token:     inv.Token,
-		PublicKey: inv.PublicKey,
-		PublicKeys: []publicKey{
-			{PublicKey: inv.PublicKey, KeyValidityURL: base + "/isvalid"},
-			{PublicKey: inv.EphemeralPublic, KeyValidityURL: base + "/ephemeral/isvalid"},
-		},
+	a := storeAnswer{
+		Token:       inv.Token,
+		PublicKey:   inv.PublicKey,
+		PublicKeys:  []publicKey{{PublicKey: inv.PublicKey, KeyValidityURL: base + "/isvalid"}},
 		DisplayName: identity.RedactEmail(inv.Address),
 	}
+	if api != "v1" {
+		// Synapse checks key_validity_url, so a revoked invite's ephemeral key
+		// stops working there. Only Dendrite uses v1, and it never calls
+		// key_validity_url: an ephemeral key in the event would let whoever
+		// holds the invite email (its signurl carries the private key) sign
+		// an onbind Dendrite accepts even after the invite was revoked; and
+		// Dendrite has no third_party_signed join for the key to serve.
+		a.PublicKeys = append(a.PublicKeys, publicKey{PublicKey: inv.EphemeralPublic, KeyValidityURL: base + "/ephemeral/isvalid"})
+	}
+	return a
 }
 
 func newInviteToken() string {
@@ -209,6 +216,15 @@ func (s *Service) store(fields map[string]json.RawMessage, account, api string) 
 		return nil, err
 	}
 	if dup != nil {
+		// The inviter invited again: same token (the room gets no second
+		// invite event), and the invitee gets the email again if the
+		// resend rule allows.
+		if _, err := s.resend(dup, "repeated store-invite"); err != nil {
+			if !errors.Is(err, ErrResendRefused) {
+				return nil, err
+			}
+			s.opts.Log.Info("repeated store-invite: email not sent again", "invite", dup.ID, "reason", err)
+		}
 		a := s.answer(dup, api)
 		return &a, nil
 	}
@@ -276,6 +292,7 @@ func (s *Service) store(fields map[string]json.RawMessage, account, api string) 
 			if rec.MailID, err = s.opts.Mailer.EnqueuePrepared(tx, &m); err != nil {
 				return err
 			}
+			rec.MailedAt = now
 			queued = true
 		}
 		if err := s.insert(tx, &rec); err != nil {

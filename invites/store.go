@@ -57,6 +57,10 @@ type Invite struct {
 	MailID       uint64    `json:"mail_id,omitempty"` // the invite email in the mailer outbox
 	Homeserver   string    `json:"homeserver"`        // the sender's server
 	Via          string    `json:"via,omitempty"`     // "v2" or "v1"
+
+	// MailedAt is when the last invite email was queued (zero on records
+	// written before it was kept: Created then stands for it).
+	MailedAt time.Time `json:"mailed_at,omitzero"`
 }
 
 // Expired reports whether inv is past its expiry time at now.

@@ -150,7 +150,7 @@ func TestStoreInviteDeduplicates(t *testing.T) {
 	if a3.Token == a1.Token {
 		t.Error("another room reused the token")
 	}
-	// The repeat queued nothing: the outbox holds one mail per invite (the
+	// The repeat (within invites.resend_interval) queued nothing: the outbox holds one mail per invite (the
 	// outbox is written in store-invite's transaction, so this is exact).
 	queued, err := e.App.Mailer().List(mailer.Filter{To: "dup@example.org", Limit: 10})
 	if err != nil || len(queued) != 2 || queued[0].Ref == queued[1].Ref {

@@ -1,6 +1,8 @@
 package mailer
 
 import (
+	"time"
+
 	"path/filepath"
 
 	"github.com/herald-im/herald/config"
@@ -29,7 +31,8 @@ func FromConfig(c *config.Config) (s Sender, dev *DevMailbox, err error) {
 }
 
 // OptionsFromConfig is the Queue configuration for c with sender s
-// (smtp.from, smtp.max_backoff, smtp.give_up_after, email.outbox_retention).
+// (smtp.from, smtp.max_backoff, smtp.validation_max_backoff,
+// smtp.give_up_after, email.outbox_retention).
 func OptionsFromConfig(c *config.Config, s Sender) Options {
 	return Options{
 		Sender:      s,
@@ -37,5 +40,7 @@ func OptionsFromConfig(c *config.Config, s Sender) Options {
 		MaxBackoff:  c.SMTP.MaxBackoff.D(),
 		GiveUpAfter: c.SMTP.GiveUpAfter.D(),
 		Retention:   c.Email.OutboxRetention.D(),
+		// A validation code is wanted within minutes: retry its mail often.
+		KindMaxBackoff: map[string]time.Duration{"validation": c.SMTP.ValidationMaxBackoff.D()},
 	}
 }

@@ -92,6 +92,10 @@ type Options struct {
 	// Backoff after the n-th failed attempt is MinBackoff·2^(n-1), at most MaxBackoff.
 	MinBackoff time.Duration // default 30 s, or MaxBackoff if that is less
 	MaxBackoff time.Duration // default 1 h
+	// KindMaxBackoff lowers MaxBackoff for mail of a kind (e.g. "validation",
+	// whose code is wanted within minutes); it also lowers the first wait
+	// when it is below MinBackoff.
+	KindMaxBackoff map[string]time.Duration
 	// A mail that keeps failing temporarily becomes Failed after MaxAttempts
 	// attempts (0: no limit) or GiveUpAfter since it was queued or retried
 	// (default 48 h).
@@ -508,7 +512,7 @@ func (q *Queue) record(done []outcome) error {
 				cur.State = Sent
 			case at.Temporary && q.budgetLeft(cur, now):
 				n := len(cur.Attempts) - cur.RetryBase
-				cur.NextAttempt = now.Add(q.backoff(n))
+				cur.NextAttempt = now.Add(q.backoff(cur.Kind, n))
 				if err := tx.Bucket(bktDue).Put(dueKey(cur), nil); err != nil {
 					return err
 				}
@@ -571,13 +575,17 @@ func (q *Queue) budgetLeft(m *Mail, now time.Time) bool {
 	return now.Sub(m.RetryFrom) < q.opts.GiveUpAfter
 }
 
-func (q *Queue) backoff(n int) time.Duration {
+func (q *Queue) backoff(kind string, n int) time.Duration {
 	if n < 1 {
 		n = 1
 	}
-	f := float64(q.opts.MinBackoff) * math.Pow(2, float64(n-1))
-	if f > float64(q.opts.MaxBackoff) {
-		return q.opts.MaxBackoff
+	lo, hi := q.opts.MinBackoff, q.opts.MaxBackoff
+	if c, ok := q.opts.KindMaxBackoff[kind]; ok && c > 0 && c < hi {
+		lo, hi = min(lo, c), c
+	}
+	f := float64(lo) * math.Pow(2, float64(n-1))
+	if f > float64(hi) {
+		return hi
 	}
 	return time.Duration(f)
 }

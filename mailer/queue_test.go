@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/herald-im/herald/config"
 	"github.com/herald-im/herald/mailer"
 	"github.com/herald-im/herald/mailer/smtptest"
 	"github.com/herald-im/herald/store"
@@ -570,5 +571,42 @@ func TestQueueBackoffIsExponentialAndCapped(t *testing.T) {
 	m := e.waitState(id, mailer.Sent)
 	if len(m.Attempts) != 6 || len(srv.Messages()) != 1 {
 		t.Errorf("attempts %+v, %d messages", m.Attempts, len(srv.Messages()))
+	}
+}
+
+// A deferred validation mail is retried at least every KindMaxBackoff (its
+// code is useless after minutes), while other mail backs off to MaxBackoff;
+// OptionsFromConfig sets smtp.validation_max_backoff for "validation".
+func TestQueueValidationMailBackoffCapped(t *testing.T) {
+	cfg := config.Default()
+	if got := mailer.OptionsFromConfig(&cfg, nil).KindMaxBackoff["validation"]; got != time.Minute {
+		t.Fatalf("validation cap from the default config: %v, want 1m", got)
+	}
+	srv := smtptest.Start(t, smtptest.Options{})
+	srv.Fail(smtptest.AtRcpt, 451, -1)
+	clk := &clock{t: fixedDate}
+	e := newEnv(t, t.TempDir(), srv, func(o *mailer.Options) {
+		o.Now = clk.Now
+		o.MinBackoff, o.MaxBackoff = 30*time.Second, time.Hour
+		o.KindMaxBackoff = map[string]time.Duration{"validation": time.Minute}
+	})
+	defer closeDB(t, e.db)
+	e.run()
+	val := msg("v@example.org", "code")
+	val.Kind = "validation"
+	vid := e.enqueue(val)
+	iid := e.enqueue(msg("i@example.org", "invite"))
+	for n, want := range []struct{ val, inv time.Duration }{{30 * time.Second, 30 * time.Second}, {time.Minute, time.Minute}, {time.Minute, 2 * time.Minute}} {
+		for _, c := range []struct {
+			id   uint64
+			want time.Duration
+		}{{vid, want.val}, {iid, want.inv}} {
+			m := e.waitFor(c.id, fmt.Sprintf("attempted %d times", n+1), func(m mailer.Mail) bool { return len(m.Attempts) == n+1 })
+			if got := m.NextAttempt.Sub(m.LastAttempt().At); got != c.want {
+				t.Errorf("%s mail after attempt %d: next in %v, want %v", m.Kind, n+1, got, c.want)
+			}
+		}
+		clk.Add(max(want.val, want.inv))
+		e.q.Wake()
 	}
 }

@@ -4,6 +4,9 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"net/url"
+	"slices"
+	"strings"
 
 	"github.com/labstack/echo/v4"
 )
@@ -55,3 +58,26 @@ func toMatrix(err error) *Error {
 // Errcode is the errcode ErrorHandler answers err with (for request logs and
 // metrics, which must agree with what the client saw).
 func Errcode(err error) string { return toMatrix(err).Code }
+
+// UnescapePathParams is a middleware (added with e.Use, so it runs after
+// routing) that percent-decodes every path parameter: Echo routes on the raw
+// path and hands parameters over still encoded, and clients may encode them
+// (GET /pubkey/ed25519%3Aabc must answer like /pubkey/ed25519:abc). A value
+// that is not valid percent-encoding is left as it is.
+func UnescapePathParams(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		vals := slices.Clone(c.ParamValues())
+		changed := false
+		for i, v := range vals {
+			if strings.Contains(v, "%") {
+				if u, err := url.PathUnescape(v); err == nil {
+					vals[i], changed = u, true
+				}
+			}
+		}
+		if changed {
+			c.SetParamValues(vals...)
+		}
+		return next(c)
+	}
+}

@@ -16,6 +16,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -68,8 +69,9 @@ type Sim struct {
 	KeyID      string
 	Key        ed25519.PrivateKey
 
-	srv    *httptest.Server
-	client *http.Client
+	srv        *httptest.Server
+	client     *http.Client
+	keyFetches atomic.Int64
 
 	mu         sync.Mutex
 	mode       Mode
@@ -237,21 +239,43 @@ func (s *Sim) SignRequest(req *http.Request, destination string, body []byte) {
 	req.Header.Set("Authorization", h)
 }
 
-// SignRequestSynapse sets the Authorization header exactly as Synapse signs
-// its unbind request to an identity server: {method, uri, origin,
-// destination_is: idServer, content} signed, and a header naming no
-// destination.
+// SignRequestSynapse sets the Authorization header exactly as Synapse (1.58
+// and later) signs its unbind request to an identity server
+// (build_auth_headers with destination=None, destination_is=idServer):
+// {method, uri, origin, destination_is: idServer, content} signed, and the
+// header X-Matrix origin="HS",key="K",sig="S",destination="ID_SERVER".
 func (s *Sim) SignRequestSynapse(req *http.Request, idServer string, body []byte) {
-	h, err := identity.SignXMatrixIdentity(req.Method, req.URL.RequestURI(), body, s.ServerName, idServer, s.KeyID, s.Key)
+	s.setAuth(req, identity.SignXMatrixIdentity, idServer, body)
+}
+
+// SignRequestSynapseLegacy signs as Synapse did before 1.58 (and sydent
+// does): the same signed object, a header without destination.
+func (s *Sim) SignRequestSynapseLegacy(req *http.Request, idServer string, body []byte) {
+	s.setAuth(req, identity.SignXMatrixIdentityLegacy, idServer, body)
+}
+
+// SignRequestNoDestination signs in the server-server form ("destination"
+// signed) with a header that names no destination, as Dendrite and servers
+// built before MSC3383 do.
+func (s *Sim) SignRequestNoDestination(req *http.Request, destination string, body []byte) {
+	s.setAuth(req, identity.SignXMatrixNoDestination, destination, body)
+}
+
+func (s *Sim) setAuth(req *http.Request, sign func(method, uri string, body []byte, origin, dest, keyID string, priv ed25519.PrivateKey) (string, error), dest string, body []byte) {
+	h, err := sign(req.Method, req.URL.RequestURI(), body, s.ServerName, dest, s.KeyID, s.Key)
 	if err != nil {
 		panic(err)
 	}
 	req.Header.Set("Authorization", h)
 }
 
+// KeyFetches is how many times /_matrix/key/v2/server was fetched.
+func (s *Sim) KeyFetches() int64 { return s.keyFetches.Load() }
+
 func (s *Sim) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case r.URL.Path == "/_matrix/key/v2/server" && r.Method == http.MethodGet:
+		s.keyFetches.Add(1)
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write(s.ServerKeysJSON())
 	case r.URL.Path == "/_matrix/federation/v1/openid/userinfo" && r.Method == http.MethodGet:

@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"io"
 	"io/fs"
 	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"strings"
 	"testing"
@@ -53,7 +55,10 @@ type inviteAnswer struct {
 // invite stored over the Matrix API shows up, its email is sent to the dev
 // mailbox, it can be resent, revoked and erased.
 func TestAdminWiring(t *testing.T) {
-	e := testenv.Start(t, func(c *config.Config) { c.Admin.APITokens = []config.Secret{adminToken} })
+	e := testenv.Start(t, func(c *config.Config) {
+		c.Admin.APITokens = []config.Secret{adminToken}
+		c.Invites.ResendInterval = 0 // resend at once (invites.resend_interval is tested in invites)
+	})
 	tok := e.Register(t, "@alice:hs.test")
 	e.AcceptTerms(t, tok)
 	status, raw := e.Do(t, http.MethodPost, "/_matrix/identity/v2/store-invite", map[string]any{
@@ -222,6 +227,7 @@ func TestAdminEraseLeavesNothing(t *testing.T) {
 	e := testenv.Start(t, func(c *config.Config) {
 		c.Admin.APITokens = []config.Secret{adminToken}
 		c.Delivery.MinBackoff = config.Duration(time.Hour) // one delivery attempt, then quiet
+		c.Delivery.MaxBackoff = config.Duration(time.Hour)
 	})
 	tok := e.Register(t, "@alice:hs.test")
 	e.AcceptTerms(t, tok)
@@ -415,5 +421,130 @@ func TestAdminExpiredTimeline(t *testing.T) {
 	last := inv.Timeline[len(inv.Timeline)-1]
 	if inv.Invite.State != admin.StateExpired || last.Kind != admin.StateExpired || !last.At.Equal(inv.Invite.Expires) {
 		t.Fatalf("state %s, timeline ends with %+v", inv.Invite.State, last)
+	}
+}
+
+// snakeKeys reports every object key in v (decoded JSON) that is not
+// snake_case, with its path.
+func snakeKeys(path string, v any, bad *[]string) {
+	switch x := v.(type) {
+	case map[string]any:
+		for k, sub := range x {
+			if !regexp.MustCompile(`^[a-z][a-z0-9_]*$`).MatchString(k) {
+				*bad = append(*bad, path+"."+k)
+			}
+			snakeKeys(path+"."+k, sub, bad)
+		}
+	case []any:
+		for _, sub := range x {
+			snakeKeys(path+"[]", sub, bad)
+		}
+	}
+}
+
+// documentedStates reads the state filters docs/admin.md lists for an API
+// route ("| `GET /admin/api/deliveries` | `state` (pending, ...)") or, for
+// invites, the dashboard's "Invites by state (...)".
+func documentedStates(t *testing.T, doc, marker string) []string {
+	t.Helper()
+	for _, line := range strings.Split(doc, "\n") {
+		if !strings.Contains(line, marker) {
+			continue
+		}
+		m := regexp.MustCompile(`(?:\x60state\x60|Invites by state) \(([a-z, ]+)\)`).FindStringSubmatch(line)
+		if m == nil {
+			t.Fatalf("docs/admin.md: no state list on the line of %s", marker)
+		}
+		return strings.Split(m[1], ", ")
+	}
+	t.Fatalf("docs/admin.md: no line with %s", marker)
+	return nil
+}
+
+// Every state docs/admin.md lists is accepted as a filter by the console's
+// JSON API, every key it answers with is snake_case, and an unknown state is
+// a 400.
+func TestAdminAPIStatesAndFieldNames(t *testing.T) {
+	raw, err := os.ReadFile(filepath.Join("..", "..", "docs", "admin.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := string(raw)
+	e := testenv.Start(t, func(c *config.Config) {
+		c.Admin.APITokens = []config.Secret{adminToken}
+		c.Delivery.MinBackoff, c.Delivery.MaxBackoff = config.Duration(time.Hour), config.Duration(time.Hour)
+	})
+	// Something in every list: an invite (and its mail), resolved by a bind
+	// into a delivery.
+	tok := e.Register(t, "@alice:hs.test")
+	e.AcceptTerms(t, tok)
+	if status, raw := e.Do(t, http.MethodPost, "/_matrix/identity/v2/store-invite", map[string]any{
+		"medium": "email", "address": "states@example.org", "room_id": "!room:hs.test", "sender": "@alice:hs.test",
+	}, tok); status != http.StatusOK {
+		t.Fatalf("store-invite: %d %s", status, raw)
+	}
+	id := e.App.Identity()
+	if err := id.DB().Update(func(tx *bolt.Tx) error {
+		return id.PutBinding(tx, identity.Binding{Medium: "email", Address: "states@example.org", MXID: "@s:hs2.test"})
+	}); err != nil {
+		t.Fatal(err)
+	}
+
+	get := func(path string) (int, any) {
+		t.Helper()
+		var v any
+		return adminCall(t, e, "GET", path, "", &v), v
+	}
+	check := func(path string) any {
+		t.Helper()
+		status, v := get(path)
+		if status != http.StatusOK {
+			t.Fatalf("GET %s: %d", path, status)
+		}
+		var bad []string
+		snakeKeys("", v, &bad)
+		if len(bad) > 0 {
+			t.Errorf("GET %s: keys not in snake_case: %v", path, bad)
+		}
+		return v
+	}
+	for route, marker := range map[string]string{
+		"/admin/api/invites":    "Invites by state",
+		"/admin/api/outbox":     "`GET /admin/api/outbox`",
+		"/admin/api/deliveries": "`GET /admin/api/deliveries`",
+	} {
+		states := documentedStates(t, doc, marker)
+		if len(states) < 3 {
+			t.Fatalf("%s: documented states %v", route, states)
+		}
+		for _, s := range append(states, "") {
+			check(route + "?state=" + s)
+		}
+		if status, _ := get(route + "?state=nonsense"); status != http.StatusBadRequest {
+			t.Errorf("%s?state=nonsense: %d, want 400", route, status)
+		}
+	}
+	// The other answers, and one of each record.
+	check("/admin/api/dashboard")
+	check("/admin/api/keys")
+	check("/admin/api/settings")
+	check("/admin/api/audit")
+	check("/admin/api/bindings?address=states@example.org")
+	for route, list := range map[string]string{"/admin/api/invites/": "invites", "/admin/api/outbox/": "items", "/admin/api/deliveries/": "items"} {
+		v := check(strings.TrimSuffix(route, "/")).(map[string]any)
+		items, _ := v[list].([]any)
+		if len(items) == 0 {
+			t.Fatalf("%s: nothing listed", route)
+		}
+		id := items[0].(map[string]any)["id"].(string)
+		plain := check(route + id)
+		// The console's path parameters may be percent-encoded too.
+		var enc strings.Builder
+		for _, b := range []byte(id) {
+			fmt.Fprintf(&enc, "%%%02X", b)
+		}
+		if status, v := get(route + enc.String()); status != http.StatusOK || !reflect.DeepEqual(v, plain) {
+			t.Errorf("GET %s%s: %d, want the answer of %s%s", route, enc.String(), status, route, id)
+		}
 	}
 }

@@ -281,6 +281,7 @@ func (a *App) Handler() http.Handler {
 	e.Use(middleware.BodyLimit(fmt.Sprint(matrix.MaxBodyBytes/1024) + "K"))
 	// CORS as the spec recommends, on every answer (cors.go).
 	e.Use(cors)
+	e.Use(matrix.UnescapePathParams) // clients may percent-encode path parameters
 	a.routes(e)
 	return e
 }

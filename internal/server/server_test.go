@@ -466,3 +466,26 @@ func TestLogsKeepSecrets(t *testing.T) {
 		}
 	}
 }
+
+// Clients may percent-encode path parameters: /pubkey/ed25519%3Aabc answers
+// exactly like /pubkey/ed25519:abc, on v2 and v1.
+func TestPercentEncodedPathParams(t *testing.T) {
+	e := testenv.Start(t, func(c *config.Config) { c.Compat.V1 = true })
+	id := e.App.Ring().Current().ID
+	for _, prefix := range []string{"/_matrix/identity/v2", "/_matrix/identity/api/v1"} {
+		status, plain := e.Do(t, http.MethodGet, prefix+"/pubkey/"+id, nil, "")
+		if status != http.StatusOK {
+			t.Fatalf("%s/pubkey/%s: %d %s", prefix, id, status, plain)
+		}
+		for _, enc := range []string{strings.ReplaceAll(id, ":", "%3A"), strings.ReplaceAll(id, ":", "%3a"), "%65" + strings.ReplaceAll(id[1:], ":", "%3A")} {
+			status, body := e.Do(t, http.MethodGet, prefix+"/pubkey/"+enc, nil, "")
+			if status != http.StatusOK || !bytes.Equal(body, plain) {
+				t.Errorf("%s/pubkey/%s: %d %s, want %s", prefix, enc, status, body, plain)
+			}
+		}
+		status, body := e.Do(t, http.MethodGet, prefix+"/pubkey/ed25519%3Anope", nil, "")
+		if status != http.StatusNotFound || errcode(t, body) != "M_NOT_FOUND" {
+			t.Errorf("unknown encoded key: %d %s", status, body)
+		}
+	}
+}

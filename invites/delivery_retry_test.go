@@ -1,0 +1,111 @@
+package invites_test
+
+import (
+	"errors"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/herald-im/herald/config"
+	"github.com/herald-im/herald/invites"
+)
+
+// waitCond polls cond until it holds or 10 s pass.
+func waitCond(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// delivery invites address from alice, binds it to mxid and returns the
+// queued onbind delivery.
+func (e *env) delivery(t *testing.T, tok, address, mxid string) invites.Delivery {
+	t.Helper()
+	a := e.storeInvite(t, tok, inviteBody(alice, address))
+	inv, err := e.App.Invites().ByToken(a.Token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.bind(t, address, mxid)
+	var dls []invites.Delivery
+	waitCond(t, "the delivery to be queued", func() bool {
+		dls, _ = e.App.Deliveries().ByInvite(inv.ID)
+		return len(dls) == 1
+	})
+	return dls[0]
+}
+
+// A due delivery whose record cannot be loaded is backed off like any
+// failure: before, the worker picked it again at once, in a hot loop.
+func TestDeliveryLoadFailureBacksOff(t *testing.T) {
+	var broken atomic.Uint64
+	var loads atomic.Int64
+	restore := invites.SetDeliveryLoader(func(d *invites.Deliveries, id uint64) (*invites.Delivery, error) {
+		broken.CompareAndSwap(0, id) // the first delivery the worker loads stays unreadable
+		if id == broken.Load() {
+			loads.Add(1)
+			return nil, errors.New("injected storage failure")
+		}
+		return d.Get(id)
+	})
+	defer restore()
+	e := start(t, func(c *config.Config) {
+		c.Delivery.MinBackoff, c.Delivery.MaxBackoff = config.Duration(time.Hour), config.Duration(time.Hour)
+	})
+	tok := e.register(t, alice)
+	e.delivery(t, tok, "stuck@example.org", "@stuck:hs2.test")
+	waitCond(t, "the broken delivery to be loaded", func() bool { return loads.Load() >= 1 })
+	// Another delivery is attempted meanwhile (the test homeserver refuses
+	// it, which finishes it): the worker ran its loop again and again, and
+	// did not pick the broken one a second time.
+	ok := e.delivery(t, tok, "fine@example.org", "@fine:hs2.test")
+	waitCond(t, "the other delivery to be attempted", func() bool {
+		d, err := e.App.Deliveries().Get(ok.ID)
+		return err == nil && d.State != invites.DeliveryPending
+	})
+	if n := loads.Load(); n != 1 {
+		t.Fatalf("the broken delivery was loaded %d times within its backoff", n)
+	}
+	if logs := e.Logs(); !strings.Contains(logs, "injected storage failure") || !strings.Contains(logs, "retry_in=1h") {
+		t.Fatalf("the failure and its backoff are not logged")
+	}
+	// Once the backoff has passed it is tried again.
+	e.Clock.Advance(time.Hour + time.Second)
+	e.App.Deliveries().Wake()
+	waitCond(t, "a second try after the backoff", func() bool { return loads.Load() == 2 })
+}
+
+// A failed attempt without an answer (status 0) logs its error; the default
+// backoff starts at 2 s (delivery.min_backoff), for an invitee who just bound.
+func TestDeliveryNetworkErrorLoggedAndRetriedSoon(t *testing.T) {
+	e := start(t, func(c *config.Config) { c.Federation.Servers["hs2.test"] = "http://127.0.0.1:1" })
+	tok := e.register(t, alice)
+	dl := e.delivery(t, tok, "down@example.org", "@down:hs2.test")
+	var got *invites.Delivery
+	waitCond(t, "a failed attempt", func() bool {
+		got, _ = e.App.Deliveries().Get(dl.ID)
+		return got != nil && len(got.Attempts) == 1
+	})
+	if wait := got.NextAttempt.Sub(got.Attempts[0].At); wait != 2*time.Second {
+		t.Fatalf("first retry %v after the attempt, want the 2s default", wait)
+	}
+	var line string
+	waitCond(t, "the retry to be logged", func() bool {
+		for _, l := range strings.Split(e.Logs(), "\n") {
+			if strings.Contains(l, "onbind delivery will be retried") {
+				line = l
+				return true
+			}
+		}
+		return false
+	})
+	if !strings.Contains(line, "status=0") || !strings.Contains(line, "err=") || !strings.Contains(line, "connection refused") {
+		t.Fatalf("the retry log line does not say why: %s", line)
+	}
+}
