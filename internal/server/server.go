@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"path/filepath"
 	"sync"
 	"time"
 
@@ -20,6 +19,7 @@ import (
 	"github.com/herald-im/herald/config"
 	"github.com/herald-im/herald/federation"
 	"github.com/herald-im/herald/identity"
+	"github.com/herald-im/herald/internal/background"
 	"github.com/herald-im/herald/invites"
 	"github.com/herald-im/herald/keys"
 	"github.com/herald-im/herald/mailer"
@@ -77,7 +77,8 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) (_ *App, err error)
 			a.db.Close()
 		}
 	}()
-	if a.ring, err = keys.OpenRing(filepath.Join(cfg.DataDir, "keys"), cfg.ServerName); err != nil {
+	// The keys must be the ones the database was used with (datadir.go).
+	if a.ring, err = openKeys(cfg, a.db, log); err != nil {
 		return nil, err
 	}
 	if a.ephemeral, err = keys.OpenEphemeral(a.db, a.now); err != nil {
@@ -131,31 +132,30 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) (_ *App, err error)
 
 // Start runs the background work (key ring reloads, and the workers other
 // features register here) until ctx is done or Close is called. Run calls it;
-// tests that serve Handler() themselves call it too.
+// tests that serve Handler() themselves call it too. Each task runs under
+// background.Run: a panic in it is logged and counted
+// (background.Panics), the task restarts after a pause, and the server
+// keeps serving.
 func (a *App) Start(ctx context.Context) {
 	ctx, a.bgCancel = context.WithCancel(ctx)
-	a.bg.Add(1)
-	go func() {
-		defer a.bg.Done()
+	a.goBackground(ctx, "signing key reload", func(ctx context.Context) error {
 		a.reloadKeys(ctx, KeyReloadInterval)
-	}()
+		return nil
+	})
+	a.goBackground(ctx, "mail worker", a.mail.Run)
+	a.goBackground(ctx, "onbind worker", a.onbind.Run)
+	a.goBackground(ctx, "invite expiry sweep", func(ctx context.Context) error {
+		a.invites.RunLifecycle(ctx, time.Minute)
+		return nil
+	})
+}
+
+// goBackground runs fn under background.Run until ctx is done; Close waits for it.
+func (a *App) goBackground(ctx context.Context, name string, fn func(context.Context) error) {
 	a.bg.Add(1)
 	go func() {
 		defer a.bg.Done()
-		if err := a.mail.Run(ctx); err != nil {
-			a.log.Error("mail worker stopped", "err", err)
-		}
-	}()
-	a.bg.Add(2)
-	go func() {
-		defer a.bg.Done()
-		if err := a.onbind.Run(ctx); err != nil {
-			a.log.Error("onbind worker stopped", "err", err)
-		}
-	}()
-	go func() {
-		defer a.bg.Done()
-		a.invites.RunLifecycle(ctx, time.Minute)
+		background.Run(ctx, a.log, name, fn)
 	}()
 }
 
