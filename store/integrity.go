@@ -179,7 +179,7 @@ func consistency(db *bolt.DB) (problems []string, total int, err error) {
 		return db.View(func(tx *bolt.Tx) error {
 			for e := range tx.Check() {
 				if total < maxListedIssues {
-					problems = append(problems, oneLine(e.Error()))
+					problems = append(problems, oneLine(strings.TrimPrefix(e.Error(), "panic: ")))
 				}
 				total++
 			}
@@ -226,10 +226,10 @@ type Report struct {
 }
 
 // CheckFile checks the database file at path without changing it: the
-// meta pages and file size, then (opened read-only, waiting at most
-// timeout for the lock) bbolt's consistency check. err is for a file that
+// meta pages and file size, then (opened read-only with opts) bbolt's
+// consistency check. err is for a file that
 // cannot be checked at all (missing, locked by a running Herald); a damaged
-// file gives a Report with problems.
+// file gives a Report with problems. nil opts wait one second for the lock.
 func CheckFile(path string, opts *bolt.Options) (Report, error) {
 	rep := Report{Path: path}
 	st, err := os.Stat(path)
@@ -251,7 +251,7 @@ func CheckFile(path string, opts *bolt.Options) (Report, error) {
 	if err := preflight(path); err != nil {
 		return damage(err)
 	}
-	o := bolt.Options{ReadOnly: true}
+	o := bolt.Options{ReadOnly: true, Timeout: time.Second}
 	if opts != nil {
 		o = *opts
 		o.ReadOnly = true
