@@ -32,8 +32,8 @@ const keysUsage = `usage: herald keys list | rotate | retire KEY_ID | adopt
 
 Keys live in data_dir/keys. A running Herald picks changes up within 10 seconds.`
 
-// keysCommand manages the long-term signing keys in data_dir/keys. It does
-// not open the database, so it works while Herald is running.
+// keysCommand manages the long-term signing keys in data_dir/keys. Except
+// adopt, it does not open the database, so it works while Herald is running.
 func keysCommand(ctx context.Context, cfg *config.Config, log *slog.Logger, args []string, stdout io.Writer) error {
 	if len(args) == 0 {
 		return usageError(keysUsage)
@@ -44,7 +44,22 @@ func keysCommand(ctx context.Context, cfg *config.Config, log *slog.Logger, args
 		}
 		return adoptKeys(cfg, log, stdout)
 	}
-	ring, err := keys.OpenRing(filepath.Join(cfg.DataDir, "keys"), cfg.ServerName)
+	switch {
+	case (args[0] == "list" || args[0] == "rotate") && len(args) == 1, args[0] == "retire" && len(args) == 2:
+	case args[0] == "help" || args[0] == "-h" || args[0] == "--help":
+		fmt.Fprintln(stdout, keysUsage)
+		return nil
+	default:
+		return usageError(keysUsage)
+	}
+	// These commands never generate a first key: a key made here, next
+	// to a database that records others (or none), is exactly what
+	// start-up refuses. `herald serve` makes the first key of a fresh
+	// data dir.
+	ring, err := keys.LoadRing(filepath.Join(cfg.DataDir, "keys"), cfg.ServerName)
+	if errors.Is(err, keys.ErrNoRing) {
+		return fmt.Errorf("%w in %s: on a fresh data dir `herald serve` generates the first; if they were lost, restore them from a backup or see `herald keys adopt`", keys.ErrNoRing, filepath.Join(cfg.DataDir, "keys"))
+	}
 	if err != nil {
 		return err
 	}
@@ -80,9 +95,6 @@ func keysCommand(ctx context.Context, cfg *config.Config, log *slog.Logger, args
 		}
 		log.Info("retired signing key", "key", args[1])
 		fmt.Fprintf(stdout, "retired %s: it is no longer published or valid\n", args[1])
-		return nil
-	case "help", "-h", "--help":
-		fmt.Fprintln(stdout, keysUsage)
 		return nil
 	}
 	return usageError(keysUsage)
