@@ -152,6 +152,115 @@ func preflight(path string) error {
 	if m.freelist != pgidNoFreelist && (m.freelist < 2 || m.freelist >= m.pgid) {
 		return damaged("freelist page %d is outside the file's %d pages", m.freelist, m.pgid)
 	}
+	w := &walker{f: f, pageSize: int64(m.pageSize), hwm: m.pgid, seen: map[uint64]bool{}}
+	if err := w.page(m.root); err != nil {
+		return damaged("%v", err)
+	}
+	return nil
+}
+
+// bbolt's page layout (go.etcd.io/bbolt/internal/common/page.go): a
+// 16-byte header (id, flags, element count, overflow page count), then
+// 16-byte elements: a branch element is (pos, ksize, child page id), a leaf
+// element (flags, pos, ksize, vsize), pos counted from the element itself.
+// A leaf element flagged as a bucket holds the bucket's root page id and
+// sequence, then, for an inline bucket (root 0), the bucket's own page.
+const (
+	branchPageFlag = 0x01
+	leafPageFlag   = 0x02
+	bucketLeafFlag = 0x01
+	elementSize    = 16
+)
+
+// walker follows the B+tree from the root through every bucket, reading
+// pages with ReadAt, not through mmap: it checks that every page a branch or
+// bucket points to lies inside the file, names itself by its own id, is a
+// branch or leaf page, and that every element lies inside its page. bbolt
+// trusts all of that when it maps the file; a wrong pointer there faults
+// inside bbolt (its Check runs on a goroutine of its own, where no fault can
+// be recovered).
+type walker struct {
+	f        *os.File
+	pageSize int64
+	hwm      uint64
+	seen     map[uint64]bool
+}
+
+func (w *walker) page(id uint64) error {
+	if id < 2 || id >= w.hwm {
+		return fmt.Errorf("page %d is referenced but lies outside the file's %d pages", id, w.hwm)
+	}
+	if w.seen[id] {
+		return fmt.Errorf("page %d is referenced twice", id)
+	}
+	w.seen[id] = true
+	buf := make([]byte, w.pageSize)
+	if _, err := w.f.ReadAt(buf, int64(id)*w.pageSize); err != nil {
+		return fmt.Errorf("page %d: %w", id, err)
+	}
+	le := binary.LittleEndian
+	if got := le.Uint64(buf); got != id {
+		return fmt.Errorf("page %d is overwritten: its header names page %d", id, got)
+	}
+	if overflow := uint64(le.Uint32(buf[12:])); overflow > 0 {
+		if id+overflow >= w.hwm {
+			return fmt.Errorf("page %d runs %d pages past the end of the file", id, overflow)
+		}
+		buf = append(buf, make([]byte, int64(overflow)*w.pageSize)...)
+		if _, err := w.f.ReadAt(buf[w.pageSize:], int64(id+1)*w.pageSize); err != nil {
+			return fmt.Errorf("page %d: %w", id, err)
+		}
+	}
+	return w.node(buf, id)
+}
+
+// node checks one branch or leaf page held in buf (a page of the file, or
+// an inline bucket's page inside its parent's value).
+func (w *walker) node(buf []byte, id uint64) error {
+	if len(buf) < pageHeaderSize {
+		return fmt.Errorf("page %d: inline bucket cut short", id)
+	}
+	le := binary.LittleEndian
+	flags, count := le.Uint16(buf[8:]), int(le.Uint16(buf[10:]))
+	if flags != branchPageFlag && flags != leafPageFlag {
+		return fmt.Errorf("page %d is overwritten: type flags %#x are neither branch nor leaf", id, flags)
+	}
+	if pageHeaderSize+count*elementSize > len(buf) {
+		return fmt.Errorf("page %d is overwritten: %d elements do not fit in it", id, count)
+	}
+	for i := range count {
+		off := pageHeaderSize + i*elementSize
+		e := buf[off : off+elementSize]
+		if flags == branchPageFlag {
+			pos, ksize := int64(le.Uint32(e)), int64(le.Uint32(e[4:]))
+			if int64(off)+pos+ksize > int64(len(buf)) {
+				return fmt.Errorf("page %d is overwritten: element %d's key lies outside it", id, i)
+			}
+			if err := w.page(le.Uint64(e[8:])); err != nil {
+				return err
+			}
+			continue
+		}
+		eflags, pos, ksize, vsize := le.Uint32(e), int64(le.Uint32(e[4:])), int64(le.Uint32(e[8:])), int64(le.Uint32(e[12:]))
+		end := int64(off) + pos + ksize + vsize
+		if end > int64(len(buf)) {
+			return fmt.Errorf("page %d is overwritten: element %d's key or value lies outside it", id, i)
+		}
+		if eflags&bucketLeafFlag == 0 {
+			continue
+		}
+		v := buf[int64(off)+pos+ksize : end]
+		if len(v) < 16 {
+			return fmt.Errorf("page %d is overwritten: bucket entry %d is too short", id, i)
+		}
+		if root := le.Uint64(v); root != 0 {
+			if err := w.page(root); err != nil {
+				return err
+			}
+		} else if err := w.node(v[16:], id); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 

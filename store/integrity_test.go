@@ -2,6 +2,7 @@ package store
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -224,5 +225,35 @@ func TestIssuedKeysRecord(t *testing.T) {
 	db.Update(func(tx *bolt.Tx) error { return tx.DeleteBucket(issuedBucket) })
 	if _, kept, err := IssuedKeys(db); err != nil || kept {
 		t.Fatalf("0.1 database: kept %v %v", kept, err)
+	}
+}
+
+// A branch page with an intact header whose child pointer leads past the
+// end of the file: bbolt's consistency check followed it through the mmap
+// on a goroutine of its own and the process died (SIGSEGV, fatal error:
+// fault). The page walk before mapping reads through ReadAt and refuses it.
+func TestOpenRefusesAPointerOutOfTheFile(t *testing.T) {
+	dir, root, pageSize := filled(t, 5000)
+	path := filepath.Join(dir, FileName)
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hdr := make([]byte, 16)
+	f.ReadAt(hdr, int64(root)*int64(pageSize))
+	if flags := binary.LittleEndian.Uint16(hdr[8:]); flags != branchPageFlag {
+		t.Fatalf("bucket root page %d has flags %#x, want a branch page", root, flags)
+	}
+	// The first branch element's child page id, at header + 8.
+	child := make([]byte, 8)
+	binary.LittleEndian.PutUint64(child, 1<<30)
+	if _, err := f.WriteAt(child, int64(root)*int64(pageSize)+16+8); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	_, err = Open(dir, time.Second)
+	expectDamaged(t, err, "outside the file")
+	if rep, err := CheckFile(path, nil); err != nil || rep.Total != 1 || !strings.Contains(rep.Problems[0], "outside the file") {
+		t.Fatalf("CheckFile: %+v %v", rep, err)
 	}
 }
