@@ -103,9 +103,6 @@ func (r *Ring) IDs() []string {
 	return ids
 }
 
-// Dir is the directory the ring lives in.
-func (r *Ring) Dir() string { return r.dir }
-
 // OpenRing loads the ring in dir, generating a first key if there is none.
 func OpenRing(dir, serverName string) (*Ring, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
