@@ -19,6 +19,7 @@ import (
 
 	"github.com/herald-im/herald/federation"
 	"github.com/herald-im/herald/identity"
+	"github.com/herald-im/herald/internal/background"
 	"github.com/herald-im/herald/keys"
 	"github.com/herald-im/herald/store"
 )
@@ -272,7 +273,10 @@ func (d *Deliveries) Run(ctx context.Context) error {
 			wg.Add(1)
 			go func(id uint64) {
 				defer wg.Done()
-				d.attempt(ctx, id)
+				func() { // a panic is logged and counted, and the slot freed
+					defer background.Recover(d.log, "onbind delivery attempt")
+					d.attempt(ctx, id)
+				}()
 				d.mu.Lock()
 				delete(d.inFlight, id)
 				d.mu.Unlock()

@@ -56,10 +56,52 @@ type Ring struct {
 	byPub   map[string]*Key
 	current *Key
 	modTime time.Time
+
+	// record, when set, is told every key id before a (re)load takes
+	// effect; if it fails the ring stays as it was (SetRecorder).
+	record func(ids []string) error
 }
 
 // ErrUnknownKey means no key has that id.
 var ErrUnknownKey = errors.New("no such key")
+
+// ErrNoRing means data_dir/keys holds no ring.json.
+var ErrNoRing = errors.New("no signing keys")
+
+// LoadRing loads the ring in dir; unlike OpenRing it generates nothing, and
+// returns an error wrapping ErrNoRing when dir holds no ring.json.
+func LoadRing(dir, serverName string) (*Ring, error) {
+	r := &Ring{dir: dir, server: serverName}
+	if _, err := os.Stat(r.ringPath()); errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("%s: %w", r.ringPath(), ErrNoRing)
+	}
+	if err := r.load(); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// SetRecorder makes every later load of the ring (a reload after `herald
+// keys rotate`, Rotate itself) first call record with all key ids, and keep
+// the previous keys if it fails: the server records in its database each
+// key before signing anything with it.
+func (r *Ring) SetRecorder(record func(ids []string) error) {
+	r.mu.Lock()
+	r.record = record
+	r.mu.Unlock()
+}
+
+// IDs lists every key id, sorted.
+func (r *Ring) IDs() []string {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	ids := make([]string, 0, len(r.keys))
+	for id := range r.keys {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	return ids
+}
 
 // OpenRing loads the ring in dir, generating a first key if there is none.
 func OpenRing(dir, serverName string) (*Ring, error) {
@@ -123,6 +165,19 @@ func (r *Ring) load() error {
 	cur, ok := keys[rf.Current]
 	if !ok || !cur.Valid() {
 		return fmt.Errorf("keys: %s names no valid current key", r.ringPath())
+	}
+	r.mu.RLock()
+	record := r.record
+	r.mu.RUnlock()
+	if record != nil {
+		ids := make([]string, 0, len(keys))
+		for id := range keys {
+			ids = append(ids, id)
+		}
+		sort.Strings(ids)
+		if err := record(ids); err != nil {
+			return fmt.Errorf("keys: recording key ids in the database: %w", err)
+		}
 	}
 	r.mu.Lock()
 	r.keys, r.byPub, r.current, r.modTime = keys, byPub, cur, mt
@@ -296,13 +351,21 @@ func readJWK(path, id string) (ed25519.PrivateKey, error) {
 		return nil, fmt.Errorf("keys: %s: %w", path, err)
 	}
 	priv, ok := jwk.Key.(ed25519.PrivateKey)
-	if !ok || jwk.Algorithm != string(jose.EdDSA) {
+	if !ok || jwk.Algorithm != string(jose.EdDSA) || len(priv) != ed25519.PrivateKeySize {
 		return nil, fmt.Errorf("keys: %s is not an EdDSA (ed25519) private key", path)
 	}
 	if jwk.KeyID != id {
 		return nil, fmt.Errorf("keys: %s holds key %q, want %q", path, jwk.KeyID, id)
 	}
-	return priv, nil
+	// A JWK carries the private seed (d) and the public key (x) apart, and
+	// go-jose joins them unchecked: a file whose x is another key's would
+	// make Herald publish one key and sign with another. The public key is
+	// derived from the seed and must be the one the file states.
+	derived := ed25519.NewKeyFromSeed(priv.Seed())
+	if !derived.Public().(ed25519.PublicKey).Equal(priv.Public()) {
+		return nil, fmt.Errorf("keys: %s: its public key (x) is not the one its private key (d) derives; the file was altered or mixed up: restore it from a backup", path)
+	}
+	return derived, nil
 }
 
 // writeFileAtomic writes via a temporary file, fsync and rename, mode 0600.

@@ -296,3 +296,73 @@ func TestSignaturesVerifyWithSpecCanonicalJSON(t *testing.T) {
 		t.Fatal("signature does not verify over the spec's canonical JSON")
 	}
 }
+
+// A JWK whose public half (x) is another key's was accepted: Herald then
+// published one key and signed with another, so no signature verified.
+func TestRingRefusesMismatchedKeyHalves(t *testing.T) {
+	dir := t.TempDir()
+	r, err := OpenRing(dir, "herald.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := r.Current().ID
+	path := r.keyPath(id)
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(raw, &m); err != nil {
+		t.Fatal(err)
+	}
+	other, _, _ := ed25519.GenerateKey(nil)
+	m["x"] = base64.RawURLEncoding.EncodeToString(other)
+	raw, _ = json.Marshal(m)
+	if err := os.WriteFile(path, raw, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for name, open := range map[string]func(string, string) (*Ring, error){"OpenRing": OpenRing, "LoadRing": LoadRing} {
+		if _, err := open(dir, "herald.test"); err == nil || !strings.Contains(err.Error(), "public key") {
+			t.Errorf("%s accepted a key file whose halves disagree: %v", name, err)
+		}
+	}
+	// A running server's reload refuses it too, and keeps the good key.
+	if err := r.ReloadIfChanged(); err != nil {
+		t.Fatal(err) // ring.json unchanged: nothing reloaded
+	}
+	if err := r.load(); err == nil {
+		t.Error("reload accepted a key file whose halves disagree")
+	}
+	if k := r.Current(); !ed25519.NewKeyFromSeed(k.Private.Seed()).Public().(ed25519.PublicKey).Equal(k.Public) {
+		t.Error("ring holds a key whose halves disagree")
+	}
+}
+
+func TestLoadRingGeneratesNothing(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := LoadRing(dir, "herald.test"); !errors.Is(err, ErrNoRing) {
+		t.Fatalf("LoadRing on an empty dir: %v", err)
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 0 {
+		t.Fatalf("LoadRing wrote %v", entries)
+	}
+	r, _ := OpenRing(dir, "herald.test")
+	var recorded []string
+	r.SetRecorder(func(ids []string) error { recorded = ids; return nil })
+	k, err := r.Rotate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recorded) != 2 || (recorded[0] != k.ID && recorded[1] != k.ID) {
+		t.Fatalf("recorder told %v, want both keys", recorded)
+	}
+	// A failing recorder keeps the ring as it was: nothing signs under an
+	// unrecorded key.
+	r.SetRecorder(func([]string) error { return errors.New("disk full") })
+	if _, err := r.Rotate(); err == nil {
+		t.Fatal("Rotate succeeded with a failing recorder")
+	}
+	if r.Current().ID != k.ID {
+		t.Fatalf("current key %s, want %s", r.Current().ID, k.ID)
+	}
+}

@@ -300,7 +300,15 @@ func (q *Queue) Wake() {
 // the Sender has a Close method it is called on return.
 func (q *Queue) Run(ctx context.Context) error {
 	if c, ok := q.opts.Sender.(interface{ Close() error }); ok {
-		defer c.Close()
+		// Closed when Run ends, not while a panic unwinds it: the server
+		// runs Run again after a panic (internal/background), with the
+		// same sender.
+		defer func() {
+			if r := recover(); r != nil {
+				panic(r)
+			}
+			c.Close()
+		}()
 	}
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()

@@ -4,12 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/herald-im/herald/config"
+	"github.com/herald-im/herald/internal/background"
 	"github.com/herald-im/herald/mailer"
 	"github.com/herald-im/herald/mailer/smtptest"
 	"github.com/herald-im/herald/store"
@@ -608,5 +611,44 @@ func TestQueueValidationMailBackoffCapped(t *testing.T) {
 		}
 		clk.Add(max(want.val, want.inv))
 		e.q.Wake()
+	}
+}
+
+// panicOnce panics on its first Send, then sends through next.
+type panicOnce struct {
+	next     *mailer.SMTPSender
+	panicked atomic.Bool
+}
+
+func (p *panicOnce) Send(ctx context.Context, from string, to []string, raw []byte) error {
+	if !p.panicked.Swap(true) {
+		panic("a bug in sending")
+	}
+	return p.next.Send(ctx, from, to, raw)
+}
+
+func (p *panicOnce) Close() error { return p.next.Close() }
+
+// The server runs the worker again after a panic (internal/background).
+// Run closed its sender on the way out of the panic, so the restarted
+// worker failed every send with "SMTP sender closed".
+func TestQueueKeepsItsSenderAcrossAPanic(t *testing.T) {
+	background.RestartDelay = time.Millisecond
+	defer func() { background.RestartDelay = time.Second }()
+	srv := smtptest.Start(t, smtptest.Options{})
+	sender := &panicOnce{next: mailer.NewSMTPSender(mailer.SMTPConfig{Host: srv.Host, Port: srv.Port, Security: "none", Timeout: 5 * time.Second})}
+	e := newEnv(t, t.TempDir(), srv, func(o *mailer.Options) { o.Sender = sender })
+	defer closeDB(t, e.db)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		background.Run(ctx, slog.New(slog.DiscardHandler), "mail worker", e.q.Run)
+	}()
+	defer func() { cancel(); <-done }()
+	id := e.enqueue(msg("alice@example.org", "one"))
+	m := e.waitFor(id, "sent or failed", func(m mailer.Mail) bool { return m.State == mailer.Sent || m.State == mailer.Failed })
+	if m.State != mailer.Sent || !sender.panicked.Load() {
+		t.Fatalf("mail %s after the worker's panic, attempts %+v", m.State, m.Attempts)
 	}
 }

@@ -34,14 +34,35 @@ func Open(dataDir string, timeout time.Duration) (*bolt.DB, error) {
 		return nil, fmt.Errorf("create data_dir: %w", err)
 	}
 	path := filepath.Join(dataDir, FileName)
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: timeout})
+	// A truncated or overwritten file must stop start-up with a clear line,
+	// not crash inside bbolt's mmap (SIGBUS) or panic later in a worker:
+	// check the meta pages and size first, open with faults turned into
+	// errors, then run the consistency check before anything writes.
+	if err := preflight(path); err != nil {
+		return nil, err
+	}
+	var db *bolt.DB
+	err := guard(path, func() (err error) {
+		db, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: timeout})
+		return err
+	})
 	if err != nil {
 		if errors.Is(err, bolt.ErrTimeout) {
 			return nil, fmt.Errorf("%s: %w", path, ErrLocked)
 		}
+		if errors.Is(err, ErrDamaged) {
+			return nil, err
+		}
+		if errors.Is(err, bolt.ErrInvalid) || errors.Is(err, bolt.ErrVersionMismatch) || errors.Is(err, bolt.ErrChecksum) {
+			return nil, &DamagedError{Path: path, Problem: err.Error()}
+		}
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
-	if err := db.Update(migrate); err != nil {
+	if err := Check(db); err != nil {
+		db.Close()
+		return nil, err
+	}
+	if err := guard(path, func() error { return db.Update(migrate) }); err != nil {
 		db.Close()
 		return nil, err
 	}
@@ -56,6 +77,12 @@ func migrate(tx *bolt.Tx) error {
 	v := b.Get([]byte("schema_version"))
 	switch {
 	case v == nil:
+		// A new database: it starts recording the signing keys it is
+		// used with (issued.go); a database without that record was
+		// made by Herald 0.1 and adopts the keys next to it once.
+		if _, err := tx.CreateBucket(issuedBucket); err != nil {
+			return err
+		}
 		return b.Put([]byte("schema_version"), U64(SchemaVersion))
 	case binary.BigEndian.Uint64(v) > SchemaVersion:
 		return fmt.Errorf("database schema version %d is newer than this Herald understands (%d)", binary.BigEndian.Uint64(v), SchemaVersion)

@@ -2,32 +2,64 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"path/filepath"
+	"slices"
+	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/herald-im/herald/config"
 	"github.com/herald-im/herald/keys"
+	"github.com/herald-im/herald/store"
 )
 
-const keysUsage = `usage: herald keys list | rotate | retire KEY_ID
+const keysUsage = `usage: herald keys list | rotate | retire KEY_ID | adopt
 
   list            every signing key: id, status, creation date, public key
   rotate          make a new current key; older keys stay published and valid
   retire KEY_ID   stop publishing an old key: isvalid answers false for it
+  adopt           make the database and data_dir/keys belong together again
+                  when Herald refuses to start because they disagree: keys
+                  the database records but data_dir/keys lacks are given up
+                  (invites signed under them stop validating), the keys in
+                  data_dir/keys (a new one if there are none) are recorded.
+                  A deliberate fresh start; restoring the backup is the
+                  alternative. Herald must be stopped.
 
 Keys live in data_dir/keys. A running Herald picks changes up within 10 seconds.`
 
-// keysCommand manages the long-term signing keys in data_dir/keys. It does
-// not open the database, so it works while Herald is running.
+// keysCommand manages the long-term signing keys in data_dir/keys. Except
+// adopt, it does not open the database, so it works while Herald is running.
 func keysCommand(ctx context.Context, cfg *config.Config, log *slog.Logger, args []string, stdout io.Writer) error {
 	if len(args) == 0 {
 		return usageError(keysUsage)
 	}
-	ring, err := keys.OpenRing(filepath.Join(cfg.DataDir, "keys"), cfg.ServerName)
+	if args[0] == "adopt" {
+		if len(args) != 1 {
+			return usageError(keysUsage)
+		}
+		return adoptKeys(cfg, log, stdout)
+	}
+	switch {
+	case (args[0] == "list" || args[0] == "rotate") && len(args) == 1, args[0] == "retire" && len(args) == 2:
+	case args[0] == "help" || args[0] == "-h" || args[0] == "--help":
+		fmt.Fprintln(stdout, keysUsage)
+		return nil
+	default:
+		return usageError(keysUsage)
+	}
+	// These commands never generate a first key: a key made here, next
+	// to a database that records others (or none), is exactly what
+	// start-up refuses. `herald serve` makes the first key of a fresh
+	// data dir.
+	ring, err := keys.LoadRing(filepath.Join(cfg.DataDir, "keys"), cfg.ServerName)
+	if errors.Is(err, keys.ErrNoRing) {
+		return fmt.Errorf("%w in %s: on a fresh data dir `herald serve` generates the first; if they were lost, restore them from a backup or see `herald keys adopt`", keys.ErrNoRing, filepath.Join(cfg.DataDir, "keys"))
+	}
 	if err != nil {
 		return err
 	}
@@ -64,9 +96,6 @@ func keysCommand(ctx context.Context, cfg *config.Config, log *slog.Logger, args
 		log.Info("retired signing key", "key", args[1])
 		fmt.Fprintf(stdout, "retired %s: it is no longer published or valid\n", args[1])
 		return nil
-	case "help", "-h", "--help":
-		fmt.Fprintln(stdout, keysUsage)
-		return nil
 	}
 	return usageError(keysUsage)
 }
@@ -79,4 +108,49 @@ func keyStatus(k keys.Key) string {
 		return "valid"
 	}
 	return "retired " + k.Retired.UTC().Format(time.RFC3339)
+}
+
+// adoptKeys is `herald keys adopt`: the operator's deliberate answer to
+// "signing keys and database disagree". It marks every key the database
+// records but data_dir/keys lacks as lost, and records the keys present
+// (generating a first one if there are none), so the next start is accepted.
+func adoptKeys(cfg *config.Config, log *slog.Logger, stdout io.Writer) error {
+	db, err := store.Open(cfg.DataDir, 2*time.Second)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	dir := filepath.Join(cfg.DataDir, "keys")
+	ring, err := keys.LoadRing(dir, cfg.ServerName)
+	if errors.Is(err, keys.ErrNoRing) {
+		if ring, err = keys.OpenRing(dir, cfg.ServerName); err == nil {
+			fmt.Fprintf(stdout, "generated a new signing key %s\n", ring.Current().ID)
+		}
+	}
+	if err != nil {
+		return err
+	}
+	issued, _, err := store.IssuedKeys(db)
+	if err != nil {
+		return err
+	}
+	present := ring.IDs()
+	var lost []string
+	for _, k := range issued {
+		if k.Lost.IsZero() && !slices.Contains(present, k.ID) {
+			lost = append(lost, k.ID)
+		}
+	}
+	if err := store.MarkKeysLost(db, lost...); err != nil {
+		return err
+	}
+	if err := store.RecordKeys(db, present...); err != nil {
+		return err
+	}
+	if len(lost) > 0 {
+		log.Warn("signing keys given up", "keys", strings.Join(lost, ","))
+		fmt.Fprintf(stdout, "gave up %s: invites signed under them no longer validate\n", strings.Join(lost, ", "))
+	}
+	fmt.Fprintf(stdout, "the database now goes with the signing keys %s\n", strings.Join(present, ", "))
+	return nil
 }

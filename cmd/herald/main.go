@@ -75,6 +75,7 @@ commands:
   keys list             list the signing keys
   keys rotate           make a new current signing key (old keys stay valid)
   keys retire KEY_ID    stop publishing an old signing key
+  keys adopt            make the database go with the keys in data_dir/keys (stopped)
 %s
 The configuration file can also be given as HERALD_CONFIG; every key can be
 overridden with HERALD_<KEY_PATH> (e.g. HERALD_SMTP_HOST). See docs/configuration.md.

@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -22,6 +21,7 @@ import (
 	"github.com/herald-im/herald/config"
 	"github.com/herald-im/herald/federation"
 	"github.com/herald-im/herald/identity"
+	"github.com/herald-im/herald/internal/background"
 	"github.com/herald-im/herald/invites"
 	"github.com/herald-im/herald/keys"
 	"github.com/herald-im/herald/mailer"
@@ -96,7 +96,8 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) (_ *App, err error)
 	if a.dbFile, err = os.Stat(a.db.Path()); err != nil {
 		return nil, err
 	}
-	if a.ring, err = keys.OpenRing(filepath.Join(cfg.DataDir, "keys"), cfg.ServerName); err != nil {
+	// The keys must be the ones the database was used with (datadir.go).
+	if a.ring, err = openKeys(cfg, a.db, log); err != nil {
 		return nil, err
 	}
 	if a.ephemeral, err = keys.OpenEphemeral(a.db, a.now); err != nil {
@@ -159,52 +160,60 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) (_ *App, err error)
 
 // Start runs the background work (key ring reloads, and the workers other
 // features register here) until ctx is done or Close is called. Run calls it;
-// tests that serve Handler() themselves call it too.
+// tests that serve Handler() themselves call it too. Each task runs under
+// background.Run: a panic in it is logged and counted
+// (background.Panics), the task restarts after a pause, and the server
+// keeps serving.
 func (a *App) Start(ctx context.Context) {
 	ctx, a.bgCancel = context.WithCancel(ctx)
 	a.workers.starting(ctx, "keys", "mail", "onbind", "lifecycle")
-	a.bg.Add(1)
-	go func() {
-		defer a.bg.Done()
-		defer a.workers.stopped("keys", nil)
+	a.goBackground(ctx, "keys", "signing key reload", func(ctx context.Context) error {
 		a.reloadKeys(ctx, KeyReloadInterval)
-	}()
-	a.bg.Add(1)
-	go func() {
-		defer a.bg.Done()
-		err := a.mail.Run(ctx)
-		if err != nil {
-			a.log.Error("mail worker stopped", "err", err)
-		}
-		a.workers.stopped("mail", err)
-	}()
-	a.bg.Add(2)
-	go func() {
-		defer a.bg.Done()
-		err := a.onbind.Run(ctx)
-		if err != nil {
-			a.log.Error("onbind worker stopped", "err", err)
-		}
-		a.workers.stopped("onbind", err)
-	}()
-	go func() {
-		defer a.bg.Done()
-		defer a.workers.stopped("lifecycle", nil)
+		return nil
+	})
+	a.goBackground(ctx, "mail", "mail worker", a.mail.Run)
+	a.goBackground(ctx, "onbind", "onbind worker", a.onbind.Run)
+	a.goBackground(ctx, "lifecycle", "invite expiry sweep", func(ctx context.Context) error {
 		a.invites.RunLifecycle(ctx, time.Minute)
-	}()
+		return nil
+	})
 	if a.admin != nil {
 		// Audit log retention; the count of refused console logins.
-		a.bg.Add(1)
-		go func() {
-			defer a.bg.Done()
+		a.goBackground(ctx, "", "audit log retention", func(ctx context.Context) error {
 			a.admin.Run(ctx)
-		}()
+			return nil
+		})
 	}
 	// Access tokens unused past account.token_idle_lifetime expire.
+	a.goBackground(ctx, "", "access token expiry", func(ctx context.Context) error {
+		a.identity.RunTokenExpiry(ctx, time.Hour)
+		return nil
+	})
+}
+
+// goBackground runs fn under background.Run until ctx is done; Close waits
+// for it. worker names it for readiness (/_herald/ready) and the panic
+// metric; "" for housekeeping that readiness does not depend on.
+func (a *App) goBackground(ctx context.Context, worker, name string, fn func(context.Context) error) {
 	a.bg.Add(1)
 	go func() {
 		defer a.bg.Done()
-		a.identity.RunTokenExpiry(ctx, time.Hour)
+		var err error
+		background.Run(ctx, a.log, name, func(ctx context.Context) error {
+			defer func() {
+				if r := recover(); r != nil {
+					if worker != "" {
+						a.BackgroundPanic(worker)
+					}
+					panic(r) // background.Run logs, counts and restarts it
+				}
+			}()
+			err = fn(ctx)
+			return err
+		})
+		if worker != "" {
+			a.workers.stopped(worker, err)
+		}
 	}()
 }
 

@@ -1,0 +1,83 @@
+// Package background keeps Herald's background work (mail and onbind
+// workers, the invite expiry sweep, key reloads) from taking the server
+// down: a panic in one is logged, counted and the work restarted after a
+// pause, while the server keeps answering.
+package background
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
+	"sync/atomic"
+	"time"
+)
+
+var panics atomic.Uint64
+
+// Panics is how many panics in background work have been recovered since
+// the process started (for metrics: a non-zero value means something is
+// broken, often a damaged database; see `herald check`).
+func Panics() uint64 { return panics.Load() }
+
+// RestartDelay is the first pause before restarting work that panicked; it
+// doubles on each panic in a row up to MaxRestartDelay. Tests shorten them.
+var (
+	RestartDelay    = time.Second
+	MaxRestartDelay = time.Minute
+)
+
+// Run runs fn until it returns or ctx is done. If fn panics, Run logs the
+// panic (value and stack), counts it, waits (RestartDelay, doubling while
+// it keeps panicking) and runs fn again. An error fn returns is logged.
+func Run(ctx context.Context, log *slog.Logger, name string, fn func(context.Context) error) {
+	delay := RestartDelay
+	for {
+		started := time.Now()
+		err, panicked := call(log, name, func() error { return fn(ctx) })
+		if !panicked {
+			if err != nil && ctx.Err() == nil {
+				log.Error(name+" stopped", "err", err)
+			}
+			return
+		}
+		if time.Since(started) > MaxRestartDelay {
+			delay = RestartDelay // it ran a good while: not a tight loop
+		}
+		log.Warn(name+" restarts after a panic", "in", delay.String())
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		delay = min(2*delay, MaxRestartDelay)
+	}
+}
+
+func call(log *slog.Logger, name string, fn func() error) (err error, panicked bool) {
+	defer func() {
+		if r := recover(); r != nil {
+			panicked = true
+			report(log, name, r)
+		}
+	}()
+	// bbolt reads the database through mmap: a damaged page can fault
+	// rather than panic. Make faults recoverable panics here too.
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	return fn(), false
+}
+
+// Recover, deferred at the top of a goroutine, logs and counts a panic in
+// it instead of letting it end the process.
+func Recover(log *slog.Logger, name string) {
+	if r := recover(); r != nil {
+		report(log, name, r)
+	}
+}
+
+func report(log *slog.Logger, name string, r any) {
+	panics.Add(1)
+	log.Error("panic in "+name+" (recovered; the server keeps serving)", "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+}

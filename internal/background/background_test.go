@@ -1,0 +1,67 @@
+package background
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestRunRecoversCountsAndRestarts(t *testing.T) {
+	RestartDelay = time.Millisecond
+	defer func() { RestartDelay = time.Second }()
+	var logs bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	before := Panics()
+	calls := 0
+	Run(context.Background(), log, "test task", func(context.Context) error {
+		calls++
+		if calls <= 2 {
+			panic("page 7: invalid page type")
+		}
+		return errors.New("done for good")
+	})
+	if calls != 3 || Panics()-before != 2 {
+		t.Fatalf("calls %d, panics %d; want 3 calls and 2 recovered panics", calls, Panics()-before)
+	}
+	out := logs.String()
+	if !strings.Contains(out, "panic in test task (recovered") || !strings.Contains(out, "invalid page type") || !strings.Contains(out, "test task stopped") {
+		t.Fatalf("logs:\n%s", out)
+	}
+}
+
+func TestRunStopsWaitingWhenCancelled(t *testing.T) {
+	RestartDelay = time.Hour
+	defer func() { RestartDelay = time.Second }()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		Run(ctx, slog.New(slog.DiscardHandler), "test task", func(context.Context) error { panic("boom") })
+	}()
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run kept waiting to restart after ctx was cancelled")
+	}
+}
+
+func TestRecoverInAGoroutine(t *testing.T) {
+	before := Panics()
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		defer Recover(slog.New(slog.DiscardHandler), "test goroutine")
+		panic("boom")
+	}()
+	wg.Wait()
+	if Panics()-before != 1 {
+		t.Fatalf("recovered %d panics, want 1", Panics()-before)
+	}
+}
