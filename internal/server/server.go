@@ -46,6 +46,7 @@ type App struct {
 	now       func() time.Time
 	version   string
 	listening func(net.Addr)
+	control   ControlHandler
 
 	bgCancel context.CancelFunc
 	bg       sync.WaitGroup
@@ -57,6 +58,8 @@ type Options struct {
 	Version string
 	// Listening, if set, is told the address Run listens on (tests use port 0).
 	Listening func(net.Addr)
+	// Control, if set, answers commands on data_dir/control.sock while Run serves.
+	Control ControlHandler
 }
 
 // New opens storage and wires every service. Close releases it.
@@ -64,7 +67,7 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) (_ *App, err error)
 	if opts.Version == "" {
 		opts.Version = "dev"
 	}
-	a := &App{cfg: cfg, log: log, now: opts.Now, version: opts.Version, listening: opts.Listening}
+	a := &App{cfg: cfg, log: log, now: opts.Now, version: opts.Version, listening: opts.Listening, control: opts.Control}
 	if a.now == nil {
 		a.now = time.Now
 	}
