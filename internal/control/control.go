@@ -108,11 +108,9 @@ func Serve(ctx context.Context, ln net.Listener, h Handler, log *slog.Logger) {
 
 func serveConn(ctx context.Context, conn net.Conn, h Handler, mu *sync.Mutex, log *slog.Logger) {
 	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
-	line, err := bufio.NewReaderSize(io.LimitReader(conn, MaxRequestBytes+1), 4096).ReadSlice('\n')
-	if err != nil && !errors.Is(err, bufio.ErrBufferFull) {
-		if len(line) == 0 {
-			return
-		}
+	line, err := bufio.NewReader(io.LimitReader(conn, MaxRequestBytes+1)).ReadBytes('\n')
+	if err != nil && len(line) == 0 {
+		return
 	}
 	var req Request
 	var resp Response
