@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"net/url"
 	"os"
 	"os/exec"
@@ -61,7 +62,7 @@ func keyIDs(out string) []string {
 // control socket, and takes effect at once (no restart, no reload wait);
 // after Herald stops, the same commands work on the data dir directly.
 func TestCLIOnRunningServer(t *testing.T) {
-	h, _, inviterHS, _ := newBinary(t, "", "")
+	h, _, inviterHS, _ := newBinary(t, "", fmt.Sprintf("admin:\n  api_tokens: [%q]\n", crashAdminToken))
 	t.Cleanup(func() {
 		h.stop(t)
 		if t.Failed() {
@@ -183,6 +184,26 @@ func TestCLIOnRunningServer(t *testing.T) {
 	}
 	if !strings.Contains(h.out.String(), "control command") {
 		t.Fatal("the commands did not go through the running server's control socket")
+	}
+	// The console's audit log shows what the commands changed, and who ran them.
+	var audit struct {
+		Entries []struct {
+			Who, Action, Target string
+			OK                  bool
+		}
+	}
+	h.admin(t, "/admin/api/audit", &audit)
+	seen := map[string]bool{}
+	for _, e := range audit.Entries {
+		if strings.HasPrefix(e.Who, "cli:") {
+			seen[fmt.Sprintf("%s %s %v", e.Action, e.Target, e.OK)] = true
+		}
+	}
+	for _, want := range []string{"invite.revoke invite 1 true", "invite.revoke invite 99 false", "key.rotate " + ids[0] + " true",
+		"key.retire " + old[0] + " true", "pepper.rotate  true", "account.create account ops true", "account.delete account ops true"} {
+		if !seen[want] {
+			t.Errorf("audit log lacks %q: %v", want, seen)
+		}
 	}
 
 	// Stopped: the socket is gone and the commands open the data dir.

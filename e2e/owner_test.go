@@ -126,6 +126,16 @@ func TestCommandsAsRootKeepDataDirOwner(t *testing.T) {
 	if status, body := h.do(t, "GET", "/_matrix/identity/v2/pubkey/"+url.PathEscape(ids[0]), nil, ""); status != 200 {
 		t.Fatalf("rotated key not served: %d %s", status, body)
 	}
+	// Another (non-root) user may not use the socket, and is told whom to run as.
+	stranger := filepath.Join(filepath.Dir(h.config), "herald-stranger.yaml")
+	if err := os.WriteFile(stranger, raw, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(h.bin, "-config", stranger, "keys", "list")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: nobody - 1, Gid: nobody - 1}}
+	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "permission denied: run the command as the user Herald runs as") {
+		t.Errorf("keys list by another user: %v %s", err, out)
+	}
 	backup := filepath.Join(filepath.Dir(h.config), "backup")
 	if out := h.mustCLI(t, "", "backup", backup); !strings.Contains(out, "backed up") {
 		t.Fatalf("backup: %s", out)

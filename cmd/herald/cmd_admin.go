@@ -130,7 +130,8 @@ func adminOp(ctx context.Context, a *server.App, req control.Request, out io.Wri
 		if err := admin.ValidUsername(user); err != nil {
 			return usageError(err.Error())
 		}
-		if err := admin.CreateUser(db, user, req.Input, replace, time.Now()); err != nil {
+		err := admin.CreateUser(db, user, req.Input, replace, time.Now())
+		if err := audited(a, req, "account.create", "account "+user, err); err != nil {
 			if errors.Is(err, admin.ErrUserExists) {
 				return fmt.Errorf("%w (use --replace to change its password)", err)
 			}
@@ -139,7 +140,7 @@ func adminOp(ctx context.Context, a *server.App, req control.Request, out io.Wri
 		fmt.Fprintf(out, "admin account %q saved; log in at %s/admin\n", user, adminURL(cfg))
 		return nil
 	case len(args) == 2 && args[0] == "delete":
-		if err := admin.DeleteUser(db, args[1]); err != nil {
+		if err := audited(a, req, "account.delete", "account "+args[1], admin.DeleteUser(db, args[1])); err != nil {
 			return err
 		}
 		fmt.Fprintf(out, "admin account %q deleted\n", args[1])

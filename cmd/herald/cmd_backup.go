@@ -54,7 +54,7 @@ func backupOp(ctx context.Context, a *server.App, req control.Request, out io.Wr
 		return usageError(backupUsage)
 	}
 	info, err := a.Backup(req.Args[1])
-	if err != nil {
+	if err := audited(a, req, "backup", req.Args[1], err); err != nil {
 		return err
 	}
 	fmt.Fprintf(out, "backed up to %s in %s: database %d bytes (schema %d), %d other files, signing keys %s\n",

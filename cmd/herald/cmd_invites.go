@@ -100,7 +100,8 @@ func invitesOp(ctx context.Context, a *server.App, req control.Request, out io.W
 	s := a.Invites()
 	switch ia.verb {
 	case "revoke":
-		if err := s.Revoke(ia.id, req.By); err != nil {
+		err := s.Revoke(ia.id, req.By)
+		if err := audited(a, req, "invite.revoke", "invite "+strconv.FormatUint(ia.id, 10), err); err != nil {
 			if errors.Is(err, invites.ErrNotFound) {
 				return fmt.Errorf("no invite %d", ia.id)
 			}

@@ -55,13 +55,13 @@ func keysOp(ctx context.Context, a *server.App, req control.Request, out io.Writ
 	case len(args) == 1 && args[0] == "rotate":
 		prev := ring.Current()
 		k, err := ring.Rotate()
-		if err != nil {
+		if err := audited(a, req, "key.rotate", k.ID, err); err != nil {
 			return err
 		}
 		fmt.Fprintf(out, "new current key %s (public key %s)\n%s stays valid until `herald keys retire %s`\n", k.ID, k.PublicBase64(), prev.ID, prev.ID)
 		return nil
 	case len(args) == 2 && args[0] == "retire":
-		if err := ring.Retire(args[1]); err != nil {
+		if err := audited(a, req, "key.retire", args[1], ring.Retire(args[1])); err != nil {
 			return err
 		}
 		fmt.Fprintf(out, "retired %s: it is no longer published or valid\n", args[1])

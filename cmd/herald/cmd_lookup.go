@@ -51,7 +51,7 @@ func lookupOp(ctx context.Context, a *server.App, req control.Request, out io.Wr
 	if err != nil {
 		return err
 	}
-	if err := id.RotatePepper(); err != nil {
+	if err := audited(a, req, "pepper.rotate", "", id.RotatePepper()); err != nil {
 		return err
 	}
 	_, created, err := id.Pepper()

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"os/user"
 
 	"github.com/herald-im/herald/config"
@@ -55,7 +56,9 @@ func live(ctx context.Context, cfg *config.Config, log *slog.Logger, req control
 		}
 		return errors.New(resp.Error)
 	}
-	if !errors.Is(err, control.ErrNoServer) {
+	if errors.Is(err, os.ErrPermission) {
+		return fmt.Errorf("%w: run the command as the user Herald runs as (the owner of data_dir), or as root", err)
+	} else if !errors.Is(err, control.ErrNoServer) {
 		return err
 	}
 	a, err := server.New(cfg, log, server.Options{Version: fullVersion()})
@@ -86,4 +89,17 @@ func controlHandler(ctx context.Context, a *server.App, req control.Request) con
 		resp.Usage = errors.As(err, new(usageError))
 	}
 	return resp
+}
+
+// audited records a command's change in the console's audit log (when the
+// console is enabled) and passes err on.
+func audited(a *server.App, req control.Request, action, target string, err error) error {
+	if h := a.Admin(); h != nil {
+		detail := "herald " + req.Args[0]
+		if err != nil {
+			detail += ": " + oneLine(err)
+		}
+		h.RecordCLI(req.By, action, target, detail, err == nil)
+	}
+	return err
 }
