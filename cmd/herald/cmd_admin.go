@@ -89,7 +89,7 @@ func adminCommand(ctx context.Context, cfg *config.Config, log *slog.Logger, arg
 		if replace {
 			req.Args = append(req.Args, "--replace")
 		}
-		err = live(ctx, cfg, log, req, stdout)
+		err = live(ctx, cfg, log, req, stdout, nil)
 		if errors.Is(err, store.ErrLocked) {
 			// A Herald without a control socket holds the database: hand
 			// the account over through data_dir/admin-accounts.
@@ -112,12 +112,12 @@ func adminCommand(ctx context.Context, cfg *config.Config, log *slog.Logger, arg
 	default:
 		return usageError(adminUsage)
 	}
-	return live(ctx, cfg, log, control.Request{Args: append([]string{"admin"}, args...)}, stdout)
+	return live(ctx, cfg, log, control.Request{Args: append([]string{"admin"}, args...)}, stdout, nil)
 }
 
 // adminOp runs `admin create|delete|list` on an open App (create gets the
 // password as req.Input).
-func adminOp(ctx context.Context, a *server.App, req control.Request, out io.Writer) error {
+func adminOp(ctx context.Context, a *server.App, req control.Request, out, stream io.Writer) error {
 	args := req.Args[1:]
 	cfg := a.Config()
 	db := a.DB()

@@ -47,7 +47,7 @@ func invitesCommand(ctx context.Context, cfg *config.Config, log *slog.Logger, a
 	if _, err := parseInvitesArgs(args); err != nil {
 		return err
 	}
-	return live(ctx, cfg, log, control.Request{Args: append([]string{"invites"}, args...)}, stdout)
+	return live(ctx, cfg, log, control.Request{Args: append([]string{"invites"}, args...)}, stdout, nil)
 }
 
 type invitesArgs struct {
@@ -92,7 +92,7 @@ func parseInvitesArgs(args []string) (invitesArgs, error) {
 }
 
 // invitesOp runs `invites list|show|revoke` on an open App.
-func invitesOp(ctx context.Context, a *server.App, req control.Request, out io.Writer) error {
+func invitesOp(ctx context.Context, a *server.App, req control.Request, out, stream io.Writer) error {
 	ia, err := parseInvitesArgs(req.Args[1:])
 	if err != nil {
 		return err

@@ -34,14 +34,14 @@ func keysCommand(ctx context.Context, cfg *config.Config, log *slog.Logger, args
 		return nil
 	case len(args) == 1 && (args[0] == "list" || args[0] == "rotate"),
 		len(args) == 2 && args[0] == "retire":
-		return live(ctx, cfg, log, control.Request{Args: append([]string{"keys"}, args...)}, stdout)
+		return live(ctx, cfg, log, control.Request{Args: append([]string{"keys"}, args...)}, stdout, nil)
 	}
 	return usageError(keysUsage)
 }
 
 // keysOp runs `keys list|rotate|retire` on an open App. Through the control
 // socket the running server's ring changes at once.
-func keysOp(ctx context.Context, a *server.App, req control.Request, out io.Writer) error {
+func keysOp(ctx context.Context, a *server.App, req control.Request, out, stream io.Writer) error {
 	args := req.Args[1:]
 	ring := a.Ring()
 	switch {

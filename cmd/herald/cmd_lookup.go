@@ -36,13 +36,13 @@ func lookupCommand(ctx context.Context, cfg *config.Config, log *slog.Logger, ar
 		if len(args) != 1 {
 			return usageError(lookupUsage)
 		}
-		return live(ctx, cfg, log, control.Request{Args: []string{"lookup", "rotate-pepper"}}, stdout)
+		return live(ctx, cfg, log, control.Request{Args: []string{"lookup", "rotate-pepper"}}, stdout, nil)
 	}
 	return usageError(lookupUsage)
 }
 
 // lookupOp runs `lookup rotate-pepper` on an open App.
-func lookupOp(ctx context.Context, a *server.App, req control.Request, out io.Writer) error {
+func lookupOp(ctx context.Context, a *server.App, req control.Request, out, stream io.Writer) error {
 	if len(req.Args) != 2 || req.Args[1] != "rotate-pepper" {
 		return usageError(lookupUsage)
 	}

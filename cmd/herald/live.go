@@ -19,7 +19,8 @@ import (
 // An operation is the part of a command that works on Herald's state. The
 // same code runs inside a running server (asked through the control socket)
 // or, when Herald is stopped, in the CLI on the data dir it opens.
-type operation func(ctx context.Context, a *server.App, req control.Request, out io.Writer) error
+// Data for the CLI to write itself (a backup) goes to stream.
+type operation func(ctx context.Context, a *server.App, req control.Request, out, stream io.Writer) error
 
 // operations are the commands the control socket accepts, by req.Args[0].
 var operations = map[string]operation{
@@ -33,8 +34,9 @@ var operations = map[string]operation{
 // live runs req on the Herald serving cfg.DataDir through its control
 // socket, or on the data dir itself when no Herald answers. Run as root on a
 // data dir that belongs to another user, it first becomes that user, so
-// the files it writes stay readable by the server.
-func live(ctx context.Context, cfg *config.Config, log *slog.Logger, req control.Request, stdout io.Writer) error {
+// the files it writes stay readable by the server. consume, if not nil,
+// reads the operation's stream.
+func live(ctx context.Context, cfg *config.Config, log *slog.Logger, req control.Request, stdout io.Writer, consume func(io.Reader) error) error {
 	if req.By == "" {
 		req.By = "cli"
 		if u, err := user.Current(); err == nil {
@@ -44,7 +46,7 @@ func live(ctx context.Context, cfg *config.Config, log *slog.Logger, req control
 	if err := runAsDataDirOwner(cfg.DataDir, log); err != nil {
 		return err
 	}
-	resp, err := control.Call(ctx, control.Path(cfg.DataDir), req)
+	resp, err := control.Call(ctx, control.Path(cfg.DataDir), req, consume)
 	if err == nil {
 		log.Debug("command run by the running server", "command", req.Args[0])
 		_, _ = io.WriteString(stdout, resp.Output)
@@ -68,21 +70,38 @@ func live(ctx context.Context, cfg *config.Config, log *slog.Logger, req control
 		return err
 	}
 	defer a.Close()
-	return runOperation(ctx, a, req, stdout)
+	if consume == nil {
+		return runOperation(ctx, a, req, stdout, io.Discard)
+	}
+	// The operation streams into a pipe that consume reads, as it would
+	// read the control socket.
+	pr, pw := io.Pipe()
+	errc := make(chan error, 1)
+	go func() {
+		err := runOperation(ctx, a, req, stdout, pw)
+		pw.CloseWithError(err)
+		errc <- err
+	}()
+	cerr := consume(pr)
+	pr.CloseWithError(errors.New("the stream's reader stopped"))
+	if err := <-errc; err != nil && cerr == nil {
+		return err
+	}
+	return cerr
 }
 
-func runOperation(ctx context.Context, a *server.App, req control.Request, out io.Writer) error {
+func runOperation(ctx context.Context, a *server.App, req control.Request, out, stream io.Writer) error {
 	op, ok := operations[req.Args[0]]
 	if !ok {
 		return usageError(fmt.Sprintf("unknown command %q", req.Args[0]))
 	}
-	return op(ctx, a, req, out)
+	return op(ctx, a, req, out, stream)
 }
 
 // controlHandler answers the control socket of a running server.
-func controlHandler(ctx context.Context, a *server.App, req control.Request) control.Response {
+func controlHandler(ctx context.Context, a *server.App, req control.Request, stream io.Writer) control.Response {
 	var out bytes.Buffer
-	err := runOperation(ctx, a, req, &out)
+	err := runOperation(ctx, a, req, &out, stream)
 	resp := control.Response{Output: out.String()}
 	if err != nil {
 		resp.Error = oneLine(err)

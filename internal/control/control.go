@@ -1,13 +1,17 @@
 // Package control is the command channel between the herald CLI and a
 // running server: a unix socket in data_dir (mode 0600, so only the server's
 // user and root may use it: the file permissions are the authentication), one
-// JSON request line and one JSON response line per connection. It needs no
-// network listener. When no server answers, the CLI opens the data dir itself.
+// JSON request line and one JSON response line per connection. A command
+// that sends data back (a backup) streams it between the two: a line
+// {"stream":true}, then chunks (4-byte big-endian length, bytes) ended by an
+// empty chunk, then the response line. It needs no network listener. When no
+// server answers, the CLI opens the data dir itself.
 package control
 
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -43,14 +47,25 @@ type Request struct {
 
 // Response is a command's outcome.
 type Response struct {
+	// Stream, in the first line only, announces a data stream before the
+	// response line.
+	Stream bool   `json:"stream,omitempty"`
 	Output string `json:"output"`
 	Error  string `json:"error,omitempty"`
 	// Usage marks Error as a mistake on the command line (exit status 2).
 	Usage bool `json:"usage,omitempty"`
 }
 
-// Handler runs one request. Requests are run one at a time.
-type Handler func(ctx context.Context, req Request) Response
+// Handler runs one request, writing any data for the client to stream.
+// Requests are run one at a time.
+type Handler func(ctx context.Context, req Request, stream io.Writer) Response
+
+// chunkMax bounds one stream chunk.
+const chunkMax = 256 << 10
+
+// streamWriteTimeout: a client that stops reading a stream for this long
+// is dropped, so it cannot hold the server's read transaction open.
+const streamWriteTimeout = time.Minute
 
 // ErrNoServer means no Herald answers on the socket: the CLI may open the
 // data dir itself.
@@ -122,12 +137,96 @@ func serveConn(ctx context.Context, conn net.Conn, h Handler, mu *sync.Mutex, lo
 		_ = conn.SetReadDeadline(time.Time{})
 		mu.Lock()
 		log.Info("control command", "command", commandName(req.Args), "by", req.By)
-		resp = h(ctx, req)
+		sw := &streamWriter{conn: conn}
+		resp = h(ctx, req, sw)
 		mu.Unlock()
+		if sw.err != nil {
+			return // the client is gone
+		}
+		if sw.started {
+			if err := sw.chunk(nil); err != nil {
+				return
+			}
+		}
 	}
+	resp.Stream = false
 	raw, _ := json.Marshal(resp)
 	_ = conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
 	_, _ = conn.Write(append(raw, '\n'))
+}
+
+// streamWriter sends a handler's data as chunks, after the stream line.
+type streamWriter struct {
+	conn    net.Conn
+	started bool
+	err     error
+}
+
+func (w *streamWriter) Write(p []byte) (int, error) {
+	if w.err != nil {
+		return 0, w.err
+	}
+	if !w.started {
+		w.started = true
+		_ = w.conn.SetWriteDeadline(time.Now().Add(streamWriteTimeout))
+		if _, err := w.conn.Write([]byte(`{"stream":true}` + "\n")); err != nil {
+			w.err = err
+			return 0, err
+		}
+	}
+	n := 0
+	for len(p) > 0 {
+		c := p[:min(len(p), chunkMax)]
+		if err := w.chunk(c); err != nil {
+			return n, err
+		}
+		n += len(c)
+		p = p[len(c):]
+	}
+	return n, nil
+}
+
+func (w *streamWriter) chunk(p []byte) error {
+	var hdr [4]byte
+	binary.BigEndian.PutUint32(hdr[:], uint32(len(p)))
+	_ = w.conn.SetWriteDeadline(time.Now().Add(streamWriteTimeout))
+	if _, err := w.conn.Write(append(hdr[:], p...)); err != nil {
+		w.err = fmt.Errorf("control: the client stopped reading: %w", err)
+		return w.err
+	}
+	return nil
+}
+
+// chunkReader reads a chunked stream up to its empty chunk.
+type chunkReader struct {
+	r    *bufio.Reader
+	left int
+	done bool
+}
+
+func (c *chunkReader) Read(p []byte) (int, error) {
+	for c.left == 0 {
+		if c.done {
+			return 0, io.EOF
+		}
+		var hdr [4]byte
+		if _, err := io.ReadFull(c.r, hdr[:]); err != nil {
+			return 0, fmt.Errorf("control: stream cut short: %w", io.ErrUnexpectedEOF)
+		}
+		c.left = int(binary.BigEndian.Uint32(hdr[:]))
+		if c.left > chunkMax {
+			return 0, errors.New("control: malformed stream")
+		}
+		if c.left == 0 {
+			c.done = true
+		}
+	}
+	n, err := c.r.Read(p[:min(len(p), c.left)])
+	c.left -= n
+	if err == io.EOF {
+		err = fmt.Errorf("control: stream cut short: %w", io.ErrUnexpectedEOF)
+	}
+	return n, err
 }
 
 // commandName is the command without its arguments (which may be addresses).
@@ -139,8 +238,10 @@ func commandName(args []string) string {
 }
 
 // Call sends req to the server listening at path and waits for its answer
-// until ctx is done. It returns ErrNoServer when nothing listens there.
-func Call(ctx context.Context, path string, req Request) (Response, error) {
+// until ctx is done. It returns ErrNoServer when nothing listens there. If
+// the server streams data, consume reads it (consume may be nil to discard
+// it); an error from consume ends the call.
+func Call(ctx context.Context, path string, req Request, consume func(io.Reader) error) (Response, error) {
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "unix", path)
 	if err != nil {
@@ -159,12 +260,33 @@ func Call(ctx context.Context, path string, req Request) (Response, error) {
 	if _, err := conn.Write(append(raw, '\n')); err != nil {
 		return Response{}, fmt.Errorf("control socket: %w", err)
 	}
-	var resp Response
-	if err := json.NewDecoder(conn).Decode(&resp); err != nil {
-		if ctx.Err() != nil {
-			return Response{}, ctx.Err()
+	br := bufio.NewReader(conn)
+	readLine := func() (Response, error) {
+		var resp Response
+		line, err := br.ReadBytes('\n')
+		if err == nil {
+			err = json.Unmarshal(line, &resp)
 		}
-		return Response{}, fmt.Errorf("control socket: no answer from the server: %w", err)
+		if err != nil {
+			if ctx.Err() != nil {
+				return Response{}, ctx.Err()
+			}
+			return Response{}, fmt.Errorf("control socket: no answer from the server: %w", err)
+		}
+		return resp, nil
 	}
-	return resp, nil
+	resp, err := readLine()
+	if err != nil || !resp.Stream {
+		return resp, err
+	}
+	cr := &chunkReader{r: br}
+	if consume != nil {
+		if err := consume(cr); err != nil {
+			return Response{}, err
+		}
+	}
+	if _, err := io.Copy(io.Discard, cr); err != nil {
+		return Response{}, err
+	}
+	return readLine()
 }

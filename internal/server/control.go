@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"io"
 
 	"github.com/herald-im/herald/internal/control"
 )
@@ -9,7 +10,8 @@ import (
 // ControlHandler runs a command sent to the control socket against the
 // running App (cmd/herald provides it: the same code runs the command when
 // Herald is stopped).
-type ControlHandler func(ctx context.Context, a *App, req control.Request) control.Response
+// stream carries data back to the client (a backup).
+type ControlHandler func(ctx context.Context, a *App, req control.Request, stream io.Writer) control.Response
 
 // serveControl listens on data_dir/control.sock while Herald serves, so
 // `herald invites|admin|keys|lookup|backup` work without stopping it. A
@@ -29,8 +31,8 @@ func (a *App) serveControl(ctx context.Context) {
 	a.bg.Add(1)
 	go func() {
 		defer a.bg.Done()
-		control.Serve(ctx, ln, func(ctx context.Context, req control.Request) control.Response {
-			return a.control(ctx, a, req)
+		control.Serve(ctx, ln, func(ctx context.Context, req control.Request, stream io.Writer) control.Response {
+			return a.control(ctx, a, req, stream)
 		}, a.log)
 	}()
 }
