@@ -1,6 +1,8 @@
 package server_test
 
 import (
+	"archive/tar"
+	"bytes"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -64,5 +66,35 @@ func TestBackupRefusesAndCopies(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(dir, f)); !os.IsNotExist(err) {
 			t.Errorf("%s copied: %v", f, err)
 		}
+	}
+}
+
+// ExtractBackup writes only inside its directory and only files and
+// directories, and leaves nothing behind when it refuses a stream.
+func TestExtractBackupRefusesBadStreams(t *testing.T) {
+	for name, entry := range map[string]*tar.Header{
+		"escape":   {Typeflag: tar.TypeReg, Name: "../evil", Mode: 0o600, Size: 1},
+		"absolute": {Typeflag: tar.TypeReg, Name: "/tmp/evil", Mode: 0o600, Size: 1},
+		"symlink":  {Typeflag: tar.TypeSymlink, Name: "keys", Linkname: "/etc", Mode: 0o777},
+	} {
+		var buf bytes.Buffer
+		tw := tar.NewWriter(&buf)
+		_ = tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "herald.db", Mode: 0o600, Size: 2})
+		_, _ = tw.Write([]byte("db"))
+		_ = tw.WriteHeader(entry)
+		if entry.Size > 0 {
+			_, _ = tw.Write([]byte("x"))
+		}
+		_ = tw.Close()
+		dir := filepath.Join(t.TempDir(), "b")
+		if _, err := server.ExtractBackup(&buf, dir, "herald.test"); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+		if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+			t.Errorf("%s: left %d entries", name, len(ents))
+		}
+	}
+	if _, err := os.Stat(filepath.Join(filepath.Dir(t.TempDir()), "evil")); !os.IsNotExist(err) {
+		t.Errorf("wrote outside: %v", err)
 	}
 }
