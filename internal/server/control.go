@@ -28,6 +28,14 @@ func (a *App) serveControl(ctx context.Context) {
 		return
 	}
 	a.log.Info("control socket ready", "path", path)
+	// Close stops the socket too, even when serving ended without ctx
+	// being done (a listener error): chain its cancel onto Start's.
+	ctx, cancel := context.WithCancel(ctx)
+	if prev := a.bgCancel; prev != nil {
+		a.bgCancel = func() { cancel(); prev() }
+	} else {
+		a.bgCancel = cancel
+	}
 	a.bg.Add(1)
 	go func() {
 		defer a.bg.Done()
