@@ -12,11 +12,12 @@ import (
 	"text/tabwriter"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
 	"golang.org/x/sys/unix"
 
 	"github.com/herald-im/herald/admin"
 	"github.com/herald-im/herald/config"
+	"github.com/herald-im/herald/internal/control"
+	"github.com/herald-im/herald/internal/server"
 	"github.com/herald-im/herald/store"
 )
 
@@ -30,9 +31,8 @@ const adminUsage = `usage: herald admin create USER [--replace] | delete USER | 
   hash-password   print an argon2id hash of a password (read the same way) for
                   admin.users[].password_hash in the configuration file
 
-create works while Herald runs: it hands the account (name and password
-hash) to the running server through data_dir/admin-accounts. delete and
-list open the database: stop Herald first.`
+create, delete and list work while Herald runs (through
+data_dir/control.sock) and when it is stopped.`
 
 func init() { subcommands["admin"] = adminCommand }
 
@@ -85,9 +85,14 @@ func adminCommand(ctx context.Context, cfg *config.Config, log *slog.Logger, arg
 		if err != nil {
 			return err
 		}
-		db, err := store.Open(cfg.DataDir, time.Second)
+		req := control.Request{Args: []string{"admin", "create", user}, Input: pw}
+		if replace {
+			req.Args = append(req.Args, "--replace")
+		}
+		err = live(ctx, cfg, log, req, stdout, nil)
 		if errors.Is(err, store.ErrLocked) {
-			// Herald is running and holds the database: hand the account over.
+			// A Herald without a control socket holds the database: hand
+			// the account over through data_dir/admin-accounts.
 			if err := admin.HandOver(cfg.DataDir, user, pw, replace); err != nil {
 				return err
 			}
@@ -95,47 +100,57 @@ func adminCommand(ctx context.Context, cfg *config.Config, log *slog.Logger, arg
 			fmt.Fprintf(stdout, "Herald is running: admin account %q handed over to it (%s); log in at %s/admin\n", user, admin.HandoverDir(cfg.DataDir), adminURL(cfg))
 			return nil
 		}
-		if err != nil {
-			return err
+		return err
+	case "delete":
+		if len(args) != 2 {
+			return usageError(adminUsage)
 		}
-		defer db.Close()
-		if err := admin.CreateUser(db, user, pw, replace, time.Now()); err != nil {
+	case "list":
+		if len(args) != 1 {
+			return usageError(adminUsage)
+		}
+	default:
+		return usageError(adminUsage)
+	}
+	return live(ctx, cfg, log, control.Request{Args: append([]string{"admin"}, args...)}, stdout, nil)
+}
+
+// adminOp runs `admin create|delete|list` on an open App (create gets the
+// password as req.Input).
+func adminOp(ctx context.Context, a *server.App, req control.Request, out, stream io.Writer) error {
+	args := req.Args[1:]
+	cfg := a.Config()
+	db := a.DB()
+	if err := admin.Open(db); err != nil {
+		return err
+	}
+	switch {
+	case len(args) >= 2 && args[0] == "create":
+		user, replace := args[1], len(args) == 3 && args[2] == "--replace"
+		if err := admin.ValidUsername(user); err != nil {
+			return usageError(err.Error())
+		}
+		err := admin.CreateUser(db, user, req.Input, replace, time.Now())
+		if err := audited(a, req, "account.create", "account "+user, err); err != nil {
 			if errors.Is(err, admin.ErrUserExists) {
 				return fmt.Errorf("%w (use --replace to change its password)", err)
 			}
 			return err
 		}
-		log.Info("admin account saved", "user", user)
-		fmt.Fprintf(stdout, "admin account %q saved; log in at %s/admin\n", user, adminURL(cfg))
+		fmt.Fprintf(out, "admin account %q saved; log in at %s/admin\n", user, adminURL(cfg))
 		return nil
-	case "delete":
-		if len(args) != 2 {
-			return usageError(adminUsage)
-		}
-		db, err := openStopped(cfg)
-		if err != nil {
+	case len(args) == 2 && args[0] == "delete":
+		if err := audited(a, req, "account.delete", "account "+args[1], admin.DeleteUser(db, args[1])); err != nil {
 			return err
 		}
-		defer db.Close()
-		if err := admin.DeleteUser(db, args[1]); err != nil {
-			return err
-		}
-		fmt.Fprintf(stdout, "admin account %q deleted\n", args[1])
+		fmt.Fprintf(out, "admin account %q deleted\n", args[1])
 		return nil
-	case "list":
-		if len(args) != 1 {
-			return usageError(adminUsage)
-		}
-		db, err := openStopped(cfg)
-		if err != nil {
-			return err
-		}
-		defer db.Close()
+	case len(args) == 1 && args[0] == "list":
 		users, err := admin.Users(db)
 		if err != nil {
 			return err
 		}
-		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "USER\tFROM\tCREATED")
 		for _, u := range cfg.Admin.Users {
 			fmt.Fprintf(tw, "%s\tconfig\t-\n", u.Username)
@@ -146,15 +161,6 @@ func adminCommand(ctx context.Context, cfg *config.Config, log *slog.Logger, arg
 		return tw.Flush()
 	}
 	return usageError(adminUsage)
-}
-
-// openStopped opens the database for delete and list, which need Herald stopped.
-func openStopped(cfg *config.Config) (*bolt.DB, error) {
-	db, err := store.Open(cfg.DataDir, 2*time.Second)
-	if errors.Is(err, store.ErrLocked) {
-		return nil, fmt.Errorf("%w: stop Herald first (only `herald admin create` works while it runs)", err)
-	}
-	return db, err
 }
 
 // adminURL is where the console is: admin.listen when set, else the public URL.

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/herald-im/herald/config"
+	"github.com/herald-im/herald/internal/control"
+	"github.com/herald-im/herald/internal/server"
 	"github.com/herald-im/herald/keys"
 	"github.com/herald-im/herald/store"
 )
@@ -30,10 +32,10 @@ const keysUsage = `usage: herald keys list | rotate | retire KEY_ID | adopt
                   A deliberate fresh start; restoring the backup is the
                   alternative. Herald must be stopped.
 
-Keys live in data_dir/keys. A running Herald picks changes up within 10 seconds.`
+Keys live in data_dir/keys. The commands work while Herald runs (through
+data_dir/control.sock: the change applies at once) and when it is stopped.`
 
-// keysCommand manages the long-term signing keys in data_dir/keys. Except
-// adopt, it does not open the database, so it works while Herald is running.
+// keysCommand manages the long-term signing keys in data_dir/keys.
 func keysCommand(ctx context.Context, cfg *config.Config, log *slog.Logger, args []string, stdout io.Writer) error {
 	if len(args) == 0 {
 		return usageError(keysUsage)
@@ -45,56 +47,42 @@ func keysCommand(ctx context.Context, cfg *config.Config, log *slog.Logger, args
 		return adoptKeys(cfg, log, stdout)
 	}
 	switch {
-	case (args[0] == "list" || args[0] == "rotate") && len(args) == 1, args[0] == "retire" && len(args) == 2:
 	case args[0] == "help" || args[0] == "-h" || args[0] == "--help":
 		fmt.Fprintln(stdout, keysUsage)
 		return nil
-	default:
-		return usageError(keysUsage)
+	case len(args) == 1 && (args[0] == "list" || args[0] == "rotate"),
+		len(args) == 2 && args[0] == "retire":
+		return live(ctx, cfg, log, control.Request{Args: append([]string{"keys"}, args...)}, stdout, nil)
 	}
-	// These commands never generate a first key: a key made here, next
-	// to a database that records others (or none), is exactly what
-	// start-up refuses. `herald serve` makes the first key of a fresh
-	// data dir.
-	ring, err := keys.LoadRing(filepath.Join(cfg.DataDir, "keys"), cfg.ServerName)
-	if errors.Is(err, keys.ErrNoRing) {
-		return fmt.Errorf("%w in %s: on a fresh data dir `herald serve` generates the first; if they were lost, restore them from a backup or see `herald keys adopt`", keys.ErrNoRing, filepath.Join(cfg.DataDir, "keys"))
-	}
-	if err != nil {
-		return err
-	}
-	switch args[0] {
-	case "list":
-		if len(args) != 1 {
-			return usageError(keysUsage)
-		}
-		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	return usageError(keysUsage)
+}
+
+// keysOp runs `keys list|rotate|retire` on an open App. Through the control
+// socket the running server's ring changes at once.
+func keysOp(ctx context.Context, a *server.App, req control.Request, out, stream io.Writer) error {
+	args := req.Args[1:]
+	ring := a.Ring()
+	switch {
+	case len(args) == 1 && args[0] == "list":
+		tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "KEY ID\tSTATUS\tCREATED\tPUBLIC KEY")
 		for _, k := range ring.List() {
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", k.ID, keyStatus(k), k.Created.UTC().Format(time.RFC3339), k.PublicBase64())
 		}
 		return tw.Flush()
-	case "rotate":
-		if len(args) != 1 {
-			return usageError(keysUsage)
-		}
+	case len(args) == 1 && args[0] == "rotate":
 		prev := ring.Current()
 		k, err := ring.Rotate()
-		if err != nil {
+		if err := audited(a, req, "key.rotate", k.ID, err); err != nil {
 			return err
 		}
-		log.Info("rotated signing key", "new", k.ID, "previous", prev.ID)
-		fmt.Fprintf(stdout, "new current key %s (public key %s)\n%s stays valid until `herald keys retire %s`\n", k.ID, k.PublicBase64(), prev.ID, prev.ID)
+		fmt.Fprintf(out, "new current key %s (public key %s)\n%s stays valid until `herald keys retire %s`\n", k.ID, k.PublicBase64(), prev.ID, prev.ID)
 		return nil
-	case "retire":
-		if len(args) != 2 {
-			return usageError(keysUsage)
-		}
-		if err := ring.Retire(args[1]); err != nil {
+	case len(args) == 2 && args[0] == "retire":
+		if err := audited(a, req, "key.retire", args[1], ring.Retire(args[1])); err != nil {
 			return err
 		}
-		log.Info("retired signing key", "key", args[1])
-		fmt.Fprintf(stdout, "retired %s: it is no longer published or valid\n", args[1])
+		fmt.Fprintf(out, "retired %s: it is no longer published or valid\n", args[1])
 		return nil
 	}
 	return usageError(keysUsage)

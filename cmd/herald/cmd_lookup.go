@@ -2,15 +2,14 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"time"
 
 	"github.com/herald-im/herald/config"
+	"github.com/herald-im/herald/internal/control"
 	"github.com/herald-im/herald/internal/server"
-	"github.com/herald-im/herald/store"
 )
 
 const lookupUsage = `usage: herald lookup rotate-pepper
@@ -20,7 +19,7 @@ const lookupUsage = `usage: herald lookup rotate-pepper
                   lookups with the old pepper get M_INVALID_PEPPER, with the
                   new pepper in the error, until clients ask /hash_details again
 
-The command opens the database, so stop Herald first.`
+Works while Herald runs (through data_dir/control.sock) and when it is stopped.`
 
 func init() { subcommands["lookup"] = lookupCommand }
 
@@ -37,28 +36,29 @@ func lookupCommand(ctx context.Context, cfg *config.Config, log *slog.Logger, ar
 		if len(args) != 1 {
 			return usageError(lookupUsage)
 		}
-		a, err := server.New(cfg, log, server.Options{Version: fullVersion()})
-		if errors.Is(err, store.ErrLocked) {
-			return fmt.Errorf("%w: stop Herald first", err)
-		} else if err != nil {
-			return err
-		}
-		defer a.Close()
-		id := a.Identity()
-		_, prev, err := id.Pepper()
-		if err != nil {
-			return err
-		}
-		if err := id.RotatePepper(); err != nil {
-			return err
-		}
-		_, created, err := id.Pepper()
-		if err != nil {
-			return err
-		}
-		fmt.Fprintf(stdout, "lookup pepper rotated at %s (the previous one dated from %s)\n",
-			created.UTC().Format(time.RFC3339), prev.UTC().Format(time.RFC3339))
-		return nil
+		return live(ctx, cfg, log, control.Request{Args: []string{"lookup", "rotate-pepper"}}, stdout, nil)
 	}
 	return usageError(lookupUsage)
+}
+
+// lookupOp runs `lookup rotate-pepper` on an open App.
+func lookupOp(ctx context.Context, a *server.App, req control.Request, out, stream io.Writer) error {
+	if len(req.Args) != 2 || req.Args[1] != "rotate-pepper" {
+		return usageError(lookupUsage)
+	}
+	id := a.Identity()
+	_, prev, err := id.Pepper()
+	if err != nil {
+		return err
+	}
+	if err := audited(a, req, "pepper.rotate", "", id.RotatePepper()); err != nil {
+		return err
+	}
+	_, created, err := id.Pepper()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "lookup pepper rotated at %s (the previous one dated from %s)\n",
+		created.UTC().Format(time.RFC3339), prev.UTC().Format(time.RFC3339))
+	return nil
 }

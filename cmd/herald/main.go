@@ -144,7 +144,7 @@ func extraUsage() string {
 }
 
 func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
-	a, err := server.New(cfg, log, server.Options{Version: fullVersion(), Listening: listening})
+	a, err := server.New(cfg, log, server.Options{Version: fullVersion(), Listening: listening, Control: controlHandler})
 	if err != nil {
 		return err
 	}

@@ -50,6 +50,7 @@ func (a *App) serve(ctx context.Context, ln net.Listener, tlsConf *tls.Config) e
 		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
 	}
 	a.Start(ctx)
+	a.serveControl(ctx)
 	scheme := "http"
 	if tlsConf != nil {
 		scheme = "https"

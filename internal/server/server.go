@@ -48,6 +48,7 @@ type App struct {
 	now       func() time.Time
 	version   string
 	listening func(net.Addr)
+	control   ControlHandler
 
 	// Observability (metrics.go, health.go, clientip.go).
 	metrics          *metrics
@@ -69,6 +70,8 @@ type Options struct {
 	Listening func(net.Addr)
 	// MetricsListening, if set, is told the address of metrics.listen.
 	MetricsListening func(net.Addr)
+	// Control, if set, answers commands on data_dir/control.sock while Run serves.
+	Control ControlHandler
 }
 
 // New opens storage and wires every service. Close releases it.
@@ -76,7 +79,7 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) (_ *App, err error)
 	if opts.Version == "" {
 		opts.Version = "dev"
 	}
-	a := &App{cfg: cfg, log: log, now: opts.Now, version: opts.Version, listening: opts.Listening, metricsListening: opts.MetricsListening}
+	a := &App{cfg: cfg, log: log, now: opts.Now, version: opts.Version, listening: opts.Listening, metricsListening: opts.MetricsListening, control: opts.Control}
 	if a.now == nil {
 		a.now = time.Now
 	}
