@@ -34,8 +34,6 @@ create works while Herald runs: it hands the account (name and password
 hash) to the running server through data_dir/admin-accounts. delete and
 list open the database: stop Herald first.`
 
-func init() { subcommands["admin"] = adminCommand }
-
 // adminStdin is where passwords are read from (tests replace it).
 var adminStdin io.Reader = os.Stdin
 

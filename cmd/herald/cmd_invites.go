@@ -22,8 +22,6 @@ const invitesUsage = `usage: herald invites revoke ID
 
 The command opens the database, so stop Herald first (or use the admin console).`
 
-func init() { subcommands["invites"] = invitesCommand }
-
 // invitesCommand manages stored invites.
 func invitesCommand(ctx context.Context, cfg *config.Config, log *slog.Logger, args []string, stdout io.Writer) error {
 	if len(args) == 0 || args[0] == "help" {

@@ -22,8 +22,6 @@ const lookupUsage = `usage: herald lookup rotate-pepper
 
 The command opens the database, so stop Herald first.`
 
-func init() { subcommands["lookup"] = lookupCommand }
-
 // lookupCommand manages hashed lookups.
 func lookupCommand(ctx context.Context, cfg *config.Config, log *slog.Logger, args []string, stdout io.Writer) error {
 	if len(args) == 0 {

@@ -329,3 +329,64 @@ func TestMainProcess(t *testing.T) {
 		}
 	}
 }
+
+// Every entry of the command table answers --help (before or after its name),
+// -h, `herald NAME help` and `herald help NAME` with its usage on stdout and
+// exit 0, without reading the configuration (a broken one is named).
+func TestEveryCommandHelp(t *testing.T) {
+	broken := writeConfig(t, "smtp:\n  hots: x\n")
+	for _, c := range subcommands {
+		want := commandUsage(&c)
+		for _, args := range [][]string{
+			{c.name, "--help"}, {"--help", c.name}, {c.name, "-h"}, {c.name, "help"}, {"help", c.name},
+			{c.name, "--config", broken, "--help"},
+		} {
+			var out bytes.Buffer
+			if err := run(context.Background(), args, []string{"HERALD_DATA_DIR=" + t.TempDir()}, &out, io.Discard); err != nil {
+				t.Errorf("%v: %v", args, err)
+				continue
+			}
+			if out.String() != want || !strings.HasPrefix(want, "usage: herald ") {
+				t.Errorf("%v printed %q, want %q", args, out.String(), want)
+			}
+		}
+	}
+	var out bytes.Buffer
+	if err := run(context.Background(), []string{"help"}, nil, &out, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	// `herald help` lists the table in its order.
+	last := -1
+	for _, c := range subcommands {
+		i := strings.Index(out.String(), "\n  "+c.name+" ")
+		if i < 0 || i < last {
+			t.Errorf("herald help lists %q out of order:\n%s", c.name, out.String())
+		}
+		last = i
+	}
+}
+
+// --config is accepted after the command name as well as before it.
+func TestConfigFlagAfterCommand(t *testing.T) {
+	path := writeConfig(t, "server_name: flag.test\n")
+	dataDir := t.TempDir()
+	for _, args := range [][]string{
+		{"--config", path, "keys", "list"}, {"keys", "--config", path, "list"},
+		{"keys", "list", "--config", path}, {"keys", "list", "--config=" + path},
+	} {
+		var out bytes.Buffer
+		if err := run(context.Background(), args, []string{"HERALD_DATA_DIR=" + dataDir}, &out, io.Discard); err != nil {
+			t.Fatalf("%v: %v", args, err)
+		}
+	}
+	broken := writeConfig(t, "smtp:\n  hots: x\n")
+	for _, args := range [][]string{{"serve", "--config", broken}, {"serve", "--config=" + broken}, {"--config", broken, "serve"}} {
+		err := run(context.Background(), args, []string{"HERALD_DATA_DIR=" + t.TempDir()}, io.Discard, io.Discard)
+		if err == nil || !strings.Contains(err.Error(), "smtp.hots") {
+			t.Errorf("%v: %v, want the file's error", args, err)
+		}
+	}
+	if err := run(context.Background(), []string{"serve", "--config"}, nil, io.Discard, io.Discard); err == nil || exitCode(err) != 2 {
+		t.Errorf("--config without a file: %v", err)
+	}
+}
