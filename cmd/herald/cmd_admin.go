@@ -13,7 +13,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
-	"golang.org/x/sys/unix"
+	"golang.org/x/term"
 
 	"github.com/herald-im/herald/admin"
 	"github.com/herald-im/herald/config"
@@ -168,24 +168,22 @@ func adminURL(cfg *config.Config) string {
 }
 
 // readPassword reads one line from in. On a terminal it asks twice, with
-// echo off, on prompt.
+// echo off, on prompt. golang.org/x/term does the terminal part on every
+// platform Herald builds for (Linux, the BSDs, macOS, Windows).
 func readPassword(in io.Reader, prompt io.Writer) (string, error) {
-	f, isFile := in.(*os.File)
-	if isFile {
-		if _, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS); err == nil {
-			first, err := readSecretLine(f, prompt, "Password: ")
-			if err != nil {
-				return "", err
-			}
-			again, err := readSecretLine(f, prompt, "Again: ")
-			if err != nil {
-				return "", err
-			}
-			if first != again {
-				return "", errors.New("admin: the passwords differ")
-			}
-			return first, nil
+	if f, isFile := in.(*os.File); isFile && term.IsTerminal(int(f.Fd())) {
+		first, err := readSecretLine(f, prompt, "Password: ")
+		if err != nil {
+			return "", err
 		}
+		again, err := readSecretLine(f, prompt, "Again: ")
+		if err != nil {
+			return "", err
+		}
+		if first != again {
+			return "", errors.New("admin: the passwords differ")
+		}
+		return first, nil
 	}
 	line, err := bufio.NewReader(in).ReadString('\n')
 	if err != nil && !(errors.Is(err, io.EOF) && line != "") {
@@ -199,36 +197,11 @@ func readPassword(in io.Reader, prompt io.Writer) (string, error) {
 }
 
 func readSecretLine(f *os.File, prompt io.Writer, label string) (string, error) {
-	fd := int(f.Fd())
-	old, err := unix.IoctlGetTermios(fd, unix.TCGETS)
-	if err != nil {
-		return "", err
-	}
-	noEcho := *old
-	noEcho.Lflag &^= unix.ECHO
-	noEcho.Lflag |= unix.ICANON | unix.ISIG
-	if err := unix.IoctlSetTermios(fd, unix.TCSETS, &noEcho); err != nil {
-		return "", err
-	}
-	defer unix.IoctlSetTermios(fd, unix.TCSETS, old)
 	fmt.Fprint(prompt, label)
 	defer fmt.Fprintln(prompt)
-	var b []byte
-	buf := make([]byte, 1)
-	for {
-		n, err := f.Read(buf)
-		if n == 1 {
-			if buf[0] == '\n' || buf[0] == '\r' {
-				break
-			}
-			b = append(b, buf[0])
-		}
-		if err != nil {
-			if errors.Is(err, io.EOF) && len(b) > 0 {
-				break
-			}
-			return "", err
-		}
+	b, err := term.ReadPassword(int(f.Fd()))
+	if err != nil {
+		return "", err
 	}
 	if len(b) == 0 {
 		return "", errors.New("admin: empty password")

@@ -213,6 +213,9 @@ func run(ctx context.Context, args, environ []string, stdout, stderr io.Writer) 
 		return err
 	}
 	log := newLogger(cfg, stderr)
+	for _, w := range cfg.Warnings {
+		log.Warn(w)
+	}
 	return c.run(ctx, cfg, log, rest, stdout)
 }
 
