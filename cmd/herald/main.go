@@ -235,8 +235,76 @@ func versionCommand(ctx context.Context, cfg *config.Config, log *slog.Logger, a
 	if len(args) > 0 {
 		return usageError(fmt.Sprintf("version takes no arguments (got %q)", args[0]))
 	}
-	fmt.Fprintf(stdout, "herald %s (%s)\n", fullVersion(), runtime.Version())
+	fmt.Fprint(stdout, versionText(readBuildInfo()))
 	return nil
+}
+
+// readBuildInfo is debug.ReadBuildInfo (tests replace it).
+var readBuildInfo = func() (*debug.BuildInfo, bool) { return debug.ReadBuildInfo() }
+
+// versionText is what `herald version` prints: the version, the VCS revision
+// (with its commit time, and "modified" for a build from uncommitted changes)
+// and the Go toolchain and platform, from the build information the go
+// command embeds (revisions are there when building inside a git checkout
+// with -buildvcs=auto or true, the default outside GOFLAGS=-buildvcs=false).
+func versionText(bi *debug.BuildInfo, ok bool) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "herald %s\n", versionFrom(bi, ok))
+	rev, when, modified := vcsInfo(bi, ok)
+	if rev == "" {
+		b.WriteString("revision unknown (built without VCS information)\n")
+	} else {
+		fmt.Fprintf(&b, "revision %s", rev)
+		if when != "" {
+			fmt.Fprintf(&b, " (%s)", when)
+		}
+		if modified {
+			b.WriteString(" modified")
+		}
+		b.WriteString("\n")
+	}
+	goVersion := runtime.Version()
+	if ok && bi.GoVersion != "" {
+		goVersion = bi.GoVersion
+	}
+	fmt.Fprintf(&b, "%s %s/%s\n", goVersion, runtime.GOOS, runtime.GOARCH)
+	return b.String()
+}
+
+func vcsInfo(bi *debug.BuildInfo, ok bool) (rev, when string, modified bool) {
+	if !ok {
+		return "", "", false
+	}
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.time":
+			when = s.Value
+		case "vcs.modified":
+			modified = s.Value == "true"
+		}
+	}
+	return rev, when, modified
+}
+
+// versionFrom is the version: -ldflags "-X main.version=..." when set (the
+// Dockerfile does), else the module version (`go install ...@v1.2.3`), else
+// "dev-" and the revision's first 12 characters, else "dev".
+func versionFrom(bi *debug.BuildInfo, ok bool) string {
+	if version != "dev" {
+		return version
+	}
+	if ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	if rev, _, modified := vcsInfo(bi, ok); len(rev) >= 12 {
+		if modified {
+			return "dev-" + rev[:12] + "-modified"
+		}
+		return "dev-" + rev[:12]
+	}
+	return version
 }
 
 func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
@@ -248,19 +316,8 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	return a.Run(ctx)
 }
 
-func fullVersion() string {
-	if version != "dev" {
-		return version
-	}
-	if bi, ok := debug.ReadBuildInfo(); ok {
-		for _, s := range bi.Settings {
-			if s.Key == "vcs.revision" && len(s.Value) >= 12 {
-				return "dev-" + s.Value[:12]
-			}
-		}
-	}
-	return version
-}
+// fullVersion is the version the server reports (see versionFrom).
+func fullVersion() string { return versionFrom(readBuildInfo()) }
 
 func lookupEnv(environ []string, name string) string {
 	for _, kv := range environ {

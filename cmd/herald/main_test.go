@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"testing"
@@ -48,6 +49,40 @@ func TestVersion(t *testing.T) {
 	}
 	if !strings.HasPrefix(out.String(), "herald ") {
 		t.Fatalf("version output %q", out.String())
+	}
+}
+
+// herald version prints the module version and the VCS revision from the
+// build information.
+func TestVersionFromBuildInfo(t *testing.T) {
+	rev := "0123456789abcdef0123456789abcdef01234567"
+	settings := []debug.BuildSetting{{Key: "vcs", Value: "git"}, {Key: "vcs.revision", Value: rev}, {Key: "vcs.time", Value: "2026-11-29T20:00:00Z"}, {Key: "vcs.modified", Value: "false"}}
+	cases := []struct {
+		bi   *debug.BuildInfo
+		want string
+	}{
+		{&debug.BuildInfo{GoVersion: "go1.26.8", Main: debug.Module{Version: "v1.4.0"}, Settings: settings},
+			"herald v1.4.0\nrevision " + rev + " (2026-11-29T20:00:00Z)\ngo1.26.8 "},
+		{&debug.BuildInfo{GoVersion: "go1.26.8", Main: debug.Module{Version: "(devel)"}, Settings: append(settings[:3:3], debug.BuildSetting{Key: "vcs.modified", Value: "true"})},
+			"herald dev-0123456789ab-modified\nrevision " + rev + " (2026-11-29T20:00:00Z) modified\ngo1.26.8 "},
+		{&debug.BuildInfo{GoVersion: "go1.26.8", Main: debug.Module{Version: "(devel)"}},
+			"herald dev\nrevision unknown (built without VCS information)\ngo1.26.8 "},
+	}
+	for _, c := range cases {
+		old := readBuildInfo
+		readBuildInfo = func() (*debug.BuildInfo, bool) { return c.bi, true }
+		var out bytes.Buffer
+		err := run(context.Background(), []string{"version"}, nil, &out, io.Discard)
+		readBuildInfo = old
+		if err != nil || !strings.HasPrefix(out.String(), c.want) || strings.Count(out.String(), "\n") != 3 {
+			t.Errorf("version printed %q, want it to start %q", out.String(), c.want)
+		}
+	}
+	old := version
+	version = "v9.9.9-docker"
+	defer func() { version = old }()
+	if got := versionFrom(cases[0].bi, true); got != "v9.9.9-docker" {
+		t.Errorf("-X main.version not preferred: %q", got)
 	}
 }
 
