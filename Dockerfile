@@ -14,9 +14,12 @@ COPY --from=build /out/herald /usr/local/bin/herald
 # An empty data directory owned by the nonroot user, so a named volume
 # mounted there inherits that ownership.
 COPY --from=build --chown=65532:65532 /out/data /data
+# listen and data_dir come from this file, not from HERALD_* variables: a
+# variable would override every mounted configuration file (the compose
+# example's listen: 0.0.0.0:8443 among them). See deploy/image/herald.yaml.
+COPY deploy/image/herald.yaml /etc/herald/herald.yaml
 USER 65532:65532
-ENV HERALD_DATA_DIR=/data \
-    HERALD_LISTEN=0.0.0.0:8090
+ENV HERALD_CONFIG=/etc/herald/herald.yaml
 VOLUME ["/data"]
 EXPOSE 8090
 ENTRYPOINT ["/usr/local/bin/herald"]
