@@ -34,6 +34,10 @@ create works while Herald runs: it hands the account (name and password
 hash) to the running server through data_dir/admin-accounts. delete and
 list open the database: stop Herald first.`
 
+// handoverWait is how long `admin create` waits for a running Herald to
+// take a handed-over account (it takes them every second).
+var handoverWait = 10 * time.Second
+
 // adminStdin is where passwords are read from (tests replace it).
 var adminStdin io.Reader = os.Stdin
 
@@ -85,12 +89,26 @@ func adminCommand(ctx context.Context, cfg *config.Config, log *slog.Logger, arg
 		}
 		db, err := store.Open(cfg.DataDir, time.Second)
 		if errors.Is(err, store.ErrLocked) {
-			// Herald is running and holds the database: hand the account over.
+			// Herald is running and holds the database: hand the account
+			// over and wait for the server to say what it did with it.
 			if err := admin.HandOver(cfg.DataDir, user, pw, replace); err != nil {
 				return err
 			}
-			log.Info("admin account handed over to the running server", "user", user)
-			fmt.Fprintf(stdout, "Herald is running: admin account %q handed over to it (%s); log in at %s/admin\n", user, admin.HandoverDir(cfg.DataDir), adminURL(cfg))
+			res, err := admin.AwaitHandover(cfg.DataDir, user, handoverWait)
+			switch {
+			case errors.Is(err, admin.ErrHandoverPending):
+				log.Warn("the running Herald has not taken the account yet (is admin.enabled off?); it stays in data_dir/admin-accounts until it does", "user", user)
+				fmt.Fprintf(stdout, "Herald is running: admin account %q handed over (%s); it is saved at the console's next login page or Herald's next start\n", user, admin.HandoverDir(cfg.DataDir))
+				return nil
+			case err != nil:
+				return err
+			case res.Exists:
+				return fmt.Errorf("%w (use --replace to change its password)", admin.ErrUserExists)
+			case !res.Saved:
+				return fmt.Errorf("admin: the running Herald refused the account: %s", res.Error)
+			}
+			log.Info("admin account saved by the running server", "user", user)
+			fmt.Fprintf(stdout, "admin account %q saved by the running Herald; log in at %s/admin\n", user, adminURL(cfg))
 			return nil
 		}
 		if err != nil {

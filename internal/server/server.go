@@ -157,7 +157,18 @@ func (a *App) Start(ctx context.Context) {
 		defer a.bg.Done()
 		a.invites.RunLifecycle(ctx, time.Minute)
 	}()
+	if a.admin != nil {
+		a.bg.Add(1)
+		go func() {
+			defer a.bg.Done()
+			a.admin.WatchHandovers(ctx, HandoverInterval)
+		}()
+	}
 }
+
+// HandoverInterval is how often a running server takes the accounts
+// `herald admin create` hands over (tests shorten it).
+var HandoverInterval = time.Second
 
 // KeyReloadInterval is how often a running server re-reads data_dir/keys to
 // pick up `herald keys rotate|retire` (tests shorten it).
