@@ -315,3 +315,35 @@ func TestDeployImageConfig(t *testing.T) {
 	serveHerald(t, []string{"HERALD_CONFIG=" + cfg, "HERALD_DATA_DIR=" + data, fmt.Sprintf("HERALD_LISTEN=127.0.0.1:%d", port),
 		"HERALD_PUBLIC_BASE_URL=https://id.example.org", "HERALD_SERVER_NAME=id.example.org"})
 }
+
+// herald admin create while the binary serves: a new account is saved by the
+// running server; the same name again without --replace exits 1 and says so.
+func TestCLIAdminCreateExistingWhileServing(t *testing.T) {
+	dir := t.TempDir()
+	port := freePort(t)
+	cfg := filepath.Join(dir, "herald.yaml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf("server_name: herald.test\nlisten: 127.0.0.1:%d\ndata_dir: %s\n", port, filepath.Join(dir, "data"))), 0o600)
+	serveHerald(t, nil, "--config", cfg)
+	create := func(password string, args ...string) (string, string, int) {
+		cmd := exec.Command(builtHerald(t), append([]string{"admin", "create", "ops"}, args...)...)
+		cmd.Env = cleanEnv()
+		cmd.Stdin = strings.NewReader(password + "\n")
+		var stdout, stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		err := cmd.Run()
+		var ee *exec.ExitError
+		if err != nil && !errors.As(err, &ee) {
+			t.Fatal(err)
+		}
+		return stdout.String(), stderr.String(), cmd.ProcessState.ExitCode()
+	}
+	if out, stderr, code := create("a good long password", "--config", cfg); code != 0 || !strings.Contains(out, `"ops" saved by the running Herald`) {
+		t.Fatalf("create: exit %d %q %q", code, out, stderr)
+	}
+	if out, stderr, code := create("another long password", "--config", cfg); code != 1 || !strings.Contains(stderr, "exists already (use --replace") {
+		t.Fatalf("create again: exit %d %q %q", code, out, stderr)
+	}
+	if out, stderr, code := create("another long password", "--replace", "--config", cfg); code != 0 || !strings.Contains(out, "saved") {
+		t.Fatalf("create --replace: exit %d %q %q", code, out, stderr)
+	}
+}
