@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/herald-im/herald/internal/spectest"
+	"github.com/herald-im/herald/store"
 )
 
 // The CLI through the built binary: every command's --help, flags after the
@@ -186,7 +187,7 @@ func TestCLIHelpForEveryCommand(t *testing.T) {
 func TestCLIVersion(t *testing.T) {
 	out, _, code := runHerald(t, nil, "version")
 	lines := strings.Split(strings.TrimSpace(out), "\n")
-	if code != 0 || len(lines) != 3 || !strings.HasPrefix(lines[0], "herald ") || !strings.HasPrefix(lines[2], "go1.") {
+	if code != 0 || len(lines) != 4 || !strings.HasPrefix(lines[0], "herald ") || lines[2] != fmt.Sprintf("database schema %d", store.SchemaVersion) || !strings.HasPrefix(lines[3], "go1.") {
 		t.Fatalf("herald version: exit %d\n%s", code, out)
 	}
 	// A clone (a .git directory) is stamped with its revision; a git

@@ -25,6 +25,7 @@ import (
 
 	"github.com/herald-im/herald/config"
 	"github.com/herald-im/herald/internal/server"
+	"github.com/herald-im/herald/store"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -244,7 +245,8 @@ var readBuildInfo = func() (*debug.BuildInfo, bool) { return debug.ReadBuildInfo
 
 // versionText is what `herald version` prints: the version, the VCS revision
 // (with its commit time, and "modified" for a build from uncommitted changes)
-// and the Go toolchain and platform, from the build information the go
+// the database schema version it writes, and the Go toolchain and
+// platform, from the build information the go
 // command embeds (revisions are there when building inside a git checkout
 // with -buildvcs=auto or true, the default outside GOFLAGS=-buildvcs=false).
 func versionText(bi *debug.BuildInfo, ok bool) string {
@@ -263,6 +265,7 @@ func versionText(bi *debug.BuildInfo, ok bool) string {
 		}
 		b.WriteString("\n")
 	}
+	fmt.Fprintf(&b, "database schema %d\n", store.SchemaVersion)
 	goVersion := runtime.Version()
 	if ok && bi.GoVersion != "" {
 		goVersion = bi.GoVersion

@@ -62,11 +62,11 @@ func TestVersionFromBuildInfo(t *testing.T) {
 		want string
 	}{
 		{&debug.BuildInfo{GoVersion: "go1.26.8", Main: debug.Module{Version: "v1.4.0"}, Settings: settings},
-			"herald v1.4.0\nrevision " + rev + " (2026-11-29T20:00:00Z)\ngo1.26.8 "},
+			"herald v1.4.0\nrevision " + rev + " (2026-11-29T20:00:00Z)\ndatabase schema 1\ngo1.26.8 "},
 		{&debug.BuildInfo{GoVersion: "go1.26.8", Main: debug.Module{Version: "(devel)"}, Settings: append(settings[:3:3], debug.BuildSetting{Key: "vcs.modified", Value: "true"})},
-			"herald dev-0123456789ab-modified\nrevision " + rev + " (2026-11-29T20:00:00Z) modified\ngo1.26.8 "},
+			"herald dev-0123456789ab-modified\nrevision " + rev + " (2026-11-29T20:00:00Z) modified\ndatabase schema 1\ngo1.26.8 "},
 		{&debug.BuildInfo{GoVersion: "go1.26.8", Main: debug.Module{Version: "(devel)"}},
-			"herald dev\nrevision unknown (built without VCS information)\ngo1.26.8 "},
+			"herald dev\nrevision unknown (built without VCS information)\ndatabase schema 1\ngo1.26.8 "},
 	}
 	for _, c := range cases {
 		old := readBuildInfo
@@ -74,7 +74,7 @@ func TestVersionFromBuildInfo(t *testing.T) {
 		var out bytes.Buffer
 		err := run(context.Background(), []string{"version"}, nil, &out, io.Discard)
 		readBuildInfo = old
-		if err != nil || !strings.HasPrefix(out.String(), c.want) || strings.Count(out.String(), "\n") != 3 {
+		if err != nil || !strings.HasPrefix(out.String(), c.want) || strings.Count(out.String(), "\n") != 4 {
 			t.Errorf("version printed %q, want it to start %q", out.String(), c.want)
 		}
 	}
