@@ -26,11 +26,9 @@ import (
 // command, version from the build information, configuration warnings and
 // refusals, and the deploy/ configuration files served for real.
 
-var (
-	cliBinOnce sync.Once
-	cliBin     string
-	cliBinErr  error
-)
+// cliBins holds each test's built binary (in its own temporary directory,
+// removed with it).
+var cliBins sync.Map // *testing.T -> path
 
 // moduleRoot is the repository root (e2e's parent).
 func moduleRoot(t *testing.T) string {
@@ -42,26 +40,21 @@ func moduleRoot(t *testing.T) string {
 	return root
 }
 
-// builtHerald builds cmd/herald once for these tests, with the VCS
+// builtHerald builds cmd/herald for the test (once), with the VCS
 // information stamped in when the checkout allows it (-buildvcs=auto).
 func builtHerald(t *testing.T) string {
 	t.Helper()
-	cliBinOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "herald-cli-")
-		if err != nil {
-			cliBinErr = err
-			return
-		}
-		cliBin = filepath.Join(dir, "herald")
-		out, err := exec.Command("go", "build", "-buildvcs=auto", "-o", cliBin, "github.com/herald-im/herald/cmd/herald").CombinedOutput()
-		if err != nil {
-			cliBinErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if cliBinErr != nil {
-		t.Fatal(cliBinErr)
+	if bin, ok := cliBins.Load(t); ok {
+		return bin.(string)
 	}
-	return cliBin
+	bin := filepath.Join(t.TempDir(), "herald")
+	out, err := exec.Command("go", "build", "-buildvcs=auto", "-o", bin, "github.com/herald-im/herald/cmd/herald").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	cliBins.Store(t, bin)
+	t.Cleanup(func() { cliBins.Delete(t) })
+	return bin
 }
 
 // cleanEnv is the test's environment without HERALD_ variables, so the
