@@ -14,12 +14,15 @@ COPY --from=build /out/herald /usr/local/bin/herald
 # An empty data directory owned by the nonroot user, so a named volume
 # mounted there inherits that ownership.
 COPY --from=build --chown=65532:65532 /out/data /data
+# listen and data_dir come from this file, not from HERALD_* variables: a
+# variable would override every mounted configuration file (the compose
+# example's listen: 0.0.0.0:8443 among them). See deploy/image/herald.yaml.
+COPY deploy/image/herald.yaml /etc/herald/herald.yaml
 USER 65532:65532
 # Listening on 0.0.0.0 needs HERALD_SMTP_HOST (or HERALD_SMTP_DEV_MAILBOX=true
-# to keep mail in the dev mailbox, read in the console): Herald refuses to
-# start without either.
-ENV HERALD_DATA_DIR=/data \
-    HERALD_LISTEN=0.0.0.0:8090
+# to keep mail in the dev mailbox, read in the console) and
+# HERALD_PUBLIC_BASE_URL: Herald refuses to start without them.
+ENV HERALD_CONFIG=/etc/herald/herald.yaml
 VOLUME ["/data"]
 EXPOSE 8090
 # The image has no curl: herald asks its own /_herald/ready (exit 0 or 1).

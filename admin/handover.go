@@ -1,12 +1,14 @@
 package admin
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -38,6 +40,10 @@ func HandOver(dataDir, username, password string, replace bool) error {
 	}
 	dir := HandoverDir(dataDir)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	// A result left from an earlier hand-over nobody waited for is stale.
+	if err := os.Remove(resultPath(dataDir, username)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
 	raw, _ := json.Marshal(handover{Username: username, PasswordHash: hash, Replace: replace})
@@ -81,6 +87,7 @@ func (h *Handler) importHandovers() {
 			continue // imported by a concurrent call
 		}
 		err = h.importHandover(raw)
+		h.writeResult(strings.TrimSuffix(name, ".json"), err)
 		switch {
 		case err == nil:
 			h.audit("cli", "account.create", "account "+strings.TrimSuffix(name, ".json"), "herald admin create, imported by the running server", true)
@@ -92,6 +99,93 @@ func (h *Handler) importHandovers() {
 		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 			h.opts.Log.Warn("admin: cannot remove handed-over account file", "file", path, "err", err)
 		}
+	}
+}
+
+// HandoverResult is what the running server did with a handed-over
+// account: data_dir/admin-accounts/NAME.result, read by AwaitHandover.
+type HandoverResult struct {
+	Saved  bool   `json:"saved"`
+	Exists bool   `json:"exists,omitempty"` // the account exists and replace was not asked for
+	Error  string `json:"error,omitempty"`  // any other refusal
+}
+
+// ErrHandoverPending means no running server took the account in time.
+var ErrHandoverPending = errors.New("admin: the running server has not taken the account yet")
+
+func resultPath(dataDir, username string) string {
+	return filepath.Join(HandoverDir(dataDir), username+".result")
+}
+
+// writeResult leaves the outcome of importing NAME.json for the command
+// that handed it over. A failure to write is logged: the import stands.
+func (h *Handler) writeResult(username string, err error) {
+	if ValidUsername(username) != nil {
+		return
+	}
+	r := HandoverResult{Saved: err == nil}
+	switch {
+	case errors.Is(err, ErrUserExists):
+		r.Exists = true
+	case err != nil:
+		r.Error = err.Error()
+	}
+	raw, _ := json.Marshal(r)
+	dir := HandoverDir(h.opts.Config.DataDir)
+	tmp, werr := os.CreateTemp(dir, ".tmp-*")
+	if werr == nil {
+		_, werr = tmp.Write(raw)
+		if cerr := tmp.Close(); werr == nil {
+			werr = cerr
+		}
+		if werr == nil {
+			werr = os.Rename(tmp.Name(), resultPath(h.opts.Config.DataDir, username))
+		}
+		os.Remove(tmp.Name())
+	}
+	if werr != nil {
+		h.opts.Log.Warn("admin: cannot leave the hand-over result", "dir", dir, "err", werr)
+	}
+}
+
+// WatchHandovers imports handed-over accounts every interval until ctx is
+// done, so `herald admin create` learns the outcome while it waits.
+func (h *Handler) WatchHandovers(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			h.importHandovers()
+		}
+	}
+}
+
+// AwaitHandover waits up to timeout for the running server's result for
+// username's hand-over, removes it and returns it; ErrHandoverPending if
+// none came (the account file stays and is imported later).
+func AwaitHandover(dataDir, username string, timeout time.Duration) (HandoverResult, error) {
+	path := resultPath(dataDir, username)
+	deadline := time.Now().Add(timeout)
+	for {
+		raw, err := os.ReadFile(path)
+		if err == nil {
+			os.Remove(path)
+			var r HandoverResult
+			if err := json.Unmarshal(raw, &r); err != nil {
+				return HandoverResult{}, fmt.Errorf("admin: bad hand-over result %s: %w", path, err)
+			}
+			return r, nil
+		}
+		if !errors.Is(err, os.ErrNotExist) {
+			return HandoverResult{}, err
+		}
+		if time.Now().After(deadline) {
+			return HandoverResult{}, ErrHandoverPending
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 

@@ -40,6 +40,11 @@ type Config struct {
 	// X-Forwarded-For Herald believes; from any other peer the client address
 	// is the TCP peer.
 	TrustedProxies []string `yaml:"trusted_proxies"`
+
+	// Warnings are problems Load found that do not stop start-up, one line
+	// each (unknown HERALD_* variables, doubtful combinations); the caller
+	// logs them. Not a configuration key.
+	Warnings []string `yaml:"-"`
 }
 
 type Metrics struct {
@@ -301,6 +306,32 @@ func (c *Config) SMTPPort() int {
 	return 587
 }
 
+// wildcardListen says listen names no particular address (0.0.0.0, [::] or
+// an empty host), so no URL can be derived from it.
+func wildcardListen(listen string) bool {
+	host, _, err := net.SplitHostPort(listen)
+	if err != nil {
+		return false
+	}
+	if host == "" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsUnspecified()
+}
+
+// warnings are doubtful settings that still work: Load puts them in Warnings.
+func (c *Config) warnings() []string {
+	var out []string
+	if c.ServerName == Default().ServerName && c.PublicBaseURL != "" {
+		if u, err := url.Parse(c.PublicBaseURL); err == nil && u.Host != c.ServerName {
+			out = append(out, fmt.Sprintf("config: server_name: still the default %q while public_base_url names %s: "+
+				"homeservers know Herald by its public name, set server_name to it", c.ServerName, u.Host))
+		}
+	}
+	return out
+}
+
 // Validate checks everything that can be checked before start-up.
 func (c *Config) Validate() error {
 	if c.ServerName == "" {
@@ -316,6 +347,10 @@ func (c *Config) Validate() error {
 	}
 	if c.Listen == "" {
 		return keyErr("listen", "must not be empty")
+	}
+	if c.PublicBaseURL == "" && wildcardListen(c.Listen) {
+		return keyErr("public_base_url", fmt.Sprintf("must be set when listen is a wildcard address (%s): "+
+			"the URL derived from it would be in every key_validity_url and email link", c.Listen))
 	}
 	if c.DataDir == "" {
 		return keyErr("data_dir", "must not be empty")

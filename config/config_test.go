@@ -159,6 +159,79 @@ func TestParseDuration(t *testing.T) {
 	}
 }
 
+// A HERALD_ variable naming no key (Kubernetes injects HERALD_SERVICE_HOST,
+// HERALD_PORT... for a Service named herald) is a warning naming it, not an
+// error; one naming a key with a bad value still stops start-up.
+func TestUnknownEnvWarns(t *testing.T) {
+	env := []string{"HERALD_SERVICE_HOST=10.0.0.7", "HERALD_PORT=tcp://10.0.0.7:8090", "HERALD_SMTP_HOST=mail.test", "OTHER=1"}
+	c, err := Load("", env)
+	if err != nil {
+		t.Fatalf("unknown HERALD_ variables refused: %v", err)
+	}
+	if c.SMTP.Host != "mail.test" {
+		t.Errorf("known variable not applied: %q", c.SMTP.Host)
+	}
+	want := []string{
+		"config: HERALD_PORT: unknown variable (no such key), ignored",
+		"config: HERALD_SERVICE_HOST: unknown variable (no such key), ignored",
+	}
+	if strings.Join(c.Warnings, "\n") != strings.Join(want, "\n") {
+		t.Errorf("warnings %q, want %q", c.Warnings, want)
+	}
+	for _, w := range c.Warnings {
+		if strings.Contains(w, "10.0.0.7") {
+			t.Errorf("warning shows the value: %q", w)
+		}
+	}
+	if _, err := Load("", []string{"HERALD_SERVICE_HOST=x", "HERALD_SMTP_PORT=abc"}); err == nil || !strings.Contains(err.Error(), "smtp.port") {
+		t.Errorf("bad value of a known variable: %v", err)
+	}
+	// Unknown keys in the file stay fatal.
+	path := filepath.Join(t.TempDir(), "herald.yaml")
+	os.WriteFile(path, []byte("service_host: x\n"), 0o600)
+	if _, err := Load(path, nil); err == nil || !strings.Contains(err.Error(), "service_host: unknown key") {
+		t.Errorf("unknown file key: %v", err)
+	}
+}
+
+// A public_base_url derived from a wildcard listen address would put
+// http://0.0.0.0:8090 in every key_validity_url and email link: refused.
+func TestWildcardListenNeedsPublicBaseURL(t *testing.T) {
+	for _, listen := range []string{"0.0.0.0:8090", "[::]:8090", ":8090", "[::0]:443"} {
+		_, err := Load("", []string{"HERALD_LISTEN=" + listen})
+		if err == nil || !strings.HasPrefix(err.Error(), "config: public_base_url: must be set when listen is a wildcard address") || strings.Contains(err.Error(), "\n") {
+			t.Errorf("listen %s without public_base_url: %v", listen, err)
+		}
+		if _, err := Load("", []string{"HERALD_LISTEN=" + listen, "HERALD_PUBLIC_BASE_URL=https://id.example.org", "HERALD_SERVER_NAME=id.example.org"}); err != nil {
+			t.Errorf("listen %s with public_base_url: %v", listen, err)
+		}
+	}
+	for _, listen := range []string{"127.0.0.1:8090", "[::1]:8090", "id.example.org:8090", "10.1.2.3:80"} {
+		if _, err := Load("", []string{"HERALD_LISTEN=" + listen}); err != nil {
+			t.Errorf("listen %s: %v", listen, err)
+		}
+	}
+}
+
+func TestDefaultServerNameWarns(t *testing.T) {
+	c, err := Load("", []string{"HERALD_PUBLIC_BASE_URL=https://id.example.org"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Warnings) != 1 || !strings.HasPrefix(c.Warnings[0], "config: server_name: still the default \"localhost:8090\" while public_base_url names id.example.org") {
+		t.Errorf("warnings %q", c.Warnings)
+	}
+	for _, env := range [][]string{
+		{"HERALD_PUBLIC_BASE_URL=https://id.example.org", "HERALD_SERVER_NAME=id.example.org"},
+		{"HERALD_PUBLIC_BASE_URL=http://localhost:8090"},
+		nil,
+	} {
+		if c, err := Load("", env); err != nil || len(c.Warnings) != 0 {
+			t.Errorf("%v: warnings %q, %v", env, c.Warnings, err)
+		}
+	}
+}
+
 // Onbind retries an invitee waiting in their client can live with: the
 // first retry after 2 s, never more than 10 min apart.
 func TestDeliveryBackoffDefaults(t *testing.T) {

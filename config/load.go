@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"reflect"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -24,12 +25,17 @@ func Load(path string, environ []string) (*Config, error) {
 			return nil, err
 		}
 	}
-	if err := applyEnv(&c, environ); err != nil {
+	unknown, err := applyEnv(&c, environ)
+	if err != nil {
 		return nil, err
 	}
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
+	for _, name := range unknown {
+		c.Warnings = append(c.Warnings, fmt.Sprintf("config: %s: unknown variable (no such key), ignored", name))
+	}
+	c.Warnings = append(c.Warnings, c.warnings()...)
 	return &c, nil
 }
 
@@ -171,7 +177,10 @@ func orRoot(p string) string {
 // applyEnv overrides keys from HERALD_<PATH> variables: the key path upper-cased
 // with "." replaced by "_" (HERALD_SMTP_HOST). Values are parsed as YAML, so
 // lists and maps can be given as [a, b] and {k: v}; strings are taken verbatim.
-func applyEnv(c *Config, environ []string) error {
+// A HERALD_ variable naming no key is returned in unknown, not refused:
+// Kubernetes injects HERALD_SERVICE_HOST, HERALD_PORT... into every pod
+// beside a Service named herald, and refusing them would crash-loop the pod.
+func applyEnv(c *Config, environ []string) (unknown []string, err error) {
 	leaves := map[string]leaf{}
 	collectLeaves(reflect.ValueOf(c).Elem(), "", leaves)
 	for _, kv := range environ {
@@ -181,7 +190,8 @@ func applyEnv(c *Config, environ []string) error {
 		}
 		l, ok := leaves[strings.TrimPrefix(name, "HERALD_")]
 		if !ok {
-			return fmt.Errorf("config: %s: unknown variable (no such key)", name)
+			unknown = append(unknown, name)
+			continue
 		}
 		if l.v.Kind() == reflect.String {
 			l.v.SetString(val)
@@ -189,16 +199,17 @@ func applyEnv(c *Config, environ []string) error {
 		}
 		var n yaml.Node
 		if err := yaml.Unmarshal([]byte(val), &n); err != nil || len(n.Content) == 0 {
-			return keyErr(l.key, fmt.Sprintf("from %s: not a valid value", name))
+			return nil, keyErr(l.key, fmt.Sprintf("from %s: not a valid value", name))
 		}
 		// Decode into a fresh value so a map or list replaces the file's one.
 		fresh := reflect.New(l.v.Type()).Elem()
 		if err := decodeNode(n.Content[0], fresh, l.key); err != nil {
-			return fmt.Errorf("%v (from %s)", err, name)
+			return nil, fmt.Errorf("%v (from %s)", err, name)
 		}
 		l.v.Set(fresh)
 	}
-	return nil
+	sort.Strings(unknown)
+	return unknown, nil
 }
 
 type leaf struct {

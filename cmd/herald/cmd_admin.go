@@ -12,7 +12,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"golang.org/x/term"
 
 	"github.com/herald-im/herald/admin"
 	"github.com/herald-im/herald/config"
@@ -34,7 +34,9 @@ const adminUsage = `usage: herald admin create USER [--replace] | delete USER | 
 create, delete and list work while Herald runs (through
 data_dir/control.sock) and when it is stopped.`
 
-func init() { subcommands["admin"] = adminCommand }
+// handoverWait is how long `admin create` waits for a running Herald to
+// take a handed-over account (it takes them every second).
+var handoverWait = 10 * time.Second
 
 // adminStdin is where passwords are read from (tests replace it).
 var adminStdin io.Reader = os.Stdin
@@ -91,13 +93,26 @@ func adminCommand(ctx context.Context, cfg *config.Config, log *slog.Logger, arg
 		}
 		err = live(ctx, cfg, log, req, stdout, nil)
 		if errors.Is(err, store.ErrLocked) {
-			// A Herald without a control socket holds the database: hand
-			// the account over through data_dir/admin-accounts.
+			// A Herald without a control socket holds the database: hand the
+			// account over and wait for the server to say what it did with it.
 			if err := admin.HandOver(cfg.DataDir, user, pw, replace); err != nil {
 				return err
 			}
-			log.Info("admin account handed over to the running server", "user", user)
-			fmt.Fprintf(stdout, "Herald is running: admin account %q handed over to it (%s); log in at %s/admin\n", user, admin.HandoverDir(cfg.DataDir), adminURL(cfg))
+			res, err := admin.AwaitHandover(cfg.DataDir, user, handoverWait)
+			switch {
+			case errors.Is(err, admin.ErrHandoverPending):
+				log.Warn("the running Herald has not taken the account yet (is admin.enabled off?); it stays in data_dir/admin-accounts until it does", "user", user)
+				fmt.Fprintf(stdout, "Herald is running: admin account %q handed over (%s); it is saved at the console's next login page or Herald's next start\n", user, admin.HandoverDir(cfg.DataDir))
+				return nil
+			case err != nil:
+				return err
+			case res.Exists:
+				return fmt.Errorf("%w (use --replace to change its password)", admin.ErrUserExists)
+			case !res.Saved:
+				return fmt.Errorf("admin: the running Herald refused the account: %s", res.Error)
+			}
+			log.Info("admin account saved by the running server", "user", user)
+			fmt.Fprintf(stdout, "admin account %q saved by the running Herald; log in at %s/admin\n", user, adminURL(cfg))
 			return nil
 		}
 		return err
@@ -176,24 +191,22 @@ func adminURL(cfg *config.Config) string {
 }
 
 // readPassword reads one line from in. On a terminal it asks twice, with
-// echo off, on prompt.
+// echo off, on prompt. golang.org/x/term does the terminal part on every
+// platform Herald builds for (Linux, the BSDs, macOS, Windows).
 func readPassword(in io.Reader, prompt io.Writer) (string, error) {
-	f, isFile := in.(*os.File)
-	if isFile {
-		if _, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS); err == nil {
-			first, err := readSecretLine(f, prompt, "Password: ")
-			if err != nil {
-				return "", err
-			}
-			again, err := readSecretLine(f, prompt, "Again: ")
-			if err != nil {
-				return "", err
-			}
-			if first != again {
-				return "", errors.New("admin: the passwords differ")
-			}
-			return first, nil
+	if f, isFile := in.(*os.File); isFile && term.IsTerminal(int(f.Fd())) {
+		first, err := readSecretLine(f, prompt, "Password: ")
+		if err != nil {
+			return "", err
 		}
+		again, err := readSecretLine(f, prompt, "Again: ")
+		if err != nil {
+			return "", err
+		}
+		if first != again {
+			return "", errors.New("admin: the passwords differ")
+		}
+		return first, nil
 	}
 	line, err := bufio.NewReader(in).ReadString('\n')
 	if err != nil && !(errors.Is(err, io.EOF) && line != "") {
@@ -207,36 +220,11 @@ func readPassword(in io.Reader, prompt io.Writer) (string, error) {
 }
 
 func readSecretLine(f *os.File, prompt io.Writer, label string) (string, error) {
-	fd := int(f.Fd())
-	old, err := unix.IoctlGetTermios(fd, unix.TCGETS)
-	if err != nil {
-		return "", err
-	}
-	noEcho := *old
-	noEcho.Lflag &^= unix.ECHO
-	noEcho.Lflag |= unix.ICANON | unix.ISIG
-	if err := unix.IoctlSetTermios(fd, unix.TCSETS, &noEcho); err != nil {
-		return "", err
-	}
-	defer unix.IoctlSetTermios(fd, unix.TCSETS, old)
 	fmt.Fprint(prompt, label)
 	defer fmt.Fprintln(prompt)
-	var b []byte
-	buf := make([]byte, 1)
-	for {
-		n, err := f.Read(buf)
-		if n == 1 {
-			if buf[0] == '\n' || buf[0] == '\r' {
-				break
-			}
-			b = append(b, buf[0])
-		}
-		if err != nil {
-			if errors.Is(err, io.EOF) && len(b) > 0 {
-				break
-			}
-			return "", err
-		}
+	b, err := term.ReadPassword(int(f.Fd()))
+	if err != nil {
+		return "", err
 	}
 	if len(b) == 0 {
 		return "", errors.New("admin: empty password")

@@ -4,13 +4,18 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"net/http"
+	"net/http/cookiejar"
+	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/herald-im/herald/admin"
+	"github.com/herald-im/herald/internal/server"
 	"github.com/herald-im/herald/store"
 )
 
@@ -76,6 +81,10 @@ func TestAdminCommand(t *testing.T) {
 // While Herald runs it holds the database: create hands the account over
 // (data_dir/admin-accounts), delete and list say to stop Herald first.
 func TestAdminCreateWhileRunning(t *testing.T) {
+	// Only the database is held here: no server takes the account.
+	old := handoverWait
+	handoverWait = 100 * time.Millisecond
+	t.Cleanup(func() { handoverWait = old })
 	dir := t.TempDir()
 	db, err := store.Open(dir, time.Second)
 	if err != nil {
@@ -95,4 +104,58 @@ func TestAdminCreateWhileRunning(t *testing.T) {
 			t.Fatalf("%v while running: %v", cmd, err)
 		}
 	}
+}
+
+// With a real server running, create waits for it to take the account: an
+// existing one without --replace fails (exit 1) and keeps its password.
+func TestAdminCreateExistingWhileServing(t *testing.T) {
+	old := server.HandoverInterval
+	server.HandoverInterval = 20 * time.Millisecond
+	t.Cleanup(func() { server.HandoverInterval = old })
+	dir := t.TempDir()
+	base, _ := startServe(t, []string{"HERALD_DATA_DIR=" + dir, "HERALD_LISTEN=127.0.0.1:0", "HERALD_SERVER_NAME=herald.test"})
+	out, err := runAdmin(t, dir, "a good long password\n", "create", "ops")
+	if err != nil || !strings.Contains(out, `"ops" saved by the running Herald`) {
+		t.Fatalf("create while serving: %q %v", out, err)
+	}
+	_, err = runAdmin(t, dir, "another long password\n", "create", "ops")
+	if err == nil || exitCode(err) != 1 || !strings.Contains(err.Error(), "exists already") || !strings.Contains(err.Error(), "--replace") {
+		t.Fatalf("create of an existing account while serving: %v (exit %d)", err, exitCode(err))
+	}
+	if code := consoleLogin(t, base, "ops", "a good long password"); code != http.StatusSeeOther {
+		t.Fatalf("the first password no longer works: %d", code)
+	}
+	if out, err := runAdmin(t, dir, "another long password\n", "create", "ops", "--replace"); err != nil || !strings.Contains(out, "saved") {
+		t.Fatalf("--replace while serving: %q %v", out, err)
+	}
+	if code := consoleLogin(t, base, "ops", "another long password"); code != http.StatusSeeOther {
+		t.Fatalf("the replaced password does not work: %d", code)
+	}
+	if ents, _ := os.ReadDir(admin.HandoverDir(dir)); len(ents) != 0 {
+		t.Errorf("files left in the hand-over dir: %v", ents)
+	}
+}
+
+// consoleLogin fills in the console's login form (with its CSRF token)
+// and returns the status: 303 for a good password.
+func consoleLogin(t *testing.T, base, user, password string) int {
+	t.Helper()
+	jar, _ := cookiejar.New(nil)
+	client := &http.Client{Jar: jar, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	resp, err := client.Get(base + "/admin/login")
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	m := regexp.MustCompile(`name="csrf" value="([^"]+)"`).FindSubmatch(page)
+	if m == nil {
+		t.Fatalf("no CSRF field on the login page (%d)", resp.StatusCode)
+	}
+	resp, err = client.PostForm(base+"/admin/login", url.Values{"csrf": {string(m[1])}, "username": {user}, "password": {password}, "next": {"/admin"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
 }

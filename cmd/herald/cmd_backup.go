@@ -25,8 +25,6 @@ const backupUsage = `usage: herald backup DIR
   Restore: stop Herald, make DIR the data_dir (move it into place, owned by
   the server's user) and start Herald. See docs/operations.md.`
 
-func init() { subcommands["backup"] = backupCommand }
-
 // backupCommand copies data_dir consistently into a new directory.
 func backupCommand(ctx context.Context, cfg *config.Config, log *slog.Logger, args []string, stdout io.Writer) error {
 	if len(args) == 1 && (args[0] == "help" || args[0] == "-h" || args[0] == "--help") {

@@ -29,8 +29,6 @@ It prints one line per finding and exits 0 when all is well, 1 otherwise.
 Run it with Herald stopped (or on a copy): a running Herald holds the
 database's lock.`
 
-func init() { subcommands["check"] = checkCommand }
-
 // errCheckFailed ends a check that found problems (exit 1); the findings
 // are already on stdout.
 var errCheckFailed = errors.New("check found problems (listed above)")

@@ -50,8 +50,6 @@ FAIL); the exit status is 1 when a check failed:
 
 It changes nothing and needs no running Herald (the public URL checks then fail).`
 
-func init() { subcommands["doctor"] = doctorCommand }
-
 // certWarnDays: a certificate expiring sooner than this is a warning.
 const certWarnDays = 21
 

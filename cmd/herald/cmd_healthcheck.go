@@ -29,8 +29,6 @@ The URL is derived from listen (0.0.0.0 and :: become loopback; https when
 Herald serves TLS, whose certificate is then not checked: the check sends
 nothing secret and reads only the status); --url overrides it.`
 
-func init() { subcommands["healthcheck"] = healthcheckCommand }
-
 // healthcheckCommand asks a running Herald for its health and turns the
 // answer into an exit status.
 func healthcheckCommand(ctx context.Context, cfg *config.Config, _ *slog.Logger, args []string, stdout io.Writer) error {

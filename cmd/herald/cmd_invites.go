@@ -32,8 +32,6 @@ const invitesUsage = `usage: herald invites list [--state S] [--address A] [--ro
 
 Works while Herald runs (through data_dir/control.sock) and when it is stopped.`
 
-func init() { subcommands["invites"] = invitesCommand }
-
 // invitesCommand manages stored invites.
 func invitesCommand(ctx context.Context, cfg *config.Config, log *slog.Logger, args []string, stdout io.Writer) error {
 	if len(args) == 0 || args[0] == "help" {

@@ -21,8 +21,6 @@ const lookupUsage = `usage: herald lookup rotate-pepper
 
 Works while Herald runs (through data_dir/control.sock) and when it is stopped.`
 
-func init() { subcommands["lookup"] = lookupCommand }
-
 // lookupCommand manages hashed lookups.
 func lookupCommand(ctx context.Context, cfg *config.Config, log *slog.Logger, args []string, stdout io.Writer) error {
 	if len(args) == 0 {

@@ -1,10 +1,8 @@
 // Command herald is a Matrix identity server for third-party (email) invites.
 //
-//	herald [--config FILE] [serve]          run the server (the default)
-//	herald version                          print the version
-//	herald [--config FILE] keys list        list signing keys
-//	herald [--config FILE] keys rotate      make a new current signing key
-//	herald [--config FILE] keys retire ID   stop publishing an old key
+//	herald [serve] [--config FILE]     run the server (the default)
+//	herald help                        list the commands (the table in main.go)
+//	herald COMMAND --help              one command's usage
 //
 // The configuration file may also be named by HERALD_CONFIG; every key can be
 // overridden by a HERALD_* environment variable (see docs/configuration.md).
@@ -27,6 +25,7 @@ import (
 
 	"github.com/herald-im/herald/config"
 	"github.com/herald-im/herald/internal/server"
+	"github.com/herald-im/herald/store"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -67,80 +66,252 @@ func (e usageError) Error() string { return string(e) }
 
 func oneLine(err error) string { return strings.ReplaceAll(err.Error(), "\n", " ") }
 
-const usage = `usage: herald [--config FILE] [command]
+// command is a subcommand's implementation: `herald NAME args...`. args are
+// what follows NAME once the global flags (--config, --help) are taken out;
+// cfg is nil for a command marked noConfig.
+type command func(ctx context.Context, cfg *config.Config, log *slog.Logger, args []string, stdout io.Writer) error
 
-commands:
-  serve                 run the server (default)
-  version               print the version
-  keys list             list the signing keys
-  keys rotate           make a new current signing key (old keys stay valid)
-  keys retire KEY_ID    stop publishing an old signing key
-  keys adopt            make the database go with the keys in data_dir/keys (stopped)
-%s
-The configuration file can also be given as HERALD_CONFIG; every key can be
-overridden with HERALD_<KEY_PATH> (e.g. HERALD_SMTP_HOST). See docs/configuration.md.
+// subcommand is one entry of the command table.
+type subcommand struct {
+	name     string  // herald NAME
+	summary  string  // one line in `herald help`
+	run      command // the implementation, usually in cmd_<name>.go
+	usage    string  // printed by `herald NAME --help` and `herald help NAME`; empty: the summary
+	noConfig bool    // the command reads no configuration (run gets cfg == nil)
+}
+
+// subcommands is every `herald NAME`, in the order `herald help` lists them.
+// A new command is one line here and its code in cmd_<name>.go. Every entry
+// gets --config FILE and --help before or after its name, and `herald NAME
+// help`, from run.
+var subcommands = []subcommand{
+	{name: "serve", summary: "run the server (the default)", run: serveCommand, usage: serveUsage},
+	{name: "version", summary: "print the version and the VCS revision it was built from", run: versionCommand, noConfig: true},
+	{name: "keys", summary: "signing keys: list, rotate, retire, adopt", run: keysCommand, usage: keysUsage},
+	{name: "invites", summary: "stored invites: list, show, revoke", run: invitesCommand, usage: invitesUsage},
+	{name: "lookup", summary: "hashed lookups: rotate-pepper", run: lookupCommand, usage: lookupUsage},
+	{name: "admin", summary: "console accounts: create, delete, list, hash-password", run: adminCommand, usage: adminUsage},
+	{name: "backup", summary: "a consistent copy of data_dir, while Herald runs", run: backupCommand, usage: backupUsage},
+	{name: "check", summary: "verify a data dir: database consistency, keys against the database", run: checkCommand, usage: checkUsage},
+	{name: "doctor", summary: "check a deployment: public URL, TLS, SMTP, a homeserver", run: doctorCommand, usage: doctorUsage},
+	{name: "healthcheck", summary: "exit 0 if the running server is ready, else 1 (for container HEALTHCHECKs)", run: healthcheckCommand, usage: healthcheckUsage},
+}
+
+func findCommand(name string) *subcommand {
+	for i := range subcommands {
+		if subcommands[i].name == name {
+			return &subcommands[i]
+		}
+	}
+	return nil
+}
+
+const usageFooter = `
+Every command takes --config FILE (or HERALD_CONFIG), before or after its name;
+every key can be overridden with HERALD_<KEY_PATH> (e.g. HERALD_SMTP_HOST).
+See docs/configuration.md.
 `
+
+// mainUsage lists the command table.
+func mainUsage() string {
+	var b strings.Builder
+	b.WriteString("usage: herald [command] [--config FILE] [args]\n\ncommands:\n")
+	for _, c := range subcommands {
+		fmt.Fprintf(&b, "  %-12s %s\n", c.name, c.summary)
+	}
+	b.WriteString("\n`herald COMMAND --help` (or `herald help COMMAND`) shows a command's usage.\n")
+	b.WriteString(usageFooter)
+	return b.String()
+}
+
+// commandUsage is one command's help text.
+func commandUsage(c *subcommand) string {
+	u := strings.TrimRight(c.usage, "\n")
+	if u == "" {
+		u = "usage: herald " + c.name + "\n\n  " + c.summary
+	}
+	if c.noConfig {
+		return u + "\n"
+	}
+	return u + "\n" + usageFooter
+}
+
+// globalArgs takes --config FILE (also -config, --config=FILE) and -h/--help
+// out of args wherever they appear, up to a "--" (after which everything is
+// the command's). What is left is the command name and its own arguments.
+func globalArgs(args []string, configPath string) (rest []string, config string, help bool, err error) {
+	config = configPath
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		switch {
+		case a == "--":
+			if len(rest) > 0 {
+				rest = append(rest, args[i:]...)
+			} else {
+				rest = append(rest, args[i+1:]...)
+			}
+			return rest, config, help, nil
+		case a == "--config" || a == "-config":
+			if i+1 >= len(args) {
+				return nil, "", false, usageError(a + " needs a file name")
+			}
+			config = args[i+1]
+			i++
+		case strings.HasPrefix(a, "--config=") || strings.HasPrefix(a, "-config="):
+			_, config, _ = strings.Cut(a, "=")
+		case a == "-h" || a == "--help" || a == "-help":
+			help = true
+		default:
+			rest = append(rest, a)
+		}
+	}
+	return rest, config, help, nil
+}
 
 // run is the whole program, so tests can run it in-process.
 func run(ctx context.Context, args, environ []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("herald", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() { fmt.Fprintf(stderr, usage, extraUsage()) }
-	configPath := fs.String("config", lookupEnv(environ, "HERALD_CONFIG"), "configuration file (YAML); also HERALD_CONFIG")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return usageError(err.Error())
+	rest, configPath, help, err := globalArgs(args, lookupEnv(environ, "HERALD_CONFIG"))
+	if err != nil {
+		fmt.Fprint(stderr, mainUsage())
+		return err
 	}
-	cmd, rest := "serve", fs.Args()
+	name := "serve"
 	if len(rest) > 0 {
-		cmd, rest = rest[0], rest[1:]
-	}
-	switch cmd {
-	case "version", "--version":
-		fmt.Fprintf(stdout, "herald %s (%s)\n", fullVersion(), runtime.Version())
+		name, rest = rest[0], rest[1:]
+	} else if help {
+		fmt.Fprint(stdout, mainUsage())
 		return nil
+	}
+	switch name {
 	case "help":
-		fs.Usage()
+		if len(rest) == 0 {
+			fmt.Fprint(stdout, mainUsage())
+			return nil
+		}
+		c := findCommand(rest[0])
+		if c == nil || len(rest) > 1 {
+			fmt.Fprint(stderr, mainUsage())
+			return usageError(fmt.Sprintf("unknown command %q", strings.Join(rest, " ")))
+		}
+		fmt.Fprint(stdout, commandUsage(c))
+		return nil
+	case "--version", "-version":
+		name = "version"
+	}
+	c := findCommand(name)
+	if c == nil {
+		fmt.Fprint(stderr, mainUsage())
+		if strings.HasPrefix(name, "-") {
+			return usageError(fmt.Sprintf("unknown flag %q", name))
+		}
+		return usageError(fmt.Sprintf("unknown command %q", name))
+	}
+	if help || (len(rest) == 1 && rest[0] == "help") {
+		fmt.Fprint(stdout, commandUsage(c))
 		return nil
 	}
-	sub, ok := subcommands[cmd]
-	if cmd != "serve" && !ok {
-		fs.Usage()
-		return usageError(fmt.Sprintf("unknown command %q", cmd))
+	if c.noConfig {
+		return c.run(ctx, nil, slog.New(slog.NewTextHandler(stderr, nil)), rest, stdout)
 	}
-	cfg, err := config.Load(*configPath, environ)
+	cfg, err := config.Load(configPath, environ)
 	if err != nil {
 		return err
 	}
 	log := newLogger(cfg, stderr)
-	if cmd == "serve" {
-		if len(rest) > 0 {
-			return usageError(fmt.Sprintf("serve takes no arguments (got %q)", rest[0]))
-		}
-		return serve(ctx, cfg, log)
+	for _, w := range cfg.Warnings {
+		log.Warn(w)
 	}
-	return sub(ctx, cfg, log, rest, stdout)
+	return c.run(ctx, cfg, log, rest, stdout)
 }
 
-// command is a subcommand: `herald NAME args...`.
-type command func(ctx context.Context, cfg *config.Config, log *slog.Logger, args []string, stdout io.Writer) error
+const serveUsage = `usage: herald [serve]
 
-// subcommands maps names to their implementations (cmd_<name>.go).
-var subcommands = map[string]command{
-	"keys": keysCommand,
+  serve   run the server until SIGINT or SIGTERM, which shut it down gracefully
+          (requests in flight finish, storage is closed)`
+
+func serveCommand(ctx context.Context, cfg *config.Config, log *slog.Logger, args []string, stdout io.Writer) error {
+	if len(args) > 0 {
+		return usageError(fmt.Sprintf("serve takes no arguments (got %q)", args[0]))
+	}
+	return serve(ctx, cfg, log)
 }
 
-// extraUsage lists the subcommands other files registered.
-func extraUsage() string {
+func versionCommand(ctx context.Context, cfg *config.Config, log *slog.Logger, args []string, stdout io.Writer) error {
+	if len(args) > 0 {
+		return usageError(fmt.Sprintf("version takes no arguments (got %q)", args[0]))
+	}
+	fmt.Fprint(stdout, versionText(readBuildInfo()))
+	return nil
+}
+
+// readBuildInfo is debug.ReadBuildInfo (tests replace it).
+var readBuildInfo = func() (*debug.BuildInfo, bool) { return debug.ReadBuildInfo() }
+
+// versionText is what `herald version` prints: the version, the VCS revision
+// (with its commit time, and "modified" for a build from uncommitted changes)
+// the database schema version it writes, and the Go toolchain and
+// platform, from the build information the go
+// command embeds (revisions are there when building inside a git checkout
+// with -buildvcs=auto or true, the default outside GOFLAGS=-buildvcs=false).
+func versionText(bi *debug.BuildInfo, ok bool) string {
 	var b strings.Builder
-	for name := range subcommands {
-		if name != "keys" {
-			fmt.Fprintf(&b, "  %-21s see `herald %s help`\n", name+" ...", name)
+	fmt.Fprintf(&b, "herald %s\n", versionFrom(bi, ok))
+	rev, when, modified := vcsInfo(bi, ok)
+	if rev == "" {
+		b.WriteString("revision unknown (built without VCS information)\n")
+	} else {
+		fmt.Fprintf(&b, "revision %s", rev)
+		if when != "" {
+			fmt.Fprintf(&b, " (%s)", when)
+		}
+		if modified {
+			b.WriteString(" modified")
+		}
+		b.WriteString("\n")
+	}
+	fmt.Fprintf(&b, "database schema %d\n", store.SchemaVersion)
+	goVersion := runtime.Version()
+	if ok && bi.GoVersion != "" {
+		goVersion = bi.GoVersion
+	}
+	fmt.Fprintf(&b, "%s %s/%s\n", goVersion, runtime.GOOS, runtime.GOARCH)
+	return b.String()
+}
+
+func vcsInfo(bi *debug.BuildInfo, ok bool) (rev, when string, modified bool) {
+	if !ok {
+		return "", "", false
+	}
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.time":
+			when = s.Value
+		case "vcs.modified":
+			modified = s.Value == "true"
 		}
 	}
-	return b.String()
+	return rev, when, modified
+}
+
+// versionFrom is the version: -ldflags "-X main.version=..." when set (the
+// Dockerfile does), else the module version (`go install ...@v1.2.3`), else
+// "dev-" and the revision's first 12 characters, else "dev".
+func versionFrom(bi *debug.BuildInfo, ok bool) string {
+	if version != "dev" {
+		return version
+	}
+	if ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	if rev, _, modified := vcsInfo(bi, ok); len(rev) >= 12 {
+		if modified {
+			return "dev-" + rev[:12] + "-modified"
+		}
+		return "dev-" + rev[:12]
+	}
+	return version
 }
 
 func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
@@ -152,19 +323,8 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	return a.Run(ctx)
 }
 
-func fullVersion() string {
-	if version != "dev" {
-		return version
-	}
-	if bi, ok := debug.ReadBuildInfo(); ok {
-		for _, s := range bi.Settings {
-			if s.Key == "vcs.revision" && len(s.Value) >= 12 {
-				return "dev-" + s.Value[:12]
-			}
-		}
-	}
-	return version
-}
+// fullVersion is the version the server reports (see versionFrom).
+func fullVersion() string { return versionFrom(readBuildInfo()) }
 
 func lookupEnv(environ []string, name string) string {
 	for _, kv := range environ {

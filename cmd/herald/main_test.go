@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"testing"
@@ -51,6 +52,40 @@ func TestVersion(t *testing.T) {
 	}
 }
 
+// herald version prints the module version and the VCS revision from the
+// build information.
+func TestVersionFromBuildInfo(t *testing.T) {
+	rev := "0123456789abcdef0123456789abcdef01234567"
+	settings := []debug.BuildSetting{{Key: "vcs", Value: "git"}, {Key: "vcs.revision", Value: rev}, {Key: "vcs.time", Value: "2026-11-29T20:00:00Z"}, {Key: "vcs.modified", Value: "false"}}
+	cases := []struct {
+		bi   *debug.BuildInfo
+		want string
+	}{
+		{&debug.BuildInfo{GoVersion: "go1.26.8", Main: debug.Module{Version: "v1.4.0"}, Settings: settings},
+			"herald v1.4.0\nrevision " + rev + " (2026-11-29T20:00:00Z)\ndatabase schema 1\ngo1.26.8 "},
+		{&debug.BuildInfo{GoVersion: "go1.26.8", Main: debug.Module{Version: "(devel)"}, Settings: append(settings[:3:3], debug.BuildSetting{Key: "vcs.modified", Value: "true"})},
+			"herald dev-0123456789ab-modified\nrevision " + rev + " (2026-11-29T20:00:00Z) modified\ndatabase schema 1\ngo1.26.8 "},
+		{&debug.BuildInfo{GoVersion: "go1.26.8", Main: debug.Module{Version: "(devel)"}},
+			"herald dev\nrevision unknown (built without VCS information)\ndatabase schema 1\ngo1.26.8 "},
+	}
+	for _, c := range cases {
+		old := readBuildInfo
+		readBuildInfo = func() (*debug.BuildInfo, bool) { return c.bi, true }
+		var out bytes.Buffer
+		err := run(context.Background(), []string{"version"}, nil, &out, io.Discard)
+		readBuildInfo = old
+		if err != nil || !strings.HasPrefix(out.String(), c.want) || strings.Count(out.String(), "\n") != 4 {
+			t.Errorf("version printed %q, want it to start %q", out.String(), c.want)
+		}
+	}
+	old := version
+	version = "v9.9.9-docker"
+	defer func() { version = old }()
+	if got := versionFrom(cases[0].bi, true); got != "v9.9.9-docker" {
+		t.Errorf("-X main.version not preferred: %q", got)
+	}
+}
+
 func TestUsageErrors(t *testing.T) {
 	for _, args := range [][]string{{"frobnicate"}, {"serve", "extra"}, {"--nope"}, {"keys"}, {"keys", "retire"}, {"keys", "dance"}} {
 		dataDir := t.TempDir()
@@ -82,7 +117,6 @@ func TestBadConfig(t *testing.T) {
 		{"bad server_name", "server_name: 'https://id.example.org'\n", nil, "server_name"},
 		{"terms without version", "terms:\n  policies:\n    privacy:\n      en: {name: Privacy, url: 'https://x.test/p'}\n", nil, "terms.policies.privacy.version"},
 		{"env wrong type", "", []string{"HERALD_SMTP_PORT=abc"}, "smtp.port"},
-		{"env unknown key", "", []string{"HERALD_SMTP_HOTS=x"}, "HERALD_SMTP_HOTS"},
 		{"not YAML", "server_name: [unclosed\n", nil, "YAML"},
 	}
 	for _, c := range cases {
@@ -112,6 +146,21 @@ func TestBadConfig(t *testing.T) {
 			t.Fatalf("HERALD_CONFIG not read: %v", err)
 		}
 	})
+}
+
+// An unknown HERALD_ variable is one warning line naming it (not its
+// value), and the command runs.
+func TestUnknownEnvWarning(t *testing.T) {
+	var out, logs bytes.Buffer
+	env := []string{"HERALD_DATA_DIR=" + t.TempDir(), "HERALD_SERVER_NAME=herald.test", "HERALD_SERVICE_PORT=8090", "HERALD_SMTP_HOTS=secret-value"}
+	if err := run(context.Background(), []string{"keys", "list"}, env, &out, &logs); err != nil {
+		t.Fatalf("keys list with unknown HERALD_ variables: %v", err)
+	}
+	lines := strings.Split(strings.TrimSpace(logs.String()), "\n")
+	if len(lines) != 2 || !strings.Contains(lines[0], "HERALD_SERVICE_PORT") || !strings.Contains(lines[1], "HERALD_SMTP_HOTS") ||
+		!strings.Contains(lines[0], "level=WARN") || strings.Contains(logs.String(), "secret-value") {
+		t.Errorf("warnings:\n%s", logs.String())
+	}
 }
 
 // startServe runs `herald serve` in-process and returns its base URL and a
@@ -330,5 +379,66 @@ func TestMainProcess(t *testing.T) {
 		if !json.Valid([]byte(l)) {
 			t.Errorf("log line is not JSON: %q", l)
 		}
+	}
+}
+
+// Every entry of the command table answers --help (before or after its name),
+// -h, `herald NAME help` and `herald help NAME` with its usage on stdout and
+// exit 0, without reading the configuration (a broken one is named).
+func TestEveryCommandHelp(t *testing.T) {
+	broken := writeConfig(t, "smtp:\n  hots: x\n")
+	for _, c := range subcommands {
+		want := commandUsage(&c)
+		for _, args := range [][]string{
+			{c.name, "--help"}, {"--help", c.name}, {c.name, "-h"}, {c.name, "help"}, {"help", c.name},
+			{c.name, "--config", broken, "--help"},
+		} {
+			var out bytes.Buffer
+			if err := run(context.Background(), args, []string{"HERALD_DATA_DIR=" + t.TempDir()}, &out, io.Discard); err != nil {
+				t.Errorf("%v: %v", args, err)
+				continue
+			}
+			if out.String() != want || !strings.HasPrefix(want, "usage: herald ") {
+				t.Errorf("%v printed %q, want %q", args, out.String(), want)
+			}
+		}
+	}
+	var out bytes.Buffer
+	if err := run(context.Background(), []string{"help"}, nil, &out, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	// `herald help` lists the table in its order.
+	last := -1
+	for _, c := range subcommands {
+		i := strings.Index(out.String(), "\n  "+c.name+" ")
+		if i < 0 || i < last {
+			t.Errorf("herald help lists %q out of order:\n%s", c.name, out.String())
+		}
+		last = i
+	}
+}
+
+// --config is accepted after the command name as well as before it.
+func TestConfigFlagAfterCommand(t *testing.T) {
+	path := writeConfig(t, "server_name: flag.test\n")
+	dataDir := t.TempDir()
+	for _, args := range [][]string{
+		{"--config", path, "keys", "list"}, {"keys", "--config", path, "list"},
+		{"keys", "list", "--config", path}, {"keys", "list", "--config=" + path},
+	} {
+		var out bytes.Buffer
+		if err := run(context.Background(), args, []string{"HERALD_DATA_DIR=" + dataDir}, &out, io.Discard); err != nil {
+			t.Fatalf("%v: %v", args, err)
+		}
+	}
+	broken := writeConfig(t, "smtp:\n  hots: x\n")
+	for _, args := range [][]string{{"serve", "--config", broken}, {"serve", "--config=" + broken}, {"--config", broken, "serve"}} {
+		err := run(context.Background(), args, []string{"HERALD_DATA_DIR=" + t.TempDir()}, io.Discard, io.Discard)
+		if err == nil || !strings.Contains(err.Error(), "smtp.hots") {
+			t.Errorf("%v: %v, want the file's error", args, err)
+		}
+	}
+	if err := run(context.Background(), []string{"serve", "--config"}, nil, io.Discard, io.Discard); err == nil || exitCode(err) != 2 {
+		t.Errorf("--config without a file: %v", err)
 	}
 }

@@ -187,6 +187,14 @@ func (a *App) Start(ctx context.Context) {
 			return nil
 		})
 	}
+	if a.admin != nil {
+		// Accounts `herald admin create` hands over when it cannot use the
+		// control socket.
+		a.goBackground(ctx, "", "admin account hand-over", func(ctx context.Context) error {
+			a.admin.WatchHandovers(ctx, HandoverInterval)
+			return nil
+		})
+	}
 	// Access tokens unused past account.token_idle_lifetime expire.
 	a.goBackground(ctx, "", "access token expiry", func(ctx context.Context) error {
 		a.identity.RunTokenExpiry(ctx, time.Hour)
@@ -219,6 +227,10 @@ func (a *App) goBackground(ctx context.Context, worker, name string, fn func(con
 		}
 	}()
 }
+
+// HandoverInterval is how often a running server takes the accounts
+// `herald admin create` hands over (tests shorten it).
+var HandoverInterval = time.Second
 
 // KeyReloadInterval is how often a running server re-reads data_dir/keys to
 // pick up `herald keys rotate|retire` (tests shorten it).

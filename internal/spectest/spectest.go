@@ -2,9 +2,12 @@
 // the official Matrix OpenAPI files (the Identity Service API and the
 // federation third-party invite endpoints).
 //
-// The spec folder is $HERALD_SPEC_DIR, else ../shared/spec relative to the
+// The spec folder is $MATRIX_SPEC_DIR, else ../shared/spec relative to the
 // module root (the directory holding go.mod). It is loaded and compiled once
-// per process; a missing folder fails the test.
+// per process. When neither exists (a fresh clone on its own), responses
+// pass unchecked and one line on standard error says they were not
+// validated; with CI=true a missing spec fails the test. A folder that is
+// there but broken, or a MATRIX_SPEC_DIR naming no spec, always fails.
 package spectest
 
 import (
@@ -43,7 +46,7 @@ func Validate(t testing.TB, method, path string, status int, body []byte) {
 // the spec (for tests that run the whole stack via httptest).
 func Handler(t testing.TB, h http.Handler) http.Handler {
 	t.Helper()
-	if _, err := load(); err != nil {
+	if _, err := load(); err != nil && !unvalidated(err) {
 		t.Fatalf("%v", err)
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -63,7 +66,7 @@ func Handler(t testing.TB, h http.Handler) http.Handler {
 // returns is validated against the spec (for tests that run a real server).
 func Transport(t testing.TB, rt http.RoundTripper) http.RoundTripper {
 	t.Helper()
-	if _, err := load(); err != nil {
+	if _, err := load(); err != nil && !unvalidated(err) {
 		t.Fatalf("%v", err)
 	}
 	if rt == nil {
@@ -187,6 +190,9 @@ func (op *operation) lookup(status int) *response {
 func check(method, path string, status int, contentType string, body []byte) string {
 	s, err := load()
 	if err != nil {
+		if unvalidated(err) {
+			return ""
+		}
 		return err.Error()
 	}
 	if i := strings.IndexAny(path, "?#"); i >= 0 {

@@ -1,6 +1,7 @@
 package spectest
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -152,6 +153,7 @@ var bad = []struct {
 }
 
 func TestValidateGood(t *testing.T) {
+	needSpec(t)
 	for _, c := range good {
 		t.Run(c.name, func(t *testing.T) {
 			f := &fakeTB{}
@@ -166,6 +168,7 @@ func TestValidateGood(t *testing.T) {
 }
 
 func TestValidateBad(t *testing.T) {
+	needSpec(t)
 	for _, c := range bad {
 		t.Run(c.name, func(t *testing.T) {
 			f := &fakeTB{}
@@ -216,10 +219,7 @@ func TestMessagesDoNotRepeatValues(t *testing.T) {
 }
 
 func TestMatchPrefersLiteral(t *testing.T) {
-	s, err := load()
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := needSpec(t)
 	for path, want := range map[string]string{
 		idv2 + "/pubkey/isvalid":               "isPubKeyValidV2",
 		idv2 + "/pubkey/isvalid/":              "isPubKeyValidV2",
@@ -247,10 +247,7 @@ func TestMatchPrefersLiteral(t *testing.T) {
 // data/api/identity (and the federation third-party invite file) on its own
 // and checks each documented application/json response schema was compiled.
 func TestAllIdentitySchemasCompile(t *testing.T) {
-	s, err := load()
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := needSpec(t)
 	api := filepath.Join(s.dir, "data", "api")
 	files, err := filepath.Glob(filepath.Join(api, "identity", "*.yaml"))
 	if err != nil || len(files) == 0 {
@@ -322,12 +319,9 @@ func TestAllIdentitySchemasCompile(t *testing.T) {
 }
 
 func TestBrokenRefFailsLoading(t *testing.T) {
-	s, err := load()
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := needSpec(t)
 	dir := t.TempDir()
-	err = filepath.Walk(s.dir, func(p string, fi os.FileInfo, err error) error {
+	err := filepath.Walk(s.dir, func(p string, fi os.FileInfo, err error) error {
 		if err != nil {
 			return err
 		}
@@ -355,25 +349,111 @@ func TestBrokenRefFailsLoading(t *testing.T) {
 	}
 }
 
-func TestSpecDirOverride(t *testing.T) {
-	empty := t.TempDir()
-	t.Setenv("HERALD_SPEC_DIR", empty)
-	_, err := specDir()
-	if err == nil || !strings.Contains(err.Error(), "HERALD_SPEC_DIR") || !strings.Contains(err.Error(), empty) {
-		t.Errorf("specDir with an empty HERALD_SPEC_DIR: %v", err)
-	}
+// needSpec returns the loaded spec for the tests of the validator itself,
+// which cannot run without it. A fresh clone on its own has no spec: these
+// tests then skip with the reason, unless CI=true, which requires the spec.
+// (Every behaviour test elsewhere runs regardless; only its responses go
+// unvalidated.)
+func needSpec(t testing.TB) *spec {
+	t.Helper()
 	s, err := load()
 	if err != nil {
+		if errors.Is(err, errNoSpec) && !required() {
+			t.Skipf("this test checks the validator against the Matrix spec, which is absent: %v", err)
+		}
 		t.Fatal(err)
 	}
-	t.Setenv("HERALD_SPEC_DIR", s.dir)
+	return s
+}
+
+// resetLoad forgets the loaded spec and the printed note, so a test can load
+// again under other variables; the cleanup forgets its result too.
+func resetLoad(t *testing.T) {
+	reset := func() {
+		loadOnce, loadedSpec, loadErr = sync.Once{}, nil, nil
+		noteOnce, noteOut = sync.Once{}, os.Stderr
+	}
+	reset()
+	t.Cleanup(reset)
+}
+
+func TestSpecDirOverride(t *testing.T) {
+	empty := t.TempDir()
+	t.Setenv(SpecDirVar, empty)
+	_, err := specDir()
+	if err == nil || !strings.Contains(err.Error(), SpecDirVar) || !strings.Contains(err.Error(), empty) || errors.Is(err, errNoSpec) {
+		t.Errorf("specDir with an empty %s: %v", SpecDirVar, err)
+	}
+	// Outside CI too, a variable naming no spec fails instead of skipping validation.
+	t.Setenv("CI", "")
+	resetLoad(t)
+	f := &fakeTB{}
+	Validate(f, "GET", "/_matrix/identity/versions", 200, []byte(`{}`))
+	if errs := f.failures(); len(errs) != 1 || !strings.Contains(errs[0], empty) {
+		t.Errorf("Validate with %s naming an empty folder: %q", SpecDirVar, errs)
+	}
+}
+
+// A spec folder reached through a symbolic link loads, and is reported by
+// its real path (so walking it, as TestBrokenRefFailsLoading does, works).
+func TestSpecDirSymlink(t *testing.T) {
+	s := needSpec(t)
+	link := filepath.Join(t.TempDir(), "spec-link")
+	if err := os.Symlink(s.dir, link); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv(SpecDirVar, link)
 	if d, err := specDir(); err != nil || d != s.dir {
-		t.Errorf("specDir = %q, %v; want %q", d, err, s.dir)
+		t.Errorf("specDir through a link = %q, %v; want %q", d, err, s.dir)
+	}
+	if _, err := compile(link); err != nil {
+		t.Errorf("compile through a link: %v", err)
+	}
+}
+
+// A fresh clone on its own (no ../shared/spec, no MATRIX_SPEC_DIR): every
+// response passes, one line says they were not validated; with CI=true the
+// missing spec fails the test instead.
+func TestMissingSpec(t *testing.T) {
+	root := t.TempDir()
+	mod := filepath.Join(root, "herald")
+	if err := os.MkdirAll(mod, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(mod, "go.mod"), []byte("module x\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Chdir(mod)
+	t.Setenv(SpecDirVar, "")
+	t.Setenv("CI", "")
+	resetLoad(t)
+	var note strings.Builder
+	noteOut = &note
+	bad := []byte(`{"versions":"not a list"}`)
+	f := &fakeTB{}
+	Validate(f, "GET", "/_matrix/identity/versions", 200, bad)
+	Validate(f, "POST", idv2+"/lookup", 400, []byte(`{"error":"no errcode"}`))
+	h := Handler(f, muxForTest())
+	h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("GET", idv2+"/hash_details", nil))
+	_ = Transport(f, nil)
+	if errs := f.failures(); len(errs) > 0 {
+		t.Errorf("without the spec outside CI: %q", errs)
+	}
+	if strings.Count(note.String(), "\n") != 1 || !strings.Contains(note.String(), "not validated against the Matrix spec") {
+		t.Errorf("note = %q, want one line saying responses were not validated", note.String())
+	}
+
+	t.Setenv("CI", "true")
+	resetLoad(t)
+	f = &fakeTB{}
+	Validate(f, "GET", "/_matrix/identity/versions", 200, bad)
+	if errs := f.failures(); len(errs) != 1 || !strings.Contains(errs[0], "shared/spec") || !strings.Contains(errs[0], SpecDirVar) {
+		t.Errorf("with CI=true and no spec: %q, want one failure naming the spec folder", errs)
 	}
 }
 
 func TestSpecDirFromModuleRoot(t *testing.T) {
-	t.Setenv("HERALD_SPEC_DIR", "")
+	t.Setenv(SpecDirVar, "")
 	root := t.TempDir()
 	mod := filepath.Join(root, "repo")
 	if err := os.MkdirAll(filepath.Join(mod, "a", "b"), 0o755); err != nil {
@@ -440,6 +520,7 @@ var exchanges = []exchange{
 }
 
 func TestHandler(t *testing.T) {
+	needSpec(t)
 	for _, ex := range exchanges {
 		f := &fakeTB{}
 		h := Handler(f, muxForTest())
@@ -453,6 +534,7 @@ func TestHandler(t *testing.T) {
 }
 
 func TestTransport(t *testing.T) {
+	needSpec(t)
 	srv := httptest.NewServer(muxForTest())
 	defer srv.Close()
 	for _, ex := range exchanges {
@@ -495,6 +577,7 @@ func checkExchange(t *testing.T, ex exchange, errs []string) {
 }
 
 func TestConcurrentValidate(t *testing.T) {
+	needSpec(t)
 	var wg sync.WaitGroup
 	f := &fakeTB{}
 	for i := 0; i < 8; i++ {
@@ -513,9 +596,7 @@ func TestConcurrentValidate(t *testing.T) {
 }
 
 func BenchmarkValidate(b *testing.B) {
-	if _, err := load(); err != nil {
-		b.Fatal(err)
-	}
+	needSpec(b)
 	store := []byte(`{"token":"tok","display_name":"a...@e...","public_keys":[{"public_key":"k","key_validity_url":"https://x/_matrix/identity/v2/pubkey/isvalid"}]}`)
 	b.ReportAllocs()
 	for b.Loop() {
