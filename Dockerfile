@@ -19,9 +19,9 @@ COPY --from=build --chown=65532:65532 /out/data /data
 # example's listen: 0.0.0.0:8443 among them). See deploy/image/herald.yaml.
 COPY deploy/image/herald.yaml /etc/herald/herald.yaml
 USER 65532:65532
-# Listening on 0.0.0.0 needs HERALD_SMTP_HOST (or HERALD_SMTP_DEV_MAILBOX=true
-# to keep mail in the dev mailbox, read in the console) and
-# HERALD_PUBLIC_BASE_URL: Herald refuses to start without them.
+# Listening on 0.0.0.0 needs smtp.host (or smtp.dev_mailbox: true to keep mail
+# in the dev mailbox, read in the console) and public_base_url, from a mounted
+# file or -e variables: Herald refuses to start without them.
 ENV HERALD_CONFIG=/etc/herald/herald.yaml
 VOLUME ["/data"]
 EXPOSE 8090

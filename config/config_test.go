@@ -202,12 +202,12 @@ func TestWildcardListenNeedsPublicBaseURL(t *testing.T) {
 		if err == nil || !strings.HasPrefix(err.Error(), "config: public_base_url: must be set when listen is a wildcard address") || strings.Contains(err.Error(), "\n") {
 			t.Errorf("listen %s without public_base_url: %v", listen, err)
 		}
-		if _, err := Load("", []string{"HERALD_LISTEN=" + listen, "HERALD_PUBLIC_BASE_URL=https://id.example.org", "HERALD_SERVER_NAME=id.example.org"}); err != nil {
+		if _, err := Load("", []string{"HERALD_LISTEN=" + listen, "HERALD_PUBLIC_BASE_URL=https://id.example.org", "HERALD_SERVER_NAME=id.example.org", "HERALD_SMTP_HOST=smtp.example.org"}); err != nil {
 			t.Errorf("listen %s with public_base_url: %v", listen, err)
 		}
 	}
 	for _, listen := range []string{"127.0.0.1:8090", "[::1]:8090", "id.example.org:8090", "10.1.2.3:80"} {
-		if _, err := Load("", []string{"HERALD_LISTEN=" + listen}); err != nil {
+		if _, err := Load("", []string{"HERALD_LISTEN=" + listen, "HERALD_SMTP_HOST=smtp.example.org"}); err != nil {
 			t.Errorf("listen %s: %v", listen, err)
 		}
 	}

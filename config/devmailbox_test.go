@@ -30,7 +30,9 @@ func TestDevMailboxAndAuditKeys(t *testing.T) {
 		{"admin: {audit_max_entries: 10}", "admin.audit_max_entries"},
 	} {
 		path := filepath.Join(t.TempDir(), "c.yaml")
-		if err := os.WriteFile(path, []byte(c.yml), 0o600); err != nil {
+		// A wildcard listen also needs public_base_url (a rule of its own).
+		yml := "public_base_url: https://id.example.org\nserver_name: id.example.org\n" + c.yml
+		if err := os.WriteFile(path, []byte(yml), 0o600); err != nil {
 			t.Fatal(err)
 		}
 		_, err := Load(path, nil)
@@ -42,7 +44,7 @@ func TestDevMailboxAndAuditKeys(t *testing.T) {
 		}
 	}
 	path := filepath.Join(t.TempDir(), "c.yaml")
-	if err := os.WriteFile(path, []byte("listen: 0.0.0.0:8090"), 0o600); err != nil {
+	if err := os.WriteFile(path, []byte("listen: 0.0.0.0:8090\npublic_base_url: https://id.example.org"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := Load(path, []string{"HERALD_SMTP_DEV_MAILBOX=true"}); err != nil {

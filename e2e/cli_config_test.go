@@ -331,7 +331,7 @@ func TestCLIAdminCreateExistingWhileServing(t *testing.T) {
 		}
 		return stdout.String(), stderr.String(), cmd.ProcessState.ExitCode()
 	}
-	if out, stderr, code := create("a good long password", "--config", cfg); code != 0 || !strings.Contains(out, `"ops" saved by the running Herald`) {
+	if out, stderr, code := create("a good long password", "--config", cfg); code != 0 || !strings.Contains(out, `"ops" saved`) {
 		t.Fatalf("create: exit %d %q %q", code, out, stderr)
 	}
 	if out, stderr, code := create("another long password", "--config", cfg); code != 1 || !strings.Contains(stderr, "exists already (use --replace") {

@@ -115,7 +115,7 @@ func TestAdminCreateExistingWhileServing(t *testing.T) {
 	dir := t.TempDir()
 	base, _ := startServe(t, []string{"HERALD_DATA_DIR=" + dir, "HERALD_LISTEN=127.0.0.1:0", "HERALD_SERVER_NAME=herald.test"})
 	out, err := runAdmin(t, dir, "a good long password\n", "create", "ops")
-	if err != nil || !strings.Contains(out, `"ops" saved by the running Herald`) {
+	if err != nil || !strings.Contains(out, `"ops" saved`) {
 		t.Fatalf("create while serving: %q %v", out, err)
 	}
 	_, err = runAdmin(t, dir, "another long password\n", "create", "ops")

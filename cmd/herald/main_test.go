@@ -156,7 +156,12 @@ func TestUnknownEnvWarning(t *testing.T) {
 	if err := run(context.Background(), []string{"keys", "list"}, env, &out, &logs); err != nil {
 		t.Fatalf("keys list with unknown HERALD_ variables: %v", err)
 	}
-	lines := strings.Split(strings.TrimSpace(logs.String()), "\n")
+	var lines []string
+	for _, l := range strings.Split(logs.String(), "\n") {
+		if strings.Contains(l, "HERALD_") {
+			lines = append(lines, l)
+		}
+	}
 	if len(lines) != 2 || !strings.Contains(lines[0], "HERALD_SERVICE_PORT") || !strings.Contains(lines[1], "HERALD_SMTP_HOTS") ||
 		!strings.Contains(lines[0], "level=WARN") || strings.Contains(logs.String(), "secret-value") {
 		t.Errorf("warnings:\n%s", logs.String())
