@@ -15,11 +15,12 @@ import (
 	"github.com/chromedp/chromedp"
 )
 
-// Path finds Debian's chromium (or $HERALD_CHROMIUM); a missing browser fails
+// Path finds Debian's chromium (or $CHROMIUM_PATH, a test knob outside the
+// HERALD_ configuration prefix); a missing browser fails
 // the test (.ci/run installs it with apt-get install -y chromium).
 func Path(t testing.TB) string {
 	t.Helper()
-	for _, p := range []string{os.Getenv("HERALD_CHROMIUM"), "/usr/bin/chromium"} {
+	for _, p := range []string{os.Getenv("CHROMIUM_PATH"), "/usr/bin/chromium"} {
 		if p != "" {
 			if _, err := os.Stat(p); err == nil {
 				return p
@@ -29,7 +30,7 @@ func Path(t testing.TB) string {
 	if p, err := exec.LookPath("chromium"); err == nil {
 		return p
 	}
-	t.Fatal("chromium not found at /usr/bin/chromium: .ci/run installs it (apt-get install -y chromium), or set HERALD_CHROMIUM")
+	t.Fatal("chromium not found at /usr/bin/chromium: .ci/run installs it (apt-get install -y chromium), or set CHROMIUM_PATH")
 	return ""
 }
 
