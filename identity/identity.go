@@ -325,7 +325,8 @@ func (s *Service) ExpireIdleTokens(now time.Time) (expired, deleted int, err err
 	return expired, deleted, err
 }
 
-// RunTokenExpiry runs ExpireIdleTokens every interval until ctx is done.
+// RunTokenExpiry runs ExpireIdleTokens and DeleteExpiredSessions every
+// interval until ctx is done.
 func (s *Service) RunTokenExpiry(ctx context.Context, every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
@@ -339,6 +340,11 @@ func (s *Service) RunTokenExpiry(ctx context.Context, every time.Duration) {
 				s.opts.Log.Error("expiring idle access tokens", "err", err)
 			} else if expired+deleted > 0 {
 				s.opts.Log.Info("idle access tokens expired", "expired", expired, "tombstones_deleted", deleted)
+			}
+			if n, err := s.DeleteExpiredSessions(s.opts.Now().UTC()); err != nil {
+				s.opts.Log.Error("deleting expired validation sessions", "err", err)
+			} else if n > 0 {
+				s.opts.Log.Info("expired validation sessions deleted", "count", n)
 			}
 		}
 	}
