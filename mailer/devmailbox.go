@@ -21,10 +21,17 @@ import (
 type DevMailbox struct {
 	dir string
 	now func() time.Time
+	max int // files kept; the oldest go first
 
-	mu  sync.Mutex
-	seq int
+	mu    sync.Mutex
+	seq   int
+	count int // .eml files in dir, as far as this process knows
 }
+
+// DevMailboxMax is how many mails the dev mailbox keeps: the oldest are
+// deleted beyond it, so mail that requests can cause (v1 requestToken is
+// anonymous) never fills the disk.
+const DevMailboxMax = 1000
 
 // DevMail describes one stored message.
 type DevMail struct {
@@ -40,7 +47,50 @@ func NewDevMailbox(dir string) (*DevMailbox, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("mailer: dev mailbox: %w", err)
 	}
-	return &DevMailbox{dir: dir, now: time.Now}, nil
+	d := &DevMailbox{dir: dir, now: time.Now, max: DevMailboxMax}
+	names, err := d.names()
+	if err != nil {
+		return nil, fmt.Errorf("mailer: dev mailbox: %w", err)
+	}
+	d.count = len(names)
+	return d, nil
+}
+
+// names lists the mailbox's .eml files, oldest first (names start with the
+// time they were written).
+func (d *DevMailbox) names() ([]string, error) {
+	entries, err := os.ReadDir(d.dir)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, e := range entries {
+		if !e.IsDir() && validName(e.Name()) {
+			out = append(out, e.Name())
+		}
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
+// prune deletes the oldest files once the mailbox holds a tenth more than
+// max, back down to max (so a directory listing is paid once per max/10
+// mails, not per mail).
+func (d *DevMailbox) prune() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.count++
+	if d.count <= d.max+d.max/10 {
+		return
+	}
+	names, err := d.names()
+	if err != nil {
+		return
+	}
+	for _, n := range names[:max(0, len(names)-d.max)] {
+		_ = os.Remove(filepath.Join(d.dir, n))
+	}
+	d.count = min(len(names), d.max)
 }
 
 // Dir is the directory holding the .eml files.
@@ -73,6 +123,7 @@ func (d *DevMailbox) SendReply(ctx context.Context, from string, to []string, ra
 	if err := os.Rename(tmp.Name(), filepath.Join(d.dir, name)); err != nil {
 		return "", err
 	}
+	d.prune()
 	return "saved in the dev mailbox as " + name, nil
 }
 

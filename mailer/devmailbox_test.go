@@ -83,3 +83,28 @@ func TestDevMailboxAsQueueSender(t *testing.T) {
 		t.Error("mailbox file differs from the queued bytes")
 	}
 }
+
+// The dev mailbox keeps at most DevMailboxMax mails (the newest): mail that
+// requests cause must not fill the disk.
+func TestDevMailboxKeepsTheNewest(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "mailbox")
+	d, err := mailer.NewDevMailbox(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw := testRaw(t, "bob@example.org", "flood")
+	total := mailer.DevMailboxMax + mailer.DevMailboxMax/10 + 1
+	var last string
+	for i := 0; i < total; i++ {
+		if last, err = d.SendReply(context.Background(), "herald@id.example.org", []string{"bob@example.org"}, raw); err != nil {
+			t.Fatal(err)
+		}
+	}
+	files, _ := filepath.Glob(filepath.Join(dir, "*.eml"))
+	if len(files) != mailer.DevMailboxMax {
+		t.Fatalf("%d .eml files after %d mails, want %d", len(files), total, mailer.DevMailboxMax)
+	}
+	if _, err := os.Stat(filepath.Join(dir, strings.TrimPrefix(last, "saved in the dev mailbox as "))); err != nil {
+		t.Fatalf("the newest mail was deleted: %v", err)
+	}
+}
