@@ -460,8 +460,8 @@ func (s *Service) Sign(mxid, token, privateKey string) (map[string]json.RawMessa
 		return nil, matrix.InvalidParam("private_key is not an ed25519 private key in base64")
 	}
 	priv := ed25519.NewKeyFromSeed(seed)
-	if keys.EncodeBase64(priv.Public().(ed25519.PublicKey)) != inv.EphemeralPublic {
-		return nil, matrix.Forbidden("private_key is not this invite's key")
+	if err := s.checkEphemeral(inv, priv); err != nil {
+		return nil, err
 	}
 	switch {
 	case inv.Pending(s.opts.Now()):
@@ -470,7 +470,7 @@ func (s *Service) Sign(mxid, token, privateKey string) (map[string]json.RawMessa
 		return nil, matrix.Forbidden("This invite is no longer valid (%s)", stateWord(inv))
 	}
 	return keys.SignJSON(map[string]string{"mxid": mxid, "sender": inv.Sender, "token": inv.Token},
-		s.opts.Ring.ServerName(), ephemeralKeyID, priv)
+		inv.signingServer(s.opts.Ring.ServerName()), ephemeralKeyID, priv)
 }
 
 func stateWord(inv *Invite) string {

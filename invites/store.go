@@ -57,6 +57,10 @@ type Invite struct {
 	MailID       uint64    `json:"mail_id,omitempty"` // the invite email in the mailer outbox
 	Homeserver   string    `json:"homeserver"`        // the sender's server
 	Via          string    `json:"via,omitempty"`     // "v2" or "v1"
+	// SignAs is the server name signatures for this invite are made under
+	// when it is not server_name: an invite imported from another identity
+	// server (sydent) keeps that server's name and key id.
+	SignAs string `json:"sign_as,omitempty"`
 }
 
 // Expired reports whether inv is past its expiry time at now.
