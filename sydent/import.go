@@ -295,11 +295,11 @@ func (im *importer) countAll() error {
 // fails when the import was interrupted.
 func (im *importer) step(stage string) error {
 	im.done++
-	if im.done%1024 != 0 {
-		return nil
-	}
 	if err := im.ctx.Err(); err != nil {
 		return err
+	}
+	if im.done%1024 != 0 {
+		return nil
 	}
 	if im.opts.Progress != nil {
 		if now := time.Now(); now.Sub(im.lastReport) > 500*time.Millisecond {

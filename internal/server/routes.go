@@ -63,6 +63,9 @@ func (a *App) routes(e *echo.Echo) {
 		v1.POST("/3pid/unbind", id.Unbind)
 	}
 
+	// The key_validity_urls of invites imported from sydent (sydent.go).
+	a.sydentRoutes(e, pk)
+
 	// The invitee's pages linked from invite emails (GET confirms, POST acts).
 	e.GET("/_herald/invites/decline", inv.DeclinePage)
 	e.POST("/_herald/invites/decline", inv.DeclineAction)
