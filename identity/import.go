@@ -16,9 +16,9 @@ import (
 type ImportOutcome int
 
 const (
-	Imported ImportOutcome = iota // written
-	Unchanged                     // already there, identical
-	Conflict                      // something different is already there; left alone
+	Imported  ImportOutcome = iota // written
+	Unchanged                      // already there, identical
+	Conflict                       // something different is already there; left alone
 )
 
 // ImportPepper makes pepper the current lookup pepper (clients of the old
