@@ -66,15 +66,8 @@ func importCommand(ctx context.Context, cfg *config.Config, log *slog.Logger, ar
 	if err != nil {
 		return err
 	}
-	if *templates != "" {
-		if cfg.Email.TemplatesDir == "" {
-			return errors.New("--templates needs email.templates_dir set: the converted templates are written there")
-		}
-		conv, err := sydent.ConvertTemplates(*templates, cfg.Email.TemplatesDir, scfg)
-		if err != nil {
-			return err
-		}
-		fmt.Fprint(stdout, conv.String())
+	if *templates != "" && cfg.Email.TemplatesDir == "" {
+		return errors.New("--templates needs email.templates_dir set: the converted templates are written there")
 	}
 	a, err := server.New(cfg, log, server.Options{Version: fullVersion()})
 	if errors.Is(err, store.ErrLocked) {
@@ -101,7 +94,14 @@ func importCommand(ctx context.Context, cfg *config.Config, log *slog.Logger, ar
 	if !r.Changed() {
 		fmt.Fprintln(stdout, "nothing changed: this deployment was imported before")
 	}
-	return nil
+	if *templates == "" {
+		return nil
+	}
+	conv, err := sydent.ConvertTemplates(*templates, cfg.Email.TemplatesDir, scfg)
+	if conv != nil {
+		fmt.Fprint(stdout, conv.String())
+	}
+	return err
 }
 
 // progressLine redraws one terminal line with counts and an ETA.
