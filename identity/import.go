@@ -1,7 +1,9 @@
 package identity
 
 import (
+	"bytes"
 	"encoding/json"
+	"slices"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -32,17 +34,43 @@ func (s *Service) ImportPepper(tx *bolt.Tx, pepper string) (ImportOutcome, error
 	return Imported, err
 }
 
-// ImportBinding stores b with its own times, without running the bind hooks
-// (an imported binding delivers nothing: the old server already did). An
+// BindingImport writes many bindings in one write transaction. bbolt keeps
+// every key a transaction adds to a page in one in-memory node until the
+// commit, so keys added in random order cost a copy of that node each:
+// bindings come in address order, and the hash index entries (random by
+// nature) are sorted and written by Close.
+type BindingImport struct {
+	tx     *bolt.Tx
+	pepper string
+	idx    []hashEntry
+}
+
+type hashEntry struct {
+	hash [32]byte
+	mxid string
+}
+
+// ImportBindings starts a BindingImport in tx. Call ImportPepper first:
+// the hash index is written for the current pepper.
+func (s *Service) ImportBindings(tx *bolt.Tx) (*BindingImport, error) {
+	pepper, err := s.pepperTx(tx)
+	if err != nil {
+		return nil, err
+	}
+	tx.Bucket(bindingsBucket).FillPercent = 0.9
+	return &BindingImport{tx: tx, pepper: pepper}, nil
+}
+
+// Add stores b with its own times, without running the bind hooks (an
+// imported binding delivers nothing: the old server already did). An
 // address already bound to the same mxid is Unchanged, to another mxid a
-// Conflict. Call ImportPepper first: the hash index is written for the
-// current pepper.
-func (s *Service) ImportBinding(tx *bolt.Tx, b Binding) (ImportOutcome, error) {
+// Conflict.
+func (bi *BindingImport) Add(b Binding) (ImportOutcome, error) {
 	if b.Medium == "" || b.Address == "" || b.MXID == "" {
 		return Conflict, ErrBadBinding
 	}
 	b.Address = normalizeAddress(b.Medium, b.Address)
-	bk := tx.Bucket(bindingsBucket)
+	bk := bi.tx.Bucket(bindingsBucket)
 	key := bindingKey(b.Medium, b.Address)
 	if raw := bk.Get(key); raw != nil {
 		var old Binding
@@ -67,31 +95,65 @@ func (s *Service) ImportBinding(tx *bolt.Tx, b Binding) (ImportOutcome, error) {
 	if err := bk.Put(key, raw); err != nil {
 		return Conflict, err
 	}
-	pepper, err := s.pepperTx(tx)
-	if err != nil {
-		return Conflict, err
-	}
-	h := lookupHashRaw(b.Address, b.Medium, pepper)
-	return Imported, tx.Bucket(lookupHashBucket).Put(h[:], []byte(b.MXID))
+	bi.idx = append(bi.idx, hashEntry{lookupHashRaw(b.Address, b.Medium, bi.pepper), b.MXID})
+	return Imported, nil
 }
 
-// ImportAccount stores an access token of userID (only its hash, as for
-// Herald's own tokens). The same token for the same user is Unchanged, for
-// another user a Conflict.
-func (s *Service) ImportAccount(tx *bolt.Tx, token, userID string, created time.Time) (ImportOutcome, error) {
-	b := tx.Bucket(accountsBucket)
-	if raw := b.Get(hashToken(token)); raw != nil {
-		var a Account
-		if err := json.Unmarshal(raw, &a); err != nil {
-			return Conflict, err
+// Close writes the hash index entries of the bindings added, in key order.
+func (bi *BindingImport) Close() error {
+	slices.SortFunc(bi.idx, func(a, b hashEntry) int { return bytes.Compare(a.hash[:], b.hash[:]) })
+	idx := bi.tx.Bucket(lookupHashBucket)
+	idx.FillPercent = 0.9
+	for _, e := range bi.idx {
+		if err := idx.Put(e.hash[:], []byte(e.mxid)); err != nil {
+			return err
 		}
-		if a.UserID == userID {
-			return Unchanged, nil
-		}
-		return Conflict, nil
 	}
-	raw, _ := json.Marshal(Account{UserID: userID, Created: created.UTC()})
-	return Imported, b.Put(hashToken(token), raw)
+	bi.idx = nil
+	return nil
+}
+
+// ImportedAccount is one access token of another identity server.
+type ImportedAccount struct {
+	Token, UserID string
+	Created       time.Time
+}
+
+// ImportAccounts stores access tokens (only their hashes, as for Herald's
+// own), in hash order (see BindingImport). A token already stored for the
+// same user is Unchanged, for another user a Conflict; out[i] is accts[i]'s.
+func (s *Service) ImportAccounts(tx *bolt.Tx, accts []ImportedAccount) ([]ImportOutcome, error) {
+	type item struct {
+		hash []byte
+		i    int
+	}
+	items := make([]item, len(accts))
+	for i, a := range accts {
+		items[i] = item{hashToken(a.Token), i}
+	}
+	slices.SortFunc(items, func(a, b item) int { return bytes.Compare(a.hash, b.hash) })
+	out := make([]ImportOutcome, len(accts))
+	b := tx.Bucket(accountsBucket)
+	for _, it := range items {
+		a := accts[it.i]
+		if raw := b.Get(it.hash); raw != nil {
+			var old Account
+			if err := json.Unmarshal(raw, &old); err != nil {
+				return nil, err
+			}
+			out[it.i] = Conflict
+			if old.UserID == a.UserID {
+				out[it.i] = Unchanged
+			}
+			continue
+		}
+		raw, _ := json.Marshal(Account{UserID: a.UserID, Created: a.Created.UTC()})
+		if err := b.Put(it.hash, raw); err != nil {
+			return nil, err
+		}
+		out[it.i] = Imported
+	}
+	return out, nil
 }
 
 // ImportAcceptedTerms records that userID accepted the policy documents at

@@ -402,6 +402,10 @@ type assoc struct {
 // any local association in force missing from the global table.
 func (im *importer) bindings(tx *bolt.Tx) error {
 	nowMS := im.now.UnixMilli()
+	bi, err := im.t.Identity.ImportBindings(tx)
+	if err != nil {
+		return err
+	}
 	put := func(a assoc) error {
 		if a.notAfter != 0 && a.notAfter <= nowMS {
 			im.r.Bindings.skip(whyExpired)
@@ -421,7 +425,7 @@ func (im *importer) bindings(tx *bolt.Tx) error {
 		if a.notAfter == 0 {
 			b.NotAfter = time.Time{}
 		}
-		o, err := im.t.Identity.ImportBinding(tx, b)
+		o, err := bi.Add(b)
 		if err != nil {
 			return err
 		}
@@ -507,7 +511,7 @@ func (im *importer) bindings(tx *bolt.Tx) error {
 		return err
 	}
 	im.done += lc - inGlobal
-	return nil
+	return bi.Close()
 }
 
 func sameAddress(a, b string) bool {
@@ -637,6 +641,7 @@ func (im *importer) accounts(tx *bolt.Tx) error {
 		return im.src.fail("%s", sqliteMessage(err))
 	}
 	defer rows.Close()
+	var accts []identity.ImportedAccount
 	for rows.Next() {
 		var token, user string
 		var created sql.NullInt64
@@ -650,14 +655,17 @@ func (im *importer) accounts(tx *bolt.Tx) error {
 		if created.Valid && created.Int64 > 0 {
 			when = time.UnixMilli(created.Int64)
 		}
-		o, err := im.t.Identity.ImportAccount(tx, token, user, when)
-		if err != nil {
-			return err
-		}
-		im.r.Accounts.outcome(o, whyTokenOther)
+		accts = append(accts, identity.ImportedAccount{Token: token, UserID: user, Created: when})
 	}
 	if err := rows.Err(); err != nil {
 		return im.src.fail("%s", sqliteMessage(err))
+	}
+	outs, err := im.t.Identity.ImportAccounts(tx, accts)
+	if err != nil {
+		return err
+	}
+	for _, o := range outs {
+		im.r.Accounts.outcome(o, whyTokenOther)
 	}
 	return nil
 }

@@ -27,7 +27,7 @@ import (
 	"github.com/herald-im/herald/sydent"
 )
 
-func testConfig(t *testing.T, dataDir string) *config.Config {
+func testConfig(t testing.TB, dataDir string) *config.Config {
 	t.Helper()
 	c := config.Default()
 	c.ServerName = "sydent-a.example.org"
@@ -41,7 +41,7 @@ func testConfig(t *testing.T, dataDir string) *config.Config {
 
 // importInto runs the import as `herald import sydent` does: the App built
 // on the data_dir (not started), then sydent.Import.
-func importInto(ctx context.Context, t *testing.T, cfg *config.Config, dbPath, confPath string, opts sydent.Options) (*sydent.Report, error) {
+func importInto(ctx context.Context, t testing.TB, cfg *config.Config, dbPath, confPath string, opts sydent.Options) (*sydent.Report, error) {
 	t.Helper()
 	scfg, err := sydent.ReadConfig(confPath)
 	if err != nil {
