@@ -185,6 +185,14 @@ func RecordImportedKey(tx *bolt.Tx, keyID, pub string) (bool, error) {
 // failed, it writes nothing to the database (the signing key, written to
 // the key ring first, is then already there; a repeated import finds it).
 func Import(ctx context.Context, t Target, dbPath string, cfg *Config, opts Options) (*Report, error) {
+	r, err := doImport(ctx, t, dbPath, cfg, opts)
+	if err != nil && ctx.Err() != nil {
+		return nil, fmt.Errorf("import interrupted; nothing was written to the database (run it again): %w", ctx.Err())
+	}
+	return r, err
+}
+
+func doImport(ctx context.Context, t Target, dbPath string, cfg *Config, opts Options) (*Report, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
@@ -240,9 +248,6 @@ func Import(ctx context.Context, t Target, dbPath string, cfg *Config, opts Opti
 		return nil
 	})
 	if err != nil && !errors.Is(err, errNoChange) {
-		if ctx.Err() != nil {
-			return nil, fmt.Errorf("import interrupted; nothing was written to the database (run it again): %w", ctx.Err())
-		}
 		return nil, err
 	}
 	if err := im.notImported(); err != nil {

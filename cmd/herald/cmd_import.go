@@ -38,7 +38,7 @@ Stop Herald (and sydent) first. See docs/migrating-from-sydent.md.`
 func init() { subcommands["import"] = importCommand }
 
 // importCommand imports another identity server's deployment.
-func importCommand(ctx context.Context, cfg *config.Config, log *slog.Logger, args []string, stdout io.Writer) error {
+func importCommand(ctx context.Context, cfg *config.Config, _ *slog.Logger, args []string, stdout io.Writer) error {
 	if len(args) == 0 {
 		return usageError(importUsage)
 	}
@@ -69,7 +69,10 @@ func importCommand(ctx context.Context, cfg *config.Config, log *slog.Logger, ar
 	if *templates != "" && cfg.Email.TemplatesDir == "" {
 		return errors.New("--templates needs email.templates_dir set: the converted templates are written there")
 	}
-	a, err := server.New(cfg, log, server.Options{Version: fullVersion()})
+	// The App is only storage here: its start-up notices (dev mailbox, admin
+	// account) say nothing about the import, so only errors are logged.
+	quiet := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
+	a, err := server.New(cfg, quiet, server.Options{Version: fullVersion()})
 	if errors.Is(err, store.ErrLocked) {
 		return fmt.Errorf("%w: stop Herald first", err)
 	} else if err != nil {
