@@ -339,6 +339,9 @@ func (s *Service) StoreInvite(c echo.Context) error {
 	if acct == nil {
 		return matrix.Unauthorized("Missing access token")
 	}
+	if fields != nil {
+		brandFromQuery(c, fields) // brand.go
+	}
 	a, err := s.store(fields, acct.UserID, "v2")
 	if err != nil {
 		return err
@@ -356,6 +359,9 @@ func (s *Service) StoreInviteV1(c echo.Context) error {
 	fields, err := formOrJSON(c)
 	if err != nil {
 		return err
+	}
+	if fields != nil {
+		brandFromQuery(c, fields) // brand.go
 	}
 	a, err := s.store(fields, "", "v1")
 	if err != nil {

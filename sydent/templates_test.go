@@ -241,3 +241,60 @@ func TestHeraldRefusesSydentTemplates(t *testing.T) {
 		})
 	}
 }
+
+// TestBrandSelectsTemplates: as in sydent, ?brand= on store-invite picks
+// the brand's converted templates, and no brand or an unknown one gets
+// email.default_brand's (or, unset, those at the top of templates_dir,
+// which the conversion fills with sydent's default brand).
+func TestBrandSelectsTemplates(t *testing.T) {
+	dst, _ := convertTestTemplates(t) // brands "legacy" and "jinja"; sydent's default: jinja
+	for _, c := range []struct {
+		defaultBrand, query, want string
+	}{
+		{"", "", "Hi,"},
+		{"", "?brand=legacy", "Hello,"},
+		{"", "?brand=jinja", "Hi,"},
+		{"", "?brand=nosuchbrand", "Hi,"},
+		{"", "?brand=..%2Flegacy", "Hi,"},
+		{"legacy", "", "Hello,"},
+		{"legacy", "?brand=jinja", "Hi,"},
+	} {
+		t.Run(c.defaultBrand+c.query, func(t *testing.T) {
+			smtp := smtptest.Start(t, smtptest.Options{})
+			env := testenv.Start(t, func(cfg *config.Config) {
+				cfg.SMTP.Host, cfg.SMTP.Port = smtp.Host, smtp.Port
+				cfg.Email.TemplatesDir = dst
+				cfg.Email.DefaultBrand = c.defaultBrand
+			})
+			tok := env.Register(t, "@alice:hs.test")
+			status, body := env.Do(t, "POST", "/_matrix/identity/v2/store-invite"+c.query, map[string]any{
+				"medium": "email", "address": "invitee@example.org", "room_id": "!room:hs.test", "sender": "@alice:hs.test",
+			}, tok)
+			if status != 200 {
+				t.Fatalf("store-invite: %d %s", status, body)
+			}
+			raw := string(waitMail(t, smtp, 1))
+			if !strings.Contains(raw, "\r\n"+c.want+"\r\n") {
+				t.Errorf("mail is not the expected brand's (want %q):\n%s", c.want, raw)
+			}
+		})
+	}
+}
+
+func TestDefaultBrandValidation(t *testing.T) {
+	dst, _ := convertTestTemplates(t)
+	for brand, want := range map[string]string{
+		"nosuch":    "email.default_brand",
+		"../legacy": "email.default_brand",
+		"legacy":    "",
+	} {
+		c := config.Default()
+		c.DataDir = t.TempDir()
+		c.Email.TemplatesDir = dst
+		c.Email.DefaultBrand = brand
+		err := c.Validate()
+		if (want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), want)) {
+			t.Errorf("default_brand %q: %v", brand, err)
+		}
+	}
+}
