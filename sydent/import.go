@@ -486,7 +486,7 @@ func (im *importer) bindings(tx *bolt.Tx) error {
 		return im.src.fail("%s", sqliteMessage(err))
 	}
 	defer local.Close()
-	inGlobal := 0
+	localOnly := 0
 	for local.Next() {
 		var a assoc
 		var mxid sql.NullString
@@ -494,7 +494,7 @@ func (im *importer) bindings(tx *bolt.Tx) error {
 		if err := local.Scan(&a.medium, &a.address, &mxid, &ts, &nb, &na); err != nil {
 			return im.src.fail("%s", sqliteMessage(err))
 		}
-		inGlobal++
+		localOnly++
 		if err := im.step("bindings"); err != nil {
 			return err
 		}
@@ -515,13 +515,17 @@ func (im *importer) bindings(tx *bolt.Tx) error {
 	if err != nil {
 		return err
 	}
-	im.done += lc - inGlobal
+	im.done += lc - localOnly
 	return bi.Close()
 }
 
+// sameAddress reports whether a and b are one address once case-folded.
 func sameAddress(a, b string) bool {
 	if a == b {
 		return true
+	}
+	if ascii(a) && ascii(b) {
+		return strings.EqualFold(a, b)
 	}
 	na, err1 := identity.NormalizeEmail(a)
 	nb, err2 := identity.NormalizeEmail(b)
@@ -730,7 +734,7 @@ func (im *importer) notImported() error {
 			return err
 		}
 		if n > 0 {
-			im.r.NotImported = append(im.r.NotImported, fmt.Sprintf("%d email validation sessions (users in the middle of validating ask for a new code)", n))
+			im.r.NotImported = append(im.r.NotImported, fmt.Sprintf("%d email validation sessions (finished or in flight: whoever was validating when sydent stopped asks for a new code)", n))
 		}
 	}
 	if im.src.tables["peers"] {
@@ -743,4 +747,13 @@ func (im *importer) notImported() error {
 		}
 	}
 	return nil
+}
+
+func ascii(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
 }
