@@ -284,3 +284,39 @@ func registerAt(t *testing.T, w *world, mxid, server string) string {
 	_ = json.Unmarshal(body, &r)
 	return r.Token
 }
+
+// TestSydentTakeoverRepeatedStoreInvite: a homeserver sending store-invite
+// again for a pending imported invite (same sender, room and address) gets
+// a new invite with a complete answer (Herald does not know the imported
+// invite's ephemeral key, so it cannot repeat sydent's answer).
+func TestSydentTakeoverRepeatedStoreInvite(t *testing.T) {
+	w, m := startImported(t, hssim.Synapse, false)
+	inv := m.PendingInvites[0]
+	tok := ""
+	for _, a := range m.Accounts {
+		if a.UserID == inv.Sender {
+			tok = a.Token
+		}
+	}
+	if tok == "" {
+		t.Fatalf("no account for %s in the fixture", inv.Sender)
+	}
+	status, body := w.env.Do(t, "POST", "/_matrix/identity/v2/store-invite", map[string]any{
+		"medium": "email", "address": inv.Address, "room_id": inv.RoomID, "sender": inv.Sender,
+	}, tok)
+	if status != 200 {
+		t.Fatalf("store-invite: %d %s", status, body)
+	}
+	var ans struct {
+		Token      string `json:"token"`
+		PublicKeys []struct {
+			PublicKey string `json:"public_key"`
+		} `json:"public_keys"`
+	}
+	if err := json.Unmarshal(body, &ans); err != nil {
+		t.Fatal(err)
+	}
+	if ans.Token == inv.Token || ans.Token == "" || len(ans.PublicKeys) != 2 || ans.PublicKeys[1].PublicKey == "" {
+		t.Errorf("repeated store-invite answered %s", body)
+	}
+}

@@ -361,6 +361,12 @@ func (s *Service) pendingDuplicate(tx *bolt.Tx, sender, room, medium, address st
 	if err != nil || !inv.Pending(s.opts.Now()) {
 		return nil, err
 	}
+	if inv.EphemeralPublic == "" {
+		// Imported from sydent (import.go), whose ephemeral key is not
+		// known: its store-invite answer cannot be given again, so a repeat
+		// makes a new invite.
+		return nil, nil
+	}
 	return inv, nil
 }
 

@@ -319,7 +319,8 @@ func TestImportedInviteRecord(t *testing.T) {
 			t.Fatalf("invite %s…: %v", p.Token[:8], err)
 		}
 		if inv.RoomID != p.RoomID || inv.Sender != p.Sender || inv.Address != p.Address || inv.State != invites.StatePending ||
-			inv.KeyID != m.SigningKey.KeyID || inv.PublicKey != m.SigningKey.PublicKey || inv.SignAs != m.ServerName {
+			inv.KeyID != m.SigningKey.KeyID || inv.PublicKey != m.SigningKey.PublicKey || inv.SignAs != m.ServerName ||
+			!inv.ExpiresAt.IsZero() {
 			t.Errorf("imported invite %+v does not match the manifest's %+v", inv, p)
 		}
 	}

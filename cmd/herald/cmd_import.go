@@ -32,6 +32,9 @@ const importUsage = `usage: herald import sydent --db sydent.db --sydent-config 
   --templates DIR       sydent's templates (templates.path): converted into
                         email.templates_dir (must be set) for every brand
   --merge               import into a data_dir that already holds Herald data
+  --invite-expiry D     how long imported pending invites stay pending, from
+                        the import (default invites.expiry; 0: never, as in
+                        sydent)
 
 Stop Herald (and sydent) first. See docs/migrating-from-sydent.md.`
 
@@ -56,6 +59,7 @@ func importCommand(ctx context.Context, cfg *config.Config, _ *slog.Logger, args
 	confPath := fs.String("sydent-config", "", "")
 	templates := fs.String("templates", "", "")
 	merge := fs.Bool("merge", false, "")
+	expiry := fs.String("invite-expiry", "", "")
 	if err := fs.Parse(args[1:]); err != nil {
 		return usageError(err.Error() + "\n" + importUsage)
 	}
@@ -80,6 +84,13 @@ func importCommand(ctx context.Context, cfg *config.Config, _ *slog.Logger, args
 	}
 	defer a.Close()
 	opts := sydent.Options{Merge: *merge, InviteExpiry: cfg.Invites.Expiry.D()}
+	if *expiry != "" {
+		d, err := config.ParseDuration(*expiry)
+		if err != nil {
+			return usageError(fmt.Sprintf("--invite-expiry %q: want a duration such as 30d, or 0 for never", *expiry))
+		}
+		opts.InviteExpiry = d.D()
+	}
 	var p *progressLine
 	if f, ok := stdout.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
 		p = &progressLine{w: stdout, start: time.Now()}
