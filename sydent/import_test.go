@@ -16,6 +16,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -332,5 +333,31 @@ func TestImportedInviteRecord(t *testing.T) {
 	k, ok := a.Ring().Published(m.SigningKey.KeyID)
 	if !ok || k.PublicBase64() != m.SigningKey.PublicKey || k.Current {
 		t.Errorf("ring key %s: %+v published %v; want sydent's key, not current", m.SigningKey.KeyID, k.PublicBase64(), ok)
+	}
+}
+
+func TestImportedInviteExpiry(t *testing.T) {
+	dir := sydentfixture.Dir(t, "sydent-a")
+	m := sydentfixture.Load(t, dir)
+	data := t.TempDir()
+	cfg := testConfig(t, data)
+	now := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	if _, err := importInto(context.Background(), t, cfg, filepath.Join(dir, "sydent.db"), filepath.Join(dir, "sydent.conf"),
+		sydent.Options{InviteExpiry: 48 * time.Hour, Now: func() time.Time { return now }}); err != nil {
+		t.Fatal(err)
+	}
+	a, err := server.New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), server.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	for _, p := range m.PendingInvites {
+		inv, err := a.Invites().ByToken(p.Token)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !inv.ExpiresAt.Equal(now.Add(48 * time.Hour)) {
+			t.Errorf("invite expires at %s, want 48h after the import", inv.ExpiresAt)
+		}
 	}
 }
