@@ -74,8 +74,9 @@ type Email struct {
 	// BrandName is shown in emails and pages.
 	BrandName string `yaml:"brand_name"`
 	// DefaultBrand is the directory under TemplatesDir whose templates are
-	// used when a request names no brand (sydent's ?brand=) or one without
-	// templates; "" uses the templates at the top of TemplatesDir.
+	// used when a store-invite or requestToken request names no brand
+	// (sydent's ?brand=) or one without templates; "" uses the templates at
+	// the top of TemplatesDir.
 	DefaultBrand string `yaml:"default_brand"`
 	// WebClientURL is the default web client for links in invite emails.
 	WebClientURL string `yaml:"web_client_url"`

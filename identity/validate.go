@@ -93,12 +93,15 @@ type ValidationOptions struct {
 	ServerName string
 	// Keys fetches homeserver keys for X-Matrix signed unbinds.
 	Keys ServerKeyer
+	// DefaultBrand is email.default_brand (brand.go).
+	DefaultBrand string
 }
 
 type validation struct {
-	opts  ValidationOptions
-	email *mailer.Templates
-	page  *htmltemplate.Template
+	opts   ValidationOptions
+	email  *mailer.Templates
+	brands map[string]*mailer.Templates // brand.go
+	page   *htmltemplate.Template
 }
 
 // EnableValidation loads the validation templates (a broken one is an error
@@ -138,7 +141,14 @@ func (s *Service) EnableValidation(opts ValidationOptions) error {
 	if err := page.Execute(&bytes.Buffer{}, pageData{Brand: opts.Brand, Success: false, Reason: "x"}); err != nil {
 		return fmt.Errorf("identity: template %s: %w", pageName, err)
 	}
-	s.val = &validation{opts: opts, email: t, page: page}
+	brands, err := loadValidationBrands(opts)
+	if err != nil {
+		return err
+	}
+	if b := brands[opts.DefaultBrand]; b != nil {
+		t = b
+	}
+	s.val = &validation{opts: opts, email: t, brands: brands, page: page}
 	return nil
 }
 
@@ -354,7 +364,7 @@ func (s *Service) RequestEmailToken(c echo.Context) error {
 		link := v.opts.BaseURL + "/_matrix/identity/v2/validate/email/submitToken?" + url.Values{
 			"sid": {se.SID}, "client_secret": {req.ClientSecret}, "token": {token},
 		}.Encode()
-		msg, err := v.email.Render(validationData(address, token, link, se.SID, v.opts.Brand))
+		msg, err := v.emailFor(c.QueryParam("brand")).Render(validationData(address, token, link, se.SID, v.opts.Brand))
 		if err != nil {
 			s.opts.Log.Error("rendering the validation email", "err", err)
 			return matrix.EmailSendError("The validation email could not be prepared")

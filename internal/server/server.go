@@ -112,6 +112,7 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) (_ *App, err error)
 	if err = a.identity.EnableValidation(identity.ValidationOptions{
 		Mail: a.mail, TemplatesDir: cfg.Email.TemplatesDir, BaseURL: cfg.BaseURL(), Brand: cfg.Email.BrandName,
 		SessionLifetime: cfg.Validation.SessionLifetime.D(), ServerName: cfg.ServerName, Keys: a.fed,
+		DefaultBrand: cfg.Email.DefaultBrand,
 	}); err != nil {
 		return nil, fmt.Errorf("validation: %w", err)
 	}

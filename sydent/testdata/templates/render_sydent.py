@@ -20,7 +20,8 @@ invite["bracketed_verified_sender"] = "(%s) " % invite["sender"]
 invite["bracketed_room_name"] = "(%s) " % invite["room_name"]
 invite["subject_header_value"] = Header("%s has invited you to chat" % invite["sender_display_name"], "utf8").encode()
 invite["guest_access_token"] = ""
-validation = {"to": "user@example.org", "token": "CODE", "link": "https://id.example/link?a=1&b=2"}
+validation = {"to": "user@example.org", "token": "CODE", "link": "https://id.example/link?a=1&b=2",
+              "subject_header_value": Header("Your Validation Token", "utf8").encode()}
 
 def legacy(path, subs):
     allsubs = {"multipart_boundary": "BOUNDARY"}
@@ -43,7 +44,8 @@ def jinja(path, subs):
 os.makedirs(os.path.join(here, "expected"), exist_ok=True)
 for name, fn, subs in [("legacy/invite_template.eml", legacy, invite),
                        ("jinja/invite_template.eml.j2", jinja, invite),
-                       ("jinja/verification_template.eml.j2", jinja, validation)]:
+                       ("jinja/verification_template.eml.j2", jinja, validation),
+                       ("legacy/verification_template.eml", legacy, validation)]:
     out = fn(os.path.join(here, name), subs)
     with open(os.path.join(here, "expected", name.replace("/", "_")), "w") as f:
         f.write(out)
