@@ -331,8 +331,19 @@ func dropHeader(line string) bool {
 	return false
 }
 
-// goText escapes text for a Go template: only "{{" is special.
-func goText(s string) string { return strings.ReplaceAll(s, "{{", `{{"{{"}}`) }
+// goText escapes literal text for a Go template: "{{" starts an action,
+// and "{%", "{#" and "%(" would look like sydent syntax, which Herald
+// refuses at start-up; each is written as a Go string constant instead.
+// A trailing "{" is escaped too: an action may follow it.
+func goText(s string) string {
+	s = goTextEscaper.Replace(s)
+	if strings.HasSuffix(s, "{") {
+		s = s[:len(s)-1] + `{{"{"}}`
+	}
+	return s
+}
+
+var goTextEscaper = strings.NewReplacer("{{", `{{"{{"}}`, "{%", `{{"{%"}}`, "{#", `{{"{#"}}`, "%(", `{{"%("}}`)
 
 // legacy converts a Python %-format template: %(name)s, its _forhtml and
 // _forurl variants, and %%.
@@ -341,19 +352,25 @@ func (c *converter) legacy(src string) string {
 	for i, line := range strings.SplitAfter(src, "\n") {
 		n := i + 1
 		last := 0
+		var lit strings.Builder // literal text, escaped as a whole when an action follows
 		text := func(t string) {
 			if j := strings.IndexByte(t, '%'); j >= 0 {
 				c.problem(n, strings.TrimSpace(t[j:min(len(t), j+12)]), "a Python format sequence other than %(name)s and %%")
 			}
-			out.WriteString(goText(t))
+			lit.WriteString(t)
+		}
+		flush := func() {
+			out.WriteString(goText(lit.String()))
+			lit.Reset()
 		}
 		for _, m := range legacyVar.FindAllStringSubmatchIndex(line, -1) {
 			text(line[last:m[0]])
 			last = m[1]
 			if m[2] < 0 {
-				out.WriteString("%")
+				lit.WriteString("%")
 				continue
 			}
+			flush()
 			name := line[m[2]:m[3]]
 			if r, ok := c.render(name, n, false); ok {
 				out.WriteString(r)
@@ -362,6 +379,7 @@ func (c *converter) legacy(src string) string {
 			}
 		}
 		text(line[last:])
+		flush()
 	}
 	return out.String()
 }
@@ -398,6 +416,7 @@ func (c *converter) jinja(src string) string {
 	var out strings.Builder
 	last := 0
 	lineAt := func(off int) int { return strings.Count(src[:off], "\n") + 1 }
+	depth := 0 // {% if %} blocks open
 	for _, m := range jinjaTag.FindAllStringSubmatchIndex(src, -1) {
 		text := src[last:m[0]]
 		last = m[1]
@@ -448,10 +467,15 @@ func (c *converter) jinja(src string) string {
 			lt, body, rt := src[m[8]:m[9]], strings.TrimSpace(src[m[10]:m[11]]), src[m[12]:m[13]]
 			var act string
 			switch {
+			case (body == "else" || body == "endif" || strings.HasPrefix(body, "elif ")) && depth == 0:
+				c.problem(n, tag, "no {% if %} is open here")
+				out.WriteString(tag)
+				continue
 			case body == "else":
 				act = "{{else}}"
 			case body == "endif":
 				act = "{{end}}"
+				depth--
 			default:
 				f := jinjaIf.FindStringSubmatch(body)
 				if f == nil {
@@ -480,6 +504,8 @@ func (c *converter) jinja(src string) string {
 				word := "if"
 				if f[1] == "elif" {
 					word = "else if"
+				} else {
+					depth++
 				}
 				act = "{{" + word + " " + cond + "}}"
 			}
@@ -488,6 +514,9 @@ func (c *converter) jinja(src string) string {
 	}
 	if last < len(src) {
 		out.WriteString(goText(src[last:]))
+	}
+	if depth > 0 {
+		c.problem(lineAt(len(src)), "{% if %}", fmt.Sprintf("%d not closed by {%% endif %%} at the end", depth))
 	}
 	return out.String()
 }
