@@ -125,6 +125,27 @@ func TestSydentTakeoverLookups(t *testing.T) {
 		_ = json.Unmarshal(body, &got)
 		if status != 200 || got["mxid"] != b.MXID {
 			t.Errorf("v1 lookup %s: %d %s, want %s", b.AddressSubmitted, status, body, b.MXID)
+			continue
+		}
+		// As Dendrite checks it: signed under the identity server's name, by
+		// a key it publishes at pubkey/{keyId}.
+		var sigs map[string]map[string]string
+		raw, _ := json.Marshal(got["signatures"])
+		_ = json.Unmarshal(raw, &sigs)
+		verified := false
+		for keyID := range sigs[m.ServerName] {
+			st, kb := w.env.Do(t, "GET", "/_matrix/identity/api/v1/pubkey/"+url.PathEscape(keyID), nil, "")
+			var k struct {
+				PublicKey string `json:"public_key"`
+			}
+			_ = json.Unmarshal(kb, &k)
+			pub, err := keys.DecodeBase64(k.PublicKey)
+			if st == 200 && err == nil && keys.VerifyJSON(json.RawMessage(body), m.ServerName, keyID, ed25519.PublicKey(pub)) == nil {
+				verified = true
+			}
+		}
+		if !verified {
+			t.Errorf("v1 lookup %s: no signature under %s verifies with a published key: %s", b.AddressSubmitted, m.ServerName, body)
 		}
 	}
 	for _, u := range m.Unbound {
