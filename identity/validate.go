@@ -98,10 +98,12 @@ type ValidationOptions struct {
 }
 
 type validation struct {
-	opts   ValidationOptions
-	email  *mailer.Templates
-	brands map[string]*mailer.Templates // brand.go
-	page   *htmltemplate.Template
+	opts  ValidationOptions
+	email *mailer.Templates
+	page  *htmltemplate.Template
+
+	// brands are the validation templates per brand (brand.go).
+	brands map[string]*mailer.Templates
 }
 
 // EnableValidation loads the validation templates (a broken one is an error

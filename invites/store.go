@@ -56,7 +56,7 @@ type Invite struct {
 	ResolvedMXID string    `json:"resolved_mxid,omitempty"`
 	MailID       uint64    `json:"mail_id,omitempty"` // the invite email in the mailer outbox
 	Homeserver   string    `json:"homeserver"`        // the sender's server
-	Via          string    `json:"via,omitempty"`     // "v2" or "v1"
+	Via          string    `json:"via,omitempty"`     // "v2", "v1", or "sydent" (imported)
 	// SignAs is the server name signatures for this invite are made under
 	// when it is not server_name: an invite imported from another identity
 	// server (sydent) keeps that server's name and key id.
