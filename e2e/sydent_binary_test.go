@@ -85,6 +85,18 @@ func TestSydentImportBinary(t *testing.T) {
 	dir := sydentfixture.Dir(t, "sydent-a")
 	bin := buildHerald(t)
 	config, dataDir := importConfig(t)
+	// A sydent template copied in unconverted stops `herald serve`, not the
+	// import (which sends no mail).
+	tpl := t.TempDir()
+	if err := os.WriteFile(filepath.Join(tpl, "invite.eml"), []byte("To: %(to)s\nSubject: x\n\n%(token)s\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(config, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(f, "email:\n  templates_dir: %s\n", tpl)
+	f.Close()
 	args := []string{"-config", config, "import", "sydent", "--db", filepath.Join(dir, "sydent.db"), "--sydent-config", filepath.Join(dir, "sydent.conf")}
 
 	out, errOut, code := runHerald(t, bin, args...)
@@ -98,6 +110,9 @@ func TestSydentImportBinary(t *testing.T) {
 	}
 	if n := countBindings(t, dataDir); n != 32 {
 		t.Errorf("%d bindings stored, want 32", n)
+	}
+	if _, errOut, code := runHerald(t, bin, "-config", config, "serve"); code != 1 || !strings.Contains(errOut, "sydent template syntax") {
+		t.Errorf("serve with an unconverted sydent template: exit %d\n%s", code, errOut)
 	}
 
 	raw, err := os.ReadFile(filepath.Join(dir, "sydent.db"))

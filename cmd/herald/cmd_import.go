@@ -19,7 +19,8 @@ import (
 	"github.com/herald-im/herald/sydent"
 )
 
-const importUsage = `usage: herald import sydent --db sydent.db --sydent-config sydent.conf [--templates DIR] [--merge]
+const importUsage = `usage: herald import sydent --db sydent.db --sydent-config sydent.conf [--templates DIR]
+                            [--merge] [--invite-expiry D]
 
   Imports a sydent deployment into Herald's data_dir: sydent's signing key
   (kept valid, not current), bindings, pending invites and their ephemeral
@@ -76,7 +77,12 @@ func importCommand(ctx context.Context, cfg *config.Config, _ *slog.Logger, args
 	// The App is only storage here: its start-up notices (dev mailbox, admin
 	// account) say nothing about the import, so only errors are logged.
 	quiet := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
-	a, err := server.New(cfg, quiet, server.Options{Version: fullVersion()})
+	// Nor does it send mail: the email templates are not loaded, so templates
+	// still in sydent's syntax (which Herald refuses at start-up) do not stop
+	// the import that converts them.
+	storage := *cfg
+	storage.Email.TemplatesDir, storage.Email.DefaultBrand = "", ""
+	a, err := server.New(&storage, quiet, server.Options{Version: fullVersion()})
 	if errors.Is(err, store.ErrLocked) {
 		return fmt.Errorf("%w: stop Herald first", err)
 	} else if err != nil {
