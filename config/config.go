@@ -11,6 +11,7 @@ import (
 	"net/mail"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 )
@@ -95,6 +96,11 @@ type Email struct {
 	TemplatesDir string `yaml:"templates_dir"`
 	// BrandName is shown in emails and pages.
 	BrandName string `yaml:"brand_name"`
+	// DefaultBrand is the directory under TemplatesDir whose templates are
+	// used when a store-invite or requestToken request names no brand
+	// (sydent's ?brand=) or one without templates; "" uses the templates at
+	// the top of TemplatesDir.
+	DefaultBrand string `yaml:"default_brand"`
 	// WebClientURL is the default web client for links in invite emails.
 	WebClientURL string `yaml:"web_client_url"`
 	// WebClientAllowlist lists origins an invite's org.matrix.web_client_location may use.
@@ -426,6 +432,14 @@ func (c *Config) Validate() error {
 			return keyErr("email.templates_dir", fmt.Sprintf("%s is not a readable directory", c.Email.TemplatesDir))
 		}
 	}
+	if b := c.Email.DefaultBrand; b != "" {
+		if !ValidBrand(b) {
+			return keyErr("email.default_brand", "a brand is a directory name of letters, digits, '.', '_' and '-'")
+		}
+		if st, err := os.Stat(filepath.Join(c.Email.TemplatesDir, b)); c.Email.TemplatesDir == "" || err != nil || !st.IsDir() {
+			return keyErr("email.default_brand", fmt.Sprintf("needs a directory %q under email.templates_dir", b))
+		}
+	}
 	for name, u := range c.Federation.Servers {
 		if err := checkHTTPURL(u); err != nil {
 			return keyErr("federation.servers."+name, err.Error())
@@ -603,4 +617,18 @@ func (c *Config) validateInvites() error {
 		}
 	}
 	return nil
+}
+
+// ValidBrand reports whether b can name a brand directory under
+// email.templates_dir: letters, digits, '.', '_' and '-', not "." or "..".
+func ValidBrand(b string) bool {
+	if b == "" || b == "." || b == ".." || len(b) > 64 {
+		return false
+	}
+	for _, r := range b {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-') {
+			return false
+		}
+	}
+	return true
 }

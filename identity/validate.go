@@ -98,6 +98,8 @@ type ValidationOptions struct {
 	Keys ServerKeyer
 	// Limits bound the validation mails requestToken sends (zero: unlimited).
 	Limits ValidationLimits
+	// DefaultBrand is email.default_brand (brand.go).
+	DefaultBrand string
 }
 
 // ValidationLimits are validation.rate_limits: validation mails per address,
@@ -112,6 +114,9 @@ type validation struct {
 	page  *htmltemplate.Template
 	// In-memory token buckets for validation mail (nil: unlimited).
 	perAddress, perAccount, perClient *ratelimit.Set
+
+	// brands are the validation templates per brand (brand.go).
+	brands map[string]*mailer.Templates
 }
 
 // EnableValidation loads the validation templates (a broken one is an error
@@ -151,8 +156,15 @@ func (s *Service) EnableValidation(opts ValidationOptions) error {
 	if err := page.Execute(&bytes.Buffer{}, pageData{Brand: opts.Brand, Success: false, Reason: "x"}); err != nil {
 		return fmt.Errorf("identity: template %s: %w", pageName, err)
 	}
+	brands, err := loadValidationBrands(opts)
+	if err != nil {
+		return err
+	}
+	if b := brands[opts.DefaultBrand]; b != nil {
+		t = b
+	}
 	l := opts.Limits
-	s.val = &validation{opts: opts, email: t, page: page,
+	s.val = &validation{opts: opts, email: t, brands: brands, page: page,
 		perAddress: ratelimit.New(l.Address.PerHour, l.Address.Burst, 0),
 		perAccount: ratelimit.New(l.Account.PerHour, l.Account.Burst, 0),
 		perClient:  ratelimit.New(l.ClientIP.PerHour, l.ClientIP.Burst, 0)}
@@ -402,7 +414,7 @@ func (s *Service) RequestEmailToken(c echo.Context) error {
 		link := v.opts.BaseURL + "/_matrix/identity/v2/validate/email/submitToken?" + url.Values{
 			"sid": {se.SID}, "client_secret": {req.ClientSecret}, "token": {token},
 		}.Encode()
-		msg, err := v.email.Render(validationData(address, token, link, se.SID, v.opts.Brand))
+		msg, err := v.emailFor(c.QueryParam("brand")).Render(validationData(address, token, link, se.SID, v.opts.Brand))
 		if err != nil {
 			s.opts.Log.Error("rendering the validation email", "err", err)
 			return matrix.EmailSendError("The validation email could not be prepared")

@@ -795,7 +795,7 @@ func deliveryStateKey(s DeliveryState, id uint64) []byte {
 func (s *Service) signForInvite(inv *Invite, obj any) (map[string]json.RawMessage, error) {
 	ring := s.opts.Ring
 	if k, ok := ring.Get(inv.KeyID); ok && inv.KeyID != "" {
-		return keys.SignJSON(obj, ring.ServerName(), k.ID, k.Private)
+		return keys.SignJSON(obj, inv.signingServer(ring.ServerName()), k.ID, k.Private)
 	}
 	return ring.Sign(obj)
 }

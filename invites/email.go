@@ -26,13 +26,22 @@ func DefaultTemplates() fs.FS {
 
 type mailTemplates struct {
 	t *mailer.Templates
+	// brands are the template sets in email.templates_dir/<brand>/
+	// (brand.go); t is the default brand's when email.default_brand is set.
+	brands map[string]*mailer.Templates
 }
 
 // loadMailTemplates loads the "invite" templates (operator overrides from
 // email.templates_dir) and renders them once with sample data, so a broken
 // or misspelt template stops start-up.
 func loadMailTemplates(c *config.Config) (*mailTemplates, error) {
-	t, err := mailer.LoadTemplates(DefaultTemplates(), c.Email.TemplatesDir, "invite")
+	return loadBrands(c, func(dir string) (*mailer.Templates, error) { return loadInviteTemplates(c, dir) })
+}
+
+// loadInviteTemplates loads and checks the invite templates of one
+// directory ("" for the embedded ones only).
+func loadInviteTemplates(c *config.Config, dir string) (*mailer.Templates, error) {
+	t, err := mailer.LoadTemplates(DefaultTemplates(), dir, "invite")
 	if err != nil {
 		return nil, fmt.Errorf("invite email templates: %w", err)
 	}
@@ -46,7 +55,7 @@ func loadMailTemplates(c *config.Config) (*mailTemplates, error) {
 	if err := t.Check(templateData(c, sample)); err != nil {
 		return nil, fmt.Errorf("invite email templates (%s): %w", strings.Join(t.Files(), ", "), err)
 	}
-	return &mailTemplates{t: t}, nil
+	return t, nil
 }
 
 // TemplateFiles lists the invite templates in use, for the start-up log.
@@ -225,7 +234,7 @@ func validVarName(k string) bool {
 // renderMail renders inv's invite email. To, Headers and Ref are set; the
 // caller sets Ref again once the invite has its id.
 func (s *Service) renderMail(inv *Invite) (mailer.Message, error) {
-	m, err := s.mail.t.Render(templateData(s.cfg, inv))
+	m, err := s.mail.forInvite(inv).Render(templateData(s.cfg, inv))
 	if err != nil {
 		return m, err
 	}

@@ -405,6 +405,9 @@ func (s *Service) StoreInvite(c echo.Context) error {
 	if acct == nil {
 		return matrix.Unauthorized("Missing access token")
 	}
+	if fields != nil {
+		brandFromQuery(c, fields) // brand.go
+	}
 	a, err := s.store(fields, acct.UserID, "v2")
 	s.observeStore(a, err)
 	if err != nil {
@@ -426,6 +429,9 @@ func (s *Service) StoreInviteV1(c echo.Context) error {
 	if err != nil {
 		s.observeStore(nil, err)
 		return err
+	}
+	if fields != nil {
+		brandFromQuery(c, fields) // brand.go
 	}
 	a, err := s.store(fields, "", "v1")
 	s.observeStore(a, err)
@@ -531,8 +537,8 @@ func (s *Service) Sign(mxid, token, privateKey string) (map[string]json.RawMessa
 		return nil, matrix.InvalidParam("private_key is not an ed25519 private key in base64")
 	}
 	priv := ed25519.NewKeyFromSeed(seed)
-	if keys.EncodeBase64(priv.Public().(ed25519.PublicKey)) != inv.EphemeralPublic {
-		return nil, matrix.Forbidden("private_key is not this invite's key")
+	if err := s.checkEphemeral(inv, priv); err != nil {
+		return nil, err
 	}
 	switch {
 	case inv.Pending(s.opts.Now()):
@@ -541,7 +547,7 @@ func (s *Service) Sign(mxid, token, privateKey string) (map[string]json.RawMessa
 		return nil, matrix.Forbidden("This invite is no longer valid (%s)", stateWord(inv))
 	}
 	return keys.SignJSON(map[string]string{"mxid": mxid, "sender": inv.Sender, "token": inv.Token},
-		s.opts.Ring.ServerName(), ephemeralKeyID, priv)
+		inv.signingServer(s.opts.Ring.ServerName()), ephemeralKeyID, priv)
 }
 
 func stateWord(inv *Invite) string {

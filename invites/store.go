@@ -56,7 +56,11 @@ type Invite struct {
 	ResolvedMXID string    `json:"resolved_mxid,omitempty"`
 	MailID       uint64    `json:"mail_id,omitempty"` // the invite email in the mailer outbox
 	Homeserver   string    `json:"homeserver"`        // the sender's server
-	Via          string    `json:"via,omitempty"`     // "v2" or "v1"
+	Via          string    `json:"via,omitempty"`     // "v2", "v1", or "sydent" (imported)
+	// SignAs is the server name signatures for this invite are made under
+	// when it is not server_name: an invite imported from another identity
+	// server (sydent) keeps that server's name and key id.
+	SignAs string `json:"sign_as,omitempty"`
 
 	// MailedAt is when the last invite email was queued (zero on records
 	// written before it was kept: Created then stands for it).
@@ -360,6 +364,12 @@ func (s *Service) pendingDuplicate(tx *bolt.Tx, sender, room, medium, address st
 	}
 	if err != nil || !inv.Pending(s.opts.Now()) {
 		return nil, err
+	}
+	if inv.EphemeralPublic == "" {
+		// Imported from sydent (import.go), whose ephemeral key is not
+		// known: its store-invite answer cannot be given again, so a repeat
+		// makes a new invite.
+		return nil, nil
 	}
 	return inv, nil
 }

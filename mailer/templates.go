@@ -70,6 +70,14 @@ var tmplFuncs = map[string]any{
 	},
 	"lower": func(v any) string { return strings.ToLower(fmt.Sprint(v)) },
 	"upper": func(v any) string { return strings.ToUpper(fmt.Sprint(v)) },
+
+	// pyquote is Python's urllib.parse.quote (what sydent's _forurl
+	// values are): every byte but letters, digits, "_.-~" and "/"
+	// percent-encoded, so templates converted from sydent give its output.
+	"pyquote": func(v any) string { return pyQuote(fmt.Sprint(v)) },
+	// pyescape is Python's html.escape (sydent's _forhtml values): & < > " '
+	// as &amp; &lt; &gt; &quot; &#x27;.
+	"pyescape": func(v any) string { return pyEscape.Replace(fmt.Sprint(v)) },
 }
 
 // LoadTemplates parses the templates for kind: each file present in
@@ -129,6 +137,9 @@ func LoadTemplates(defaults fs.FS, overrideDir, kind string) (*Templates, error)
 		if err != nil {
 			return nil, err
 		}
+		if err := refuseSydentSyntax(src, from); err != nil {
+			return nil, err
+		}
 		tt, err := texttemplate.New(path.Base(from)).Funcs(tmplFuncs).Option("missingkey=error").Parse(src)
 		if err != nil {
 			return nil, fmt.Errorf("mailer: template %s: %w", from, err)
@@ -150,6 +161,9 @@ func LoadTemplates(defaults fs.FS, overrideDir, kind string) (*Templates, error)
 				return nil, fmt.Errorf("mailer: template %s is missing (neither in %q nor embedded)", f.name, overrideDir)
 			}
 			continue
+		}
+		if err := refuseSydentSyntax(src, from); err != nil {
+			return nil, err
 		}
 		t.files = append(t.files, from)
 		if strings.HasSuffix(f.name, ".html") {

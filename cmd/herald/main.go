@@ -91,6 +91,7 @@ var subcommands = []subcommand{
 	{name: "invites", summary: "stored invites: list, show, revoke", run: invitesCommand, usage: invitesUsage},
 	{name: "lookup", summary: "hashed lookups: rotate-pepper", run: lookupCommand, usage: lookupUsage},
 	{name: "admin", summary: "console accounts: create, delete, list, hash-password", run: adminCommand, usage: adminUsage},
+	{name: "import", summary: "import sydent: take over a sydent deployment (Herald stopped)", run: importCommand, usage: importUsage},
 	{name: "backup", summary: "a consistent copy of data_dir, while Herald runs", run: backupCommand, usage: backupUsage},
 	{name: "check", summary: "verify a data dir: database consistency, keys against the database", run: checkCommand, usage: checkUsage},
 	{name: "doctor", summary: "check a deployment: public URL, TLS, SMTP, a homeserver", run: doctorCommand, usage: doctorUsage},

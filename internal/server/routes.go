@@ -68,6 +68,8 @@ func (a *App) routes(e *echo.Echo) {
 	// (health.go; `herald healthcheck` asks them).
 	e.GET("/_herald/health", a.Health)
 	e.GET("/_herald/ready", a.Ready)
+	// The key_validity_urls of invites imported from sydent (sydent.go).
+	a.sydentRoutes(e, pk)
 
 	// The invitee's pages linked from invite emails (GET confirms, POST acts).
 	e.GET("/_herald/invites/decline", inv.DeclinePage)

@@ -142,6 +142,7 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) (_ *App, err error)
 		SessionLifetime: cfg.Validation.SessionLifetime.D(), ServerName: cfg.ServerName, Keys: a.fed,
 		Limits: identity.ValidationLimits{Address: cfg.Validation.RateLimits.Address,
 			Account: cfg.Validation.RateLimits.Account, ClientIP: cfg.Validation.RateLimits.ClientIP},
+		DefaultBrand: cfg.Email.DefaultBrand,
 	}); err != nil {
 		return nil, fmt.Errorf("validation: %w", err)
 	}
