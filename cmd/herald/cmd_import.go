@@ -39,7 +39,6 @@ const importUsage = `usage: herald import sydent --db sydent.db --sydent-config 
 
 Stop Herald (and sydent) first. See docs/migrating-from-sydent.md.`
 
-
 // importCommand imports another identity server's deployment.
 func importCommand(ctx context.Context, cfg *config.Config, _ *slog.Logger, args []string, stdout io.Writer) error {
 	if len(args) == 0 {
