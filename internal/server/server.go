@@ -27,6 +27,7 @@ import (
 	"github.com/herald-im/herald/mailer"
 	"github.com/herald-im/herald/matrix"
 	"github.com/herald-im/herald/store"
+	"github.com/herald-im/herald/sydent"
 )
 
 // App is one running Herald: every service wired together.
@@ -49,6 +50,8 @@ type App struct {
 	version   string
 	listening func(net.Addr)
 	control   ControlHandler
+
+	sydentImport *sydent.Imported // what `herald import sydent` left (sydent.go); nil: none
 
 	// Observability (metrics.go, health.go, clientip.go).
 	metrics          *metrics
@@ -135,6 +138,9 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) (_ *App, err error)
 	if a.invites, err = invites.New(a.db, invites.Options{Config: cfg, Identity: a.identity, Ring: a.ring, Ephemeral: a.ephemeral, Mailer: a.mail, Log: log, Now: a.now,
 		OnStore: func(outcome, reason string) { a.metrics.storeInv.WithLabelValues(outcome, reason).Inc() }}); err != nil {
 		return nil, fmt.Errorf("invites: %w", err)
+	}
+	if err = a.loadSydentImport(); err != nil {
+		return nil, err
 	}
 	log.Debug("invite email templates", "files", a.invites.TemplateFiles())
 	if err = a.identity.EnableValidation(identity.ValidationOptions{

@@ -1,6 +1,8 @@
 package server
 
 import (
+	"fmt"
+
 	"github.com/labstack/echo/v4"
 
 	"github.com/herald-im/herald/keys"
@@ -11,13 +13,10 @@ import (
 // m.room.third_party_invite events (always under /_matrix/identity/api/v1,
 // after client_http_base's path), so homeservers checking its invites get
 // an answer whether compat.v1 is on or not. Nothing is added without an
-// import.
+// import. The import record is read once, in New (loadSydentImport), so
+// building the routes never reads the database.
 func (a *App) sydentRoutes(e *echo.Echo, pk *keys.Handler) {
-	imp, err := sydent.ImportedDeployment(a.db)
-	if err != nil {
-		a.log.Error("reading the sydent import record", "err", err)
-		return
-	}
+	imp := a.sydentImport
 	if imp == nil {
 		return
 	}
@@ -35,4 +34,14 @@ func (a *App) sydentRoutes(e *echo.Echo, pk *keys.Handler) {
 		g.GET("/pubkey/ephemeral/isvalid", pk.EphemeralIsValid)
 		g.GET("/pubkey/:keyId", pk.GetPubkey)
 	}
+}
+
+// loadSydentImport reads the record `herald import sydent` left, if any.
+func (a *App) loadSydentImport() error {
+	imp, err := sydent.ImportedDeployment(a.db)
+	if err != nil {
+		return fmt.Errorf("reading the sydent import record: %w", err)
+	}
+	a.sydentImport = imp
+	return nil
 }
