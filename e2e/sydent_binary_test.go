@@ -42,7 +42,7 @@ func importConfig(t *testing.T) (config, dataDir string) {
 	return config, dataDir
 }
 
-func runHerald(t *testing.T, bin string, args ...string) (stdout, stderr string, code int) {
+func runBinary(t *testing.T, bin string, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
 	cmd := exec.Command(bin, args...)
 	var o, e bytes.Buffer
@@ -99,19 +99,19 @@ func TestSydentImportBinary(t *testing.T) {
 	f.Close()
 	args := []string{"-config", config, "import", "sydent", "--db", filepath.Join(dir, "sydent.db"), "--sydent-config", filepath.Join(dir, "sydent.conf")}
 
-	out, errOut, code := runHerald(t, bin, args...)
+	out, errOut, code := runBinary(t, bin, args...)
 	if code != 0 || !strings.Contains(out, "bindings: 32 imported") || !strings.Contains(out, "pending invites: 25 imported") ||
 		!strings.Contains(out, "signing key ed25519:0: imported") {
 		t.Fatalf("import: exit %d\n%s\n%s", code, out, errOut)
 	}
-	out, errOut, code = runHerald(t, bin, args...)
+	out, errOut, code = runBinary(t, bin, args...)
 	if code != 0 || !strings.Contains(out, "nothing changed") || !strings.Contains(out, "bindings: 0 imported, 32 already there") {
 		t.Fatalf("second import: exit %d\n%s\n%s", code, out, errOut)
 	}
 	if n := countBindings(t, dataDir); n != 32 {
 		t.Errorf("%d bindings stored, want 32", n)
 	}
-	if _, errOut, code := runHerald(t, bin, "-config", config, "serve"); code != 1 || !strings.Contains(errOut, "sydent template syntax") {
+	if _, errOut, code := runBinary(t, bin, "-config", config, "serve"); code != 1 || !strings.Contains(errOut, "sydent template syntax") {
 		t.Errorf("serve with an unconverted sydent template: exit %d\n%s", code, errOut)
 	}
 
@@ -127,7 +127,7 @@ func TestSydentImportBinary(t *testing.T) {
 		t.Fatal(err)
 	}
 	args[len(args)-3] = damaged
-	out, errOut, code = runHerald(t, bin, args...)
+	out, errOut, code = runBinary(t, bin, args...)
 	lines := strings.Split(strings.TrimSpace(errOut), "\n")
 	if code != 1 || len(lines) != 1 || !strings.HasPrefix(lines[0], "herald: sydent database "+damaged+": damaged") {
 		t.Fatalf("damaged database: exit %d, stderr %q, stdout %q", code, errOut, out)
@@ -174,7 +174,7 @@ func TestSydentImportKilled(t *testing.T) {
 			default:
 				t.Fatalf("after %s: %d of %d bindings stored (exit %v)\n%s", sig, got, n, err, out.String())
 			}
-			o, e, code := runHerald(t, bin, args...)
+			o, e, code := runBinary(t, bin, args...)
 			if code != 0 || countBindings(t, dataDir) != n {
 				t.Fatalf("import after %s: exit %d, %d bindings\n%s%s", sig, code, countBindings(t, dataDir), o, e)
 			}
