@@ -68,21 +68,26 @@ func TestAccessTokenIdleExpiry(t *testing.T) {
 func TestAccessTokenUseRecordedCoarsely(t *testing.T) {
 	e := testenv.Start(t)
 	tok := e.Register(t, "@alice:hs.test")
-	before := lastTxID(t, e)
-	for range 100 {
-		if status, body := e.Do(t, http.MethodGet, v2+"/account", nil, tok); status != http.StatusOK {
-			t.Fatalf("%d %s", status, body)
-		}
-	}
-	if after := lastTxID(t, e); after != before {
-		t.Fatalf("100 requests within the hour wrote %d transactions, want 0", after-before)
-	}
+	// The account record is compared, not the database's transaction
+	// count: background work (sweeps, the console's hand-over watch) may
+	// write meanwhile.
 	a0, err := e.App.Identity().AccountByToken(tok)
 	if err != nil {
 		t.Fatal(err)
 	}
+	for range 100 {
+		e.Clock.Advance(30 * time.Second) // 50 minutes in all
+		if status, body := e.Do(t, http.MethodGet, v2+"/account", nil, tok); status != http.StatusOK {
+			t.Fatalf("%d %s", status, body)
+		}
+	}
+	if a, err := e.App.Identity().AccountByToken(tok); err != nil || !a.LastUsed.Equal(a0.LastUsed) {
+		t.Fatalf("last use rewritten within the hour: %v then %v (%v)", a0.LastUsed, a.LastUsed, err)
+	}
 	e.Clock.Advance(2 * time.Hour)
+	first := e.Clock.Now()
 	for range 50 {
+		e.Clock.Advance(30 * time.Second)
 		if status, body := e.Do(t, http.MethodGet, v2+"/account", nil, tok); status != http.StatusOK {
 			t.Fatalf("%d %s", status, body)
 		}
@@ -91,11 +96,10 @@ func TestAccessTokenUseRecordedCoarsely(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !a1.LastUsed.After(a0.LastUsed.Add(time.Hour)) {
-		t.Fatalf("last use not recorded after 2 h: %v then %v", a0.LastUsed, a1.LastUsed)
-	}
-	if n := lastTxID(t, e) - before; n != 1 {
-		t.Fatalf("50 requests two hours later wrote %d transactions, want 1", n)
+	// Recorded at the first request past the hour, and not again in the
+	// 25 minutes of requests after it.
+	if a1.LastUsed.Before(first) || a1.LastUsed.After(first.Add(time.Minute)) {
+		t.Fatalf("last use after 2 h: %v, want the first request's time %v", a1.LastUsed, first)
 	}
 }
 
