@@ -15,6 +15,7 @@ import (
 
 	"github.com/herald-im/herald/config"
 	"github.com/herald-im/herald/internal/hssim"
+	"github.com/herald-im/herald/internal/testenv"
 	"github.com/herald-im/herald/invites"
 	"github.com/herald-im/herald/keys"
 )
@@ -64,6 +65,7 @@ func startUpstream(t *testing.T, mode hssim.Mode, addr string, upMutate func(*co
 		c.Lookup.Upstream = []config.Upstream{{BaseURL: base, HomeserverURL: w.svc.URL, UserID: "@herald:" + svcName,
 			AccessToken: config.Secret(w.svcToken), AllowPrivate: true}}
 		c.Lookup.UpstreamTimeout = config.Duration(time.Second)
+		c.Admin.APITokens = []config.Secret{consoleToken}
 	}
 	w.here = start(t, mode, append([]func(*config.Config){cfg}, mutate...)...)
 	w.here.sim.AddUser(bobUp) // Dendrite accepts onbind only for local users
@@ -113,6 +115,28 @@ func TestUpstreamVouchedInviteDeliveredAtOnce(t *testing.T) {
 			st := w.here.env.App.Upstream().Statuses()
 			if len(st) != 1 || st[0].Hits != 1 || st[0].Calls != 1 || st[0].State != "ok" {
 				t.Fatalf("statuses %+v", st)
+			}
+			// The console: the invite's timeline names the upstream, the
+			// settings page shows its counts; Prometheus counts the same.
+			tl := consoleGet(t, w.here, "/admin/api/invites/"+strconv.FormatUint(inv.ID, 10))
+			if !strings.Contains(tl, `"kind":"vouched"`) || !strings.Contains(tl, "identity server "+w.up.env.URL+" vouched for "+bobUp) {
+				t.Fatalf("timeline lacks the vouch: %s", tl)
+			}
+			if set := consoleGet(t, w.here, "/admin/api/settings"); !strings.Contains(set, `"upstreams":[{"base_url":"`+w.up.env.URL+`","state":"ok","calls":1,"hits":1,"failures":0`) {
+				t.Fatalf("settings lack the upstream block: %s", set)
+			}
+			metrics := httptest.NewServer(w.here.env.App.Metrics())
+			defer metrics.Close()
+			host := strings.TrimPrefix(w.up.env.URL, "http://")
+			sc := testenv.GetMetrics(t, http.DefaultClient, metrics.URL)
+			if v, _ := sc.Value("herald_upstream_lookups_total", "upstream", host); v != 1 {
+				t.Fatalf("herald_upstream_lookups_total %v", v)
+			}
+			if v, _ := sc.Value("herald_upstream_hits_total", "upstream", host); v != 1 {
+				t.Fatalf("herald_upstream_hits_total %v", v)
+			}
+			if v, ok := sc.Value("herald_upstream_failures_total", "upstream", host, "reason", "timeout"); !ok || v != 0 {
+				t.Fatalf("herald_upstream_failures_total %v %v", v, ok)
 			}
 			// A second invite to the same address within the cache TTL asks nobody.
 			w.here.storeInvite(t, atok, alice, "bob@example.org")
@@ -304,4 +328,19 @@ func TestUpstreamOwnBindingWinsAndOptOutNotLookedUp(t *testing.T) {
 	if v, _ := w.here.env.App.Invites().VouchFor(inv.ID); v != nil {
 		t.Fatalf("vouch recorded for an opted-out address: %+v", v)
 	}
+}
+
+const consoleToken = "upstream-test-console-token-0123456789"
+
+// consoleGet GETs a console path (API or page) with the console API token.
+func consoleGet(t *testing.T, w *world, path string) string {
+	t.Helper()
+	req, _ := http.NewRequest("GET", path, nil)
+	req.Header.Set("Authorization", "Bearer "+consoleToken)
+	resp := w.env.DoRequest(t, req)
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		t.Fatalf("GET %s: %d %s", path, resp.StatusCode, body)
+	}
+	return string(body)
 }

@@ -5,6 +5,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/herald-im/herald/admin"
 	"github.com/herald-im/herald/invites"
 	"github.com/herald-im/herald/upstream"
 )
@@ -62,3 +63,27 @@ func (a *App) wireUpstream() error {
 
 // Upstream is the upstream lookup (nil when lookup.upstream is empty).
 func (a *App) Upstream() *upstream.Service { return a.upstream }
+
+// adminUpstreams is the settings page's upstream block.
+func (a *App) adminUpstreams() []admin.UpstreamStatus {
+	var out []admin.UpstreamStatus
+	for _, s := range a.upstream.Statuses() {
+		out = append(out, admin.UpstreamStatus{BaseURL: s.BaseURL, State: s.State, LastError: s.LastError,
+			Calls: s.Calls, Hits: s.Hits, Failures: s.Failures, Registered: s.Registered})
+	}
+	return out
+}
+
+// upstreamEvents are an invite's timeline entries for an upstream's vouch:
+// when it answered, and what its resolution a moment later did.
+func upstreamEvents(s *invites.Service, id uint64) []admin.Event {
+	v, err := s.VouchFor(id)
+	if err != nil || v == nil {
+		return nil
+	}
+	out := []admin.Event{{At: v.At, Kind: "vouched", Detail: "upstream identity server " + v.Upstream + " vouched for " + v.MXID, OK: true}}
+	if !v.Resolved.IsZero() {
+		out = append(out, admin.Event{At: v.Resolved, Kind: "upstream resolution", Detail: v.Outcome, OK: v.Outcome == "resolved"})
+	}
+	return out
+}
