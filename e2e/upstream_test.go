@@ -344,3 +344,33 @@ func consoleGet(t *testing.T, w *world, path string) string {
 	}
 	return string(body)
 }
+
+// A vouched invite whose resolve time falls while Herald is stopped is
+// resolved and delivered when it starts again: the vouch is stored with the
+// invite, not only in memory.
+func TestUpstreamVouchSurvivesRestart(t *testing.T) {
+	w := startUpstream(t, hssim.Synapse, "heidi@example.org", nil, nil)
+	atok := w.here.env.Register(t, alice)
+	_, answer := w.here.storeInvite(t, atok, alice, "heidi@example.org")
+	// Herald's clock goes back an hour: its resolve time is not reached
+	// before the restart.
+	w.here.env.Clock.Advance(-time.Hour)
+	var a struct{ Token string }
+	_ = json.Unmarshal(answer, &a)
+	inv, err := w.here.env.App.Invites().ByToken(a.Token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, err := w.here.env.App.Invites().VouchFor(inv.ID); err != nil || v == nil || !v.Resolved.IsZero() || inv.State != invites.StatePending {
+		t.Fatalf("before the restart: invite %s, vouch %+v, %v", inv.State, v, err)
+	}
+	w.here.env.Restart(t, func(*config.Config) { w.here.env.Clock.Advance(time.Hour) })
+	acc := waitAccepted(t, w.here.sim, 1)
+	if acc[0].MXID != bobUp || acc[0].Token != a.Token {
+		t.Fatalf("accepted %+v", acc)
+	}
+	v, err := w.here.env.App.Invites().VouchFor(inv.ID)
+	if err != nil || v == nil || v.Outcome != "resolved" {
+		t.Fatalf("after the restart: vouch %+v, %v", v, err)
+	}
+}
