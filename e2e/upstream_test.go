@@ -144,6 +144,21 @@ func TestUpstreamVouchedInviteDeliveredAtOnce(t *testing.T) {
 			if st := w.here.env.App.Upstream().Statuses(); st[0].Calls != 1 {
 				t.Fatalf("cached answer asked the upstream again: %+v", st)
 			}
+			// Herald's logs (debug level) carry neither the address, nor the
+			// service user's access token, nor the upstream's pepper.
+			status, hd := w.up.env.Do(t, "GET", "/_matrix/identity/v2/hash_details", nil, w.up.env.Register(t, "@peek:hs.test"))
+			var details struct {
+				Pepper string `json:"lookup_pepper"`
+			}
+			if json.Unmarshal(hd, &details); status != 200 || details.Pepper == "" {
+				t.Fatalf("hash_details: %d %s", status, hd)
+			}
+			logs := strings.ToLower(w.here.env.Logs())
+			for name, secret := range map[string]string{"address": "bob@example.org", "service token": w.svcToken, "pepper": details.Pepper} {
+				if strings.Contains(logs, strings.ToLower(secret)) {
+					t.Errorf("Herald's logs contain the %s", name)
+				}
+			}
 		})
 	}
 }
@@ -372,5 +387,22 @@ func TestUpstreamVouchSurvivesRestart(t *testing.T) {
 	v, err := w.here.env.App.Invites().VouchFor(inv.ID)
 	if err != nil || v == nil || v.Outcome != "resolved" {
 		t.Fatalf("after the restart: vouch %+v, %v", v, err)
+	}
+}
+
+// With lookup.upstream_email: none, a vouched invite queues no email at all.
+func TestUpstreamEmailNone(t *testing.T) {
+	w := startUpstream(t, hssim.Synapse, "ivan@example.org", nil, nil, func(c *config.Config) { c.Lookup.UpstreamEmail = "none" })
+	atok := w.here.env.Register(t, alice)
+	_, answer := w.here.storeInvite(t, atok, alice, "ivan@example.org")
+	waitAccepted(t, w.here.sim, 1)
+	var a struct{ Token string }
+	_ = json.Unmarshal(answer, &a)
+	inv, err := w.here.env.App.Invites().ByToken(a.Token)
+	if err != nil || inv.MailID != 0 || !inv.MailedAt.IsZero() {
+		t.Fatalf("invite %+v, %v: want no email queued", inv, err)
+	}
+	if n := len(w.here.smtp.Messages()); n != 0 {
+		t.Fatalf("%d mails sent", n)
 	}
 }
