@@ -122,6 +122,9 @@ func TestUpstreamVouchedInviteDeliveredAtOnce(t *testing.T) {
 			if !strings.Contains(tl, `"kind":"vouched"`) || !strings.Contains(tl, "identity server "+w.up.env.URL+" vouched for "+bobUp) {
 				t.Fatalf("timeline lacks the vouch: %s", tl)
 			}
+			if strings.Contains(tl, `"kind":"bound"`) || !strings.Contains(tl, `"kind":"upstream resolution","detail":"resolved"`) {
+				t.Fatalf("timeline says the address was bound here, or lacks the resolution: %s", tl)
+			}
 			if set := consoleGet(t, w.here, "/admin/api/settings"); !strings.Contains(set, `"upstreams":[{"base_url":"`+w.up.env.URL+`","state":"ok","calls":1,"hits":1,"failures":0`) {
 				t.Fatalf("settings lack the upstream block: %s", set)
 			}

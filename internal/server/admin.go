@@ -268,7 +268,7 @@ func (ai *adminInvites) GetInvite(_ context.Context, id string) (admin.Invite, e
 	out := ai.convert(inv)
 	// Which upstream identity server vouched for the invitee, and when
 	// (lookup.upstream; upstream.go).
-	out.Events = append(out.Events, upstreamEvents(ai.s, inv.ID)...)
+	out.Events = upstreamEvents(ai.s, inv.ID, out.Events)
 	return out, nil
 }
 
