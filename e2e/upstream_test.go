@@ -408,4 +408,14 @@ func TestUpstreamEmailNone(t *testing.T) {
 	if n := len(w.here.smtp.Messages()); n != 0 {
 		t.Fatalf("%d mails sent", n)
 	}
+	// Erasing the address's invites erases their vouches too.
+	if v, _ := w.here.env.App.Invites().VouchFor(inv.ID); v == nil {
+		t.Fatal("no vouch recorded")
+	}
+	if _, err := w.here.env.App.Invites().EraseAddress("ivan@example.org"); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := w.here.env.App.Invites().VouchFor(inv.ID); v != nil || err != nil {
+		t.Fatalf("vouch after erasure: %+v, %v", v, err)
+	}
 }

@@ -311,3 +311,13 @@ func (s *Service) resolveVouched(tx *bolt.Tx, id uint64) error {
 	}
 	return tx.Bucket(bktUpstream).Put(store.U64(id), raw)
 }
+
+// deleteVouch erases invite id's vouch with the invite (data-protection
+// erasure). Its resolve-time entry, if still there, finds nothing when due.
+func deleteVouch(tx *bolt.Tx, id uint64) error {
+	b := tx.Bucket(bktUpstream)
+	if b == nil {
+		return nil
+	}
+	return b.Delete(store.U64(id))
+}
