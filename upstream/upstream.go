@@ -246,6 +246,31 @@ func (s *Service) remember(key [32]byte, c cached) {
 	s.cache[key] = c
 }
 
+// Register registers Herald at every upstream that has no token yet and
+// reads its hash details. Start runs it once, so that the first store-invite
+// does not pay for it and the console shows each upstream's state early. A
+// failure is logged and left for the first lookup to try again; it counts in
+// no metric.
+func (s *Service) Register(ctx context.Context) {
+	if !s.Enabled() {
+		return
+	}
+	for _, srv := range s.servers {
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		token, err := srv.ensureToken(rctx)
+		if err == nil {
+			_, _, err = srv.hashDetails(rctx, token)
+		}
+		cancel()
+		if err != nil && ctx.Err() == nil {
+			srv.mu.Lock()
+			srv.lastError = err.Error()
+			srv.mu.Unlock()
+			s.log.Warn("could not register at upstream identity server at start: the first lookup tries again", "upstream", srv.cfg.BaseURL, "err", err)
+		}
+	}
+}
+
 // Statuses describes every upstream, in configuration order, for the console.
 func (s *Service) Statuses() []Status {
 	if s == nil {

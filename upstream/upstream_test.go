@@ -309,3 +309,23 @@ func TestReasonOf(t *testing.T) {
 		t.Fatal(r)
 	}
 }
+
+// Register at start leaves each upstream registered with its hash details,
+// so the first lookup sends only the lookup itself; it counts no lookup.
+func TestRegisterAtStart(t *testing.T) {
+	clock := &testClock{t: time.Now()}
+	f := newFakeIS(t, clock.now)
+	s, o := newService(t, f, clock, nil)
+	if st := s.Statuses(); st[0].State != "not registered yet" {
+		t.Fatalf("before: %+v", st[0])
+	}
+	s.Register(context.Background())
+	st := s.Statuses()
+	if st[0].State != "ok" || st[0].Registered.IsZero() || st[0].Calls != 0 || len(o.results) != 0 {
+		t.Fatalf("after Register: %+v, observed %v", st[0], o.results)
+	}
+	s.Lookup(context.Background(), "nobody@example.org")
+	if reg, n := f.state(); reg != 1 || n != 1 {
+		t.Fatalf("%d registrations, %d lookups", reg, n)
+	}
+}

@@ -190,6 +190,10 @@ func (a *App) Start(ctx context.Context) {
 	if a.upstream != nil {
 		// Invites an upstream vouched for are resolved a moment after store-invite.
 		a.goBackground(ctx, "", "upstream invite resolution", a.invites.RunUpstream)
+		a.goBackground(ctx, "", "upstream registration", func(ctx context.Context) error {
+			a.upstream.Register(ctx)
+			return nil
+		})
 	}
 	if a.admin != nil {
 		// Audit log retention; the count of refused console logins.
