@@ -38,6 +38,8 @@ type fakeIS struct {
 	refuseNext    bool // the next /lookup answers 401
 	notAfter      time.Time
 	now           func() time.Time
+	broken        bool // every identity request answers 500
+	requests      int
 }
 
 func newFakeIS(t *testing.T, now func() time.Time) *fakeIS {
@@ -58,6 +60,11 @@ func (f *fakeIS) serve(w http.ResponseWriter, r *http.Request) {
 		_ = json.NewEncoder(w).Encode(v)
 	}
 	bearer := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
+	f.requests++
+	if f.broken && strings.HasPrefix(r.URL.Path, "/_matrix/identity/") {
+		reply(500, map[string]string{"errcode": "M_UNKNOWN"})
+		return
+	}
 	switch {
 	case strings.HasSuffix(r.URL.Path, "/openid/request_token"):
 		if bearer != "svc-token" {
@@ -327,5 +334,30 @@ func TestRegisterAtStart(t *testing.T) {
 	s.Lookup(context.Background(), "nobody@example.org")
 	if reg, n := f.state(); reg != 1 || n != 1 {
 		t.Fatalf("%d registrations, %d lookups", reg, n)
+	}
+}
+
+// After three failures in a row an upstream is skipped for 30 seconds, then
+// asked again.
+func TestFailingUpstreamPaused(t *testing.T) {
+	clock := &testClock{t: time.Now()}
+	f := newFakeIS(t, clock.now)
+	f.broken = true
+	s, o := newService(t, f, clock, nil)
+	requests := func() int { f.mu.Lock(); defer f.mu.Unlock(); return f.requests }
+	for i := 0; i < 3; i++ {
+		s.Lookup(context.Background(), "bob@example.org")
+	}
+	before := requests()
+	s.Lookup(context.Background(), "bob@example.org")
+	if requests() != before || o.last() != "failure:"+ReasonUnreachable || s.Statuses()[0].State != "failing" {
+		t.Fatalf("a paused upstream was asked: %d requests, was %d; %v", requests(), before, o.results)
+	}
+	clock.add(31 * time.Second)
+	f.mu.Lock()
+	f.broken = false
+	f.mu.Unlock()
+	if _, ok := s.Lookup(context.Background(), "bob@example.org"); ok || o.last() != "miss" || s.Statuses()[0].State != "ok" {
+		t.Fatalf("after the pause: %v %+v", o.results, s.Statuses()[0])
 	}
 }
