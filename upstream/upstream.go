@@ -412,8 +412,10 @@ func (srv *server) failed(err error) {
 	reason := reasonOf(err)
 	srv.mu.Lock()
 	srv.consecutive++
-	if srv.consecutive >= breakerAfter {
-		srv.pauseUntil = srv.svc.opts.Now().Add(breakerPause)
+	// A lookup skipped during a pause does not extend it: the upstream is
+	// asked again when the pause ends.
+	if now := srv.svc.opts.Now(); srv.consecutive >= breakerAfter && !now.Before(srv.pauseUntil) {
+		srv.pauseUntil = now.Add(breakerPause)
 	}
 	changed := srv.lastError != err.Error()
 	srv.lastError = err.Error()

@@ -353,7 +353,12 @@ func TestFailingUpstreamPaused(t *testing.T) {
 	if requests() != before || o.last() != "failure:"+ReasonUnreachable || s.Statuses()[0].State != "failing" {
 		t.Fatalf("a paused upstream was asked: %d requests, was %d; %v", requests(), before, o.results)
 	}
-	clock.add(31 * time.Second)
+	clock.add(20 * time.Second)
+	s.Lookup(context.Background(), "bob@example.org") // still paused: not asked, and the pause is not extended
+	if requests() != before {
+		t.Fatalf("a paused upstream was asked")
+	}
+	clock.add(11 * time.Second)
 	f.mu.Lock()
 	f.broken = false
 	f.mu.Unlock()
