@@ -40,6 +40,9 @@ type Options struct {
 	Bindings   Bindings
 	Keys       Keyring
 	Mailbox    Mailbox
+	// Upstreams, if set, reports the upstream identity servers' status
+	// (lookup.upstream) for the settings page.
+	Upstreams func() []UpstreamStatus
 
 	// NormalizeEmail normalises a searched address (identity.NormalizeEmail).
 	// Default: trim and lower-case.

@@ -243,7 +243,7 @@ func (h *Handler) apiRetireKey(c echo.Context) error {
 }
 
 func (h *Handler) apiSettings(c echo.Context) error {
-	return c.JSON(http.StatusOK, map[string]any{"settings": settingsRows(h.opts.Config)})
+	return c.JSON(http.StatusOK, map[string]any{"settings": settingsRows(h.opts.Config), "upstreams": h.upstreams()})
 }
 
 func (h *Handler) apiAudit(c echo.Context) error {

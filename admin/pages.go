@@ -245,7 +245,7 @@ func (h *Handler) retireKeyForm(c echo.Context) error {
 }
 
 func (h *Handler) settingsPage(c echo.Context) error {
-	return h.render(c, http.StatusOK, "settings", "Settings", "settings", settingsRows(h.opts.Config))
+	return h.render(c, http.StatusOK, "settings", "Settings", "settings", settingsData{Rows: settingsRows(h.opts.Config), Upstreams: h.upstreams()})
 }
 
 type auditData struct {

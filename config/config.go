@@ -143,6 +143,32 @@ type Compat struct {
 type Lookup struct {
 	// PepperRotation rotates the lookup pepper this often (0: never).
 	PepperRotation Duration `yaml:"pepper_rotation"`
+	// Upstream lists identity servers asked at store-invite about addresses
+	// Herald has no binding for (docs/upstream.md). Empty: none is asked.
+	Upstream []Upstream `yaml:"upstream"`
+	// UpstreamTimeout bounds the time store-invite waits for the upstreams.
+	UpstreamTimeout Duration `yaml:"upstream_timeout"`
+	// UpstreamEmail is what an invitee an upstream vouched for receives by
+	// email: "notify" (a Matrix invite is waiting) or "none".
+	UpstreamEmail string `yaml:"upstream_email"`
+}
+
+// Upstream is one identity server Herald consults at store-invite.
+type Upstream struct {
+	BaseURL string `yaml:"base_url"`
+	// HomeserverURL, UserID and AccessToken: the service user on the
+	// operator's homeserver whose OpenID token registers Herald upstream.
+	HomeserverURL string `yaml:"homeserver_url"`
+	UserID        string `yaml:"user_id"`
+	AccessToken   Secret `yaml:"access_token"`
+	// AcceptTerms lets Herald accept the upstream's terms of service.
+	AcceptTerms bool `yaml:"accept_terms"`
+	// AllowPlaintext lets Herald send the address itself when the upstream
+	// offers no hash but "none".
+	AllowPlaintext bool `yaml:"allow_plaintext"`
+	// AllowPrivate lets base_url and homeserver_url be private or loopback
+	// addresses, and plain http.
+	AllowPrivate bool `yaml:"allow_private"`
 }
 
 type RateLimit struct {
@@ -260,6 +286,8 @@ func Default() Config {
 	c.Email.WebClientURL = "https://app.element.io"
 	c.Federation.Timeout = Duration(10 * time.Second)
 	c.Lookup.PepperRotation = Duration(30 * 24 * time.Hour)
+	c.Lookup.UpstreamTimeout = Duration(2 * time.Second)
+	c.Lookup.UpstreamEmail = "notify"
 	c.Invites.Expiry = Duration(7 * 24 * time.Hour)
 	c.Invites.Retention = Duration(30 * 24 * time.Hour)
 	c.Invites.ResendInterval = Duration(time.Hour)
@@ -591,6 +619,9 @@ func (c *Config) validateInvites() error {
 	if c.Lookup.PepperRotation < 0 {
 		return keyErr("lookup.pepper_rotation", "must not be negative (0 never rotates)")
 	}
+	if err := c.validateUpstream(); err != nil {
+		return err
+	}
 	for i, a := range c.Compat.V1StoreInviteAllow {
 		if _, _, err := net.ParseCIDR(a); err != nil && net.ParseIP(a) == nil {
 			return keyErr(fmt.Sprintf("compat.v1_store_invite_allow[%d]", i), fmt.Sprintf("%q is neither an IP address nor a CIDR range", a))
@@ -631,4 +662,38 @@ func ValidBrand(b string) bool {
 		}
 	}
 	return true
+}
+
+// validateUpstream checks lookup.upstream, lookup.upstream_timeout and
+// lookup.upstream_email.
+func (c *Config) validateUpstream() error {
+	if c.Lookup.UpstreamTimeout <= 0 || c.Lookup.UpstreamTimeout.D() > 30*time.Second {
+		return keyErr("lookup.upstream_timeout", "must be more than 0 and at most 30s (store-invite waits this long)")
+	}
+	if c.Lookup.UpstreamEmail != "notify" && c.Lookup.UpstreamEmail != "none" {
+		return keyErr("lookup.upstream_email", fmt.Sprintf("must be notify or none (got %q)", c.Lookup.UpstreamEmail))
+	}
+	seen := map[string]bool{}
+	for i, u := range c.Lookup.Upstream {
+		key := fmt.Sprintf("lookup.upstream[%d]", i)
+		for _, f := range []struct{ name, v string }{{"base_url", u.BaseURL}, {"homeserver_url", u.HomeserverURL}} {
+			if err := checkHTTPURL(f.v); err != nil {
+				return keyErr(key+"."+f.name, err.Error())
+			}
+			if pu, _ := url.Parse(f.v); pu.Scheme != "https" && !u.AllowPrivate {
+				return keyErr(key+"."+f.name, "must be https (plain http only with allow_private: true)")
+			}
+		}
+		if seen[strings.TrimRight(u.BaseURL, "/")] {
+			return keyErr(key+".base_url", "is listed twice")
+		}
+		seen[strings.TrimRight(u.BaseURL, "/")] = true
+		if local, server, ok := strings.Cut(u.UserID, ":"); !ok || len(local) < 2 || local[0] != '@' || server == "" {
+			return keyErr(key+".user_id", fmt.Sprintf("must be a Matrix user ID such as @herald:example.org (got %q)", u.UserID))
+		}
+		if u.AccessToken == "" {
+			return keyErr(key+".access_token", "must be the service user's access token on homeserver_url")
+		}
+	}
+	return nil
 }

@@ -234,6 +234,9 @@ func (s *Service) store(fields map[string]json.RawMessage, account, api string) 
 		return nil, err
 	}
 
+	// An upstream identity server may vouch for the invitee (upstream.go).
+	vouch := s.askUpstream(inv)
+
 	// Everything random or rendered is made before the transaction: Batch may
 	// run the function more than once, which must then write the same thing.
 	now := s.opts.Now().UTC()
@@ -249,12 +252,17 @@ func (s *Service) store(fields map[string]json.RawMessage, account, api string) 
 	}
 	// The mail is rendered and composed (MIME, quoted-printable) here too, so
 	// the single bbolt writer only writes.
-	m, err := s.renderMail(inv)
+	var m mailer.Message
+	if vouch != nil {
+		m, err = s.renderWaiting(inv)
+	} else {
+		m, err = s.renderMail(inv)
+	}
 	if err != nil {
 		return nil, err
 	}
 	var mail *mailer.Prepared
-	if s.opts.Mailer != nil {
+	if s.opts.Mailer != nil && (vouch == nil || s.upstream.opts.Email == "notify") {
 		if mail, err = s.opts.Mailer.Prepare(m); err != nil {
 			return nil, err
 		}
@@ -301,6 +309,11 @@ func (s *Service) store(fields map[string]json.RawMessage, account, api string) 
 		if err := s.opts.Ephemeral.Put(tx, rec.EphemeralPublic, "invite:"+itoa(id), rec.ExpiresAt); err != nil {
 			return err
 		}
+		if vouch != nil {
+			if err := s.recordVouch(tx, id, vouch); err != nil {
+				return err
+			}
+		}
 		if storeTxHook != nil {
 			if err := storeTxHook(); err != nil {
 				return err
@@ -314,13 +327,17 @@ func (s *Service) store(fields map[string]json.RawMessage, account, api string) 
 	}
 	if queued {
 		s.opts.Mailer.Wake()
-	} else if s.opts.Mailer == nil && result.ID != 0 && result.Token == inv.Token {
+	} else if s.opts.Mailer == nil && vouch == nil && result.ID != 0 && result.Token == inv.Token {
 		s.opts.Log.Warn("invite stored without an email: no mail queue configured", "invite", result.ID)
 	}
 	stored := result.Token == inv.Token
 	if stored {
 		s.opts.Log.Info("invite stored", "invite", result.ID, "to", identity.RedactEmail(result.Address),
 			"sender", result.Sender, "room", result.RoomID, "api", api)
+		if vouch != nil {
+			s.opts.Log.Info("invite vouched for by an upstream identity server: resolving it shortly", "invite", result.ID,
+				"mxid", vouch.MXID, "upstream", vouch.Upstream, "email", s.upstream.opts.Email)
+		}
 	}
 	a := s.answer(result, api)
 	a.stored = stored

@@ -48,6 +48,9 @@ type Service struct {
 	mail   *mailTemplates
 	limits *limits
 	policy *policy
+	// upstream, when set (UseUpstream), asks other identity servers at
+	// store-invite (upstream.go).
+	upstream *upstreamHook
 }
 
 // Setup is run at the end of New, in registration order. Files of this

@@ -349,6 +349,9 @@ func (s *Service) Delete(tx *bolt.Tx, id uint64) error {
 			return err
 		}
 	}
+	if err := deleteVouch(tx, id); err != nil { // upstream.go
+		return err
+	}
 	return tx.Bucket(bktInvites).Delete(store.U64(id))
 }
 

@@ -84,6 +84,7 @@ type Sim struct {
 	invites    map[string]Invite // room_id + "\x00" + token
 	users      map[string]bool   // local users (Dendrite needs the invitee to exist)
 	openid     map[string]string // token -> mxid
+	clientTok  map[string]string // client-server access token -> mxid (AddServiceUser)
 	accepted   []Accepted
 	calls      []Call
 }
@@ -100,6 +101,7 @@ func New(t testing.TB, serverName string, mode Mode) *Sim {
 		invites:    map[string]Invite{},
 		users:      map[string]bool{},
 		openid:     map[string]string{},
+		clientTok:  map[string]string{},
 		client:     &http.Client{Timeout: 5 * time.Second},
 	}
 	s.srv = httptest.NewServer(s)
@@ -155,6 +157,45 @@ func (s *Sim) AddUser(mxid string) string {
 	s.openid[tok] = mxid
 	s.mu.Unlock()
 	return tok
+}
+
+// AddServiceUser makes mxid a local user with a client-server access token,
+// which POST /_matrix/client/v3/user/{mxid}/openid/request_token accepts (as
+// a homeserver does for a service account an identity server registers
+// elsewhere with). It returns the access token.
+func (s *Sim) AddServiceUser(mxid string) string {
+	tok := "syt_" + keys.EncodeBase64([]byte(mxid+time.Now().String()))
+	tok = strings.NewReplacer("+", "A", "/", "B").Replace(tok)
+	s.mu.Lock()
+	s.users[mxid] = true
+	s.clientTok[tok] = mxid
+	s.mu.Unlock()
+	return tok
+}
+
+// requestToken serves POST /_matrix/client/v3/user/{userId}/openid/request_token:
+// the Bearer token must belong to userId; the answer is a fresh OpenID token
+// that userinfo vouches for.
+func (s *Sim) requestToken(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost {
+		writeErr(w, http.StatusMethodNotAllowed, "M_UNRECOGNIZED", "Unrecognized request")
+		return
+	}
+	user := strings.TrimSuffix(strings.TrimPrefix(r.URL.Path, "/_matrix/client/v3/user/"), "/openid/request_token")
+	tok, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	s.mu.Lock()
+	owner, ok := s.clientTok[tok]
+	s.mu.Unlock()
+	switch {
+	case !ok:
+		writeErr(w, http.StatusUnauthorized, "M_UNKNOWN_TOKEN", "Invalid access token passed.")
+		return
+	case owner != user:
+		writeErr(w, http.StatusForbidden, "M_FORBIDDEN", "Cannot request tokens for other users.")
+		return
+	}
+	oid := s.AddUser(user)
+	writeJSON(w, http.StatusOK, map[string]any{"access_token": oid, "token_type": "Bearer", "matrix_server_name": s.ServerName, "expires_in": 3600})
 }
 
 // AddInvite records a third-party invite event, as the homeserver does after
@@ -287,6 +328,8 @@ func (s *Sim) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		writeJSON(w, http.StatusOK, map[string]string{"sub": mxid})
+	case strings.HasPrefix(r.URL.Path, "/_matrix/client/v3/user/") && strings.HasSuffix(r.URL.Path, "/openid/request_token"):
+		s.requestToken(w, r)
 	case r.URL.Path == "/_matrix/federation/v1/3pid/onbind":
 		s.onbind(w, r)
 	default:

@@ -46,6 +46,9 @@ func (a *App) newAdmin() (*admin.Handler, error) {
 	if a.mailbox != nil {
 		opts.Mailbox = &adminMailbox{m: a.mailbox}
 	}
+	if a.upstream != nil {
+		opts.Upstreams = a.adminUpstreams
+	}
 	return admin.New(opts)
 }
 
@@ -262,7 +265,11 @@ func (ai *adminInvites) GetInvite(_ context.Context, id string) (admin.Invite, e
 	if err != nil {
 		return admin.Invite{}, adminErr(err)
 	}
-	return ai.convert(inv), nil
+	out := ai.convert(inv)
+	// Which upstream identity server vouched for the invitee, and when
+	// (lookup.upstream; upstream.go).
+	out.Events = upstreamEvents(ai.s, inv.ID, out.Events)
+	return out, nil
 }
 
 func (ai *adminInvites) CountInvites(context.Context) (map[string]int, error) {

@@ -28,6 +28,7 @@ import (
 	"github.com/herald-im/herald/matrix"
 	"github.com/herald-im/herald/store"
 	"github.com/herald-im/herald/sydent"
+	"github.com/herald-im/herald/upstream"
 )
 
 // App is one running Herald: every service wired together.
@@ -45,6 +46,8 @@ type App struct {
 	mailbox   *mailer.DevMailbox // nil when smtp.host is set
 	onbind    *invites.Deliveries
 	admin     *admin.Handler // nil when admin.enabled is false
+
+	upstream *upstream.Service // nil when lookup.upstream is empty (upstream.go)
 
 	now       func() time.Time
 	version   string
@@ -161,6 +164,10 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) (_ *App, err error)
 	}); err != nil {
 		return nil, fmt.Errorf("onbind deliveries: %w", err)
 	}
+	// Store-invite asks lookup.upstream about unbound addresses (upstream.go).
+	if err = a.wireUpstream(); err != nil {
+		return nil, fmt.Errorf("upstream lookup: %w", err)
+	}
 	if a.admin, err = a.newAdmin(); err != nil {
 		return nil, fmt.Errorf("admin console: %w", err)
 	}
@@ -187,6 +194,14 @@ func (a *App) Start(ctx context.Context) {
 		a.invites.RunLifecycle(ctx, time.Minute)
 		return nil
 	})
+	if a.upstream != nil {
+		// Invites an upstream vouched for are resolved a moment after store-invite.
+		a.goBackground(ctx, "", "upstream invite resolution", a.invites.RunUpstream)
+		a.goBackground(ctx, "", "upstream registration", func(ctx context.Context) error {
+			a.upstream.Register(ctx)
+			return nil
+		})
+	}
 	if a.admin != nil {
 		// Audit log retention; the count of refused console logins.
 		a.goBackground(ctx, "", "audit log retention", func(ctx context.Context) error {

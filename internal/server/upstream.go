@@ -1,0 +1,97 @@
+package server
+
+import (
+	"context"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/herald-im/herald/admin"
+	"github.com/herald-im/herald/invites"
+	"github.com/herald-im/herald/upstream"
+)
+
+// wireUpstream turns on the upstream lookup at store-invite when
+// lookup.upstream names identity servers (docs/upstream.md), and counts its
+// calls, hits and failures per upstream (labelled by the upstream's host, a
+// value from the configuration).
+func (a *App) wireUpstream() error {
+	calls := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "herald_upstream_lookups_total",
+		Help: "Questions to upstream identity servers at store-invite, by upstream (host of its base_url).",
+	}, []string{"upstream"})
+	hits := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "herald_upstream_hits_total",
+		Help: "Upstream answers that vouched (verified) for the invitee, by upstream.",
+	}, []string{"upstream"})
+	failures := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "herald_upstream_failures_total",
+		Help: "Upstream questions that failed, by upstream and reason (unreachable, timeout, terms_not_signed, bad_signature, no_usable_hash, refused, error).",
+	}, []string{"upstream", "reason"})
+	a.metrics.reg.MustRegister(calls, hits, failures)
+	if len(a.cfg.Lookup.Upstream) == 0 {
+		return nil
+	}
+	a.upstream = upstream.New(upstream.Options{
+		Servers: a.cfg.Lookup.Upstream, Timeout: a.cfg.Lookup.UpstreamTimeout.D(), UserAgent: "Herald/" + a.version,
+		Log: a.log, Now: a.now,
+		OnLookup: func(name, result, reason string) {
+			calls.WithLabelValues(name).Inc()
+			switch result {
+			case "hit":
+				hits.WithLabelValues(name).Inc()
+			case "failure":
+				failures.WithLabelValues(name, reason).Inc()
+			}
+		},
+	})
+	for _, name := range a.upstream.Names() {
+		calls.WithLabelValues(name)
+		hits.WithLabelValues(name)
+		for _, r := range []string{upstream.ReasonUnreachable, upstream.ReasonTimeout, upstream.ReasonTermsNotSigned,
+			upstream.ReasonBadSignature, upstream.ReasonNoHash, upstream.ReasonRefused, upstream.ReasonError} {
+			failures.WithLabelValues(name, r)
+		}
+	}
+	return a.invites.UseUpstream(a.onbind, invites.UpstreamOptions{
+		Email: a.cfg.Lookup.UpstreamEmail,
+		Lookup: func(ctx context.Context, address string) (string, string, bool) {
+			ans, ok := a.upstream.Lookup(ctx, address)
+			return ans.MXID, ans.Upstream, ok
+		},
+	})
+}
+
+// Upstream is the upstream lookup (nil when lookup.upstream is empty).
+func (a *App) Upstream() *upstream.Service { return a.upstream }
+
+// adminUpstreams is the settings page's upstream block.
+func (a *App) adminUpstreams() []admin.UpstreamStatus {
+	var out []admin.UpstreamStatus
+	for _, s := range a.upstream.Statuses() {
+		out = append(out, admin.UpstreamStatus{BaseURL: s.BaseURL, State: s.State, LastError: s.LastError,
+			Calls: s.Calls, Hits: s.Hits, Failures: s.Failures, Registered: s.Registered})
+	}
+	return out
+}
+
+// upstreamEvents adds to an invite's timeline its upstream vouch: when the
+// upstream answered, and what the resolution a moment later did. An invite
+// the vouch resolved was not bound here: its "bound" entry says so.
+func upstreamEvents(s *invites.Service, id uint64, events []admin.Event) []admin.Event {
+	v, err := s.VouchFor(id)
+	if err != nil || v == nil {
+		return events
+	}
+	if v.Outcome == "resolved" {
+		for i := range events {
+			if events[i].Kind == "bound" { // only the vouch resolved it: a bind finds it no longer pending
+				events[i].Kind, events[i].Detail = "vouched upstream", "address bound to "+v.MXID+" at "+v.Upstream
+			}
+		}
+	}
+	events = append(events, admin.Event{At: v.At, Kind: "vouched", Detail: "upstream identity server " + v.Upstream + " vouched for " + v.MXID, OK: true})
+	if !v.Resolved.IsZero() {
+		events = append(events, admin.Event{At: v.Resolved, Kind: "upstream resolution", Detail: v.Outcome, OK: v.Outcome == "resolved"})
+	}
+	return events
+}
