@@ -91,8 +91,10 @@ func migrate(ctx context.Context, pool *pgxpool.Pool, fsys fs.FS) (err error) {
 	defer func() {
 		// A connection whose unlock failed may still hold the lock: close
 		// it rather than return it to the pool.
-		if _, uerr := conn.Exec(context.WithoutCancel(ctx), "SELECT pg_advisory_unlock($1)", migrateLockKey); uerr != nil {
-			_ = conn.Conn().Close(context.WithoutCancel(ctx))
+		uctx, cancel := detached(ctx)
+		defer cancel()
+		if _, uerr := conn.Exec(uctx, "SELECT pg_advisory_unlock($1)", migrateLockKey); uerr != nil {
+			_ = conn.Conn().Close(uctx)
 		}
 	}()
 

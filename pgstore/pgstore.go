@@ -127,3 +127,10 @@ func (db *DB) Pool() *pgxpool.Pool { return db.pool }
 
 // Close closes the pool, waiting for connections in use to be returned.
 func (db *DB) Close() { db.pool.Close() }
+
+// detached is ctx without its cancellation, bounded by a short timeout: for
+// clean-up (unlock, close, record a finished run) that must happen even
+// while the caller is shutting down, but must not hang on a dead server.
+func detached(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+}
