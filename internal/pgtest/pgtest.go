@@ -40,6 +40,10 @@ import (
 // configuration.
 const BinDirVar = "PG_BIN_DIR"
 
+// debianGlob finds Debian's PostgreSQL server binaries, one directory per
+// major version.
+var debianGlob = "/usr/lib/postgresql/*/bin/initdb"
+
 // errNoPostgres means no PostgreSQL server binaries were found.
 var errNoPostgres = errors.New("pgtest: PostgreSQL not found")
 
@@ -154,7 +158,7 @@ func binDir() (string, error) {
 		}
 		return d, nil
 	}
-	dirs, _ := filepath.Glob("/usr/lib/postgresql/*/bin/initdb")
+	dirs, _ := filepath.Glob(debianGlob)
 	if len(dirs) == 0 {
 		return "", errNoPostgres
 	}

@@ -3,13 +3,53 @@ package pgtest
 import (
 	"context"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 )
 
-func TestMain(m *testing.M) { os.Exit(Main(m)) }
+// helperGlobVar, in the environment of this test binary run by
+// TestWithoutPostgres, replaces where Debian's binaries are looked for.
+const helperGlobVar = "PGTEST_HELPER_GLOB"
+
+func TestMain(m *testing.M) {
+	if g := os.Getenv(helperGlobVar); g != "" {
+		debianGlob = g
+	}
+	os.Exit(Main(m))
+}
+
+// Without PostgreSQL: outside CI one line says the PostgreSQL tests were not
+// run and they pass (skipped); with CI=true they fail.
+func TestWithoutPostgres(t *testing.T) {
+	for _, ci := range []string{"", "true"} {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestHelperNeedsPostgres$", "-test.count=1", "-test.v")
+		cmd.Env = append(os.Environ(), helperGlobVar+"="+filepath.Join(t.TempDir(), "*", "bin", "initdb"), "CI="+ci, BinDirVar+"=")
+		out, err := cmd.CombinedOutput()
+		notes := strings.Count(string(out), "pgtest: NOTE: PostgreSQL tests were not run")
+		switch {
+		case ci == "" && (err != nil || notes != 1 || !strings.Contains(string(out), "--- SKIP: TestHelperNeedsPostgres/b")):
+			t.Fatalf("outside CI without PostgreSQL: %v, %d notes, want success, one note and skipped tests:\n%s", err, notes, out)
+		case ci == "true" && (err == nil || notes != 0 || !strings.Contains(string(out), "PostgreSQL not found")):
+			t.Fatalf("with CI=true without PostgreSQL: %v, want a failure naming the cause:\n%s", err, out)
+		}
+	}
+}
+
+// TestHelperNeedsPostgres is two tests that need PostgreSQL, when run by
+// TestWithoutPostgres; in an ordinary run it does nothing.
+func TestHelperNeedsPostgres(t *testing.T) {
+	if os.Getenv(helperGlobVar) == "" {
+		return
+	}
+	for _, name := range []string{"a", "b"} {
+		t.Run(name, func(t *testing.T) { DSN(t) })
+	}
+}
 
 // Each test gets its own empty database on the socket, not a TCP port, and
 // what one test writes another does not see.
