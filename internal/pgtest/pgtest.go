@@ -180,8 +180,14 @@ func start() (*cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	dir, err := os.MkdirTemp("", "herald-pgtest-")
+	removeStale()
+	dir, err := os.MkdirTemp("", dirPrefix)
 	if err != nil {
+		return nil, fmt.Errorf("pgtest: %w", err)
+	}
+	// Who made it, so a later run can remove it if this one dies first.
+	if err := os.WriteFile(filepath.Join(dir, ownerFile), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
+		_ = os.RemoveAll(dir)
 		return nil, fmt.Errorf("pgtest: %w", err)
 	}
 	c := &cluster{dir: dir, sockDir: dir, user: "herald_test", exited: make(chan struct{})}
@@ -265,6 +271,39 @@ func (c *cluster) logTail() string {
 		s = s[len(s)-4000:]
 	}
 	return strings.TrimSpace(s)
+}
+
+const (
+	dirPrefix = "herald-pgtest-"
+	ownerFile = "owner.pid"
+)
+
+// removeStale removes the clusters of test binaries that died without
+// stopping theirs (a panic, a timeout, kill -9), so they do not pile up in
+// the temporary directory: those whose owner and postmaster are both gone.
+func removeStale() {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), dirPrefix+"*"))
+	for _, d := range dirs {
+		// A directory just made may not have its owner file yet.
+		if fi, err := os.Stat(d); err != nil || time.Since(fi.ModTime()) < time.Minute {
+			continue
+		}
+		if alive(pidIn(filepath.Join(d, ownerFile))) || alive(pidIn(filepath.Join(d, "data", "postmaster.pid"))) {
+			continue
+		}
+		_ = os.RemoveAll(d)
+	}
+}
+
+// pidIn reads the process id on the first line of a file; 0 if none.
+func pidIn(file string) int {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	pid, _ := strconv.Atoi(strings.TrimSpace(line))
+	return pid
 }
 
 // dsn is a keyword/value connection string for database db on the socket.

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -95,5 +96,39 @@ func TestDSNGivesEachTestItsOwnDatabase(t *testing.T) {
 	close(dsns)
 	if a, b := <-dsns, <-dsns; a == b {
 		t.Fatalf("two tests got the same database %q", a)
+	}
+}
+
+// The directory of a test binary that died without stopping its cluster is
+// removed by the next start; a live one's is not.
+func TestRemoveStale(t *testing.T) {
+	tmp := t.TempDir()
+	t.Setenv("TMPDIR", tmp)
+	dead := exec.Command("true")
+	if err := dead.Run(); err != nil {
+		t.Fatal(err)
+	}
+	old := time.Now().Add(-time.Hour)
+	mk := func(name string, pid int, mtime time.Time) string {
+		d := filepath.Join(tmp, dirPrefix+name)
+		if err := os.MkdirAll(filepath.Join(d, "data"), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(d, ownerFile), []byte(strconv.Itoa(pid)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chtimes(d, mtime, mtime); err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	stale := mk("stale", dead.Process.Pid, old)
+	live := mk("live", os.Getpid(), old)
+	young := mk("young", 0, time.Now()) // owner file not written yet
+	removeStale()
+	for d, want := range map[string]bool{stale: false, live: true, young: true} {
+		if _, err := os.Stat(d); (err == nil) != want {
+			t.Errorf("%s: exists %v, want %v", filepath.Base(d), err == nil, want)
+		}
 	}
 }

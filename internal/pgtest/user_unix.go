@@ -47,3 +47,12 @@ func asServerUser(dir string) (func(*exec.Cmd), error) {
 		cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "LC_ALL=C"}
 	}, nil
 }
+
+// alive says a process with this id exists (0: no process).
+func alive(pid int) bool {
+	if pid <= 0 {
+		return false
+	}
+	err := syscall.Kill(pid, 0)
+	return err == nil || err == syscall.EPERM
+}
