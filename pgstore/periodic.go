@@ -31,8 +31,9 @@ type Job struct {
 	// after its holder died.
 	Poll time.Duration
 	// Heartbeat is how often the holder checks its lock's connection while
-	// the job runs (default 5s). It bounds how long a holder that lost its
-	// lock goes on running beside the replica that took over.
+	// the job runs (default 5s; each check may take up to 5s or Heartbeat,
+	// whichever is longer). It bounds how long a holder that lost its lock
+	// goes on running beside the replica that took over.
 	Heartbeat time.Duration
 
 	// attempted is called after each attempt with whether it ran the job
@@ -184,7 +185,9 @@ func runHeld(ctx context.Context, conn *pgxpool.Conn, job Job) (runErr, lost err
 				return
 			case <-t.C:
 			}
-			pctx, pcancel := context.WithTimeout(ctx, beat)
+			// A slow answer is not a lost lock: give the check longer than
+			// the interval between checks when that is short.
+			pctx, pcancel := context.WithTimeout(ctx, max(beat, 5*time.Second))
 			_, err := conn.Exec(pctx, "SELECT 1")
 			pcancel()
 			if err != nil {
