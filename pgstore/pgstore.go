@@ -17,6 +17,8 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -112,8 +114,28 @@ func poolConfig(opts Options) (*pgxpool.Config, error) {
 	if _, ok := cfg.ConnConfig.RuntimeParams["application_name"]; !ok {
 		cfg.ConnConfig.RuntimeParams["application_name"] = "herald"
 	}
+	cfg.AfterConnect = checkClient
 	return cfg, nil
 }
+
+// checkClient asks the server to check, while a statement runs, that this
+// client is still there. Without it the statement of a replica that died (a
+// migration, a sweep) runs to its end holding its locks and transaction;
+// with it the server ends it within clientCheckInterval. PostgreSQL has the
+// setting from version 14, on Linux servers; where it is missing or
+// unsupported the server just checks at the statement's end, as before.
+func checkClient(ctx context.Context, conn *pgx.Conn) error {
+	_, err := conn.Exec(ctx, "SET client_connection_check_interval = "+clientCheckInterval)
+	var pg *pgconn.PgError
+	if errors.As(err, &pg) && (pg.Code == "42704" || pg.Code == "22023") { // undefined_object, invalid_parameter_value
+		return nil
+	}
+	return err
+}
+
+// clientCheckInterval is how often the server checks for a vanished client
+// during a statement.
+const clientCheckInterval = "'2s'"
 
 func orDefault(d, def time.Duration) time.Duration {
 	if d > 0 {

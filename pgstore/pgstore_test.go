@@ -17,7 +17,12 @@ import (
 	"github.com/herald-im/herald/internal/pgtest"
 )
 
-func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
+func TestMain(m *testing.M) {
+	if what := os.Getenv(helperVar); what != "" {
+		runHelper(what, os.Getenv(helperDSNVar))
+	}
+	os.Exit(pgtest.Main(m))
+}
 
 // deadline bounds every wait in these tests.
 const deadline = 20 * time.Second
