@@ -87,7 +87,69 @@ func Main(m *testing.M) int {
 // Without PostgreSQL it fails the test under CI=true and skips it otherwise.
 func DSN(t testing.TB) string {
 	t.Helper()
+	return copyOf(t, get(t), "template0")
+}
+
+var (
+	templatesMu sync.Mutex
+	templates   = map[string]*template{}
+)
+
+type template struct {
+	once sync.Once
+	err  error
+}
+
+// DSNFrom is DSN for a database that starts as a copy of a template: the
+// first call for a name creates database name, runs setup on it (apply the
+// migrations, load fixtures) and freezes it; every call returns a new copy.
+// Copying is faster than running setup for each test. setup must close its
+// connections: any left are ended when the template is frozen.
+func DSNFrom(t testing.TB, name string, setup func(ctx context.Context, dsn string) error) string {
+	t.Helper()
 	c := get(t)
+	templatesMu.Lock()
+	tp, ok := templates[name]
+	if !ok {
+		tp = &template{}
+		templates[name] = tp
+	}
+	templatesMu.Unlock()
+	tp.once.Do(func() { tp.err = c.makeTemplate(name, setup) })
+	if tp.err != nil {
+		t.Fatalf("pgtest: template %s: %v", name, tp.err)
+	}
+	return copyOf(t, c, name)
+}
+
+// makeTemplate creates database name, runs setup on it, then forbids
+// connections to it, so that copies of it can be made at the same time.
+func (c *cluster) makeTemplate(name string, setup func(ctx context.Context, dsn string) error) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	admin, err := pgx.Connect(ctx, c.dsn("postgres"))
+	if err != nil {
+		return err
+	}
+	defer admin.Close(ctx)
+	ident := pgx.Identifier{name}.Sanitize()
+	if _, err := admin.Exec(ctx, "CREATE DATABASE "+ident+" TEMPLATE template0"); err != nil {
+		return err
+	}
+	if err := setup(ctx, c.dsn(name)); err != nil {
+		return err
+	}
+	if _, err := admin.Exec(ctx, "ALTER DATABASE "+ident+" WITH IS_TEMPLATE true ALLOW_CONNECTIONS false"); err != nil {
+		return err
+	}
+	_, err = admin.Exec(ctx, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name)
+	return err
+}
+
+// copyOf creates a new database from template for this test and drops it
+// when the test ends.
+func copyOf(t testing.TB, c *cluster, template string) string {
+	t.Helper()
 	name := fmt.Sprintf("t%d_%d", os.Getpid(), dbSeq.Add(1))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -96,9 +158,10 @@ func DSN(t testing.TB) string {
 		t.Fatalf("pgtest: %v", err)
 	}
 	defer admin.Close(ctx)
-	// template0 is never connected to, so any number of tests may copy it
-	// at once (CREATE DATABASE refuses a template that has sessions).
-	if _, err := admin.Exec(ctx, "CREATE DATABASE "+name+" TEMPLATE template0"); err != nil {
+	// Templates take no connections (template0 never does, ours are
+	// frozen), so any number of tests may copy one at once: CREATE DATABASE
+	// refuses a template that has sessions.
+	if _, err := admin.Exec(ctx, "CREATE DATABASE "+name+" TEMPLATE "+pgx.Identifier{template}.Sanitize()); err != nil {
 		t.Fatalf("pgtest: create database: %v", err)
 	}
 	t.Cleanup(func() {

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -130,5 +131,47 @@ func TestRemoveStale(t *testing.T) {
 		if _, err := os.Stat(d); (err == nil) != want {
 			t.Errorf("%s: exists %v, want %v", filepath.Base(d), err == nil, want)
 		}
+	}
+}
+
+// Copies of a template start with what its setup made, setup runs once, and
+// each copy is the test's own.
+func TestDSNFromCopiesATemplate(t *testing.T) {
+	var setups atomic.Int32
+	setup := func(ctx context.Context, dsn string) error {
+		setups.Add(1)
+		conn, err := pgx.Connect(ctx, dsn)
+		if err != nil {
+			return err
+		}
+		// Left open on purpose: freezing the template ends it.
+		_, err = conn.Exec(ctx, "CREATE TABLE seeded (x int); INSERT INTO seeded VALUES (42)")
+		return err
+	}
+	t.Run("group", func(t *testing.T) {
+		for _, name := range []string{"a", "b", "c"} {
+			t.Run(name, func(t *testing.T) {
+				t.Parallel()
+				dsn := DSNFrom(t, "seeded_template", setup)
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer cancel()
+				conn, err := pgx.Connect(ctx, dsn)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer conn.Close(ctx)
+				var x int
+				if err := conn.QueryRow(ctx, "SELECT x FROM seeded").Scan(&x); err != nil || x != 42 {
+					t.Fatalf("copy has %d, %v; want the template's 42", x, err)
+				}
+				// Writes to one copy are that test's alone.
+				if _, err := conn.Exec(ctx, "DELETE FROM seeded"); err != nil {
+					t.Fatal(err)
+				}
+			})
+		}
+	})
+	if n := setups.Load(); n != 1 {
+		t.Fatalf("setup ran %d times; want 1", n)
 	}
 }
