@@ -1,0 +1,7 @@
+package pgtest
+
+import "syscall"
+
+func procAttr(cred *syscall.Credential) *syscall.SysProcAttr {
+	return &syscall.SysProcAttr{Credential: cred, Pdeathsig: syscall.SIGQUIT}
+}

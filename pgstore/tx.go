@@ -1,0 +1,98 @@
+package pgstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// ErrContention means a transaction kept failing on serialization failures
+// or deadlocks until its retries ran out. It is temporary: callers answer it
+// as they answer an overloaded server, never with PostgreSQL's error.
+var ErrContention = errors.New("pgstore: the database is too busy with conflicting transactions; try again")
+
+// SQLSTATEs that mean "run the whole transaction again".
+const (
+	sqlstateSerializationFailure = "40001"
+	sqlstateDeadlockDetected     = "40P01"
+)
+
+// TxOptions tune InTx. The zero value is READ COMMITTED with the default
+// retry policy.
+type TxOptions struct {
+	pgx.TxOptions
+	// MaxAttempts bounds the runs of the function (default 10).
+	MaxAttempts int
+}
+
+// Retry backoff: the first retry waits about retryBase, then doubling, up to
+// retryCap; each wait is jittered so the conflicting transactions do not
+// collide again in step.
+const (
+	retryBase = 2 * time.Millisecond
+	retryCap  = 250 * time.Millisecond
+)
+
+// InTx runs fn in a transaction and commits it. A serialization failure or a
+// deadlock (SQLSTATE 40001, 40P01), from fn's statements or from the commit,
+// rolls back and runs fn again after a jittered backoff; after MaxAttempts
+// InTx returns ErrContention, never the PostgreSQL error. Any other error
+// from fn rolls back and is returned as it is.
+//
+// fn may therefore run more than once: like a bbolt Batch function it must
+// do nothing outside the transaction (no mail, no HTTP); do those after InTx
+// returns nil.
+func (db *DB) InTx(ctx context.Context, opts TxOptions, fn func(pgx.Tx) error) error {
+	return inTx(ctx, db.pool, opts, fn, nil)
+}
+
+// beginner is what InTx needs of a pool (or a single connection).
+type beginner interface {
+	BeginTx(ctx context.Context, opts pgx.TxOptions) (pgx.Tx, error)
+}
+
+// inTx is InTx with a hook that sees each retried error (tests).
+func inTx(ctx context.Context, b beginner, opts TxOptions, fn func(pgx.Tx) error, retried func(error)) error {
+	attempts := opts.MaxAttempts
+	if attempts <= 0 {
+		attempts = 10
+	}
+	wait := retryBase
+	for attempt := 1; ; attempt++ {
+		err := pgx.BeginTxFunc(ctx, b, opts.TxOptions, fn)
+		if err == nil || !retryable(err) {
+			return err
+		}
+		if retried != nil {
+			retried(err)
+		}
+		if attempt >= attempts {
+			return fmt.Errorf("%w (%d attempts)", ErrContention, attempt)
+		}
+		// Full jitter in [wait/2, wait).
+		d := wait/2 + rand.N(wait/2)
+		t := time.NewTimer(d)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+		wait = min(2*wait, retryCap)
+	}
+}
+
+// retryable says err is a serialization failure or a deadlock, wherever it
+// is wrapped.
+func retryable(err error) bool {
+	var pg *pgconn.PgError
+	if !errors.As(err, &pg) {
+		return false
+	}
+	return pg.Code == sqlstateSerializationFailure || pg.Code == sqlstateDeadlockDetected
+}
