@@ -263,17 +263,17 @@ func (a *App) storeStats() ([]prometheus.Metric, error) {
 	), nil
 }
 
-// serveMetrics serves /metrics on metrics.listen until ctx is done; the
-// returned channel carries a serving error. With metrics.listen empty it
-// does nothing.
-func (a *App) serveMetrics(ctx context.Context) (<-chan error, error) {
+// serveMetrics serves /metrics on metrics.listen; the returned channel
+// carries a serving error and stop shuts the listener down, returning when
+// its requests have ended. With metrics.listen empty it does nothing.
+func (a *App) serveMetrics() (<-chan error, func(context.Context), error) {
 	errc := make(chan error, 1)
 	if a.cfg.Metrics.Listen == "" {
-		return errc, nil
+		return errc, func(context.Context) {}, nil
 	}
 	ln, err := net.Listen("tcp", a.cfg.Metrics.Listen)
 	if err != nil {
-		return nil, errors.New("metrics.listen: " + err.Error())
+		return nil, nil, errors.New("metrics.listen: " + err.Error())
 	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", a.Metrics())
@@ -287,10 +287,5 @@ func (a *App) serveMetrics(ctx context.Context) (<-chan error, error) {
 			errc <- err
 		}
 	}()
-	context.AfterFunc(ctx, func() {
-		sctx, cancel := context.WithTimeout(context.Background(), ShutdownTimeout)
-		defer cancel()
-		_ = srv.Shutdown(sctx)
-	})
-	return errc, nil
+	return errc, func(ctx context.Context) { shutdown(ctx, a.log, "metrics", srv) }, nil
 }
