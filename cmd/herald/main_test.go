@@ -69,19 +69,15 @@ func TestVersionFromBuildInfo(t *testing.T) {
 			"herald dev\nrevision unknown (built without VCS information)\ndatabase schema 1\ngo1.26.8 "},
 	}
 	for _, c := range cases {
-		old := readBuildInfo
-		readBuildInfo = func() (*debug.BuildInfo, bool) { return c.bi, true }
+		o := defaultRunOptions()
+		o.buildInfo = func() (*debug.BuildInfo, bool) { return c.bi, true }
 		var out bytes.Buffer
-		err := run(context.Background(), []string{"version"}, nil, &out, io.Discard)
-		readBuildInfo = old
+		err := runWith(context.Background(), o, []string{"version"}, nil, &out, io.Discard)
 		if err != nil || !strings.HasPrefix(out.String(), c.want) || strings.Count(out.String(), "\n") != 4 {
 			t.Errorf("version printed %q, want it to start %q", out.String(), c.want)
 		}
 	}
-	old := version
-	version = "v9.9.9-docker"
-	defer func() { version = old }()
-	if got := versionFrom(cases[0].bi, true); got != "v9.9.9-docker" {
+	if got := versionFrom("v9.9.9-docker", cases[0].bi, true); got != "v9.9.9-docker" {
 		t.Errorf("-X main.version not preferred: %q", got)
 	}
 }
@@ -172,12 +168,19 @@ func TestUnknownEnvWarning(t *testing.T) {
 // function that stops it (as SIGTERM would) and returns run's error.
 func startServe(t *testing.T, env []string, args ...string) (string, func() error) {
 	t.Helper()
+	return startServeWith(t, server.Options{}, env, args...)
+}
+
+// startServeWith is startServe with opts handed to server.New.
+func startServeWith(t *testing.T, opts server.Options, env []string, args ...string) (string, func() error) {
+	t.Helper()
 	addrc := make(chan net.Addr, 1)
-	listening = func(a net.Addr) { addrc <- a }
-	t.Cleanup(func() { listening = nil })
+	opts.Listening = func(a net.Addr) { addrc <- a }
+	o := defaultRunOptions()
+	o.server = opts
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- run(ctx, args, env, io.Discard, io.Discard) }()
+	go func() { done <- runWith(ctx, o, args, env, io.Discard, io.Discard) }()
 	var addr net.Addr
 	select {
 	case addr = <-addrc:
@@ -282,11 +285,8 @@ func TestKeysCommand(t *testing.T) {
 
 // `herald keys rotate` while Herald runs: the server picks the new key up.
 func TestKeysRotateWhileServing(t *testing.T) {
-	old := server.KeyReloadInterval
-	server.KeyReloadInterval = 20 * time.Millisecond
-	t.Cleanup(func() { server.KeyReloadInterval = old })
 	dataDir := t.TempDir()
-	base, _ := startServe(t, []string{"HERALD_DATA_DIR=" + dataDir, "HERALD_LISTEN=127.0.0.1:0", "HERALD_SERVER_NAME=herald.test"})
+	base, _ := startServeWith(t, server.Options{Intervals: server.Intervals{KeyReload: 20 * time.Millisecond}}, []string{"HERALD_DATA_DIR=" + dataDir, "HERALD_LISTEN=127.0.0.1:0", "HERALD_SERVER_NAME=herald.test"})
 	out, err := keysCLI(t, dataDir, "rotate")
 	if err != nil {
 		t.Fatal(err)

@@ -12,13 +12,11 @@ import (
 )
 
 func TestRunRecoversCountsAndRestarts(t *testing.T) {
-	RestartDelay = time.Millisecond
-	defer func() { RestartDelay = time.Second }()
 	var logs bytes.Buffer
 	log := slog.New(slog.NewTextHandler(&logs, nil))
 	before := Panics()
 	calls := 0
-	Run(context.Background(), log, "test task", func(context.Context) error {
+	Runner{Log: log, RestartDelay: time.Millisecond}.Run(context.Background(), "test task", func(context.Context) error {
 		calls++
 		if calls <= 2 {
 			panic("page 7: invalid page type")
@@ -35,13 +33,11 @@ func TestRunRecoversCountsAndRestarts(t *testing.T) {
 }
 
 func TestRunStopsWaitingWhenCancelled(t *testing.T) {
-	RestartDelay = time.Hour
-	defer func() { RestartDelay = time.Second }()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		Run(ctx, slog.New(slog.DiscardHandler), "test task", func(context.Context) error { panic("boom") })
+		Runner{Log: slog.New(slog.DiscardHandler), RestartDelay: time.Hour}.Run(ctx, "test task", func(context.Context) error { panic("boom") })
 	}()
 	cancel()
 	select {

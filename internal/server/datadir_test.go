@@ -249,12 +249,10 @@ func damagePage(t *testing.T, path string, page uint64, pageSize int64) {
 // keeps answering (requests that read the database get a Matrix 500), and
 // store.Usable says the database is not usable. The next start refuses it.
 func TestDamagedDatabaseUnderARunningServer(t *testing.T) {
-	background.RestartDelay = 5 * time.Millisecond
-	defer func() { background.RestartDelay = time.Second }()
 	dir := t.TempDir()
 	var logs testenv.SyncBuffer
 	cfg := dataDirConfig(t, dir)
-	a, err := server.New(cfg, slog.New(slog.NewTextHandler(&logs, nil)), server.Options{})
+	a, err := server.New(cfg, slog.New(slog.NewTextHandler(&logs, nil)), server.Options{Intervals: server.Intervals{Restart: 5 * time.Millisecond}})
 	if err != nil {
 		t.Fatal(err)
 	}

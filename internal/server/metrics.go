@@ -16,12 +16,6 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-// StatsTTL is how long the stored-data gauges (queue depths and oldest ages,
-// bindings, pending invites, database size) are cached between scrapes:
-// however often /metrics is scraped, the stores are read at most once per
-// StatsTTL.
-var StatsTTL = 15 * time.Second
-
 // metrics are one App's Prometheus metrics, in a registry of its own (tests
 // run several Apps in one process). Labels come from fixed sets or route
 // templates, never from a request (no address, token, room or user ID).
@@ -150,8 +144,9 @@ func methodLabel(m string) string {
 	return "OTHER"
 }
 
-// storeCollector reports the stored-data gauges, read at most once per
-// StatsTTL (see storeStats).
+// storeCollector reports the stored-data gauges (queue depths and oldest
+// ages, bindings, pending invites, database size), read at most once per
+// Intervals.Stats however often /metrics is scraped (see storeStats).
 type storeCollector struct {
 	a *App
 
@@ -202,7 +197,7 @@ func (c *storeCollector) Collect(ch chan<- prometheus.Metric) {
 
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if now := time.Now(); c.cached == nil || now.Sub(c.at) >= StatsTTL {
+	if now := time.Now(); c.cached == nil || now.Sub(c.at) >= c.a.intervals.Stats {
 		c.cached, c.lastErr = c.a.storeStats()
 		c.at = now
 		if c.lastErr != nil {

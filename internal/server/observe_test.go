@@ -51,9 +51,6 @@ func storeInvite(t *testing.T, e *testenv.Env, tok, room, address string) (int, 
 // stored-data gauges follow the database; no label carries a path, address,
 // token, room or user ID.
 func TestMetricsCountWhatHappened(t *testing.T) {
-	ttl := server.StatsTTL
-	server.StatsTTL = 0 // read the stores on every scrape
-	t.Cleanup(func() { server.StatsTTL = ttl })
 	e := testenv.Start(t, func(c *config.Config) { c.Invites.RateLimits.Address = config.RateLimit{PerHour: 1, Burst: 1} })
 	tok := e.Register(t, "@alice:hs.test")
 
@@ -166,9 +163,6 @@ func TestMetricsCountWhatHappened(t *testing.T) {
 
 // The queue gauges count pending work and its age without reading history.
 func TestMetricsQueueBacklog(t *testing.T) {
-	ttl := server.StatsTTL
-	server.StatsTTL = 0
-	t.Cleanup(func() { server.StatsTTL = ttl })
 	e := testenv.Start(t)
 	tok := e.Register(t, "@alice:hs.test")
 	// The homeserver is down: the onbind delivery waits in the queue.
