@@ -91,8 +91,14 @@ func New(db *bolt.DB, opts Options) (*Service, error) {
 	return s, err
 }
 
-// allBuckets lists every bucket the identity package owns.
-var allBuckets = [][]byte{accountsBucket, termsBucket}
+// allBuckets lists every bucket the identity package owns; New creates them
+// all: accounts and terms (this file), validation sessions (validate.go),
+// bindings and the hashed lookup index (bindings.go).
+var allBuckets = [][]byte{
+	accountsBucket, termsBucket,
+	sessionsBucket, sessionKeysBucket,
+	bindingsBucket, lookupHashBucket, lookupMetaBucket,
+}
 
 // Account is an access token's owner. LastUsed is when the token was last
 // presented, recorded at a coarse granularity (touchEvery), so expiring idle

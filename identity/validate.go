@@ -43,10 +43,6 @@ var (
 	sessionKeysBucket = []byte("identity_session_keys")
 )
 
-func init() {
-	allBuckets = append(allBuckets, sessionsBucket, sessionKeysBucket)
-}
-
 //go:embed templates
 var templatesFS embed.FS
 
