@@ -378,7 +378,7 @@ func (s *Service) RequestEmailToken(c echo.Context) error {
 		// (Update runs this function once; a failure below gives the tokens back.)
 		undo, wait := ratelimit.Take(now, limitKeys...)
 		if wait > 0 {
-			s.opts.Log.Warn("validation mail refused by validation.rate_limits", "to", RedactEmail(address), "retry_after", wait.Round(time.Second))
+			s.opts.Log.Warn("validation mail refused by validation.rate_limits", "to", matrix.RedactEmail(address), "retry_after", wait.Round(time.Second))
 			return matrix.LimitExceeded(ratelimit.Millis(wait))
 		}
 		undoLimits = undo
@@ -407,7 +407,7 @@ func (s *Service) RequestEmailToken(c echo.Context) error {
 		msg.Ref = "session:" + se.SID
 		id, err := v.opts.Mail.Enqueue(tx, msg)
 		if err != nil {
-			s.opts.Log.Warn("queueing the validation email", "to", RedactEmail(address), "err", err)
+			s.opts.Log.Warn("queueing the validation email", "to", matrix.RedactEmail(address), "err", err)
 			return matrix.EmailSendError("The validation email could not be sent")
 		}
 		se.MailID = id

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 
 	"github.com/labstack/echo/v4"
@@ -131,7 +132,7 @@ func (s *Service) answer(inv *Invite, api string) storeAnswer {
 		Token:       inv.Token,
 		PublicKey:   inv.PublicKey,
 		PublicKeys:  []publicKey{{PublicKey: inv.PublicKey, KeyValidityURL: base + "/isvalid"}},
-		DisplayName: identity.RedactEmail(inv.Address),
+		DisplayName: matrix.RedactEmail(inv.Address),
 	}
 	if api != "v1" {
 		// Synapse checks key_validity_url, so a revoked invite's ephemeral key
@@ -151,20 +152,6 @@ func newInviteToken() string {
 		panic(err)
 	}
 	return base64.RawURLEncoding.EncodeToString(b)
-}
-
-func serverOf(userID string) string {
-	_, s, _ := strings.Cut(userID, ":")
-	return strings.ToLower(s)
-}
-
-// validUserID is a loose check of a Matrix user ID: "@localpart:server".
-// Control, format (bidi, zero-width) and undecodable characters are refused:
-// the sender's ID is shown in the invite email.
-func validUserID(s string) bool {
-	local, server, ok := strings.Cut(s, ":")
-	return ok && len(local) > 1 && local[0] == '@' && server != "" && len(s) <= 255 &&
-		!strings.ContainsAny(s, " \t\r\n\x00/") && !strings.ContainsFunc(s, textnorm.Refused)
 }
 
 func validRoomID(s string) bool {
@@ -188,7 +175,7 @@ func (s *Service) store(fields map[string]json.RawMessage, account, api string) 
 	if account != "" && inv.Sender != account {
 		return nil, matrix.ForbiddenUnauthorized("sender must be the user the access token belongs to")
 	}
-	if !validUserID(inv.Sender) {
+	if !matrix.ValidUserID(inv.Sender) {
 		return nil, matrix.InvalidParam("sender is not a Matrix user ID")
 	}
 	if !validRoomID(inv.RoomID) {
@@ -197,7 +184,7 @@ func (s *Service) store(fields map[string]json.RawMessage, account, api string) 
 	if inv.Address, err = identity.NormalizeEmail(inv.Address); err != nil {
 		return nil, err
 	}
-	inv.Homeserver = serverOf(inv.Sender)
+	inv.Homeserver = matrix.ServerName(inv.Sender)
 	inv.Via = api
 	if err := s.policy.check(inv); err != nil {
 		return nil, err
@@ -288,7 +275,7 @@ func (s *Service) store(fields map[string]json.RawMessage, account, api string) 
 		rec.ID = id
 		if mail != nil {
 			m := *mail // a copy: this function may run twice
-			m.Ref = "invite:" + itoa(id)
+			m.Ref = "invite:" + strconv.FormatUint(id, 10)
 			if rec.MailID, err = s.opts.Mailer.EnqueuePrepared(tx, &m); err != nil {
 				return err
 			}
@@ -298,7 +285,7 @@ func (s *Service) store(fields map[string]json.RawMessage, account, api string) 
 		if err := s.insert(tx, &rec); err != nil {
 			return err
 		}
-		if err := s.opts.Ephemeral.Put(tx, rec.EphemeralPublic, "invite:"+itoa(id), rec.ExpiresAt); err != nil {
+		if err := s.opts.Ephemeral.Put(tx, rec.EphemeralPublic, "invite:"+strconv.FormatUint(id, 10), rec.ExpiresAt); err != nil {
 			return err
 		}
 		if storeTxHook != nil {
@@ -319,7 +306,7 @@ func (s *Service) store(fields map[string]json.RawMessage, account, api string) 
 	}
 	stored := result.Token == inv.Token
 	if stored {
-		s.opts.Log.Info("invite stored", "invite", result.ID, "to", identity.RedactEmail(result.Address),
+		s.opts.Log.Info("invite stored", "invite", result.ID, "to", matrix.RedactEmail(result.Address),
 			"sender", result.Sender, "room", result.RoomID, "api", api)
 	}
 	a := s.answer(result, api)
@@ -378,20 +365,6 @@ func (s *Service) checkBound(tx *bolt.Tx, address string) error {
 		return matrix.ThreepidInUse("Binding already known").With("mxid", b.MXID)
 	}
 	return nil
-}
-
-func itoa(v uint64) string {
-	var b [20]byte
-	i := len(b)
-	for {
-		i--
-		b[i] = byte('0' + v%10)
-		v /= 10
-		if v == 0 {
-			break
-		}
-	}
-	return string(b[i:])
 }
 
 // StoreInvite serves POST /v2/store-invite (authenticated, terms-gated).
@@ -516,7 +489,7 @@ func (s *Service) Sign(mxid, token, privateKey string) (map[string]json.RawMessa
 	if err := matrix.Require("mxid", mxid, "token", token, "private_key", privateKey); err != nil {
 		return nil, err
 	}
-	if !validUserID(mxid) {
+	if !matrix.ValidUserID(mxid) {
 		return nil, matrix.InvalidParam("mxid is not a Matrix user ID")
 	}
 	inv, err := s.ByToken(token)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"strings"
 
 	"github.com/labstack/echo/v4"
 )
@@ -97,18 +98,7 @@ func Require(pairs ...string) error {
 		}
 	}
 	if len(missing) > 0 {
-		return MissingParams("Missing parameters: %s", joinComma(missing))
+		return MissingParams("Missing parameters: %s", strings.Join(missing, ", "))
 	}
 	return nil
-}
-
-func joinComma(s []string) string {
-	var b bytes.Buffer
-	for i, x := range s {
-		if i > 0 {
-			b.WriteString(", ")
-		}
-		b.WriteString(x)
-	}
-	return b.String()
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 	"testing"
 
 	"github.com/labstack/echo/v4"
@@ -20,6 +21,24 @@ func TestRedactEmail(t *testing.T) {
 	} {
 		if got := RedactEmail(in); got != want {
 			t.Errorf("RedactEmail(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestUserIDs(t *testing.T) {
+	for in, want := range map[string]bool{
+		"@alice:hs.test": true, "@a:[::1]:8448": true,
+		"alice:hs.test": false, "@:hs.test": false, "@alice": false, "@alice:": false,
+		"@al ice:hs.test": false, "@alice\x00:hs.test": false, "@alice\u202e:hs.test": false, "@alice:hs.test/x": false,
+		"@" + strings.Repeat("a", 250) + ":hs.test": false,
+	} {
+		if got := ValidUserID(in); got != want {
+			t.Errorf("ValidUserID(%q) = %v", in, got)
+		}
+	}
+	for in, want := range map[string]string{"@alice:HS.Test": "hs.test", "@alice:hs.test:8448": "hs.test:8448", "@alice": ""} {
+		if got := ServerName(in); got != want {
+			t.Errorf("ServerName(%q) = %q, want %q", in, got, want)
 		}
 	}
 }
