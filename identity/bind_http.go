@@ -124,12 +124,11 @@ func (s *Service) Unbind(c echo.Context) error {
 			return matrix.Forbidden("The request is not signed by the homeserver of mxid")
 		}
 		if _, err := a.Verify(c.Request().Context(), v.opts.Keys, c.Request().Method, c.Request().RequestURI, body, v.ownNames()...); err != nil {
-			s.opts.Log.Warn("signed unbind refused", "err", err)
 			if errors.Is(err, federation.ErrKeyFetchLimited) {
 				// Not the signature's fault: the homeserver may try again.
-				return matrix.LimitExceeded(keyFetchRetryMS)
+				return matrix.LimitExceeded(keyFetchRetryMS).Because(err)
 			}
-			return matrix.Forbidden("Invalid homeserver signature")
+			return matrix.Forbidden("Invalid homeserver signature").Because(err)
 		}
 	case req.SID != "" && req.ClientSecret != "":
 		se, err := s.ValidatedSession(req.SID, req.ClientSecret)

@@ -91,11 +91,10 @@ func (s *Service) Register(c echo.Context) error {
 	}
 	userID, err := s.opts.UserInfo.UserInfo(c.Request().Context(), req.MatrixServerName, req.AccessToken)
 	if err != nil {
-		s.opts.Log.Warn("account registration refused", "server", req.MatrixServerName, "err", err)
 		if errors.Is(err, federation.ErrOpenIDRejected) {
-			return matrix.Unauthorized("The homeserver did not accept the OpenID token")
+			return matrix.Unauthorized("The homeserver did not accept the OpenID token").Because(err)
 		}
-		return matrix.Unauthorized("Could not verify the OpenID token with the homeserver")
+		return matrix.Unauthorized("Could not verify the OpenID token with the homeserver").Because(err)
 	}
 	token, err := s.CreateAccount(userID)
 	if err != nil {

@@ -400,15 +400,13 @@ func (s *Service) RequestEmailToken(c echo.Context) error {
 		}.Encode()
 		msg, err := v.email.Render(validationData(address, token, link, se.SID, v.opts.Brand))
 		if err != nil {
-			s.opts.Log.Error("rendering the validation email", "err", err)
-			return matrix.EmailSendError("The validation email could not be prepared")
+			return matrix.EmailSendError("The validation email could not be prepared").Because(fmt.Errorf("rendering the validation email: %w", err))
 		}
 		msg.To = address
 		msg.Ref = "session:" + se.SID
 		id, err := v.opts.Mail.Enqueue(tx, msg)
 		if err != nil {
-			s.opts.Log.Warn("queueing the validation email", "to", matrix.RedactEmail(address), "err", err)
-			return matrix.EmailSendError("The validation email could not be sent")
+			return matrix.EmailSendError("The validation email could not be sent").Because(fmt.Errorf("queueing the validation email to %s: %w", matrix.RedactEmail(address), err))
 		}
 		se.MailID = id
 		if err := putSession(tx, se); err != nil {

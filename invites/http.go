@@ -480,8 +480,6 @@ func formOrJSON(c echo.Context) (map[string]json.RawMessage, error) {
 
 // ---- sign-ed25519 ----
 
-var errTokenUnknown = &matrix.Error{Status: http.StatusNotFound, Code: "M_UNRECOGNIZED", Message: "Didn't recognize token"}
-
 // Sign signs {mxid, sender, token} with the invite's ephemeral key, after
 // checking that privateKey is that key and that the invite can still be
 // accepted by mxid. It answers the signed object.
@@ -494,7 +492,7 @@ func (s *Service) Sign(mxid, token, privateKey string) (map[string]json.RawMessa
 	}
 	inv, err := s.ByToken(token)
 	if errors.Is(err, ErrNotFound) {
-		return nil, errTokenUnknown
+		return nil, matrix.UnrecognizedNotFound("Didn't recognize token")
 	}
 	if err != nil {
 		return nil, err

@@ -1,9 +1,12 @@
 package matrix
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 
@@ -97,5 +100,36 @@ func TestDecodeJSONBytes(t *testing.T) {
 		if got != code {
 			t.Errorf("DecodeJSONBytes(%q) = %q, want %q", body, got, code)
 		}
+	}
+}
+
+// A cause given with Because reaches the log with the request and never the
+// client, and errors.Is still sees it.
+func TestErrorCauseIsLoggedNotShown(t *testing.T) {
+	t.Parallel()
+	secret := errors.New("homeserver said 502 to /_matrix/federation/v1/openid/userinfo")
+	var logs bytes.Buffer
+	e := echo.New()
+	e.HTTPErrorHandler = ErrorHandler(slog.New(slog.NewTextHandler(&logs, nil)))
+	e.GET("/refused", func(echo.Context) error { return Unauthorized("Could not verify the OpenID token").Because(secret) })
+	e.GET("/failed", func(echo.Context) error { return Unknown("Internal server error").Because(secret) })
+	for path, status := range map[string]int{"/refused": 401, "/failed": 500} {
+		logs.Reset()
+		rec := httptest.NewRecorder()
+		e.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+		if rec.Code != status || strings.Contains(rec.Body.String(), "502") || !strings.Contains(rec.Body.String(), `"errcode":"M_`) {
+			t.Errorf("%s: %d %s", path, rec.Code, rec.Body)
+		}
+		if !strings.Contains(logs.String(), "homeserver said 502") || !strings.Contains(logs.String(), "path="+path) {
+			t.Errorf("%s: cause not logged: %s", path, logs.String())
+		}
+	}
+	err := fmt.Errorf("wrapped: %w", Forbidden("no").Because(secret))
+	if me, ok := AsError(err); !ok || me.Cause() != secret || !errors.Is(err, secret) || me.Status != http.StatusForbidden {
+		t.Error("the cause is not reachable through wrapping")
+	}
+	base := Forbidden("no")
+	if base.Because(secret) == base || base.Cause() != nil {
+		t.Error("Because must copy")
 	}
 }
