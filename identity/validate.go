@@ -266,26 +266,7 @@ type requestTokenReq struct {
 
 // decodeBody decodes a JSON body, or a form-encoded one (deprecated but
 // allowed by the spec) into the string fields named by their json tags.
-func decodeBody(c echo.Context, v any) error {
-	ct := c.Request().Header.Get("Content-Type")
-	if strings.HasPrefix(ct, "application/x-www-form-urlencoded") {
-		body, err := matrix.ReadBody(c)
-		if err != nil {
-			return err
-		}
-		form, err := url.ParseQuery(string(body))
-		if err != nil {
-			return matrix.BadJSON("Malformed form body")
-		}
-		m := map[string]any{}
-		for k := range form {
-			m[k] = form.Get(k)
-		}
-		raw, _ := json.Marshal(m)
-		return matrix.DecodeJSONBytes(raw, v)
-	}
-	return matrix.DecodeJSON(c, v)
-}
+func decodeBody(c echo.Context, v any) error { return matrix.DecodeParams(c, v, matrix.Params{}) }
 
 // clientIP is the client's address: the TCP peer, or what Echo's
 // IPExtractor (set from trusted_proxies) finds. Without an extractor,

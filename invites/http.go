@@ -9,7 +9,6 @@ import (
 	"errors"
 	"net"
 	"net/http"
-	"net/url"
 	"strconv"
 	"strings"
 
@@ -439,41 +438,13 @@ func (s *Service) v1Allowed(c echo.Context) bool {
 }
 
 // formOrJSON reads a v1 request's parameters: a JSON object body, or a
-// form-encoded body, plus the query string (body values win).
+// form-encoded body (Dendrite sends a form; others JSON: the body's first
+// byte tells them apart whatever the Content-Type claims), plus the query
+// string (body values win).
 func formOrJSON(c echo.Context) (map[string]json.RawMessage, error) {
-	body, err := matrix.ReadBody(c)
-	if err != nil {
-		return nil, err
-	}
 	fields := map[string]json.RawMessage{}
-	put := func(vals url.Values) {
-		for k, v := range vals {
-			if len(v) > 0 {
-				raw, _ := json.Marshal(v[0])
-				fields[k] = raw
-			}
-		}
-	}
-	put(c.Request().URL.Query())
-	trimmed := bytes.TrimSpace(body)
-	// Dendrite sends a form; others JSON. The body's first byte tells them
-	// apart whatever the Content-Type claims.
-	switch {
-	case len(trimmed) == 0:
-	case trimmed[0] != '{':
-		vals, err := url.ParseQuery(string(trimmed))
-		if err != nil {
-			return nil, matrix.BadJSON("Request body is neither JSON nor form-encoded")
-		}
-		put(vals)
-	default:
-		var m map[string]json.RawMessage
-		if err := matrix.DecodeJSONBytes(trimmed, &m); err != nil {
-			return nil, err
-		}
-		for k, v := range m {
-			fields[k] = v
-		}
+	if err := matrix.DecodeParams(c, &fields, matrix.Params{SniffForm: true, Query: true}); err != nil {
+		return nil, err
 	}
 	return fields, nil
 }

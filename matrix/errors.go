@@ -104,14 +104,17 @@ var (
 	Forbidden             = newErr(http.StatusForbidden, "M_FORBIDDEN")
 	TermsNotSigned        = newErr(http.StatusForbidden, "M_TERMS_NOT_SIGNED")
 	TooLarge              = newErr(http.StatusRequestEntityTooLarge, "M_TOO_LARGE")
+	Unknown               = newErr(http.StatusInternalServerError, "M_UNKNOWN")
+	ServerUnavailable     = newErr(http.StatusServiceUnavailable, "M_UNKNOWN")
+)
+
+var (
 	// UnrecognizedNotFound is 404 M_UNRECOGNIZED: a path Herald does not
 	// serve, or (as sydent answers sign-ed25519) a token it does not know.
 	UnrecognizedNotFound = newErr(http.StatusNotFound, "M_UNRECOGNIZED")
 	// UnrecognizedMethod is 405 M_UNRECOGNIZED: a known path, the wrong method.
 	UnrecognizedMethod = newErr(http.StatusMethodNotAllowed, "M_UNRECOGNIZED")
-	Unknown               = newErr(http.StatusInternalServerError, "M_UNKNOWN")
-	tooManyRequests       = newErr(http.StatusTooManyRequests, "M_LIMIT_EXCEEDED")
-	ServerUnavailable     = newErr(http.StatusServiceUnavailable, "M_UNKNOWN")
+	tooManyRequests    = newErr(http.StatusTooManyRequests, "M_LIMIT_EXCEEDED")
 )
 
 // NotFoundRoute is the answer for a path Herald does not serve.

@@ -133,3 +133,45 @@ func TestErrorCauseIsLoggedNotShown(t *testing.T) {
 		t.Error("Because must copy")
 	}
 }
+
+// DecodeParams: one reader for JSON and form bodies, the same limit and
+// errors whichever way the parameters came.
+func TestDecodeParams(t *testing.T) {
+	t.Parallel()
+	type req struct {
+		A string `json:"a"`
+		B string `json:"b"`
+	}
+	const form = "application/x-www-form-urlencoded"
+	big := `{"a":"` + strings.Repeat("x", MaxBodyBytes) + `"}`
+	for _, c := range []struct {
+		name, target, ctype, body string
+		p                         Params
+		want                      req
+		code                      string
+	}{
+		{"json", "/", "", `{"a":"1","b":"2"}`, Params{}, req{"1", "2"}, ""},
+		{"form by content type", "/", form, "a=1&b=2", Params{}, req{"1", "2"}, ""},
+		{"form sniffed", "/", "application/json", "a=1", Params{SniffForm: true}, req{A: "1"}, ""},
+		{"not sniffed", "/", "", "a=1", Params{}, req{}, "M_NOT_JSON"},
+		{"query, body wins", "/?a=q&b=q", "", `{"a":"1"}`, Params{Query: true}, req{"1", "q"}, ""},
+		{"query only", "/?a=q", "", "", Params{Query: true}, req{A: "q"}, ""},
+		{"empty", "/", "", " ", Params{}, req{}, "M_NOT_JSON"},
+		{"array", "/", "", `[1]`, Params{}, req{}, "M_BAD_JSON"},
+		{"wrong type", "/", "", `{"a":1}`, Params{}, req{}, "M_BAD_JSON"},
+		{"bad form", "/", form, "a=%zz", Params{}, req{}, "M_BAD_JSON"},
+		{"too large", "/", "", big, Params{}, req{}, "M_TOO_LARGE"},
+		{"too large form", "/", form, "a=" + strings.Repeat("x", MaxBodyBytes), Params{}, req{}, "M_TOO_LARGE"},
+	} {
+		r := httptest.NewRequest(http.MethodPost, c.target, strings.NewReader(c.body))
+		if c.ctype != "" {
+			r.Header.Set("Content-Type", c.ctype)
+		}
+		ec := echo.New().NewContext(r, httptest.NewRecorder())
+		var got req
+		err := DecodeParams(ec, &got, c.p)
+		if me, _ := AsError(err); (c.code == "" && err != nil) || (c.code != "" && (me == nil || me.Code != c.code)) || got != c.want {
+			t.Errorf("%s: %+v %v, want %+v %s", c.name, got, err, c.want, c.code)
+		}
+	}
+}
