@@ -18,6 +18,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/herald-im/herald/config"
+	"github.com/herald-im/herald/internal/background"
 	"github.com/herald-im/herald/keys"
 	"github.com/herald-im/herald/store"
 )
@@ -333,19 +334,12 @@ func (s *Service) ExpireIdleTokens(now time.Time) (expired, deleted int, err err
 
 // RunTokenExpiry runs ExpireIdleTokens every interval until ctx is done.
 func (s *Service) RunTokenExpiry(ctx context.Context, every time.Duration) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			expired, deleted, err := s.ExpireIdleTokens(s.opts.Now().UTC())
-			if err != nil {
-				s.opts.Log.Error("expiring idle access tokens", "err", err)
-			} else if expired+deleted > 0 {
-				s.opts.Log.Info("idle access tokens expired", "expired", expired, "tombstones_deleted", deleted)
-			}
+	background.Every(ctx, every, func() {
+		expired, deleted, err := s.ExpireIdleTokens(s.opts.Now().UTC())
+		if err != nil {
+			s.opts.Log.Error("expiring idle access tokens", "err", err)
+		} else if expired+deleted > 0 {
+			s.opts.Log.Info("idle access tokens expired", "expired", expired, "tombstones_deleted", deleted)
 		}
-	}
+	})
 }

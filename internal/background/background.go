@@ -81,6 +81,21 @@ func (r Runner) Run(ctx context.Context, name string, fn func(context.Context) e
 	}
 }
 
+// Every runs fn every interval, the first time one interval from now, until
+// ctx is done. fn runs on the caller's goroutine, so runs never overlap.
+func Every(ctx context.Context, every time.Duration, fn func()) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			fn()
+		}
+	}
+}
+
 func call(log *slog.Logger, name string, fn func() error) (err error, panicked bool) {
 	defer func() {
 		if r := recover(); r != nil {

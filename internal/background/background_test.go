@@ -61,3 +61,32 @@ func TestRecoverInAGoroutine(t *testing.T) {
 		t.Fatalf("recovered %d panics, want 1", Panics()-before)
 	}
 }
+
+// Every runs its function on each tick and returns when ctx is done.
+func TestEveryRunsUntilCancelled(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithCancel(context.Background())
+	runs := make(chan struct{}, 1)
+	done := make(chan struct{})
+	n := 0
+	go func() {
+		defer close(done)
+		Every(ctx, time.Millisecond, func() {
+			n++
+			if n == 3 {
+				runs <- struct{}{}
+			}
+		})
+	}()
+	select {
+	case <-runs:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Every did not run three times")
+	}
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Every kept running after ctx was cancelled")
+	}
+}

@@ -264,18 +264,11 @@ func (a *App) goBackground(ctx context.Context, worker, name string, fn func(con
 
 // reloadKeys picks up `herald keys rotate|retire` run while Herald serves.
 func (a *App) reloadKeys(ctx context.Context, every time.Duration) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			if err := a.ring.ReloadIfChanged(); err != nil {
-				a.log.Error("reloading signing keys", "err", err)
-			}
+	background.Every(ctx, every, func() {
+		if err := a.ring.ReloadIfChanged(); err != nil {
+			a.log.Error("reloading signing keys", "err", err)
 		}
-	}
+	})
 }
 
 // Close stops background work and releases storage.
