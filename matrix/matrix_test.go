@@ -14,6 +14,7 @@ import (
 )
 
 func TestRedactEmail(t *testing.T) {
+	t.Parallel()
 	for in, want := range map[string]string{
 		"alice@example.org": "a...@e...",
 		"Ülrich@bücher.de":  "Ü...@b...",
@@ -29,6 +30,7 @@ func TestRedactEmail(t *testing.T) {
 }
 
 func TestUserIDs(t *testing.T) {
+	t.Parallel()
 	for in, want := range map[string]bool{
 		"@alice:hs.test": true, "@a:[::1]:8448": true,
 		"alice:hs.test": false, "@:hs.test": false, "@alice": false, "@alice:": false,
@@ -47,6 +49,7 @@ func TestUserIDs(t *testing.T) {
 }
 
 func TestErrors(t *testing.T) {
+	t.Parallel()
 	e := LimitExceeded(1500)
 	b := e.Body()
 	if e.Status != 429 || b["errcode"] != "M_LIMIT_EXCEEDED" || b["retry_after_ms"] != int64(1500) {
@@ -78,6 +81,7 @@ func TestErrors(t *testing.T) {
 }
 
 func TestDecodeJSONBytes(t *testing.T) {
+	t.Parallel()
 	var v struct {
 		A string `json:"a"`
 	}

@@ -34,6 +34,7 @@ func runAdminWith(t *testing.T, o runOptions, dataDir, stdin string, args ...str
 }
 
 func TestAdminCommand(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	out, err := runAdmin(t, dir, "", "hash-password")
 	if err == nil {
@@ -85,6 +86,7 @@ func TestAdminCommand(t *testing.T) {
 // While Herald runs it holds the database: create hands the account over
 // (data_dir/admin-accounts), delete and list say to stop Herald first.
 func TestAdminCreateWhileRunning(t *testing.T) {
+	t.Parallel()
 	// Only the database is held here: no server takes the account.
 	o := defaultRunOptions()
 	o.handoverWait = 100 * time.Millisecond
@@ -112,6 +114,7 @@ func TestAdminCreateWhileRunning(t *testing.T) {
 // With a real server running, create waits for it to take the account: an
 // existing one without --replace fails (exit 1) and keeps its password.
 func TestAdminCreateExistingWhileServing(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	base, _ := startServeWith(t, server.Options{Intervals: server.Intervals{Handover: 20 * time.Millisecond}}, []string{"HERALD_DATA_DIR=" + dir, "HERALD_LISTEN=127.0.0.1:0", "HERALD_SERVER_NAME=herald.test"})
 	out, err := runAdmin(t, dir, "a good long password\n", "create", "ops")

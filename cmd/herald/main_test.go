@@ -43,6 +43,7 @@ func writeConfig(t *testing.T, yaml string) string {
 }
 
 func TestVersion(t *testing.T) {
+	t.Parallel()
 	var out bytes.Buffer
 	if err := run(context.Background(), []string{"version"}, nil, &out, io.Discard); err != nil {
 		t.Fatal(err)
@@ -55,6 +56,7 @@ func TestVersion(t *testing.T) {
 // herald version prints the module version and the VCS revision from the
 // build information.
 func TestVersionFromBuildInfo(t *testing.T) {
+	t.Parallel()
 	rev := "0123456789abcdef0123456789abcdef01234567"
 	settings := []debug.BuildSetting{{Key: "vcs", Value: "git"}, {Key: "vcs.revision", Value: rev}, {Key: "vcs.time", Value: "2026-11-29T20:00:00Z"}, {Key: "vcs.modified", Value: "false"}}
 	cases := []struct {
@@ -83,6 +85,7 @@ func TestVersionFromBuildInfo(t *testing.T) {
 }
 
 func TestUsageErrors(t *testing.T) {
+	t.Parallel()
 	for _, args := range [][]string{{"frobnicate"}, {"serve", "extra"}, {"--nope"}, {"keys"}, {"keys", "retire"}, {"keys", "dance"}} {
 		dataDir := t.TempDir()
 		err := run(context.Background(), args, []string{"HERALD_DATA_DIR=" + dataDir}, io.Discard, io.Discard)
@@ -93,6 +96,7 @@ func TestUsageErrors(t *testing.T) {
 }
 
 func TestBadConfig(t *testing.T) {
+	t.Parallel()
 	cases := []struct {
 		name, yaml string
 		env        []string
@@ -147,6 +151,7 @@ func TestBadConfig(t *testing.T) {
 // An unknown HERALD_ variable is one warning line naming it (not its
 // value), and the command runs.
 func TestUnknownEnvWarning(t *testing.T) {
+	t.Parallel()
 	var out, logs bytes.Buffer
 	env := []string{"HERALD_DATA_DIR=" + t.TempDir(), "HERALD_SERVER_NAME=herald.test", "HERALD_SERVICE_PORT=8090", "HERALD_SMTP_HOTS=secret-value"}
 	if err := run(context.Background(), []string{"keys", "list"}, env, &out, &logs); err != nil {
@@ -203,6 +208,7 @@ func startServeWith(t *testing.T, opts server.Options, env []string, args ...str
 }
 
 func TestServeAndSecondInstance(t *testing.T) {
+	t.Parallel()
 	dataDir := t.TempDir()
 	env := []string{"HERALD_DATA_DIR=" + dataDir, "HERALD_LISTEN=127.0.0.1:0", "HERALD_SERVER_NAME=herald.test"}
 	base, stop := startServe(t, env)
@@ -241,6 +247,7 @@ func keysCLI(t *testing.T, dataDir string, args ...string) (string, error) {
 var keyLine = regexp.MustCompile(`(?m)^(ed25519:\S+)\s+(current|valid|retired \S+)\s+\S+\s+(\S+)$`)
 
 func TestKeysCommand(t *testing.T) {
+	t.Parallel()
 	dataDir := t.TempDir()
 	// On a fresh data_dir the keys commands open it as serve does: the first
 	// key and the database that records it are made together, so a later
@@ -285,6 +292,7 @@ func TestKeysCommand(t *testing.T) {
 
 // `herald keys rotate` while Herald runs: the server picks the new key up.
 func TestKeysRotateWhileServing(t *testing.T) {
+	t.Parallel()
 	dataDir := t.TempDir()
 	base, _ := startServeWith(t, server.Options{Intervals: server.Intervals{KeyReload: 20 * time.Millisecond}}, []string{"HERALD_DATA_DIR=" + dataDir, "HERALD_LISTEN=127.0.0.1:0", "HERALD_SERVER_NAME=herald.test"})
 	out, err := keysCLI(t, dataDir, "rotate")
@@ -318,6 +326,7 @@ func TestKeysRotateWhileServing(t *testing.T) {
 // The real binary: a bad config prints one line and exits 1; SIGTERM stops a
 // serving Herald cleanly with exit status 0.
 func TestMainProcess(t *testing.T) {
+	t.Parallel()
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
@@ -391,6 +400,7 @@ func TestMainProcess(t *testing.T) {
 // -h, `herald NAME help` and `herald help NAME` with its usage on stdout and
 // exit 0, without reading the configuration (a broken one is named).
 func TestEveryCommandHelp(t *testing.T) {
+	t.Parallel()
 	broken := writeConfig(t, "smtp:\n  hots: x\n")
 	for _, c := range subcommands {
 		want := commandUsage(&c)
@@ -425,6 +435,7 @@ func TestEveryCommandHelp(t *testing.T) {
 
 // --config is accepted after the command name as well as before it.
 func TestConfigFlagAfterCommand(t *testing.T) {
+	t.Parallel()
 	path := writeConfig(t, "server_name: flag.test\n")
 	dataDir := t.TempDir()
 	for _, args := range [][]string{
