@@ -156,16 +156,9 @@ func (s *Service) accountAndTerms(token string, gated bool) (*Account, bool, boo
 	now := s.opts.Now().UTC()
 	accepted := !gated || len(s.opts.Terms.Policies) == 0
 	err := s.db.View(func(tx *bolt.Tx) error {
-		raw := tx.Bucket(accountsBucket).Get(hashToken(token))
-		if raw == nil {
-			return ErrUnknownToken
-		}
-		a = new(Account)
-		if err := json.Unmarshal(raw, a); err != nil {
+		var err error
+		if a, err = s.accountTx(tx, token, now); err != nil {
 			return err
-		}
-		if !a.Expired.IsZero() || s.idle(a, now) {
-			return ErrTokenExpired
 		}
 		touch = s.opts.TokenIdleLifetime > 0 && now.Sub(a.LastUsed) >= s.touchEvery()
 		if accepted {

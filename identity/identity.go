@@ -155,21 +155,28 @@ var ErrTokenExpired = errors.New("access token expired")
 // AccountByToken finds the token's account.
 func (s *Service) AccountByToken(token string) (*Account, error) {
 	var a *Account
-	err := s.db.View(func(tx *bolt.Tx) error {
-		raw := tx.Bucket(accountsBucket).Get(hashToken(token))
-		if raw == nil {
-			return ErrUnknownToken
-		}
-		a = new(Account)
-		if err := json.Unmarshal(raw, a); err != nil {
-			return err
-		}
-		if !a.Expired.IsZero() || s.idle(a, s.opts.Now()) {
-			return ErrTokenExpired
-		}
-		return nil
+	err := s.db.View(func(tx *bolt.Tx) (err error) {
+		a, err = s.accountTx(tx, token, s.opts.Now())
+		return err
 	})
 	return a, err
+}
+
+// accountTx reads the token's account inside tx: ErrUnknownToken when there
+// is none, ErrTokenExpired when it expired or went idle as of now.
+func (s *Service) accountTx(tx *bolt.Tx, token string, now time.Time) (*Account, error) {
+	raw := tx.Bucket(accountsBucket).Get(hashToken(token))
+	if raw == nil {
+		return nil, ErrUnknownToken
+	}
+	a := new(Account)
+	if err := json.Unmarshal(raw, a); err != nil {
+		return nil, err
+	}
+	if !a.Expired.IsZero() || s.idle(a, now) {
+		return a, ErrTokenExpired
+	}
+	return a, nil
 }
 
 // DeleteToken logs a token out.
