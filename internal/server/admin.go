@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"log/slog"
 	"math"
 	"net"
 	"net/http"
@@ -65,15 +64,7 @@ func (a *App) serveAdmin(tlsConf *tls.Config) (errc <-chan error, stop func(cont
 	if err != nil {
 		return nil, nil, fmt.Errorf("admin.listen: %w", err)
 	}
-	srv := &http.Server{
-		Handler:           a.admin,
-		TLSConfig:         tlsConf,
-		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       30 * time.Second,
-		WriteTimeout:      60 * time.Second,
-		IdleTimeout:       120 * time.Second,
-		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
-	}
+	srv := a.httpServer(a.admin, tlsConf, 60*time.Second)
 	ch := make(chan error, 1)
 	scheme := "http"
 	if tlsConf != nil {

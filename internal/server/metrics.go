@@ -272,7 +272,7 @@ func (a *App) serveMetrics() (<-chan error, func(context.Context), error) {
 	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", a.Metrics())
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: 120 * time.Second}
+	srv := a.httpServer(mux, nil, 30*time.Second)
 	a.log.Info("metrics listening", "addr", ln.Addr().String())
 	if a.metricsListening != nil {
 		a.metricsListening(ln.Addr())

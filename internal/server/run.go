@@ -41,15 +41,7 @@ func (a *App) Serve(ctx context.Context, ln net.Listener) error {
 }
 
 func (a *App) serve(ctx context.Context, ln net.Listener, tlsConf *tls.Config) error {
-	srv := &http.Server{
-		Handler:           a.Handler(),
-		TLSConfig:         tlsConf,
-		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       30 * time.Second,
-		WriteTimeout:      30 * time.Second,
-		IdleTimeout:       120 * time.Second,
-		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
-	}
+	srv := a.httpServer(a.Handler(), tlsConf, 30*time.Second)
 	a.Start(ctx)
 	a.serveControl(ctx)
 	scheme := "http"
@@ -109,6 +101,20 @@ func (a *App) serve(ctx context.Context, ln net.Listener, tlsConf *tls.Config) e
 	case <-ctx.Done():
 	}
 	return stopAll()
+}
+
+// httpServer is how every listener serves h: the same header, read and idle
+// timeouts, writeTimeout for an answer, server errors logged at WARN.
+func (a *App) httpServer(h http.Handler, tlsConf *tls.Config, writeTimeout time.Duration) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		TLSConfig:         tlsConf,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      writeTimeout,
+		IdleTimeout:       120 * time.Second,
+		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
+	}
 }
 
 // shutdown stops srv gracefully, waiting for its requests in flight until
