@@ -1,21 +1,32 @@
 package admin
 
 import (
+	"bytes"
 	"encoding/json"
-	"io"
 	"net/http"
 
 	"github.com/labstack/echo/v4"
+
+	"github.com/herald-im/herald/matrix"
 )
 
 // The JSON admin API: the same operations as the pages, documented in
 // docs/admin.md. Errors are {"error": "..."} with a fitting status.
 
+// decodeBody reads a JSON body with the Matrix API's reader (the same size
+// limit) and refuses unknown fields, so a misspelt key in an operator's
+// script is an error rather than ignored. An empty body leaves v as it is.
 func decodeBody(c echo.Context, v any) error {
-	body := io.LimitReader(c.Request().Body, 1<<20)
-	dec := json.NewDecoder(body)
+	body, err := matrix.ReadBody(c)
+	if me, ok := matrix.AsError(err); ok {
+		return errStatus(me.Status, "%s", me.Message)
+	}
+	if len(bytes.TrimSpace(body)) == 0 {
+		return nil
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil && err != io.EOF {
+	if err := dec.Decode(v); err != nil {
 		return errStatus(http.StatusBadRequest, "Bad JSON body: %v", err)
 	}
 	return nil

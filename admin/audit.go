@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"regexp"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -263,5 +262,3 @@ func (h *Handler) Audit(limit, offset int) ([]AuditEntry, error) {
 	})
 	return out, err
 }
-
-func itoa(i int) string { return strconv.Itoa(i) }

@@ -3,6 +3,7 @@ package admin
 import (
 	"io"
 	"log/slog"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -53,7 +54,7 @@ func TestAuditRetentionAndSizeBound(t *testing.T) {
 	// The size bound: 1500 entries keep the newest 1000.
 	for i := 0; i < 1500; i++ {
 		now = now.Add(time.Second)
-		h.audit("root", "revoke", "inv"+itoa(i), "", true)
+		h.audit("root", "revoke", "inv"+strconv.Itoa(i), "", true)
 	}
 	if n := stored(); n != 1000 {
 		t.Fatalf("%d entries stored, want the bound 1000", n)

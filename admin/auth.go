@@ -9,6 +9,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"net/http"
+	"strconv"
 	"strings"
 
 	"github.com/labstack/echo/v4"
@@ -166,7 +167,7 @@ func (h *Handler) requireAPI(next echo.HandlerFunc) echo.HandlerFunc {
 				c.Response().Header().Set("WWW-Authenticate", `Bearer realm="herald-admin"`)
 				return errStatus(http.StatusUnauthorized, "Unknown admin API token")
 			}
-			c.Set(ctxUser, "api-token-"+itoa(i+1))
+			c.Set(ctxUser, "api-token-"+strconv.Itoa(i+1))
 			return next(c)
 		}
 		sid, user, ok := h.sessionFrom(c)

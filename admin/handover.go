@@ -11,6 +11,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/herald-im/herald/internal/background"
 )
 
 // A running Herald holds bbolt's file lock, so `herald admin create` cannot
@@ -151,16 +153,7 @@ func (h *Handler) writeResult(username string, err error) {
 // WatchHandovers imports handed-over accounts every interval until ctx is
 // done, so `herald admin create` learns the outcome while it waits.
 func (h *Handler) WatchHandovers(ctx context.Context, every time.Duration) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			h.importHandovers()
-		}
-	}
+	background.Every(ctx, every, h.importHandovers)
 }
 
 // AwaitHandover waits up to timeout for the running server's result for

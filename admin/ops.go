@@ -32,9 +32,6 @@ func (h *Handler) act(c echo.Context, action, target string, fn func(ctx context
 	return h.fromService(err)
 }
 
-// redact shortens an address for the audit log and the server log.
-func redact(addr string) string { return matrix.RedactEmail(addr) }
-
 type stateCount struct {
 	State string `json:"state"`
 	N     int    `json:"count"`
@@ -400,7 +397,7 @@ func (h *Handler) unbind(c echo.Context, raw string) error {
 	if err != nil || a == "" {
 		return errStatus(http.StatusBadRequest, "That is not an email address")
 	}
-	return h.act(c, "binding.unbind", redact(a), func(ctx context.Context) error { return h.opts.Bindings.Unbind(ctx, a) })
+	return h.act(c, "binding.unbind", matrix.RedactEmail(a), func(ctx context.Context) error { return h.opts.Bindings.Unbind(ctx, a) })
 }
 
 // EraseResult says what an erasure removed.
@@ -424,7 +421,7 @@ func (h *Handler) erase(c echo.Context, raw, confirm string) (EraseResult, error
 	if b, err := h.opts.NormalizeEmail(confirm); err != nil || b != a {
 		return res, errStatus(http.StatusBadRequest, "Type the address again to confirm the erasure")
 	}
-	err = h.act(c, "address.erase", redact(a), func(ctx context.Context) error {
+	err = h.act(c, "address.erase", matrix.RedactEmail(a), func(ctx context.Context) error {
 		// Invites first, so none can queue another mail; the dev mailbox
 		// last, after the outbox stopped writing to it; then the storage.
 		var errs []error

@@ -108,6 +108,12 @@ func TestRequestTokenErrorsAndIdempotency(t *testing.T) {
 	// Bind for another user than the account's.
 	status, body = w.env.Do(t, "POST", "/_matrix/identity/v2/3pid/bind", map[string]any{"sid": first, "client_secret": "idem", "mxid": "@mallory:hs.test"}, tok)
 	expectErr(t, status, body, 403, "M_UNAUTHORIZED")
+	// A user ID with a NUL or a bidi control is not a user ID, on bind as on
+	// store-invite (one check, matrix.ValidUserID).
+	for _, bad := range []string{"@alice\x00:hs.test", "@alice\u202e:hs.test"} {
+		status, body = w.env.Do(t, "POST", "/_matrix/identity/v2/3pid/bind", map[string]any{"sid": first, "client_secret": "idem", "mxid": bad}, tok)
+		expectErr(t, status, body, 400, "M_INVALID_PARAM")
+	}
 	status, body = w.env.Do(t, "POST", "/_matrix/identity/v2/3pid/bind", map[string]any{"sid": "x", "client_secret": "idem", "mxid": alice}, tok)
 	expectErr(t, status, body, 404, "M_NO_VALID_SESSION")
 

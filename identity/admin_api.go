@@ -7,7 +7,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-// Methods the admin console needs (owned by the admin console's engineer).
+// Methods the admin console needs (package admin, through internal/server).
 
 // EraseSessions deletes every email validation session for address (with
 // its client-secret index entries), for data-protection erasure. It returns

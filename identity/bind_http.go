@@ -35,7 +35,7 @@ func (s *Service) bindHTTP(c echo.Context, needAccount bool) error {
 	if err := matrix.Require("sid", req.SID, "client_secret", req.ClientSecret, "mxid", req.MXID); err != nil {
 		return err
 	}
-	if !validUserID(req.MXID) {
+	if !matrix.ValidUserID(req.MXID) {
 		return matrix.InvalidParam("mxid is not a Matrix user ID")
 	}
 	if needAccount {
@@ -53,7 +53,7 @@ func (s *Service) bindHTTP(c echo.Context, needAccount bool) error {
 	if err := s.db.Update(func(tx *bolt.Tx) error { return s.PutBinding(tx, b) }); err != nil {
 		return err
 	}
-	s.opts.Log.Info("address bound", "address", RedactEmail(b.Address), "mxid", b.MXID)
+	s.opts.Log.Info("address bound", "address", matrix.RedactEmail(b.Address), "mxid", b.MXID)
 	assoc, err := s.SignedAssociation(b)
 	if err != nil {
 		return err
@@ -61,21 +61,12 @@ func (s *Service) bindHTTP(c echo.Context, needAccount bool) error {
 	return c.JSON(http.StatusOK, assoc)
 }
 
-func validUserID(s string) bool {
-	local, server, ok := strings.Cut(s, ":")
-	return ok && len(s) <= 255 && strings.HasPrefix(local, "@") && len(local) > 1 && server != "" &&
-		!strings.ContainsAny(s, " \t\r\n/")
-}
-
 // keyFetchRetryMS is the retry_after_ms of an unbind refused because the
 // homeserver's keys could not be fetched yet (the fetch limits).
 const keyFetchRetryMS = 1000
 
-// ServerOf is the server part of a user ID ("" if it has none).
-func ServerOf(mxid string) string {
-	_, server, _ := strings.Cut(mxid, ":")
-	return server
-}
+// ServerOf is matrix.ServerName (invites/delivery.go calls it by this name).
+func ServerOf(mxid string) string { return matrix.ServerName(mxid) }
 
 // Unbind serves POST /3pid/unbind (v2 and v1). It is authorised either by
 // the session that validated the address (sid + client_secret) or by a
@@ -129,16 +120,15 @@ func (s *Service) Unbind(c echo.Context) error {
 		// Only the mxid's own homeserver may unbind it: compare before any
 		// key is fetched, so that a request naming an arbitrary origin makes
 		// Herald neither resolve nor call that origin nor cache anything.
-		if a.Origin != ServerOf(req.MXID) {
+		if !strings.EqualFold(a.Origin, matrix.ServerName(req.MXID)) {
 			return matrix.Forbidden("The request is not signed by the homeserver of mxid")
 		}
 		if _, err := a.Verify(c.Request().Context(), v.opts.Keys, c.Request().Method, c.Request().RequestURI, body, v.ownNames()...); err != nil {
-			s.opts.Log.Warn("signed unbind refused", "err", err)
 			if errors.Is(err, federation.ErrKeyFetchLimited) {
 				// Not the signature's fault: the homeserver may try again.
-				return matrix.LimitExceeded(keyFetchRetryMS)
+				return matrix.LimitExceeded(keyFetchRetryMS).Because(err)
 			}
-			return matrix.Forbidden("Invalid homeserver signature")
+			return matrix.Forbidden("Invalid homeserver signature").Because(err)
 		}
 	case req.SID != "" && req.ClientSecret != "":
 		se, err := s.ValidatedSession(req.SID, req.ClientSecret)
@@ -167,7 +157,7 @@ func (s *Service) Unbind(c echo.Context) error {
 		return err
 	}
 	if removed {
-		s.opts.Log.Info("address unbound", "address", RedactEmail(address), "mxid", req.MXID)
+		s.opts.Log.Info("address unbound", "address", matrix.RedactEmail(address), "mxid", req.MXID)
 	}
 	return c.JSON(http.StatusOK, json.RawMessage(`{}`))
 }

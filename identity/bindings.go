@@ -30,10 +30,6 @@ var (
 	lookupMetaBucket = []byte("identity_lookup_meta")
 )
 
-func init() {
-	allBuckets = append(allBuckets, bindingsBucket, lookupHashBucket, lookupMetaBucket)
-}
-
 // Binding is an address bound to a Matrix ID. Address is normalised
 // (NormalizeEmail for email).
 type Binding struct {

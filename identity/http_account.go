@@ -91,11 +91,10 @@ func (s *Service) Register(c echo.Context) error {
 	}
 	userID, err := s.opts.UserInfo.UserInfo(c.Request().Context(), req.MatrixServerName, req.AccessToken)
 	if err != nil {
-		s.opts.Log.Warn("account registration refused", "server", req.MatrixServerName, "err", err)
 		if errors.Is(err, federation.ErrOpenIDRejected) {
-			return matrix.Unauthorized("The homeserver did not accept the OpenID token")
+			return matrix.Unauthorized("The homeserver did not accept the OpenID token").Because(err)
 		}
-		return matrix.Unauthorized("Could not verify the OpenID token with the homeserver")
+		return matrix.Unauthorized("Could not verify the OpenID token with the homeserver").Because(err)
 	}
 	token, err := s.CreateAccount(userID)
 	if err != nil {
@@ -157,16 +156,9 @@ func (s *Service) accountAndTerms(token string, gated bool) (*Account, bool, boo
 	now := s.opts.Now().UTC()
 	accepted := !gated || len(s.opts.Terms.Policies) == 0
 	err := s.db.View(func(tx *bolt.Tx) error {
-		raw := tx.Bucket(accountsBucket).Get(hashToken(token))
-		if raw == nil {
-			return ErrUnknownToken
-		}
-		a = new(Account)
-		if err := json.Unmarshal(raw, a); err != nil {
+		var err error
+		if a, err = s.accountTx(tx, token, now); err != nil {
 			return err
-		}
-		if !a.Expired.IsZero() || s.idle(a, now) {
-			return ErrTokenExpired
 		}
 		touch = s.opts.TokenIdleLifetime > 0 && now.Sub(a.LastUsed) >= s.touchEvery()
 		if accepted {

@@ -18,6 +18,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/herald-im/herald/config"
+	"github.com/herald-im/herald/internal/background"
 	"github.com/herald-im/herald/keys"
 	"github.com/herald-im/herald/store"
 )
@@ -91,8 +92,14 @@ func New(db *bolt.DB, opts Options) (*Service, error) {
 	return s, err
 }
 
-// allBuckets lists every bucket the identity package owns.
-var allBuckets = [][]byte{accountsBucket, termsBucket}
+// allBuckets lists every bucket the identity package owns; New creates them
+// all: accounts and terms (this file), validation sessions (validate.go),
+// bindings and the hashed lookup index (bindings.go).
+var allBuckets = [][]byte{
+	accountsBucket, termsBucket,
+	sessionsBucket, sessionKeysBucket,
+	bindingsBucket, lookupHashBucket, lookupMetaBucket,
+}
 
 // Account is an access token's owner. LastUsed is when the token was last
 // presented, recorded at a coarse granularity (touchEvery), so expiring idle
@@ -148,21 +155,28 @@ var ErrTokenExpired = errors.New("access token expired")
 // AccountByToken finds the token's account.
 func (s *Service) AccountByToken(token string) (*Account, error) {
 	var a *Account
-	err := s.db.View(func(tx *bolt.Tx) error {
-		raw := tx.Bucket(accountsBucket).Get(hashToken(token))
-		if raw == nil {
-			return ErrUnknownToken
-		}
-		a = new(Account)
-		if err := json.Unmarshal(raw, a); err != nil {
-			return err
-		}
-		if !a.Expired.IsZero() || s.idle(a, s.opts.Now()) {
-			return ErrTokenExpired
-		}
-		return nil
+	err := s.db.View(func(tx *bolt.Tx) (err error) {
+		a, err = s.accountTx(tx, token, s.opts.Now())
+		return err
 	})
 	return a, err
+}
+
+// accountTx reads the token's account inside tx: ErrUnknownToken when there
+// is none, ErrTokenExpired when it expired or went idle as of now.
+func (s *Service) accountTx(tx *bolt.Tx, token string, now time.Time) (*Account, error) {
+	raw := tx.Bucket(accountsBucket).Get(hashToken(token))
+	if raw == nil {
+		return nil, ErrUnknownToken
+	}
+	a := new(Account)
+	if err := json.Unmarshal(raw, a); err != nil {
+		return nil, err
+	}
+	if !a.Expired.IsZero() || s.idle(a, now) {
+		return a, ErrTokenExpired
+	}
+	return a, nil
 }
 
 // DeleteToken logs a token out.
@@ -328,24 +342,17 @@ func (s *Service) ExpireIdleTokens(now time.Time) (expired, deleted int, err err
 // RunTokenExpiry runs ExpireIdleTokens and DeleteExpiredSessions every
 // interval until ctx is done.
 func (s *Service) RunTokenExpiry(ctx context.Context, every time.Duration) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			expired, deleted, err := s.ExpireIdleTokens(s.opts.Now().UTC())
-			if err != nil {
-				s.opts.Log.Error("expiring idle access tokens", "err", err)
-			} else if expired+deleted > 0 {
-				s.opts.Log.Info("idle access tokens expired", "expired", expired, "tombstones_deleted", deleted)
-			}
-			if n, err := s.DeleteExpiredSessions(s.opts.Now().UTC()); err != nil {
-				s.opts.Log.Error("deleting expired validation sessions", "err", err)
-			} else if n > 0 {
-				s.opts.Log.Info("expired validation sessions deleted", "count", n)
-			}
+	background.Every(ctx, every, func() {
+		expired, deleted, err := s.ExpireIdleTokens(s.opts.Now().UTC())
+		if err != nil {
+			s.opts.Log.Error("expiring idle access tokens", "err", err)
+		} else if expired+deleted > 0 {
+			s.opts.Log.Info("idle access tokens expired", "expired", expired, "tombstones_deleted", deleted)
 		}
-	}
+		if n, err := s.DeleteExpiredSessions(s.opts.Now().UTC()); err != nil {
+			s.opts.Log.Error("deleting expired validation sessions", "err", err)
+		} else if n > 0 {
+			s.opts.Log.Info("expired validation sessions deleted", "count", n)
+		}
+	})
 }

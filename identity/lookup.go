@@ -50,7 +50,7 @@ func (s *Service) Lookup(c echo.Context) error {
 	req, ok := parseLookupFast(body)
 	if !ok {
 		req = lookupRequest{}
-		if err := decodeOnce(body, &req); err != nil {
+		if err := matrix.DecodeJSONBytes(body, &req); err != nil {
 			return err
 		}
 	}
@@ -88,20 +88,6 @@ func (s *Service) Lookup(c echo.Context) error {
 	s.observeLookup("v2", len(*req.Addresses), n)
 	b.WriteString("}}")
 	return c.Blob(http.StatusOK, echo.MIMEApplicationJSON, b.Bytes())
-}
-
-// decodeOnce is matrix.DecodeJSONBytes with a single parse of the body in
-// the common case: the same errors, M_NOT_JSON for malformed JSON and
-// M_BAD_JSON for the wrong shape.
-func decodeOnce(body []byte, v any) error {
-	trimmed := bytes.TrimSpace(body)
-	if len(trimmed) == 0 || trimmed[0] != '{' {
-		return matrix.DecodeJSONBytes(body, v) // the precise error
-	}
-	if err := json.Unmarshal(trimmed, v); err != nil {
-		return matrix.DecodeJSONBytes(body, v)
-	}
-	return nil
 }
 
 // parseLookupFast decodes the usual lookup body without reflection: one

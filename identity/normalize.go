@@ -96,6 +96,6 @@ func NormalizeEmail(addr string) (string, error) {
 	return folded, nil
 }
 
-// RedactEmail shortens an address so it cannot be read back, as the spec's
-// display_name and Herald's logs need: "alice@example.org" -> "a...@e...".
+// RedactEmail is matrix.RedactEmail (invites/delivery.go and
+// invites/lifecycle.go call it by this name).
 func RedactEmail(addr string) string { return matrix.RedactEmail(addr) }

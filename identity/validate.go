@@ -43,10 +43,6 @@ var (
 	sessionKeysBucket = []byte("identity_session_keys")
 )
 
-func init() {
-	allBuckets = append(allBuckets, sessionsBucket, sessionKeysBucket)
-}
-
 //go:embed templates
 var templatesFS embed.FS
 
@@ -282,26 +278,7 @@ type requestTokenReq struct {
 
 // decodeBody decodes a JSON body, or a form-encoded one (deprecated but
 // allowed by the spec) into the string fields named by their json tags.
-func decodeBody(c echo.Context, v any) error {
-	ct := c.Request().Header.Get("Content-Type")
-	if strings.HasPrefix(ct, "application/x-www-form-urlencoded") {
-		body, err := matrix.ReadBody(c)
-		if err != nil {
-			return err
-		}
-		form, err := url.ParseQuery(string(body))
-		if err != nil {
-			return matrix.BadJSON("Malformed form body")
-		}
-		m := map[string]any{}
-		for k := range form {
-			m[k] = form.Get(k)
-		}
-		raw, _ := json.Marshal(m)
-		return matrix.DecodeJSONBytes(raw, v)
-	}
-	return matrix.DecodeJSON(c, v)
-}
+func decodeBody(c echo.Context, v any) error { return matrix.DecodeParams(c, v, matrix.Params{}) }
 
 // clientIP is the client's address: the TCP peer, or what Echo's
 // IPExtractor (set from trusted_proxies) finds. Without an extractor,
@@ -394,7 +371,7 @@ func (s *Service) RequestEmailToken(c echo.Context) error {
 		// (Update runs this function once; a failure below gives the tokens back.)
 		undo, wait := ratelimit.Take(now, limitKeys...)
 		if wait > 0 {
-			s.opts.Log.Warn("validation mail refused by validation.rate_limits", "to", RedactEmail(address), "retry_after", wait.Round(time.Second))
+			s.opts.Log.Warn("validation mail refused by validation.rate_limits", "to", matrix.RedactEmail(address), "retry_after", wait.Round(time.Second))
 			return matrix.LimitExceeded(ratelimit.Millis(wait))
 		}
 		undoLimits = undo
@@ -416,15 +393,13 @@ func (s *Service) RequestEmailToken(c echo.Context) error {
 		}.Encode()
 		msg, err := v.emailFor(c.QueryParam("brand")).Render(validationData(address, token, link, se.SID, v.opts.Brand))
 		if err != nil {
-			s.opts.Log.Error("rendering the validation email", "err", err)
-			return matrix.EmailSendError("The validation email could not be prepared")
+			return matrix.EmailSendError("The validation email could not be prepared").Because(fmt.Errorf("rendering the validation email: %w", err))
 		}
 		msg.To = address
 		msg.Ref = "session:" + se.SID
 		id, err := v.opts.Mail.Enqueue(tx, msg)
 		if err != nil {
-			s.opts.Log.Warn("queueing the validation email", "to", RedactEmail(address), "err", err)
-			return matrix.EmailSendError("The validation email could not be sent")
+			return matrix.EmailSendError("The validation email could not be sent").Because(fmt.Errorf("queueing the validation email to %s: %w", matrix.RedactEmail(address), err))
 		}
 		se.MailID = id
 		if err := putSession(tx, se); err != nil {

@@ -8,7 +8,7 @@ import (
 	"github.com/herald-im/herald/store"
 )
 
-// Methods the admin console needs (owned by the admin console's engineer).
+// Methods the admin console needs (package admin, through internal/server).
 
 // Resend queues the invite's email again, rendered afresh, for the admin
 // console. It follows the same rule as a repeated store-invite (resend.go);

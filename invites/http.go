@@ -9,7 +9,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
-	"net/url"
+	"strconv"
 	"strings"
 
 	"github.com/labstack/echo/v4"
@@ -131,7 +131,7 @@ func (s *Service) answer(inv *Invite, api string) storeAnswer {
 		Token:       inv.Token,
 		PublicKey:   inv.PublicKey,
 		PublicKeys:  []publicKey{{PublicKey: inv.PublicKey, KeyValidityURL: base + "/isvalid"}},
-		DisplayName: identity.RedactEmail(inv.Address),
+		DisplayName: matrix.RedactEmail(inv.Address),
 	}
 	if api != "v1" {
 		// Synapse checks key_validity_url, so a revoked invite's ephemeral key
@@ -151,20 +151,6 @@ func newInviteToken() string {
 		panic(err)
 	}
 	return base64.RawURLEncoding.EncodeToString(b)
-}
-
-func serverOf(userID string) string {
-	_, s, _ := strings.Cut(userID, ":")
-	return strings.ToLower(s)
-}
-
-// validUserID is a loose check of a Matrix user ID: "@localpart:server".
-// Control, format (bidi, zero-width) and undecodable characters are refused:
-// the sender's ID is shown in the invite email.
-func validUserID(s string) bool {
-	local, server, ok := strings.Cut(s, ":")
-	return ok && len(local) > 1 && local[0] == '@' && server != "" && len(s) <= 255 &&
-		!strings.ContainsAny(s, " \t\r\n\x00/") && !strings.ContainsFunc(s, textnorm.Refused)
 }
 
 func validRoomID(s string) bool {
@@ -188,7 +174,7 @@ func (s *Service) store(fields map[string]json.RawMessage, account, api string) 
 	if account != "" && inv.Sender != account {
 		return nil, matrix.ForbiddenUnauthorized("sender must be the user the access token belongs to")
 	}
-	if !validUserID(inv.Sender) {
+	if !matrix.ValidUserID(inv.Sender) {
 		return nil, matrix.InvalidParam("sender is not a Matrix user ID")
 	}
 	if !validRoomID(inv.RoomID) {
@@ -197,7 +183,7 @@ func (s *Service) store(fields map[string]json.RawMessage, account, api string) 
 	if inv.Address, err = identity.NormalizeEmail(inv.Address); err != nil {
 		return nil, err
 	}
-	inv.Homeserver = serverOf(inv.Sender)
+	inv.Homeserver = matrix.ServerName(inv.Sender)
 	inv.Via = api
 	if err := s.policy.check(inv); err != nil {
 		return nil, err
@@ -296,7 +282,7 @@ func (s *Service) store(fields map[string]json.RawMessage, account, api string) 
 		rec.ID = id
 		if mail != nil {
 			m := *mail // a copy: this function may run twice
-			m.Ref = "invite:" + itoa(id)
+			m.Ref = "invite:" + strconv.FormatUint(id, 10)
 			if rec.MailID, err = s.opts.Mailer.EnqueuePrepared(tx, &m); err != nil {
 				return err
 			}
@@ -306,7 +292,7 @@ func (s *Service) store(fields map[string]json.RawMessage, account, api string) 
 		if err := s.insert(tx, &rec); err != nil {
 			return err
 		}
-		if err := s.opts.Ephemeral.Put(tx, rec.EphemeralPublic, "invite:"+itoa(id), rec.ExpiresAt); err != nil {
+		if err := s.opts.Ephemeral.Put(tx, rec.EphemeralPublic, "invite:"+strconv.FormatUint(id, 10), rec.ExpiresAt); err != nil {
 			return err
 		}
 		if vouch != nil {
@@ -332,7 +318,7 @@ func (s *Service) store(fields map[string]json.RawMessage, account, api string) 
 	}
 	stored := result.Token == inv.Token
 	if stored {
-		s.opts.Log.Info("invite stored", "invite", result.ID, "to", identity.RedactEmail(result.Address),
+		s.opts.Log.Info("invite stored", "invite", result.ID, "to", matrix.RedactEmail(result.Address),
 			"sender", result.Sender, "room", result.RoomID, "api", api)
 		if vouch != nil {
 			s.opts.Log.Info("invite vouched for by an upstream identity server: resolving it shortly", "invite", result.ID,
@@ -395,20 +381,6 @@ func (s *Service) checkBound(tx *bolt.Tx, address string) error {
 		return matrix.ThreepidInUse("Binding already known").With("mxid", b.MXID)
 	}
 	return nil
-}
-
-func itoa(v uint64) string {
-	var b [20]byte
-	i := len(b)
-	for {
-		i--
-		b[i] = byte('0' + v%10)
-		v /= 10
-		if v == 0 {
-			break
-		}
-	}
-	return string(b[i:])
 }
 
 // StoreInvite serves POST /v2/store-invite (authenticated, terms-gated).
@@ -489,48 +461,18 @@ func (s *Service) v1Allowed(c echo.Context) bool {
 }
 
 // formOrJSON reads a v1 request's parameters: a JSON object body, or a
-// form-encoded body, plus the query string (body values win).
+// form-encoded body (Dendrite sends a form; others JSON: the body's first
+// byte tells them apart whatever the Content-Type claims), plus the query
+// string (body values win).
 func formOrJSON(c echo.Context) (map[string]json.RawMessage, error) {
-	body, err := matrix.ReadBody(c)
-	if err != nil {
-		return nil, err
-	}
 	fields := map[string]json.RawMessage{}
-	put := func(vals url.Values) {
-		for k, v := range vals {
-			if len(v) > 0 {
-				raw, _ := json.Marshal(v[0])
-				fields[k] = raw
-			}
-		}
-	}
-	put(c.Request().URL.Query())
-	trimmed := bytes.TrimSpace(body)
-	// Dendrite sends a form; others JSON. The body's first byte tells them
-	// apart whatever the Content-Type claims.
-	switch {
-	case len(trimmed) == 0:
-	case trimmed[0] != '{':
-		vals, err := url.ParseQuery(string(trimmed))
-		if err != nil {
-			return nil, matrix.BadJSON("Request body is neither JSON nor form-encoded")
-		}
-		put(vals)
-	default:
-		var m map[string]json.RawMessage
-		if err := matrix.DecodeJSONBytes(trimmed, &m); err != nil {
-			return nil, err
-		}
-		for k, v := range m {
-			fields[k] = v
-		}
+	if err := matrix.DecodeParams(c, &fields, matrix.Params{SniffForm: true, Query: true}); err != nil {
+		return nil, err
 	}
 	return fields, nil
 }
 
 // ---- sign-ed25519 ----
-
-var errTokenUnknown = &matrix.Error{Status: http.StatusNotFound, Code: "M_UNRECOGNIZED", Message: "Didn't recognize token"}
 
 // Sign signs {mxid, sender, token} with the invite's ephemeral key, after
 // checking that privateKey is that key and that the invite can still be
@@ -539,12 +481,12 @@ func (s *Service) Sign(mxid, token, privateKey string) (map[string]json.RawMessa
 	if err := matrix.Require("mxid", mxid, "token", token, "private_key", privateKey); err != nil {
 		return nil, err
 	}
-	if !validUserID(mxid) {
+	if !matrix.ValidUserID(mxid) {
 		return nil, matrix.InvalidParam("mxid is not a Matrix user ID")
 	}
 	inv, err := s.ByToken(token)
 	if errors.Is(err, ErrNotFound) {
-		return nil, errTokenUnknown
+		return nil, matrix.UnrecognizedNotFound("Didn't recognize token")
 	}
 	if err != nil {
 		return nil, err

@@ -72,7 +72,7 @@ func (s *Service) ImportPending(tx *bolt.Tx, inv *Invite) (bool, error) {
 	inv.ID = 0
 	inv.State = StatePending
 	if inv.Homeserver == "" {
-		inv.Homeserver = serverOf(inv.Sender)
+		inv.Homeserver = matrix.ServerName(inv.Sender)
 	}
 	return true, s.insert(tx, inv)
 }

@@ -1,6 +1,7 @@
-// Package invites owns third-party invites: store-invite, the invite email,
-// signing for the invitee, and (in the binding engineer's files) resolution
-// on bind, delivery and the invite lifecycle.
+// Package invites handles third-party invites: store-invite, the invite
+// email, signing for the invitee, resolution on bind and the onbind delivery
+// (delivery.go), and the invite lifecycle: expiry, opt-outs, erasure
+// (lifecycle.go).
 //
 // Storage (store.go): one record per invite plus token, address, state and
 // de-duplication indexes, all in bbolt. store-invite writes the invite, its
@@ -53,10 +54,8 @@ type Service struct {
 	upstream *upstreamHook
 }
 
-// Setup is run at the end of New, in registration order. Files of this
-// package owned by other features (delivery, lifecycle, pages) register one
-// in an init function to hook themselves in (bind hooks, buckets, ...)
-// without editing New.
+// Setup is run at the end of New, in registration order (lifecycle.go
+// registers one that creates the opt-out bucket).
 type Setup func(s *Service) error
 
 var setups []Setup

@@ -3,12 +3,13 @@ package invites
 import (
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
 
-	"github.com/herald-im/herald/identity"
 	"github.com/herald-im/herald/mailer"
+	"github.com/herald-im/herald/matrix"
 )
 
 // ErrResendRefused wraps every reason an invite's email is not queued again
@@ -82,7 +83,7 @@ func (s *Service) resend(inv *Invite, by string) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	m.Ref = "invite:" + itoa(inv.ID)
+	m.Ref = "invite:" + strconv.FormatUint(inv.ID, 10)
 	p, err := s.opts.Mailer.Prepare(m)
 	if err != nil {
 		return 0, err
@@ -107,6 +108,6 @@ func (s *Service) resend(inv *Invite, by string) (uint64, error) {
 		return 0, err
 	}
 	s.opts.Mailer.Wake()
-	s.opts.Log.Info("invite email queued again", "invite", inv.ID, "mail", mailID, "to", identity.RedactEmail(inv.Address), "by", by)
+	s.opts.Log.Info("invite email queued again", "invite", inv.ID, "mail", mailID, "to", matrix.RedactEmail(inv.Address), "by", by)
 	return mailID, nil
 }

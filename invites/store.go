@@ -498,12 +498,5 @@ func (s *Service) Counts() (map[string]int, error) {
 }
 
 func u64(b []byte) uint64 {
-	if len(b) != 8 {
-		return 0
-	}
-	var v uint64
-	for _, c := range b {
-		v = v<<8 | uint64(c)
-	}
-	return v
+	return store.ParseU64(b)
 }

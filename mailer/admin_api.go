@@ -9,7 +9,7 @@ import (
 	"strings"
 )
 
-// Methods the admin console needs (owned by the admin console's engineer).
+// Methods the admin console needs (package admin, through internal/server).
 
 // DeleteTo removes every stored message addressed to address (compared
 // case-insensitively; To and Cc headers) or otherwise naming it, for

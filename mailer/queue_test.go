@@ -633,8 +633,6 @@ func (p *panicOnce) Close() error { return p.next.Close() }
 // Run closed its sender on the way out of the panic, so the restarted
 // worker failed every send with "SMTP sender closed".
 func TestQueueKeepsItsSenderAcrossAPanic(t *testing.T) {
-	background.RestartDelay = time.Millisecond
-	defer func() { background.RestartDelay = time.Second }()
 	srv := smtptest.Start(t, smtptest.Options{})
 	sender := &panicOnce{next: mailer.NewSMTPSender(mailer.SMTPConfig{Host: srv.Host, Port: srv.Port, Security: "none", Timeout: 5 * time.Second})}
 	e := newEnv(t, t.TempDir(), srv, func(o *mailer.Options) { o.Sender = sender })
@@ -643,7 +641,7 @@ func TestQueueKeepsItsSenderAcrossAPanic(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		background.Run(ctx, slog.New(slog.DiscardHandler), "mail worker", e.q.Run)
+		background.Runner{Log: slog.New(slog.DiscardHandler), RestartDelay: time.Millisecond}.Run(ctx, "mail worker", e.q.Run)
 	}()
 	defer func() { cancel(); <-done }()
 	id := e.enqueue(msg("alice@example.org", "one"))

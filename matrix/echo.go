@@ -12,15 +12,19 @@ import (
 )
 
 // ErrorHandler turns every error a handler returns into a Matrix error body.
-// Internal errors are logged and shown only as "Internal server error".
+// Internal errors are logged and shown only as "Internal server error"; the
+// cause a *Error carries (Because) is logged with the request and not shown.
 func ErrorHandler(log *slog.Logger) echo.HTTPErrorHandler {
 	return func(err error, c echo.Context) {
 		if c.Response().Committed {
 			return
 		}
 		me := toMatrix(err)
-		if me.Status >= 500 && me.Code == "M_UNKNOWN" {
+		switch {
+		case me.Status >= 500 && (me.Code == "M_UNKNOWN" || me.cause != nil):
 			log.Error("request failed", "method", c.Request().Method, "path", c.Path(), "err", err)
+		case me.cause != nil:
+			log.Warn("request refused", "method", c.Request().Method, "path", c.Path(), "errcode", me.Code, "cause", me.cause)
 		}
 		if c.Request().Method == http.MethodHead {
 			_ = c.NoContent(me.Status)
@@ -49,10 +53,10 @@ func toMatrix(err error) *Error {
 			return Unauthorized("Unauthorized")
 		}
 		if he.Code < 500 {
-			return &Error{Status: he.Code, Code: "M_UNKNOWN", Message: http.StatusText(he.Code)}
+			return newErr(he.Code, "M_UNKNOWN")(http.StatusText(he.Code))
 		}
 	}
-	return &Error{Status: http.StatusInternalServerError, Code: "M_UNKNOWN", Message: "Internal server error"}
+	return Unknown("Internal server error")
 }
 
 // Errcode is the errcode ErrorHandler answers err with (for request logs and

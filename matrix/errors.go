@@ -12,15 +12,43 @@ import (
 
 // Error is a Matrix API error: {"errcode": ..., "error": ...} with an HTTP
 // status. Extra carries additional top-level keys some errors need
-// (retry_after_ms, mxid, algorithm and pepper, ...).
+// (retry_after_ms, mxid, algorithm and pepper, ...). Build one with the
+// constructors below, never as a literal: they fix Status and Code together.
+//
+// An Error may carry an internal cause (Because): what went wrong inside
+// Herald or with a remote server. ErrorHandler logs it with the request; the
+// client sees only Code, Message and Extra.
 type Error struct {
 	Status  int            `json:"-"`
 	Code    string         `json:"errcode"`
 	Message string         `json:"error"`
 	Extra   map[string]any `json:"-"`
+	cause   error
 }
 
-func (e *Error) Error() string { return e.Code + ": " + e.Message }
+// Error is the errcode and message, and the cause when there is one (for
+// logs: the client's body is Body).
+func (e *Error) Error() string {
+	if e.cause != nil {
+		return e.Code + ": " + e.Message + ": " + e.cause.Error()
+	}
+	return e.Code + ": " + e.Message
+}
+
+// Because returns a copy of e carrying err as its internal cause, logged by
+// ErrorHandler and never sent to the client. The cause must not contain an
+// address, token or key (TestLogsKeepSecrets reads the logs).
+func (e *Error) Because(err error) *Error {
+	c := *e
+	c.cause = err
+	return &c
+}
+
+// Cause is the internal cause given to Because (nil if none).
+func (e *Error) Cause() error { return e.cause }
+
+// Unwrap makes errors.Is and errors.As see the cause.
+func (e *Error) Unwrap() error { return e.cause }
 
 // Body is the JSON object sent for this error.
 func (e *Error) Body() map[string]any {
@@ -80,20 +108,24 @@ var (
 	ServerUnavailable     = newErr(http.StatusServiceUnavailable, "M_UNKNOWN")
 )
 
+var (
+	// UnrecognizedNotFound is 404 M_UNRECOGNIZED: a path Herald does not
+	// serve, or (as sydent answers sign-ed25519) a token it does not know.
+	UnrecognizedNotFound = newErr(http.StatusNotFound, "M_UNRECOGNIZED")
+	// UnrecognizedMethod is 405 M_UNRECOGNIZED: a known path, the wrong method.
+	UnrecognizedMethod = newErr(http.StatusMethodNotAllowed, "M_UNRECOGNIZED")
+	tooManyRequests    = newErr(http.StatusTooManyRequests, "M_LIMIT_EXCEEDED")
+)
+
 // NotFoundRoute is the answer for a path Herald does not serve.
-func NotFoundRoute() *Error {
-	return &Error{Status: http.StatusNotFound, Code: "M_UNRECOGNIZED", Message: "Unrecognized request"}
-}
+func NotFoundRoute() *Error { return UnrecognizedNotFound("Unrecognized request") }
 
 // MethodNotAllowed is the answer for a known path with the wrong method.
-func MethodNotAllowed() *Error {
-	return &Error{Status: http.StatusMethodNotAllowed, Code: "M_UNRECOGNIZED", Message: "Unrecognized request: method not allowed"}
-}
+func MethodNotAllowed() *Error { return UnrecognizedMethod("Unrecognized request: method not allowed") }
 
 // LimitExceeded is a 429 M_LIMIT_EXCEEDED carrying retry_after_ms.
 func LimitExceeded(retryAfterMS int64) *Error {
-	e := &Error{Status: http.StatusTooManyRequests, Code: "M_LIMIT_EXCEEDED", Message: "Too many requests"}
-	return e.With("retry_after_ms", retryAfterMS)
+	return tooManyRequests("Too many requests").With("retry_after_ms", retryAfterMS)
 }
 
 // AsError reports whether err is (or wraps) a *Error.

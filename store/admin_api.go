@@ -9,7 +9,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-// Helpers the admin console needs (owned by the admin console's engineer).
+// Helpers the admin console needs (package admin, through internal/server).
 
 // ErrScrubBusy means read transactions stayed open for the whole of Scrub's
 // patience, so freed pages could not be overwritten safely.

@@ -124,6 +124,15 @@ func U64(v uint64) []byte {
 	return b
 }
 
+// ParseU64 decodes a key or value written by U64 (0 when b is not 8 bytes
+// long).
+func ParseU64(b []byte) uint64 {
+	if len(b) != 8 {
+		return 0
+	}
+	return binary.BigEndian.Uint64(b)
+}
+
 // TimeKey encodes t as fixed-width big-endian unix nanoseconds followed by suffix.
 func TimeKey(t time.Time, suffix []byte) []byte {
 	b := make([]byte, 8, 8+len(suffix))

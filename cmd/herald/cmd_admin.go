@@ -34,15 +34,8 @@ const adminUsage = `usage: herald admin create USER [--replace] | delete USER | 
 create, delete and list work while Herald runs (through
 data_dir/control.sock) and when it is stopped.`
 
-// handoverWait is how long `admin create` waits for a running Herald to
-// take a handed-over account (it takes them every second).
-var handoverWait = 10 * time.Second
-
-// adminStdin is where passwords are read from (tests replace it).
-var adminStdin io.Reader = os.Stdin
-
 // adminCommand manages console accounts.
-func adminCommand(ctx context.Context, cfg *config.Config, log *slog.Logger, args []string, stdout io.Writer) error {
+func adminCommand(ctx context.Context, o runOptions, cfg *config.Config, log *slog.Logger, args []string, stdout io.Writer) error {
 	if len(args) == 0 {
 		return usageError(adminUsage)
 	}
@@ -51,7 +44,7 @@ func adminCommand(ctx context.Context, cfg *config.Config, log *slog.Logger, arg
 		if len(args) != 1 {
 			return usageError(adminUsage)
 		}
-		pw, err := readPassword(adminStdin, os.Stderr)
+		pw, err := readPassword(o.stdin, os.Stderr)
 		if err != nil {
 			return err
 		}
@@ -83,7 +76,7 @@ func adminCommand(ctx context.Context, cfg *config.Config, log *slog.Logger, arg
 				return fmt.Errorf("admin: %q is defined in admin.users of the configuration; change it there", user)
 			}
 		}
-		pw, err := readPassword(adminStdin, os.Stderr)
+		pw, err := readPassword(o.stdin, os.Stderr)
 		if err != nil {
 			return err
 		}
@@ -98,7 +91,7 @@ func adminCommand(ctx context.Context, cfg *config.Config, log *slog.Logger, arg
 			if err := admin.HandOver(cfg.DataDir, user, pw, replace); err != nil {
 				return err
 			}
-			res, err := admin.AwaitHandover(cfg.DataDir, user, handoverWait)
+			res, err := admin.AwaitHandover(cfg.DataDir, user, o.handoverWait)
 			switch {
 			case errors.Is(err, admin.ErrHandoverPending):
 				log.Warn("the running Herald has not taken the account yet (is admin.enabled off?); it stays in data_dir/admin-accounts until it does", "user", user)

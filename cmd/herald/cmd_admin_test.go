@@ -21,15 +21,20 @@ import (
 
 func runAdmin(t *testing.T, dataDir, stdin string, args ...string) (string, error) {
 	t.Helper()
-	old := adminStdin
-	adminStdin = strings.NewReader(stdin)
-	defer func() { adminStdin = old }()
+	return runAdminWith(t, defaultRunOptions(), dataDir, stdin, args...)
+}
+
+// runAdminWith runs `herald admin args...` with o, reading stdin.
+func runAdminWith(t *testing.T, o runOptions, dataDir, stdin string, args ...string) (string, error) {
+	t.Helper()
+	o.stdin = strings.NewReader(stdin)
 	var out bytes.Buffer
-	err := run(context.Background(), append([]string{"admin"}, args...), []string{"HERALD_DATA_DIR=" + dataDir}, &out, io.Discard)
+	err := runWith(context.Background(), o, append([]string{"admin"}, args...), []string{"HERALD_DATA_DIR=" + dataDir}, &out, io.Discard)
 	return out.String(), err
 }
 
 func TestAdminCommand(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	out, err := runAdmin(t, dir, "", "hash-password")
 	if err == nil {
@@ -81,17 +86,17 @@ func TestAdminCommand(t *testing.T) {
 // While Herald runs it holds the database: create hands the account over
 // (data_dir/admin-accounts), delete and list say to stop Herald first.
 func TestAdminCreateWhileRunning(t *testing.T) {
+	t.Parallel()
 	// Only the database is held here: no server takes the account.
-	old := handoverWait
-	handoverWait = 100 * time.Millisecond
-	t.Cleanup(func() { handoverWait = old })
+	o := defaultRunOptions()
+	o.handoverWait = 100 * time.Millisecond
 	dir := t.TempDir()
 	db, err := store.Open(dir, time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	out, err := runAdmin(t, dir, "a good long password\n", "create", "ops")
+	out, err := runAdminWith(t, o, dir, "a good long password\n", "create", "ops")
 	if err != nil || !strings.Contains(out, "Herald is running") || !strings.Contains(out, `"ops" handed over`) {
 		t.Fatalf("create while running: %q %v", out, err)
 	}
@@ -109,11 +114,9 @@ func TestAdminCreateWhileRunning(t *testing.T) {
 // With a real server running, create waits for it to take the account: an
 // existing one without --replace fails (exit 1) and keeps its password.
 func TestAdminCreateExistingWhileServing(t *testing.T) {
-	old := server.HandoverInterval
-	server.HandoverInterval = 20 * time.Millisecond
-	t.Cleanup(func() { server.HandoverInterval = old })
+	t.Parallel()
 	dir := t.TempDir()
-	base, _ := startServe(t, []string{"HERALD_DATA_DIR=" + dir, "HERALD_LISTEN=127.0.0.1:0", "HERALD_SERVER_NAME=herald.test"})
+	base, _ := startServeWith(t, server.Options{Intervals: server.Intervals{Handover: 20 * time.Millisecond}}, []string{"HERALD_DATA_DIR=" + dir, "HERALD_LISTEN=127.0.0.1:0", "HERALD_SERVER_NAME=herald.test"})
 	out, err := runAdmin(t, dir, "a good long password\n", "create", "ops")
 	if err != nil || !strings.Contains(out, `"ops" saved`) {
 		t.Fatalf("create while serving: %q %v", out, err)

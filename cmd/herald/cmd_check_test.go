@@ -26,6 +26,7 @@ func checkCLI(t *testing.T, dataDir string, args ...string) (string, error) {
 // herald check on the configured data dir, on another one given as an
 // argument (a backup copy), and its exit statuses.
 func TestCheckCommand(t *testing.T) {
+	t.Parallel()
 	dataDir := t.TempDir()
 	cfg := config.Default()
 	cfg.ServerName, cfg.DataDir = "herald.test", dataDir

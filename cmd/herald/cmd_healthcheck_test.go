@@ -15,6 +15,7 @@ import (
 )
 
 func TestHealthcheckURL(t *testing.T) {
+	t.Parallel()
 	for listen, want := range map[string]string{
 		"0.0.0.0:8090":   "http://127.0.0.1:8090",
 		":8090":          "http://127.0.0.1:8090",
@@ -38,6 +39,7 @@ func TestHealthcheckURL(t *testing.T) {
 // healthcheck exits 0 on 200 and 1 (an error, not a usage error) with the
 // reason otherwise, asking /_herald/ready, or /_herald/health with --live.
 func TestHealthcheckCommand(t *testing.T) {
+	t.Parallel()
 	var notReady atomic.Bool
 	srv := httptest.NewServer(spectest.Handler(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")

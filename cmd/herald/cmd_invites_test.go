@@ -18,6 +18,7 @@ import (
 )
 
 func TestInvitesRevokeCommand(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	hs := hssim.New(t, "hs.test", hssim.Synapse)
 	cfg := config.Default()

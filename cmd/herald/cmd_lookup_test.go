@@ -21,6 +21,7 @@ import (
 // `herald lookup rotate-pepper` rotates the stored pepper on demand and
 // rebuilds the hash index for it.
 func TestLookupRotatePepperCommand(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	cfg := config.Default()
 	cfg.DataDir = dir

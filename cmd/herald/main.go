@@ -15,13 +15,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"os/signal"
 	"runtime"
 	"runtime/debug"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/herald-im/herald/config"
 	"github.com/herald-im/herald/internal/server"
@@ -31,13 +31,25 @@ import (
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
 
-// listening, when set (by tests), is told the address `serve` listens on.
-var listening func(net.Addr)
+// runOptions are what the program takes besides its arguments and
+// environment. main passes the process's own (defaultRunOptions); tests pass
+// theirs to runWith instead of changing package state, so they can run in
+// parallel.
+type runOptions struct {
+	stdin        io.Reader                       // where `admin create` and `admin hash-password` read passwords
+	buildInfo    func() (*debug.BuildInfo, bool) // what `herald version` reports
+	handoverWait time.Duration                   // how long `admin create` waits for a running Herald to take an account
+	server       server.Options                  // handed to server.New by `serve` (Version and Control are set there)
+}
+
+func defaultRunOptions() runOptions {
+	return runOptions{stdin: os.Stdin, buildInfo: debug.ReadBuildInfo, handoverWait: 10 * time.Second}
+}
 
 func main() {
 	ctx, stop := signalContext()
 	defer stop()
-	if err := run(ctx, os.Args[1:], os.Environ(), os.Stdout, os.Stderr); err != nil {
+	if err := runWith(ctx, defaultRunOptions(), os.Args[1:], os.Environ(), os.Stdout, os.Stderr); err != nil {
 		if !errors.Is(err, flag.ErrHelp) {
 			fmt.Fprintln(os.Stderr, "herald:", oneLine(err))
 		}
@@ -71,13 +83,17 @@ func oneLine(err error) string { return strings.ReplaceAll(err.Error(), "\n", " 
 // cfg is nil for a command marked noConfig.
 type command func(ctx context.Context, cfg *config.Config, log *slog.Logger, args []string, stdout io.Writer) error
 
+// commandWith is a command that also needs what runOptions carry.
+type commandWith func(ctx context.Context, o runOptions, cfg *config.Config, log *slog.Logger, args []string, stdout io.Writer) error
+
 // subcommand is one entry of the command table.
 type subcommand struct {
-	name     string  // herald NAME
-	summary  string  // one line in `herald help`
-	run      command // the implementation, usually in cmd_<name>.go
-	usage    string  // printed by `herald NAME --help` and `herald help NAME`; empty: the summary
-	noConfig bool    // the command reads no configuration (run gets cfg == nil)
+	name     string      // herald NAME
+	summary  string      // one line in `herald help`
+	run      command     // the implementation, usually in cmd_<name>.go
+	runWith  commandWith // instead of run, for a command that needs runOptions
+	usage    string      // printed by `herald NAME --help` and `herald help NAME`; empty: the summary
+	noConfig bool        // the command reads no configuration (run gets cfg == nil)
 }
 
 // subcommands is every `herald NAME`, in the order `herald help` lists them.
@@ -85,12 +101,12 @@ type subcommand struct {
 // gets --config FILE and --help before or after its name, and `herald NAME
 // help`, from run.
 var subcommands = []subcommand{
-	{name: "serve", summary: "run the server (the default)", run: serveCommand, usage: serveUsage},
-	{name: "version", summary: "print the version and the VCS revision it was built from", run: versionCommand, noConfig: true},
+	{name: "serve", summary: "run the server (the default)", runWith: serveCommand, usage: serveUsage},
+	{name: "version", summary: "print the version and the VCS revision it was built from", runWith: versionCommand, noConfig: true},
 	{name: "keys", summary: "signing keys: list, rotate, retire, adopt", run: keysCommand, usage: keysUsage},
 	{name: "invites", summary: "stored invites: list, show, revoke", run: invitesCommand, usage: invitesUsage},
 	{name: "lookup", summary: "hashed lookups: rotate-pepper", run: lookupCommand, usage: lookupUsage},
-	{name: "admin", summary: "console accounts: create, delete, list, hash-password", run: adminCommand, usage: adminUsage},
+	{name: "admin", summary: "console accounts: create, delete, list, hash-password", runWith: adminCommand, usage: adminUsage},
 	{name: "import", summary: "import sydent: take over a sydent deployment (Herald stopped)", run: importCommand, usage: importUsage},
 	{name: "backup", summary: "a consistent copy of data_dir, while Herald runs", run: backupCommand, usage: backupUsage},
 	{name: "check", summary: "verify a data dir: database consistency, keys against the database", run: checkCommand, usage: checkUsage},
@@ -169,8 +185,13 @@ func globalArgs(args []string, configPath string) (rest []string, config string,
 	return rest, config, help, nil
 }
 
-// run is the whole program, so tests can run it in-process.
+// run is the whole program with the process's own runOptions.
 func run(ctx context.Context, args, environ []string, stdout, stderr io.Writer) error {
+	return runWith(ctx, defaultRunOptions(), args, environ, stdout, stderr)
+}
+
+// runWith is the whole program, so tests can run it in-process.
+func runWith(ctx context.Context, o runOptions, args, environ []string, stdout, stderr io.Writer) error {
 	rest, configPath, help, err := globalArgs(args, lookupEnv(environ, "HERALD_CONFIG"))
 	if err != nil {
 		fmt.Fprint(stderr, mainUsage())
@@ -211,8 +232,14 @@ func run(ctx context.Context, args, environ []string, stdout, stderr io.Writer) 
 		fmt.Fprint(stdout, commandUsage(c))
 		return nil
 	}
+	call := c.run
+	if c.runWith != nil {
+		call = func(ctx context.Context, cfg *config.Config, log *slog.Logger, args []string, stdout io.Writer) error {
+			return c.runWith(ctx, o, cfg, log, args, stdout)
+		}
+	}
 	if c.noConfig {
-		return c.run(ctx, nil, slog.New(slog.NewTextHandler(stderr, nil)), rest, stdout)
+		return call(ctx, nil, slog.New(slog.NewTextHandler(stderr, nil)), rest, stdout)
 	}
 	cfg, err := config.Load(configPath, environ)
 	if err != nil {
@@ -222,7 +249,7 @@ func run(ctx context.Context, args, environ []string, stdout, stderr io.Writer) 
 	for _, w := range cfg.Warnings {
 		log.Warn(w)
 	}
-	return c.run(ctx, cfg, log, rest, stdout)
+	return call(ctx, cfg, log, rest, stdout)
 }
 
 const serveUsage = `usage: herald [serve]
@@ -230,23 +257,20 @@ const serveUsage = `usage: herald [serve]
   serve   run the server until SIGINT or SIGTERM, which shut it down gracefully
           (requests in flight finish, storage is closed)`
 
-func serveCommand(ctx context.Context, cfg *config.Config, log *slog.Logger, args []string, stdout io.Writer) error {
+func serveCommand(ctx context.Context, o runOptions, cfg *config.Config, log *slog.Logger, args []string, stdout io.Writer) error {
 	if len(args) > 0 {
 		return usageError(fmt.Sprintf("serve takes no arguments (got %q)", args[0]))
 	}
-	return serve(ctx, cfg, log)
+	return serve(ctx, o.server, cfg, log)
 }
 
-func versionCommand(ctx context.Context, cfg *config.Config, log *slog.Logger, args []string, stdout io.Writer) error {
+func versionCommand(ctx context.Context, o runOptions, cfg *config.Config, log *slog.Logger, args []string, stdout io.Writer) error {
 	if len(args) > 0 {
 		return usageError(fmt.Sprintf("version takes no arguments (got %q)", args[0]))
 	}
-	fmt.Fprint(stdout, versionText(readBuildInfo()))
+	fmt.Fprint(stdout, versionText(o.buildInfo()))
 	return nil
 }
-
-// readBuildInfo is debug.ReadBuildInfo (tests replace it).
-var readBuildInfo = func() (*debug.BuildInfo, bool) { return debug.ReadBuildInfo() }
 
 // versionText is what `herald version` prints: the version, the VCS revision
 // (with its commit time, and "modified" for a build from uncommitted changes)
@@ -256,7 +280,7 @@ var readBuildInfo = func() (*debug.BuildInfo, bool) { return debug.ReadBuildInfo
 // with -buildvcs=auto or true, the default outside GOFLAGS=-buildvcs=false).
 func versionText(bi *debug.BuildInfo, ok bool) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "herald %s\n", versionFrom(bi, ok))
+	fmt.Fprintf(&b, "herald %s\n", versionFrom(version, bi, ok))
 	rev, when, modified := vcsInfo(bi, ok)
 	if rev == "" {
 		b.WriteString("revision unknown (built without VCS information)\n")
@@ -296,12 +320,13 @@ func vcsInfo(bi *debug.BuildInfo, ok bool) (rev, when string, modified bool) {
 	return rev, when, modified
 }
 
-// versionFrom is the version: -ldflags "-X main.version=..." when set (the
-// Dockerfile does), else the module version (`go install ...@v1.2.3`), else
-// "dev-" and the revision's first 12 characters, else "dev".
-func versionFrom(bi *debug.BuildInfo, ok bool) string {
-	if version != "dev" {
-		return version
+// versionFrom is the version: linked, the value of -ldflags
+// "-X main.version=..." when set (the Dockerfile does), else the module
+// version (`go install ...@v1.2.3`), else "dev-" and the revision's first 12
+// characters, else "dev".
+func versionFrom(linked string, bi *debug.BuildInfo, ok bool) string {
+	if linked != "dev" {
+		return linked
 	}
 	if ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
 		return bi.Main.Version
@@ -312,11 +337,12 @@ func versionFrom(bi *debug.BuildInfo, ok bool) string {
 		}
 		return "dev-" + rev[:12]
 	}
-	return version
+	return linked
 }
 
-func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
-	a, err := server.New(cfg, log, server.Options{Version: fullVersion(), Listening: listening, Control: controlHandler})
+func serve(ctx context.Context, opts server.Options, cfg *config.Config, log *slog.Logger) error {
+	opts.Version, opts.Control = fullVersion(), controlHandler
+	a, err := server.New(cfg, log, opts)
 	if err != nil {
 		return err
 	}
@@ -325,7 +351,10 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 }
 
 // fullVersion is the version the server reports (see versionFrom).
-func fullVersion() string { return versionFrom(readBuildInfo()) }
+func fullVersion() string {
+	bi, ok := debug.ReadBuildInfo()
+	return versionFrom(version, bi, ok)
+}
 
 func lookupEnv(environ []string, name string) string {
 	for _, kv := range environ {

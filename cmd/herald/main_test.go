@@ -43,6 +43,7 @@ func writeConfig(t *testing.T, yaml string) string {
 }
 
 func TestVersion(t *testing.T) {
+	t.Parallel()
 	var out bytes.Buffer
 	if err := run(context.Background(), []string{"version"}, nil, &out, io.Discard); err != nil {
 		t.Fatal(err)
@@ -55,6 +56,7 @@ func TestVersion(t *testing.T) {
 // herald version prints the module version and the VCS revision from the
 // build information.
 func TestVersionFromBuildInfo(t *testing.T) {
+	t.Parallel()
 	rev := "0123456789abcdef0123456789abcdef01234567"
 	settings := []debug.BuildSetting{{Key: "vcs", Value: "git"}, {Key: "vcs.revision", Value: rev}, {Key: "vcs.time", Value: "2026-11-29T20:00:00Z"}, {Key: "vcs.modified", Value: "false"}}
 	cases := []struct {
@@ -69,24 +71,21 @@ func TestVersionFromBuildInfo(t *testing.T) {
 			"herald dev\nrevision unknown (built without VCS information)\ndatabase schema 1\ngo1.26.8 "},
 	}
 	for _, c := range cases {
-		old := readBuildInfo
-		readBuildInfo = func() (*debug.BuildInfo, bool) { return c.bi, true }
+		o := defaultRunOptions()
+		o.buildInfo = func() (*debug.BuildInfo, bool) { return c.bi, true }
 		var out bytes.Buffer
-		err := run(context.Background(), []string{"version"}, nil, &out, io.Discard)
-		readBuildInfo = old
+		err := runWith(context.Background(), o, []string{"version"}, nil, &out, io.Discard)
 		if err != nil || !strings.HasPrefix(out.String(), c.want) || strings.Count(out.String(), "\n") != 4 {
 			t.Errorf("version printed %q, want it to start %q", out.String(), c.want)
 		}
 	}
-	old := version
-	version = "v9.9.9-docker"
-	defer func() { version = old }()
-	if got := versionFrom(cases[0].bi, true); got != "v9.9.9-docker" {
+	if got := versionFrom("v9.9.9-docker", cases[0].bi, true); got != "v9.9.9-docker" {
 		t.Errorf("-X main.version not preferred: %q", got)
 	}
 }
 
 func TestUsageErrors(t *testing.T) {
+	t.Parallel()
 	for _, args := range [][]string{{"frobnicate"}, {"serve", "extra"}, {"--nope"}, {"keys"}, {"keys", "retire"}, {"keys", "dance"}} {
 		dataDir := t.TempDir()
 		err := run(context.Background(), args, []string{"HERALD_DATA_DIR=" + dataDir}, io.Discard, io.Discard)
@@ -97,6 +96,7 @@ func TestUsageErrors(t *testing.T) {
 }
 
 func TestBadConfig(t *testing.T) {
+	t.Parallel()
 	cases := []struct {
 		name, yaml string
 		env        []string
@@ -151,6 +151,7 @@ func TestBadConfig(t *testing.T) {
 // An unknown HERALD_ variable is one warning line naming it (not its
 // value), and the command runs.
 func TestUnknownEnvWarning(t *testing.T) {
+	t.Parallel()
 	var out, logs bytes.Buffer
 	env := []string{"HERALD_DATA_DIR=" + t.TempDir(), "HERALD_SERVER_NAME=herald.test", "HERALD_SERVICE_PORT=8090", "HERALD_SMTP_HOTS=secret-value"}
 	if err := run(context.Background(), []string{"keys", "list"}, env, &out, &logs); err != nil {
@@ -172,12 +173,19 @@ func TestUnknownEnvWarning(t *testing.T) {
 // function that stops it (as SIGTERM would) and returns run's error.
 func startServe(t *testing.T, env []string, args ...string) (string, func() error) {
 	t.Helper()
+	return startServeWith(t, server.Options{}, env, args...)
+}
+
+// startServeWith is startServe with opts handed to server.New.
+func startServeWith(t *testing.T, opts server.Options, env []string, args ...string) (string, func() error) {
+	t.Helper()
 	addrc := make(chan net.Addr, 1)
-	listening = func(a net.Addr) { addrc <- a }
-	t.Cleanup(func() { listening = nil })
+	opts.Listening = func(a net.Addr) { addrc <- a }
+	o := defaultRunOptions()
+	o.server = opts
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- run(ctx, args, env, io.Discard, io.Discard) }()
+	go func() { done <- runWith(ctx, o, args, env, io.Discard, io.Discard) }()
 	var addr net.Addr
 	select {
 	case addr = <-addrc:
@@ -200,6 +208,7 @@ func startServe(t *testing.T, env []string, args ...string) (string, func() erro
 }
 
 func TestServeAndSecondInstance(t *testing.T) {
+	t.Parallel()
 	dataDir := t.TempDir()
 	env := []string{"HERALD_DATA_DIR=" + dataDir, "HERALD_LISTEN=127.0.0.1:0", "HERALD_SERVER_NAME=herald.test"}
 	base, stop := startServe(t, env)
@@ -238,6 +247,7 @@ func keysCLI(t *testing.T, dataDir string, args ...string) (string, error) {
 var keyLine = regexp.MustCompile(`(?m)^(ed25519:\S+)\s+(current|valid|retired \S+)\s+\S+\s+(\S+)$`)
 
 func TestKeysCommand(t *testing.T) {
+	t.Parallel()
 	dataDir := t.TempDir()
 	// On a fresh data_dir the keys commands open it as serve does: the first
 	// key and the database that records it are made together, so a later
@@ -282,11 +292,9 @@ func TestKeysCommand(t *testing.T) {
 
 // `herald keys rotate` while Herald runs: the server picks the new key up.
 func TestKeysRotateWhileServing(t *testing.T) {
-	old := server.KeyReloadInterval
-	server.KeyReloadInterval = 20 * time.Millisecond
-	t.Cleanup(func() { server.KeyReloadInterval = old })
+	t.Parallel()
 	dataDir := t.TempDir()
-	base, _ := startServe(t, []string{"HERALD_DATA_DIR=" + dataDir, "HERALD_LISTEN=127.0.0.1:0", "HERALD_SERVER_NAME=herald.test"})
+	base, _ := startServeWith(t, server.Options{Intervals: server.Intervals{KeyReload: 20 * time.Millisecond}}, []string{"HERALD_DATA_DIR=" + dataDir, "HERALD_LISTEN=127.0.0.1:0", "HERALD_SERVER_NAME=herald.test"})
 	out, err := keysCLI(t, dataDir, "rotate")
 	if err != nil {
 		t.Fatal(err)
@@ -318,6 +326,7 @@ func TestKeysRotateWhileServing(t *testing.T) {
 // The real binary: a bad config prints one line and exits 1; SIGTERM stops a
 // serving Herald cleanly with exit status 0.
 func TestMainProcess(t *testing.T) {
+	t.Parallel()
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
@@ -391,6 +400,7 @@ func TestMainProcess(t *testing.T) {
 // -h, `herald NAME help` and `herald help NAME` with its usage on stdout and
 // exit 0, without reading the configuration (a broken one is named).
 func TestEveryCommandHelp(t *testing.T) {
+	t.Parallel()
 	broken := writeConfig(t, "smtp:\n  hots: x\n")
 	for _, c := range subcommands {
 		want := commandUsage(&c)
@@ -425,6 +435,7 @@ func TestEveryCommandHelp(t *testing.T) {
 
 // --config is accepted after the command name as well as before it.
 func TestConfigFlagAfterCommand(t *testing.T) {
+	t.Parallel()
 	path := writeConfig(t, "server_name: flag.test\n")
 	dataDir := t.TempDir()
 	for _, args := range [][]string{

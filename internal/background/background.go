@@ -20,18 +20,43 @@ var panics atomic.Uint64
 // broken, often a damaged database; see `herald check`).
 func Panics() uint64 { return panics.Load() }
 
-// RestartDelay is the first pause before restarting work that panicked; it
-// doubles on each panic in a row up to MaxRestartDelay. Tests shorten them.
-var (
-	RestartDelay    = time.Second
-	MaxRestartDelay = time.Minute
+// Default pauses before restarting work that panicked: the first, and the
+// cap it doubles up to while the work keeps panicking.
+const (
+	DefaultRestartDelay    = time.Second
+	DefaultMaxRestartDelay = time.Minute
 )
+
+// Runner runs background work, restarting it after a panic. Its zero
+// fields take the defaults; tests set short delays on their own Runner.
+type Runner struct {
+	Log             *slog.Logger
+	RestartDelay    time.Duration // first pause after a panic (DefaultRestartDelay)
+	MaxRestartDelay time.Duration // cap of the doubling pause (DefaultMaxRestartDelay)
+}
+
+// Run runs fn with the default delays (see Runner.Run).
+func Run(ctx context.Context, log *slog.Logger, name string, fn func(context.Context) error) {
+	Runner{Log: log}.Run(ctx, name, fn)
+}
 
 // Run runs fn until it returns or ctx is done. If fn panics, Run logs the
 // panic (value and stack), counts it, waits (RestartDelay, doubling while
-// it keeps panicking) and runs fn again. An error fn returns is logged.
-func Run(ctx context.Context, log *slog.Logger, name string, fn func(context.Context) error) {
-	delay := RestartDelay
+// it keeps panicking up to MaxRestartDelay) and runs fn again. An error fn
+// returns is logged.
+func (r Runner) Run(ctx context.Context, name string, fn func(context.Context) error) {
+	log := r.Log
+	if log == nil {
+		log = slog.Default()
+	}
+	first, maxDelay := r.RestartDelay, r.MaxRestartDelay
+	if first <= 0 {
+		first = DefaultRestartDelay
+	}
+	if maxDelay <= 0 {
+		maxDelay = DefaultMaxRestartDelay
+	}
+	delay := first
 	for {
 		started := time.Now()
 		err, panicked := call(log, name, func() error { return fn(ctx) })
@@ -41,8 +66,8 @@ func Run(ctx context.Context, log *slog.Logger, name string, fn func(context.Con
 			}
 			return
 		}
-		if time.Since(started) > MaxRestartDelay {
-			delay = RestartDelay // it ran a good while: not a tight loop
+		if time.Since(started) > maxDelay {
+			delay = first // it ran a good while: not a tight loop
 		}
 		log.Warn(name+" restarts after a panic", "in", delay.String())
 		t := time.NewTimer(delay)
@@ -52,7 +77,22 @@ func Run(ctx context.Context, log *slog.Logger, name string, fn func(context.Con
 			return
 		case <-t.C:
 		}
-		delay = min(2*delay, MaxRestartDelay)
+		delay = min(2*delay, maxDelay)
+	}
+}
+
+// Every runs fn every interval, the first time one interval from now, until
+// ctx is done. fn runs on the caller's goroutine, so runs never overlap.
+func Every(ctx context.Context, every time.Duration, fn func()) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			fn()
+		}
 	}
 }
 

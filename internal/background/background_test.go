@@ -12,13 +12,11 @@ import (
 )
 
 func TestRunRecoversCountsAndRestarts(t *testing.T) {
-	RestartDelay = time.Millisecond
-	defer func() { RestartDelay = time.Second }()
 	var logs bytes.Buffer
 	log := slog.New(slog.NewTextHandler(&logs, nil))
 	before := Panics()
 	calls := 0
-	Run(context.Background(), log, "test task", func(context.Context) error {
+	Runner{Log: log, RestartDelay: time.Millisecond}.Run(context.Background(), "test task", func(context.Context) error {
 		calls++
 		if calls <= 2 {
 			panic("page 7: invalid page type")
@@ -35,13 +33,11 @@ func TestRunRecoversCountsAndRestarts(t *testing.T) {
 }
 
 func TestRunStopsWaitingWhenCancelled(t *testing.T) {
-	RestartDelay = time.Hour
-	defer func() { RestartDelay = time.Second }()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		Run(ctx, slog.New(slog.DiscardHandler), "test task", func(context.Context) error { panic("boom") })
+		Runner{Log: slog.New(slog.DiscardHandler), RestartDelay: time.Hour}.Run(ctx, "test task", func(context.Context) error { panic("boom") })
 	}()
 	cancel()
 	select {
@@ -63,5 +59,34 @@ func TestRecoverInAGoroutine(t *testing.T) {
 	wg.Wait()
 	if Panics()-before != 1 {
 		t.Fatalf("recovered %d panics, want 1", Panics()-before)
+	}
+}
+
+// Every runs its function on each tick and returns when ctx is done.
+func TestEveryRunsUntilCancelled(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithCancel(context.Background())
+	runs := make(chan struct{}, 1)
+	done := make(chan struct{})
+	n := 0
+	go func() {
+		defer close(done)
+		Every(ctx, time.Millisecond, func() {
+			n++
+			if n == 3 {
+				runs <- struct{}{}
+			}
+		})
+	}()
+	select {
+	case <-runs:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Every did not run three times")
+	}
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Every kept running after ctx was cancelled")
 	}
 }

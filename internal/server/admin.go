@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"log/slog"
 	"math"
 	"net"
 	"net/http"
@@ -55,25 +54,20 @@ func (a *App) newAdmin() (*admin.Handler, error) {
 // Admin is the console's handler (nil when disabled).
 func (a *App) Admin() *admin.Handler { return a.admin }
 
-// serveAdmin serves the console on admin.listen, when set, until ctx is done.
-// It returns once the listener is bound; errc receives the server's end.
-func (a *App) serveAdmin(ctx context.Context, tlsConf *tls.Config) (errc <-chan error, err error) {
+// serveAdmin serves the console on admin.listen, when set. It returns once
+// the listener is bound; errc receives the server's end, and stop shuts it
+// down gracefully and returns only when its requests in flight have ended
+// (serve calls it before returning, so Close never closes the database under
+// a console request).
+func (a *App) serveAdmin(tlsConf *tls.Config) (errc <-chan error, stop func(context.Context), err error) {
 	if a.admin == nil || a.cfg.Admin.Listen == "" {
-		return nil, nil
+		return nil, func(context.Context) {}, nil
 	}
 	ln, err := net.Listen("tcp", a.cfg.Admin.Listen)
 	if err != nil {
-		return nil, fmt.Errorf("admin.listen: %w", err)
+		return nil, nil, fmt.Errorf("admin.listen: %w", err)
 	}
-	srv := &http.Server{
-		Handler:           a.admin,
-		TLSConfig:         tlsConf,
-		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       30 * time.Second,
-		WriteTimeout:      60 * time.Second,
-		IdleTimeout:       120 * time.Second,
-		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
-	}
+	srv := a.httpServer(a.admin, tlsConf, 60*time.Second)
 	ch := make(chan error, 1)
 	scheme := "http"
 	if tlsConf != nil {
@@ -92,13 +86,7 @@ func (a *App) serveAdmin(ctx context.Context, tlsConf *tls.Config) (errc <-chan 
 		}
 		ch <- err
 	}()
-	go func() {
-		<-ctx.Done()
-		sctx, cancel := context.WithTimeout(context.Background(), ShutdownTimeout)
-		defer cancel()
-		_ = srv.Shutdown(sctx)
-	}()
-	return ch, nil
+	return ch, func(ctx context.Context) { shutdown(ctx, a.log, "admin console", srv) }, nil
 }
 
 func parseID(id string) (uint64, error) {

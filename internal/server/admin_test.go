@@ -55,6 +55,7 @@ type inviteAnswer struct {
 // invite stored over the Matrix API shows up, its email is sent to the dev
 // mailbox, it can be resent, revoked and erased.
 func TestAdminWiring(t *testing.T) {
+	t.Parallel()
 	e := testenv.Start(t, func(c *config.Config) {
 		c.Admin.APITokens = []config.Secret{adminToken}
 		c.Invites.ResendInterval = 0 // resend at once (invites.resend_interval is tested in invites)
@@ -177,6 +178,7 @@ func TestAdminWiring(t *testing.T) {
 // TestAdminSeparateListener: with admin.listen the console is served there,
 // and not on the public listener.
 func TestAdminSeparateListener(t *testing.T) {
+	t.Parallel()
 	cfg := config.Default()
 	cfg.DataDir = t.TempDir()
 	cfg.Listen = "127.0.0.1:0"
@@ -223,6 +225,7 @@ func TestAdminSeparateListener(t *testing.T) {
 // session, outbox mails with their attempts, dev mailbox files, deliveries.
 // The audit log keeps only the redacted form.
 func TestAdminEraseLeavesNothing(t *testing.T) {
+	t.Parallel()
 	const typed, addr, local = "Erin.Example@Example.ORG", "erin.example@example.org", "erin.example"
 	e := testenv.Start(t, func(c *config.Config) {
 		c.Admin.APITokens = []config.Secret{adminToken}
@@ -355,6 +358,7 @@ func TestAdminEraseLeavesNothing(t *testing.T) {
 // TestAuditRedactsAddresses: an address typed as a login name, or carried by
 // an error, reaches the audit log redacted.
 func TestAuditRedactsAddresses(t *testing.T) {
+	t.Parallel()
 	e := testenv.Start(t, func(c *config.Config) { c.Admin.APITokens = []config.Secret{adminToken} })
 	// Unbinding an unbound address fails; its error names nothing in clear.
 	if code := adminCall(t, e, "POST", "/admin/api/bindings/unbind", `{"address":"Grace.Hopper@Example.org"}`, nil); code == 200 {
@@ -397,6 +401,7 @@ func TestAuditRedactsAddresses(t *testing.T) {
 // An invite past its expiry shows as expired, with an "expired" entry in its
 // timeline, whether or not the sweeper has marked it yet.
 func TestAdminExpiredTimeline(t *testing.T) {
+	t.Parallel()
 	e := testenv.Start(t, func(c *config.Config) { c.Admin.APITokens = []config.Secret{adminToken} })
 	tok := e.Register(t, "@alice:hs.test")
 	e.AcceptTerms(t, tok)
@@ -465,6 +470,7 @@ func documentedStates(t *testing.T, doc, marker string) []string {
 // JSON API, every key it answers with is snake_case, and an unknown state is
 // a 400.
 func TestAdminAPIStatesAndFieldNames(t *testing.T) {
+	t.Parallel()
 	raw, err := os.ReadFile(filepath.Join("..", "..", "docs", "admin.md"))
 	if err != nil {
 		t.Fatal(err)

@@ -17,6 +17,7 @@ import (
 // out the control socket and temporary files, and refuses a target inside
 // data_dir or one that is not empty.
 func TestBackupRefusesAndCopies(t *testing.T) {
+	t.Parallel()
 	cfg := config.Default()
 	cfg.DataDir = filepath.Join(t.TempDir(), "data")
 	cfg.SMTP.Host = ""
@@ -72,6 +73,7 @@ func TestBackupRefusesAndCopies(t *testing.T) {
 // ExtractBackup writes only inside its directory and only files and
 // directories, and leaves nothing behind when it refuses a stream.
 func TestExtractBackupRefusesBadStreams(t *testing.T) {
+	t.Parallel()
 	for name, entry := range map[string]*tar.Header{
 		"escape":   {Typeflag: tar.TypeReg, Name: "../evil", Mode: 0o600, Size: 1},
 		"absolute": {Typeflag: tar.TypeReg, Name: "/tmp/evil", Mode: 0o600, Size: 1},

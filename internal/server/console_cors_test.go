@@ -13,6 +13,7 @@ import (
 // must not read the console or its API with an operator's cookie or token,
 // nor Herald's own pages.
 func TestConsoleHasNoCORS(t *testing.T) {
+	t.Parallel()
 	e := testenv.Start(t, func(c *config.Config) { c.Admin.APITokens = []config.Secret{adminToken} })
 	for _, c := range []struct {
 		method, path string

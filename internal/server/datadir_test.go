@@ -83,6 +83,7 @@ func copyDir(t *testing.T, from, to string) {
 // key ids it was used with and start-up refuses a mismatch, in one line that
 // says how to recover; `herald keys adopt` is the deliberate fresh start.
 func TestStartRefusesKeysAndDatabaseThatDisagree(t *testing.T) {
+	t.Parallel()
 	good := t.TempDir()
 	// The very first start on an empty data dir just works.
 	if err, logs := open(t, good); err != nil || !strings.Contains(logs, "generated the first signing key") {
@@ -144,6 +145,7 @@ func TestStartRefusesKeysAndDatabaseThatDisagree(t *testing.T) {
 // A data dir from Herald 0.1 has keys and a database without the record:
 // it adopts the keys it has, once, and is checked from then on.
 func TestStartAdoptsKeysOfAnOlderDataDir(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	if err, _ := open(t, dir); err != nil {
 		t.Fatal(err)
@@ -176,6 +178,7 @@ func TestStartAdoptsKeysOfAnOlderDataDir(t *testing.T) {
 // A key rotated while Herald runs (herald keys rotate) is recorded in the
 // database when the server picks it up, before it signs anything.
 func TestRunningServerRecordsRotatedKeys(t *testing.T) {
+	t.Parallel()
 	e := testenv.Start(t)
 	other, err := keys.LoadRing(filepath.Join(e.DataDir, "keys"), testenv.ServerName)
 	if err != nil {
@@ -249,12 +252,11 @@ func damagePage(t *testing.T, path string, page uint64, pageSize int64) {
 // keeps answering (requests that read the database get a Matrix 500), and
 // store.Usable says the database is not usable. The next start refuses it.
 func TestDamagedDatabaseUnderARunningServer(t *testing.T) {
-	background.RestartDelay = 5 * time.Millisecond
-	defer func() { background.RestartDelay = time.Second }()
+	t.Parallel()
 	dir := t.TempDir()
 	var logs testenv.SyncBuffer
 	cfg := dataDirConfig(t, dir)
-	a, err := server.New(cfg, slog.New(slog.NewTextHandler(&logs, nil)), server.Options{})
+	a, err := server.New(cfg, slog.New(slog.NewTextHandler(&logs, nil)), server.Options{Intervals: server.Intervals{Restart: 5 * time.Millisecond}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,6 +15,7 @@ import (
 // Issue 9 point 2: with no smtp.host the dev mailbox (validation codes,
 // invite links) is served by nothing but the console, behind its login.
 func TestDevMailboxOnlyBehindConsoleLogin(t *testing.T) {
+	t.Parallel()
 	e := testenv.Start(t, func(c *config.Config) {
 		c.SMTP.Host = ""
 		c.Admin.APITokens = []config.Secret{adminToken}

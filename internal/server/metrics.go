@@ -16,12 +16,6 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-// StatsTTL is how long the stored-data gauges (queue depths and oldest ages,
-// bindings, pending invites, database size) are cached between scrapes:
-// however often /metrics is scraped, the stores are read at most once per
-// StatsTTL.
-var StatsTTL = 15 * time.Second
-
 // metrics are one App's Prometheus metrics, in a registry of its own (tests
 // run several Apps in one process). Labels come from fixed sets or route
 // templates, never from a request (no address, token, room or user ID).
@@ -150,8 +144,9 @@ func methodLabel(m string) string {
 	return "OTHER"
 }
 
-// storeCollector reports the stored-data gauges, read at most once per
-// StatsTTL (see storeStats).
+// storeCollector reports the stored-data gauges (queue depths and oldest
+// ages, bindings, pending invites, database size), read at most once per
+// Intervals.Stats however often /metrics is scraped (see storeStats).
 type storeCollector struct {
 	a *App
 
@@ -202,7 +197,7 @@ func (c *storeCollector) Collect(ch chan<- prometheus.Metric) {
 
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if now := time.Now(); c.cached == nil || now.Sub(c.at) >= StatsTTL {
+	if now := time.Now(); c.cached == nil || now.Sub(c.at) >= c.a.intervals.Stats {
 		c.cached, c.lastErr = c.a.storeStats()
 		c.at = now
 		if c.lastErr != nil {
@@ -263,21 +258,21 @@ func (a *App) storeStats() ([]prometheus.Metric, error) {
 	), nil
 }
 
-// serveMetrics serves /metrics on metrics.listen until ctx is done; the
-// returned channel carries a serving error. With metrics.listen empty it
-// does nothing.
-func (a *App) serveMetrics(ctx context.Context) (<-chan error, error) {
+// serveMetrics serves /metrics on metrics.listen; the returned channel
+// carries a serving error and stop shuts the listener down, returning when
+// its requests have ended. With metrics.listen empty it does nothing.
+func (a *App) serveMetrics() (<-chan error, func(context.Context), error) {
 	errc := make(chan error, 1)
 	if a.cfg.Metrics.Listen == "" {
-		return errc, nil
+		return errc, func(context.Context) {}, nil
 	}
 	ln, err := net.Listen("tcp", a.cfg.Metrics.Listen)
 	if err != nil {
-		return nil, errors.New("metrics.listen: " + err.Error())
+		return nil, nil, errors.New("metrics.listen: " + err.Error())
 	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", a.Metrics())
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: 120 * time.Second}
+	srv := a.httpServer(mux, nil, 30*time.Second)
 	a.log.Info("metrics listening", "addr", ln.Addr().String())
 	if a.metricsListening != nil {
 		a.metricsListening(ln.Addr())
@@ -287,10 +282,5 @@ func (a *App) serveMetrics(ctx context.Context) (<-chan error, error) {
 			errc <- err
 		}
 	}()
-	context.AfterFunc(ctx, func() {
-		sctx, cancel := context.WithTimeout(context.Background(), ShutdownTimeout)
-		defer cancel()
-		_ = srv.Shutdown(sctx)
-	})
-	return errc, nil
+	return errc, func(ctx context.Context) { shutdown(ctx, a.log, "metrics", srv) }, nil
 }

@@ -51,9 +51,7 @@ func storeInvite(t *testing.T, e *testenv.Env, tok, room, address string) (int, 
 // stored-data gauges follow the database; no label carries a path, address,
 // token, room or user ID.
 func TestMetricsCountWhatHappened(t *testing.T) {
-	ttl := server.StatsTTL
-	server.StatsTTL = 0 // read the stores on every scrape
-	t.Cleanup(func() { server.StatsTTL = ttl })
+	t.Parallel()
 	e := testenv.Start(t, func(c *config.Config) { c.Invites.RateLimits.Address = config.RateLimit{PerHour: 1, Burst: 1} })
 	tok := e.Register(t, "@alice:hs.test")
 
@@ -166,9 +164,7 @@ func TestMetricsCountWhatHappened(t *testing.T) {
 
 // The queue gauges count pending work and its age without reading history.
 func TestMetricsQueueBacklog(t *testing.T) {
-	ttl := server.StatsTTL
-	server.StatsTTL = 0
-	t.Cleanup(func() { server.StatsTTL = ttl })
+	t.Parallel()
 	e := testenv.Start(t)
 	tok := e.Register(t, "@alice:hs.test")
 	// The homeserver is down: the onbind delivery waits in the queue.
@@ -204,6 +200,7 @@ func TestMetricsQueueBacklog(t *testing.T) {
 // of errors), and compat.v1_store_invite_allow, a per-client check, uses
 // the same address.
 func TestClientAddress(t *testing.T) {
+	t.Parallel()
 	for _, c := range []struct {
 		name    string
 		trusted []string
@@ -267,6 +264,7 @@ func logLine(t *testing.T, logs, contains string) string {
 // 503 naming the reason when the database under the running server is
 // closed, and when the server is shutting down.
 func TestHealthAndReadiness(t *testing.T) {
+	t.Parallel()
 	e := testenv.Start(t)
 	get := func(path string) (int, map[string]any) {
 		t.Helper()
@@ -308,6 +306,7 @@ func TestHealthAndReadiness(t *testing.T) {
 }
 
 func TestReadinessDuringShutdown(t *testing.T) {
+	t.Parallel()
 	cfg := testConfig(t)
 	a, err := server.New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), server.Options{})
 	if err != nil {

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"sync"
 	"time"
 )
 
@@ -40,15 +41,7 @@ func (a *App) Serve(ctx context.Context, ln net.Listener) error {
 }
 
 func (a *App) serve(ctx context.Context, ln net.Listener, tlsConf *tls.Config) error {
-	srv := &http.Server{
-		Handler:           a.Handler(),
-		TLSConfig:         tlsConf,
-		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       30 * time.Second,
-		WriteTimeout:      30 * time.Second,
-		IdleTimeout:       120 * time.Second,
-		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
-	}
+	srv := a.httpServer(a.Handler(), tlsConf, 30*time.Second)
 	a.Start(ctx)
 	a.serveControl(ctx)
 	scheme := "http"
@@ -59,14 +52,15 @@ func (a *App) serve(ctx context.Context, ln net.Listener, tlsConf *tls.Config) e
 	if a.listening != nil {
 		a.listening(ln.Addr())
 	}
-	adminErrc, err := a.serveAdmin(ctx, tlsConf)
+	adminErrc, stopAdmin, err := a.serveAdmin(tlsConf)
 	if err != nil {
 		ln.Close()
 		return err
 	}
-	metricsErrc, err := a.serveMetrics(ctx)
+	metricsErrc, stopMetrics, err := a.serveMetrics()
 	if err != nil {
 		ln.Close()
+		stopAdmin(context.Background())
 		return err
 	}
 	errc := make(chan error, 1)
@@ -77,23 +71,59 @@ func (a *App) serve(ctx context.Context, ln net.Listener, tlsConf *tls.Config) e
 			errc <- srv.Serve(ln)
 		}
 	}()
+	// Every listener is shut down, and its requests in flight have ended,
+	// before serve returns: the caller closes the database next.
+	stopAll := func() error {
+		a.log.Info("shutting down")
+		sctx, cancel := context.WithTimeout(context.Background(), ShutdownTimeout)
+		defer cancel()
+		var wg sync.WaitGroup
+		wg.Go(func() { stopAdmin(sctx) })
+		wg.Go(func() { stopMetrics(sctx) })
+		err := srv.Shutdown(sctx)
+		wg.Wait()
+		if err != nil && !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		a.log.Info("stopped")
+		return nil
+	}
 	select {
 	case err := <-errc:
+		_ = stopAll()
 		return err
 	case err := <-adminErrc:
+		_ = stopAll()
 		return fmt.Errorf("admin console: %w", err)
 	case err := <-metricsErrc:
+		_ = stopAll()
 		return fmt.Errorf("metrics: %w", err)
 	case <-ctx.Done():
 	}
-	a.log.Info("shutting down")
-	sctx, cancel := context.WithTimeout(context.Background(), ShutdownTimeout)
-	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return err
+	return stopAll()
+}
+
+// httpServer is how every listener serves h: the same header, read and idle
+// timeouts, writeTimeout for an answer, server errors logged at WARN.
+func (a *App) httpServer(h http.Handler, tlsConf *tls.Config, writeTimeout time.Duration) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		TLSConfig:         tlsConf,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      writeTimeout,
+		IdleTimeout:       120 * time.Second,
+		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
 	}
-	a.log.Info("stopped")
-	return nil
+}
+
+// shutdown stops srv gracefully, waiting for its requests in flight until
+// ctx ends; then it closes what is left.
+func shutdown(ctx context.Context, log *slog.Logger, name string, srv *http.Server) {
+	if err := srv.Shutdown(ctx); err != nil {
+		log.Warn("requests still in flight at shutdown", "listener", name, "err", err)
+		_ = srv.Close()
+	}
 }
 
 // tlsConfig is nil for plain HTTP, else the TLS 1.2+ configuration serving

@@ -53,6 +53,7 @@ type App struct {
 	version   string
 	listening func(net.Addr)
 	control   ControlHandler
+	intervals Intervals
 
 	sydentImport *sydent.Imported // what `herald import sydent` left (sydent.go); nil: none
 
@@ -78,6 +79,38 @@ type Options struct {
 	MetricsListening func(net.Addr)
 	// Control, if set, answers commands on data_dir/control.sock while Run serves.
 	Control ControlHandler
+	// Intervals of the background work; zero fields take DefaultIntervals'.
+	Intervals Intervals
+}
+
+// Intervals are how often the background work runs and how it restarts
+// after a panic. Tests shorten them through Options instead of changing
+// package state, so they can run in parallel.
+type Intervals struct {
+	// KeyReload: how often data_dir/keys is re-read to pick up `herald keys
+	// rotate|retire` run while Herald serves.
+	KeyReload time.Duration
+	// Handover: how often the accounts `herald admin create` hands over are
+	// taken.
+	Handover time.Duration
+	// Restart: background.Runner's first pause before restarting work that
+	// panicked.
+	Restart time.Duration
+	// Stats: how long the stored-data gauges of /metrics are cached.
+	Stats time.Duration
+}
+
+// DefaultIntervals are the production intervals.
+var DefaultIntervals = Intervals{KeyReload: 10 * time.Second, Handover: time.Second, Restart: time.Second, Stats: 15 * time.Second}
+
+func (iv Intervals) orDefaults() Intervals {
+	d := DefaultIntervals
+	for _, f := range []struct{ v, def *time.Duration }{{&iv.KeyReload, &d.KeyReload}, {&iv.Handover, &d.Handover}, {&iv.Restart, &d.Restart}, {&iv.Stats, &d.Stats}} {
+		if *f.v <= 0 {
+			*f.v = *f.def
+		}
+	}
+	return iv
 }
 
 // New opens storage and wires every service. Close releases it.
@@ -85,7 +118,8 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) (_ *App, err error)
 	if opts.Version == "" {
 		opts.Version = "dev"
 	}
-	a := &App{cfg: cfg, log: log, now: opts.Now, version: opts.Version, listening: opts.Listening, metricsListening: opts.MetricsListening, control: opts.Control}
+	a := &App{cfg: cfg, log: log, now: opts.Now, version: opts.Version, listening: opts.Listening, metricsListening: opts.MetricsListening, control: opts.Control,
+		intervals: opts.Intervals.orDefaults()}
 	if a.now == nil {
 		a.now = time.Now
 	}
@@ -185,7 +219,7 @@ func (a *App) Start(ctx context.Context) {
 	ctx, a.bgCancel = context.WithCancel(ctx)
 	a.workers.starting(ctx, "keys", "mail", "onbind", "lifecycle")
 	a.goBackground(ctx, "keys", "signing key reload", func(ctx context.Context) error {
-		a.reloadKeys(ctx, KeyReloadInterval)
+		a.reloadKeys(ctx, a.intervals.KeyReload)
 		return nil
 	})
 	a.goBackground(ctx, "mail", "mail worker", a.mail.Run)
@@ -213,7 +247,7 @@ func (a *App) Start(ctx context.Context) {
 		// Accounts `herald admin create` hands over when it cannot use the
 		// control socket.
 		a.goBackground(ctx, "", "admin account hand-over", func(ctx context.Context) error {
-			a.admin.WatchHandovers(ctx, HandoverInterval)
+			a.admin.WatchHandovers(ctx, a.intervals.Handover)
 			return nil
 		})
 	}
@@ -232,7 +266,7 @@ func (a *App) goBackground(ctx context.Context, worker, name string, fn func(con
 	go func() {
 		defer a.bg.Done()
 		var err error
-		background.Run(ctx, a.log, name, func(ctx context.Context) error {
+		background.Runner{Log: a.log, RestartDelay: a.intervals.Restart}.Run(ctx, name, func(ctx context.Context) error {
 			defer func() {
 				if r := recover(); r != nil {
 					if worker != "" {
@@ -250,28 +284,13 @@ func (a *App) goBackground(ctx context.Context, worker, name string, fn func(con
 	}()
 }
 
-// HandoverInterval is how often a running server takes the accounts
-// `herald admin create` hands over (tests shorten it).
-var HandoverInterval = time.Second
-
-// KeyReloadInterval is how often a running server re-reads data_dir/keys to
-// pick up `herald keys rotate|retire` (tests shorten it).
-var KeyReloadInterval = 10 * time.Second
-
 // reloadKeys picks up `herald keys rotate|retire` run while Herald serves.
 func (a *App) reloadKeys(ctx context.Context, every time.Duration) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			if err := a.ring.ReloadIfChanged(); err != nil {
-				a.log.Error("reloading signing keys", "err", err)
-			}
+	background.Every(ctx, every, func() {
+		if err := a.ring.ReloadIfChanged(); err != nil {
+			a.log.Error("reloading signing keys", "err", err)
 		}
-	}
+	})
 }
 
 // Close stops background work and releases storage.

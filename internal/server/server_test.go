@@ -38,6 +38,7 @@ func errcode(t *testing.T, body []byte) string {
 }
 
 func TestVersionsAndStatus(t *testing.T) {
+	t.Parallel()
 	e := testenv.Start(t)
 	status, body := e.Do(t, http.MethodGet, "/_matrix/identity/versions", nil, "")
 	var v struct {
@@ -53,6 +54,7 @@ func TestVersionsAndStatus(t *testing.T) {
 }
 
 func TestRoutingErrors(t *testing.T) {
+	t.Parallel()
 	e := testenv.Start(t)
 	for _, path := range []string{"/", "/_matrix/identity/v2/nope", "/_matrix/identity/v3/account", "/_matrix/identity/api/v1/lookup"} {
 		status, body := e.Do(t, http.MethodGet, path, nil, "")
@@ -74,6 +76,7 @@ func TestRoutingErrors(t *testing.T) {
 }
 
 func TestOversizedBody(t *testing.T) {
+	t.Parallel()
 	e := testenv.Start(t)
 	big := `{"access_token":"` + strings.Repeat("a", matrix.MaxBodyBytes) + `","token_type":"Bearer","matrix_server_name":"hs.test"}`
 	status, body := e.Do(t, http.MethodPost, "/_matrix/identity/v2/account/register", big, "")
@@ -94,6 +97,7 @@ func TestOversizedBody(t *testing.T) {
 }
 
 func TestCORS(t *testing.T) {
+	t.Parallel()
 	e := testenv.Start(t)
 	check := func(what string, h http.Header) {
 		t.Helper()
@@ -153,6 +157,7 @@ func TestCORS(t *testing.T) {
 // The request log names the route pattern, never the raw path or query
 // (tokens, key ids, addresses).
 func TestRequestLog(t *testing.T) {
+	t.Parallel()
 	e := testenv.Start(t)
 	tok := e.Register(t, "@alice:hs.test")
 	req, _ := http.NewRequest(http.MethodGet, "/_matrix/identity/v2/account?access_token="+tok, nil)
@@ -219,6 +224,7 @@ func testConfig(t *testing.T) *config.Config {
 }
 
 func TestServeSelfSignedTLS(t *testing.T) {
+	t.Parallel()
 	cfg := testConfig(t)
 	cfg.TLS.SelfSigned = true
 	addr, stop := serveApp(t, cfg, io.Discard)
@@ -275,6 +281,7 @@ func TestServeSelfSignedTLS(t *testing.T) {
 }
 
 func TestSelfSignedRenewal(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	names := []string{"herald.test", "localhost", "127.0.0.1"}
@@ -306,6 +313,7 @@ func TestSelfSignedRenewal(t *testing.T) {
 }
 
 func TestServeCertFiles(t *testing.T) {
+	t.Parallel()
 	// Make a key pair with the self-signed generator, then serve it as files.
 	dir := t.TempDir()
 	leaf, err := server.SelfSigned(dir, []string{"id.example.org"}, time.Now(), slog.New(slog.NewTextHandler(io.Discard, nil)))
@@ -348,6 +356,7 @@ func TestServeCertFiles(t *testing.T) {
 
 // Shutdown lets a request in flight finish.
 func TestGracefulShutdown(t *testing.T) {
+	t.Parallel()
 	cfg := testConfig(t)
 	addr, stop := serveApp(t, cfg, io.Discard)
 	// Once one request was answered, the server is accepting.
@@ -411,6 +420,7 @@ func bufioReader(r io.Reader) *bufio.Reader { return bufio.NewReader(r) }
 // an admin API token, an access or OpenID token, the invitee's address or
 // the private signing key.
 func TestLogsKeepSecrets(t *testing.T) {
+	t.Parallel()
 	const (
 		smtpPassword = "smtp-pass-Zq8vW2"
 		apiToken     = "admin-api-token-Xk4pL9mN2bV7cQ1r"
@@ -470,6 +480,7 @@ func TestLogsKeepSecrets(t *testing.T) {
 // Clients may percent-encode path parameters: /pubkey/ed25519%3Aabc answers
 // exactly like /pubkey/ed25519:abc, on v2 and v1.
 func TestPercentEncodedPathParams(t *testing.T) {
+	t.Parallel()
 	e := testenv.Start(t, func(c *config.Config) { c.Compat.V1 = true })
 	id := e.App.Ring().Current().ID
 	for _, prefix := range []string{"/_matrix/identity/v2", "/_matrix/identity/api/v1"} {

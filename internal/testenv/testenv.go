@@ -123,7 +123,10 @@ func Start(t testing.TB, mutate ...func(*config.Config)) *Env {
 func (e *Env) open(t testing.TB) {
 	t.Helper()
 	log := slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	a, err := server.New(e.Config, log, server.Options{Now: e.Clock.Now, Version: "test"})
+	a, err := server.New(e.Config, log, server.Options{Now: e.Clock.Now, Version: "test",
+		// The stored-data gauges of /metrics are read on every scrape, so
+		// tests see the database as it is.
+		Intervals: server.Intervals{Stats: time.Nanosecond}})
 	if err != nil {
 		t.Fatalf("testenv: server.New: %v", err)
 	}
