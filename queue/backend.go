@@ -102,10 +102,12 @@ type Counts struct {
 }
 
 // Page asks List for records newest first: in State (all when empty), with
-// an ID below Before (0: from the newest), at most Limit.
+// an ID below Before (0: from the newest), skipping Offset of them (index
+// entries only: skipped records are not read), at most Limit (default 50).
 type Page struct {
 	State  State
 	Before uint64
+	Offset int
 	Limit  int
 }
 

@@ -271,7 +271,12 @@ func (b *Bolt) List(ctx context.Context, p Page) ([]Record, error) {
 		if p.Before > 0 {
 			ids = descendingBefore(tx, p, b)
 		}
+		skip := p.Offset
 		for id := range ids {
+			if skip > 0 {
+				skip--
+				continue
+			}
 			r, err := b.get(tx, id, false)
 			if err != nil {
 				return err

@@ -251,7 +251,9 @@ func (q *Queue) Run(ctx context.Context) error {
 
 // attempt runs Deliver for r and hands its outcome to the recorder.
 func (q *Queue) attempt(ctx context.Context, r *Record, results chan<- result) {
-	out := Outcome{Class: Abandon}
+	// A panic in Deliver counts as a temporary failure: the record backs
+	// off instead of being picked again at once.
+	out := Outcome{Class: Temporary, Reply: "internal error while attempting (see the log)"}
 	func() {
 		defer background.Recover(q.log, q.opts.Name+" attempt")
 		actx, cancel := context.WithTimeout(ctx, q.opts.AttemptTimeout)
