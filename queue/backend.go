@@ -155,6 +155,7 @@ type Backend interface {
 	// Finished returns up to limit IDs, oldest first, of records not Pending
 	// created before the time given.
 	Finished(ctx context.Context, before time.Time, limit int) ([]uint64, error)
-	// PruneFailures forgets failed-attempt entries older than before.
-	PruneFailures(tx Tx, before time.Time) error
+	// PruneFailures forgets failed-attempt entries older than before, in a
+	// transaction of its own (none when there is nothing to forget).
+	PruneFailures(ctx context.Context, before time.Time) error
 }

@@ -387,19 +387,27 @@ func (b *Bolt) Finished(ctx context.Context, before time.Time, limit int) ([]uin
 	return ids, err
 }
 
-func (b *Bolt) PruneFailures(tx Tx, before time.Time) error {
-	t, err := b.boltTx(tx)
-	if err != nil {
+func (b *Bolt) PruneFailures(ctx context.Context, before time.Time) error {
+	cut := store.TimeKey(before, nil)
+	stale := false
+	// A read first: most hours there is nothing to forget, and a write
+	// would take bbolt's only writer (and an fsync) for nothing.
+	if err := b.db.View(func(tx *bolt.Tx) error {
+		k, _ := tx.Bucket(b.bFail).Cursor().First()
+		stale = k != nil && bytes.Compare(k, cut) < 0
+		return nil
+	}); err != nil || !stale {
 		return err
 	}
-	c := t.Bucket(b.bFail).Cursor()
-	cut := store.TimeKey(before, nil)
-	for k, _ := c.First(); k != nil && bytes.Compare(k, cut) < 0; k, _ = c.First() {
-		if err := c.Delete(); err != nil {
-			return err
+	return b.db.Update(func(tx *bolt.Tx) error {
+		c := tx.Bucket(b.bFail).Cursor()
+		for k, _ := c.First(); k != nil && bytes.Compare(k, cut) < 0; k, _ = c.First() {
+			if err := c.Delete(); err != nil {
+				return err
+			}
 		}
-	}
-	return nil
+		return nil
+	})
 }
 
 func (b *Bolt) get(tx *bolt.Tx, id uint64, data bool) (*Record, error) {
@@ -461,4 +469,20 @@ func stateKey(s State, id uint64) []byte {
 	k = append(k, s...)
 	k = append(k, 0)
 	return append(k, store.U64(id)...)
+}
+
+// GetTx reads one record with its payload inside tx, a transaction of the
+// caller's on the same file (a read inside the caller's own transaction,
+// where Get would open another).
+func (b *Bolt) GetTx(tx *bolt.Tx, id uint64) (*Record, error) { return b.get(tx, id, true) }
+
+// ReadBolt reads record id (without its payload) of the queue named name
+// inside tx, for code that holds a transaction on the file but not the
+// queue's Bolt (ErrNotFound when the queue or the record does not exist).
+func ReadBolt(tx *bolt.Tx, name string, id uint64) (*Record, error) {
+	if tx.Bucket([]byte(name)) == nil {
+		return nil, ErrNotFound
+	}
+	b := &Bolt{bRec: []byte(name), bData: []byte(name + "_data")}
+	return b.get(tx, id, false)
 }

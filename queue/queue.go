@@ -217,10 +217,17 @@ func (q *Queue) Run(ctx context.Context) error {
 					q.Wake() // look again for what the stalled record was hiding
 					continue
 				}
-				slots <- struct{}{}
 				q.stallMu.Lock()
+				busy := q.running[c.ID]
 				q.running[c.ID] = true
 				q.stallMu.Unlock()
+				if busy {
+					// Its lease ended while its attempt is still under way
+					// or being recorded (a clock moved on): one attempt at
+					// a time.
+					continue
+				}
+				slots <- struct{}{}
 				wg.Add(1)
 				go func(r *Record) {
 					defer wg.Done()
@@ -435,7 +442,7 @@ func (q *Queue) prune(ctx context.Context) {
 	}
 	q.lastPrune = now
 	q.pruneMu.Unlock()
-	if err := q.be.Write(ctx, func(tx Tx) error { return q.be.PruneFailures(tx, now.Add(-48*time.Hour)) }); err != nil {
+	if err := q.be.PruneFailures(ctx, now.Add(-48*time.Hour)); err != nil {
 		q.log.Error("prune failed-attempt index", "err", err)
 	}
 	if q.opts.Retention <= 0 {

@@ -504,6 +504,29 @@ func TestBacklogAndListPages(t *testing.T) {
 	}
 }
 
+func TestBackoffIsCappedExponential(t *testing.T) {
+	db := openDB(t, filepath.Join(t.TempDir(), "q.db"))
+	defer db.Close()
+	be, err := queue.OpenBolt(db, "q")
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, err := queue.New(be, queue.Options{MinBackoff: time.Second, MaxBackoff: 10 * time.Second,
+		Deliver: func(context.Context, *queue.Record) queue.Outcome { return queue.Outcome{} }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []time.Duration{time.Second, time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second, 10 * time.Second, 10 * time.Second}
+	for n, w := range want {
+		if got := q.Backoff("", n); got != w {
+			t.Errorf("Backoff(%d) = %v, want %v", n, got, w)
+		}
+	}
+	if got := q.Backoff("", 5000); got != 10*time.Second {
+		t.Errorf("Backoff(5000) = %v", got)
+	}
+}
+
 func u64(v uint64) []byte {
 	b := make([]byte, 8)
 	for i := 7; i >= 0; i-- {

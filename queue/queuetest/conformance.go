@@ -274,7 +274,7 @@ func RunConformance(t *testing.T, newBackend NewBackend) {
 		if err != nil || !equal(got, []uint64{old}) {
 			t.Fatalf("Finished = %v %v, want [%d]", got, err, old)
 		}
-		if err := be.Write(ctx, func(tx queue.Tx) error { return be.PruneFailures(tx, t0.Add(-time.Hour)) }); err != nil {
+		if err := be.PruneFailures(ctx, t0.Add(-time.Hour)); err != nil {
 			t.Fatal(err)
 		}
 		if s, _ := be.Stats(ctx, t0.Add(-100*time.Hour)); s.FailedAttempts != 1 || s.Failed != 2 || s.Pending != 1 {
