@@ -434,15 +434,7 @@ func toDelivery(r *queue.Record) Delivery {
 	return dl
 }
 
-func deliveryErr(err error) error {
-	switch {
-	case errors.Is(err, queue.ErrNotFound):
-		return fmt.Errorf("%w: %w", ErrNoDelivery, err)
-	case errors.Is(err, queue.ErrState):
-		return fmt.Errorf("%w: %w", ErrDeliveryState, err)
-	}
-	return err
-}
+func deliveryErr(err error) error { return queue.MapErr(err, ErrNoDelivery, ErrDeliveryState) }
 
 // parseRetryAfter reads delay-seconds or an HTTP date.
 func parseRetryAfter(v string, now time.Time) time.Duration {

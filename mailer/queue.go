@@ -448,15 +448,7 @@ func toMail(r *queue.Record) Mail {
 	return m
 }
 
-func mailErr(err error) error {
-	switch {
-	case errors.Is(err, queue.ErrNotFound):
-		return fmt.Errorf("%w: %w", ErrNotFound, err)
-	case errors.Is(err, queue.ErrState):
-		return fmt.Errorf("%w: %w", ErrState, err)
-	}
-	return err
-}
+func mailErr(err error) error { return queue.MapErr(err, ErrNotFound, ErrState) }
 
 // Get returns one mail, with its composed bytes until it is sent.
 func (q *Queue) Get(id uint64) (Mail, error) {

@@ -22,6 +22,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"time"
 )
 
@@ -158,4 +159,16 @@ type Backend interface {
 	// PruneFailures forgets failed-attempt entries older than before, in a
 	// transaction of its own (none when there is nothing to forget).
 	PruneFailures(ctx context.Context, before time.Time) error
+}
+
+// MapErr wraps ErrNotFound and ErrState in an owner's own sentinel errors
+// (notFound, state), so its callers test for those; other errors pass.
+func MapErr(err, notFound, state error) error {
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return fmt.Errorf("%w: %w", notFound, err)
+	case errors.Is(err, ErrState):
+		return fmt.Errorf("%w: %w", state, err)
+	}
+	return err
 }
