@@ -203,6 +203,9 @@ func OpenDeliveries(s *Service, opts DeliveryOptions) (*Deliveries, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := d.convertLegacy(); err != nil {
+		return nil, err
+	}
 	s.opts.Identity.OnBind(d.resolve)
 	return d, nil
 }

@@ -202,6 +202,9 @@ func Open(db *bolt.DB, opts Options, log *slog.Logger) (*Queue, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := mq.convertLegacy(); err != nil {
+		return nil, err
+	}
 	return mq, nil
 }
 

@@ -486,3 +486,47 @@ func ReadBolt(tx *bolt.Tx, name string, id uint64) (*Record, error) {
 	b := &Bolt{bRec: []byte(name), bData: []byte(name + "_data")}
 	return b.get(tx, id, false)
 }
+
+// Import stores r with the ID it already has (from an older layout being
+// converted), with its payload, indexes and counters, inside tx; later
+// Enqueues get higher IDs.
+func (b *Bolt) Import(tx *bolt.Tx, r *Record) error {
+	t, err := b.boltTx(tx)
+	if err != nil {
+		return err
+	}
+	if r.ID == 0 {
+		return errors.New("queue: Import needs the record's ID")
+	}
+	if r.Attempts == nil {
+		r.Attempts = []Attempt{}
+	}
+	rec := t.Bucket(b.bRec)
+	if rec.Get(store.U64(r.ID)) != nil {
+		return fmt.Errorf("queue: Import: record %d exists", r.ID)
+	}
+	if rec.Sequence() < r.ID {
+		if err := rec.SetSequence(r.ID); err != nil {
+			return err
+		}
+	}
+	if err := b.put(t, r); err != nil {
+		return err
+	}
+	if r.Data != nil {
+		if err := t.Bucket(b.bData).Put(store.U64(r.ID), r.Data); err != nil {
+			return err
+		}
+	}
+	for _, a := range r.Attempts {
+		if !a.OK {
+			if err := t.Bucket(b.bFail).Put(store.TimeKey(a.At, store.U64(r.ID)), nil); err != nil {
+				return err
+			}
+		}
+	}
+	if err := b.index(t, r, true); err != nil {
+		return err
+	}
+	return b.count(t, r.State, 1)
+}
