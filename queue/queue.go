@@ -198,6 +198,7 @@ func (q *Queue) Run(ctx context.Context) error {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	slots := make(chan struct{}, q.opts.Workers)
+	freed := make(chan struct{}, 1)
 	for {
 		if ctx.Err() != nil {
 			return nil
@@ -231,8 +232,12 @@ func (q *Queue) Run(ctx context.Context) error {
 				wg.Add(1)
 				go func(r *Record) {
 					defer wg.Done()
-					defer func() { <-slots }()
 					q.attempt(ctx, r, results)
+					<-slots
+					select { // a free slot: claim the next at once, not after the record
+					case freed <- struct{}{}:
+					default:
+					}
 				}(c.Record)
 			}
 			if !next.IsZero() {
@@ -245,6 +250,7 @@ func (q *Queue) Run(ctx context.Context) error {
 			return nil
 		case <-q.wake:
 		case <-recorded:
+		case <-freed:
 		case <-timer.C:
 		}
 		if !timer.Stop() {
