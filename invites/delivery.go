@@ -239,12 +239,7 @@ func (d *Deliveries) resolve(tx *bolt.Tx, b identity.Binding) error {
 	if err := d.q.Enqueue(tx, r); err != nil {
 		return err
 	}
-	for _, inv := range ids {
-		if err := tx.Bucket(bktDeliveryInvite).Put(append(store.U64(inv), store.U64(r.ID)...), nil); err != nil {
-			return err
-		}
-	}
-	if err := tx.Bucket(bktDeliveryAddress).Put(addressKey(b.Medium, b.Address, r.ID), nil); err != nil {
+	if err := d.index(tx, r); err != nil {
 		return err
 	}
 	tx.OnCommit(d.Wake)
@@ -254,6 +249,18 @@ func (d *Deliveries) resolve(tx *bolt.Tx, b identity.Binding) error {
 
 func addressKey(medium, address string, id uint64) []byte {
 	return append(join0(medium, address, ""), store.U64(id)...)
+}
+
+// index writes a delivery's own index entries: by invite, and by address
+// (for erasure).
+func (d *Deliveries) index(tx *bolt.Tx, r *queue.Record) error {
+	dl := toDelivery(r)
+	for _, inv := range dl.InviteIDs {
+		if err := tx.Bucket(bktDeliveryInvite).Put(append(store.U64(inv), store.U64(dl.ID)...), nil); err != nil {
+			return err
+		}
+	}
+	return tx.Bucket(bktDeliveryAddress).Put(addressKey(dl.Medium, dl.Address, dl.ID), nil)
 }
 
 // unindex removes a deleted delivery's own index entries (queue.Options.OnDelete).

@@ -2,13 +2,12 @@ package mailer
 
 import (
 	"encoding/json"
-	"fmt"
-	"strings"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/herald-im/herald/queue"
+	"github.com/herald-im/herald/store"
 )
 
 // The outbox before the queue package: its own buckets, the composed
@@ -33,66 +32,34 @@ type legacyMail struct {
 }
 
 func (q *Queue) convertLegacy() error {
-	n := 0
-	err := q.db.Update(func(tx *bolt.Tx) error {
-		old, raw := tx.Bucket([]byte("mail")), tx.Bucket([]byte("mail_raw"))
-		if old == nil || raw == nil {
-			return nil
+	n, err := q.be.Convert("mail", legacyBuckets, func(tx *bolt.Tx, v []byte) (*queue.Record, error) {
+		var m legacyMail
+		if err := json.Unmarshal(v, &m); err != nil {
+			return nil, err
 		}
-		err := old.ForEach(func(k, v []byte) error {
-			var m legacyMail
-			if err := json.Unmarshal(v, &m); err != nil {
-				return fmt.Errorf("mailer: converting the old outbox: mail %x: %w", k, err)
-			}
-			md, err := json.Marshal(meta{To: m.To, Subject: m.Subject, Ref: m.Ref, MessageID: rawHeader(raw.Get(k), "Message-ID")})
-			if err != nil {
-				return err
-			}
-			r := &queue.Record{ID: m.ID, Kind: m.Kind, State: queue.State(m.State), Created: m.Created, NextAttempt: m.NextAttempt,
-				RetryFrom: m.RetryFrom, RetryBase: m.RetryBase, Attempts: m.Attempts, Meta: md}
-			switch m.State {
-			case Sent:
-				r.State, r.Finished = queue.Done, m.Created
-				if a := r.LastAttempt(); a != nil {
-					r.Finished = a.At
-				}
-			case Failed:
-				r.Finished = m.Created
-				if a := r.LastAttempt(); a != nil {
-					r.Finished, r.LastError = a.At, a.Reply
-				}
-				fallthrough
-			default:
-				if r.Data, err = pack(raw.Get(k)); err != nil {
-					return err
-				}
-			}
-			if err := q.be.Import(tx, r); err != nil {
-				return err
-			}
-			if m.Ref != "" {
-				if err := tx.Bucket(bktRef).Put(idxKey(m.Ref, m.ID), nil); err != nil {
-					return err
-				}
-			}
-			n++
-			return tx.Bucket(bktTo).Put(idxKey(strings.ToLower(m.To), m.ID), nil)
-		})
+		raw := tx.Bucket([]byte("mail_raw")).Get(store.U64(m.ID))
+		md, err := json.Marshal(meta{To: m.To, Subject: m.Subject, Ref: m.Ref, MessageID: rawHeader(raw, "Message-ID")})
 		if err != nil {
-			return err
+			return nil, err
 		}
-		if err := tx.Bucket([]byte("outbox")).SetSequence(max(tx.Bucket([]byte("outbox")).Sequence(), old.Sequence())); err != nil {
-			return err
+		r := &queue.Record{ID: m.ID, Kind: m.Kind, State: queue.State(m.State), Created: m.Created, NextAttempt: m.NextAttempt,
+			RetryFrom: m.RetryFrom, RetryBase: m.RetryBase, Attempts: m.Attempts, Meta: md}
+		if m.State == Sent {
+			r.State = queue.Done
+		} else if r.Data, err = pack(raw); err != nil {
+			return nil, err
 		}
-		for _, name := range legacyBuckets {
-			if tx.Bucket([]byte(name)) != nil {
-				if err := tx.DeleteBucket([]byte(name)); err != nil {
-					return err
+		if r.State != queue.Pending {
+			r.Finished = m.Created
+			if a := r.LastAttempt(); a != nil {
+				r.Finished = a.At
+				if !a.OK {
+					r.LastError = a.Reply
 				}
 			}
 		}
-		return nil
-	})
+		return r, nil
+	}, q.index)
 	if err == nil && n > 0 {
 		q.log.Info("converted the outbox to the queue layout", "mails", n)
 	}

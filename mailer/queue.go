@@ -288,15 +288,18 @@ func (q *Queue) EnqueuePrepared(tx *bolt.Tx, p *Prepared) (uint64, error) {
 	if err := q.q.Enqueue(tx, r); err != nil {
 		return 0, err
 	}
-	if p.Ref != "" {
-		if err := tx.Bucket(bktRef).Put(idxKey(p.Ref, r.ID), nil); err != nil {
-			return 0, err
+	return r.ID, q.index(tx, r)
+}
+
+// index writes a mail's own index entries: by ref and by recipient.
+func (q *Queue) index(tx *bolt.Tx, r *queue.Record) error {
+	m := toMail(r)
+	if m.Ref != "" {
+		if err := tx.Bucket(bktRef).Put(idxKey(m.Ref, m.ID), nil); err != nil {
+			return err
 		}
 	}
-	if err := tx.Bucket(bktTo).Put(idxKey(strings.ToLower(p.To), r.ID), nil); err != nil {
-		return 0, err
-	}
-	return r.ID, nil
+	return tx.Bucket(bktTo).Put(idxKey(strings.ToLower(m.To), m.ID), nil)
 }
 
 // unindex removes a deleted mail's own index entries (queue.Options.OnDelete).

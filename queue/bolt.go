@@ -530,3 +530,52 @@ func (b *Bolt) Import(tx *bolt.Tx, r *Record) error {
 	}
 	return b.count(t, r.State, 1)
 }
+
+// Convert moves the records of an older layout into the queue, in one
+// transaction: conv turns each value of the bucket named from into a record
+// (with the ID it had), which is imported (see Import) and handed to index,
+// for the owner's own index entries; the queue's sequence continues from
+// the old bucket's; then the buckets named drop (from among them) are
+// deleted. It returns how many records it moved; none, and no write, when
+// there is no bucket named from.
+func (b *Bolt) Convert(from string, drop []string, conv func(tx *bolt.Tx, v []byte) (*Record, error), index func(tx *bolt.Tx, r *Record) error) (int, error) {
+	present := false
+	if err := b.db.View(func(tx *bolt.Tx) error { present = tx.Bucket([]byte(from)) != nil; return nil }); err != nil || !present {
+		return 0, err
+	}
+	n := 0
+	err := b.db.Update(func(tx *bolt.Tx) error {
+		n = 0
+		old := tx.Bucket([]byte(from))
+		if old == nil {
+			return nil
+		}
+		err := old.ForEach(func(k, v []byte) error {
+			r, err := conv(tx, v)
+			if err != nil {
+				return fmt.Errorf("converting %s %x: %w", from, k, err)
+			}
+			if err := b.Import(tx, r); err != nil {
+				return err
+			}
+			n++
+			return index(tx, r)
+		})
+		if err != nil {
+			return err
+		}
+		rec := tx.Bucket(b.bRec)
+		if err := rec.SetSequence(max(rec.Sequence(), old.Sequence())); err != nil {
+			return err
+		}
+		for _, name := range drop {
+			if tx.Bucket([]byte(name)) != nil {
+				if err := tx.DeleteBucket([]byte(name)); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+	return n, err
+}
