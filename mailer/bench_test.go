@@ -208,3 +208,48 @@ func BenchmarkQueuedMailSize(b *testing.B) {
 	}
 	b.ReportMetric(float64(inUse(b, db, outboxBuckets...)-base)/float64(b.N), "B/queued-mail")
 }
+
+// BenchmarkDrainBacklog: b.N mails are queued first (not timed); the clock
+// runs while the worker sends them all over 1 or 4 SMTP connections to an
+// in-process SMTP server: the outbox's own sending rate.
+func BenchmarkDrainBacklog(b *testing.B) {
+	for _, conns := range []int{1, 4} {
+		b.Run(fmt.Sprintf("connections=%d", conns), func(b *testing.B) {
+			srv := smtptest.Start(b, smtptest.Options{})
+			db := openDB(b, b.TempDir())
+			b.Cleanup(func() { closeDB(b, db) })
+			pool := mailer.NewSMTPPool(mailer.SMTPConfig{Host: srv.Host, Port: srv.Port, Security: "none"}, conns)
+			q, err := mailer.Open(db, mailer.Options{From: from, Sender: pool, Connections: conns}, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			for i := 0; i < b.N; i += 500 {
+				err := db.Update(func(tx *bolt.Tx) error {
+					for range min(500, b.N-i) {
+						if _, err := q.Enqueue(tx, benchMsg); err != nil {
+							return err
+						}
+					}
+					return nil
+				})
+				if err != nil {
+					b.Fatal(err)
+				}
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan struct{})
+			b.ResetTimer()
+			start := time.Now()
+			go func() { q.Run(ctx); close(done) }()
+			defer func() { cancel(); <-done }()
+			for {
+				if s, _ := q.Stats(); s.Sent == b.N {
+					break
+				}
+				time.Sleep(time.Millisecond)
+			}
+			b.StopTimer()
+			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "mails/s")
+		})
+	}
+}
