@@ -78,7 +78,12 @@ type harness struct {
 }
 
 func newHarness(t *testing.T, mutate func(*queue.Options)) *harness {
-	h := &harness{t: t, path: filepath.Join(t.TempDir(), "q.db"),
+	return newHarnessAt(t, filepath.Join(t.TempDir(), "q.db"), mutate)
+}
+
+// newHarnessAt runs a queue on the database file at path (new or not).
+func newHarnessAt(t *testing.T, path string, mutate func(*queue.Options)) *harness {
+	h := &harness{t: t, path: path,
 		clk: &clock{now: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}}
 	h.opts = queue.Options{Name: "test", MinBackoff: time.Second, MaxBackoff: time.Minute, Now: h.clk.Now,
 		Deliver: func(ctx context.Context, r *queue.Record) queue.Outcome {
@@ -417,6 +422,35 @@ func TestUnloadableRecordIsBackedOff(t *testing.T) {
 	c, next, err := h.be.Claim(context.Background(), h.clk.Now(), 10, time.Minute)
 	if err != nil || len(c) != 0 || !next.Equal(h.clk.Now().Add(time.Hour)) {
 		t.Fatalf("the broken record is not held back for the backoff: claimed %d, next %v (now %v)", len(c), next, h.clk.Now())
+	}
+}
+
+// A crash (kill -9) leaves on disk what was committed: a snapshot of the
+// file taken while an attempt is under way is that state. A queue opened on
+// it attempts the record again, and never the one recorded as done.
+func TestCrashSnapshotAttemptsUnrecordedOnly(t *testing.T) {
+	h := newHarness(t, nil)
+	done := h.enqueue("", "done")
+	h.waitAttempts(done, 1)
+	started := make(chan uint64, 1)
+	h.setAnswer(func(ctx context.Context, r *queue.Record) queue.Outcome {
+		started <- r.ID
+		<-ctx.Done()
+		return queue.Outcome{Class: queue.Abandon}
+	})
+	inflight := h.enqueue("", "in flight")
+	<-started
+	crashed := filepath.Join(t.TempDir(), "crashed.db")
+	if err := h.db.View(func(tx *bolt.Tx) error { return tx.CopyFile(crashed, 0o600) }); err != nil {
+		t.Fatal(err)
+	}
+	h2 := newHarnessAt(t, crashed, nil)
+	r := h2.waitAttempts(inflight, 1)
+	if r.State != queue.Done || h2.calls.Load() != 1 {
+		t.Fatalf("after the crash: %s, %d attempts made (want only the unrecorded one)", r.State, h2.calls.Load())
+	}
+	if r := h2.get(done); len(r.Attempts) != 1 {
+		t.Fatalf("the recorded success was attempted again: %d attempts", len(r.Attempts))
 	}
 }
 
