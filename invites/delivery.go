@@ -565,16 +565,16 @@ func (d *Deliveries) ByInvite(inviteID uint64) ([]Delivery, error) {
 	return out, err
 }
 
-// Retry makes a failed, cancelled (or pending) delivery due now with a fresh
-// retry budget.
-func (d *Deliveries) Retry(id uint64) error {
-	return deliveryErr(d.q.Retry(context.Background(), id))
+// Retry makes failed, cancelled (or pending) deliveries due now with a
+// fresh retry budget, all or none (one transaction).
+func (d *Deliveries) Retry(ids ...uint64) error {
+	return deliveryErr(d.q.Retry(context.Background(), ids...))
 }
 
-// Drop cancels a pending (or failed) delivery: it is not attempted again
-// unless retried. Its history is kept.
-func (d *Deliveries) Drop(id uint64) error {
-	return deliveryErr(d.q.Drop(context.Background(), "dropped by an operator", id))
+// Drop cancels pending (or failed) deliveries, all or none: they are not
+// attempted again unless retried. Their history is kept.
+func (d *Deliveries) Drop(ids ...uint64) error {
+	return deliveryErr(d.q.Drop(context.Background(), "dropped by an operator", ids...))
 }
 
 // Stats counts deliveries by state (from the queue's counters).

@@ -570,15 +570,16 @@ func (q *Queue) ByRef(ref string) ([]Mail, error) {
 	return q.List(Filter{Ref: ref, Limit: math.MaxInt})
 }
 
-// Retry makes a failed (or pending) mail due now with a fresh retry budget.
-// A sent mail is ErrState: nothing is sent again after a recorded success.
-func (q *Queue) Retry(id uint64) error {
-	return mailErr(q.q.Retry(context.Background(), id))
+// Retry makes failed (or pending) mail due now with a fresh retry budget,
+// all or none (one transaction). A sent mail is ErrState: nothing is sent
+// again after a recorded success.
+func (q *Queue) Retry(ids ...uint64) error {
+	return mailErr(q.q.Retry(context.Background(), ids...))
 }
 
-// Drop deletes a mail and its history, whatever its state.
-func (q *Queue) Drop(id uint64) error {
-	return mailErr(q.q.Delete(context.Background(), id))
+// Drop deletes mail and its history, whatever its state, all or none.
+func (q *Queue) Drop(ids ...uint64) error {
+	return mailErr(q.q.Delete(context.Background(), ids...))
 }
 
 // Stats counts mail by state and failed attempts in the last 24 hours.

@@ -23,6 +23,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -166,9 +167,9 @@ type Backend interface {
 func MapErr(err, notFound, state error) error {
 	switch {
 	case errors.Is(err, ErrNotFound):
-		return fmt.Errorf("%w: %w", notFound, err)
+		return fmt.Errorf("%w%s", notFound, strings.TrimPrefix(err.Error(), ErrNotFound.Error()))
 	case errors.Is(err, ErrState):
-		return fmt.Errorf("%w: %w", state, err)
+		return fmt.Errorf("%w%s", state, strings.TrimPrefix(err.Error(), ErrState.Error()))
 	}
 	return err
 }

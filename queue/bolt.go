@@ -413,7 +413,7 @@ func (b *Bolt) PruneFailures(ctx context.Context, before time.Time) error {
 func (b *Bolt) get(tx *bolt.Tx, id uint64, data bool) (*Record, error) {
 	v := tx.Bucket(b.bRec).Get(store.U64(id))
 	if v == nil {
-		return nil, ErrNotFound
+		return nil, fmt.Errorf("%w: %d", ErrNotFound, id)
 	}
 	r := new(Record)
 	if err := json.Unmarshal(v, r); err != nil {
@@ -481,7 +481,7 @@ func (b *Bolt) GetTx(tx *bolt.Tx, id uint64) (*Record, error) { return b.get(tx,
 // queue's Bolt (ErrNotFound when the queue or the record does not exist).
 func ReadBolt(tx *bolt.Tx, name string, id uint64) (*Record, error) {
 	if tx.Bucket([]byte(name)) == nil {
-		return nil, ErrNotFound
+		return nil, fmt.Errorf("%w: %d", ErrNotFound, id)
 	}
 	b := &Bolt{bRec: []byte(name), bData: []byte(name + "_data")}
 	return b.get(tx, id, false)

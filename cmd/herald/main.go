@@ -89,6 +89,7 @@ var subcommands = []subcommand{
 	{name: "version", summary: "print the version and the VCS revision it was built from", run: versionCommand, noConfig: true},
 	{name: "keys", summary: "signing keys: list, rotate, retire, adopt", run: keysCommand, usage: keysUsage},
 	{name: "invites", summary: "stored invites: list, show, revoke", run: invitesCommand, usage: invitesUsage},
+	{name: "queue", summary: "the outbox and onbind queues: stats, list, retry, drop", run: queueCommand, usage: queueUsage},
 	{name: "lookup", summary: "hashed lookups: rotate-pepper", run: lookupCommand, usage: lookupUsage},
 	{name: "admin", summary: "console accounts: create, delete, list, hash-password", run: adminCommand, usage: adminUsage},
 	{name: "backup", summary: "a consistent copy of data_dir, while Herald runs", run: backupCommand, usage: backupUsage},
