@@ -38,18 +38,28 @@ const queueUsage = `usage: herald queue stats
 Works while Herald runs (through data_dir/control.sock) and when it is stopped.`
 
 // queueCommand shows and acts on the outbox and the onbind delivery queue.
-func queueCommand(ctx context.Context, cfg *config.Config, log *slog.Logger, args []string, stdout io.Writer) error {
-	if len(args) == 0 || args[0] == "help" {
-		if len(args) == 0 {
-			return usageError(queueUsage)
+var queueCommand = liveCommand("queue", queueUsage, func(args []string) error {
+	_, err := parseQueueArgs(args)
+	return err
+})
+
+// liveCommand is a command whose every verb is an operation (see live):
+// no arguments or "help" print usage; check catches mistakes on the command
+// line before anything is opened; the rest runs live, or on the data dir.
+func liveCommand(name, usage string, check func(args []string) error) func(context.Context, *config.Config, *slog.Logger, []string, io.Writer) error {
+	return func(ctx context.Context, cfg *config.Config, log *slog.Logger, args []string, stdout io.Writer) error {
+		switch {
+		case len(args) == 0:
+			return usageError(usage)
+		case args[0] == "help":
+			fmt.Fprintln(stdout, usage)
+			return nil
 		}
-		fmt.Fprintln(stdout, queueUsage)
-		return nil
+		if err := check(args); err != nil {
+			return err
+		}
+		return live(ctx, cfg, log, control.Request{Args: append([]string{name}, args...)}, stdout, nil)
 	}
-	if _, err := parseQueueArgs(args); err != nil {
-		return err
-	}
-	return live(ctx, cfg, log, control.Request{Args: append([]string{"queue"}, args...)}, stdout, nil)
 }
 
 type queueArgs struct {
