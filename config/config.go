@@ -89,6 +89,9 @@ type SMTP struct {
 	// ValidationMaxBackoff caps that wait for validation mail (requestToken):
 	// its code is wanted within minutes, so it is retried more often.
 	ValidationMaxBackoff Duration `yaml:"validation_max_backoff"`
+	// Connections is how many SMTP connections send mail at once, each kept
+	// open between messages.
+	Connections int `yaml:"connections"`
 }
 
 type Email struct {
@@ -281,6 +284,7 @@ func Default() Config {
 	c.SMTP.MaxBackoff = Duration(time.Hour)
 	c.SMTP.GiveUpAfter = Duration(48 * time.Hour)
 	c.SMTP.ValidationMaxBackoff = Duration(time.Minute)
+	c.SMTP.Connections = 4
 	c.Email.OutboxRetention = Duration(30 * 24 * time.Hour)
 	c.Email.BrandName = "Herald"
 	c.Email.WebClientURL = "https://app.element.io"
@@ -441,6 +445,9 @@ func (c *Config) Validate() error {
 	}
 	if c.SMTP.ValidationMaxBackoff <= 0 {
 		return keyErr("smtp.validation_max_backoff", "must be positive (e.g. 1m)")
+	}
+	if c.SMTP.Connections < 1 || c.SMTP.Connections > 64 {
+		return keyErr("smtp.connections", "must be between 1 and 64")
 	}
 	if c.Email.OutboxRetention < 0 {
 		return keyErr("email.outbox_retention", "must not be negative (0 keeps mail forever)")

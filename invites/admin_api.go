@@ -1,11 +1,9 @@
 package invites
 
 import (
-	"encoding/json"
+	"bytes"
 
 	bolt "go.etcd.io/bbolt"
-
-	"github.com/herald-im/herald/store"
 )
 
 // Methods the admin console needs (package admin, through internal/server).
@@ -49,39 +47,18 @@ func (d *Deliveries) EraseAddress(address string) (int, error) {
 	n := 0
 	err := d.db.Update(func(tx *bolt.Tx) error {
 		n = 0
-		var doomed []*Delivery
-		err := tx.Bucket(bktDeliveries).ForEach(func(_, v []byte) error {
-			dl := new(Delivery)
-			if err := json.Unmarshal(v, dl); err != nil {
-				return err
+		var ids []uint64
+		prefix := join0("email", address, "")
+		c := tx.Bucket(bktDeliveryAddress).Cursor()
+		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+			if len(k) == len(prefix)+8 {
+				ids = append(ids, u64(k[len(prefix):]))
 			}
-			if dl.Medium == "email" && dl.Address == address || dl.Medium == "" && dl.Address == address {
-				doomed = append(doomed, dl)
-			}
-			return nil
-		})
-		if err != nil {
+		}
+		if err := d.q.DeleteTx(tx, ids...); err != nil {
 			return err
 		}
-		for _, dl := range doomed {
-			if dl.State == DeliveryPending {
-				if err := tx.Bucket(bktDeliveryDue).Delete(deliveryDueKey(dl)); err != nil {
-					return err
-				}
-			}
-			if err := tx.Bucket(bktDeliveryState).Delete(deliveryStateKey(dl.State, dl.ID)); err != nil {
-				return err
-			}
-			for _, inv := range dl.InviteIDs {
-				if err := tx.Bucket(bktDeliveryInvite).Delete(append(store.U64(inv), store.U64(dl.ID)...)); err != nil {
-					return err
-				}
-			}
-			if err := tx.Bucket(bktDeliveries).Delete(store.U64(dl.ID)); err != nil {
-				return err
-			}
-			n++
-		}
+		n = len(ids)
 		return nil
 	})
 	return n, err

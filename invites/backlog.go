@@ -1,7 +1,7 @@
 package invites
 
 import (
-	"errors"
+	"context"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -11,29 +11,9 @@ import (
 
 // Backlog is the pending onbind deliveries: how many, and since when the
 // first-queued of them has been waiting (queued, or retried by an operator;
-// zero when none). It walks the pending keys of the state index, no values,
-// and reads one delivery record.
+// zero when none). It reads the queue's state counter and one record.
 func (d *Deliveries) Backlog() (n int, oldest time.Time, err error) {
-	err = d.db.View(func(tx *bolt.Tx) error {
-		var first uint64
-		n, first = store.CountPrefix(tx.Bucket(bktDeliveryState), join0(string(DeliveryPending), ""))
-		if n == 0 {
-			return nil
-		}
-		dl, err := getDelivery(tx, first)
-		if errors.Is(err, ErrNoDelivery) {
-			return nil // a stale index entry
-		}
-		if err != nil {
-			return err
-		}
-		oldest = dl.RetryFrom
-		if oldest.IsZero() {
-			oldest = dl.Created
-		}
-		return nil
-	})
-	return n, oldest, err
+	return d.q.Backlog(context.Background())
 }
 
 // PendingCount is how many invites are pending: one cursor step per pending

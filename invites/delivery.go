@@ -7,11 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math"
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -19,27 +17,29 @@ import (
 
 	"github.com/herald-im/herald/federation"
 	"github.com/herald-im/herald/identity"
-	"github.com/herald-im/herald/internal/background"
 	"github.com/herald-im/herald/keys"
+	"github.com/herald-im/herald/queue"
 	"github.com/herald-im/herald/store"
 )
 
-// Onbind deliveries: a durable queue, like the mailer's outbox. A bind
+// Onbind deliveries run on the queue package, like the mailer's outbox. A bind
 // resolves the address's pending invites and queues one delivery per invitee
 // homeserver in the bind's own transaction; the worker POSTs it to
 // {homeserver}/_matrix/federation/v1/3pid/onbind after the commit, and
 // retries with capped exponential backoff until it is accepted, refused for
 // good, or delivery.give_up_after has passed.
 //
-//	invites_deliveries:       id -> JSON Delivery
-//	invites_delivery_due:     next attempt (unix ns) + id -> nil, pending only
-//	invites_delivery_state:   state 0 id -> nil
-//	invites_delivery_invite:  invite id + delivery id -> nil
+// The records, their due and state indexes and counters are the queue
+// named "onbind" (see queue.Bolt); the deliveries keep two indexes of their
+// own, written in the same transactions:
+//
+//	onbind_invite:   invite id + delivery id -> nil
+//	onbind_address:  medium 0 address 0 delivery id -> nil
+const deliveryQueue = "onbind"
+
 var (
-	bktDeliveries     = []byte("invites_deliveries")
-	bktDeliveryDue    = []byte("invites_delivery_due")
-	bktDeliveryState  = []byte("invites_delivery_state")
-	bktDeliveryInvite = []byte("invites_delivery_invite")
+	bktDeliveryInvite  = []byte("onbind_invite")
+	bktDeliveryAddress = []byte("onbind_address")
 )
 
 // DeliveryState is where a delivery stands.
@@ -124,25 +124,15 @@ type DeliveryOptions struct {
 	OnAttempt func(result string)
 }
 
-// Deliveries is the durable onbind queue.
+// Deliveries is the durable onbind queue: a queue.Queue whose deliver
+// function POSTs the onbind body and classifies the homeserver's answer.
 type Deliveries struct {
 	s    *Service
 	db   *bolt.DB
+	be   *queue.Bolt
+	q    *queue.Queue
 	opts DeliveryOptions
 	log  *slog.Logger
-	wake chan struct{}
-
-	mu       sync.Mutex
-	inFlight map[uint64]bool
-	// stalled: due deliveries that could not be loaded or prepared (a
-	// storage error), not attempted again before until. In memory: after a
-	// restart each is tried once more, then backs off again.
-	stalled map[uint64]stall
-}
-
-type stall struct {
-	n     int
-	until time.Time
 }
 
 var (
@@ -151,6 +141,22 @@ var (
 	// ErrDeliveryState: the action does not apply in the delivery's state.
 	ErrDeliveryState = errors.New("invites: not possible in the delivery's state")
 )
+
+// deliveryMeta is what a delivery keeps besides the queue's record.
+type deliveryMeta struct {
+	Server    string   `json:"server"`
+	Medium    string   `json:"medium"`
+	Address   string   `json:"address"`
+	MXID      string   `json:"mxid"`
+	InviteIDs []uint64 `json:"invite_ids"`
+}
+
+// attemptDetail is what an attempt keeps besides its reply.
+type attemptDetail struct {
+	Method  string `json:"method,omitempty"`
+	Status  int    `json:"status,omitempty"`
+	Invites int    `json:"invites"`
+}
 
 // OpenDeliveries creates the queue's buckets and registers the bind hook
 // that resolves pending invites on s's identity service. Run starts the worker.
@@ -167,20 +173,39 @@ func OpenDeliveries(s *Service, opts DeliveryOptions) (*Deliveries, error) {
 	if opts.GiveUpAfter <= 0 {
 		opts.GiveUpAfter = 7 * 24 * time.Hour
 	}
-	if opts.MaxRetryAfter <= 0 {
-		opts.MaxRetryAfter = 6 * time.Hour
-	}
 	if opts.Workers <= 0 {
 		opts.Workers = 8
 	}
 	if opts.Log == nil {
 		opts.Log = s.opts.Log
 	}
-	if err := store.Buckets(s.db, bktDeliveries, bktDeliveryDue, bktDeliveryState, bktDeliveryInvite); err != nil {
+	if err := store.Buckets(s.db, bktDeliveryInvite, bktDeliveryAddress); err != nil {
 		return nil, err
 	}
-	d := &Deliveries{s: s, db: s.db, opts: opts, log: opts.Log.With("component", "onbind"),
-		wake: make(chan struct{}, 1), inFlight: map[uint64]bool{}, stalled: map[uint64]stall{}}
+	be, err := queue.OpenBolt(s.db, deliveryQueue)
+	if err != nil {
+		return nil, err
+	}
+	d := &Deliveries{s: s, db: s.db, be: be, opts: opts, log: opts.Log.With("component", "onbind")}
+	d.q, err = queue.New(be, queue.Options{
+		Name:          "onbind",
+		Deliver:       d.deliver,
+		Workers:       opts.Workers,
+		MinBackoff:    opts.MinBackoff,
+		MaxBackoff:    opts.MaxBackoff,
+		MaxRetryAfter: opts.MaxRetryAfter,
+		GiveUpAfter:   opts.GiveUpAfter,
+		OnDelete:      d.unindex,
+		OnRecord:      d.recorded,
+		Now:           func() time.Time { return s.opts.Now().UTC() },
+		Log:           opts.Log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := d.convertLegacy(); err != nil {
+		return nil, err
+	}
 	s.opts.Identity.OnBind(d.resolve)
 	return d, nil
 }
@@ -206,158 +231,58 @@ func (d *Deliveries) resolve(tx *bolt.Tx, b identity.Binding) error {
 		}
 		ids = append(ids, inv.ID)
 	}
-	dl := &Delivery{Server: identity.ServerOf(b.MXID), Medium: b.Medium, Address: b.Address, MXID: b.MXID,
-		InviteIDs: ids, State: DeliveryPending, Created: now, NextAttempt: now, RetryFrom: now, Attempts: []DeliveryAttempt{}}
-	if err := d.enqueue(tx, dl); err != nil {
-		return err
-	}
-	tx.OnCommit(d.Wake)
-	d.log.Info("invites resolved on bind", "invites", len(ids), "address", identity.RedactEmail(b.Address), "mxid", b.MXID, "delivery", dl.ID)
-	return nil
-}
-
-func (d *Deliveries) enqueue(tx *bolt.Tx, dl *Delivery) error {
-	id, err := tx.Bucket(bktDeliveries).NextSequence()
+	md, err := json.Marshal(deliveryMeta{Server: identity.ServerOf(b.MXID), Medium: b.Medium, Address: b.Address, MXID: b.MXID, InviteIDs: ids})
 	if err != nil {
 		return err
 	}
-	dl.ID = id
-	if err := putDelivery(tx, dl); err != nil {
+	r := &queue.Record{Meta: md}
+	if err := d.q.Enqueue(tx, r); err != nil {
 		return err
 	}
-	if err := tx.Bucket(bktDeliveryDue).Put(deliveryDueKey(dl), nil); err != nil {
+	if err := d.index(tx, r); err != nil {
 		return err
 	}
-	if err := tx.Bucket(bktDeliveryState).Put(deliveryStateKey(dl.State, id), nil); err != nil {
-		return err
-	}
-	for _, inv := range dl.InviteIDs {
-		if err := tx.Bucket(bktDeliveryInvite).Put(append(store.U64(inv), store.U64(id)...), nil); err != nil {
-			return err
-		}
-	}
+	tx.OnCommit(d.Wake)
+	d.log.Info("invites resolved on bind", "invites", len(ids), "address", identity.RedactEmail(b.Address), "mxid", b.MXID, "delivery", r.ID)
 	return nil
 }
 
-// Wake tells the worker to look at the queue now. It never blocks.
-func (d *Deliveries) Wake() {
-	select {
-	case d.wake <- struct{}{}:
-	default:
-	}
+func addressKey(medium, address string, id uint64) []byte {
+	return append(join0(medium, address, ""), store.U64(id)...)
 }
+
+// index writes a delivery's own index entries: by invite, and by address
+// (for erasure).
+func (d *Deliveries) index(tx *bolt.Tx, r *queue.Record) error {
+	dl := toDelivery(r)
+	for _, inv := range dl.InviteIDs {
+		if err := tx.Bucket(bktDeliveryInvite).Put(append(store.U64(inv), store.U64(dl.ID)...), nil); err != nil {
+			return err
+		}
+	}
+	return tx.Bucket(bktDeliveryAddress).Put(addressKey(dl.Medium, dl.Address, dl.ID), nil)
+}
+
+// unindex removes a deleted delivery's own index entries (queue.Options.OnDelete).
+func (d *Deliveries) unindex(tx queue.Tx, r *queue.Record) error {
+	t := tx.(*bolt.Tx)
+	dl := toDelivery(r)
+	for _, inv := range dl.InviteIDs {
+		if err := t.Bucket(bktDeliveryInvite).Delete(append(store.U64(inv), store.U64(dl.ID)...)); err != nil {
+			return err
+		}
+	}
+	return t.Bucket(bktDeliveryAddress).Delete(addressKey(dl.Medium, dl.Address, dl.ID))
+}
+
+// Wake tells the worker to look at the queue now. It never blocks.
+func (d *Deliveries) Wake() { d.q.Wake() }
 
 // Run is the worker: it delivers due deliveries (a few at once) in
 // next-attempt order, sleeps until the next is due or Wake is called, and
 // returns when ctx is done, after the attempts under way have stopped.
 // Deliveries pending before a restart are picked up at once.
-func (d *Deliveries) Run(ctx context.Context) error {
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	done := make(chan struct{}, d.opts.Workers)
-	timer := time.NewTimer(time.Hour)
-	defer timer.Stop()
-	for {
-		if ctx.Err() != nil {
-			return nil
-		}
-		due, next, err := d.due(d.opts.Workers - d.running())
-		if err != nil {
-			d.log.Error("read onbind queue", "err", err)
-			next = d.s.opts.Now().Add(5 * time.Second)
-		}
-		for _, id := range due {
-			d.mu.Lock()
-			d.inFlight[id] = true
-			d.mu.Unlock()
-			wg.Add(1)
-			go func(id uint64) {
-				defer wg.Done()
-				func() { // a panic is logged and counted, and the slot freed
-					defer background.Recover(d.log, "onbind delivery attempt")
-					d.attempt(ctx, id)
-				}()
-				d.mu.Lock()
-				delete(d.inFlight, id)
-				d.mu.Unlock()
-				select { // never block: a full buffer already wakes the loop
-				case done <- struct{}{}:
-				default:
-				}
-			}(id)
-		}
-		wait := time.Hour
-		if !next.IsZero() {
-			wait = min(max(next.Sub(d.s.opts.Now()), time.Millisecond), time.Hour)
-		}
-		if !timer.Stop() {
-			select {
-			case <-timer.C:
-			default:
-			}
-		}
-		timer.Reset(wait)
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-d.wake:
-		case <-done:
-		case <-timer.C:
-		}
-	}
-}
-
-func (d *Deliveries) running() int {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return len(d.inFlight)
-}
-
-// due returns up to n due deliveries not already being attempted, and when
-// the next not-yet-due one is due (zero: none).
-func (d *Deliveries) due(n int) (ids []uint64, next time.Time, err error) {
-	now := d.s.opts.Now()
-	var stalledNext time.Time
-	defer func() {
-		if !stalledNext.IsZero() && (next.IsZero() || stalledNext.Before(next)) {
-			next = stalledNext
-		}
-	}()
-	err = d.db.View(func(tx *bolt.Tx) error {
-		c := tx.Bucket(bktDeliveryDue).Cursor()
-		for k, _ := c.First(); k != nil; k, _ = c.Next() {
-			if len(k) != 16 {
-				continue
-			}
-			at := time.Unix(0, int64(u64(k[:8])))
-			id := u64(k[8:])
-			if at.After(now) {
-				next = at
-				return nil
-			}
-			d.mu.Lock()
-			busy := d.inFlight[id]
-			st, stalled := d.stalled[id]
-			d.mu.Unlock()
-			if busy {
-				continue
-			}
-			if stalled && st.until.After(now) {
-				if stalledNext.IsZero() || st.until.Before(stalledNext) {
-					stalledNext = st.until
-				}
-				continue
-			}
-			if len(ids) >= n {
-				next = now
-				return nil
-			}
-			ids = append(ids, id)
-		}
-		return nil
-	})
-	return ids, next, err
-}
+func (d *Deliveries) Run(ctx context.Context) error { return d.q.Run(ctx) }
 
 // onbindInvite is one entry of the body's invites[].
 type onbindInvite struct {
@@ -414,134 +339,112 @@ func (d *Deliveries) body(dl *Delivery) ([]byte, int, error) {
 	return raw, len(b.Invites), err
 }
 
-// stall backs a due delivery off that could not be loaded or prepared, like
-// any failed attempt: without it the worker would pick it again at once, in
-// a hot loop.
-func (d *Deliveries) stall(id uint64) time.Duration {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	st := d.stalled[id]
-	st.n++
-	wait := d.backoff(st.n)
-	st.until = d.s.opts.Now().Add(wait)
-	d.stalled[id] = st
-	return wait
-}
-
-func (d *Deliveries) attempt(ctx context.Context, id uint64) {
-	dl, err := loadDelivery(d, id)
+// deliver makes one attempt at a delivery: it builds the body from the
+// invites still deliverable (none left: cancelled, no attempt), POSTs it,
+// and classifies the answer: 2xx delivered; 429 (with its Retry-After), 5xx
+// and no answer retried; any other status refused for good.
+func (d *Deliveries) deliver(ctx context.Context, r *queue.Record) queue.Outcome {
+	dl := toDelivery(r)
+	body, n, err := d.body(&dl)
 	if err != nil {
-		d.log.Error("loading a due onbind delivery", "delivery", id, "err", err, "retry_in", d.stall(id))
-		return
+		return queue.Outcome{Class: queue.Temporary, Reply: "building the onbind body: " + err.Error()}
 	}
-	if dl.State != DeliveryPending {
-		// Finished or dropped since it was found due (its due entry is gone
-		// then); were the entry left behind, it must not spin either.
-		d.log.Debug("due onbind delivery no longer pending", "delivery", id, "state", dl.State, "retry_in", d.stall(id))
-		return
-	}
-	body, n, err := d.body(dl)
-	if err != nil {
-		d.log.Error("building onbind body", "delivery", id, "err", err, "retry_in", d.stall(id))
-		return
-	}
-	d.mu.Lock()
-	delete(d.stalled, id)
-	d.mu.Unlock()
 	if n == 0 {
-		err := d.finish(id, func(dl *Delivery, now time.Time) {
-			dl.State, dl.Finished, dl.LastError = DeliveryCancelled, now, "no invite left to deliver (revoked, declined or erased)"
-		})
-		if err != nil {
-			d.log.Error("recording onbind delivery", "delivery", id, "err", err)
-		}
-		return
+		return queue.Outcome{Class: queue.Cancel, Reply: "no invite left to deliver (revoked, declined or erased)"}
 	}
 	resp, sendErr := d.opts.Notifier.OnBind(ctx, dl.Server, body)
 	if sendErr != nil && ctx.Err() != nil {
-		return // cut short by shutdown: not an attempt; it runs again after the restart
+		return queue.Outcome{Class: queue.Abandon} // cut short by shutdown: not an attempt
 	}
-	var result string
-	err = d.finish(id, func(dl *Delivery, now time.Time) {
-		a := DeliveryAttempt{At: now, Method: http.MethodPost, Invites: n}
-		var retryAfter time.Duration
-		switch {
-		case sendErr != nil:
-			a.Reply, a.Retryable = short(sendErr.Error()), true
-		default:
-			a.Status, a.Reply = resp.Status, short(string(resp.Body))
-			if resp.Method != "" {
-				a.Method = resp.Method
-			}
-			switch {
-			case resp.Status >= 200 && resp.Status < 300:
-				a.OK = true
-			case resp.Status == http.StatusTooManyRequests:
-				a.Retryable = true
-				retryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), now)
-			case resp.Status >= 500:
-				a.Retryable = true
-			}
+	det := attemptDetail{Method: http.MethodPost, Invites: n}
+	out := queue.Outcome{Class: queue.Permanent}
+	if sendErr != nil {
+		out.Class, out.Reply = queue.Temporary, short(sendErr.Error())
+	} else {
+		det.Status, out.Reply = resp.Status, short(string(resp.Body))
+		if resp.Method != "" {
+			det.Method = resp.Method
 		}
-		dl.Attempts = append(dl.Attempts, a)
+		out.LastError = fmt.Sprintf("%d %s", resp.Status, out.Reply)
 		switch {
-		case a.OK:
-			result = "delivered"
-			dl.State, dl.Finished, dl.LastError = DeliveryDelivered, now, ""
-			d.log.Info("onbind delivered", "delivery", dl.ID, "server", dl.Server, "invites", n, "status", a.Status)
-		case !a.Retryable:
-			result = "refused"
-			dl.State, dl.Finished, dl.LastError = DeliveryFailed, now, fmt.Sprintf("%d %s", a.Status, a.Reply)
-			d.log.Warn("onbind refused", "delivery", dl.ID, "server", dl.Server, "status", a.Status)
-		default:
-			dl.LastError = a.Reply
-			if a.Status != 0 {
-				dl.LastError = fmt.Sprintf("%d %s", a.Status, a.Reply)
-			}
-			wait := max(d.backoff(len(dl.Attempts)-dl.RetryBase), min(retryAfter, d.opts.MaxRetryAfter))
-			if !now.Add(wait).Before(dl.RetryFrom.Add(d.opts.GiveUpAfter)) {
-				result = "gave_up"
-				dl.State, dl.Finished = DeliveryFailed, now
-				dl.LastError = "gave up after " + d.opts.GiveUpAfter.String() + ": " + dl.LastError
-				if sendErr != nil {
-					d.log.Warn("onbind delivery given up", "delivery", dl.ID, "server", dl.Server, "status", a.Status, "err", a.Reply)
-				} else {
-					d.log.Warn("onbind delivery given up", "delivery", dl.ID, "server", dl.Server, "status", a.Status)
-				}
-				return
-			}
-			result = "retry"
-			dl.NextAttempt = now.Add(wait)
-			if sendErr != nil {
-				// No answer (status 0): the error is the only thing that says why.
-				d.log.Info("onbind delivery will be retried", "delivery", dl.ID, "server", dl.Server, "in", wait, "status", a.Status, "err", a.Reply)
-			} else {
-				d.log.Info("onbind delivery will be retried", "delivery", dl.ID, "server", dl.Server, "in", wait, "status", a.Status)
-			}
+		case resp.Status >= 200 && resp.Status < 300:
+			out.Class = queue.OK
+		case resp.Status == http.StatusTooManyRequests:
+			out.Class = queue.Temporary
+			out.RetryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), d.s.opts.Now())
+		case resp.Status >= 500:
+			out.Class = queue.Temporary
 		}
-	})
-	if err != nil {
-		d.log.Error("recording onbind attempt", "delivery", id, "err", err)
-	} else if result != "" && d.opts.OnAttempt != nil {
+	}
+	out.Detail, _ = json.Marshal(det)
+	return out
+}
+
+// recorded logs and counts an attempt once its record is committed.
+func (d *Deliveries) recorded(r *queue.Record, o queue.Outcome) {
+	dl := toDelivery(r)
+	a := dl.LastAttempt()
+	if o.Class == queue.Cancel || a == nil {
+		return
+	}
+	result := ""
+	switch {
+	case dl.State == DeliveryDelivered:
+		result = "delivered"
+		d.log.Info("onbind delivered", "delivery", dl.ID, "server", dl.Server, "invites", a.Invites, "status", a.Status)
+	case o.Class == queue.Permanent:
+		result = "refused"
+		d.log.Warn("onbind refused", "delivery", dl.ID, "server", dl.Server, "status", a.Status)
+	case dl.State == DeliveryFailed:
+		result = "gave_up"
+		if a.Status == 0 {
+			d.log.Warn("onbind delivery given up", "delivery", dl.ID, "server", dl.Server, "status", a.Status, "err", a.Reply)
+		} else {
+			d.log.Warn("onbind delivery given up", "delivery", dl.ID, "server", dl.Server, "status", a.Status)
+		}
+	default:
+		result = "retry"
+		in := dl.NextAttempt.Sub(a.At)
+		if a.Status == 0 {
+			// No answer (status 0): the error is the only thing that says why.
+			d.log.Info("onbind delivery will be retried", "delivery", dl.ID, "server", dl.Server, "in", in, "status", a.Status, "err", a.Reply)
+		} else {
+			d.log.Info("onbind delivery will be retried", "delivery", dl.ID, "server", dl.Server, "in", in, "status", a.Status)
+		}
+	}
+	if d.opts.OnAttempt != nil {
 		d.opts.OnAttempt(result)
 	}
 }
 
-// loadDelivery reads a due delivery for an attempt; tests replace it to
-// make loading fail.
-var loadDelivery = (*Deliveries).Get
-
-// backoff after the n-th failed attempt: MinBackoff·2^(n-1), at most MaxBackoff.
-func (d *Deliveries) backoff(n int) time.Duration {
-	if n < 1 {
-		n = 1
+// LastAttempt is the latest attempt, or nil.
+func (dl *Delivery) LastAttempt() *DeliveryAttempt {
+	if len(dl.Attempts) == 0 {
+		return nil
 	}
-	f := float64(d.opts.MinBackoff) * math.Pow(2, float64(n-1))
-	if f > float64(d.opts.MaxBackoff) {
-		return d.opts.MaxBackoff
-	}
-	return time.Duration(f)
+	return &dl.Attempts[len(dl.Attempts)-1]
 }
+
+func toDelivery(r *queue.Record) Delivery {
+	var md deliveryMeta
+	_ = json.Unmarshal(r.Meta, &md) // written by resolve; empty fields if not
+	st := DeliveryState(r.State)
+	if r.State == queue.Done {
+		st = DeliveryDelivered
+	}
+	dl := Delivery{ID: r.ID, Server: md.Server, Medium: md.Medium, Address: md.Address, MXID: md.MXID, InviteIDs: md.InviteIDs,
+		State: st, Created: r.Created, NextAttempt: r.NextAttempt, RetryFrom: r.RetryFrom, RetryBase: r.RetryBase,
+		Finished: r.Finished, LastError: r.LastError, Attempts: make([]DeliveryAttempt, 0, len(r.Attempts))}
+	for _, a := range r.Attempts {
+		var det attemptDetail
+		_ = json.Unmarshal(a.Detail, &det)
+		dl.Attempts = append(dl.Attempts, DeliveryAttempt{At: a.At, Method: det.Method, Status: det.Status, Reply: a.Reply,
+			Invites: det.Invites, OK: a.OK, Retryable: a.Temporary})
+	}
+	return dl
+}
+
+func deliveryErr(err error) error { return queue.MapErr(err, ErrNoDelivery, ErrDeliveryState) }
 
 // parseRetryAfter reads delay-seconds or an HTTP date.
 func parseRetryAfter(v string, now time.Time) time.Duration {
@@ -574,65 +477,65 @@ func short(s string) string {
 	return s[:cut] + "…"
 }
 
-// finish applies change to a pending delivery and keeps the indexes right.
-func (d *Deliveries) finish(id uint64, change func(dl *Delivery, now time.Time)) error {
-	return d.db.Update(func(tx *bolt.Tx) error {
-		dl, err := getDelivery(tx, id)
-		if err != nil || dl.State != DeliveryPending {
-			return err
-		}
-		if err := tx.Bucket(bktDeliveryDue).Delete(deliveryDueKey(dl)); err != nil {
-			return err
-		}
-		change(dl, d.s.opts.Now().UTC())
-		return d.rewrite(tx, dl, DeliveryPending)
-	})
-}
-
-// rewrite stores dl, whose state was from, and its state and due entries.
-func (d *Deliveries) rewrite(tx *bolt.Tx, dl *Delivery, from DeliveryState) error {
-	if from != dl.State {
-		if err := tx.Bucket(bktDeliveryState).Delete(deliveryStateKey(from, dl.ID)); err != nil {
-			return err
-		}
-		if err := tx.Bucket(bktDeliveryState).Put(deliveryStateKey(dl.State, dl.ID), nil); err != nil {
-			return err
-		}
-	}
-	if dl.State == DeliveryPending {
-		if err := tx.Bucket(bktDeliveryDue).Put(deliveryDueKey(dl), nil); err != nil {
-			return err
-		}
-	}
-	return putDelivery(tx, dl)
-}
-
 // Get returns one delivery with its attempts.
 func (d *Deliveries) Get(id uint64) (*Delivery, error) {
-	var dl *Delivery
-	err := d.db.View(func(tx *bolt.Tx) error {
-		var err error
-		dl, err = getDelivery(tx, id)
-		return err
-	})
-	return dl, err
+	r, err := d.q.Get(context.Background(), id)
+	if err != nil {
+		return nil, deliveryErr(err)
+	}
+	dl := toDelivery(r)
+	return &dl, nil
 }
 
-// List returns the deliveries matching f, newest first, and how many match in all.
+// List returns the deliveries matching f, newest first, and how many match
+// in all. A filter on the state alone pages through the state index and
+// counts from the state counters; Server and MXID filters walk the records.
 func (d *Deliveries) List(f DeliveryFilter) ([]Delivery, int, error) {
 	if f.Limit <= 0 {
 		f.Limit = 50
 	}
+	st := queue.State(f.State)
+	if f.State == DeliveryDelivered {
+		st = queue.Done
+	}
+	ctx := context.Background()
+	if f.Server == "" && f.MXID == "" {
+		rs, err := d.q.List(ctx, queue.Page{State: st, Offset: f.Offset, Limit: f.Limit})
+		if err != nil {
+			return nil, 0, err
+		}
+		c, err := d.q.Stats(ctx)
+		total := c.Pending + c.Done + c.Failed + c.Cancelled
+		switch st {
+		case queue.Pending:
+			total = c.Pending
+		case queue.Done:
+			total = c.Done
+		case queue.Failed:
+			total = c.Failed
+		case queue.Cancelled:
+			total = c.Cancelled
+		}
+		out := make([]Delivery, 0, len(rs))
+		for i := range rs {
+			out = append(out, toDelivery(&rs[i]))
+		}
+		return out, total, err
+	}
 	var out []Delivery
 	total := 0
-	err := d.db.View(func(tx *bolt.Tx) error {
-		c := tx.Bucket(bktDeliveries).Cursor()
-		for k, v := c.Last(); k != nil; k, v = c.Prev() {
-			var dl Delivery
-			if err := json.Unmarshal(v, &dl); err != nil {
-				return err
-			}
-			if (f.State != "" && dl.State != f.State) || (f.Server != "" && dl.Server != f.Server) || (f.MXID != "" && dl.MXID != f.MXID) {
+	var before uint64
+	for {
+		rs, err := d.q.List(ctx, queue.Page{State: st, Before: before, Limit: 500})
+		if err != nil {
+			return nil, 0, err
+		}
+		if len(rs) == 0 {
+			return out, total, nil
+		}
+		for i := range rs {
+			dl := toDelivery(&rs[i])
+			if (f.Server != "" && dl.Server != f.Server) || (f.MXID != "" && dl.MXID != f.MXID) {
 				continue
 			}
 			if total >= f.Offset && len(out) < f.Limit {
@@ -640,9 +543,8 @@ func (d *Deliveries) List(f DeliveryFilter) ([]Delivery, int, error) {
 			}
 			total++
 		}
-		return nil
-	})
-	return out, total, err
+		before = rs[len(rs)-1].ID
+	}
 }
 
 // ByInvite returns every delivery that carried the invite, oldest first.
@@ -652,89 +554,33 @@ func (d *Deliveries) ByInvite(inviteID uint64) ([]Delivery, error) {
 		prefix := store.U64(inviteID)
 		c := tx.Bucket(bktDeliveryInvite).Cursor()
 		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
-			dl, err := getDelivery(tx, u64(k[8:]))
+			r, err := d.be.GetTx(tx, u64(k[8:]))
 			if err != nil {
-				return err
+				return deliveryErr(err)
 			}
-			out = append(out, *dl)
+			out = append(out, toDelivery(r))
 		}
 		return nil
 	})
 	return out, err
 }
 
-// Retry makes a failed, cancelled (or pending) delivery due now with a fresh
-// retry budget.
-func (d *Deliveries) Retry(id uint64) error {
-	err := d.db.Update(func(tx *bolt.Tx) error {
-		dl, err := getDelivery(tx, id)
-		if err != nil {
-			return err
-		}
-		if dl.State == DeliveryDelivered {
-			return fmt.Errorf("%w: delivery %d was already delivered", ErrDeliveryState, id)
-		}
-		from := dl.State
-		if from == DeliveryPending {
-			if err := tx.Bucket(bktDeliveryDue).Delete(deliveryDueKey(dl)); err != nil {
-				return err
-			}
-		}
-		now := d.s.opts.Now().UTC()
-		dl.State, dl.NextAttempt, dl.RetryFrom, dl.RetryBase, dl.Finished = DeliveryPending, now, now, len(dl.Attempts), time.Time{}
-		return d.rewrite(tx, dl, from)
-	})
-	if err == nil {
-		d.mu.Lock()
-		delete(d.stalled, id) // the operator asked for an attempt now
-		d.mu.Unlock()
-		d.Wake()
-	}
-	return err
+// Retry makes failed, cancelled (or pending) deliveries due now with a
+// fresh retry budget, all or none (one transaction).
+func (d *Deliveries) Retry(ids ...uint64) error {
+	return deliveryErr(d.q.Retry(context.Background(), ids...))
 }
 
-// Drop cancels a pending (or failed) delivery: it is not attempted again
-// unless retried. Its history is kept.
-func (d *Deliveries) Drop(id uint64) error {
-	return d.db.Update(func(tx *bolt.Tx) error {
-		dl, err := getDelivery(tx, id)
-		if err != nil {
-			return err
-		}
-		if dl.State == DeliveryDelivered || dl.State == DeliveryCancelled {
-			return fmt.Errorf("%w: delivery %d is %s", ErrDeliveryState, id, dl.State)
-		}
-		from := dl.State
-		if from == DeliveryPending {
-			if err := tx.Bucket(bktDeliveryDue).Delete(deliveryDueKey(dl)); err != nil {
-				return err
-			}
-		}
-		dl.State, dl.Finished, dl.LastError = DeliveryCancelled, d.s.opts.Now().UTC(), "dropped by an operator"
-		return d.rewrite(tx, dl, from)
-	})
+// Drop cancels pending (or failed) deliveries, all or none: they are not
+// attempted again unless retried. Their history is kept.
+func (d *Deliveries) Drop(ids ...uint64) error {
+	return deliveryErr(d.q.Drop(context.Background(), "dropped by an operator", ids...))
 }
 
-// Stats counts deliveries by state.
+// Stats counts deliveries by state (from the queue's counters).
 func (d *Deliveries) Stats() (DeliveryStats, error) {
-	var st DeliveryStats
-	err := d.db.View(func(tx *bolt.Tx) error {
-		c := tx.Bucket(bktDeliveryState).Cursor()
-		for k, _ := c.First(); k != nil; k, _ = c.Next() {
-			switch DeliveryState(k[:max(0, len(k)-9)]) {
-			case DeliveryPending:
-				st.Pending++
-			case DeliveryDelivered:
-				st.Delivered++
-			case DeliveryFailed:
-				st.Failed++
-			case DeliveryCancelled:
-				st.Cancelled++
-			}
-		}
-		return nil
-	})
-	return st, err
+	c, err := d.q.Stats(context.Background())
+	return DeliveryStats{Pending: c.Pending, Delivered: c.Done, Failed: c.Failed, Cancelled: c.Cancelled}, err
 }
 
 // deliveryActive reports whether the invite was carried by a delivery the
@@ -747,41 +593,18 @@ func deliveryActive(tx *bolt.Tx, inviteID uint64) (delivered, pending bool, err 
 	}
 	c := b.Cursor()
 	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
-		dl, err := getDelivery(tx, u64(k[8:]))
+		r, err := queue.ReadBolt(tx, deliveryQueue, u64(k[8:]))
 		if err != nil {
 			return false, false, err
 		}
-		switch dl.State {
-		case DeliveryDelivered:
+		switch r.State {
+		case queue.Done:
 			delivered = true
-		case DeliveryPending:
+		case queue.Pending:
 			pending = true
 		}
 	}
 	return delivered, pending, nil
-}
-
-func getDelivery(tx *bolt.Tx, id uint64) (*Delivery, error) {
-	raw := tx.Bucket(bktDeliveries).Get(store.U64(id))
-	if raw == nil {
-		return nil, ErrNoDelivery
-	}
-	dl := new(Delivery)
-	return dl, json.Unmarshal(raw, dl)
-}
-
-func putDelivery(tx *bolt.Tx, dl *Delivery) error {
-	raw, err := json.Marshal(dl)
-	if err != nil {
-		return err
-	}
-	return tx.Bucket(bktDeliveries).Put(store.U64(dl.ID), raw)
-}
-
-func deliveryDueKey(dl *Delivery) []byte { return store.TimeKey(dl.NextAttempt, store.U64(dl.ID)) }
-
-func deliveryStateKey(s DeliveryState, id uint64) []byte {
-	return append(join0(string(s), ""), store.U64(id)...)
 }
 
 // signForInvite signs obj with the long-term key whose public half the

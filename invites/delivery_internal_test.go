@@ -23,19 +23,6 @@ func TestParseRetryAfter(t *testing.T) {
 	}
 }
 
-func TestBackoffIsCappedExponential(t *testing.T) {
-	d := &Deliveries{opts: DeliveryOptions{MinBackoff: time.Second, MaxBackoff: 10 * time.Second}}
-	want := []time.Duration{time.Second, time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second, 10 * time.Second, 10 * time.Second}
-	for n, w := range want {
-		if got := d.backoff(n); got != w {
-			t.Errorf("backoff(%d) = %v, want %v", n, got, w)
-		}
-	}
-	if got := d.backoff(5000); got != 10*time.Second {
-		t.Errorf("backoff(5000) = %v", got)
-	}
-}
-
 func TestShortCutsOnRuneBoundary(t *testing.T) {
 	s := strings.Repeat("é", 400)
 	got := short(s)

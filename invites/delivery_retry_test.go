@@ -1,9 +1,7 @@
 package invites_test
 
 import (
-	"errors"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -39,46 +37,6 @@ func (e *env) delivery(t *testing.T, tok, address, mxid string) invites.Delivery
 		return len(dls) == 1
 	})
 	return dls[0]
-}
-
-// A due delivery whose record cannot be loaded is backed off like any
-// failure: before, the worker picked it again at once, in a hot loop.
-func TestDeliveryLoadFailureBacksOff(t *testing.T) {
-	var broken atomic.Uint64
-	var loads atomic.Int64
-	restore := invites.SetDeliveryLoader(func(d *invites.Deliveries, id uint64) (*invites.Delivery, error) {
-		broken.CompareAndSwap(0, id) // the first delivery the worker loads stays unreadable
-		if id == broken.Load() {
-			loads.Add(1)
-			return nil, errors.New("injected storage failure")
-		}
-		return d.Get(id)
-	})
-	defer restore()
-	e := start(t, func(c *config.Config) {
-		c.Delivery.MinBackoff, c.Delivery.MaxBackoff = config.Duration(time.Hour), config.Duration(time.Hour)
-	})
-	tok := e.register(t, alice)
-	e.delivery(t, tok, "stuck@example.org", "@stuck:hs2.test")
-	waitCond(t, "the broken delivery to be loaded", func() bool { return loads.Load() >= 1 })
-	// Another delivery is attempted meanwhile (the test homeserver refuses
-	// it, which finishes it): the worker ran its loop again and again, and
-	// did not pick the broken one a second time.
-	ok := e.delivery(t, tok, "fine@example.org", "@fine:hs2.test")
-	waitCond(t, "the other delivery to be attempted", func() bool {
-		d, err := e.App.Deliveries().Get(ok.ID)
-		return err == nil && d.State != invites.DeliveryPending
-	})
-	if n := loads.Load(); n != 1 {
-		t.Fatalf("the broken delivery was loaded %d times within its backoff", n)
-	}
-	if logs := e.Logs(); !strings.Contains(logs, "injected storage failure") || !strings.Contains(logs, "retry_in=1h") {
-		t.Fatalf("the failure and its backoff are not logged")
-	}
-	// Once the backoff has passed it is tried again.
-	e.Clock.Advance(time.Hour + time.Second)
-	e.App.Deliveries().Wake()
-	waitCond(t, "a second try after the backoff", func() bool { return loads.Load() == 2 })
 }
 
 // A failed attempt without an answer (status 0) logs its error; the default

@@ -7,11 +7,3 @@ func SetStoreTxHook(f func() error) (restore func()) {
 	storeTxHook = f
 	return func() { storeTxHook = nil }
 }
-
-// SetDeliveryLoader replaces how the worker loads a due delivery. It returns
-// a func that restores the real one.
-func SetDeliveryLoader(f func(d *Deliveries, id uint64) (*Delivery, error)) (restore func()) {
-	old := loadDelivery
-	loadDelivery = f
-	return func() { loadDelivery = old }
-}

@@ -2,6 +2,8 @@ package mailer_test
 
 import (
 	"context"
+	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -110,4 +112,144 @@ func BenchmarkDelivery(b *testing.B) {
 		q.Wake()
 	}
 	srv.WaitFor(b.N, time.Minute)
+}
+
+// inUse is the bytes the database's pages hold for the named buckets
+// (leaf and branch pages in use, inline buckets included).
+func inUse(b testing.TB, db *bolt.DB, names ...string) int {
+	n := 0
+	err := db.View(func(tx *bolt.Tx) error {
+		for _, name := range names {
+			if bk := tx.Bucket([]byte(name)); bk != nil {
+				s := bk.Stats()
+				n += s.LeafInuse + s.BranchInuse + s.InlineBucketInuse
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return n
+}
+
+var outboxBuckets = []string{"outbox", "outbox_data", "outbox_due", "outbox_state", "outbox_fail", "outbox_count", "outbox_ref", "outbox_to"}
+
+// BenchmarkEnqueueAndSend: concurrent callers enqueue through bbolt's Batch
+// (as store-invite does) while the worker sends over 1 or 4 SMTP
+// connections to an in-process SMTP server; the clock stops when the server
+// has accepted every mail. It reports mails/s and the database bytes per
+// mail, queued (before the worker runs) and sent (body removed).
+func BenchmarkEnqueueAndSend(b *testing.B) {
+	for _, conns := range []int{1, 4} {
+		b.Run(fmt.Sprintf("connections=%d", conns), func(b *testing.B) {
+			srv := smtptest.Start(b, smtptest.Options{})
+			db := openDB(b, b.TempDir())
+			b.Cleanup(func() { closeDB(b, db) })
+			pool := mailer.NewSMTPPool(mailer.SMTPConfig{Host: srv.Host, Port: srv.Port, Security: "none"}, conns)
+			q, err := mailer.Open(db, mailer.Options{From: from, Sender: pool, Connections: conns}, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			base := inUse(b, db, outboxBuckets...)
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan struct{})
+			b.ResetTimer()
+			start := time.Now()
+			go func() { q.Run(ctx); close(done) }()
+			defer func() { cancel(); <-done }()
+			var wg sync.WaitGroup
+			next := make(chan struct{}, b.N)
+			for range b.N {
+				next <- struct{}{}
+			}
+			close(next)
+			for range 32 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for range next {
+						p, err := q.Prepare(benchMsg)
+						if err == nil {
+							err = db.Batch(func(tx *bolt.Tx) error { _, err := q.EnqueuePrepared(tx, p); return err })
+						}
+						if err != nil {
+							b.Error(err)
+							return
+						}
+						q.Wake()
+					}
+				}()
+			}
+			wg.Wait()
+			srv.WaitFor(b.N, time.Minute)
+			for {
+				if s, _ := q.Stats(); s.Sent == b.N {
+					break
+				}
+				time.Sleep(time.Millisecond)
+			}
+			b.StopTimer()
+			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "mails/s")
+			b.ReportMetric(float64(inUse(b, db, outboxBuckets...)-base)/float64(b.N), "B/sent-mail")
+		})
+	}
+}
+
+// BenchmarkQueuedMailSize: the database bytes of a queued (not yet sent)
+// mail, its compressed body included.
+func BenchmarkQueuedMailSize(b *testing.B) {
+	db, q := benchQueue(b)
+	base := inUse(b, db, outboxBuckets...)
+	for b.Loop() {
+		if err := db.Update(func(tx *bolt.Tx) error { _, err := q.Enqueue(tx, benchMsg); return err }); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(inUse(b, db, outboxBuckets...)-base)/float64(b.N), "B/queued-mail")
+}
+
+// BenchmarkDrainBacklog: b.N mails are queued first (not timed); the clock
+// runs while the worker sends them all over 1 or 4 SMTP connections to an
+// in-process SMTP server: the outbox's own sending rate.
+func BenchmarkDrainBacklog(b *testing.B) {
+	for _, conns := range []int{1, 4} {
+		b.Run(fmt.Sprintf("connections=%d", conns), func(b *testing.B) {
+			srv := smtptest.Start(b, smtptest.Options{})
+			db := openDB(b, b.TempDir())
+			b.Cleanup(func() { closeDB(b, db) })
+			pool := mailer.NewSMTPPool(mailer.SMTPConfig{Host: srv.Host, Port: srv.Port, Security: "none"}, conns)
+			q, err := mailer.Open(db, mailer.Options{From: from, Sender: pool, Connections: conns}, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			for i := 0; i < b.N; i += 500 {
+				err := db.Update(func(tx *bolt.Tx) error {
+					for range min(500, b.N-i) {
+						if _, err := q.Enqueue(tx, benchMsg); err != nil {
+							return err
+						}
+					}
+					return nil
+				})
+				if err != nil {
+					b.Fatal(err)
+				}
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan struct{})
+			b.ResetTimer()
+			start := time.Now()
+			go func() { q.Run(ctx); close(done) }()
+			defer func() { cancel(); <-done }()
+			for {
+				if s, _ := q.Stats(); s.Sent == b.N {
+					break
+				}
+				time.Sleep(time.Millisecond)
+			}
+			b.StopTimer()
+			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "mails/s")
+		})
+	}
 }

@@ -347,3 +347,59 @@ func (c *cappedConn) cap(t time.Time) time.Time {
 func (c *cappedConn) SetDeadline(t time.Time) error      { return c.Conn.SetDeadline(c.cap(t)) }
 func (c *cappedConn) SetReadDeadline(t time.Time) error  { return c.Conn.SetReadDeadline(c.cap(t)) }
 func (c *cappedConn) SetWriteDeadline(t time.Time) error { return c.Conn.SetWriteDeadline(c.cap(t)) }
+
+// SMTPPool sends through up to n SMTP connections at once (smtp.connections),
+// each an SMTPSender that keeps its connection open between messages. A send
+// takes a free connection, or waits for one.
+//
+// Pipelining (RFC 2920) is not used: go-smtp's client (v0.25) writes each
+// command and reads its reply before the next. Throughput comes from the
+// parallel connections instead.
+type SMTPPool struct {
+	free chan *SMTPSender
+	all  []*SMTPSender
+}
+
+// NewSMTPPool returns a pool of n connections (at least 1) to the server of cfg.
+func NewSMTPPool(cfg SMTPConfig, n int) *SMTPPool {
+	n = max(n, 1)
+	p := &SMTPPool{free: make(chan *SMTPSender, n)}
+	for range n {
+		s := NewSMTPSender(cfg)
+		p.all = append(p.all, s)
+		p.free <- s
+	}
+	return p
+}
+
+// Size is how many connections the pool may open.
+func (p *SMTPPool) Size() int { return len(p.all) }
+
+// Addr is the server's host:port.
+func (p *SMTPPool) Addr() string { return p.all[0].Addr() }
+
+// Send delivers raw through a free connection.
+func (p *SMTPPool) Send(ctx context.Context, from string, to []string, raw []byte) error {
+	_, err := p.SendReply(ctx, from, to, raw)
+	return err
+}
+
+// SendReply is Send, also returning the server's reply to the end of DATA.
+func (p *SMTPPool) SendReply(ctx context.Context, from string, to []string, raw []byte) (string, error) {
+	var s *SMTPSender
+	select {
+	case s = <-p.free:
+	case <-ctx.Done():
+		return "", ctx.Err()
+	}
+	defer func() { p.free <- s }()
+	return s.SendReply(ctx, from, to, raw)
+}
+
+// Close closes every connection; later Sends fail.
+func (p *SMTPPool) Close() error {
+	for _, s := range p.all {
+		s.Close()
+	}
+	return nil
+}

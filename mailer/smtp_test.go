@@ -3,6 +3,7 @@ package mailer_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"strings"
 	"sync"
@@ -208,5 +209,60 @@ func TestSMTPSenderTimesOutOnSilentServer(t *testing.T) {
 		if !mailer.Temporary(err) {
 			t.Errorf("%s: a timeout classified permanent: %v", sec, err)
 		}
+	}
+}
+
+// smtp.connections: the outbox sends over that many connections at once,
+// each reused for later mail, and sends every mail once.
+func TestQueueSendsOverParallelConnections(t *testing.T) {
+	const conns, n = 4, 40
+	var mu sync.Mutex
+	active, peak := 0, 0
+	gate := make(chan struct{})
+	srv := smtptest.Start(t, smtptest.Options{OnData: func(int) {
+		mu.Lock()
+		active++
+		peak = max(peak, active)
+		mu.Unlock()
+		<-gate
+		mu.Lock()
+		active--
+		mu.Unlock()
+	}})
+	db := openDB(t, t.TempDir())
+	defer closeDB(t, db)
+	q, err := mailer.Open(db, mailer.Options{
+		Sender:      mailer.NewSMTPPool(mailer.SMTPConfig{Host: srv.Host, Port: srv.Port, Security: "none", Timeout: 5 * time.Second}, conns),
+		Connections: conns,
+		From:        "Herald <herald@id.example.org>",
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{t: t, db: db, q: q, srv: srv}
+	var ids []uint64
+	for i := range n {
+		ids = append(ids, e.enqueue(msg(fmt.Sprintf("user%d@example.org", i), fmt.Sprint(i))))
+	}
+	e.run()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		mu.Lock()
+		a := active
+		mu.Unlock()
+		if a == conns {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d sends under way at once, want %d", a, conns)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	close(gate)
+	for _, id := range ids {
+		e.waitState(id, mailer.Sent)
+	}
+	if peak != conns || srv.Connections() != conns || len(srv.Messages()) != n {
+		t.Fatalf("peak %d sends at once, %d connections, %d messages; want %d, %d, %d", peak, srv.Connections(), len(srv.Messages()), conns, conns, n)
 	}
 }

@@ -6,14 +6,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
 
-	"github.com/herald-im/herald/config"
 	"github.com/herald-im/herald/internal/control"
 	"github.com/herald-im/herald/internal/server"
 	"github.com/herald-im/herald/invites"
@@ -33,20 +31,10 @@ const invitesUsage = `usage: herald invites list [--state S] [--address A] [--ro
 Works while Herald runs (through data_dir/control.sock) and when it is stopped.`
 
 // invitesCommand manages stored invites.
-func invitesCommand(ctx context.Context, cfg *config.Config, log *slog.Logger, args []string, stdout io.Writer) error {
-	if len(args) == 0 || args[0] == "help" {
-		if len(args) == 0 {
-			return usageError(invitesUsage)
-		}
-		fmt.Fprintln(stdout, invitesUsage)
-		return nil
-	}
-	// Mistakes on the command line are caught before anything is opened.
-	if _, err := parseInvitesArgs(args); err != nil {
-		return err
-	}
-	return live(ctx, cfg, log, control.Request{Args: append([]string{"invites"}, args...)}, stdout, nil)
-}
+var invitesCommand = liveCommand("invites", invitesUsage, func(args []string) error {
+	_, err := parseInvitesArgs(args)
+	return err
+})
 
 type invitesArgs struct {
 	verb   string

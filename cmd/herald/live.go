@@ -25,6 +25,7 @@ type operation func(ctx context.Context, a *server.App, req control.Request, out
 // operations are the commands the control socket accepts, by req.Args[0].
 var operations = map[string]operation{
 	"invites": invitesOp,
+	"queue":   queueOp,
 	"admin":   adminOp,
 	"keys":    keysOp,
 	"lookup":  lookupOp,

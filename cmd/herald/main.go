@@ -105,6 +105,7 @@ var subcommands = []subcommand{
 	{name: "version", summary: "print the version and the VCS revision it was built from", runWith: versionCommand, noConfig: true},
 	{name: "keys", summary: "signing keys: list, rotate, retire, adopt", run: keysCommand, usage: keysUsage},
 	{name: "invites", summary: "stored invites: list, show, revoke", run: invitesCommand, usage: invitesUsage},
+	{name: "queue", summary: "the outbox and onbind queues: stats, list, retry, drop", run: queueCommand, usage: queueUsage},
 	{name: "lookup", summary: "hashed lookups: rotate-pepper", run: lookupCommand, usage: lookupUsage},
 	{name: "admin", summary: "console accounts: create, delete, list, hash-password", runWith: adminCommand, usage: adminUsage},
 	{name: "import", summary: "import sydent: take over a sydent deployment (Herald stopped)", run: importCommand, usage: importUsage},

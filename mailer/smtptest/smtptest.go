@@ -54,6 +54,10 @@ type Options struct {
 	// addresses with a non-ASCII local part. Without it, a MAIL asking for
 	// SMTPUTF8 is refused and a non-ASCII envelope address is refused.
 	SMTPUTF8 bool
+	// OnData, if set, is called with the connection's number before a
+	// message's DATA is answered: a test can hold replies there to see how
+	// many sends are under way at once.
+	OnData func(conn int)
 }
 
 // Message is one accepted message.
@@ -325,6 +329,9 @@ func (ss *session) Data(r io.Reader) error {
 	b, err := io.ReadAll(r)
 	if err != nil {
 		return err
+	}
+	if ss.s.opts.OnData != nil {
+		ss.s.opts.OnData(ss.conn)
 	}
 	if err := ss.s.check(AtData); err != nil {
 		return err
