@@ -18,6 +18,7 @@ import (
 	"github.com/herald-im/herald/federation"
 	"github.com/herald-im/herald/identity"
 	"github.com/herald-im/herald/keys"
+	"github.com/herald-im/herald/matrix"
 	"github.com/herald-im/herald/queue"
 	"github.com/herald-im/herald/store"
 )
@@ -231,7 +232,7 @@ func (d *Deliveries) resolve(tx *bolt.Tx, b identity.Binding) error {
 		}
 		ids = append(ids, inv.ID)
 	}
-	md, err := json.Marshal(deliveryMeta{Server: identity.ServerOf(b.MXID), Medium: b.Medium, Address: b.Address, MXID: b.MXID, InviteIDs: ids})
+	md, err := json.Marshal(deliveryMeta{Server: matrix.ServerName(b.MXID), Medium: b.Medium, Address: b.Address, MXID: b.MXID, InviteIDs: ids})
 	if err != nil {
 		return err
 	}
@@ -243,7 +244,7 @@ func (d *Deliveries) resolve(tx *bolt.Tx, b identity.Binding) error {
 		return err
 	}
 	tx.OnCommit(d.Wake)
-	d.log.Info("invites resolved on bind", "invites", len(ids), "address", identity.RedactEmail(b.Address), "mxid", b.MXID, "delivery", r.ID)
+	d.log.Info("invites resolved on bind", "invites", len(ids), "address", matrix.RedactEmail(b.Address), "mxid", b.MXID, "delivery", r.ID)
 	return nil
 }
 

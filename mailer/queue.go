@@ -20,6 +20,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/herald-im/herald/matrix"
 	"github.com/herald-im/herald/queue"
 	"github.com/herald-im/herald/store"
 )
@@ -434,7 +435,7 @@ func (q *Queue) recorded(r *queue.Record, o queue.Outcome) {
 	if q.opts.OnSend != nil {
 		q.opts.OnSend(result, o.Label)
 	}
-	attrs := []any{"id", m.ID, "kind", m.Kind, "to", Redact(m.To), "attempt", len(m.Attempts)}
+	attrs := []any{"id", m.ID, "kind", m.Kind, "to", matrix.RedactEmail(m.To), "attempt", len(m.Attempts)}
 	switch m.State {
 	case Sent:
 		q.log.Info("mail sent", attrs...)
@@ -609,21 +610,6 @@ func (q *Queue) DeleteByRecipient(addr string) (int, error) {
 		return nil
 	})
 	return n, err
-}
-
-// Redact shortens an address for logs: "alice@example.org" -> "a...@e...".
-func Redact(addr string) string {
-	local, domain, ok := strings.Cut(addr, "@")
-	first := func(s string) string {
-		for _, r := range s {
-			return string(r) + "..."
-		}
-		return "..."
-	}
-	if !ok {
-		return first(addr)
-	}
-	return first(local) + "@" + first(domain)
 }
 
 func idxKey(s string, id uint64) []byte {

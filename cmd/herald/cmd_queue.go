@@ -18,6 +18,7 @@ import (
 	"github.com/herald-im/herald/internal/server"
 	"github.com/herald-im/herald/invites"
 	"github.com/herald-im/herald/mailer"
+	"github.com/herald-im/herald/matrix"
 )
 
 const queueUsage = `usage: herald queue stats
@@ -221,7 +222,7 @@ func queueList(out io.Writer, a *server.App, qa queueArgs) error {
 			if a := m.LastAttempt(); a != nil && reply == "" {
 				reply = a.Reply
 			}
-			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", m.ID, m.State, ts(m.Created), next, len(m.Attempts), m.Kind, mailer.Redact(m.To), last(reply))
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", m.ID, m.State, ts(m.Created), next, len(m.Attempts), m.Kind, matrix.RedactEmail(m.To), last(reply))
 		}
 		return tw.Flush()
 	}
