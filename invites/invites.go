@@ -38,6 +38,9 @@ type Options struct {
 	// "stored", "deduplicated" or "refused", and for refusals a reason such as
 	// "rate_limited" or "policy"). Metrics count these.
 	OnStore func(outcome, reason string)
+	// Commit groups store-invite's write transactions; nil: one of the
+	// service's own. Share one per database.
+	Commit *store.Committer
 }
 
 // Service is the invites feature.
@@ -83,6 +86,9 @@ func New(db *bolt.DB, opts Options) (*Service, error) {
 	if opts.Config == nil {
 		c := config.Default()
 		opts.Config = &c
+	}
+	if opts.Commit == nil {
+		opts.Commit = store.NewCommitter(db)
 	}
 	if opts.Identity == nil || opts.Ring == nil || opts.Ephemeral == nil {
 		return nil, errors.New("invites: Options need Identity, Ring and Ephemeral")
