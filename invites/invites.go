@@ -96,6 +96,13 @@ func New(db *bolt.DB, opts Options) (*Service, error) {
 	if err := store.Buckets(db, allBuckets...); err != nil {
 		return nil, err
 	}
+	// A data dir from schema version 1 gets its sweep indexes and
+	// counters once (index.go).
+	if n, err := rebuildIndexes(db); err != nil {
+		return nil, fmt.Errorf("invites: building indexes: %w", err)
+	} else if n > 0 {
+		opts.Log.Info("invites: indexes and counters built for the stored invites", "count", n)
+	}
 	s := &Service{db: db, opts: opts, cfg: opts.Config}
 	var err error
 	if s.mail, err = loadMailTemplates(opts.Config); err != nil {
