@@ -236,6 +236,13 @@ func (s *Service) insert(tx *bolt.Tx, inv *Invite) error {
 	return s.index(tx, nil, inv)
 }
 
+// InsertTx stores a new invite inside the caller's write transaction with
+// every index and counter (index.go): the one way, besides store-invite and
+// Update, an invite is written (the sydent importer and herald bench
+// populate use it). A zero ID is assigned; a zero State is pending. The
+// ephemeral key (keys.Ephemeral) is the caller's to store.
+func (s *Service) InsertTx(tx *bolt.Tx, inv *Invite) error { return s.insert(tx, inv) }
+
 // reserveID takes the next invite id.
 func reserveID(tx *bolt.Tx) (uint64, error) { return tx.Bucket(bktInvites).NextSequence() }
 
