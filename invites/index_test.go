@@ -2,14 +2,82 @@ package invites_test
 
 import (
 	"fmt"
+	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/herald-im/herald/config"
+	"github.com/herald-im/herald/identity"
 	"github.com/herald-im/herald/invites"
+	"github.com/herald-im/herald/keys"
+	"github.com/herald-im/herald/store"
 )
+
+// sweepEnv is an invites.Service on its own database with a clock the test
+// moves, and no background sweeper: the test alone runs the sweeps.
+type sweepEnv struct {
+	dir string
+	db  *bolt.DB
+	s   *invites.Service
+	mu  sync.Mutex
+	now time.Time
+	cfg config.Config
+}
+
+func (e *sweepEnv) Now() time.Time { e.mu.Lock(); defer e.mu.Unlock(); return e.now }
+
+func (e *sweepEnv) Advance(d time.Duration) { e.mu.Lock(); e.now = e.now.Add(d); e.mu.Unlock() }
+
+func newSweepEnv(t *testing.T, mutate func(*config.Config)) *sweepEnv {
+	t.Helper()
+	e := &sweepEnv{dir: t.TempDir(), now: time.Now().UTC(), cfg: config.Default()}
+	if mutate != nil {
+		mutate(&e.cfg)
+	}
+	e.open(t)
+	return e
+}
+
+func (e *sweepEnv) open(t *testing.T) {
+	t.Helper()
+	db, err := store.Open(filepath.Join(e.dir, "data"), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	ring, err := keys.OpenRing(filepath.Join(e.dir, "keys"), "id.example.org")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ring.List()) == 0 {
+		if _, err := ring.Rotate(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	id, err := identity.New(db, identity.Options{Now: e.Now, Ring: ring})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eph, err := keys.OpenEphemeral(db, e.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := e.cfg
+	s, err := invites.New(db, invites.Options{Config: &cfg, Identity: id, Ring: ring, Ephemeral: eph, Now: e.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.db, e.s = db, s
+}
+
+func (e *sweepEnv) reopen(t *testing.T) {
+	t.Helper()
+	e.db.Close()
+	e.open(t)
+}
 
 // txid is the id of the last committed write transaction.
 func txid(t *testing.T, db *bolt.DB) int {
@@ -20,9 +88,9 @@ func txid(t *testing.T, db *bolt.DB) int {
 }
 
 // insertN stores n invites to distinct addresses in one transaction.
-func insertN(t *testing.T, e *env, n int, mk func(i int) *invites.Invite) {
+func insertN(t *testing.T, e *sweepEnv, n int, mk func(i int) *invites.Invite) {
 	t.Helper()
-	s := e.App.Invites()
+	s := e.s
 	if err := s.DB().Update(func(tx *bolt.Tx) error {
 		for i := 0; i < n; i++ {
 			if err := s.InsertTx(tx, mk(i)); err != nil {
@@ -51,12 +119,12 @@ func wantCounts(t *testing.T, s *invites.Service, want map[string]int) {
 // The sweeps find their work by seeking indexes and commit it in batches of
 // at most 500 invites; the counters follow every state change and erasure.
 func TestSweepsAndCountersAtScale(t *testing.T) {
-	e := start(t, func(c *config.Config) {
+	e := newSweepEnv(t, func(c *config.Config) {
 		c.Invites.Expiry = config.Duration(time.Hour)
 		c.Invites.Retention = config.Duration(24 * time.Hour)
 	})
-	s := e.App.Invites()
-	now := e.Clock.Now().UTC()
+	s := e.s
+	now := e.Now()
 	const due, resolved, later = 1100, 300, 50
 	insertN(t, e, due+resolved+later, func(i int) *invites.Invite {
 		inv := &invites.Invite{Token: fmt.Sprint("tok", i), Medium: "email", Address: fmt.Sprintf("u%d@example.org", i),
@@ -91,7 +159,7 @@ func TestSweepsAndCountersAtScale(t *testing.T) {
 	if n, err := s.EraseSecrets(); err != nil || n != 0 {
 		t.Fatalf("EraseSecrets before retention = %d, %v", n, err)
 	}
-	e.Clock.Advance(25 * time.Hour)
+	e.Advance(25 * time.Hour)
 	before = txid(t, s.DB())
 	if n, err := s.EraseSecrets(); err != nil || n != due+resolved {
 		t.Fatalf("EraseSecrets = %d, %v; want %d", n, err, due+resolved)
@@ -118,7 +186,7 @@ func TestSweepsAndCountersAtScale(t *testing.T) {
 	}
 	wantCounts(t, s, map[string]int{invites.StateExpired: due + later - 1, invites.StateResolved: resolved})
 
-	days, err := s.PerDay(e.Clock.Now(), 3)
+	days, err := s.PerDay(e.Now(), 3)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -135,9 +203,9 @@ func TestSweepsAndCountersAtScale(t *testing.T) {
 // List walks an index from the newest, pages with Offset or Before, and
 // tells the total when the counters or an index alone know it.
 func TestListPagesByIndex(t *testing.T) {
-	e := start(t)
-	s := e.App.Invites()
-	now := e.Clock.Now().UTC()
+	e := newSweepEnv(t, nil)
+	s := e.s
+	now := e.Now()
 	insertN(t, e, 30, func(i int) *invites.Invite {
 		inv := &invites.Invite{Token: fmt.Sprint("tok", i), Medium: "email", Address: fmt.Sprintf("u%d@example.org", i),
 			RoomID: fmt.Sprint("!r", i%3, ":hs.test"), RoomAlias: fmt.Sprint("#r", i%3, ":hs.test"),
@@ -182,9 +250,9 @@ func TestListPagesByIndex(t *testing.T) {
 // A data dir whose invites were written before the indexes existed gets
 // them, and the counters, when Herald starts.
 func TestIndexesBuiltForOlderDataDir(t *testing.T) {
-	e := start(t)
-	s := e.App.Invites()
-	now := e.Clock.Now().UTC()
+	e := newSweepEnv(t, nil)
+	s := e.s
+	now := e.Now()
 	insertN(t, e, 20, func(i int) *invites.Invite {
 		inv := &invites.Invite{Token: fmt.Sprint("tok", i), Medium: "email", Address: fmt.Sprintf("u%d@example.org", i),
 			RoomID: "!r:hs.test", Sender: alice, Homeserver: "hs.test", Created: now, ExpiresAt: now.Add(-time.Minute)}
@@ -204,8 +272,8 @@ func TestIndexesBuiltForOlderDataDir(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	e.Restart(t)
-	s = e.App.Invites()
+	e.reopen(t)
+	s = e.s
 	wantCounts(t, s, map[string]int{invites.StatePending: 15, invites.StateDeclined: 5})
 	if n, err := s.ExpireDue(); err != nil || n != 15 {
 		t.Errorf("ExpireDue after the rebuild = %d, %v", n, err)
