@@ -46,6 +46,9 @@ type BenchOptions struct {
 	Bindings    int           // bindings populate made
 	Steps       []string      // store, cycle, lookup, isvalid
 	Out         io.Writer
+	// HSListener and SMTPListener, when set, are used instead of
+	// listening on HSListen and SMTPListen (tests).
+	HSListener, SMTPListener net.Listener
 }
 
 // BenchConfig is the configuration Herald needs for RunBench: its SMTP
@@ -138,17 +141,21 @@ func loadAvg() string {
 }
 
 // serve starts the homeserver and the SMTP server.
-func (b *bench) serve() (stop func(), err error) {
-	hl, err := net.Listen("tcp", b.o.HSListen)
-	if err != nil {
-		return nil, fmt.Errorf("--hs-listen: %w", err)
+func (b *bench) serve() (stop func(), _ error) {
+	hl, sl := b.o.HSListener, b.o.SMTPListener
+	var err error
+	if hl == nil {
+		if hl, err = net.Listen("tcp", b.o.HSListen); err != nil {
+			return nil, fmt.Errorf("--hs-listen: %w", err)
+		}
 	}
 	hs := &http.Server{Handler: http.HandlerFunc(b.homeserver), ErrorLog: log.New(io.Discard, "", 0)}
 	go hs.Serve(hl)
-	sl, err := net.Listen("tcp", b.o.SMTPListen)
-	if err != nil {
-		hs.Close()
-		return nil, fmt.Errorf("--smtp-listen: %w", err)
+	if sl == nil {
+		if sl, err = net.Listen("tcp", b.o.SMTPListen); err != nil {
+			hs.Close()
+			return nil, fmt.Errorf("--smtp-listen: %w", err)
+		}
 	}
 	ss := smtp.NewServer(smtpBackend{b})
 	ss.Domain = "bench.localhost"
