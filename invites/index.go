@@ -141,7 +141,9 @@ func indexSweepsAndCounts(tx *bolt.Tx, old, inv *Invite) error {
 		}
 	}
 	for _, nk := range newKeys {
-		if err := tx.Bucket(nk[0]).Put(nk[1], nil); err != nil {
+		b := tx.Bucket(nk[0])
+		b.FillPercent = appendFill // keys are time+id or prefix+id
+		if err := b.Put(nk[1], nil); err != nil {
 			return err
 		}
 	}
@@ -198,7 +200,9 @@ func rebuildIndexes(db *bolt.DB) (int, error) {
 					return fmt.Errorf("invite %x: %w", k, err)
 				}
 				for _, sk := range sweepKeys(inv) {
-					if err := tx.Bucket(sk[0]).Put(sk[1], nil); err != nil {
+					b := tx.Bucket(sk[0])
+					b.FillPercent = appendFill
+					if err := b.Put(sk[1], nil); err != nil {
 						return err
 					}
 				}

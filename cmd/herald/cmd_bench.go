@@ -143,7 +143,14 @@ func (p *progress) finish(done int, err error) {
 		el.Round(time.Millisecond), float64(done-p.from)/max(el.Seconds(), 1e-9), state)
 }
 
+// Invites per transaction: their keys (ids, tokens, addresses) grow in
+// order, so a transaction writes mostly new pages at the end of each bucket.
 const populateBatch = 20_000
+
+// Bindings per transaction: the lookup hash index is keyed by a hash, so
+// every transaction touches pages all over it; large transactions rewrite
+// each page fewer times.
+const populateBindingBatch = 200_000
 
 func (p *populator) invites(ctx context.Context, n int) error {
 	s := p.a.Invites()
@@ -235,7 +242,7 @@ func (p *populator) bindings(ctx context.Context, n int) error {
 			pr.finish(have, err)
 			return err
 		}
-		end := min(have+populateBatch, n)
+		end := min(have+populateBindingBatch, n)
 		err := id.DB().Update(func(tx *bolt.Tx) error {
 			for i := have; i < end; i++ {
 				b := identity.Binding{Medium: "email", Address: loadgen.BoundAddress(i), MXID: fmt.Sprintf("@user%d:populate.test", i)}
