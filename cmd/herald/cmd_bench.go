@@ -147,11 +147,6 @@ func (p *progress) finish(done int, err error) {
 // order, so a transaction writes mostly new pages at the end of each bucket.
 const populateBatch = 20_000
 
-// Bindings per transaction: the lookup hash index is keyed by a hash, so
-// every transaction touches pages all over it; large transactions rewrite
-// each page fewer times.
-const populateBindingBatch = 200_000
-
 func (p *populator) invites(ctx context.Context, n int) error {
 	s := p.a.Invites()
 	counts, err := s.Counts()
@@ -242,7 +237,7 @@ func (p *populator) bindings(ctx context.Context, n int) error {
 			pr.finish(have, err)
 			return err
 		}
-		end := min(have+populateBindingBatch, n)
+		end := min(have+populateBatch, n)
 		err := id.DB().Update(func(tx *bolt.Tx) error {
 			for i := have; i < end; i++ {
 				b := identity.Binding{Medium: "email", Address: loadgen.BoundAddress(i), MXID: fmt.Sprintf("@user%d:populate.test", i)}
