@@ -2,6 +2,7 @@ package invites
 
 import (
 	"slices"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -26,14 +27,56 @@ const (
 // DisplayStates lists every state the console shows, in display order.
 var DisplayStates = []string{StatePending, StateEmailed, StateResolved, StateExpired, StateRevoked, StateDeclined, StateFailed}
 
+// sentMails remembers the ids of invite mails found sent: a sent mail stays
+// sent, so the console reads each pending invite's mail once rather than on
+// every dashboard load. Entries are kept only for pending invites
+// (DisplayCounts forgets the others), so the set is bounded by them.
+type sentMails struct {
+	mu sync.Mutex
+	m  map[uint64]struct{}
+}
+
+func (c *sentMails) has(id uint64) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, ok := c.m[id]
+	return ok
+}
+
+func (c *sentMails) add(id uint64) {
+	c.mu.Lock()
+	if c.m == nil {
+		c.m = map[uint64]struct{}{}
+	}
+	c.m[id] = struct{}{}
+	c.mu.Unlock()
+}
+
+// keep forgets every id not in live.
+func (c *sentMails) keep(live map[uint64]bool) {
+	c.mu.Lock()
+	for id := range c.m {
+		if !live[id] {
+			delete(c.m, id)
+		}
+	}
+	c.mu.Unlock()
+}
+
 // mailState is the state of an invite's email ("" when unknown).
 func (s *Service) mailState(inv *Invite) mailer.State {
 	if s.opts.Mailer == nil || inv.MailID == 0 {
 		return ""
 	}
+	if s.sent.has(inv.MailID) {
+		return mailer.Sent
+	}
 	m, err := s.opts.Mailer.Get(inv.MailID)
 	if err != nil {
 		return ""
+	}
+	if m.State == mailer.Sent {
+		s.sent.add(inv.MailID)
 	}
 	return m.State
 }
@@ -166,9 +209,12 @@ func (s *Service) DisplayCounts(now time.Time, failedDeliveries func(yield func(
 		return nil
 	})
 	// The email states are read after the transaction (see DisplayState).
+	live := make(map[uint64]bool, len(pending))
 	for _, inv := range pending {
 		out[s.displayState(inv, now, false)]++
+		live[inv.MailID] = true
 	}
+	s.sent.keep(live)
 	return out, err
 }
 
@@ -206,6 +252,9 @@ func (s *Service) ListDisplayed(f Filter, state string, now time.Time, failedDel
 		l, _, err := s.List(f)
 		return l, err
 	}
+	if state == StatePending || state == StateEmailed {
+		return s.listPending(f, state, now)
+	}
 	var failedIDs []uint64
 	if state == StateFailed && failedDeliveries != nil {
 		for id := range failedDeliveries {
@@ -223,8 +272,6 @@ func (s *Service) ListDisplayed(f Filter, state string, now time.Time, failedDel
 		var candidates func(yield func(uint64) bool)
 		states := tx.Bucket(bktState)
 		switch state {
-		case StatePending, StateEmailed:
-			candidates = store.Descending(states, join0(StatePending, ""))
 		case StateExpired:
 			// Pending past expiry, not swept yet (the start of the expiry
 			// index, at most a sweep period's worth), merged into the
@@ -305,4 +352,57 @@ func (s *Service) ListDisplayed(f Filter, state string, now time.Time, failedDel
 		out = append(out, c.inv)
 	}
 	return out, nil
+}
+
+// listPending is ListDisplayed for pending and emailed: it walks the pending
+// invites from the newest in read transactions of at most 256 invites, and
+// reads their emails' states between them, until the page is full.
+func (s *Service) listPending(f Filter, state string, now time.Time) ([]*Invite, error) {
+	f.State = ""
+	var out []*Invite
+	skip := f.Offset
+	var before uint64
+	for {
+		var chunk []*Invite
+		more := false
+		err := s.db.View(func(tx *bolt.Tx) error {
+			var ferr error
+			descending(tx.Bucket(bktState), join0(StatePending, ""), before, func(id uint64) bool {
+				if len(chunk) >= 256 {
+					more = true
+					return false
+				}
+				before = id
+				inv, err := getTx(tx, id)
+				if err != nil {
+					ferr = err
+					return false
+				}
+				if f.match(inv) {
+					chunk = append(chunk, inv)
+				}
+				return true
+			})
+			return ferr
+		})
+		if err != nil {
+			return nil, err
+		}
+		for _, inv := range chunk {
+			if s.displayState(inv, now, false) != state {
+				continue
+			}
+			if skip > 0 {
+				skip--
+				continue
+			}
+			out = append(out, inv)
+			if len(out) >= f.Limit {
+				return out, nil
+			}
+		}
+		if !more {
+			return out, nil
+		}
+	}
 }

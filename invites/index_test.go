@@ -282,3 +282,43 @@ func TestIndexesBuiltForOlderDataDir(t *testing.T) {
 		t.Errorf("List by sender after the rebuild: %d, total %d", len(l), total)
 	}
 }
+
+// The console's pending list pages through the pending invites in chunks,
+// newest first, and its counts come from the counters and the pending walk.
+func TestDisplayedPendingPages(t *testing.T) {
+	e := newSweepEnv(t, nil)
+	now := e.Now()
+	insertN(t, e, 700, func(i int) *invites.Invite {
+		inv := &invites.Invite{Token: fmt.Sprint("tok", i), Medium: "email", Address: fmt.Sprintf("u%d@example.org", i),
+			RoomID: "!r:hs.test", Sender: alice, Homeserver: "hs.test", Created: now, ExpiresAt: now.Add(time.Hour)}
+		if i%7 == 0 {
+			inv.State = invites.StateRevoked
+		}
+		if i == 699 {
+			inv.ExpiresAt = now.Add(-time.Minute) // due, not swept: shows as expired
+		}
+		return inv
+	})
+	l, err := e.s.ListDisplayed(invites.Filter{Limit: 3, Offset: 500}, invites.StatePending, now, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Pending ids, newest first: 699 (ids 1-700, i = id-1) is expired, every
+	// seventh is revoked; the 501st pending one onwards.
+	var want []uint64
+	for id := uint64(699); id > 0 && len(want) < 503; id-- {
+		if (id-1)%7 != 0 {
+			want = append(want, id)
+		}
+	}
+	if len(l) != 3 || l[0].ID != want[500] || l[2].ID != want[502] {
+		t.Errorf("page: %v, want from %d", l, want[500])
+	}
+	counts, err := e.s.DisplayCounts(now, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if counts[invites.StatePending] != 599 || counts[invites.StateExpired] != 1 || counts[invites.StateRevoked] != 100 {
+		t.Errorf("DisplayCounts = %v", counts)
+	}
+}

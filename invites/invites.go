@@ -51,6 +51,7 @@ type Service struct {
 	mail   *mailTemplates
 	limits *limits
 	policy *policy
+	sent   sentMails // mails known sent, for the console's states (console.go)
 }
 
 // Setup is run at the end of New, in registration order. Files of this
