@@ -186,18 +186,15 @@ func (s *Service) DisplayCounts(now time.Time, failedDeliveries func(yield func(
 	slices.Sort(failedIDs)
 	failedIDs = slices.Compact(failedIDs)
 	out := make(map[string]int, len(DisplayStates))
-	var pending []*Invite
+	var pending []pendingEntry
 	err := s.db.View(func(tx *bolt.Tx) error {
 		for st, n := range s.CountsTx(tx) {
 			out[st] = n
 		}
 		out[StatePending], out[StateEmailed], out[StateFailed] = 0, 0, 0
-		for id := range store.Descending(tx.Bucket(bktState), join0(StatePending, "")) {
-			inv, err := getTx(tx, id)
-			if err != nil {
-				return err
-			}
-			pending = append(pending, inv)
+		var err error
+		if pending, err = pendingEntries(tx); err != nil {
+			return err
 		}
 		for _, id := range failedIDs {
 			inv, err := getTx(tx, id)
@@ -210,9 +207,10 @@ func (s *Service) DisplayCounts(now time.Time, failedDeliveries func(yield func(
 	})
 	// The email states are read after the transaction (see DisplayState).
 	live := make(map[uint64]bool, len(pending))
-	for _, inv := range pending {
+	for _, e := range pending {
+		inv := &Invite{ID: e.id, State: StatePending, MailID: e.mailID, ExpiresAt: e.expiresAt}
 		out[s.displayState(inv, now, false)]++
-		live[inv.MailID] = true
+		live[e.mailID] = true
 	}
 	s.sent.keep(live)
 	return out, err
@@ -256,9 +254,25 @@ func (s *Service) ListDisplayed(f Filter, state string, now time.Time, failedDel
 		return s.listPending(f, state, now)
 	}
 	var failedIDs []uint64
-	if state == StateFailed && failedDeliveries != nil {
-		for id := range failedDeliveries {
-			failedIDs = append(failedIDs, id)
+	if state == StateFailed {
+		if failedDeliveries != nil {
+			for id := range failedDeliveries {
+				failedIDs = append(failedIDs, id)
+			}
+		}
+		// Pending invites whose email failed, found from the state index
+		// and the emails (read outside the transaction).
+		var pending []pendingEntry
+		if err := s.db.View(func(tx *bolt.Tx) (err error) {
+			pending, err = pendingEntries(tx)
+			return err
+		}); err != nil {
+			return nil, err
+		}
+		for _, e := range pending {
+			if s.displayState(&Invite{ID: e.id, State: StatePending, MailID: e.mailID, ExpiresAt: e.expiresAt}, now, false) == StateFailed {
+				failedIDs = append(failedIDs, e.id)
+			}
 		}
 	}
 	var out []*Invite
@@ -304,11 +318,7 @@ func (s *Service) ListDisplayed(f Filter, state string, now time.Time, failedDel
 				}
 			}
 		case StateFailed:
-			var ids []uint64
-			for id := range store.Descending(states, join0(StatePending, "")) {
-				ids = append(ids, id)
-			}
-			ids = append(ids, failedIDs...)
+			ids := failedIDs
 			slices.Sort(ids)
 			ids = slices.Compact(ids)
 			candidates = func(yield func(uint64) bool) {

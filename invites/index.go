@@ -284,3 +284,59 @@ func (s *Service) PerDay(now time.Time, days int) ([]DayCount, error) {
 	})
 	return out, err
 }
+
+// pendingValue is the value of a pending invite's state index entry: its
+// mail id and expiry (8 bytes each), so the console's counts read the
+// index, not the records. Other states have none. Entries written before
+// schema 2 have none either: their readers decode the record.
+func pendingValue(inv *Invite) []byte {
+	if inv.State != StatePending {
+		return nil
+	}
+	v := make([]byte, 16)
+	binary.BigEndian.PutUint64(v, inv.MailID)
+	if !inv.ExpiresAt.IsZero() {
+		binary.BigEndian.PutUint64(v[8:], uint64(inv.ExpiresAt.UnixNano()))
+	}
+	return v
+}
+
+// pendingEntry is what the console's states need of a pending invite.
+type pendingEntry struct {
+	id, mailID uint64
+	expiresAt  time.Time
+}
+
+// pendingEntries reads the pending invites' entries from the state index,
+// newest first (decoding the record only for an entry without a value).
+func pendingEntries(tx *bolt.Tx) ([]pendingEntry, error) {
+	prefix := join0(StatePending, "")
+	var out []pendingEntry
+	c := tx.Bucket(bktState).Cursor()
+	k, v := c.Seek(append(append([]byte{}, prefix...), 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff))
+	if k == nil {
+		k, v = c.Last()
+	} else {
+		k, v = c.Prev()
+	}
+	for ; k != nil && bytes.HasPrefix(k, prefix); k, v = c.Prev() {
+		if len(k) != len(prefix)+8 {
+			continue
+		}
+		e := pendingEntry{id: u64(k[len(prefix):])}
+		if len(v) == 16 {
+			e.mailID = binary.BigEndian.Uint64(v)
+			if ns := binary.BigEndian.Uint64(v[8:]); ns != 0 {
+				e.expiresAt = time.Unix(0, int64(ns))
+			}
+		} else {
+			inv, err := getTx(tx, e.id)
+			if err != nil {
+				return nil, err
+			}
+			e.mailID, e.expiresAt = inv.MailID, inv.ExpiresAt
+		}
+		out = append(out, e)
+	}
+	return out, nil
+}

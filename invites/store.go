@@ -79,7 +79,7 @@ var (
 	bktToken   = []byte("invites_token") // token -> id
 	bktAddr    = []byte("invites_addr")  // medium 0 address 0 id -> nil
 	bktDedup   = []byte("invites_dedup") // sender 0 room 0 medium 0 address -> id, pending only
-	bktState   = []byte("invites_state") // state 0 id -> nil
+	bktState   = []byte("invites_state") // state 0 id -> nil; for pending: mail id, expires_at (pendingValue)
 )
 
 var allBuckets = [][]byte{bktInvites, bktToken, bktAddr, bktDedup, bktState, bktExpiry, bktErase, bktBy, bktCount}
@@ -296,7 +296,7 @@ func (s *Service) index(tx *bolt.Tx, old, inv *Invite) error {
 		}
 	}
 	sb.FillPercent = appendFill
-	if err := sb.Put(stateKey(inv.State, inv.ID), nil); err != nil {
+	if err := sb.Put(stateKey(inv.State, inv.ID), pendingValue(inv)); err != nil {
 		return err
 	}
 	if inv.State == StatePending && inv.Token != "" {
