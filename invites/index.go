@@ -32,7 +32,7 @@ var (
 // countsVersion marks, in invites_count, that the indexes above were built
 // for every stored invite (a data dir from schema version 1 has none; New
 // builds them once).
-var countsVersion = []byte("indexed")
+var countsVersion = []byte("indexed.2")
 
 // Kinds of the invites_by index, as Filter fields.
 const (
@@ -167,7 +167,7 @@ func indexSweepsAndCounts(tx *bolt.Tx, old, inv *Invite) error {
 }
 
 // rebuildIndexes builds the sweep indexes and counters for every stored
-// invite, once, for a data dir written before they existed (schema version
+// invite (and the pending invites' state index values), once, for a data dir written before they existed (schema version
 // 1). It works in transactions of at most rebuildBatch invites, so a large
 // data dir does not hold one long write transaction; an interrupted rebuild
 // starts again from the beginning (it only adds keys and sets counters at
@@ -208,6 +208,11 @@ func rebuildIndexes(db *bolt.DB) (int, error) {
 				}
 				for _, ck := range countKeys(inv) {
 					counts[string(ck)]++
+				}
+				if inv.State == StatePending {
+					if err := tx.Bucket(bktState).Put(stateKey(inv.State, inv.ID), pendingValue(inv)); err != nil {
+						return err
+					}
 				}
 				last = store.Copy(k)
 				i++
