@@ -1,6 +1,7 @@
 package invites
 
 import (
+	"encoding/binary"
 	"slices"
 	"sync"
 	"time"
@@ -377,12 +378,23 @@ func (s *Service) listPending(f Filter, state string, now time.Time) ([]*Invite,
 		more := false
 		err := s.db.View(func(tx *bolt.Tx) error {
 			var ferr error
-			descending(tx.Bucket(bktState), join0(StatePending, ""), before, func(id uint64) bool {
+			b := tx.Bucket(bktState)
+			descending(b, join0(StatePending, ""), before, func(id uint64) bool {
 				if len(chunk) >= 256 {
 					more = true
 					return false
 				}
 				before = id
+				// The entry's mail id and expiry settle many invites
+				// without decoding them: an expired one is neither, and
+				// one whose mail is known sent is not pending.
+				if v := b.Get(stateKey(StatePending, id)); len(v) == 16 {
+					exp := binary.BigEndian.Uint64(v[8:])
+					expired := exp != 0 && !now.Before(time.Unix(0, int64(exp)))
+					if expired || state == StatePending && s.sent.has(binary.BigEndian.Uint64(v)) {
+						return true
+					}
+				}
 				inv, err := getTx(tx, id)
 				if err != nil {
 					ferr = err
