@@ -32,7 +32,7 @@ func (a *App) newAdmin() (*admin.Handler, error) {
 	}
 	opts := admin.Options{
 		DB: a.db, Config: a.cfg, Log: a.log, Now: a.now, IPExtractor: a.clientIP,
-		Invites:        &adminInvites{s: a.invites, mail: a.mail, dels: a.onbind, now: a.now},
+		Invites:        &adminInvites{s: a.invites, dels: a.onbind, now: a.now},
 		Outbox:         &adminOutbox{q: a.mail},
 		Deliveries:     &adminDeliveries{d: a.onbind, now: a.now},
 		Bindings:       &adminBindings{id: a.identity},
@@ -124,7 +124,6 @@ func adminErr(err error) error {
 // (invites/console.go).
 type adminInvites struct {
 	s    *invites.Service
-	mail *mailer.Queue
 	dels *invites.Deliveries
 	now  func() time.Time
 }
