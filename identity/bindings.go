@@ -52,6 +52,9 @@ type bindState struct {
 
 	rotateMu sync.Mutex // serialises pepper rotation
 	pepper   atomic.Pointer[pepperInfo]
+
+	// filter skips the index seek of hashes that are not bound (lookupfilter.go).
+	filter lookupFilter
 }
 
 type pepperInfo struct {
@@ -135,6 +138,9 @@ func (s *Service) PutBinding(tx *bolt.Tx, b Binding) error {
 	if err := tx.Bucket(lookupHashBucket).Put(h[:], []byte(b.MXID)); err != nil {
 		return err
 	}
+	// Lookups skip hashes the filter does not hold: it learns of the
+	// binding when it is committed, before PutBinding's caller answers.
+	tx.OnCommit(func() { s.bind.filter.added(pepper, h[:]) })
 	s.bind.hooksMu.RLock()
 	hooks := append([]BindHook(nil), s.bind.hooks...)
 	s.bind.hooksMu.RUnlock()
@@ -279,7 +285,10 @@ func (s *Service) setPepperTx(tx *bolt.Tx, pepper string) (*pepperInfo, error) {
 	}
 	p := &pepperInfo{Value: pepper, Created: now}
 	// Publish only after commit: the caller does that through OnCommit.
-	tx.OnCommit(func() { s.bind.pepper.Store(p) })
+	tx.OnCommit(func() {
+		s.bind.pepper.Store(p)
+		s.bind.filter.drop() // built again, for this pepper, by the next lookup
+	})
 	return p, nil
 }
 

@@ -50,6 +50,9 @@ type Options struct {
 	// TokenIdleLifetime expires an access token unused this long
 	// (account.token_idle_lifetime; 0: never).
 	TokenIdleLifetime time.Duration
+	// Commit groups the write transactions of hot paths (token use); nil:
+	// one of the service's own. Share one per database.
+	Commit *store.Committer
 }
 
 // Service is the identity feature.
@@ -74,6 +77,9 @@ func New(db *bolt.DB, opts Options) (*Service, error) {
 	}
 	if opts.Log == nil {
 		opts.Log = slog.Default()
+	}
+	if opts.Commit == nil {
+		opts.Commit = store.NewCommitter(db)
 	}
 	s := &Service{db: db, opts: opts, acceptURL: map[string][]policyVersion{}}
 	for id, p := range opts.Terms.Policies {
@@ -248,11 +254,11 @@ func (s *Service) touchEvery() time.Duration {
 }
 
 // useToken records that token was used now if the recorded use is older
-// than touchEvery, and turns it into a tombstone if it expired. Batch may run
-// the function twice: it only sets values derived from now.
+// than touchEvery, and turns it into a tombstone if it expired. The committer
+// may run the function twice: it only sets values derived from now.
 func (s *Service) useToken(token string, now time.Time) error {
 	key := hashToken(token)
-	return s.db.Batch(func(tx *bolt.Tx) error {
+	return s.opts.Commit.Do(func(tx *bolt.Tx) error {
 		b := tx.Bucket(accountsBucket)
 		raw := b.Get(key)
 		if raw == nil {

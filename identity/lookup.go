@@ -253,6 +253,7 @@ func (s *Service) lookupEach(algorithm, pepper string, addresses []string, found
 	if err != nil {
 		return err
 	}
+	build := false
 	err = s.db.View(func(tx *bolt.Tx) error {
 		// Compare with the pepper of this very snapshot: the index matches it.
 		p, err := s.pepperTx(tx)
@@ -285,6 +286,9 @@ func (s *Service) lookupEach(algorithm, pepper string, addresses []string, found
 				order = append(order, binary.BigEndian.Uint64(keys[i][:8])&^(1<<posBits-1)|uint64(i))
 			}
 			slices.Sort(order)
+			may, done := s.bind.filter.mayHold(p)
+			defer done()
+			build = may == nil
 			c := tx.Bucket(lookupHashBucket).Cursor()
 			run := 0 // start of the run of equal top bits
 		next:
@@ -299,6 +303,9 @@ func (s *Service) lookupEach(algorithm, pepper string, addresses []string, found
 					}
 				}
 				key := keys[i][:]
+				if may != nil && !may(key) {
+					continue // not bound: no seek
+				}
 				if k, v := c.Seek(key); v != nil && bytes.Equal(k, key) {
 					found(addresses[i], v)
 				}
@@ -329,6 +336,13 @@ func (s *Service) lookupEach(algorithm, pepper string, addresses []string, found
 	if err == errNoPepper {
 		return matrix.InvalidPepper("Unknown or invalid pepper - has it been rotated?").
 			With("algorithm", "sha256").With("pepper", current).With("lookup_pepper", current)
+	}
+	if err == nil && build {
+		// The filter was not built for this pepper: this lookup builds it,
+		// after its own transaction (the others seek meanwhile).
+		if berr := s.bind.filter.build(s.db); berr != nil {
+			s.opts.Log.Warn("lookup filter not built: lookups seek every hash", "err", berr)
+		}
 	}
 	return err
 }

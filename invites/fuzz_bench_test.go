@@ -118,12 +118,12 @@ func checkAnswer(t *testing.T, status int, raw []byte) {
 // more than the client's. No spec validation in the loop.
 
 // benchParallelism: goroutines per GOMAXPROCS sending store-invites, enough
-// for bbolt's Batch to group many commits (a batch runs after 10 ms or 1,000
-// calls).
+// for the group-commit writer to put many store-invites in one commit
+// (store.Committer).
 const benchParallelism = 32
 
 // BenchmarkStoreInvite: durable store-invite (invite, ephemeral key and
-// outgoing mail in one bbolt transaction, grouped by Batch).
+// outgoing mail in one bbolt transaction, grouped by store.Committer).
 //
 //   - mail=delivered: the mail worker sends to an in-process SMTP server
 //     meanwhile, and the clock stops when the SMTP server has accepted every

@@ -223,8 +223,8 @@ func (s *Service) store(fields map[string]json.RawMessage, account, api string) 
 	// An upstream identity server may vouch for the invitee (upstream.go).
 	vouch := s.askUpstream(inv)
 
-	// Everything random or rendered is made before the transaction: Batch may
-	// run the function more than once, which must then write the same thing.
+	// Everything random or rendered is made before the transaction: the
+	// committer may run the function more than once, which must then write the same thing.
 	now := s.opts.Now().UTC()
 	inv.Token = newInviteToken()
 	pub, priv := keys.NewEphemeralKey()
@@ -256,7 +256,7 @@ func (s *Service) store(fields map[string]json.RawMessage, account, api string) 
 
 	var result *Invite
 	queued := false
-	err = s.db.Batch(func(tx *bolt.Tx) error {
+	err = s.opts.Commit.Do(func(tx *bolt.Tx) error {
 		result, queued = nil, false
 		if err := s.checkBound(tx, inv.Address); err != nil {
 			return err

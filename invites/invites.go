@@ -39,6 +39,9 @@ type Options struct {
 	// "stored", "deduplicated" or "refused", and for refusals a reason such as
 	// "rate_limited" or "policy"). Metrics count these.
 	OnStore func(outcome, reason string)
+	// Commit groups store-invite's write transactions; nil: one of the
+	// service's own. Share one per database.
+	Commit *store.Committer
 }
 
 // Service is the invites feature.
@@ -52,6 +55,7 @@ type Service struct {
 	// upstream, when set (UseUpstream), asks other identity servers at
 	// store-invite (upstream.go).
 	upstream *upstreamHook
+	sent     sentMails // mails known sent, for the console's states (console.go)
 }
 
 // Setup is run at the end of New, in registration order (lifecycle.go
@@ -86,11 +90,21 @@ func New(db *bolt.DB, opts Options) (*Service, error) {
 		c := config.Default()
 		opts.Config = &c
 	}
+	if opts.Commit == nil {
+		opts.Commit = store.NewCommitter(db)
+	}
 	if opts.Identity == nil || opts.Ring == nil || opts.Ephemeral == nil {
 		return nil, errors.New("invites: Options need Identity, Ring and Ephemeral")
 	}
 	if err := store.Buckets(db, allBuckets...); err != nil {
 		return nil, err
+	}
+	// A data dir from schema version 1 gets its sweep indexes and
+	// counters once (index.go).
+	if n, err := rebuildIndexes(db); err != nil {
+		return nil, fmt.Errorf("invites: building indexes: %w", err)
+	} else if n > 0 {
+		opts.Log.Info("invites: indexes and counters built for the stored invites", "count", n)
 	}
 	s := &Service{db: db, opts: opts, cfg: opts.Config}
 	var err error

@@ -1,6 +1,7 @@
 package invites
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -159,49 +160,101 @@ func (s *Service) Decline(token string, undo bool) (*Invite, error) {
 	return inv, err
 }
 
+// sweepBatch bounds the invites one sweep transaction changes, so a sweep
+// holds bbolt's only writer briefly however much is due.
+const sweepBatch = 500
+
 // ExpireDue marks every pending invite past its expiry expired (its
-// ephemeral key becomes invalid) and returns how many.
+// ephemeral key becomes invalid) and returns how many. It seeks the expiry
+// index (index.go) and works in transactions of at most sweepBatch invites:
+// its cost is the number of invites due, not the number stored.
 func (s *Service) ExpireDue() (int, error) {
-	n := 0
 	now := s.opts.Now()
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		return s.EachInState(tx, StatePending, func(inv *Invite) error {
-			if !inv.Expired(now) {
-				return nil
+	end := store.U64(uint64(now.UnixNano()) + 1) // keys are expires_at id: every key below is due
+	total := 0
+	for {
+		n := 0
+		err := s.db.Update(func(tx *bolt.Tx) error {
+			n = 0
+			var ids []uint64
+			c := tx.Bucket(bktExpiry).Cursor()
+			for k, _ := c.First(); k != nil && len(ids) < sweepBatch && bytes.Compare(k, end) < 0; k, _ = c.Next() {
+				if len(k) == 16 {
+					ids = append(ids, u64(k[8:]))
+				}
 			}
-			inv.State = StateExpired
-			inv.StateChanged = inv.ExpiresAt.UTC()
-			n++
-			return s.Update(tx, inv)
+			for _, id := range ids {
+				inv, err := getTx(tx, id)
+				if err != nil {
+					return err
+				}
+				if inv.State != StatePending || !inv.Expired(now) {
+					continue
+				}
+				inv.State = StateExpired
+				inv.StateChanged = inv.ExpiresAt.UTC()
+				if err := s.Update(tx, inv); err != nil {
+					return err
+				}
+				n++
+			}
+			return nil
 		})
-	})
-	return n, err
+		total += n
+		if err != nil || n < sweepBatch {
+			return total, err
+		}
+	}
 }
 
 // EraseSecrets erases the token and ephemeral private key of every finished
 // invite (resolved, expired, revoked, declined) whose state changed more than
 // invites.retention ago; the rest of the record stays as history. A resolved
-// invite is kept whole while a delivery of it is still under way.
+// invite is kept whole while a delivery of it is still under way. It seeks
+// the erase index (index.go), oldest first, in transactions of at most
+// sweepBatch invites.
 func (s *Service) EraseSecrets() (int, error) {
 	retention := s.cfg.Invites.Retention.D()
 	if retention <= 0 {
 		return 0, nil
 	}
 	cutoff := s.opts.Now().Add(-retention)
-	n := 0
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		for _, state := range []string{StateResolved, StateExpired, StateRevoked, StateDeclined} {
-			err := s.EachInState(tx, state, func(inv *Invite) error {
-				if inv.Token == "" && inv.EphemeralPrivate == "" {
-					return nil
+	end := store.U64(uint64(cutoff.UnixNano())) // state_changed strictly before cutoff
+	total := 0
+	var from []byte // the next key to look at: kept past invites left whole
+	for {
+		seen, n := 0, 0
+		var next []byte
+		err := s.db.Update(func(tx *bolt.Tx) error {
+			seen, n, next = 0, 0, nil
+			var ids []uint64
+			c := tx.Bucket(bktErase).Cursor()
+			k, _ := c.First()
+			if from != nil {
+				k, _ = c.Seek(from)
+			}
+			for ; k != nil && len(ids) < sweepBatch && bytes.Compare(k, end) < 0; k, _ = c.Next() {
+				if len(k) == 16 {
+					ids = append(ids, u64(k[8:]))
 				}
-				if !inv.StateChanged.Before(cutoff) {
-					return nil
+				next = append(store.Copy(k), 0)
+			}
+			seen = len(ids)
+			for _, id := range ids {
+				inv, err := getTx(tx, id)
+				if err != nil {
+					return err
 				}
-				if state == StateResolved {
+				if !holdsSecret(inv) || !inv.StateChanged.Before(cutoff) {
+					continue
+				}
+				if inv.State == StateResolved {
 					_, pending, err := deliveryActive(tx, inv.ID)
-					if err != nil || pending {
+					if err != nil {
 						return err
+					}
+					if pending {
+						continue
 					}
 				}
 				if inv.EphemeralPublic != "" {
@@ -210,16 +263,19 @@ func (s *Service) EraseSecrets() (int, error) {
 					}
 				}
 				inv.Token, inv.EphemeralPrivate = "", ""
+				if err := s.Update(tx, inv); err != nil {
+					return err
+				}
 				n++
-				return s.Update(tx, inv)
-			})
-			if err != nil {
-				return err
 			}
+			return nil
+		})
+		total += n
+		if err != nil || seen < sweepBatch {
+			return total, err
 		}
-		return nil
-	})
-	return n, err
+		from = next
+	}
 }
 
 // RunLifecycle expires invites and erases old secrets every interval (and

@@ -83,10 +83,10 @@ var (
 	bktToken   = []byte("invites_token") // token -> id
 	bktAddr    = []byte("invites_addr")  // medium 0 address 0 id -> nil
 	bktDedup   = []byte("invites_dedup") // sender 0 room 0 medium 0 address -> id, pending only
-	bktState   = []byte("invites_state") // state 0 id -> nil
+	bktState   = []byte("invites_state") // state 0 id -> nil; for pending: mail id, expires_at (pendingValue)
 )
 
-var allBuckets = [][]byte{bktInvites, bktToken, bktAddr, bktDedup, bktState}
+var allBuckets = [][]byte{bktInvites, bktToken, bktAddr, bktDedup, bktState, bktExpiry, bktErase, bktBy, bktCount}
 
 // ErrNotFound means no invite matches.
 var ErrNotFound = errors.New("invites: no such invite")
@@ -131,8 +131,16 @@ func putRecord(tx *bolt.Tx, inv *Invite) error {
 	if err != nil {
 		return err
 	}
-	return tx.Bucket(bktInvites).Put(store.U64(inv.ID), raw)
+	b := tx.Bucket(bktInvites)
+	b.FillPercent = appendFill
+	return b.Put(store.U64(inv.ID), raw)
 }
+
+// appendFill is the fill of pages split in buckets whose keys mostly grow
+// (ids, times, prefix+id): bbolt's default of one half leaves every page
+// half empty when keys are appended, which doubled the file. A tenth is left
+// for records that grow a little in place.
+const appendFill = 0.9
 
 // Get returns the invite with that id.
 func (s *Service) Get(id uint64) (*Invite, error) {
@@ -240,11 +248,22 @@ func (s *Service) insert(tx *bolt.Tx, inv *Invite) error {
 	return s.index(tx, nil, inv)
 }
 
+// InsertTx stores a new invite inside the caller's write transaction with
+// every index and counter (index.go): the one way, besides store-invite and
+// Update, an invite is written (the sydent importer and herald bench
+// populate use it). A zero ID is assigned; a zero State is pending. The
+// ephemeral key (keys.Ephemeral) is the caller's to store.
+func (s *Service) InsertTx(tx *bolt.Tx, inv *Invite) error { return s.insert(tx, inv) }
+
 // reserveID takes the next invite id.
 func reserveID(tx *bolt.Tx) (uint64, error) { return tx.Bucket(bktInvites).NextSequence() }
 
-// index moves the indexes from old (nil for a new invite) to inv.
+// index moves the indexes and counters from old (nil for a new invite) to
+// inv. Every write of an invite goes through it (insert, Update, Delete).
 func (s *Service) index(tx *bolt.Tx, old, inv *Invite) error {
+	if err := indexSweepsAndCounts(tx, old, inv); err != nil {
+		return err
+	}
 	tb, ab, db, sb := tx.Bucket(bktToken), tx.Bucket(bktAddr), tx.Bucket(bktDedup), tx.Bucket(bktState)
 	id := store.U64(inv.ID)
 	if old != nil {
@@ -280,7 +299,8 @@ func (s *Service) index(tx *bolt.Tx, old, inv *Invite) error {
 			return err
 		}
 	}
-	if err := sb.Put(stateKey(inv.State, inv.ID), nil); err != nil {
+	sb.FillPercent = appendFill
+	if err := sb.Put(stateKey(inv.State, inv.ID), pendingValue(inv)); err != nil {
 		return err
 	}
 	if inv.State == StatePending && inv.Token != "" {
@@ -344,6 +364,9 @@ func (s *Service) Delete(tx *bolt.Tx, id uint64) error {
 			return err
 		}
 	}
+	if err := indexSweepsAndCounts(tx, old, nil); err != nil {
+		return err
+	}
 	if old.EphemeralPublic != "" && s.opts.Ephemeral != nil {
 		if err := s.opts.Ephemeral.Delete(tx, old.EphemeralPublic); err != nil {
 			return err
@@ -405,6 +428,7 @@ func (s *Service) EachInState(tx *bolt.Tx, state string, fn func(*Invite) error)
 type Filter struct {
 	State      string
 	RoomID     string
+	RoomAlias  string
 	Sender     string
 	Homeserver string
 	Address    string // matched after normalisation
@@ -412,15 +436,20 @@ type Filter struct {
 	Until      time.Time
 	Limit      int // default 50
 	Offset     int
+	// Before, when not zero, starts the list below this invite id (the
+	// last id of the previous page): paging without Offset's skipping.
+	Before uint64
 }
 
 func (f Filter) match(inv *Invite) bool {
 	switch {
 	case f.State != "" && inv.State != f.State,
 		f.RoomID != "" && inv.RoomID != f.RoomID,
+		f.RoomAlias != "" && inv.RoomAlias != f.RoomAlias,
 		f.Sender != "" && inv.Sender != f.Sender,
 		f.Homeserver != "" && inv.Homeserver != f.Homeserver,
 		f.Address != "" && inv.Address != f.Address,
+		f.Before != 0 && inv.ID >= f.Before,
 		!f.Since.IsZero() && inv.Created.Before(f.Since),
 		!f.Until.IsZero() && !inv.Created.Before(f.Until):
 		return false
@@ -428,7 +457,61 @@ func (f Filter) match(inv *Invite) bool {
 	return true
 }
 
-// List returns the invites matching f, newest first, and how many match in all.
+// source picks the most selective index for f: the bucket and key prefix
+// whose prefix+ID keys name the candidates, and whether every candidate
+// matches f (so the index alone counts the matches).
+func (f Filter) source() (bucket, prefix []byte, exact bool) {
+	others := 0
+	for _, v := range []string{f.State, f.RoomID, f.RoomAlias, f.Sender, f.Homeserver} {
+		if v != "" {
+			others++
+		}
+	}
+	if !f.Since.IsZero() || !f.Until.IsZero() || f.Before != 0 {
+		others++
+	}
+	for _, c := range []struct{ kind, v string }{{byRoom, f.RoomID}, {byAlias, f.RoomAlias}, {bySender, f.Sender}, {byHomeserver, f.Homeserver}} {
+		if c.v != "" {
+			return bktBy, byPrefix(c.kind, c.v), others == 1
+		}
+	}
+	if f.State != "" {
+		return bktState, join0(f.State, ""), others == 1
+	}
+	return bktInvites, nil, others == 0
+}
+
+// descending yields, highest first, the IDs below before (0: no bound) of
+// b's keys that are prefix followed by an 8-byte ID.
+func descending(b *bolt.Bucket, prefix []byte, before uint64, yield func(uint64) bool) {
+	if before == 0 {
+		for id := range store.Descending(b, prefix) {
+			if !yield(id) {
+				return
+			}
+		}
+		return
+	}
+	c := b.Cursor()
+	k, _ := c.Seek(append(append([]byte{}, prefix...), store.U64(before)...))
+	if k == nil {
+		k, _ = c.Last()
+	} else {
+		k, _ = c.Prev()
+	}
+	for ; k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Prev() {
+		if len(k) == len(prefix)+8 && !yield(u64(k[len(prefix):])) {
+			return
+		}
+	}
+}
+
+// List returns the invites matching f, newest first, and how many match in
+// all. It walks the most selective index (address, room, alias, sender,
+// homeserver, state, or the invites by id) from the newest and stops once the
+// page is full, so its cost follows Offset+Limit and the filter's
+// selectivity, not what is stored. The total comes from the counters or the
+// index when they alone answer the filter; otherwise it is -1 (unknown).
 func (s *Service) List(f Filter) ([]*Invite, int, error) {
 	if f.Limit <= 0 {
 		f.Limit = 50
@@ -437,62 +520,73 @@ func (s *Service) List(f Filter) ([]*Invite, int, error) {
 		f.Address = normalize("email", f.Address)
 	}
 	var out []*Invite
-	total := 0
+	total := -1
 	err := s.db.View(func(tx *bolt.Tx) error {
-		visit := func(inv *Invite) {
-			if !f.match(inv) {
-				return
-			}
-			if total >= f.Offset && len(out) < f.Limit {
-				out = append(out, inv)
-			}
-			total++
-		}
-		switch {
-		case f.Address != "":
+		if f.Address != "" {
+			// An address has few invites: count them all exactly.
 			all, err := s.ForAddress(tx, "email", f.Address)
 			if err != nil {
 				return err
 			}
+			total = 0
 			for i := len(all) - 1; i >= 0; i-- {
-				visit(all[i])
-			}
-		case f.State != "":
-			for id := range store.Descending(tx.Bucket(bktState), join0(f.State, "")) {
-				inv, err := getTx(tx, id)
-				if err != nil {
-					return err
+				if !f.match(all[i]) {
+					continue
 				}
-				visit(inv)
-			}
-		default:
-			c := tx.Bucket(bktInvites).Cursor()
-			for k, v := c.Last(); k != nil; k, v = c.Prev() {
-				inv := new(Invite)
-				if err := json.Unmarshal(v, inv); err != nil {
-					return err
+				if total >= f.Offset && len(out) < f.Limit {
+					out = append(out, all[i])
 				}
-				visit(inv)
+				total++
+			}
+			return nil
+		}
+		bucket, prefix, exact := f.source()
+		b := tx.Bucket(bucket)
+		if exact {
+			switch {
+			case bucket == nil:
+			case bytes.Equal(bucket, bktInvites):
+				n := 0
+				for _, st := range s.CountsTx(tx) {
+					n += st
+				}
+				total = n
+			case bytes.Equal(bucket, bktState):
+				total = s.CountsTx(tx)[f.State]
+			default:
+				total, _ = store.CountPrefix(b, prefix)
 			}
 		}
-		return nil
+		skip := f.Offset
+		var ferr error
+		descending(b, prefix, f.Before, func(id uint64) bool {
+			inv, err := getTx(tx, id)
+			if err != nil {
+				ferr = err
+				return false
+			}
+			if !f.match(inv) {
+				return true
+			}
+			if skip > 0 {
+				skip--
+				return true
+			}
+			out = append(out, inv)
+			return len(out) < f.Limit
+		})
+		return ferr
 	})
 	return out, total, err
 }
 
-// Counts returns how many invites are in each state (every state present).
+// Counts returns how many invites are in each state (every state present),
+// from the counters kept with every write.
 func (s *Service) Counts() (map[string]int, error) {
-	out := make(map[string]int, len(States))
-	for _, st := range States {
-		out[st] = 0
-	}
+	var out map[string]int
 	err := s.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bktState).ForEach(func(k, _ []byte) error {
-			if i := bytes.IndexByte(k, 0); i >= 0 {
-				out[string(k[:i])]++
-			}
-			return nil
-		})
+		out = s.CountsTx(tx)
+		return nil
 	})
 	return out, err
 }

@@ -480,6 +480,22 @@ func (q *Queue) Get(id uint64) (Mail, error) {
 	return m, nil
 }
 
+// State reads only mail id's state (neither its payload nor its history
+// decoded into a Mail), for callers that need nothing else: the console
+// asks it of every pending invite's email.
+func (q *Queue) State(id uint64) (State, error) {
+	var st State
+	err := q.db.View(func(tx *bolt.Tx) error {
+		r, err := queue.ReadBolt(tx, "outbox", id)
+		if err != nil {
+			return err
+		}
+		st = toMail(r).State
+		return nil
+	})
+	return st, mailErr(err)
+}
+
 // List returns mail matching f, newest first, without Raw. A filter on the
 // state alone pages through the queue's state index; Ref and To go through
 // the outbox's own indexes.

@@ -660,3 +660,23 @@ func TestQueueKeepsItsSenderAcrossAPanic(t *testing.T) {
 		t.Fatalf("mail %s after the worker's panic, attempts %+v", m.State, m.Attempts)
 	}
 }
+
+// State reads a mail's state without its payload, and agrees with Get.
+func TestQueueState(t *testing.T) {
+	srv := smtptest.Start(t, smtptest.Options{})
+	e := newEnv(t, t.TempDir(), srv, nil)
+	defer closeDB(t, e.db)
+	id := e.enqueue(msg("alice@example.org", "state"))
+	if st, err := e.q.State(id); err != nil || st != mailer.Pending {
+		t.Fatalf("State of a queued mail = %q, %v; want pending", st, err)
+	}
+	stop := e.run()
+	defer stop()
+	e.waitState(id, mailer.Sent)
+	if st, err := e.q.State(id); err != nil || st != mailer.Sent {
+		t.Fatalf("State of a sent mail = %q, %v; want sent", st, err)
+	}
+	if _, err := e.q.State(id + 100); !errors.Is(err, mailer.ErrNotFound) {
+		t.Fatalf("State of no mail: %v, want ErrNotFound", err)
+	}
+}

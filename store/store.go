@@ -17,7 +17,14 @@ import (
 
 // SchemaVersion is the layout version this build writes. Open refuses a file
 // written by a newer Herald, and is where migrations from older ones go.
-const SchemaVersion = 1
+//
+// 2: invites keep expiry, erase and by-field indexes and per-state and
+// per-day counters (invites/index.go). The invites package builds them for
+// a version 1 file when it opens (it knows its records; store does not), in
+// its own transactions, and marks them built; a crash meanwhile makes the
+// next start build them again. Herald with schema 1 refuses a version 2
+// file, since it would write invites without their counters.
+const SchemaVersion = 2
 
 // FileName is the bbolt file inside data_dir.
 const FileName = "herald.db"
@@ -88,6 +95,10 @@ func migrate(tx *bolt.Tx) error {
 		return fmt.Errorf("database schema version %d is newer than this Herald understands (%d)", binary.BigEndian.Uint64(v), SchemaVersion)
 	}
 	// Migrations from older versions go here.
+	if binary.BigEndian.Uint64(v) < 2 {
+		// 1 -> 2: the invites package builds its indexes (see SchemaVersion).
+		return b.Put([]byte("schema_version"), U64(SchemaVersion))
+	}
 	return nil
 }
 

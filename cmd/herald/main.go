@@ -112,6 +112,7 @@ var subcommands = []subcommand{
 	{name: "backup", summary: "a consistent copy of data_dir, while Herald runs", run: backupCommand, usage: backupUsage},
 	{name: "check", summary: "verify a data dir: database consistency, keys against the database", run: checkCommand, usage: checkUsage},
 	{name: "doctor", summary: "check a deployment: public URL, TLS, SMTP, a homeserver", run: doctorCommand, usage: doctorUsage},
+	{name: "bench", summary: "benchmarks at scale: populate a data dir, run loads over HTTP", run: benchCommand, usage: benchUsage},
 	{name: "healthcheck", summary: "exit 0 if the running server is ready, else 1 (for container HEALTHCHECKs)", run: healthcheckCommand, usage: healthcheckUsage},
 }
 

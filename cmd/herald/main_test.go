@@ -64,11 +64,11 @@ func TestVersionFromBuildInfo(t *testing.T) {
 		want string
 	}{
 		{&debug.BuildInfo{GoVersion: "go1.26.8", Main: debug.Module{Version: "v1.4.0"}, Settings: settings},
-			"herald v1.4.0\nrevision " + rev + " (2026-11-29T20:00:00Z)\ndatabase schema 1\ngo1.26.8 "},
+			"herald v1.4.0\nrevision " + rev + " (2026-11-29T20:00:00Z)\ndatabase schema 2\ngo1.26.8 "},
 		{&debug.BuildInfo{GoVersion: "go1.26.8", Main: debug.Module{Version: "(devel)"}, Settings: append(settings[:3:3], debug.BuildSetting{Key: "vcs.modified", Value: "true"})},
-			"herald dev-0123456789ab-modified\nrevision " + rev + " (2026-11-29T20:00:00Z) modified\ndatabase schema 1\ngo1.26.8 "},
+			"herald dev-0123456789ab-modified\nrevision " + rev + " (2026-11-29T20:00:00Z) modified\ndatabase schema 2\ngo1.26.8 "},
 		{&debug.BuildInfo{GoVersion: "go1.26.8", Main: debug.Module{Version: "(devel)"}},
-			"herald dev\nrevision unknown (built without VCS information)\ndatabase schema 1\ngo1.26.8 "},
+			"herald dev\nrevision unknown (built without VCS information)\ndatabase schema 2\ngo1.26.8 "},
 	}
 	for _, c := range cases {
 		o := defaultRunOptions()

@@ -31,7 +31,7 @@ func (a *App) newAdmin() (*admin.Handler, error) {
 	}
 	opts := admin.Options{
 		DB: a.db, Config: a.cfg, Log: a.log, Now: a.now, IPExtractor: a.clientIP,
-		Invites:        &adminInvites{s: a.invites, mail: a.mail, dels: a.onbind, now: a.now},
+		Invites:        &adminInvites{s: a.invites, dels: a.onbind, now: a.now},
 		Outbox:         &adminOutbox{q: a.mail},
 		Deliveries:     &adminDeliveries{d: a.onbind, now: a.now},
 		Bindings:       &adminBindings{id: a.identity},
@@ -110,49 +110,22 @@ func adminErr(err error) error {
 	return err
 }
 
-// adminInvites adapts invites.Service. The console's "emailed" and "failed"
-// states are derived: a pending invite whose email was sent, or whose email
-// failed for good; a resolved invite whose every delivery failed.
+// adminInvites adapts invites.Service. The displayed states ("emailed",
+// "failed", an unswept expiry) and the timeline are the invites package's
+// (invites/console.go).
 type adminInvites struct {
 	s    *invites.Service
-	mail *mailer.Queue
 	dels *invites.Deliveries
 	now  func() time.Time
 }
 
-func (ai *adminInvites) state(inv *invites.Invite) string {
-	switch inv.State {
-	case invites.StatePending:
-		if inv.Expired(ai.now()) {
-			return admin.StateExpired
-		}
-		if ai.mail != nil && inv.MailID != 0 {
-			if m, err := ai.mail.Get(inv.MailID); err == nil {
-				switch m.State {
-				case mailer.Sent:
-					return admin.StateEmailed
-				case mailer.Failed:
-					return admin.StateFailed
-				}
-			}
-		}
-		return admin.StatePending
-	case invites.StateResolved:
-		if ai.dels != nil {
-			if ds, err := ai.dels.ByInvite(inv.ID); err == nil && len(ds) > 0 {
-				failed := true
-				for _, d := range ds {
-					if d.State != invites.DeliveryFailed {
-						failed = false
-					}
-				}
-				if failed {
-					return admin.StateFailed
-				}
-			}
-		}
+func (ai *adminInvites) state(inv *invites.Invite) string { return ai.s.DisplayState(inv, ai.now()) }
+
+// failedDeliveries yields the invites of failed deliveries (none without the queue).
+func (ai *adminInvites) failedDeliveries(yield func(uint64) bool) {
+	if ai.dels != nil {
+		ai.dels.FailedDeliveryInvites(yield)
 	}
-	return inv.State
 }
 
 func (ai *adminInvites) convert(inv *invites.Invite) admin.Invite {
@@ -177,69 +150,26 @@ func (ai *adminInvites) convert(inv *invites.Invite) admin.Invite {
 	if inv.Token == "" {
 		out.Fields["token"] = "(erased after the retention period)"
 	}
-	via := inv.Via
-	if via == "" {
-		via = "v2"
-	}
-	out.Events = []admin.Event{{At: inv.Created, Kind: "created", Detail: "store-invite (" + via + ") from " + inv.Homeserver, OK: true}}
-	switch inv.State {
-	case invites.StateResolved:
-		// Herald resolves an invite when its address is bound; the onbind
-		// deliveries (with the homeserver's answers) follow in the timeline.
-		out.Events = append(out.Events,
-			admin.Event{At: inv.StateChanged, Kind: "bound", Detail: "address bound to " + inv.ResolvedMXID, OK: true},
-			admin.Event{At: inv.StateChanged, Kind: "resolved", Detail: "onbind queued for the homeserver of " + inv.ResolvedMXID, OK: true})
-	case invites.StateExpired, invites.StateRevoked, invites.StateDeclined:
-		out.Events = append(out.Events, admin.Event{At: inv.StateChanged, Kind: inv.State, OK: false})
-	case invites.StatePending:
-		if inv.Expired(ai.now()) { // not yet swept: expired all the same
-			out.Events = append(out.Events, admin.Event{At: inv.ExpiresAt, Kind: invites.StateExpired, OK: false})
-		}
+	for _, e := range inv.Timeline(ai.now()) {
+		out.Events = append(out.Events, admin.Event{At: e.At, Kind: e.Kind, Detail: e.Detail, OK: e.OK})
 	}
 	return out
 }
 
-// needsScan says whether the console's filter cannot be answered by the
-// store's own filter and paging alone.
-func needsScan(f admin.InviteFilter) bool {
-	return f.State == admin.StatePending || f.State == admin.StateEmailed || f.State == admin.StateFailed ||
-		f.State == admin.StateExpired || strings.HasPrefix(f.Room, "#")
-}
-
 func (ai *adminInvites) ListInvites(_ context.Context, f admin.InviteFilter) ([]admin.Invite, error) {
-	base := invites.Filter{Sender: f.Sender, Homeserver: f.Homeserver, Address: f.Address, Since: f.Since, Until: f.Until, Limit: f.Limit, Offset: f.Offset, State: f.State}
-	if !strings.HasPrefix(f.Room, "#") {
+	base := invites.Filter{Sender: f.Sender, Homeserver: f.Homeserver, Address: f.Address, Since: f.Since, Until: f.Until, Limit: f.Limit, Offset: f.Offset}
+	if strings.HasPrefix(f.Room, "#") {
+		base.RoomAlias = f.Room
+	} else {
 		base.RoomID = f.Room
 	}
-	scan := needsScan(f)
-	if scan {
-		base.Limit, base.Offset, base.State = math.MaxInt, 0, ""
-		switch f.State {
-		case admin.StatePending, admin.StateEmailed:
-			base.State = invites.StatePending
-		}
-	}
-	list, _, err := ai.s.List(base)
+	list, err := ai.s.ListDisplayed(base, f.State, ai.now(), ai.failedDeliveries)
 	if err != nil {
 		return nil, err
 	}
-	var out []admin.Invite
-	skip := f.Offset
+	out := make([]admin.Invite, 0, len(list))
 	for _, inv := range list {
-		v := ai.convert(inv)
-		if scan {
-			if (f.State != "" && v.State != f.State) || (strings.HasPrefix(f.Room, "#") && inv.RoomAlias != f.Room) {
-				continue
-			}
-			if skip > 0 {
-				skip--
-				continue
-			}
-		}
-		out = append(out, v)
-		if f.Limit > 0 && len(out) >= f.Limit {
-			break
-		}
+		out = append(out, ai.convert(inv))
 	}
 	return out, nil
 }
@@ -261,69 +191,16 @@ func (ai *adminInvites) GetInvite(_ context.Context, id string) (admin.Invite, e
 }
 
 func (ai *adminInvites) CountInvites(context.Context) (map[string]int, error) {
-	stored, err := ai.s.Counts()
-	if err != nil {
-		return nil, err
-	}
-	out := map[string]int{}
-	for k, v := range stored {
-		out[k] = v
-	}
-	// Split pending (and resolved-but-undeliverable) by the derived states.
-	out[admin.StatePending] = 0
-	pending, _, err := ai.s.List(invites.Filter{State: invites.StatePending, Limit: math.MaxInt})
-	if err != nil {
-		return nil, err
-	}
-	for _, inv := range pending {
-		out[ai.state(inv)]++
-	}
-	if ai.dels != nil {
-		failed, _, err := ai.dels.List(invites.DeliveryFilter{State: invites.DeliveryFailed, Limit: math.MaxInt})
-		if err != nil {
-			return nil, err
-		}
-		seen := map[uint64]bool{}
-		for _, d := range failed {
-			for _, id := range d.InviteIDs {
-				if seen[id] {
-					continue
-				}
-				seen[id] = true
-				if inv, err := ai.s.Get(id); err == nil && inv.State == invites.StateResolved && ai.state(inv) == admin.StateFailed {
-					out[invites.StateResolved]--
-					out[admin.StateFailed]++
-				}
-			}
-		}
-	}
-	return out, nil
+	return ai.s.DisplayCounts(ai.now(), ai.failedDeliveries)
 }
 
 func (ai *adminInvites) InvitesPerDay(_ context.Context, days int) ([]admin.DayCount, error) {
-	today := ai.now().UTC().Truncate(24 * time.Hour)
-	start := today.AddDate(0, 0, -days+1)
-	out := make([]admin.DayCount, days)
-	for i := range out {
-		out[i].Day = start.AddDate(0, 0, i)
+	l, err := ai.s.PerDay(ai.now(), days)
+	out := make([]admin.DayCount, len(l))
+	for i, d := range l {
+		out[i] = admin.DayCount{Day: d.Day, Created: d.Created, Resolved: d.Resolved}
 	}
-	// Invites created up to a month before the window may resolve inside it.
-	list, _, err := ai.s.List(invites.Filter{Since: start.AddDate(0, 0, -30), Limit: math.MaxInt})
-	if err != nil {
-		return nil, err
-	}
-	slot := func(t time.Time) int { return int(t.UTC().Sub(start) / (24 * time.Hour)) }
-	for _, inv := range list {
-		if i := slot(inv.Created); !inv.Created.Before(start) && i < days {
-			out[i].Created++
-		}
-		if inv.State == invites.StateResolved {
-			if i := slot(inv.StateChanged); !inv.StateChanged.Before(start) && i < days {
-				out[i].Resolved++
-			}
-		}
-	}
-	return out, nil
+	return out, err
 }
 
 func (ai *adminInvites) RevokeInvite(_ context.Context, id string) error {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/herald-im/herald/config"
 	"github.com/herald-im/herald/internal/server"
+	"github.com/herald-im/herald/store"
 )
 
 // Backup copies keys and self-signed TLS material with their modes, leaves
@@ -50,7 +51,7 @@ func TestBackupRefusesAndCopies(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if info.Schema != 1 || info.DBBytes == 0 || len(info.KeyIDs) != 1 {
+	if info.Schema != store.SchemaVersion || info.DBBytes == 0 || len(info.KeyIDs) != 1 {
 		t.Fatalf("info %+v", info)
 	}
 	jwk := filepath.Join(dir, "keys", strings.ReplaceAll(info.KeyIDs[0], ":", "_")+".jwk")

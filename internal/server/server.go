@@ -164,15 +164,17 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) (_ *App, err error)
 		return nil, err
 	}
 	a.mailbox = mailbox
+	// One group-commit writer for the hot write paths of every service.
+	commit := store.NewCommitter(a.db)
 	if a.identity, err = identity.New(a.db, identity.Options{Terms: cfg.Terms, UserInfo: a.fed, Log: log, Now: a.now, Ring: a.ring, Lookup: cfg.Lookup,
-		TokenIdleLifetime: cfg.Account.TokenIdleLifetime.D(),
+		TokenIdleLifetime: cfg.Account.TokenIdleLifetime.D(), Commit: commit,
 		OnLookup: func(api string, n, found int) {
 			a.metrics.lookups.WithLabelValues(api).Add(float64(n))
 			a.metrics.lookupHits.WithLabelValues(api).Add(float64(found))
 		}}); err != nil {
 		return nil, fmt.Errorf("identity: %w", err)
 	}
-	if a.invites, err = invites.New(a.db, invites.Options{Config: cfg, Identity: a.identity, Ring: a.ring, Ephemeral: a.ephemeral, Mailer: a.mail, Log: log, Now: a.now,
+	if a.invites, err = invites.New(a.db, invites.Options{Config: cfg, Identity: a.identity, Ring: a.ring, Ephemeral: a.ephemeral, Mailer: a.mail, Log: log, Now: a.now, Commit: commit,
 		OnStore: func(outcome, reason string) { a.metrics.storeInv.WithLabelValues(outcome, reason).Inc() }}); err != nil {
 		return nil, fmt.Errorf("invites: %w", err)
 	}
