@@ -11,7 +11,14 @@
 //
 // Times (now, leases, due times) are the callers': the replicas' clocks must
 // agree to well within a lease (NTP does), since one replica's lease end is
-// compared with another's now.
+// compared with another's now. Columns keep them to the microsecond
+// (PostgreSQL rounds); attempts keep theirs exactly, inside their JSON.
+//
+// A record is attempted by one replica at a time as long as its attempt and
+// the recording of its outcome end within the lease (the queue's lease is
+// its AttemptTimeout plus a minute). A replica that dies after delivering
+// and before recording leaves the record to be attempted again when the
+// lease ends: the same crash window as on bbolt.
 package pgqueue
 
 import (
@@ -399,13 +406,14 @@ func (b *Backend) Finished(ctx context.Context, before time.Time, limit int) ([]
 }
 
 // PruneFailures is one DELETE (its own transaction); with nothing to forget
-// it changes nothing.
+// it changes nothing. It also folds the counter deltas, so they stay
+// bounded on a replica whose worker does not claim for a while.
 func (b *Backend) PruneFailures(ctx context.Context, before time.Time) error {
 	_, err := b.db.Pool().Exec(ctx, `DELETE FROM queue_failures WHERE queue = $1 AND at < $2`, b.name, before)
 	if err != nil {
 		return fmt.Errorf("pgqueue %s: prune failures: %w", b.name, err)
 	}
-	return nil
+	return b.Fold(ctx)
 }
 
 // failures records the failed ones among attempts.
