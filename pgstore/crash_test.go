@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"testing"
@@ -23,9 +24,11 @@ const (
 	helperDSNVar = "PGSTORE_TEST_HELPER_DSN"
 )
 
-// slowMigration is the embedded migrations plus one that takes a minute.
-var slowMigration = fstest.MapFS{
-	"0002_slow.sql": {Data: []byte("CREATE TABLE slow (x int);\nSELECT pg_sleep(60);")},
+// slowMigration is a migration after the embedded ones that takes a minute.
+func slowMigration() fstest.MapFS {
+	return fstest.MapFS{
+		nextMigration("slow"): {Data: []byte("CREATE TABLE slow (x int);\nSELECT pg_sleep(60);")},
+	}
 }
 
 // runHelper is called from TestMain in a helper process.
@@ -45,12 +48,12 @@ func runHelper(what, dsn string) {
 				return ctx.Err()
 			}})
 	case "migrate":
-		fsys := fstest.MapFS{}
-		for n, f := range slowMigration {
-			fsys[n] = f
+		fsys := slowMigration()
+		names, _ := fs.Glob(embedded, "*.sql")
+		for _, n := range names {
+			b, _ := fs.ReadFile(embedded, n)
+			fsys[n] = &fstest.MapFile{Data: b}
 		}
-		b, _ := embeddedFiles.ReadFile("migrations/0001_groundwork.sql")
-		fsys["0001_groundwork.sql"] = &fstest.MapFile{Data: b}
 		_, err := Open(ctx, Options{DSN: dsn, migrations: fsys})
 		fmt.Println("error: Open returned", err)
 		os.Exit(2)
@@ -135,7 +138,7 @@ func TestPeriodicTakenOverWhenHolderIsKilled(t *testing.T) {
 func TestMigrationKilledHalfwayIsAppliedByTheNextReplica(t *testing.T) {
 	ctx := testCtx(t)
 	dsn := pgtest.DSN(t)
-	open(t, ctx, Options{DSN: dsn}).Close() // version 1
+	open(t, ctx, Options{DSN: dsn}).Close() // the embedded migrations
 	migrating := startHelper(t, "migrate", dsn, "")
 	conn, err := pgx.Connect(ctx, dsn)
 	if err != nil {
@@ -149,14 +152,14 @@ func TestMigrationKilledHalfwayIsAppliedByTheNextReplica(t *testing.T) {
 	})
 	kill9(t, migrating)
 
-	// The next replica has a fixed migration 2 (as after a bad release).
-	fixed := withMigration(t, fstest.MapFS{"0002_slow.sql": {Data: []byte("CREATE TABLE slow (x int);")}})
+	// The next replica has a fixed slow migration (as after a bad release).
+	fixed := withMigration(t, fstest.MapFS{nextMigration("slow"): {Data: []byte("CREATE TABLE slow (x int);")}})
 	// Its checksum differs from the killed one's: Open would refuse it had
 	// the killed replica recorded its migration.
 	db := open(t, ctx, Options{DSN: dsn, migrations: fixed})
 	v, err := db.SchemaVersion(ctx)
-	if err != nil || v != 2 {
-		t.Fatalf("schema version %d, %v; want 2", v, err)
+	if want := embeddedVersions() + 1; err != nil || v != want {
+		t.Fatalf("schema version %d, %v; want %d", v, err, want)
 	}
 	var slow bool
 	if err := db.Pool().QueryRow(ctx, "SELECT to_regclass('slow') IS NOT NULL").Scan(&slow); err != nil || !slow {

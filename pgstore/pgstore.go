@@ -4,9 +4,9 @@
 // cluster-wide periodic jobs (one replica runs each sweep per period) and
 // LISTEN/NOTIFY "something changed" signals with a polling fallback.
 //
-// It is groundwork: no feature stores its records here yet and the server
-// does not open it (there is no storage.backend key). docs/scaling.md says
-// what exists and what is planned.
+// It is groundwork: the server does not open it (there is no
+// storage.backend key). The queue backend (package pgqueue) is built on it.
+// docs/scaling.md says what exists and what is planned.
 package pgstore
 
 import (

@@ -3,6 +3,7 @@ package pgstore
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"strings"
@@ -42,6 +43,21 @@ func open(t *testing.T, ctx context.Context, opts Options) *DB {
 	}
 	t.Cleanup(db.Close)
 	return db
+}
+
+// embeddedVersions is how many migrations the binary embeds.
+func embeddedVersions() int {
+	ms, err := loadMigrations(embedded)
+	if err != nil {
+		panic(err)
+	}
+	return len(ms)
+}
+
+// nextMigration names a test's migration what with the version after the
+// embedded ones, so these tests hold as migrations are added.
+func nextMigration(what string) string {
+	return fmt.Sprintf("%04d_%s.sql", embeddedVersions()+1, what)
 }
 
 // withMigration is the embedded migrations plus more files.
@@ -110,7 +126,7 @@ func TestMigrationsApplyOnceUnderConcurrency(t *testing.T) {
 	ctx := testCtx(t)
 	dsn := pgtest.DSN(t)
 	fsys := withMigration(t, fstest.MapFS{
-		"0002_slow.sql": {Data: []byte("SELECT pg_sleep(0.2);\nCREATE TABLE once (x int);\nINSERT INTO once VALUES (1);")},
+		nextMigration("slow"): {Data: []byte("SELECT pg_sleep(0.2);\nCREATE TABLE once (x int);\nINSERT INTO once VALUES (1);")},
 	})
 	const replicas = 4
 	var wg sync.WaitGroup
@@ -148,8 +164,8 @@ func TestMigrationsApplyOnceUnderConcurrency(t *testing.T) {
 	if err := conn.QueryRow(ctx, "SELECT count(*) FROM once").Scan(&onceRows); err != nil {
 		t.Fatal(err)
 	}
-	if versions != 2 || onceRows != 1 {
-		t.Fatalf("%d versions recorded and the migration's insert ran %d times; want 2 and 1", versions, onceRows)
+	if want := embeddedVersions() + 1; versions != want || onceRows != 1 {
+		t.Fatalf("%d versions recorded and the migration's insert ran %d times; want %d and 1", versions, onceRows, want)
 	}
 }
 
@@ -159,9 +175,9 @@ func TestFailedMigrationRollsBack(t *testing.T) {
 	ctx := testCtx(t)
 	dsn := pgtest.DSN(t)
 	bad := withMigration(t, fstest.MapFS{
-		"0002_bad.sql": {Data: []byte("CREATE TABLE half (x int);\nSELECT no_such_function();")},
+		nextMigration("bad"): {Data: []byte("CREATE TABLE half (x int);\nSELECT no_such_function();")},
 	})
-	if _, err := Open(ctx, Options{DSN: dsn, migrations: bad}); err == nil || !strings.Contains(err.Error(), "0002_bad") {
+	if _, err := Open(ctx, Options{DSN: dsn, migrations: bad}); err == nil || !strings.Contains(err.Error(), strings.TrimSuffix(nextMigration("bad"), ".sql")) {
 		t.Fatalf("Open with a failing migration: %v; want an error naming it", err)
 	}
 	db := open(t, ctx, Options{DSN: dsn})
@@ -169,8 +185,8 @@ func TestFailedMigrationRollsBack(t *testing.T) {
 	if err := db.Pool().QueryRow(ctx, "SELECT to_regclass('half') IS NOT NULL").Scan(&half); err != nil || half {
 		t.Fatalf("table of the failed migration exists: %v, %v", half, err)
 	}
-	if v, err := db.SchemaVersion(ctx); err != nil || v != 1 {
-		t.Fatalf("schema version %d, %v; want 1", v, err)
+	if v, err := db.SchemaVersion(ctx); err != nil || v != embeddedVersions() {
+		t.Fatalf("schema version %d, %v; want %d", v, err, embeddedVersions())
 	}
 }
 
@@ -178,11 +194,12 @@ func TestNewerSchemaRefused(t *testing.T) {
 	ctx := testCtx(t)
 	dsn := pgtest.DSN(t)
 	// A newer Herald migrated the database to a version this one lacks.
-	newer := withMigration(t, fstest.MapFS{"0002_future.sql": {Data: []byte("CREATE TABLE future (x int);")}})
+	newer := withMigration(t, fstest.MapFS{nextMigration("future"): {Data: []byte("CREATE TABLE future (x int);")}})
 	db := open(t, ctx, Options{DSN: dsn, migrations: newer})
 	db.Close()
 	_, err := Open(ctx, Options{DSN: dsn})
-	if !errors.Is(err, ErrSchemaNewer) || !strings.Contains(err.Error(), "version 2, this binary knows up to 1") {
+	n := embeddedVersions()
+	if !errors.Is(err, ErrSchemaNewer) || !strings.Contains(err.Error(), fmt.Sprintf("version %d, this binary knows up to %d", n+1, n)) {
 		t.Fatalf("Open on a newer schema: %v; want ErrSchemaNewer naming both versions", err)
 	}
 }

@@ -208,6 +208,9 @@ func (q *Queue) Run(ctx context.Context) error {
 		if free := q.opts.Workers - len(slots); free > 0 {
 			now := q.opts.Now()
 			claimed, next, err := q.be.Claim(ctx, now, free, q.lease())
+			if err != nil && ctx.Err() != nil {
+				return nil // shutting down: a backend that heeds ctx stopped the claim
+			}
 			if err != nil {
 				q.log.Error("read queue", "err", err)
 				next = now.Add(5 * time.Second)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -568,4 +569,74 @@ func u64(v uint64) []byte {
 		v >>= 8
 	}
 	return b
+}
+
+// ctxClaimer is a Bolt whose Claim heeds its context, as a networked
+// backend's does: it waits until ctx ends and returns its error.
+type ctxClaimer struct {
+	*queue.Bolt
+	claiming chan struct{}
+}
+
+func (c ctxClaimer) Claim(ctx context.Context, now time.Time, n int, lease time.Duration) ([]queue.Claimed, time.Time, error) {
+	select {
+	case c.claiming <- struct{}{}:
+	default:
+	}
+	<-ctx.Done()
+	return nil, time.Time{}, ctx.Err()
+}
+
+// errorLog records what is logged at error level.
+type errorLog struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (l *errorLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	l.lines = append(l.lines, string(p))
+	l.mu.Unlock()
+	return len(p), nil
+}
+
+// A claim cut short by shutdown is no error: Run returns without logging.
+func TestShutdownDuringClaimLogsNothing(t *testing.T) {
+	db := openDB(t, filepath.Join(t.TempDir(), "q.db"))
+	t.Cleanup(func() { db.Close() })
+	bo, err := queue.OpenBolt(db, "q")
+	if err != nil {
+		t.Fatal(err)
+	}
+	be := ctxClaimer{Bolt: bo, claiming: make(chan struct{}, 1)}
+	var logged errorLog
+	q, err := queue.New(be, queue.Options{
+		Deliver: func(context.Context, *queue.Record) queue.Outcome { return queue.Outcome{Class: queue.OK} },
+		Log:     slog.New(slog.NewTextHandler(&logged, &slog.HandlerOptions{Level: slog.LevelError})),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- q.Run(ctx) }()
+	select {
+	case <-be.claiming:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the worker never claimed")
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return after its context ended")
+	}
+	logged.mu.Lock()
+	defer logged.mu.Unlock()
+	if len(logged.lines) != 0 {
+		t.Fatalf("logged at shutdown: %q", logged.lines)
+	}
 }

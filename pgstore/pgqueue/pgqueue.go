@@ -1,0 +1,540 @@
+// Package pgqueue is queue.Backend on PostgreSQL: several Herald replicas
+// share one queue, each record attempted by one replica at a time.
+//
+// All queues live in the tables of migration 0002_queue.sql
+// (queue_records, queue_counts, queue_failures), told apart by a queue-name
+// column. A replica claims due records with SELECT ... FOR UPDATE SKIP LOCKED
+// and sets their lease_until in the same short transaction, so replicas
+// claiming at once get disjoint records, and a record whose claimer died is
+// claimed again once its lease ends. Leases are in the database, not in
+// memory as with queue.Bolt.
+//
+// Times (now, leases, due times) are the callers': the replicas' clocks must
+// agree to well within a lease (NTP does), since one replica's lease end is
+// compared with another's now. Columns keep them to the microsecond
+// (PostgreSQL rounds); attempts keep theirs exactly, inside their JSON.
+//
+// A record is attempted by one replica at a time as long as its attempt and
+// the recording of its outcome end within the lease (the queue's lease is
+// its AttemptTimeout plus a minute). A replica that dies after delivering
+// and before recording leaves the record to be attempted again when the
+// lease ends: the same crash window as on bbolt.
+package pgqueue
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/herald-im/herald/pgstore"
+	"github.com/herald-im/herald/queue"
+)
+
+// Backend is one named queue in the database.
+type Backend struct {
+	db   *pgstore.DB
+	name string
+
+	foldMu   sync.Mutex
+	lastFold time.Time
+}
+
+var _ queue.Backend = (*Backend)(nil)
+
+// New returns the backend of the queue named name on db (whose migrations
+// Open applied).
+func New(db *pgstore.DB, name string) (*Backend, error) {
+	if db == nil || name == "" {
+		return nil, errors.New("pgqueue: a database and a queue name are required")
+	}
+	return &Backend{db: db, name: name}, nil
+}
+
+// opTimeout bounds the calls of the contract that take no context (Lease).
+const opTimeout = 10 * time.Second
+
+func (b *Backend) pgTx(tx queue.Tx) (pgx.Tx, error) {
+	t, ok := tx.(pgx.Tx)
+	if !ok || t == nil {
+		return nil, fmt.Errorf("pgqueue: needs a pgx.Tx, got %T", tx)
+	}
+	return t, nil
+}
+
+// Write runs fn in one READ COMMITTED transaction through pgstore.InTx; its
+// queue.Tx is the pgx.Tx, so the caller's own statements share it. A
+// serialization failure or deadlock (two writers updating the same records
+// or counters in different orders) rolls back and runs fn again, so fn may
+// run more than once: it must only write through the transaction and do
+// nothing outside it (no mail, no HTTP), as with a bbolt Batch. After the
+// retries run out the error is pgstore.ErrContention.
+func (b *Backend) Write(ctx context.Context, fn func(tx queue.Tx) error) error {
+	return b.db.InTx(ctx, pgstore.TxOptions{}, func(tx pgx.Tx) error { return fn(tx) })
+}
+
+func (b *Backend) Enqueue(tx queue.Tx, r *queue.Record) error {
+	t, err := b.pgTx(tx)
+	if err != nil {
+		return err
+	}
+	if r.State == "" {
+		r.State = queue.Pending
+	}
+	if r.Attempts == nil {
+		r.Attempts = []queue.Attempt{}
+	}
+	attempts, err := json.Marshal(r.Attempts)
+	if err != nil {
+		return err
+	}
+	ctx := context.Background()
+	var id int64
+	err = t.QueryRow(ctx, `INSERT INTO queue_records
+		(queue, kind, state, created, next_attempt, retry_from, retry_base, finished, last_error, attempts, meta, data)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id`,
+		b.name, r.Kind, string(r.State), r.Created, r.NextAttempt, r.RetryFrom, r.RetryBase,
+		nullTime(r.Finished), r.LastError, attempts, nullJSON(r.Meta), r.Data).Scan(&id)
+	if err != nil {
+		return fmt.Errorf("pgqueue %s: enqueue: %w", b.name, err)
+	}
+	r.ID = uint64(id)
+	if err := b.failures(ctx, t, r.ID, r.Attempts); err != nil {
+		return err
+	}
+	return b.count(ctx, t, "", r.State)
+}
+
+func (b *Backend) Update(tx queue.Tx, id uint64, fn func(r *queue.Record) error) (*queue.Record, error) {
+	t, err := b.pgTx(tx)
+	if err != nil {
+		return nil, err
+	}
+	ctx := context.Background()
+	// FOR UPDATE: a concurrent Update of the record waits for this one and
+	// then reads what it wrote.
+	r, err := scanRecord(t.QueryRow(ctx, selectCols+`, data FROM queue_records WHERE queue = $1 AND id = $2 FOR UPDATE`,
+		b.name, int64(id)), true)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, fmt.Errorf("%w: %d", queue.ErrNotFound, id)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("pgqueue %s: record %d: %w", b.name, id, err)
+	}
+	oldState, oldAttempts, oldData := r.State, len(r.Attempts), r.Data
+	r.Attempts = r.Attempts[:oldAttempts:oldAttempts]
+	if err := fn(r); err != nil {
+		return nil, err
+	}
+	r.ID = id
+	if r.Attempts == nil {
+		r.Attempts = []queue.Attempt{}
+	}
+	attempts, err := json.Marshal(r.Attempts)
+	if err != nil {
+		return nil, err
+	}
+	// The payload is written only when it changed (or is removed), so a
+	// retry does not rewrite a large mail.
+	setData := r.Data == nil || string(r.Data) != string(oldData)
+	_, err = t.Exec(ctx, `UPDATE queue_records SET kind = $3, state = $4, created = $5, next_attempt = $6,
+		retry_from = $7, retry_base = $8, finished = $9, last_error = $10, attempts = $11, meta = $12,
+		data = CASE WHEN $13 THEN $14 ELSE data END
+		WHERE queue = $1 AND id = $2`,
+		b.name, int64(id), r.Kind, string(r.State), r.Created, r.NextAttempt, r.RetryFrom, r.RetryBase,
+		nullTime(r.Finished), r.LastError, attempts, nullJSON(r.Meta), setData, r.Data)
+	if err != nil {
+		return nil, fmt.Errorf("pgqueue %s: update %d: %w", b.name, id, err)
+	}
+	if len(r.Attempts) > oldAttempts {
+		if err := b.failures(ctx, t, id, r.Attempts[oldAttempts:]); err != nil {
+			return nil, err
+		}
+	}
+	if oldState != r.State {
+		if err := b.count(ctx, t, oldState, r.State); err != nil {
+			return nil, err
+		}
+	}
+	return r, nil
+}
+
+func (b *Backend) Delete(tx queue.Tx, id uint64) (*queue.Record, error) {
+	t, err := b.pgTx(tx)
+	if err != nil {
+		return nil, err
+	}
+	ctx := context.Background()
+	// The record's failed-attempt rows go with it (ON DELETE CASCADE), and
+	// so does its lease, a column of the row.
+	r, err := scanRecord(t.QueryRow(ctx, `DELETE FROM queue_records WHERE queue = $1 AND id = $2 RETURNING `+cols,
+		b.name, int64(id)), false)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, fmt.Errorf("%w: %d", queue.ErrNotFound, id)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("pgqueue %s: delete %d: %w", b.name, id, err)
+	}
+	return r, b.count(ctx, t, r.State, "")
+}
+
+func (b *Backend) Get(ctx context.Context, id uint64) (*queue.Record, error) {
+	r, err := scanRecord(b.db.Pool().QueryRow(ctx, selectCols+`, data FROM queue_records WHERE queue = $1 AND id = $2`,
+		b.name, int64(id)), true)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, fmt.Errorf("%w: %d", queue.ErrNotFound, id)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("pgqueue %s: record %d: %w", b.name, id, err)
+	}
+	return r, nil
+}
+
+// claimQuery locks up to $3 claimable records (pending, due at $2, lease
+// ended), in next-attempt order, skipping rows another transaction holds (a
+// replica claiming or recording them). It asks for one more than it will
+// lease, to learn whether more are claimable now. READ COMMITTED rechecks
+// the WHERE clause on a row another claimer leased and committed after this
+// statement began, so a record is never leased twice.
+const claimQuery = selectCols + `, data FROM queue_records
+	WHERE queue = $1 AND state = 'pending' AND next_attempt <= $2 AND (lease_until IS NULL OR lease_until <= $2)
+	ORDER BY next_attempt, id
+	LIMIT $3
+	FOR UPDATE SKIP LOCKED`
+
+// nextQuery is when the earliest pending record not claimable at $2 becomes
+// claimable: the first lease to end among due records, or the first due
+// time after $2; or $3 (a moment later) if a due record without a lease was
+// not claimed, which means another transaction held it (a replica claiming
+// it right now: it may lease it, or leave it as the one more it looked at).
+// All walk the queue_records_due index; the due ones not claimed here are
+// the records being attempted or claimed, a few per replica.
+const nextQuery = `SELECT least(
+	(SELECT min(lease_until) FROM queue_records
+	  WHERE queue = $1 AND state = 'pending' AND next_attempt <= $2 AND lease_until > $2),
+	(SELECT next_attempt FROM queue_records
+	  WHERE queue = $1 AND state = 'pending' AND next_attempt > $2
+	  ORDER BY next_attempt LIMIT 1),
+	(SELECT $3::timestamptz WHERE EXISTS (SELECT 1 FROM queue_records
+	  WHERE queue = $1 AND state = 'pending' AND next_attempt <= $2 AND (lease_until IS NULL OR lease_until <= $2)
+	    AND id <> ALL($4))))`
+
+// recheck is how soon Claim says to look again at a record another
+// replica's claim held.
+const recheck = time.Second
+
+// Claim leases records in a short transaction of its own. Its statements
+// only lock rows they can have (SKIP LOCKED), so it waits for no other
+// claimer.
+func (b *Backend) Claim(ctx context.Context, now time.Time, n int, lease time.Duration) ([]queue.Claimed, time.Time, error) {
+	if n <= 0 {
+		return nil, time.Time{}, nil
+	}
+	var out []queue.Claimed
+	var next time.Time
+	err := pgx.BeginFunc(ctx, b.db.Pool(), func(tx pgx.Tx) error {
+		out, next = nil, time.Time{}
+		rows, err := tx.Query(ctx, claimQuery, b.name, now, n+1)
+		if err != nil {
+			return err
+		}
+		var ids []int64
+		for rows.Next() {
+			r, err := scanRecord(rows, true)
+			var id int64
+			if err != nil {
+				// An undecodable record is still leased, with its error:
+				// the queue backs it off rather than picking it at once.
+				if id, err = rowID(rows); err != nil {
+					rows.Close()
+					return err
+				}
+				err = fmt.Errorf("pgqueue %s: record %d: %w", b.name, id, err)
+				out = append(out, queue.Claimed{ID: uint64(id), Err: err})
+			} else {
+				id = int64(r.ID)
+				out = append(out, queue.Claimed{ID: r.ID, Record: r})
+			}
+			ids = append(ids, id)
+		}
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		if len(out) > n {
+			// More are claimable now than asked for: the extra one stays
+			// unleased (its lock ends with this transaction).
+			out, ids, next = out[:n], ids[:n], now
+		} else {
+			var at *time.Time
+			if err := tx.QueryRow(ctx, nextQuery, b.name, now, now.Add(recheck), ids).Scan(&at); err != nil {
+				return err
+			}
+			if at != nil {
+				next = *at
+			}
+		}
+		if len(ids) == 0 {
+			return nil
+		}
+		_, err = tx.Exec(ctx, `UPDATE queue_records SET lease_until = $3 WHERE queue = $1 AND id = ANY($2)`,
+			b.name, ids, now.Add(lease))
+		return err
+	})
+	if err != nil {
+		return nil, time.Time{}, fmt.Errorf("pgqueue %s: claim: %w", b.name, err)
+	}
+	b.maybeFold(ctx)
+	return out, next, nil
+}
+
+// rowID reads only the id of the current row (when the whole record could
+// not be decoded).
+func rowID(rows pgx.Rows) (int64, error) {
+	vals, err := rows.Values()
+	if err != nil {
+		return 0, err
+	}
+	id, ok := vals[0].(int64)
+	if !ok {
+		return 0, fmt.Errorf("pgqueue: id column is %T", vals[0])
+	}
+	return id, nil
+}
+
+func (b *Backend) Lease(id uint64, until time.Time) error {
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+	_, err := b.db.Pool().Exec(ctx, `UPDATE queue_records SET lease_until = $3 WHERE queue = $1 AND id = $2`,
+		b.name, int64(id), nullTime(until))
+	if err != nil {
+		return fmt.Errorf("pgqueue %s: lease %d: %w", b.name, id, err)
+	}
+	return nil
+}
+
+func (b *Backend) List(ctx context.Context, p queue.Page) ([]queue.Record, error) {
+	if p.Limit <= 0 {
+		p.Limit = 50
+	}
+	q := selectCols + ` FROM queue_records WHERE queue = $1 AND ($2 = '' OR state = $2) AND ($3 = 0 OR id < $3)
+		ORDER BY id DESC OFFSET $4 LIMIT $5`
+	rows, err := b.db.Pool().Query(ctx, q, b.name, string(p.State), int64(p.Before), max(p.Offset, 0), p.Limit)
+	if err != nil {
+		return nil, fmt.Errorf("pgqueue %s: list: %w", b.name, err)
+	}
+	defer rows.Close()
+	var out []queue.Record
+	for rows.Next() {
+		r, err := scanRecord(rows, false)
+		if err != nil {
+			return nil, fmt.Errorf("pgqueue %s: list: %w", b.name, err)
+		}
+		out = append(out, *r)
+	}
+	return out, rows.Err()
+}
+
+func (b *Backend) Stats(ctx context.Context, failedSince time.Time) (queue.Counts, error) {
+	var s queue.Counts
+	// One statement, one snapshot: a fold commits either wholly before it
+	// or wholly after.
+	rows, err := b.db.Pool().Query(ctx, `SELECT state, sum(n)::bigint FROM (
+		SELECT state, n FROM queue_counts WHERE queue = $1
+		UNION ALL SELECT state, n FROM queue_count_deltas WHERE queue = $1) c GROUP BY state`, b.name)
+	if err != nil {
+		return s, fmt.Errorf("pgqueue %s: stats: %w", b.name, err)
+	}
+	var state string
+	var n int64
+	_, err = pgx.ForEachRow(rows, []any{&state, &n}, func() error {
+		switch queue.State(state) {
+		case queue.Pending:
+			s.Pending = int(n)
+		case queue.Done:
+			s.Done = int(n)
+		case queue.Failed:
+			s.Failed = int(n)
+		case queue.Cancelled:
+			s.Cancelled = int(n)
+		}
+		return nil
+	})
+	if err != nil {
+		return s, fmt.Errorf("pgqueue %s: stats: %w", b.name, err)
+	}
+	err = b.db.Pool().QueryRow(ctx, `SELECT count(*) FROM queue_failures WHERE queue = $1 AND at >= $2`,
+		b.name, failedSince).Scan(&n)
+	if err != nil {
+		return s, fmt.Errorf("pgqueue %s: stats: %w", b.name, err)
+	}
+	s.FailedAttempts = int(n)
+	return s, nil
+}
+
+func (b *Backend) Oldest(ctx context.Context, state queue.State) (*queue.Record, error) {
+	r, err := scanRecord(b.db.Pool().QueryRow(ctx, selectCols+` FROM queue_records WHERE queue = $1 AND state = $2
+		ORDER BY id LIMIT 1`, b.name, string(state)), false)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("pgqueue %s: oldest: %w", b.name, err)
+	}
+	return r, nil
+}
+
+func (b *Backend) Finished(ctx context.Context, before time.Time, limit int) ([]uint64, error) {
+	if limit <= 0 {
+		return nil, nil
+	}
+	rows, err := b.db.Pool().Query(ctx, `SELECT id FROM queue_records WHERE queue = $1 AND state <> 'pending' AND created < $2
+		ORDER BY id LIMIT $3`, b.name, before, limit)
+	if err != nil {
+		return nil, fmt.Errorf("pgqueue %s: finished: %w", b.name, err)
+	}
+	var ids []uint64
+	var id int64
+	_, err = pgx.ForEachRow(rows, []any{&id}, func() error { ids = append(ids, uint64(id)); return nil })
+	if err != nil {
+		return nil, fmt.Errorf("pgqueue %s: finished: %w", b.name, err)
+	}
+	return ids, nil
+}
+
+// PruneFailures is one DELETE (its own transaction); with nothing to forget
+// it changes nothing. It also folds the counter deltas, so they stay
+// bounded on a replica whose worker does not claim for a while.
+func (b *Backend) PruneFailures(ctx context.Context, before time.Time) error {
+	_, err := b.db.Pool().Exec(ctx, `DELETE FROM queue_failures WHERE queue = $1 AND at < $2`, b.name, before)
+	if err != nil {
+		return fmt.Errorf("pgqueue %s: prune failures: %w", b.name, err)
+	}
+	return b.Fold(ctx)
+}
+
+// failures records the failed ones among attempts.
+func (b *Backend) failures(ctx context.Context, t pgx.Tx, id uint64, attempts []queue.Attempt) error {
+	for _, a := range attempts {
+		if a.OK {
+			continue
+		}
+		if _, err := t.Exec(ctx, `INSERT INTO queue_failures (queue, at, record_id) VALUES ($1, $2, $3)`,
+			b.name, a.At, int64(id)); err != nil {
+			return fmt.Errorf("pgqueue %s: record %d: %w", b.name, id, err)
+		}
+	}
+	return nil
+}
+
+// count moves one record from state from to state to in the counters
+// (either may be empty: enqueued, deleted), as delta rows in t: inserts
+// only, so concurrent writers never wait on each other here.
+func (b *Backend) count(ctx context.Context, t pgx.Tx, from, to queue.State) error {
+	var err error
+	switch {
+	case from == "":
+		_, err = t.Exec(ctx, `INSERT INTO queue_count_deltas (queue, state, n) VALUES ($1, $2, 1)`, b.name, string(to))
+	case to == "":
+		_, err = t.Exec(ctx, `INSERT INTO queue_count_deltas (queue, state, n) VALUES ($1, $2, -1)`, b.name, string(from))
+	default:
+		_, err = t.Exec(ctx, `INSERT INTO queue_count_deltas (queue, state, n) VALUES ($1, $2, -1), ($1, $3, 1)`,
+			b.name, string(from), string(to))
+	}
+	if err != nil {
+		return fmt.Errorf("pgqueue %s: counters: %w", b.name, err)
+	}
+	return nil
+}
+
+// foldEvery is how often a replica's Claim folds the counter deltas, which
+// bounds how many Stats has to add up: about that long of state changes.
+const foldEvery = 5 * time.Second
+
+// foldQuery moves the queue's deltas into its counters in one statement.
+// Two replicas folding at once do not count a delta twice (a row the other
+// deleted is skipped) and update the counters in the same order (by state),
+// so they wait for each other but never deadlock.
+const foldQuery = `WITH d AS (DELETE FROM queue_count_deltas WHERE queue = $1 RETURNING state, n)
+	INSERT INTO queue_counts (queue, state, n)
+	SELECT $1, state, sum(n) FROM d GROUP BY state ORDER BY state
+	ON CONFLICT (queue, state) DO UPDATE SET n = queue_counts.n + excluded.n`
+
+// Fold moves the counter deltas into the counters now. Claim does it every
+// foldEvery; Stats is exact without it.
+func (b *Backend) Fold(ctx context.Context) error {
+	b.foldMu.Lock()
+	b.lastFold = time.Now()
+	b.foldMu.Unlock()
+	if _, err := b.db.Pool().Exec(ctx, foldQuery, b.name); err != nil {
+		return fmt.Errorf("pgqueue %s: fold counters: %w", b.name, err)
+	}
+	return nil
+}
+
+// maybeFold folds if this replica has not for foldEvery. A failure is left
+// for the next fold: the deltas stay, and Stats counts them.
+func (b *Backend) maybeFold(ctx context.Context) {
+	b.foldMu.Lock()
+	due := time.Since(b.lastFold) >= foldEvery
+	b.foldMu.Unlock()
+	if due {
+		_ = b.Fold(ctx)
+	}
+}
+
+// cols are the record's columns without the payload, in scanRecord's order.
+const cols = `id, kind, state, created, next_attempt, retry_from, retry_base, finished, last_error, attempts, meta`
+
+const selectCols = `SELECT ` + cols
+
+// scanRecord reads cols (and data when withData, as the last column).
+func scanRecord(row pgx.Row, withData bool) (*queue.Record, error) {
+	var (
+		r              queue.Record
+		id             int64
+		state          string
+		finished       *time.Time
+		attempts, meta []byte
+	)
+	dest := []any{&id, &r.Kind, &state, &r.Created, &r.NextAttempt, &r.RetryFrom, &r.RetryBase, &finished,
+		&r.LastError, &attempts, &meta}
+	if withData {
+		dest = append(dest, &r.Data)
+	}
+	if err := row.Scan(dest...); err != nil {
+		return nil, err
+	}
+	r.ID, r.State = uint64(id), queue.State(state)
+	if finished != nil {
+		r.Finished = finished.UTC()
+	}
+	r.Created, r.NextAttempt, r.RetryFrom = r.Created.UTC(), r.NextAttempt.UTC(), r.RetryFrom.UTC()
+	if len(meta) > 0 {
+		r.Meta = json.RawMessage(meta)
+	}
+	if err := json.Unmarshal(attempts, &r.Attempts); err != nil {
+		return nil, fmt.Errorf("attempts: %w", err)
+	}
+	if r.Attempts == nil {
+		r.Attempts = []queue.Attempt{}
+	}
+	return &r, nil
+}
+
+func nullTime(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	return &t
+}
+
+func nullJSON(b json.RawMessage) []byte {
+	if len(b) == 0 {
+		return nil
+	}
+	return b
+}
