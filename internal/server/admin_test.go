@@ -111,9 +111,21 @@ func TestAdminWiring(t *testing.T) {
 	if code := adminCall(t, e, "POST", "/admin/api/invites/"+id+"/resend", "", nil); code != 200 {
 		t.Fatalf("resend: %d", code)
 	}
-	adminCall(t, e, "GET", "/admin/api/invites/"+id, "", &inv)
-	if len(inv.Mails) != 2 {
-		t.Fatalf("%d mails after resend", len(inv.Mails))
+	// Revoke once the resent mail's attempt is recorded, so the timeline's
+	// last entry is the revocation whenever the worker gets to the mail.
+	deadline = time.Now().Add(10 * time.Second)
+	for {
+		adminCall(t, e, "GET", "/admin/api/invites/"+id, "", &inv)
+		if len(inv.Mails) != 2 {
+			t.Fatalf("%d mails after resend", len(inv.Mails))
+		}
+		if len(inv.Mails[0].Attempts) > 0 && len(inv.Mails[1].Attempts) > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the resent mail was never attempted: %+v", inv.Mails)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 	if code := adminCall(t, e, "POST", "/admin/api/invites/"+id+"/revoke", "", nil); code != 200 {
 		t.Fatalf("revoke: %d", code)
