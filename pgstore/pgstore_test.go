@@ -340,8 +340,16 @@ func TestInTxRetriesDeadlock(t *testing.T) {
 			t.Fatalf("InTx surfaced %v", err)
 		}
 	}
-	if codes := retried.get(); len(codes) != 1 || codes[0] != sqlstateDeadlockDetected {
-		t.Fatalf("retried %v; want one %s", codes, sqlstateDeadlockDetected)
+	// PostgreSQL usually aborts one of the two; when both detect the cycle
+	// at once it may abort both, and each is then retried.
+	codes := retried.get()
+	if len(codes) == 0 || len(codes) > 2 {
+		t.Fatalf("retried %v; want one or two %s", codes, sqlstateDeadlockDetected)
+	}
+	for _, c := range codes {
+		if c != sqlstateDeadlockDetected {
+			t.Fatalf("retried %v; want only %s", codes, sqlstateDeadlockDetected)
+		}
 	}
 	var total int
 	if err := db.Pool().QueryRow(ctx, "SELECT sum(n) FROM r").Scan(&total); err != nil || total != 4 {
