@@ -189,6 +189,7 @@ func errUnavailable(what string) error {
 
 // fromService turns a dependency's error into something to show.
 func (h *Handler) fromService(err error) error {
+	err = classify(err)
 	var he *httpError
 	switch {
 	case err == nil:

@@ -73,25 +73,3 @@ func (a *App) adminUpstreams() []admin.UpstreamStatus {
 	}
 	return out
 }
-
-// upstreamEvents adds to an invite's timeline its upstream vouch: when the
-// upstream answered, and what the resolution a moment later did. An invite
-// the vouch resolved was not bound here: its "bound" entry says so.
-func upstreamEvents(s *invites.Service, id uint64, events []admin.Event) []admin.Event {
-	v, err := s.VouchFor(id)
-	if err != nil || v == nil {
-		return events
-	}
-	if v.Outcome == "resolved" {
-		for i := range events {
-			if events[i].Kind == "bound" { // only the vouch resolved it: a bind finds it no longer pending
-				events[i].Kind, events[i].Detail = "vouched upstream", "address bound to "+v.MXID+" at "+v.Upstream
-			}
-		}
-	}
-	events = append(events, admin.Event{At: v.At, Kind: "vouched", Detail: "upstream identity server " + v.Upstream + " vouched for " + v.MXID, OK: true})
-	if !v.Resolved.IsZero() {
-		events = append(events, admin.Event{At: v.Resolved, Kind: "upstream resolution", Detail: v.Outcome, OK: v.Outcome == "resolved"})
-	}
-	return events
-}
