@@ -45,7 +45,7 @@ func (a *App) newAdmin() (*admin.Handler, error) {
 		opts.Mailbox = mailer.NewMailboxConsole(a.mailbox)
 	}
 	if a.upstream != nil {
-		opts.Upstreams = a.adminUpstreams
+		opts.Upstreams = a.upstream.Statuses
 	}
 	return admin.New(opts)
 }

@@ -5,7 +5,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/herald-im/herald/admin"
 	"github.com/herald-im/herald/invites"
 	"github.com/herald-im/herald/upstream"
 )
@@ -63,13 +62,3 @@ func (a *App) wireUpstream() error {
 
 // Upstream is the upstream lookup (nil when lookup.upstream is empty).
 func (a *App) Upstream() *upstream.Service { return a.upstream }
-
-// adminUpstreams is the settings page's upstream block.
-func (a *App) adminUpstreams() []admin.UpstreamStatus {
-	var out []admin.UpstreamStatus
-	for _, s := range a.upstream.Statuses() {
-		out = append(out, admin.UpstreamStatus{BaseURL: s.BaseURL, State: s.State, LastError: s.LastError,
-			Calls: s.Calls, Hits: s.Hits, Failures: s.Failures, Registered: s.Registered})
-	}
-	return out
-}
