@@ -80,7 +80,7 @@ type Console struct {
 // NewConsole returns the console's service over s and dels.
 func NewConsole(s *Service, dels *Deliveries) *Console { return &Console{s: s, dels: dels} }
 
-// ParseID parses a console id; an invalid one is ErrNotFound naming it.
+// parseConsoleID parses a console id; an invalid one is notFound naming it.
 func parseConsoleID(id string, notFound error) (uint64, error) {
 	n, err := strconv.ParseUint(id, 10, 64)
 	if err != nil || n == 0 {
