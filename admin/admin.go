@@ -23,6 +23,7 @@ import (
 
 	"github.com/herald-im/herald/config"
 	"github.com/herald-im/herald/matrix"
+	"github.com/herald-im/herald/upstream"
 )
 
 // Prefix is where the console is served.
@@ -42,7 +43,7 @@ type Options struct {
 	Mailbox    Mailbox
 	// Upstreams, if set, reports the upstream identity servers' status
 	// (lookup.upstream) for the settings page.
-	Upstreams func() []UpstreamStatus
+	Upstreams func() []upstream.Status
 
 	// NormalizeEmail normalises a searched address (identity.NormalizeEmail).
 	// Default: trim and lower-case.
@@ -189,6 +190,7 @@ func errUnavailable(what string) error {
 
 // fromService turns a dependency's error into something to show.
 func (h *Handler) fromService(err error) error {
+	err = classify(err)
 	var he *httpError
 	switch {
 	case err == nil:

@@ -7,6 +7,7 @@ import (
 
 	"github.com/labstack/echo/v4"
 
+	"github.com/herald-im/herald/mailer"
 	"github.com/herald-im/herald/matrix"
 )
 
@@ -70,7 +71,7 @@ func (h *Handler) apiResendInvite(c echo.Context) error {
 	return c.JSON(http.StatusOK, okAnswer{true})
 }
 
-func (h *Handler) apiQueueList(c echo.Context, q *queue, err error) error {
+func (h *Handler) apiQueueList(c echo.Context, q *consoleQueue, err error) error {
 	if err != nil {
 		return err
 	}
@@ -97,7 +98,7 @@ func (h *Handler) apiMail(c echo.Context) error {
 	return c.JSON(http.StatusOK, m)
 }
 
-func (h *Handler) apiQueueAction(c echo.Context, q *queue, err error, action string) error {
+func (h *Handler) apiQueueAction(c echo.Context, q *consoleQueue, err error, action string) error {
 	if err != nil {
 		return err
 	}
@@ -117,7 +118,7 @@ type bulkAnswer struct {
 	Error string `json:"error,omitempty"`
 }
 
-func (h *Handler) apiBulk(c echo.Context, q *queue, err error) error {
+func (h *Handler) apiBulk(c echo.Context, q *consoleQueue, err error) error {
 	if err != nil {
 		return err
 	}
@@ -281,7 +282,7 @@ func (h *Handler) apiMailbox(c echo.Context) error {
 		ms[i].Text, ms[i].HTML = "", ""
 	}
 	if ms == nil {
-		ms = []DevMail{}
+		ms = []mailer.DevMailView{}
 	}
 	return c.JSON(http.StatusOK, map[string]any{"mails": ms})
 }

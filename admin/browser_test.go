@@ -10,8 +10,9 @@ import (
 
 	"github.com/chromedp/chromedp"
 
-	"github.com/herald-im/herald/admin"
 	"github.com/herald-im/herald/internal/browsertest"
+	"github.com/herald-im/herald/invites"
+	"github.com/herald-im/herald/mailer"
 )
 
 func TestBrowser(t *testing.T) {
@@ -66,7 +67,7 @@ func TestBrowser(t *testing.T) {
 	if s := text("p.notice"); s != "The invite was revoked." {
 		t.Fatalf("notice %q", s)
 	}
-	if s := text("h1 .badge"); s != "revoked" || e.inv.invites["inv-dana"].State != admin.StateRevoked {
+	if s := text("h1 .badge"); s != "revoked" || e.inv.invites["inv-dana"].State != invites.StateRevoked {
 		t.Fatalf("badge %q", s)
 	}
 
@@ -106,7 +107,7 @@ func TestBrowser(t *testing.T) {
 
 	// A hostile HTML mail in the dev mailbox runs no script, even opened on
 	// its own (the frame's sandbox and the answer's CSP sandbox both hold).
-	e.box.mails = append(e.box.mails, admin.DevMail{ID: "m-evil", To: "eve@example.net", Subject: "Hostile", Date: time.Now(),
+	e.box.mails = append(e.box.mails, mailer.DevMailView{ID: "m-evil", To: "eve@example.net", Subject: "Hostile", Date: time.Now(),
 		HTML: `<p id="t">static</p><script>document.getElementById("t").textContent="script ran";top.location="/admin/audit?pwned"</script>` +
 			`<img src="data:," onerror="document.getElementById('t').textContent='handler ran'">`})
 	must("hostile mail", chromedp.Navigate(e.srv.URL+"/admin/mailbox/m-evil"), chromedp.WaitVisible(chromedp.CSS(`iframe.mail[sandbox=""]`)))

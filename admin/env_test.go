@@ -19,7 +19,11 @@ import (
 
 	"github.com/herald-im/herald/admin"
 	"github.com/herald-im/herald/config"
+	"github.com/herald-im/herald/identity"
+	"github.com/herald-im/herald/invites"
 	"github.com/herald-im/herald/keys"
+	"github.com/herald-im/herald/mailer"
+	"github.com/herald-im/herald/queue"
 	"github.com/herald-im/herald/store"
 )
 
@@ -90,9 +94,9 @@ func newEnv(t testing.TB, mods ...func(*admin.Options)) *env {
 	}
 	e := &env{t: t, cfg: &cfg, db: db, clock: &clock{}, ring: ring}
 	e.out = &fakeOutbox{now: e.clock.now}
-	e.inv = &fakeInvites{invites: map[string]*admin.Invite{}, now: e.clock.now, outbox: e.out}
-	e.dels = &fakeDeliveries{dels: map[string]*admin.Delivery{}, now: e.clock.now}
-	e.binds = &fakeBindings{m: map[string]admin.Binding{}}
+	e.inv = &fakeInvites{invites: map[string]*invites.View{}, now: e.clock.now, outbox: e.out}
+	e.dels = &fakeDeliveries{dels: map[string]*invites.DeliveryView{}, now: e.clock.now}
+	e.binds = &fakeBindings{m: map[string]identity.BindingView{}}
 	e.box = &fakeMailbox{}
 	seed(e)
 	if err := admin.CreateUser(db, testUser, testPassword, false, e.clock.now()); err != nil {
@@ -129,8 +133,8 @@ func seed(e *env) {
 		{"@carol:chat.acme.io", "Carol", "chat.acme.io"},
 	}
 	people := []string{"jane", "omar", "li.wei", "sam", "priya", "noah", "eva", "kofi", "lena", "raj", "mia", "tom"}
-	states := []string{admin.StateResolved, admin.StateEmailed, admin.StateResolved, admin.StateExpired, admin.StateResolved,
-		admin.StateEmailed, admin.StateDeclined, admin.StateResolved, admin.StatePending, admin.StateRevoked, admin.StateFailed, admin.StateResolved}
+	states := []string{invites.StateResolved, invites.StateEmailed, invites.StateResolved, invites.StateExpired, invites.StateResolved,
+		invites.StateEmailed, invites.StateDeclined, invites.StateResolved, invites.StatePending, invites.StateRevoked, invites.StateFailed, invites.StateResolved}
 	n := 0
 	for day := 29; day >= 0; day-- {
 		for k := 0; k < 1+(day*7+3)%4; k++ {
@@ -138,82 +142,82 @@ func seed(e *env) {
 			r, s := rooms[n%len(rooms)], senders[(n/2)%len(senders)]
 			created := now.Add(-time.Duration(day)*24*time.Hour - time.Duration(k*97+n*13)%(20*time.Hour))
 			st := states[n%len(states)]
-			if day > 7 && (st == admin.StatePending || st == admin.StateEmailed) {
-				st = admin.StateExpired
+			if day > 7 && (st == invites.StatePending || st == invites.StateEmailed) {
+				st = invites.StateExpired
 			}
 			addr := fmt.Sprintf("%s%d@example.net", people[n%len(people)], n)
-			inv := &admin.Invite{ID: fmt.Sprintf("inv%03d", n), Address: addr, State: st, RoomID: r.id, RoomAlias: r.alias, RoomName: r.name,
+			inv := &invites.View{ID: fmt.Sprintf("inv%03d", n), Address: addr, State: st, RoomID: r.id, RoomAlias: r.alias, RoomName: r.name,
 				Sender: s.id, SenderDisplayName: s.name, Homeserver: s.hs, Created: created, Expires: created.Add(7 * 24 * time.Hour), MailRef: fmt.Sprintf("invite:inv%03d", n)}
-			inv.Events = []admin.Event{{At: created, Kind: "created", Detail: "store-invite from " + s.hs, OK: true}}
-			mail := admin.Mail{To: addr, Subject: s.name + " invited you to " + r.name, Kind: "invite", Ref: inv.MailRef, State: admin.QueueDone, Created: created,
-				Attempts: []admin.Attempt{{At: created.Add(2 * time.Second), Reply: "250 2.0.0 Ok: queued as 4Xk" + fmt.Sprint(n), OK: true}}}
-			if st == admin.StatePending {
-				mail.State, mail.Attempts = admin.QueuePending, []admin.Attempt{{At: created.Add(time.Second), Reply: "421 4.7.0 Try again later, closing connection", Temporary: true}}
+			inv.Events = []invites.Event{{At: created, Kind: "created", Detail: "store-invite from " + s.hs, OK: true}}
+			mail := mailer.View{To: addr, Subject: s.name + " invited you to " + r.name, Kind: "invite", Ref: inv.MailRef, State: string(mailer.Sent), Created: created,
+				Attempts: []queue.AttemptView{{At: created.Add(2 * time.Second), Reply: "250 2.0.0 Ok: queued as 4Xk" + fmt.Sprint(n), OK: true}}}
+			if st == invites.StatePending {
+				mail.State, mail.Attempts = "pending", []queue.AttemptView{{At: created.Add(time.Second), Reply: "421 4.7.0 Try again later, closing connection", Temporary: true}}
 				mail.NextAttempt = now.Add(5 * time.Minute)
 			}
-			if st == admin.StateFailed {
-				mail.State, mail.Attempts = admin.QueueFailed, []admin.Attempt{{At: now.Add(-3 * time.Hour), Reply: "550 5.1.1 <" + addr + ">: Recipient address rejected: User unknown"}}
+			if st == invites.StateFailed {
+				mail.State, mail.Attempts = "failed", []queue.AttemptView{{At: now.Add(-3 * time.Hour), Reply: "550 5.1.1 <" + addr + ">: Recipient address rejected: User unknown"}}
 			}
 			e.out.add(mail)
-			if st == admin.StateResolved {
+			if st == invites.StateResolved {
 				mx := "@" + strings.Split(addr, "@")[0] + ":" + s.hs
 				inv.MXID = mx
 				bound := created.Add(90 * time.Minute)
-				inv.Events = append(inv.Events, admin.Event{At: bound, Kind: "bound", Detail: "to " + mx, OK: true},
-					admin.Event{At: bound.Add(time.Second), Kind: "resolved", Detail: "delivered to " + s.hs, OK: true})
-				e.dels.dels[fmt.Sprint("d", n)] = &admin.Delivery{ID: fmt.Sprint("d", n), Homeserver: s.hs, MXID: mx, Address: addr, Invites: []string{inv.ID},
-					State: admin.QueueDelivered, Created: bound, Attempts: []admin.Attempt{{At: bound.Add(time.Second), Reply: "200 OK {}", OK: true}}}
-				e.binds.m[addr] = admin.Binding{Address: addr, MXID: mx, Bound: bound}
+				inv.Events = append(inv.Events, invites.Event{At: bound, Kind: "bound", Detail: "to " + mx, OK: true},
+					invites.Event{At: bound.Add(time.Second), Kind: "resolved", Detail: "delivered to " + s.hs, OK: true})
+				e.dels.dels[fmt.Sprint("d", n)] = &invites.DeliveryView{ID: fmt.Sprint("d", n), Homeserver: s.hs, MXID: mx, Address: addr, Invites: []string{inv.ID},
+					State: string(invites.DeliveryDelivered), Created: bound, Attempts: []queue.AttemptView{{At: bound.Add(time.Second), Reply: "200 OK {}", OK: true}}}
+				e.binds.m[addr] = identity.BindingView{Address: addr, MXID: mx, Bound: bound}
 			}
-			if st == admin.StateExpired {
-				inv.Events = append(inv.Events, admin.Event{At: created.Add(7 * 24 * time.Hour), Kind: "expired", OK: false})
+			if st == invites.StateExpired {
+				inv.Events = append(inv.Events, invites.Event{At: created.Add(7 * 24 * time.Hour), Kind: "expired", OK: false})
 			}
 			e.inv.invites[inv.ID] = inv
 		}
 	}
 	// Two invites the tests and the screenshots look at.
 	t0 := now.Add(-26 * time.Hour)
-	fox := &admin.Invite{ID: "inv-fox", Address: "fox.mulder@example.net", State: admin.StateResolved, RoomID: "!xfiles:example.org", RoomAlias: "#xfiles:example.org",
+	fox := &invites.View{ID: "inv-fox", Address: "fox.mulder@example.net", State: invites.StateResolved, RoomID: "!xfiles:example.org", RoomAlias: "#xfiles:example.org",
 		RoomName: "The X-Files", Sender: "@dana:example.org", SenderDisplayName: "Dana Scully", Homeserver: "example.org", Created: t0, Expires: t0.Add(7 * 24 * time.Hour),
 		MXID: "@fox:matrix.example.com", MailRef: "invite:inv-fox", Fields: map[string]string{"room_join_rules": "invite", "org.matrix.web_client_location": "https://app.element.io"}}
-	fox.Events = []admin.Event{
+	fox.Events = []invites.Event{
 		{At: t0, Kind: "created", Detail: "store-invite from example.org", OK: true},
 		{At: t0.Add(3*time.Hour + 10*time.Minute), Kind: "bound", Detail: "fox.mulder@example.net bound to @fox:matrix.example.com", OK: true},
 		{At: t0.Add(3*time.Hour + 42*time.Minute + 41*time.Second), Kind: "resolved", Detail: "accepted by matrix.example.com", OK: true},
 	}
 	e.inv.invites[fox.ID] = fox
-	e.out.add(admin.Mail{To: fox.Address, Subject: "Dana Scully invited you to The X-Files", Kind: "invite", Ref: fox.MailRef, State: admin.QueueDone, Created: t0,
-		Attempts: []admin.Attempt{
+	e.out.add(mailer.View{To: fox.Address, Subject: "Dana Scully invited you to The X-Files", Kind: "invite", Ref: fox.MailRef, State: string(mailer.Sent), Created: t0,
+		Attempts: []queue.AttemptView{
 			{At: t0.Add(time.Second), Reply: "421 4.7.0 mx.example.net: too many connections, try again later", Temporary: true},
 			{At: t0.Add(31 * time.Second), Reply: "250 2.0.0 Ok: queued as 7C1F2A0B3", OK: true},
 		}})
 	b := t0.Add(3*time.Hour + 10*time.Minute)
-	e.dels.dels["d-fox"] = &admin.Delivery{ID: "d-fox", Homeserver: "matrix.example.com", MXID: "@fox:matrix.example.com", Address: fox.Address, Invites: []string{fox.ID},
-		State: admin.QueueDelivered, Created: b, Attempts: []admin.Attempt{
+	e.dels.dels["d-fox"] = &invites.DeliveryView{ID: "d-fox", Homeserver: "matrix.example.com", MXID: "@fox:matrix.example.com", Address: fox.Address, Invites: []string{fox.ID},
+		State: string(invites.DeliveryDelivered), Created: b, Attempts: []queue.AttemptView{
 			{At: b.Add(time.Second), Reply: "dial tcp 203.0.113.7:8448: connect: connection refused", Temporary: true},
 			{At: b.Add(32 * time.Minute), Reply: "502 Bad Gateway", Temporary: true},
 			{At: b.Add(32*time.Minute + 40*time.Second), Reply: "200 OK {}", OK: true},
 		}}
-	e.binds.m[fox.Address] = admin.Binding{Address: fox.Address, MXID: "@fox:matrix.example.com", Bound: b}
+	e.binds.m[fox.Address] = identity.BindingView{Address: fox.Address, MXID: "@fox:matrix.example.com", Bound: b}
 
 	t1 := now.Add(-2 * time.Hour)
-	dana := &admin.Invite{ID: "inv-dana", Address: "dana.katz@example.net", State: admin.StateEmailed, RoomID: "!apollo:example.org", RoomAlias: "#apollo:example.org",
+	dana := &invites.View{ID: "inv-dana", Address: "dana.katz@example.net", State: invites.StateEmailed, RoomID: "!apollo:example.org", RoomAlias: "#apollo:example.org",
 		RoomName: "Project Apollo", Sender: "@alice:example.org", SenderDisplayName: "Alice", Homeserver: "example.org", Created: t1, Expires: t1.Add(7 * 24 * time.Hour), MailRef: "invite:inv-dana"}
-	dana.Events = []admin.Event{{At: t1, Kind: "created", Detail: "store-invite from example.org", OK: true}}
+	dana.Events = []invites.Event{{At: t1, Kind: "created", Detail: "store-invite from example.org", OK: true}}
 	e.inv.invites[dana.ID] = dana
-	e.out.add(admin.Mail{To: dana.Address, Subject: "Alice invited you to Project Apollo", Kind: "invite", Ref: dana.MailRef, State: admin.QueueDone, Created: t1,
-		Attempts: []admin.Attempt{{At: t1.Add(time.Second), Reply: "250 2.0.0 Ok: queued as 91AB77", OK: true}}})
-	walt := &admin.Invite{ID: "inv-walter", Address: "walter@example.net", State: admin.StateFailed, RoomID: "!books:matrix.example.com", RoomName: "Book club",
+	e.out.add(mailer.View{To: dana.Address, Subject: "Alice invited you to Project Apollo", Kind: "invite", Ref: dana.MailRef, State: string(mailer.Sent), Created: t1,
+		Attempts: []queue.AttemptView{{At: t1.Add(time.Second), Reply: "250 2.0.0 Ok: queued as 91AB77", OK: true}}})
+	walt := &invites.View{ID: "inv-walter", Address: "walter@example.net", State: invites.StateFailed, RoomID: "!books:matrix.example.com", RoomName: "Book club",
 		Sender: "@bob:matrix.example.com", SenderDisplayName: "Bob", Homeserver: "matrix.example.com", Created: t1.Add(-time.Hour), MailRef: "invite:inv-walter"}
-	walt.Events = []admin.Event{{At: walt.Created, Kind: "created", OK: true}}
+	walt.Events = []invites.Event{{At: walt.Created, Kind: "created", OK: true}}
 	e.inv.invites[walt.ID] = walt
-	e.out.add(admin.Mail{To: walt.Address, Subject: "Bob invited you to Book club", Kind: "invite", Ref: walt.MailRef, State: admin.QueueFailed, Created: walt.Created,
-		Attempts: []admin.Attempt{{At: walt.Created.Add(time.Second), Reply: "550 5.7.1 Message rejected as spam"}}})
-	e.dels.dels["d-stuck"] = &admin.Delivery{ID: "d-stuck", Homeserver: "hs.unreachable.example", MXID: "@zoe:hs.unreachable.example", Address: "zoe@example.net",
-		Invites: []string{"inv001"}, State: admin.QueueFailed, Created: now.Add(-5 * time.Hour), Attempts: []admin.Attempt{
+	e.out.add(mailer.View{To: walt.Address, Subject: "Bob invited you to Book club", Kind: "invite", Ref: walt.MailRef, State: "failed", Created: walt.Created,
+		Attempts: []queue.AttemptView{{At: walt.Created.Add(time.Second), Reply: "550 5.7.1 Message rejected as spam"}}})
+	e.dels.dels["d-stuck"] = &invites.DeliveryView{ID: "d-stuck", Homeserver: "hs.unreachable.example", MXID: "@zoe:hs.unreachable.example", Address: "zoe@example.net",
+		Invites: []string{"inv001"}, State: "failed", Created: now.Add(-5 * time.Hour), Attempts: []queue.AttemptView{
 			{At: now.Add(-5 * time.Hour), Reply: "dial tcp: lookup hs.unreachable.example: no such host", Temporary: true},
 			{At: now.Add(-4 * time.Hour), Reply: "403 M_FORBIDDEN: Unknown room"}}}
-	e.box.mails = []admin.DevMail{{ID: "m1", To: dana.Address, Subject: "Alice invited you to Project Apollo", Date: t1,
+	e.box.mails = []mailer.DevMailView{{ID: "m1", To: dana.Address, Subject: "Alice invited you to Project Apollo", Date: t1,
 		Text: "Alice (@alice:example.org) invited you to Project Apollo.", HTML: "<p style=\"color:#333\">Alice invited you to <b>Project Apollo</b>.</p><script>alert(1)</script>"}}
 }
 

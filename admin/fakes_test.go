@@ -9,20 +9,24 @@ import (
 	"time"
 
 	"github.com/herald-im/herald/admin"
+	"github.com/herald-im/herald/identity"
+	"github.com/herald-im/herald/invites"
+	"github.com/herald-im/herald/mailer"
+	"github.com/herald-im/herald/queue"
 )
 
 // In-memory stand-ins for the services the console shows.
 
 type fakeInvites struct {
 	mu      sync.Mutex
-	invites map[string]*admin.Invite
+	invites map[string]*invites.View
 	now     func() time.Time
 	outbox  *fakeOutbox
 	calls   []string
 }
 
-func (f *fakeInvites) sorted() []*admin.Invite {
-	var l []*admin.Invite
+func (f *fakeInvites) sorted() []*invites.View {
+	var l []*invites.View
 	for _, i := range f.invites {
 		l = append(l, i)
 	}
@@ -30,10 +34,10 @@ func (f *fakeInvites) sorted() []*admin.Invite {
 	return l
 }
 
-func (f *fakeInvites) ListInvites(_ context.Context, flt admin.InviteFilter) ([]admin.Invite, error) {
+func (f *fakeInvites) ListInvites(_ context.Context, flt invites.ConsoleFilter) ([]invites.View, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	var out []admin.Invite
+	var out []invites.View
 	skip := flt.Offset
 	for _, i := range f.sorted() {
 		if (flt.State != "" && i.State != flt.State) || (flt.Address != "" && i.Address != flt.Address) ||
@@ -54,12 +58,12 @@ func (f *fakeInvites) ListInvites(_ context.Context, flt admin.InviteFilter) ([]
 	return out, nil
 }
 
-func (f *fakeInvites) GetInvite(_ context.Context, id string) (admin.Invite, error) {
+func (f *fakeInvites) GetInvite(_ context.Context, id string) (invites.View, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	i, ok := f.invites[id]
 	if !ok {
-		return admin.Invite{}, fmt.Errorf("invite %s: %w", id, admin.ErrNotFound)
+		return invites.View{}, fmt.Errorf("invite %s: %w", id, admin.ErrNotFound)
 	}
 	return *i, nil
 }
@@ -74,11 +78,11 @@ func (f *fakeInvites) CountInvites(context.Context) (map[string]int, error) {
 	return m, nil
 }
 
-func (f *fakeInvites) InvitesPerDay(_ context.Context, days int) ([]admin.DayCount, error) {
+func (f *fakeInvites) InvitesPerDay(_ context.Context, days int) ([]invites.DayCount, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	today := f.now().UTC().Truncate(24 * time.Hour)
-	out := make([]admin.DayCount, days)
+	out := make([]invites.DayCount, days)
 	for d := range out {
 		out[d].Day = today.AddDate(0, 0, d-days+1)
 	}
@@ -104,11 +108,11 @@ func (f *fakeInvites) RevokeInvite(_ context.Context, id string) error {
 	if !ok {
 		return admin.ErrNotFound
 	}
-	if i.State != admin.StatePending && i.State != admin.StateEmailed && i.State != admin.StateFailed {
+	if i.State != invites.StatePending && i.State != invites.StateEmailed && i.State != invites.StateFailed {
 		return fmt.Errorf("%w: the invite is %s", admin.ErrNotPossible, i.State)
 	}
-	i.State = admin.StateRevoked
-	i.Events = append(i.Events, admin.Event{At: f.now(), Kind: "revoked", OK: true})
+	i.State = invites.StateRevoked
+	i.Events = append(i.Events, invites.Event{At: f.now(), Kind: "revoked", OK: true})
 	f.calls = append(f.calls, "revoke "+id)
 	return nil
 }
@@ -120,7 +124,7 @@ func (f *fakeInvites) ResendInvite(_ context.Context, id string) error {
 		f.mu.Unlock()
 		return admin.ErrNotFound
 	}
-	if i.State != admin.StatePending && i.State != admin.StateEmailed && i.State != admin.StateFailed {
+	if i.State != invites.StatePending && i.State != invites.StateEmailed && i.State != invites.StateFailed {
 		f.mu.Unlock()
 		return fmt.Errorf("%w: the invite is %s", admin.ErrNotPossible, i.State)
 	}
@@ -128,7 +132,7 @@ func (f *fakeInvites) ResendInvite(_ context.Context, id string) error {
 	to, ref := i.Address, i.MailRef
 	f.mu.Unlock()
 	if f.outbox != nil {
-		f.outbox.add(admin.Mail{To: to, Subject: "You have been invited (again)", Kind: "invite", Ref: ref, State: admin.QueuePending, Created: f.now()})
+		f.outbox.add(mailer.View{To: to, Subject: "You have been invited (again)", Kind: "invite", Ref: ref, State: "pending", Created: f.now()})
 	}
 	return nil
 }
@@ -149,24 +153,24 @@ func (f *fakeInvites) EraseInvites(_ context.Context, address string) (int, erro
 type fakeOutbox struct {
 	mu    sync.Mutex
 	seq   int
-	mails map[string]*admin.Mail
+	mails map[string]*mailer.View
 	now   func() time.Time
 }
 
-func (f *fakeOutbox) add(m admin.Mail) string {
+func (f *fakeOutbox) add(m mailer.View) string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.seq++
 	m.ID = fmt.Sprint(f.seq)
 	if f.mails == nil {
-		f.mails = map[string]*admin.Mail{}
+		f.mails = map[string]*mailer.View{}
 	}
 	f.mails[m.ID] = &m
 	return m.ID
 }
 
-func (f *fakeOutbox) sorted() []*admin.Mail {
-	var l []*admin.Mail
+func (f *fakeOutbox) sorted() []*mailer.View {
+	var l []*mailer.View
 	for _, m := range f.mails {
 		l = append(l, m)
 	}
@@ -174,10 +178,10 @@ func (f *fakeOutbox) sorted() []*admin.Mail {
 	return l
 }
 
-func (f *fakeOutbox) ListMail(_ context.Context, flt admin.QueueFilter) ([]admin.Mail, error) {
+func (f *fakeOutbox) ListMail(_ context.Context, flt queue.ViewFilter) ([]mailer.View, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	var out []admin.Mail
+	var out []mailer.View
 	skip := flt.Offset
 	for _, m := range f.sorted() {
 		if flt.State != "" && m.State != flt.State {
@@ -195,20 +199,20 @@ func (f *fakeOutbox) ListMail(_ context.Context, flt admin.QueueFilter) ([]admin
 	return out, nil
 }
 
-func (f *fakeOutbox) GetMail(_ context.Context, id string) (admin.Mail, error) {
+func (f *fakeOutbox) GetMail(_ context.Context, id string) (mailer.View, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	m, ok := f.mails[id]
 	if !ok {
-		return admin.Mail{}, admin.ErrNotFound
+		return mailer.View{}, admin.ErrNotFound
 	}
 	return *m, nil
 }
 
-func (f *fakeOutbox) MailByRef(_ context.Context, ref string) ([]admin.Mail, error) {
+func (f *fakeOutbox) MailByRef(_ context.Context, ref string) ([]mailer.View, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	var out []admin.Mail
+	var out []mailer.View
 	for _, m := range f.sorted() {
 		if m.Ref == ref {
 			out = append(out, *m)
@@ -224,10 +228,10 @@ func (f *fakeOutbox) RetryMail(_ context.Context, id string) error {
 	if !ok {
 		return admin.ErrNotFound
 	}
-	if m.State == admin.QueueDone {
+	if m.State == string(mailer.Sent) {
 		return fmt.Errorf("%w: already sent", admin.ErrNotPossible)
 	}
-	m.State, m.NextAttempt = admin.QueuePending, f.now()
+	m.State, m.NextAttempt = "pending", f.now()
 	return nil
 }
 
@@ -241,17 +245,17 @@ func (f *fakeOutbox) DropMail(_ context.Context, id string) error {
 	return nil
 }
 
-func (f *fakeOutbox) MailStats(context.Context) (admin.QueueStats, error) {
+func (f *fakeOutbox) MailStats(context.Context) (queue.StatsView, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	var s admin.QueueStats
+	var s queue.StatsView
 	for _, m := range f.mails {
 		switch m.State {
-		case admin.QueuePending:
+		case "pending":
 			s.Pending++
-		case admin.QueueDone:
+		case string(mailer.Sent):
 			s.Done++
-		case admin.QueueFailed:
+		case "failed":
 			s.Failed++
 		}
 		for _, a := range m.Attempts {
@@ -278,14 +282,14 @@ func (f *fakeOutbox) DeleteMailTo(_ context.Context, address string) (int, error
 
 type fakeDeliveries struct {
 	mu   sync.Mutex
-	dels map[string]*admin.Delivery
+	dels map[string]*invites.DeliveryView
 	now  func() time.Time
 }
 
-func (f *fakeDeliveries) ListDeliveries(_ context.Context, flt admin.QueueFilter) ([]admin.Delivery, error) {
+func (f *fakeDeliveries) ListDeliveries(_ context.Context, flt queue.ViewFilter) ([]invites.DeliveryView, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	var out []admin.Delivery
+	var out []invites.DeliveryView
 	for _, d := range f.dels {
 		if flt.State == "" || d.State == flt.State {
 			out = append(out, *d)
@@ -299,20 +303,20 @@ func (f *fakeDeliveries) ListDeliveries(_ context.Context, flt admin.QueueFilter
 	return out, nil
 }
 
-func (f *fakeDeliveries) GetDelivery(_ context.Context, id string) (admin.Delivery, error) {
+func (f *fakeDeliveries) GetDelivery(_ context.Context, id string) (invites.DeliveryView, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	d, ok := f.dels[id]
 	if !ok {
-		return admin.Delivery{}, admin.ErrNotFound
+		return invites.DeliveryView{}, admin.ErrNotFound
 	}
 	return *d, nil
 }
 
-func (f *fakeDeliveries) DeliveriesForInvite(_ context.Context, inviteID string) ([]admin.Delivery, error) {
+func (f *fakeDeliveries) DeliveriesForInvite(_ context.Context, inviteID string) ([]invites.DeliveryView, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	var out []admin.Delivery
+	var out []invites.DeliveryView
 	for _, d := range f.dels {
 		for _, i := range d.Invites {
 			if i == inviteID {
@@ -330,10 +334,10 @@ func (f *fakeDeliveries) RetryDelivery(_ context.Context, id string) error {
 	if !ok {
 		return admin.ErrNotFound
 	}
-	if d.State == admin.QueueDelivered {
+	if d.State == string(invites.DeliveryDelivered) {
 		return fmt.Errorf("%w: already delivered", admin.ErrNotPossible)
 	}
-	d.State, d.NextAttempt = admin.QueuePending, f.now()
+	d.State, d.NextAttempt = "pending", f.now()
 	return nil
 }
 
@@ -347,17 +351,17 @@ func (f *fakeDeliveries) DropDelivery(_ context.Context, id string) error {
 	return nil
 }
 
-func (f *fakeDeliveries) DeliveryStats(context.Context) (admin.QueueStats, error) {
+func (f *fakeDeliveries) DeliveryStats(context.Context) (queue.StatsView, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	var s admin.QueueStats
+	var s queue.StatsView
 	for _, d := range f.dels {
 		switch d.State {
-		case admin.QueuePending:
+		case "pending":
 			s.Pending++
-		case admin.QueueDelivered:
+		case string(invites.DeliveryDelivered):
 			s.Done++
-		case admin.QueueFailed:
+		case "failed":
 			s.Failed++
 		}
 		for _, a := range d.Attempts {
@@ -384,10 +388,10 @@ func (f *fakeDeliveries) DeleteDeliveriesTo(_ context.Context, address string) (
 
 type fakeBindings struct {
 	mu sync.Mutex
-	m  map[string]admin.Binding
+	m  map[string]identity.BindingView
 }
 
-func (f *fakeBindings) BindingFor(_ context.Context, address string) (*admin.Binding, error) {
+func (f *fakeBindings) BindingFor(_ context.Context, address string) (*identity.BindingView, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	b, ok := f.m[address]
@@ -407,19 +411,19 @@ func (f *fakeBindings) Unbind(_ context.Context, address string) error {
 	return nil
 }
 
-type fakeMailbox struct{ mails []admin.DevMail }
+type fakeMailbox struct{ mails []mailer.DevMailView }
 
-func (f *fakeMailbox) ListDevMail(context.Context) ([]admin.DevMail, error) {
-	return append([]admin.DevMail(nil), f.mails...), nil
+func (f *fakeMailbox) ListDevMail(context.Context) ([]mailer.DevMailView, error) {
+	return append([]mailer.DevMailView(nil), f.mails...), nil
 }
 
-func (f *fakeMailbox) ReadDevMail(_ context.Context, id string) (admin.DevMail, error) {
+func (f *fakeMailbox) ReadDevMail(_ context.Context, id string) (mailer.DevMailView, error) {
 	for _, m := range f.mails {
 		if m.ID == id {
 			return m, nil
 		}
 	}
-	return admin.DevMail{}, admin.ErrNotFound
+	return mailer.DevMailView{}, admin.ErrNotFound
 }
 
 // EraseSessions: the fake holds no validation sessions.

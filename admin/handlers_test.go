@@ -11,6 +11,10 @@ import (
 
 	"github.com/herald-im/herald/admin"
 	"github.com/herald-im/herald/config"
+	"github.com/herald-im/herald/identity"
+	"github.com/herald-im/herald/invites"
+	"github.com/herald-im/herald/mailer"
+	"github.com/herald-im/herald/queue"
 )
 
 // concrete turns a route pattern into a path that reaches its handler.
@@ -383,7 +387,7 @@ func TestInviteActions(t *testing.T) {
 		t.Fatal("resend not shown")
 	}
 	res, _ = c.postCSRF("/admin/invites/inv-dana/revoke", nil)
-	if res.StatusCode != http.StatusSeeOther || e.inv.invites["inv-dana"].State != admin.StateRevoked {
+	if res.StatusCode != http.StatusSeeOther || e.inv.invites["inv-dana"].State != invites.StateRevoked {
 		t.Fatalf("revoke: %d", res.StatusCode)
 	}
 	// Revoking again is refused with the reason; a resolved invite cannot be revoked.
@@ -415,12 +419,12 @@ func TestQueueActions(t *testing.T) {
 	c.login(testUser, testPassword)
 	var failedMail string
 	for id, m := range e.out.mails {
-		if m.State == admin.QueueFailed && m.To == "walter@example.net" {
+		if m.State == "failed" && m.To == "walter@example.net" {
 			failedMail = id
 		}
 	}
 	res, _ := c.postCSRF("/admin/outbox/"+failedMail+"/retry", nil)
-	if res.StatusCode != http.StatusSeeOther || e.out.mails[failedMail].State != admin.QueuePending {
+	if res.StatusCode != http.StatusSeeOther || e.out.mails[failedMail].State != "pending" {
 		t.Fatalf("retry mail: %d", res.StatusCode)
 	}
 	// Retrying a sent mail is refused.
@@ -447,7 +451,7 @@ func TestQueueActions(t *testing.T) {
 	}
 	// Deliveries: retry from the invite page goes back there.
 	res, _ = c.postCSRF("/admin/deliveries/d-stuck/retry", url.Values{"back": {"/admin/invites/inv001"}})
-	if res.StatusCode != http.StatusSeeOther || res.Header.Get("Location") != "/admin/invites/inv001?ok=retried" || e.dels.dels["d-stuck"].State != admin.QueuePending {
+	if res.StatusCode != http.StatusSeeOther || res.Header.Get("Location") != "/admin/invites/inv001?ok=retried" || e.dels.dels["d-stuck"].State != "pending" {
 		t.Fatalf("retry delivery: %d %q", res.StatusCode, res.Header.Get("Location"))
 	}
 	res, _ = c.postCSRF("/admin/deliveries/bulk", url.Values{"bulk": {"retry"}, "ids": {"d-stuck", "d-fox"}})
@@ -548,16 +552,16 @@ func TestAPI(t *testing.T) {
 			State string `json:"state"`
 			Count int    `json:"count"`
 		} `json:"invites"`
-		Outbox      admin.QueueStats `json:"outbox"`
-		Failures24h int              `json:"failures_24h"`
-		PerDay      []admin.DayCount `json:"per_day"`
+		Outbox      queue.StatsView    `json:"outbox"`
+		Failures24h int                `json:"failures_24h"`
+		PerDay      []invites.DayCount `json:"per_day"`
 	}
 	get("/admin/api/dashboard", &dash)
 	if len(dash.Invites) != 7 || len(dash.PerDay) != 30 || dash.Outbox.Failed == 0 || dash.Failures24h == 0 {
 		t.Fatalf("dashboard %+v", dash)
 	}
 	var list struct {
-		Invites []admin.Invite `json:"invites"`
+		Invites []invites.View `json:"invites"`
 		More    bool           `json:"more"`
 	}
 	get("/admin/api/invites?q=DANA.katz@example.net", &list)
@@ -581,7 +585,7 @@ func TestAPI(t *testing.T) {
 		t.Fatal("nothing resolved before today")
 	}
 	for _, i := range list.Invites {
-		if i.Created.UTC().Format("2006-01-02") > yesterday || i.State != admin.StateResolved {
+		if i.Created.UTC().Format("2006-01-02") > yesterday || i.State != invites.StateResolved {
 			t.Fatalf("until=%s&state=resolved gave %s of %v", yesterday, i.State, i.Created)
 		}
 	}
@@ -590,8 +594,8 @@ func TestAPI(t *testing.T) {
 		t.Fatalf("page 1: %d more=%v", len(list.Invites), list.More)
 	}
 	var inv struct {
-		Invite   admin.Invite  `json:"invite"`
-		Timeline []admin.Event `json:"timeline"`
+		Invite   invites.View    `json:"invite"`
+		Timeline []invites.Event `json:"timeline"`
 	}
 	get("/admin/api/invites/inv-fox", &inv)
 	if inv.Invite.ID != "inv-fox" || len(inv.Timeline) != 3+1+2+1+3 {
@@ -607,7 +611,7 @@ func TestAPI(t *testing.T) {
 	post("/admin/api/invites/inv-dana/revoke", "", 409)
 	post("/admin/api/invites/none/revoke", "", 404)
 	var q struct {
-		Items []admin.Mail `json:"items"`
+		Items []mailer.View `json:"items"`
 	}
 	get("/admin/api/outbox?state=failed", &q)
 	if len(q.Items) == 0 {
@@ -619,17 +623,17 @@ func TestAPI(t *testing.T) {
 	}
 	post("/admin/api/outbox/bulk", `{"action":"explode","ids":["3"]}`, 400)
 	post("/admin/api/outbox/bulk", `{"action":`, 400)
-	var m admin.Mail
+	var m mailer.View
 	get("/admin/api/outbox/4", &m)
 	post("/admin/api/outbox/4/drop", "", 200)
-	var dl admin.Delivery
+	var dl invites.DeliveryView
 	get("/admin/api/deliveries/d-stuck", &dl)
 	get("/admin/api/deliveries?state=failed", &q)
 	post("/admin/api/deliveries/d-stuck/retry", "", 200)
 	post("/admin/api/deliveries/bulk", `{"action":"drop","ids":["d-stuck"]}`, 200)
 	post("/admin/api/deliveries/d-fox/drop", "", 200)
 	var b struct {
-		Binding *admin.Binding `json:"binding"`
+		Binding *identity.BindingView `json:"binding"`
 	}
 	get("/admin/api/bindings?address=Fox.Mulder@example.net", &b)
 	if b.Binding == nil || b.Binding.MXID != "@fox:matrix.example.com" {
@@ -662,7 +666,7 @@ func TestAPI(t *testing.T) {
 		t.Fatalf("audit %+v", au.Entries[0])
 	}
 	var mb struct {
-		Mails []admin.DevMail `json:"mails"`
+		Mails []mailer.DevMailView `json:"mails"`
 	}
 	get("/admin/api/mailbox", &mb)
 	get("/admin/api/mailbox/m1", &m)

@@ -12,8 +12,12 @@ import (
 
 	"github.com/labstack/echo/v4"
 
+	"github.com/herald-im/herald/identity"
+	"github.com/herald-im/herald/invites"
 	"github.com/herald-im/herald/keys"
+	"github.com/herald-im/herald/mailer"
 	"github.com/herald-im/herald/matrix"
+	"github.com/herald-im/herald/queue"
 )
 
 // The operations behind both the pages and the JSON API: each loads data or
@@ -23,7 +27,7 @@ const pageSize = 50
 
 // act runs one state-changing action and audits it, whatever its outcome.
 func (h *Handler) act(c echo.Context, action, target string, fn func(ctx context.Context) error) error {
-	err := fn(c.Request().Context())
+	err := classify(fn(c.Request().Context()))
 	detail := ""
 	if err != nil {
 		detail = err.Error()
@@ -38,12 +42,12 @@ type stateCount struct {
 }
 
 type dashboardData struct {
-	Invites     []stateCount `json:"invites"`
-	Outbox      *QueueStats  `json:"outbox,omitempty"`
-	Deliveries  *QueueStats  `json:"deliveries,omitempty"`
-	Failures24h int          `json:"failures_24h"`
-	Days        []DayCount   `json:"per_day"`
-	Problems    []string     `json:"problems,omitempty"`
+	Invites     []stateCount       `json:"invites"`
+	Outbox      *queue.StatsView   `json:"outbox,omitempty"`
+	Deliveries  *queue.StatsView   `json:"deliveries,omitempty"`
+	Failures24h int                `json:"failures_24h"`
+	Days        []invites.DayCount `json:"per_day"`
+	Problems    []string           `json:"problems,omitempty"`
 }
 
 func (h *Handler) loadDashboard(ctx context.Context) dashboardData {
@@ -56,7 +60,7 @@ func (h *Handler) loadDashboard(ctx context.Context) dashboardData {
 		if counts, err := inv.CountInvites(ctx); err != nil {
 			problem("invite counts", err)
 		} else {
-			for _, s := range InviteStates {
+			for _, s := range invites.DisplayStates {
 				d.Invites = append(d.Invites, stateCount{s, counts[s]})
 			}
 		}
@@ -86,17 +90,17 @@ func (h *Handler) loadDashboard(ctx context.Context) dashboardData {
 }
 
 type invitesData struct {
-	Filter  InviteFilter `json:"filter"`
-	Query   string       `json:"-"` // the address as typed
-	Since   string       `json:"-"`
-	Until   string       `json:"-"`
-	Invites []Invite     `json:"invites"`
-	Page    int          `json:"page"`
-	More    bool         `json:"more"`
-	Problem string       `json:"problem,omitempty"`
-	States  []string     `json:"-"`
-	PrevURL string       `json:"-"`
-	NextURL string       `json:"-"`
+	Filter  invites.ConsoleFilter `json:"filter"`
+	Query   string                `json:"-"` // the address as typed
+	Since   string                `json:"-"`
+	Until   string                `json:"-"`
+	Invites []invites.View        `json:"invites"`
+	Page    int                   `json:"page"`
+	More    bool                  `json:"more"`
+	Problem string                `json:"problem,omitempty"`
+	States  []string              `json:"-"`
+	PrevURL string                `json:"-"`
+	NextURL string                `json:"-"`
 }
 
 func pageParam(c echo.Context) int {
@@ -112,10 +116,10 @@ func (h *Handler) listInvites(c echo.Context) (invitesData, error) {
 		return invitesData{}, errUnavailable("The invite store")
 	}
 	q := c.QueryParams()
-	d := invitesData{States: InviteStates, Page: pageParam(c), Query: strings.TrimSpace(q.Get("q")), Since: q.Get("since"), Until: q.Get("until")}
-	f := InviteFilter{Room: strings.TrimSpace(q.Get("room")), Sender: strings.TrimSpace(q.Get("sender")), Homeserver: strings.TrimSpace(q.Get("homeserver"))}
+	d := invitesData{States: invites.DisplayStates, Page: pageParam(c), Query: strings.TrimSpace(q.Get("q")), Since: q.Get("since"), Until: q.Get("until")}
+	f := invites.ConsoleFilter{Room: strings.TrimSpace(q.Get("room")), Sender: strings.TrimSpace(q.Get("sender")), Homeserver: strings.TrimSpace(q.Get("homeserver"))}
 	if s := q.Get("state"); s != "" {
-		for _, known := range InviteStates {
+		for _, known := range invites.DisplayStates {
 			if s == known {
 				f.State = s
 			}
@@ -177,13 +181,13 @@ func withPage(c echo.Context, page int) string {
 }
 
 type inviteData struct {
-	Invite     Invite     `json:"invite"`
-	Timeline   []Event    `json:"timeline"`
-	Mails      []Mail     `json:"mails"`
-	Deliveries []Delivery `json:"deliveries"`
-	Problems   []string   `json:"problems,omitempty"`
-	CanRevoke  bool       `json:"-"`
-	CanResend  bool       `json:"-"`
+	Invite     invites.View           `json:"invite"`
+	Timeline   []invites.Event        `json:"timeline"`
+	Mails      []mailer.View          `json:"mails"`
+	Deliveries []invites.DeliveryView `json:"deliveries"`
+	Problems   []string               `json:"problems,omitempty"`
+	CanRevoke  bool                   `json:"-"`
+	CanResend  bool                   `json:"-"`
 }
 
 func (h *Handler) loadInvite(ctx context.Context, id string) (inviteData, error) {
@@ -204,9 +208,9 @@ func (h *Handler) loadInvite(ctx context.Context, id string) (inviteData, error)
 		}
 		d.Mails = mails
 		for _, m := range mails {
-			d.Timeline = append(d.Timeline, Event{At: m.Created, Kind: "email queued", Detail: m.Subject, OK: true, Link: Prefix + "/outbox/" + m.ID})
+			d.Timeline = append(d.Timeline, invites.Event{At: m.Created, Kind: "email queued", Detail: m.Subject, OK: true, Link: Prefix + "/outbox/" + m.ID})
 			for _, a := range m.Attempts {
-				d.Timeline = append(d.Timeline, Event{At: a.At, Kind: "email attempt", Detail: a.Reply, OK: a.OK, Link: Prefix + "/outbox/" + m.ID})
+				d.Timeline = append(d.Timeline, invites.Event{At: a.At, Kind: "email attempt", Detail: a.Reply, OK: a.OK, Link: Prefix + "/outbox/" + m.ID})
 			}
 		}
 	}
@@ -217,14 +221,14 @@ func (h *Handler) loadInvite(ctx context.Context, id string) (inviteData, error)
 		}
 		d.Deliveries = dels
 		for _, dl := range dels {
-			d.Timeline = append(d.Timeline, Event{At: dl.Created, Kind: "delivery queued", Detail: "to " + dl.Homeserver + " for " + dl.MXID, OK: true, Link: Prefix + "/deliveries/" + dl.ID})
+			d.Timeline = append(d.Timeline, invites.Event{At: dl.Created, Kind: "delivery queued", Detail: "to " + dl.Homeserver + " for " + dl.MXID, OK: true, Link: Prefix + "/deliveries/" + dl.ID})
 			for _, a := range dl.Attempts {
-				d.Timeline = append(d.Timeline, Event{At: a.At, Kind: "delivery attempt", Detail: dl.Homeserver + ": " + a.Reply, OK: a.OK, Link: Prefix + "/deliveries/" + dl.ID})
+				d.Timeline = append(d.Timeline, invites.Event{At: a.At, Kind: "delivery attempt", Detail: dl.Homeserver + ": " + a.Reply, OK: a.OK, Link: Prefix + "/deliveries/" + dl.ID})
 			}
 		}
 	}
 	sort.SliceStable(d.Timeline, func(i, j int) bool { return d.Timeline[i].At.Before(d.Timeline[j].At) })
-	open := inv.State == StatePending || inv.State == StateEmailed || inv.State == StateFailed
+	open := inv.State == invites.StatePending || inv.State == invites.StateEmailed || inv.State == invites.StateFailed
 	d.CanRevoke, d.CanResend = open, open
 	return d, nil
 }
@@ -243,42 +247,42 @@ func (h *Handler) resendInvite(c echo.Context, id string) error {
 	return h.act(c, "invite.resend", "invite "+id, func(ctx context.Context) error { return h.opts.Invites.ResendInvite(ctx, id) })
 }
 
-// queue is the outbox or the delivery queue seen the same way.
-type queue struct {
+// consoleQueue is the outbox or the delivery queue seen the same way.
+type consoleQueue struct {
 	name, noun string   // "outbox", "mail"
 	states     []string // the state filters it accepts ("" too)
-	list       func(ctx context.Context, f QueueFilter) (any, int, error)
+	list       func(ctx context.Context, f queue.ViewFilter) (any, int, error)
 	retry      func(ctx context.Context, id string) error
 	drop       func(ctx context.Context, id string) error
 }
 
-func (h *Handler) mailQueue() (*queue, error) {
+func (h *Handler) mailQueue() (*consoleQueue, error) {
 	o := h.opts.Outbox
 	if o == nil {
 		return nil, errUnavailable("The outbox")
 	}
-	return &queue{name: "outbox", noun: "mail", states: OutboxStates,
-		list: func(ctx context.Context, f QueueFilter) (any, int, error) {
+	return &consoleQueue{name: "outbox", noun: "mail", states: mailer.ViewStates,
+		list: func(ctx context.Context, f queue.ViewFilter) (any, int, error) {
 			l, err := o.ListMail(ctx, f)
 			return l, len(l), err
 		},
 		retry: o.RetryMail, drop: o.DropMail}, nil
 }
 
-func (h *Handler) deliveryQueue() (*queue, error) {
+func (h *Handler) deliveryQueue() (*consoleQueue, error) {
 	q := h.opts.Deliveries
 	if q == nil {
 		return nil, errUnavailable("The delivery queue")
 	}
-	return &queue{name: "deliveries", noun: "delivery", states: slices.Concat(DeliveryStates, []string{QueueDone}), // "sent": an older name for delivered
-		list: func(ctx context.Context, f QueueFilter) (any, int, error) {
+	return &consoleQueue{name: "deliveries", noun: "delivery", states: slices.Concat(invites.DeliveryViewStates, []string{string(mailer.Sent)}), // "sent": an older name for delivered
+		list: func(ctx context.Context, f queue.ViewFilter) (any, int, error) {
 			l, err := q.ListDeliveries(ctx, f)
 			return l, len(l), err
 		},
 		retry: q.RetryDelivery, drop: q.DropDelivery}, nil
 }
 
-func (h *Handler) queueAction(c echo.Context, q *queue, action, id string) error {
+func (h *Handler) queueAction(c echo.Context, q *consoleQueue, action, id string) error {
 	fn := q.retry
 	if action == "drop" {
 		fn = q.drop
@@ -290,7 +294,7 @@ func (h *Handler) queueAction(c echo.Context, q *queue, action, id string) error
 
 // bulk applies action to every id; it reports how many succeeded and the
 // first error.
-func (h *Handler) bulk(c echo.Context, q *queue, action string, ids []string) (int, error) {
+func (h *Handler) bulk(c echo.Context, q *consoleQueue, action string, ids []string) (int, error) {
 	if len(ids) == 0 {
 		return 0, errStatus(http.StatusBadRequest, "Select at least one entry")
 	}
@@ -312,30 +316,30 @@ func (h *Handler) bulk(c echo.Context, q *queue, action string, ids []string) (i
 }
 
 type queueData struct {
-	State   string      `json:"state,omitempty"`
-	Items   any         `json:"items"`
-	Page    int         `json:"page"`
-	More    bool        `json:"more"`
-	PrevURL string      `json:"-"`
-	NextURL string      `json:"-"`
-	Stats   *QueueStats `json:"stats,omitempty"`
+	State   string           `json:"state,omitempty"`
+	Items   any              `json:"items"`
+	Page    int              `json:"page"`
+	More    bool             `json:"more"`
+	PrevURL string           `json:"-"`
+	NextURL string           `json:"-"`
+	Stats   *queue.StatsView `json:"stats,omitempty"`
 }
 
-func (h *Handler) listQueue(c echo.Context, q *queue) (queueData, error) {
+func (h *Handler) listQueue(c echo.Context, q *consoleQueue) (queueData, error) {
 	d := queueData{State: c.QueryParam("state"), Page: pageParam(c)}
 	if d.State != "" && !slices.Contains(q.states, d.State) {
 		return d, errStatus(http.StatusBadRequest, "Unknown state %q for the %s: use one of %s", d.State, q.name, strings.Join(q.states, ", "))
 	}
-	items, n, err := q.list(c.Request().Context(), QueueFilter{State: d.State, Limit: pageSize + 1, Offset: (d.Page - 1) * pageSize})
+	items, n, err := q.list(c.Request().Context(), queue.ViewFilter{State: d.State, Limit: pageSize + 1, Offset: (d.Page - 1) * pageSize})
 	if err != nil {
 		return d, h.fromService(err)
 	}
 	if n > pageSize {
 		d.More = true
 		switch l := items.(type) {
-		case []Mail:
+		case []mailer.View:
 			items = l[:pageSize]
-		case []Delivery:
+		case []invites.DeliveryView:
 			items = l[:pageSize]
 		}
 	}
@@ -350,15 +354,15 @@ func (h *Handler) listQueue(c echo.Context, q *queue) (queueData, error) {
 }
 
 type bindingData struct {
-	Query      string   `json:"-"`
-	Address    string   `json:"address"`
-	Binding    *Binding `json:"binding"`
-	Invites    []Invite `json:"invites"`
-	Problem    string   `json:"-"`
-	Searched   bool     `json:"-"`
-	Erasable   bool     `json:"-"`
-	Bindings   bool     `json:"-"`
-	MoreInvite bool     `json:"-"`
+	Query      string                `json:"-"`
+	Address    string                `json:"address"`
+	Binding    *identity.BindingView `json:"binding"`
+	Invites    []invites.View        `json:"invites"`
+	Problem    string                `json:"-"`
+	Searched   bool                  `json:"-"`
+	Erasable   bool                  `json:"-"`
+	Bindings   bool                  `json:"-"`
+	MoreInvite bool                  `json:"-"`
 }
 
 func (h *Handler) lookupAddress(ctx context.Context, raw string) (bindingData, error) {
@@ -378,7 +382,7 @@ func (h *Handler) lookupAddress(ctx context.Context, raw string) (bindingData, e
 		}
 	}
 	if h.opts.Invites != nil {
-		if d.Invites, err = h.opts.Invites.ListInvites(ctx, InviteFilter{Address: a, Limit: 101}); err != nil {
+		if d.Invites, err = h.opts.Invites.ListInvites(ctx, invites.ConsoleFilter{Address: a, Limit: 101}); err != nil {
 			return d, h.fromService(err)
 		}
 		if len(d.Invites) > 100 {

@@ -5,6 +5,8 @@ import (
 	"strings"
 
 	"github.com/labstack/echo/v4"
+
+	"github.com/herald-im/herald/invites"
 )
 
 // HTML pages and form actions. Each action answers with a redirect (post,
@@ -30,7 +32,7 @@ func (h *Handler) invitesPage(c echo.Context) error {
 			return err
 		}
 		d.Problem = he.Msg // show the form again with the reason
-		d.States = InviteStates
+		d.States = invites.DisplayStates
 	}
 	return h.render(c, http.StatusOK, "invites", "Invites", "invites", d)
 }
@@ -85,7 +87,7 @@ func (h *Handler) mailPage(c echo.Context) error {
 	return h.render(c, http.StatusOK, "mail", "Mail "+m.ID, "outbox", m)
 }
 
-func (h *Handler) queueForm(c echo.Context, q *queue, err error, action, page string) error {
+func (h *Handler) queueForm(c echo.Context, q *consoleQueue, err error, action, page string) error {
 	if err != nil {
 		return err
 	}
@@ -112,7 +114,7 @@ func (h *Handler) dropMailForm(c echo.Context) error {
 
 // bulkForm handles the list page's one form: a row's own button (retry=ID or
 // drop=ID) or a bulk button (bulk=retry|drop) over the ticked ids.
-func (h *Handler) bulkForm(c echo.Context, q *queue, page string) error {
+func (h *Handler) bulkForm(c echo.Context, q *consoleQueue, page string) error {
 	form, err := c.FormParams()
 	if err != nil {
 		return errStatus(http.StatusBadRequest, "Bad form")

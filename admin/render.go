@@ -14,6 +14,9 @@ import (
 	"time"
 
 	"github.com/labstack/echo/v4"
+
+	"github.com/herald-im/herald/invites"
+	"github.com/herald-im/herald/mailer"
 )
 
 //go:embed templates/*.html
@@ -42,11 +45,11 @@ var funcs = template.FuncMap{
 	},
 	"stateClass": func(s string) string {
 		switch s {
-		case StateResolved, QueueDone, QueueDelivered, "current", "ok":
+		case invites.StateResolved, string(mailer.Sent), string(invites.DeliveryDelivered), "current", "ok":
 			return "ok"
-		case StateFailed, StateRevoked, "retired", "error":
+		case invites.StateFailed, invites.StateRevoked, "retired", "error":
 			return "bad"
-		case StateExpired, StateDeclined:
+		case invites.StateExpired, invites.StateDeclined:
 			return "muted"
 		}
 		return "wait"
@@ -167,7 +170,7 @@ func plural(n int, unit string) string {
 
 // chartSVG draws invites created and resolved per day as grouped bars.
 // Everything in it is numbers and fixed text, so it is safe as HTML.
-func chartSVG(days []DayCount) template.HTML {
+func chartSVG(days []invites.DayCount) template.HTML {
 	if len(days) == 0 {
 		return ""
 	}

@@ -1,28 +1,15 @@
 package admin
 
-import "time"
-
-// UpstreamStatus is one upstream identity server (lookup.upstream) as the
-// settings page shows it: whether Herald is registered there, and its
-// question, hit and failure counts since start.
-type UpstreamStatus struct {
-	BaseURL    string    `json:"base_url"`
-	State      string    `json:"state"` // "ok", "not registered yet", "M_TERMS_NOT_SIGNED", "failing"
-	LastError  string    `json:"last_error,omitempty"`
-	Calls      int64     `json:"calls"`
-	Hits       int64     `json:"hits"`
-	Failures   int64     `json:"failures"`
-	Registered time.Time `json:"registered,omitzero"`
-}
+import "github.com/herald-im/herald/upstream"
 
 // settingsData is the settings page: the effective configuration, then the
 // upstream identity servers' status (read-only).
 type settingsData struct {
 	Rows      []settingRow
-	Upstreams []UpstreamStatus
+	Upstreams []upstream.Status
 }
 
-func (h *Handler) upstreams() []UpstreamStatus {
+func (h *Handler) upstreams() []upstream.Status {
 	if h.opts.Upstreams == nil {
 		return nil
 	}

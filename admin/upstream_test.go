@@ -6,6 +6,7 @@ import (
 
 	"github.com/herald-im/herald/admin"
 	"github.com/herald-im/herald/config"
+	"github.com/herald-im/herald/upstream"
 )
 
 // The settings page shows the upstream identity servers' status read-only,
@@ -14,8 +15,8 @@ func TestSettingsShowUpstreams(t *testing.T) {
 	e := newEnv(t, func(o *admin.Options) {
 		o.Config.Lookup.Upstream = []config.Upstream{{BaseURL: "https://matrix.example", HomeserverURL: "https://hs.example",
 			UserID: "@herald:hs.example", AccessToken: "syt_upstream_secret"}}
-		o.Upstreams = func() []admin.UpstreamStatus {
-			return []admin.UpstreamStatus{{BaseURL: "https://matrix.example", State: "M_TERMS_NOT_SIGNED", Calls: 7, Hits: 2, Failures: 5,
+		o.Upstreams = func() []upstream.Status {
+			return []upstream.Status{{BaseURL: "https://matrix.example", State: "M_TERMS_NOT_SIGNED", Calls: 7, Hits: 2, Failures: 5,
 				LastError: "M_TERMS_NOT_SIGNED: the upstream has terms of service and accept_terms is not set for it"}}
 		}
 	})

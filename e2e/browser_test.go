@@ -156,7 +156,7 @@ func TestConsoleInBrowser(t *testing.T) {
 
 	// Bob's resolved invite: the whole story on the real stack.
 	must("bob's invite", chromedp.Navigate(base+"/admin/invites/"+strconv.FormatUint(bob.ID, 10)), chromedp.WaitVisible(chromedp.CSS("ol.timeline")))
-	if h := text("h1"); !strings.Contains(h, "bob@example.org") || !strings.Contains(h, admin.StateResolved) {
+	if h := text("h1"); !strings.Contains(h, "bob@example.org") || !strings.Contains(h, invites.StateResolved) {
 		t.Fatalf("bob's invite heading %q", h)
 	}
 	// In this order: created, the email attempt with the SMTP reply, bound,
@@ -187,7 +187,7 @@ func TestConsoleInBrowser(t *testing.T) {
 	}
 	shot("search.png")
 	must("open invite", chromedp.Click(chromedp.CSS(carolLink)), chromedp.WaitVisible(chromedp.CSS("ol.timeline")))
-	if h := text("h1"); !strings.Contains(h, "carol.jones@example.org") || !strings.Contains(h, admin.StateEmailed) {
+	if h := text("h1"); !strings.Contains(h, "carol.jones@example.org") || !strings.Contains(h, invites.StateEmailed) {
 		t.Fatalf("invite heading %q", h)
 	}
 	timeline := text("ol.timeline")
@@ -200,7 +200,7 @@ func TestConsoleInBrowser(t *testing.T) {
 
 	// Revoke it: the invite is revoked and its ephemeral key no longer valid.
 	must("revoke", chromedp.Click(chromedp.CSS(`form[action$="/revoke"] button`)), noticeIs("The invite was revoked."))
-	if s := text("h1 .badge"); s != admin.StateRevoked {
+	if s := text("h1 .badge"); s != invites.StateRevoked {
 		t.Fatalf("badge after revoke %q", s)
 	}
 	if got, err := w.env.App.Invites().Get(carol.ID); err != nil || got.State != invites.StateRevoked {

@@ -65,9 +65,6 @@ func (s *Service) bindHTTP(c echo.Context, needAccount bool) error {
 // homeserver's keys could not be fetched yet (the fetch limits).
 const keyFetchRetryMS = 1000
 
-// ServerOf is matrix.ServerName (invites/delivery.go calls it by this name).
-func ServerOf(mxid string) string { return matrix.ServerName(mxid) }
-
 // Unbind serves POST /3pid/unbind (v2 and v1). It is authorised either by
 // the session that validated the address (sid + client_secret) or by a
 // request signed (X-Matrix) by the homeserver of mxid. Only a binding to that

@@ -95,7 +95,3 @@ func NormalizeEmail(addr string) (string, error) {
 	}
 	return folded, nil
 }
-
-// RedactEmail is matrix.RedactEmail (invites/delivery.go and
-// invites/lifecycle.go call it by this name).
-func RedactEmail(addr string) string { return matrix.RedactEmail(addr) }

@@ -55,19 +55,6 @@ func TestNormalizeEmail(t *testing.T) {
 	}
 }
 
-func TestRedactEmail(t *testing.T) {
-	for in, want := range map[string]string{
-		"alice@example.org": "a...@e...",
-		"é@ü.de":            "é...@ü...",
-		"noat":              "n...",
-		"":                  "...",
-	} {
-		if got := identity.RedactEmail(in); got != want {
-			t.Errorf("RedactEmail(%q) = %q, want %q", in, got, want)
-		}
-	}
-}
-
 func TestLookupHashSpecVectors(t *testing.T) {
 	for in, want := range map[[2]string]string{
 		{"alice@example.com", "email"}: "4kenr7N9drpCJ4AfalmlGQVsOn3o2RHjkADUpXJWZUc",

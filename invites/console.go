@@ -141,12 +141,15 @@ func (s *Service) displayState(inv *Invite, now time.Time, deliveriesFailed bool
 	return inv.State
 }
 
-// Event is one entry of an invite's own timeline.
+// Event is one entry of an invite's timeline as the console shows it: the
+// invite's own (Timeline), its upstream vouch (VouchEvents), and the attempts
+// of its mails and deliveries the console merges in.
 type Event struct {
-	At     time.Time
-	Kind   string // created, bound, resolved, expired, revoked, declined
-	Detail string
-	OK     bool
+	At     time.Time `json:"at"`
+	Kind   string    `json:"kind"` // created, email, bound, delivery, resolved, expired, revoked, declined, resent
+	Detail string    `json:"detail,omitempty"`
+	OK     bool      `json:"ok"`
+	Link   string    `json:"-"` // the console page of the mail or delivery, if any
 }
 
 // Timeline is what inv records about itself, oldest first (its mails and

@@ -11,6 +11,7 @@ import (
 
 	"github.com/herald-im/herald/config"
 	"github.com/herald-im/herald/identity"
+	"github.com/herald-im/herald/internal/server"
 	"github.com/herald-im/herald/internal/testenv"
 	"github.com/herald-im/herald/mailer"
 	"github.com/herald-im/herald/mailer/smtptest"
@@ -30,6 +31,12 @@ type env struct {
 // a mutate sets them.
 func start(t testing.TB, mutate ...func(*config.Config)) *env {
 	t.Helper()
+	return startWith(t, server.Options{}, mutate...)
+}
+
+// startWith is start with server options (hooks).
+func startWith(t testing.TB, opts server.Options, mutate ...func(*config.Config)) *env {
+	t.Helper()
 	srv := smtptest.Start(t, smtptest.Options{})
 	all := append([]func(*config.Config){func(c *config.Config) {
 		c.SMTP.Host, c.SMTP.Port, c.SMTP.Security = srv.Host, srv.Port, "none"
@@ -40,7 +47,7 @@ func start(t testing.TB, mutate ...func(*config.Config)) *env {
 		c.Email.WebClientURL = "https://app.element.io"
 		c.Email.WebClientAllowlist = []string{"https://chat.example.org"}
 	}}, mutate...)
-	return &env{Env: testenv.Start(t, all...), SMTP: srv}
+	return &env{Env: testenv.StartWith(t, opts, all...), SMTP: srv}
 }
 
 func (e *env) register(t testing.TB, user string) string {

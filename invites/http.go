@@ -270,10 +270,8 @@ func (s *Service) store(fields map[string]json.RawMessage, account, api string) 
 			return nil
 		}
 		rec := *inv
-		for _, check := range storeChecks {
-			if err := check(s, tx, &rec); err != nil {
-				return err
-			}
+		if err := s.optOutCheck(tx, &rec); err != nil {
+			return err
 		}
 		id, err := reserveID(tx)
 		if err != nil {
@@ -300,8 +298,8 @@ func (s *Service) store(fields map[string]json.RawMessage, account, api string) 
 				return err
 			}
 		}
-		if storeTxHook != nil {
-			if err := storeTxHook(); err != nil {
+		if s.opts.StoreTxHook != nil {
+			if err := s.opts.StoreTxHook(); err != nil {
 				return err
 			}
 		}
@@ -367,10 +365,6 @@ func refusalReason(err error) string {
 	}
 	return "invalid"
 }
-
-// storeTxHook, set only by tests, runs at the end of store-invite's write
-// transaction, after the invite, its ephemeral key and its mail are written.
-var storeTxHook func() error
 
 func (s *Service) checkBound(tx *bolt.Tx, address string) error {
 	b, err := s.opts.Identity.BindingTx(tx, "email", address)

@@ -263,9 +263,9 @@ func (s *Service) CountsTx(tx *bolt.Tx) map[string]int {
 // DayCount is how many invites were created, and how many resolved, on one
 // day (UTC).
 type DayCount struct {
-	Day      time.Time
-	Created  int
-	Resolved int
+	Day      time.Time `json:"day"` // midnight UTC
+	Created  int       `json:"created"`
+	Resolved int       `json:"resolved"`
 }
 
 // PerDay returns the invites created and resolved on each of the days days

@@ -42,6 +42,11 @@ type Options struct {
 	// Commit groups store-invite's write transactions; nil: one of the
 	// service's own. Share one per database.
 	Commit *store.Committer
+	// StoreTxHook, if set, runs at the end of store-invite's write
+	// transaction, after the invite, its ephemeral key and its mail are
+	// written; its error aborts the transaction. Tests use it to fail or
+	// observe that transaction.
+	StoreTxHook func() error
 }
 
 // Service is the invites feature.
@@ -57,25 +62,6 @@ type Service struct {
 	upstream *upstreamHook
 	sent     sentMails // mails known sent, for the console's states (console.go)
 }
-
-// Setup is run at the end of New, in registration order (lifecycle.go
-// registers one that creates the opt-out bucket).
-type Setup func(s *Service) error
-
-var setups []Setup
-
-// StoreCheck runs inside store-invite's write transaction, before the invite
-// is written, for a new invite (not for a de-duplicated repeat). Returning a
-// *matrix.Error refuses the request with it; the opt-out list registers one.
-type StoreCheck func(s *Service, tx *bolt.Tx, inv *Invite) error
-
-var storeChecks []StoreCheck
-
-// RegisterSetup adds a Setup (call it from an init function).
-func RegisterSetup(f Setup) { setups = append(setups, f) }
-
-// RegisterStoreCheck adds a StoreCheck (call it from an init function).
-func RegisterStoreCheck(f StoreCheck) { storeChecks = append(storeChecks, f) }
 
 // New creates the invites buckets, loads and checks the email templates and
 // returns the service. A broken template is an error naming the file.
@@ -96,7 +82,9 @@ func New(db *bolt.DB, opts Options) (*Service, error) {
 	if opts.Identity == nil || opts.Ring == nil || opts.Ephemeral == nil {
 		return nil, errors.New("invites: Options need Identity, Ring and Ephemeral")
 	}
-	if err := store.Buckets(db, allBuckets...); err != nil {
+	// The invites' buckets and the opt-out list (lifecycle.go), which
+	// store-invite checks before writing a new invite (optOutCheck).
+	if err := store.Buckets(db, append(allBuckets, bktOptOut)...); err != nil {
 		return nil, err
 	}
 	// A data dir from schema version 1 gets its sweep indexes and
@@ -115,11 +103,6 @@ func New(db *bolt.DB, opts Options) (*Service, error) {
 		return nil, err
 	}
 	s.limits = newLimits(opts.Config.Invites, opts.Now)
-	for _, f := range setups {
-		if err := f(s); err != nil {
-			return nil, fmt.Errorf("invites: %w", err)
-		}
-	}
 	return s, nil
 }
 

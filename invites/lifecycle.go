@@ -10,7 +10,6 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
-	"github.com/herald-im/herald/identity"
 	"github.com/herald-im/herald/matrix"
 	"github.com/herald-im/herald/store"
 )
@@ -24,14 +23,13 @@ var bktOptOut = []byte("invites_optout")
 // OptOutAnyone is the sender of an opt-out from every sender.
 const OptOutAnyone = "*"
 
-func init() {
-	RegisterSetup(func(s *Service) error { return store.Buckets(s.db, bktOptOut) })
-	RegisterStoreCheck(func(s *Service, tx *bolt.Tx, inv *Invite) error {
-		if s.OptedOut(tx, inv.Address, inv.Sender) {
-			return matrix.Forbidden("The recipient does not accept invitations through this identity server")
-		}
-		return nil
-	})
+// optOutCheck refuses, inside store-invite's write transaction, a new invite
+// to an address that opted out of invites from its sender or from anyone.
+func (s *Service) optOutCheck(tx *bolt.Tx, inv *Invite) error {
+	if s.OptedOut(tx, inv.Address, inv.Sender) {
+		return matrix.Forbidden("The recipient does not accept invitations through this identity server")
+	}
+	return nil
 }
 
 // ErrState means the action does not apply to the invite's current state.
@@ -88,7 +86,7 @@ func (s *Service) SetOptOut(token string, anyone, on bool) (*Invite, error) {
 		if !on {
 			what = "undid an opt-out"
 		}
-		s.opts.Log.Info("invitee "+what, "address", identity.RedactEmail(inv.Address), "invite", inv.ID)
+		s.opts.Log.Info("invitee "+what, "address", matrix.RedactEmail(inv.Address), "invite", inv.ID)
 	}
 	return inv, err
 }

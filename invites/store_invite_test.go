@@ -9,10 +9,12 @@ import (
 	"net/url"
 	"regexp"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/herald-im/herald/config"
+	"github.com/herald-im/herald/internal/server"
 	"github.com/herald-im/herald/invites"
 	"github.com/herald-im/herald/keys"
 	"github.com/herald-im/herald/mailer"
@@ -449,11 +451,19 @@ func waitSent(t testing.TB, e *env, id uint64) {
 // a failure at its very end leaves none of them, and nothing reaches the
 // SMTP server before the commit.
 func TestStoreInviteIsOneTransaction(t *testing.T) {
-	e := start(t)
+	// hook is what store-invite's transaction runs at its end (set below).
+	var hook atomic.Pointer[func() error]
+	setHook := func(f func() error) { hook.Store(&f) }
+	e := startWith(t, server.Options{StoreInviteTxHook: func() error {
+		if f := hook.Load(); f != nil && *f != nil {
+			return (*f)()
+		}
+		return nil
+	}})
 	tok := e.register(t, alice)
-	restore := invites.SetStoreTxHook(func() error { return errors.New("injected failure at the end of the transaction") })
+	setHook(func() error { return errors.New("injected failure at the end of the transaction") })
 	status, raw := e.Do(t, http.MethodPost, "/_matrix/identity/v2/store-invite", inviteBody(alice, "atomic@example.org"), tok)
-	restore()
+	setHook(nil)
 	if status != 500 || errcode(t, raw)["errcode"] != "M_UNKNOWN" || strings.Contains(string(raw), "injected") {
 		t.Fatalf("failed transaction: %d %s", status, raw)
 	}
@@ -466,12 +476,13 @@ func TestStoreInviteIsOneTransaction(t *testing.T) {
 
 	// Committed: all three exist together; at the end of the transaction the
 	// SMTP server had not been contacted.
-	connsInTx := -1
-	restore = invites.SetStoreTxHook(func() error { connsInTx = e.SMTP.Connections(); return nil })
+	var connsInTx atomic.Int64
+	connsInTx.Store(-1)
+	setHook(func() error { connsInTx.Store(int64(e.SMTP.Connections())); return nil })
 	a := e.storeInvite(t, tok, inviteBody(alice, "atomic@example.org"))
-	restore()
-	if connsInTx != 0 {
-		t.Errorf("the SMTP server saw %d connections before store-invite committed", connsInTx)
+	setHook(nil)
+	if n := connsInTx.Load(); n != 0 {
+		t.Errorf("the SMTP server saw %d connections before store-invite committed", n)
 	}
 	inv, err := e.App.Invites().ByToken(a.Token)
 	if err != nil {

@@ -88,15 +88,17 @@ type Answer struct {
 	At       time.Time
 }
 
-// Status is what the console shows of one upstream.
+// Status is what the console shows of one upstream (its settings page):
+// whether Herald is registered there, and its question, hit and failure
+// counts since start.
 type Status struct {
-	BaseURL    string
-	State      string // "ok", "not registered yet", "M_TERMS_NOT_SIGNED", "failing"
-	LastError  string
-	Calls      int64
-	Hits       int64
-	Failures   int64
-	Registered time.Time
+	BaseURL    string    `json:"base_url"`
+	State      string    `json:"state"` // "ok", "not registered yet", "M_TERMS_NOT_SIGNED", "failing"
+	LastError  string    `json:"last_error,omitempty"`
+	Calls      int64     `json:"calls"`
+	Hits       int64     `json:"hits"`
+	Failures   int64     `json:"failures"`
+	Registered time.Time `json:"registered,omitzero"`
 }
 
 // Service asks the configured upstreams.

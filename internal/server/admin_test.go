@@ -22,6 +22,8 @@ import (
 	"github.com/herald-im/herald/identity"
 	"github.com/herald-im/herald/internal/testenv"
 	"github.com/herald-im/herald/invites"
+	"github.com/herald-im/herald/mailer"
+	"github.com/herald-im/herald/queue"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -46,9 +48,9 @@ func adminCall(t *testing.T, e *testenv.Env, method, path, body string, v any) i
 }
 
 type inviteAnswer struct {
-	Invite   admin.Invite  `json:"invite"`
-	Timeline []admin.Event `json:"timeline"`
-	Mails    []admin.Mail  `json:"mails"`
+	Invite   invites.View    `json:"invite"`
+	Timeline []invites.Event `json:"timeline"`
+	Mails    []mailer.View   `json:"mails"`
 }
 
 // TestAdminWiring drives the console's API against the real services: an
@@ -71,14 +73,14 @@ func TestAdminWiring(t *testing.T) {
 	}
 	// Found by the address as typed differently; emailed once the worker sent it.
 	var list struct {
-		Invites []admin.Invite `json:"invites"`
+		Invites []invites.View `json:"invites"`
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		if code := adminCall(t, e, "GET", "/admin/api/invites?q=bob.smith@example.org", "", &list); code != 200 {
 			t.Fatalf("list: %d", code)
 		}
-		if len(list.Invites) == 1 && list.Invites[0].State == admin.StateEmailed {
+		if len(list.Invites) == 1 && list.Invites[0].State == invites.StateEmailed {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -101,11 +103,11 @@ func TestAdminWiring(t *testing.T) {
 			State string `json:"state"`
 			Count int    `json:"count"`
 		} `json:"invites"`
-		Outbox admin.QueueStats `json:"outbox"`
-		PerDay []admin.DayCount `json:"per_day"`
+		Outbox queue.StatsView    `json:"outbox"`
+		PerDay []invites.DayCount `json:"per_day"`
 	}
 	adminCall(t, e, "GET", "/admin/api/dashboard", "", &dash)
-	if dash.Invites[1].State != admin.StateEmailed || dash.Invites[1].Count != 1 || dash.Invites[0].Count != 0 || dash.Outbox.Done != 1 || dash.PerDay[29].Created != 1 {
+	if dash.Invites[1].State != invites.StateEmailed || dash.Invites[1].Count != 1 || dash.Invites[0].Count != 0 || dash.Outbox.Done != 1 || dash.PerDay[29].Created != 1 {
 		t.Fatalf("dashboard %+v", dash)
 	}
 	if code := adminCall(t, e, "POST", "/admin/api/invites/"+id+"/resend", "", nil); code != 200 {
@@ -131,7 +133,7 @@ func TestAdminWiring(t *testing.T) {
 		t.Fatalf("revoke: %d", code)
 	}
 	adminCall(t, e, "GET", "/admin/api/invites/"+id, "", &inv)
-	if last := inv.Timeline[len(inv.Timeline)-1]; last.Kind != "revoked" || inv.Invite.State != admin.StateRevoked {
+	if last := inv.Timeline[len(inv.Timeline)-1]; last.Kind != "revoked" || inv.Invite.State != invites.StateRevoked {
 		t.Fatalf("timeline after revoke ends with %+v", last)
 	}
 	for path, want := range map[string]int{"/revoke": 409, "/resend": 409} {
@@ -144,7 +146,7 @@ func TestAdminWiring(t *testing.T) {
 	}
 	// The dev mailbox holds the rendered mails.
 	var mb struct {
-		Mails []admin.DevMail `json:"mails"`
+		Mails []mailer.DevMailView `json:"mails"`
 	}
 	deadline = time.Now().Add(10 * time.Second)
 	for len(mb.Mails) < 2 && time.Now().Before(deadline) {
@@ -154,7 +156,7 @@ func TestAdminWiring(t *testing.T) {
 	if len(mb.Mails) < 2 {
 		t.Fatalf("mailbox %+v", mb)
 	}
-	var dm admin.DevMail
+	var dm mailer.DevMailView
 	adminCall(t, e, "GET", "/admin/api/mailbox/"+mb.Mails[0].ID, "", &dm)
 	if !strings.Contains(dm.Subject, "Alice") || !strings.Contains(dm.HTML, "Tea") {
 		t.Fatalf("dev mail %+v", dm)
@@ -424,7 +426,7 @@ func TestAdminExpiredTimeline(t *testing.T) {
 		t.Fatalf("store-invite: %d %s", status, raw)
 	}
 	var list struct {
-		Invites []admin.Invite `json:"invites"`
+		Invites []invites.View `json:"invites"`
 	}
 	adminCall(t, e, "GET", "/admin/api/invites?q=late@example.org", "", &list)
 	if len(list.Invites) != 1 || list.Invites[0].Expires.IsZero() {
@@ -436,7 +438,7 @@ func TestAdminExpiredTimeline(t *testing.T) {
 		t.Fatalf("invite: %d", code)
 	}
 	last := inv.Timeline[len(inv.Timeline)-1]
-	if inv.Invite.State != admin.StateExpired || last.Kind != admin.StateExpired || !last.At.Equal(inv.Invite.Expires) {
+	if inv.Invite.State != invites.StateExpired || last.Kind != invites.StateExpired || !last.At.Equal(inv.Invite.Expires) {
 		t.Fatalf("state %s, timeline ends with %+v", inv.Invite.State, last)
 	}
 }

@@ -81,6 +81,9 @@ type Options struct {
 	Control ControlHandler
 	// Intervals of the background work; zero fields take DefaultIntervals'.
 	Intervals Intervals
+	// StoreInviteTxHook, if set, is invites.Options.StoreTxHook: it runs at
+	// the end of store-invite's write transaction (tests fail or observe it).
+	StoreInviteTxHook func() error
 }
 
 // Intervals are how often the background work runs and how it restarts
@@ -174,7 +177,7 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) (_ *App, err error)
 		}}); err != nil {
 		return nil, fmt.Errorf("identity: %w", err)
 	}
-	if a.invites, err = invites.New(a.db, invites.Options{Config: cfg, Identity: a.identity, Ring: a.ring, Ephemeral: a.ephemeral, Mailer: a.mail, Log: log, Now: a.now, Commit: commit,
+	if a.invites, err = invites.New(a.db, invites.Options{Config: cfg, Identity: a.identity, Ring: a.ring, Ephemeral: a.ephemeral, Mailer: a.mail, Log: log, Now: a.now, Commit: commit, StoreTxHook: opts.StoreInviteTxHook,
 		OnStore: func(outcome, reason string) { a.metrics.storeInv.WithLabelValues(outcome, reason).Inc() }}); err != nil {
 		return nil, fmt.Errorf("invites: %w", err)
 	}

@@ -5,7 +5,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/herald-im/herald/admin"
 	"github.com/herald-im/herald/invites"
 	"github.com/herald-im/herald/upstream"
 )
@@ -63,35 +62,3 @@ func (a *App) wireUpstream() error {
 
 // Upstream is the upstream lookup (nil when lookup.upstream is empty).
 func (a *App) Upstream() *upstream.Service { return a.upstream }
-
-// adminUpstreams is the settings page's upstream block.
-func (a *App) adminUpstreams() []admin.UpstreamStatus {
-	var out []admin.UpstreamStatus
-	for _, s := range a.upstream.Statuses() {
-		out = append(out, admin.UpstreamStatus{BaseURL: s.BaseURL, State: s.State, LastError: s.LastError,
-			Calls: s.Calls, Hits: s.Hits, Failures: s.Failures, Registered: s.Registered})
-	}
-	return out
-}
-
-// upstreamEvents adds to an invite's timeline its upstream vouch: when the
-// upstream answered, and what the resolution a moment later did. An invite
-// the vouch resolved was not bound here: its "bound" entry says so.
-func upstreamEvents(s *invites.Service, id uint64, events []admin.Event) []admin.Event {
-	v, err := s.VouchFor(id)
-	if err != nil || v == nil {
-		return events
-	}
-	if v.Outcome == "resolved" {
-		for i := range events {
-			if events[i].Kind == "bound" { // only the vouch resolved it: a bind finds it no longer pending
-				events[i].Kind, events[i].Detail = "vouched upstream", "address bound to "+v.MXID+" at "+v.Upstream
-			}
-		}
-	}
-	events = append(events, admin.Event{At: v.At, Kind: "vouched", Detail: "upstream identity server " + v.Upstream + " vouched for " + v.MXID, OK: true})
-	if !v.Resolved.IsZero() {
-		events = append(events, admin.Event{At: v.Resolved, Kind: "upstream resolution", Detail: v.Outcome, OK: v.Outcome == "resolved"})
-	}
-	return events
-}

@@ -62,6 +62,7 @@ type Env struct {
 	Client *http.Client
 
 	logs    *SyncBuffer
+	opts    server.Options // StartWith's, kept for Restart
 	srv     *httptest.Server
 	handler atomic.Pointer[http.Handler]
 	closed  bool
@@ -72,7 +73,15 @@ type Env struct {
 // a bbolt consistency check on the data file.
 func Start(t testing.TB, mutate ...func(*config.Config)) *Env {
 	t.Helper()
-	e := &Env{HS: NewFakeHomeserver(t), DataDir: t.TempDir(), Clock: &Clock{}, logs: &SyncBuffer{}}
+	return StartWith(t, server.Options{}, mutate...)
+}
+
+// StartWith is Start with server options (hooks such as
+// StoreInviteTxHook); the clock, version and intervals are always the test
+// environment's own.
+func StartWith(t testing.TB, opts server.Options, mutate ...func(*config.Config)) *Env {
+	t.Helper()
+	e := &Env{HS: NewFakeHomeserver(t), DataDir: t.TempDir(), Clock: &Clock{}, logs: &SyncBuffer{}, opts: opts}
 	e.setHandler(http.NotFoundHandler())
 	e.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		(*e.handler.Load()).ServeHTTP(w, r)
@@ -123,10 +132,12 @@ func Start(t testing.TB, mutate ...func(*config.Config)) *Env {
 func (e *Env) open(t testing.TB) {
 	t.Helper()
 	log := slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	a, err := server.New(e.Config, log, server.Options{Now: e.Clock.Now, Version: "test",
-		// The stored-data gauges of /metrics are read on every scrape, so
-		// tests see the database as it is.
-		Intervals: server.Intervals{Stats: time.Nanosecond}})
+	opts := e.opts
+	opts.Now, opts.Version = e.Clock.Now, "test"
+	// The stored-data gauges of /metrics are read on every scrape, so
+	// tests see the database as it is.
+	opts.Intervals = server.Intervals{Stats: time.Nanosecond}
+	a, err := server.New(e.Config, log, opts)
 	if err != nil {
 		t.Fatalf("testenv: server.New: %v", err)
 	}
