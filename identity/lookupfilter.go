@@ -2,7 +2,6 @@ package identity
 
 import (
 	"encoding/binary"
-	"math/bits"
 	"sync"
 
 	bolt "go.etcd.io/bbolt"
@@ -42,17 +41,10 @@ func hashPrefix(h []byte) uint64 {
 	return p
 }
 
-// slotOf is where p's probe starts in a set of n slots (a power of two):
-// its top bits, so that a lookup, which probes its hashes sorted, walks the
-// set from low to high addresses instead of jumping at random across it.
-func slotOf(p uint64, n int) uint64 {
-	return p >> (64 - bits.TrailingZeros(uint(n)))
-}
-
 // insert adds p to set (which has room).
 func insertPrefix(set []uint64, p uint64) bool {
 	mask := uint64(len(set) - 1)
-	for i := slotOf(p, len(set)); ; i = (i + 1) & mask {
+	for i := p & mask; ; i = (i + 1) & mask {
 		switch set[i] {
 		case p:
 			return false
@@ -112,7 +104,7 @@ func (f *lookupFilter) mayHold(pepper string) (may func(h []byte) bool, done fun
 	mask := uint64(len(set) - 1)
 	return func(h []byte) bool {
 		p := hashPrefix(h)
-		for i := slotOf(p, len(set)); ; i = (i + 1) & mask {
+		for i := p & mask; ; i = (i + 1) & mask {
 			switch set[i] {
 			case p:
 				return true
