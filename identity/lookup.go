@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/labstack/echo/v4"
@@ -87,6 +88,9 @@ func (s *Service) Lookup(c echo.Context) error {
 	}
 	s.observeLookup("v2", len(*req.Addresses), n)
 	b.WriteString("}}")
+	// With its length known, net/http sends the answer as it is instead of
+	// in chunks.
+	c.Response().Header().Set(echo.HeaderContentLength, strconv.Itoa(b.Len()))
 	return c.Blob(http.StatusOK, echo.MIMEApplicationJSON, b.Bytes())
 }
 

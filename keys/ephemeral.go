@@ -4,6 +4,7 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/json"
+	"strings"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -89,12 +90,51 @@ func (e *Ephemeral) IsValid(pub string) (bool, error) {
 		if raw == nil {
 			return nil
 		}
-		var r ephemeralRecord
-		if err := json.Unmarshal(raw, &r); err != nil {
-			return err
+		r, ok := decodeEphemeralFast(raw)
+		if !ok {
+			r = ephemeralRecord{}
+			if err := json.Unmarshal(raw, &r); err != nil {
+				return err
+			}
 		}
 		valid = r.Valid && (r.Expires.IsZero() || e.now().Before(r.Expires))
 		return nil
 	})
 	return valid, err
+}
+
+// decodeEphemeralFast decodes a record in the exact shape Put and
+// Invalidate write (encoding/json's output for ephemeralRecord: valid, then
+// ref and expires when set, a ref without escapes), without reflection: the
+// read of every ephemeral/isvalid check. Any other shape gives ok false and
+// the caller uses encoding/json (TestDecodeEphemeralFastAgrees).
+func decodeEphemeralFast(raw []byte) (r ephemeralRecord, ok bool) {
+	s := string(raw)
+	switch {
+	case strings.HasPrefix(s, `{"valid":true`):
+		r.Valid, s = true, s[len(`{"valid":true`):]
+	case strings.HasPrefix(s, `{"valid":false`):
+		s = s[len(`{"valid":false`):]
+	default:
+		return r, false
+	}
+	if rest, found := strings.CutPrefix(s, `,"ref":"`); found {
+		end := strings.IndexByte(rest, '"')
+		if end < 0 || strings.IndexByte(rest[:end], '\\') >= 0 {
+			return r, false
+		}
+		r.Ref, s = rest[:end], rest[end+1:]
+	}
+	if rest, found := strings.CutPrefix(s, `,"expires":"`); found {
+		end := strings.IndexByte(rest, '"')
+		if end < 0 {
+			return r, false
+		}
+		t, err := time.Parse(time.RFC3339Nano, rest[:end])
+		if err != nil {
+			return r, false
+		}
+		r.Expires, s = t, rest[end+1:]
+	}
+	return r, s == "}"
 }

@@ -52,6 +52,8 @@ Flags of run:
   --cycles N            invite -> bind -> onbind cycles, one at a time (200)
   --bindings M          the bindings populate made (1000000), for lookups
   --only LIST           steps to run: store,cycle,lookup,isvalid (all)
+  --metrics URL         Herald's /metrics (metrics.listen): also print the
+                        server's CPU time per request of each step
   --print-config        print the configuration Herald needs and exit`
 
 // benchCommand builds data dirs for benchmarks and runs loads against a server.
@@ -270,6 +272,7 @@ func benchRun(ctx context.Context, args []string, stdout io.Writer) error {
 	fs.IntVar(&o.Cycles, "cycles", 200, "")
 	fs.IntVar(&o.Bindings, "bindings", 1_000_000, "")
 	only := fs.String("only", "store,cycle,lookup,isvalid", "")
+	fs.StringVar(&o.MetricsURL, "metrics", "", "")
 	printConfig := fs.Bool("print-config", false, "")
 	if err := fs.Parse(args); err != nil || fs.NArg() != 0 {
 		return usageError(benchUsage)

@@ -20,6 +20,7 @@ import (
 	"os"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -45,7 +46,12 @@ type BenchOptions struct {
 	Cycles      int           // invite -> bind -> onbind cycles
 	Bindings    int           // bindings populate made
 	Steps       []string      // store, cycle, lookup, isvalid
-	Out         io.Writer
+	// MetricsURL, when set, is Herald's /metrics (metrics.listen): each
+	// step then also prints the server's CPU time per request, read from
+	// process_cpu_seconds_total, a figure that depends much less than the
+	// rate on what else the machine runs.
+	MetricsURL string
+	Out        io.Writer
 	// HSListener and SMTPListener, when set, are used instead of
 	// listening on HSListen and SMTPListen (tests).
 	HSListener, SMTPListener net.Listener
@@ -370,6 +376,7 @@ type figures struct {
 	elapsed    time.Duration
 	lat        []time.Duration
 	firstErr   error
+	serverCPU  time.Duration // -1: not known
 }
 
 func (f *figures) String() string {
@@ -385,12 +392,54 @@ func (f *figures) String() string {
 	if f.failed > 0 {
 		s += fmt.Sprintf(", %d failed: %v", f.failed, f.firstErr)
 	}
-	return s + ")"
+	s += ")"
+	if f.serverCPU >= 0 && f.ok+f.failed > 0 {
+		s += fmt.Sprintf("  server cpu %.0fµs/req", float64(f.serverCPU.Microseconds())/float64(f.ok+f.failed))
+	}
+	return s
+}
+
+// serverCPU reads process_cpu_seconds_total from Herald's /metrics (-1
+// without MetricsURL or when it cannot be read).
+func (b *bench) serverCPU() time.Duration {
+	if b.o.MetricsURL == "" {
+		return -1
+	}
+	cl := http.Client{Timeout: 5 * time.Second}
+	resp, err := cl.Get(b.o.MetricsURL)
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	if err != nil || resp.StatusCode != http.StatusOK {
+		return -1
+	}
+	return parseCPUSeconds(raw)
+}
+
+// parseCPUSeconds finds process_cpu_seconds_total in a Prometheus text
+// exposition (-1 if absent).
+func parseCPUSeconds(raw []byte) time.Duration {
+	for _, line := range strings.Split(string(raw), "\n") {
+		if v, ok := strings.CutPrefix(line, "process_cpu_seconds_total "); ok {
+			if f, err := strconv.ParseFloat(strings.TrimSpace(v), 64); err == nil {
+				return time.Duration(f * float64(time.Second))
+			}
+		}
+	}
+	return -1
 }
 
 // load runs op on conns keep-alive connections for the step's duration.
 func (b *bench) load(ctx context.Context, conns int, op func(c *Conn, seq int) error) (*figures, error) {
-	f := &figures{}
+	f := &figures{serverCPU: -1}
+	cpu0 := b.serverCPU()
+	defer func() {
+		if cpu1 := b.serverCPU(); cpu0 >= 0 && cpu1 >= 0 {
+			f.serverCPU = cpu1 - cpu0
+		}
+	}()
 	var mu sync.Mutex
 	var seq atomic.Int64
 	ctx, cancel := context.WithTimeout(ctx, b.o.Duration)
@@ -525,7 +574,7 @@ func (b *bench) cycles(ctx context.Context) error {
 		return err
 	}
 	defer c.Close()
-	f := &figures{}
+	f := &figures{serverCPU: -1} // several requests per cycle: no per-request CPU
 	start := time.Now()
 	for i := 0; i < b.o.Cycles && ctx.Err() == nil; i++ {
 		addr := fmt.Sprintf("cy-%s-%d@bench.test", run, i)

@@ -30,6 +30,22 @@ type metrics struct {
 	lookups    *prometheus.CounterVec
 	lookupHits *prometheus.CounterVec
 	panics     *prometheus.CounterVec
+
+	// series caches each (route, method, status) request counter and each
+	// (route, method) latency observer: WithLabelValues hashes the labels
+	// and takes a lock on every call, once per request otherwise. Routes
+	// are templates and methods and statuses fixed sets, so it stays small.
+	series sync.Map // requestSeries -> *requestObservers
+}
+
+type requestSeries struct {
+	route, method string
+	status        int
+}
+
+type requestObservers struct {
+	count   prometheus.Counter
+	latency prometheus.Observer
 }
 
 func newMetrics(a *App) *metrics {
@@ -113,8 +129,17 @@ func (l metricsErrorLog) Println(v ...any) { l.a.log.Error("serving metrics", "e
 // observeRequest counts one answered request.
 func (m *metrics) observeRequest(route, method string, status int, d time.Duration) {
 	method = methodLabel(method)
-	m.requests.WithLabelValues(route, method, statusLabel(status)).Inc()
-	m.latency.WithLabelValues(route, method).Observe(d.Seconds())
+	key := requestSeries{route, method, status}
+	o, ok := m.series.Load(key)
+	if !ok {
+		o, _ = m.series.LoadOrStore(key, &requestObservers{
+			count:   m.requests.WithLabelValues(route, method, statusLabel(status)),
+			latency: m.latency.WithLabelValues(route, method),
+		})
+	}
+	ob := o.(*requestObservers)
+	ob.count.Inc()
+	ob.latency.Observe(d.Seconds())
 }
 
 // statusLabels are the status codes as label values, made once so that
