@@ -44,12 +44,19 @@ func Open(dataDir string, timeout time.Duration) (*bolt.DB, error) {
 	// A truncated or overwritten file must stop start-up with a clear line,
 	// not crash inside bbolt's mmap (SIGBUS) or panic later in a worker:
 	// check the meta pages and size first, open with faults turned into
-	// errors, then run the consistency check before anything writes.
-	if err := preflight(path); err != nil {
+	// errors, then run the consistency check before anything writes. The
+	// page walk and the consistency check read every page; they are skipped
+	// when the last shutdown was clean and nothing touched the file since
+	// (clean.go).
+	clean, err := takeCleanMarker(dataDir, path)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkMeta(path, !clean); err != nil {
 		return nil, err
 	}
 	var db *bolt.DB
-	err := guard(path, func() (err error) {
+	err = guard(path, func() (err error) {
 		db, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: timeout})
 		return err
 	})
@@ -65,9 +72,11 @@ func Open(dataDir string, timeout time.Duration) (*bolt.DB, error) {
 		}
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
-	if err := Check(db); err != nil {
-		db.Close()
-		return nil, err
+	if !clean {
+		if err := Check(db); err != nil {
+			db.Close()
+			return nil, err
+		}
 	}
 	if err := guard(path, func() error { return db.Update(migrate) }); err != nil {
 		db.Close()
