@@ -69,6 +69,7 @@ type App struct {
 	commit          *store.Committer
 	handlerPanics   atomic.Uint64
 	bgPanicsAtStart uint64
+
 	workers          workers
 	notReady         atomic.Pointer[string] // the last readiness answered ("" ready), to log changes
 
