@@ -62,6 +62,11 @@ type App struct {
 	metricsListening func(net.Addr)
 	clientIP         echo.IPExtractor
 	dbFile           os.FileInfo // data_dir/herald.db as opened, for /_herald/ready
+	workers          workers
+	notReady         atomic.Pointer[string] // the last readiness answered ("" ready), to log changes
+
+	bgCancel context.CancelFunc
+	bg       sync.WaitGroup
 
 	// Signs of a damaged database during this run (bbolt panics on damaged
 	// pages): with any, Close leaves no clean shutdown marker and the next
@@ -69,12 +74,6 @@ type App struct {
 	commit          *store.Committer
 	handlerPanics   atomic.Uint64
 	bgPanicsAtStart uint64
-
-	workers          workers
-	notReady         atomic.Pointer[string] // the last readiness answered ("" ready), to log changes
-
-	bgCancel context.CancelFunc
-	bg       sync.WaitGroup
 }
 
 // Options are test seams and build facts.
