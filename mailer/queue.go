@@ -383,14 +383,28 @@ func unpack(data []byte) ([]byte, error) {
 	if len(data) == 0 {
 		return nil, nil
 	}
+	var dict []byte
 	switch data[0] {
 	case formatDeflate:
-		return io.ReadAll(flate.NewReader(bytes.NewReader(data[1:])))
 	case formatDeflateDictV1:
-		return io.ReadAll(flate.NewReaderDict(bytes.NewReader(data[1:]), dictV1))
+		dict = dictV1
+	default:
+		return nil, fmt.Errorf("mailer: stored message in unknown format %d", data[0])
 	}
-	return nil, fmt.Errorf("mailer: stored message in unknown format %d", data[0])
+	// Decompressors are reused too: each holds about 40 KB of state, which
+	// the worker would otherwise allocate for every mail it sends.
+	src := bytes.NewReader(data[1:])
+	r, _ := inflaters.Get().(io.ReadCloser)
+	if r == nil {
+		r = flate.NewReaderDict(src, dict)
+	} else if err := r.(flate.Resetter).Reset(src, dict); err != nil {
+		return nil, err
+	}
+	defer inflaters.Put(r)
+	return io.ReadAll(r)
 }
+
+var inflaters sync.Pool
 
 // Wake tells the worker to look at the queue now. Call it after the
 // transaction that enqueued mail commits. It never blocks.
