@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"sync"
@@ -416,7 +415,7 @@ func (b *Bolt) get(tx *bolt.Tx, id uint64, data bool) (*Record, error) {
 		return nil, fmt.Errorf("%w: %d", ErrNotFound, id)
 	}
 	r := new(Record)
-	if err := json.Unmarshal(v, r); err != nil {
+	if err := decodeRecord(id, v, r); err != nil {
 		return nil, fmt.Errorf("queue %s: record %d: %w", b.bRec, id, err)
 	}
 	if data {
@@ -426,7 +425,7 @@ func (b *Bolt) get(tx *bolt.Tx, id uint64, data bool) (*Record, error) {
 }
 
 func (b *Bolt) put(tx *bolt.Tx, r *Record) error {
-	v, err := json.Marshal(r)
+	v, err := encodeRecord(r)
 	if err != nil {
 		return err
 	}
