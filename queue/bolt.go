@@ -16,7 +16,7 @@ import (
 
 // Bolt is the Backend on Herald's bbolt file. A queue named n keeps:
 //
-//	n:        id -> JSON Record (without Data)
+//	n:        id -> Record without Data (boltrec.go: compact JSON)
 //	n_data:   id -> payload
 //	n_due:    next attempt (unix ns) + id -> nil, pending records only
 //	n_state:  state 0 id -> nil
