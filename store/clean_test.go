@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"errors"
 	"os"
 	"path/filepath"
@@ -166,4 +167,45 @@ func BenchmarkOpenClean(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// A second Open while a Herald writes the file says the database is in use.
+// Its checks used to read the file unlocked, mid-write, and could call the
+// healthy file damaged (seen with a page the writer was reusing).
+func TestOpenWhileAnotherWritesSaysInUse(t *testing.T) {
+	dir, _, _ := filled(t, 50_000)
+	db, err := Open(dir, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			db.Update(func(tx *bolt.Tx) error {
+				b := tx.Bucket([]byte("data"))
+				for j := range 2000 {
+					b.Put(U64(uint64((i*7919+j*31)%50_000)), bytes.Repeat([]byte{byte(i)}, 100+(i+j)%400))
+				}
+				return nil
+			})
+		}
+	}()
+	for range 20 {
+		_, err := Open(dir, 10*time.Millisecond)
+		if !errors.Is(err, ErrLocked) {
+			close(stop)
+			<-done
+			t.Fatalf("Open while another writes: %v, want ErrLocked", err)
+		}
+	}
+	close(stop)
+	<-done
 }
