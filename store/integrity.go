@@ -364,13 +364,20 @@ func CheckFile(path string, opts *bolt.Options) (Report, error) {
 		}
 		return rep, err
 	}
-	if err := preflight(path); err != nil {
-		return damage(err)
-	}
 	o := bolt.Options{ReadOnly: true, Timeout: time.Second}
 	if opts != nil {
 		o = *opts
 		o.ReadOnly = true
+	}
+	// Under a shared lock, like Open: a running Herald's writes would make
+	// the pages read here inconsistent.
+	unlock, err := sharedLock(path, o.Timeout)
+	if err != nil {
+		return rep, err
+	}
+	defer unlock()
+	if err := preflight(path); err != nil {
+		return damage(err)
 	}
 	var db *bolt.DB
 	if err := guard(path, func() (err error) {
@@ -405,11 +412,16 @@ func CheckFile(path string, opts *bolt.Options) (Report, error) {
 // check`), after the same file checks as Open, waiting at most timeout for
 // the lock a running Herald holds.
 func OpenReadOnly(path string, timeout time.Duration) (*bolt.DB, error) {
+	unlock, err := sharedLock(path, timeout)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
 	if err := preflight(path); err != nil {
 		return nil, err
 	}
 	var db *bolt.DB
-	err := guard(path, func() (err error) {
+	err = guard(path, func() (err error) {
 		db, err = bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: timeout})
 		return err
 	})
@@ -417,4 +429,22 @@ func OpenReadOnly(path string, timeout time.Duration) (*bolt.DB, error) {
 		return nil, fmt.Errorf("%s: %w", path, ErrLocked)
 	}
 	return db, err
+}
+
+// sharedLock holds a shared lock on the file at path (see lockShared) until
+// unlock; ErrLocked when a running Herald holds it.
+func sharedLock(path string, timeout time.Duration) (unlock func(), err error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	ok, err := lockShared(f, timeout)
+	if err != nil || !ok {
+		f.Close()
+		if err == nil {
+			err = fmt.Errorf("%s: %w", path, ErrLocked)
+		}
+		return nil, err
+	}
+	return func() { f.Close() }, nil
 }
