@@ -108,7 +108,7 @@ func Close(db *bolt.DB, clean bool) error {
 	if err := db.Close(); err != nil {
 		return err
 	}
-	if !clean || readOnly {
+	if !clean || readOnly || path == "" { // "": closed before, by someone else
 		return nil
 	}
 	return writeCleanMarker(path)
