@@ -284,7 +284,7 @@ func Default() Config {
 	c.SMTP.MaxBackoff = Duration(time.Hour)
 	c.SMTP.GiveUpAfter = Duration(48 * time.Hour)
 	c.SMTP.ValidationMaxBackoff = Duration(time.Minute)
-	c.SMTP.Connections = 4
+	c.SMTP.Connections = 16
 	c.Email.OutboxRetention = Duration(30 * 24 * time.Hour)
 	c.Email.BrandName = "Herald"
 	c.Email.WebClientURL = "https://app.element.io"

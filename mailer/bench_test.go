@@ -141,7 +141,7 @@ var outboxBuckets = []string{"outbox", "outbox_data", "outbox_due", "outbox_stat
 // has accepted every mail. It reports mails/s and the database bytes per
 // mail, queued (before the worker runs) and sent (body removed).
 func BenchmarkEnqueueAndSend(b *testing.B) {
-	for _, conns := range []int{1, 4} {
+	for _, conns := range []int{1, 4, 16} {
 		b.Run(fmt.Sprintf("connections=%d", conns), func(b *testing.B) {
 			srv := smtptest.Start(b, smtptest.Options{})
 			db := openDB(b, b.TempDir())
@@ -213,7 +213,7 @@ func BenchmarkQueuedMailSize(b *testing.B) {
 // runs while the worker sends them all over 1 or 4 SMTP connections to an
 // in-process SMTP server: the outbox's own sending rate.
 func BenchmarkDrainBacklog(b *testing.B) {
-	for _, conns := range []int{1, 4} {
+	for _, conns := range []int{1, 4, 16} {
 		b.Run(fmt.Sprintf("connections=%d", conns), func(b *testing.B) {
 			srv := smtptest.Start(b, smtptest.Options{})
 			db := openDB(b, b.TempDir())

@@ -32,7 +32,7 @@ func TestFromConfig(t *testing.T) {
 	if err != nil || dev != nil {
 		t.Fatal(err)
 	}
-	if ss, ok := s.(*mailer.SMTPPool); !ok || ss.Addr() != "smtp.example.org:465" || ss.Size() != 4 {
+	if ss, ok := s.(*mailer.SMTPPool); !ok || ss.Addr() != "smtp.example.org:465" || ss.Size() != 16 {
 		t.Errorf("sender = %#v", s)
 	}
 }

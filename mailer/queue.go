@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"compress/flate"
 	"context"
+	_ "embed"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -331,20 +332,26 @@ func rawHeader(raw []byte, name string) string {
 	return msg.Header.Get(name)
 }
 
-// pack compresses a composed message for storage: MIME text with its
-// quoted-printable HTML part shrinks to about a quarter. Compressors are
-// reused (each holds about 600 KB of state).
+// pack compresses a composed message for storage with DEFLATE, primed with
+// a dictionary (dict/v1.eml: the default invite mail with its tokens, keys
+// and addresses blanked out). Most of a mail is its templates' boilerplate
+// (MIME headers, the quoted-printable HTML part), which the dictionary
+// already holds: an invite mail of 5.6 KB takes about 480 bytes instead of
+// 1.9 KB without it. Other mails (validation, custom templates) share the
+// headers and much of the markup and are never larger than plain DEFLATE
+// by more than a few bytes. Compressors are reused (each holds about 600 KB
+// of state).
 func pack(raw []byte) ([]byte, error) {
 	var b bytes.Buffer
-	b.WriteByte(1) // format: DEFLATE
+	b.WriteByte(formatDeflateDictV1)
 	w, _ := flaters.Get().(*flate.Writer)
 	if w == nil {
 		var err error
-		if w, err = flate.NewWriter(&b, flate.DefaultCompression); err != nil {
+		if w, err = flate.NewWriterDict(&b, flate.DefaultCompression, dictV1); err != nil {
 			return nil, err
 		}
 	} else {
-		w.Reset(&b)
+		w.Reset(&b) // keeps the dictionary
 	}
 	defer flaters.Put(w)
 	if _, err := w.Write(raw); err != nil {
@@ -356,17 +363,48 @@ func pack(raw []byte) ([]byte, error) {
 	return b.Bytes(), nil
 }
 
+// Stored message formats, the first byte of the stored body. A format, and
+// the dictionary it names, never changes once released: mail queued by an
+// older Herald is read with it.
+const (
+	formatDeflate       = 1 // DEFLATE
+	formatDeflateDictV1 = 2 // DEFLATE with dictV1
+)
+
+// dictV1 is the dictionary of formatDeflateDictV1. Its SHA-256 is fixed by
+// TestMailDictionaryNeverChanges.
+//
+//go:embed dict/v1.eml
+var dictV1 []byte
+
 var flaters sync.Pool
 
 func unpack(data []byte) ([]byte, error) {
 	if len(data) == 0 {
 		return nil, nil
 	}
-	if data[0] != 1 {
+	var dict []byte
+	switch data[0] {
+	case formatDeflate:
+	case formatDeflateDictV1:
+		dict = dictV1
+	default:
 		return nil, fmt.Errorf("mailer: stored message in unknown format %d", data[0])
 	}
-	return io.ReadAll(flate.NewReader(bytes.NewReader(data[1:])))
+	// Decompressors are reused too: each holds about 40 KB of state, which
+	// the worker would otherwise allocate for every mail it sends.
+	src := bytes.NewReader(data[1:])
+	r, _ := inflaters.Get().(io.ReadCloser)
+	if r == nil {
+		r = flate.NewReaderDict(src, dict)
+	} else if err := r.(flate.Resetter).Reset(src, dict); err != nil {
+		return nil, err
+	}
+	defer inflaters.Put(r)
+	return io.ReadAll(r)
 }
+
+var inflaters sync.Pool
 
 // Wake tells the worker to look at the queue now. Call it after the
 // transaction that enqueued mail commits. It never blocks.

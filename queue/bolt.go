@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"sync"
@@ -17,7 +16,7 @@ import (
 
 // Bolt is the Backend on Herald's bbolt file. A queue named n keeps:
 //
-//	n:        id -> JSON Record (without Data)
+//	n:        id -> Record without Data (boltrec.go: compact JSON)
 //	n_data:   id -> payload
 //	n_due:    next attempt (unix ns) + id -> nil, pending records only
 //	n_state:  state 0 id -> nil
@@ -416,7 +415,7 @@ func (b *Bolt) get(tx *bolt.Tx, id uint64, data bool) (*Record, error) {
 		return nil, fmt.Errorf("%w: %d", ErrNotFound, id)
 	}
 	r := new(Record)
-	if err := json.Unmarshal(v, r); err != nil {
+	if err := decodeRecord(id, v, r); err != nil {
 		return nil, fmt.Errorf("queue %s: record %d: %w", b.bRec, id, err)
 	}
 	if data {
@@ -426,7 +425,7 @@ func (b *Bolt) get(tx *bolt.Tx, id uint64, data bool) (*Record, error) {
 }
 
 func (b *Bolt) put(tx *bolt.Tx, r *Record) error {
-	v, err := json.Marshal(r)
+	v, err := encodeRecord(r)
 	if err != nil {
 		return err
 	}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -29,7 +30,13 @@ type Committer struct {
 	mu      sync.Mutex
 	queue   []*commitCall
 	leading bool
+
+	panics atomic.Uint64
 }
+
+// Panics is how many transaction functions have panicked (bbolt panics on
+// damaged pages); the server then leaves no clean shutdown marker (Close).
+func (c *Committer) Panics() uint64 { return c.panics.Load() }
 
 type commitCall struct {
 	fn   func(*bolt.Tx) error
@@ -109,7 +116,7 @@ func (c *Committer) commit(group []*commitCall) {
 		failed := -1
 		err := c.db.Update(func(tx *bolt.Tx) error {
 			for i, call := range group {
-				if err := safeRun(call.fn, tx); err != nil {
+				if err := c.safeRun(call.fn, tx); err != nil {
 					failed = i
 					return err
 				}
@@ -128,13 +135,14 @@ func (c *Committer) commit(group []*commitCall) {
 		}
 		solo := group[failed]
 		group = append(group[:failed:failed], group[failed+1:]...)
-		solo.done <- c.db.Update(func(tx *bolt.Tx) error { return safeRun(solo.fn, tx) })
+		solo.done <- c.db.Update(func(tx *bolt.Tx) error { return c.safeRun(solo.fn, tx) })
 	}
 }
 
-func safeRun(fn func(*bolt.Tx) error, tx *bolt.Tx) (err error) {
+func (c *Committer) safeRun(fn func(*bolt.Tx) error, tx *bolt.Tx) (err error) {
 	defer func() {
 		if p := recover(); p != nil {
+			c.panics.Add(1)
 			err = panicked{p}
 		}
 	}()

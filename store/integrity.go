@@ -82,7 +82,11 @@ func parseMeta(page []byte) (diskMeta, error) {
 // meta page is intact and that the file holds every page the meta page
 // counts. Without it a truncated herald.db crashes the process with SIGBUS
 // inside bolt.Open. A missing or empty file is fine (bbolt creates it).
-func preflight(path string) error {
+func preflight(path string) error { return checkMeta(path, true) }
+
+// checkMeta is preflight; walk also walks every page of the B+tree (read
+// through ReadAt, so a wrong pointer cannot fault).
+func checkMeta(path string, walk bool) error {
 	f, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
@@ -151,6 +155,9 @@ func preflight(path string) error {
 	}
 	if m.freelist != pgidNoFreelist && (m.freelist < 2 || m.freelist >= m.pgid) {
 		return damaged("freelist page %d is outside the file's %d pages", m.freelist, m.pgid)
+	}
+	if !walk {
+		return nil
 	}
 	w := &walker{f: f, pageSize: int64(m.pageSize), hwm: m.pgid, seen: map[uint64]bool{}}
 	if err := w.page(m.root); err != nil {
@@ -357,13 +364,20 @@ func CheckFile(path string, opts *bolt.Options) (Report, error) {
 		}
 		return rep, err
 	}
-	if err := preflight(path); err != nil {
-		return damage(err)
-	}
 	o := bolt.Options{ReadOnly: true, Timeout: time.Second}
 	if opts != nil {
 		o = *opts
 		o.ReadOnly = true
+	}
+	// Under a shared lock, like Open: a running Herald's writes would make
+	// the pages read here inconsistent.
+	unlock, err := sharedLock(path, o.Timeout)
+	if err != nil {
+		return rep, err
+	}
+	defer unlock()
+	if err := preflight(path); err != nil {
+		return damage(err)
 	}
 	var db *bolt.DB
 	if err := guard(path, func() (err error) {
@@ -398,11 +412,16 @@ func CheckFile(path string, opts *bolt.Options) (Report, error) {
 // check`), after the same file checks as Open, waiting at most timeout for
 // the lock a running Herald holds.
 func OpenReadOnly(path string, timeout time.Duration) (*bolt.DB, error) {
+	unlock, err := sharedLock(path, timeout)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
 	if err := preflight(path); err != nil {
 		return nil, err
 	}
 	var db *bolt.DB
-	err := guard(path, func() (err error) {
+	err = guard(path, func() (err error) {
 		db, err = bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: timeout})
 		return err
 	})
@@ -410,4 +429,22 @@ func OpenReadOnly(path string, timeout time.Duration) (*bolt.DB, error) {
 		return nil, fmt.Errorf("%s: %w", path, ErrLocked)
 	}
 	return db, err
+}
+
+// sharedLock holds a shared lock on the file at path (see lockShared) until
+// unlock; ErrLocked when a running Herald holds it.
+func sharedLock(path string, timeout time.Duration) (unlock func(), err error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	ok, err := lockShared(f, timeout)
+	if err != nil || !ok {
+		f.Close()
+		if err == nil {
+			err = fmt.Errorf("%s: %w", path, ErrLocked)
+		}
+		return nil, err
+	}
+	return func() { f.Close() }, nil
 }

@@ -44,12 +44,22 @@ func Open(dataDir string, timeout time.Duration) (*bolt.DB, error) {
 	// A truncated or overwritten file must stop start-up with a clear line,
 	// not crash inside bbolt's mmap (SIGBUS) or panic later in a worker:
 	// check the meta pages and size first, open with faults turned into
-	// errors, then run the consistency check before anything writes.
-	if err := preflight(path); err != nil {
+	// errors, then run the consistency check before anything writes. The
+	// page walk and the consistency check read every page; they are skipped
+	// when the last shutdown was clean and nothing touched the file since
+	// (clean.go).
+	//
+	// A Herald already running may be writing the file: its pages are then
+	// not consistent to a reader outside its transactions, and the checks
+	// would call a healthy file damaged. Hold a shared lock (which its
+	// exclusive one refuses) across them, released just before bolt.Open
+	// takes the exclusive lock.
+	clean, err := checkUnlocked(dataDir, path, timeout)
+	if err != nil {
 		return nil, err
 	}
 	var db *bolt.DB
-	err := guard(path, func() (err error) {
+	err = guard(path, func() (err error) {
 		db, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: timeout})
 		return err
 	})
@@ -65,15 +75,45 @@ func Open(dataDir string, timeout time.Duration) (*bolt.DB, error) {
 		}
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
-	if err := Check(db); err != nil {
-		db.Close()
-		return nil, err
+	if !clean {
+		if err := Check(db); err != nil {
+			db.Close()
+			return nil, err
+		}
 	}
 	if err := guard(path, func() error { return db.Update(migrate) }); err != nil {
 		db.Close()
 		return nil, err
 	}
 	return db, nil
+}
+
+// checkUnlocked runs Open's checks under a shared lock on the file (see
+// Open), and reports whether the clean-shutdown marker let them skip the
+// page walk and the consistency check.
+func checkUnlocked(dataDir, path string, timeout time.Duration) (clean bool, err error) {
+	f, err := os.OpenFile(path, os.O_RDONLY, 0)
+	if errors.Is(err, os.ErrNotExist) {
+		// A new database (bbolt creates it): a marker left beside a
+		// removed file goes too.
+		_, err := takeCleanMarker(dataDir, path)
+		return false, err
+	}
+	if err != nil {
+		return false, err
+	}
+	defer f.Close() // releases the lock
+	ok, err := lockShared(f, timeout)
+	if err != nil {
+		return false, fmt.Errorf("lock %s: %w", path, err)
+	}
+	if !ok {
+		return false, fmt.Errorf("%s: %w", path, ErrLocked)
+	}
+	if clean, err = takeCleanMarker(dataDir, path); err != nil {
+		return false, err
+	}
+	return clean, checkMeta(path, !clean)
 }
 
 func migrate(tx *bolt.Tx) error {

@@ -90,12 +90,13 @@ func (a *App) WriteBackup(w io.Writer) error {
 }
 
 // skipInBackup: the live database file (copied through the transaction),
-// the control socket, temporary files and anything not a regular file or
+// the control socket, the clean-shutdown marker (it describes the live
+// file, never a copy), temporary files and anything not a regular file or
 // directory.
 func skipInBackup(rel string, d fs.DirEntry) bool {
 	name := d.Name()
 	switch {
-	case rel == store.FileName, rel == control.SocketName, strings.HasPrefix(name, ".tmp-"):
+	case rel == store.FileName, rel == control.SocketName, rel == store.CleanName, strings.HasPrefix(name, ".tmp-"):
 		return true
 	case d.IsDir():
 		return false

@@ -27,7 +27,7 @@ func TestBackupRefusesAndCopies(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer a.Close()
-	for _, f := range []string{"control.sock", ".tmp-half", "tls/cert.pem"} {
+	for _, f := range []string{"control.sock", ".tmp-half", "tls/cert.pem", store.CleanName} {
 		p := filepath.Join(cfg.DataDir, f)
 		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
 			t.Fatal(err)
@@ -64,7 +64,7 @@ func TestBackupRefusesAndCopies(t *testing.T) {
 			t.Errorf("%s: %v %v", f, st, err)
 		}
 	}
-	for _, f := range []string{"control.sock", ".tmp-half", ".tmp-herald.db"} {
+	for _, f := range []string{"control.sock", ".tmp-half", ".tmp-herald.db", store.CleanName} {
 		if _, err := os.Stat(filepath.Join(dir, f)); !os.IsNotExist(err) {
 			t.Errorf("%s copied: %v", f, err)
 		}

@@ -67,6 +67,13 @@ type App struct {
 
 	bgCancel context.CancelFunc
 	bg       sync.WaitGroup
+
+	// Signs of a damaged database during this run (bbolt panics on damaged
+	// pages): with any, Close leaves no clean shutdown marker and the next
+	// start runs the full consistency check (store/clean.go).
+	commit          *store.Committer
+	handlerPanics   atomic.Uint64
+	bgPanicsAtStart uint64
 }
 
 // Options are test seams and build facts.
@@ -134,6 +141,7 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) (_ *App, err error)
 	if err != nil {
 		return nil, err
 	}
+	a.bgPanicsAtStart = background.Panics()
 	defer func() {
 		if err != nil {
 			a.db.Close()
@@ -169,6 +177,7 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) (_ *App, err error)
 	a.mailbox = mailbox
 	// One group-commit writer for the hot write paths of every service.
 	commit := store.NewCommitter(a.db)
+	a.commit = commit
 	if a.identity, err = identity.New(a.db, identity.Options{Terms: cfg.Terms, UserInfo: a.fed, Log: log, Now: a.now, Ring: a.ring, Lookup: cfg.Lookup,
 		TokenIdleLifetime: cfg.Account.TokenIdleLifetime.D(), Commit: commit,
 		OnLookup: func(api string, n, found int) {
@@ -304,7 +313,8 @@ func (a *App) Close() error {
 		a.bgCancel()
 	}
 	a.bg.Wait()
-	return a.db.Close()
+	clean := a.handlerPanics.Load() == 0 && background.Panics() == a.bgPanicsAtStart && (a.commit == nil || a.commit.Panics() == 0)
+	return store.Close(a.db, clean)
 }
 
 // Accessors for tests and the command line.
@@ -345,6 +355,7 @@ func (a *App) Handler() http.Handler {
 	e.IPExtractor = a.clientIP
 	e.Use(logRequests(a.log, a.metrics))
 	e.Use(middleware.RecoverWithConfig(middleware.RecoverConfig{DisablePrintStack: true, LogErrorFunc: func(c echo.Context, err error, stack []byte) error {
+		a.handlerPanics.Add(1)
 		a.log.Error("panic in handler", "path", c.Path(), "err", err, "stack", string(stack))
 		return err
 	}}))
