@@ -50,3 +50,26 @@ func TestPackRoundTripsAndReadsTheOlderFormat(t *testing.T) {
 		t.Fatal("an unknown format must be an error")
 	}
 }
+
+// Meta is written with one-letter keys; meta written before, with the long
+// names, still reads the same.
+func TestMetaReadsBothForms(t *testing.T) {
+	want := meta{To: "carol@example.net", Subject: "Hi", Ref: "invite:7", MessageID: "<x@example.org>"}
+	b, err := encodeMeta(want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := decodeMeta(b); got != want {
+		t.Fatalf("one-letter keys: %+v", got)
+	}
+	if !strings.HasPrefix(string(b), `{"t":`) {
+		t.Fatalf("stored as %s", b)
+	}
+	old := []byte(`{"to":"carol@example.net","subject":"Hi","ref":"invite:7","message_id":"<x@example.org>"}`)
+	if got := decodeMeta(old); got != want {
+		t.Fatalf("long names: %+v", got)
+	}
+	if len(b) >= len(old) {
+		t.Fatalf("one-letter keys not shorter: %d >= %d", len(b), len(old))
+	}
+}

@@ -138,10 +138,44 @@ var (
 
 // meta is what the outbox keeps of a mail besides the queue's record.
 type meta struct {
-	To        string `json:"to"`
+	To        string
+	Subject   string
+	Ref       string
+	MessageID string
+}
+
+// storedMeta is meta as stored: one-letter keys, which every queued and sent
+// mail keeps for as long as it is retained (about 20 bytes less per mail
+// than the names). Mail queued before reads with the long names, still
+// accepted.
+type storedMeta struct {
+	T string `json:"t,omitempty"`
+	S string `json:"s,omitempty"`
+	R string `json:"r,omitempty"`
+	M string `json:"m,omitempty"`
+	// The names written before the one-letter keys.
+	To        string `json:"to,omitempty"`
 	Subject   string `json:"subject,omitempty"`
 	Ref       string `json:"ref,omitempty"`
 	MessageID string `json:"message_id,omitempty"`
+}
+
+// encodeMeta writes md with one-letter keys.
+func encodeMeta(md meta) ([]byte, error) {
+	return json.Marshal(storedMeta{T: md.To, S: md.Subject, R: md.Ref, M: md.MessageID})
+}
+
+// decodeMeta reads md in either form; fields it cannot read are empty.
+func decodeMeta(b []byte) meta {
+	var s storedMeta
+	_ = json.Unmarshal(b, &s)
+	pick := func(short, long string) string {
+		if short != "" {
+			return short
+		}
+		return long
+	}
+	return meta{To: pick(s.T, s.To), Subject: pick(s.S, s.Subject), Ref: pick(s.R, s.Ref), MessageID: pick(s.M, s.MessageID)}
 }
 
 // Queue is the durable outbox: a queue.Queue whose deliver function sends
@@ -276,7 +310,7 @@ func (q *Queue) EnqueuePrepared(tx *bolt.Tx, p *Prepared) (uint64, error) {
 	if tx.Bucket(bktTo) == nil {
 		return 0, errors.New("mailer: buckets missing (was the queue opened on this database?)")
 	}
-	md, err := json.Marshal(meta{To: p.To, Subject: p.Subject, Ref: p.Ref, MessageID: p.MessageID})
+	md, err := encodeMeta(meta{To: p.To, Subject: p.Subject, Ref: p.Ref, MessageID: p.MessageID})
 	if err != nil {
 		return 0, err
 	}
@@ -485,8 +519,7 @@ func (q *Queue) recorded(r *queue.Record, o queue.Outcome) {
 }
 
 func toMail(r *queue.Record) Mail {
-	var md meta
-	_ = json.Unmarshal(r.Meta, &md) // written by EnqueuePrepared; empty fields if not
+	md := decodeMeta(r.Meta) // written by EnqueuePrepared; empty fields if not
 	st := State(r.State)
 	switch r.State {
 	case queue.Done:
