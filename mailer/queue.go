@@ -275,16 +275,22 @@ func (q *Queue) Prepare(m Message) (*Prepared, error) {
 	}
 	m.To = to
 	mid := q.opts.NewMessageID()
-	raw, err := Compose(m, q.opts.From, q.opts.Now(), mid)
+	date := q.opts.Now()
+	raw, err := Compose(m, q.opts.From, date, mid)
 	if err != nil {
 		return nil, err
 	}
 	subject := CapSubject(m.Subject)
+	var packed []byte
 	if m.Raw != nil {
 		subject = rawSubject(raw)
+		packed, err = pack(raw)
+	} else {
+		packed, err = packMessage(m, q.opts.From, date, mid)
+	}
+	if m.Raw != nil {
 		mid = rawHeader(raw, "Message-ID")
 	}
-	packed, err := pack(raw)
 	if err != nil {
 		return nil, err
 	}
@@ -403,6 +409,7 @@ func pack(raw []byte) ([]byte, error) {
 const (
 	formatDeflate       = 1 // DEFLATE
 	formatDeflateDictV1 = 2 // DEFLATE with dictV1
+	// formatComposeDictV2 = 3: Compose's inputs, DEFLATE with dictV2 (packmsg.go)
 )
 
 // dictV1 is the dictionary of formatDeflateDictV1. Its SHA-256 is fixed by
@@ -422,6 +429,8 @@ func unpack(data []byte) ([]byte, error) {
 	case formatDeflate:
 	case formatDeflateDictV1:
 		dict = dictV1
+	case formatComposeDictV2:
+		return unpackMessage(data[1:])
 	default:
 		return nil, fmt.Errorf("mailer: stored message in unknown format %d", data[0])
 	}
