@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/herald-im/herald/queue"
 )
 
 // Mail queued with formatDeflateDictV1 is read with dictV1: changing the
@@ -98,6 +100,7 @@ func TestPackMessageComposesTheSameBytes(t *testing.T) {
 		{Message{To: "bob@example.org", Subject: "Vérifiez votre adresse — 123456", Text: "code 123456"},
 			time.Date(2026, 11, 29, 22, 0, 0, 0, zone)},
 		{Message{To: "dan@example.org", Subject: "html", HTML: "<b>only</b>"}, time.Unix(0, 0)},
+		{Message{To: "eve@example.org", Subject: strings.Repeat("a long subject ", 20), Text: "capped"}, time.Unix(1, 0)},
 	}
 	for i, c := range msgs {
 		const from = `"Herald" <herald@herald.test>`
@@ -106,19 +109,23 @@ func TestPackMessageComposesTheSameBytes(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		packed, err := packMessage(c.m, from, c.date, mid)
+		packed, err := packMessage(c.m, from, c.date)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if packed[0] != formatComposeDictV2 {
 			t.Fatalf("%d: format %d", i, packed[0])
 		}
-		got, err := unpack(packed)
+		md, err := encodeMeta(meta{To: c.m.To, Subject: CapSubject(c.m.Subject), MessageID: mid, Ref: "invite:1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := unpackRecord(&queue.Record{Meta: md, Data: packed})
 		if err != nil || !bytes.Equal(got, want) {
 			t.Fatalf("%d: %v\n%s\n---\n%s", i, err, got, want)
 		}
 		for n := range len(packed) - 1 {
-			if _, err := unpack(packed[:n+1]); err == nil {
+			if _, err := unpackRecord(&queue.Record{Meta: md, Data: packed[:n+1]}); err == nil {
 				t.Fatalf("%d: truncated to %d bytes, no error", i, n+1)
 			}
 		}
@@ -142,7 +149,7 @@ func TestPackMessageIsSmallerForAnInvite(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	v3, err := packMessage(m, from, date, "<7f3a9c@herald.test>")
+	v3, err := packMessage(m, from, date)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,9 +12,11 @@ import (
 	"time"
 )
 
-// formatComposeDictV2 stores a mail as the inputs of Compose (recipient,
-// From, Message-ID, Date, subject, text and HTML parts, extra headers),
-// DEFLATE-compressed with dictV2, and composes it again when it is read.
+// formatComposeDictV2 stores a mail as the inputs of Compose (From, Date,
+// text and HTML parts, extra headers), DEFLATE-compressed with dictV2, and
+// composes it again when it is read. The recipient, the subject and the
+// Message-ID are not stored twice: they are the mail's meta, which the
+// outbox keeps anyway (the subject there is capped as Compose caps it).
 // Compose is deterministic (the multipart boundary is derived from the
 // Message-ID, headers are written in sorted order), so the bytes sent are
 // the ones composed when the mail was queued. The text and HTML are stored
@@ -34,8 +36,9 @@ const formatComposeDictV2 = 3
 //go:embed dict/v2.txt
 var dictV2 []byte
 
-// packMessage stores m (already checked by Compose) for formatComposeDictV2.
-func packMessage(m Message, from string, date time.Time, messageID string) ([]byte, error) {
+// packMessage stores m (already checked by Compose) for formatComposeDictV2;
+// m.To, m.Subject and the Message-ID are left to the mail's meta.
+func packMessage(m Message, from string, date time.Time) ([]byte, error) {
 	var enc []byte
 	str := func(s string) {
 		enc = binary.AppendUvarint(enc, uint64(len(s)))
@@ -44,9 +47,7 @@ func packMessage(m Message, from string, date time.Time, messageID string) ([]by
 	_, off := date.Zone()
 	enc = binary.AppendVarint(enc, date.Unix())
 	enc = binary.AppendVarint(enc, int64(off))
-	str(m.To)
 	str(from)
-	str(messageID)
 	names := make([]string, 0, len(m.Headers))
 	for k := range m.Headers {
 		names = append(names, k)
@@ -57,7 +58,6 @@ func packMessage(m Message, from string, date time.Time, messageID string) ([]by
 		str(k)
 		str(m.Headers[k])
 	}
-	str(m.Subject)
 	str(m.Text)
 	str(m.HTML)
 
@@ -87,8 +87,8 @@ var flatersV2 sync.Pool
 var errStoredMessage = errors.New("mailer: stored message is truncated")
 
 // unpackMessage reads formatComposeDictV2 (data without its format byte)
-// and composes the message.
-func unpackMessage(data []byte) ([]byte, error) {
+// and composes the message with md's recipient, subject and Message-ID.
+func unpackMessage(data []byte, md meta) ([]byte, error) {
 	src := bytes.NewReader(data)
 	r, _ := inflaters.Get().(io.ReadCloser)
 	if r == nil {
@@ -124,10 +124,8 @@ func unpackMessage(data []byte) ([]byte, error) {
 	}
 	sec := num()
 	off := num()
-	var m Message
-	m.To = str()
+	m := Message{To: md.To, Subject: md.Subject}
 	from := str()
-	mid := str()
 	l, n := binary.Uvarint(enc)
 	if n <= 0 || l > uint64(len(enc)) {
 		return nil, errStoredMessage
@@ -140,12 +138,11 @@ func unpackMessage(data []byte) ([]byte, error) {
 			m.Headers[k] = str()
 		}
 	}
-	m.Subject = str()
 	m.Text = str()
 	m.HTML = str()
 	if bad {
 		return nil, errStoredMessage
 	}
 	date := time.Unix(sec, 0).In(time.FixedZone("", int(off)))
-	return Compose(m, from, date, mid)
+	return Compose(m, from, date, md.MessageID)
 }

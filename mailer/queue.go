@@ -262,6 +262,9 @@ type Prepared struct {
 	MessageID string
 	Raw       []byte // the composed RFC 5322 message
 	packed    []byte // Raw compressed, as stored
+	// packedMeta is the To, Subject and MessageID that packed (format 3)
+	// leaves to the mail's meta: if a caller changed them, Raw is stored.
+	packedMeta meta
 }
 
 // Prepare parses and composes m (recipient check, MIME composition,
@@ -286,7 +289,7 @@ func (q *Queue) Prepare(m Message) (*Prepared, error) {
 		subject = rawSubject(raw)
 		packed, err = pack(raw)
 	} else {
-		packed, err = packMessage(m, q.opts.From, date, mid)
+		packed, err = packMessage(m, q.opts.From, date)
 	}
 	if m.Raw != nil {
 		mid = rawHeader(raw, "Message-ID")
@@ -294,7 +297,9 @@ func (q *Queue) Prepare(m Message) (*Prepared, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Prepared{To: to, Subject: subject, Kind: m.Kind, Ref: m.Ref, MessageID: mid, Raw: raw, packed: packed}, nil
+	p := &Prepared{To: to, Subject: subject, Kind: m.Kind, Ref: m.Ref, MessageID: mid, Raw: raw, packed: packed}
+	p.packedMeta = meta{To: p.To, Subject: p.Subject, MessageID: p.MessageID}
+	return p, nil
 }
 
 // Enqueue composes m and stores it as pending inside tx, the caller's write
@@ -321,6 +326,9 @@ func (q *Queue) EnqueuePrepared(tx *bolt.Tx, p *Prepared) (uint64, error) {
 		return 0, err
 	}
 	data := p.packed
+	if data != nil && data[0] == formatComposeDictV2 && p.packedMeta != (meta{To: p.To, Subject: p.Subject, MessageID: p.MessageID}) {
+		data = nil
+	}
 	if data == nil {
 		if data, err = pack(p.Raw); err != nil {
 			return 0, err
@@ -420,6 +428,15 @@ var dictV1 []byte
 
 var flaters sync.Pool
 
+// unpackRecord reads the body of r, a mail of the outbox.
+func unpackRecord(r *queue.Record) ([]byte, error) {
+	if len(r.Data) > 0 && r.Data[0] == formatComposeDictV2 {
+		return unpackMessage(r.Data[1:], decodeMeta(r.Meta))
+	}
+	return unpack(r.Data)
+}
+
+// unpack reads a stored body of format 1 or 2.
 func unpack(data []byte) ([]byte, error) {
 	if len(data) == 0 {
 		return nil, nil
@@ -429,8 +446,6 @@ func unpack(data []byte) ([]byte, error) {
 	case formatDeflate:
 	case formatDeflateDictV1:
 		dict = dictV1
-	case formatComposeDictV2:
-		return unpackMessage(data[1:])
 	default:
 		return nil, fmt.Errorf("mailer: stored message in unknown format %d", data[0])
 	}
@@ -478,7 +493,7 @@ func (q *Queue) Run(ctx context.Context) error {
 // errors are temporary, 5xx and PermanentErrors are not.
 func (q *Queue) deliver(ctx context.Context, r *queue.Record) queue.Outcome {
 	m := toMail(r)
-	raw, err := unpack(r.Data)
+	raw, err := unpackRecord(r)
 	if err != nil {
 		return queue.Outcome{Class: queue.Permanent, Reply: err.Error(), Label: "none"}
 	}
@@ -554,7 +569,7 @@ func (q *Queue) Get(id uint64) (Mail, error) {
 		return Mail{}, mailErr(err)
 	}
 	m := toMail(r)
-	if m.Raw, err = unpack(r.Data); err != nil {
+	if m.Raw, err = unpackRecord(r); err != nil {
 		return m, err
 	}
 	return m, nil
