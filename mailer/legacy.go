@@ -38,7 +38,7 @@ func (q *Queue) convertLegacy() error {
 			return nil, err
 		}
 		raw := tx.Bucket([]byte("mail_raw")).Get(store.U64(m.ID))
-		md, err := json.Marshal(meta{To: m.To, Subject: m.Subject, Ref: m.Ref, MessageID: rawHeader(raw, "Message-ID")})
+		md, err := encodeMeta(meta{To: m.To, Subject: m.Subject, Ref: m.Ref, MessageID: rawHeader(raw, "Message-ID")})
 		if err != nil {
 			return nil, err
 		}

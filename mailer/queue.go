@@ -138,10 +138,44 @@ var (
 
 // meta is what the outbox keeps of a mail besides the queue's record.
 type meta struct {
-	To        string `json:"to"`
+	To        string
+	Subject   string
+	Ref       string
+	MessageID string
+}
+
+// storedMeta is meta as stored: one-letter keys, which every queued and sent
+// mail keeps for as long as it is retained (about 20 bytes less per mail
+// than the names). Mail queued before reads with the long names, still
+// accepted.
+type storedMeta struct {
+	T string `json:"t,omitempty"`
+	S string `json:"s,omitempty"`
+	R string `json:"r,omitempty"`
+	M string `json:"m,omitempty"`
+	// The names written before the one-letter keys.
+	To        string `json:"to,omitempty"`
 	Subject   string `json:"subject,omitempty"`
 	Ref       string `json:"ref,omitempty"`
 	MessageID string `json:"message_id,omitempty"`
+}
+
+// encodeMeta writes md with one-letter keys.
+func encodeMeta(md meta) ([]byte, error) {
+	return json.Marshal(storedMeta{T: md.To, S: md.Subject, R: md.Ref, M: md.MessageID})
+}
+
+// decodeMeta reads md in either form; fields it cannot read are empty.
+func decodeMeta(b []byte) meta {
+	var s storedMeta
+	_ = json.Unmarshal(b, &s)
+	pick := func(short, long string) string {
+		if short != "" {
+			return short
+		}
+		return long
+	}
+	return meta{To: pick(s.T, s.To), Subject: pick(s.S, s.Subject), Ref: pick(s.R, s.Ref), MessageID: pick(s.M, s.MessageID)}
 }
 
 // Queue is the durable outbox: a queue.Queue whose deliver function sends
@@ -228,6 +262,9 @@ type Prepared struct {
 	MessageID string
 	Raw       []byte // the composed RFC 5322 message
 	packed    []byte // Raw compressed, as stored
+	// packedMeta is the To, Subject and MessageID that packed (format 3)
+	// leaves to the mail's meta: if a caller changed them, Raw is stored.
+	packedMeta meta
 }
 
 // Prepare parses and composes m (recipient check, MIME composition,
@@ -241,20 +278,28 @@ func (q *Queue) Prepare(m Message) (*Prepared, error) {
 	}
 	m.To = to
 	mid := q.opts.NewMessageID()
-	raw, err := Compose(m, q.opts.From, q.opts.Now(), mid)
+	date := q.opts.Now()
+	raw, err := Compose(m, q.opts.From, date, mid)
 	if err != nil {
 		return nil, err
 	}
 	subject := CapSubject(m.Subject)
+	var packed []byte
 	if m.Raw != nil {
 		subject = rawSubject(raw)
+		packed, err = pack(raw)
+	} else {
+		packed, err = packMessage(m, q.opts.From, date)
+	}
+	if m.Raw != nil {
 		mid = rawHeader(raw, "Message-ID")
 	}
-	packed, err := pack(raw)
 	if err != nil {
 		return nil, err
 	}
-	return &Prepared{To: to, Subject: subject, Kind: m.Kind, Ref: m.Ref, MessageID: mid, Raw: raw, packed: packed}, nil
+	p := &Prepared{To: to, Subject: subject, Kind: m.Kind, Ref: m.Ref, MessageID: mid, Raw: raw, packed: packed}
+	p.packedMeta = meta{To: p.To, Subject: p.Subject, MessageID: p.MessageID}
+	return p, nil
 }
 
 // Enqueue composes m and stores it as pending inside tx, the caller's write
@@ -276,11 +321,14 @@ func (q *Queue) EnqueuePrepared(tx *bolt.Tx, p *Prepared) (uint64, error) {
 	if tx.Bucket(bktTo) == nil {
 		return 0, errors.New("mailer: buckets missing (was the queue opened on this database?)")
 	}
-	md, err := json.Marshal(meta{To: p.To, Subject: p.Subject, Ref: p.Ref, MessageID: p.MessageID})
+	md, err := encodeMeta(meta{To: p.To, Subject: p.Subject, Ref: p.Ref, MessageID: p.MessageID})
 	if err != nil {
 		return 0, err
 	}
 	data := p.packed
+	if data != nil && data[0] == formatComposeDictV2 && p.packedMeta != (meta{To: p.To, Subject: p.Subject, MessageID: p.MessageID}) {
+		data = nil
+	}
 	if data == nil {
 		if data, err = pack(p.Raw); err != nil {
 			return 0, err
@@ -369,6 +417,7 @@ func pack(raw []byte) ([]byte, error) {
 const (
 	formatDeflate       = 1 // DEFLATE
 	formatDeflateDictV1 = 2 // DEFLATE with dictV1
+	// formatComposeDictV2 = 3: Compose's inputs, DEFLATE with dictV2 (packmsg.go)
 )
 
 // dictV1 is the dictionary of formatDeflateDictV1. Its SHA-256 is fixed by
@@ -379,6 +428,15 @@ var dictV1 []byte
 
 var flaters sync.Pool
 
+// unpackRecord reads the body of r, a mail of the outbox.
+func unpackRecord(r *queue.Record) ([]byte, error) {
+	if len(r.Data) > 0 && r.Data[0] == formatComposeDictV2 {
+		return unpackMessage(r.Data[1:], decodeMeta(r.Meta))
+	}
+	return unpack(r.Data)
+}
+
+// unpack reads a stored body of format 1 or 2.
 func unpack(data []byte) ([]byte, error) {
 	if len(data) == 0 {
 		return nil, nil
@@ -435,7 +493,7 @@ func (q *Queue) Run(ctx context.Context) error {
 // errors are temporary, 5xx and PermanentErrors are not.
 func (q *Queue) deliver(ctx context.Context, r *queue.Record) queue.Outcome {
 	m := toMail(r)
-	raw, err := unpack(r.Data)
+	raw, err := unpackRecord(r)
 	if err != nil {
 		return queue.Outcome{Class: queue.Permanent, Reply: err.Error(), Label: "none"}
 	}
@@ -485,8 +543,7 @@ func (q *Queue) recorded(r *queue.Record, o queue.Outcome) {
 }
 
 func toMail(r *queue.Record) Mail {
-	var md meta
-	_ = json.Unmarshal(r.Meta, &md) // written by EnqueuePrepared; empty fields if not
+	md := decodeMeta(r.Meta) // written by EnqueuePrepared; empty fields if not
 	st := State(r.State)
 	switch r.State {
 	case queue.Done:
@@ -512,7 +569,7 @@ func (q *Queue) Get(id uint64) (Mail, error) {
 		return Mail{}, mailErr(err)
 	}
 	m := toMail(r)
-	if m.Raw, err = unpack(r.Data); err != nil {
+	if m.Raw, err = unpackRecord(r); err != nil {
 		return m, err
 	}
 	return m, nil

@@ -680,3 +680,47 @@ func TestQueueState(t *testing.T) {
 		t.Fatalf("State of no mail: %v, want ErrNotFound", err)
 	}
 }
+
+// The server receives the very bytes Prepare composed, whether the mail is
+// stored as Compose's inputs (its recipient, subject and Message-ID read
+// from its meta) or, when a caller changed the Prepared's subject after
+// Prepare, as the composed bytes.
+func TestPreparedMailIsSentAsComposed(t *testing.T) {
+	srv := smtptest.Start(t, smtptest.Options{})
+	e := newEnv(t, t.TempDir(), srv, nil)
+	defer closeDB(t, e.db)
+	m := msg("Carol@Example.org", "Tea & Cake — invité")
+	m.HTML = "<p>" + strings.Repeat("Hello = world ", 20) + "</p>"
+	m.Headers = map[string]string{"List-Unsubscribe": "<https://id.example.org/optout?token=abc>"}
+	p1, err := e.q.Prepare(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p2, err := e.q.Prepare(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p2.Subject = "changed after Prepare"
+	err = e.db.Update(func(tx *bolt.Tx) error {
+		for _, p := range []*mailer.Prepared{p1, p2} {
+			if _, err := e.q.EnqueuePrepared(tx, p); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.q.Wake()
+	stop := e.run()
+	got := srv.WaitFor(2, 5*time.Second)
+	stop()
+	want := map[string]bool{string(p1.Raw): true, string(p2.Raw): true}
+	for _, g := range got {
+		if !want[string(g.Data)] {
+			t.Errorf("server received bytes Prepare did not compose:\n%s", g.Data)
+		}
+		delete(want, string(g.Data))
+	}
+}
