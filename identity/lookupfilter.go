@@ -242,12 +242,23 @@ func (x *lookupIndex) build(db *bolt.DB) error {
 			size *= 2
 		}
 		fresh.slots = make([]lookupSlot, size)
-		fresh.arena = make([]byte, 0, keys*24)
+		fresh.arena = make([]byte, 0, min(keys, 1024)*32)
 		c := b.Cursor()
 		for k, v := c.First(); k != nil; k, v = c.Next() {
-			if len(k) == 32 {
-				fresh.putLocked(k, v)
+			if len(k) != 32 {
+				continue
 			}
+			// Size the arena once from the mxids seen so far instead of
+			// letting append double it: doubling leaves up to half of it
+			// unused, tens of MB at a million bindings, plus the copies.
+			if len(fresh.arena)+len(v) > cap(fresh.arena) && fresh.n > 0 {
+				want := len(fresh.arena) / fresh.n * keys * 21 / 20
+				if want < len(fresh.arena)+len(v) {
+					want = (len(fresh.arena) + len(v)) * 5 / 4
+				}
+				fresh.arena = append(make([]byte, 0, want), fresh.arena...)
+			}
+			fresh.putLocked(k, v)
 		}
 		return nil
 	})
