@@ -13,11 +13,12 @@ import (
 // probe per address instead of a bbolt seek (a B+tree descent with a cache
 // miss at every level: most of a lookup's time at a million bindings).
 //
-// A slot keeps the first 16 bytes of the hash: 128 bits, so two bound
-// hashes never share them in practice, and a client cannot make a hash that
-// matches a bound one without knowing that one already. The mxid is a span
-// of one shared byte arena. Memory: 24 bytes a slot, at most half the slots
-// used (so 24-48 bytes a binding) plus the mxids' bytes, about 75 MB at a
+// A slot keeps the first 12 bytes of the hash: 96 bits, so two bound
+// hashes do not share them in practice (about 1 chance in 10^16 at a
+// million bindings), and a client cannot make a hash that matches a bound
+// one without knowing that one already. The mxid is a length-prefixed span
+// of one shared byte arena. Memory: 16 bytes a slot, at most half the slots
+// used (so 16-32 bytes a binding) plus the mxids' bytes, about 60 MB at a
 // million bindings with 25-byte mxids (measured by TestLookupIndexMemory).
 //
 // It holds exactly the index of the committed database: PutBinding and
@@ -42,21 +43,39 @@ type lookupIndex struct {
 }
 
 type lookupSlot struct {
-	h0, h1 uint64 // the hash's first 16 bytes
-	off    uint32 // the mxid: arena[off : off+n]
-	ln     uint32 // 0: empty slot (an mxid is never empty)
+	h0  uint64 // the hash's first 12 bytes
+	h1  uint32
+	off uint32 // the mxid's uvarint length and bytes in arena; 0: empty slot
 }
 
-func splitHash(h []byte) (uint64, uint64) {
-	return binary.BigEndian.Uint64(h[:8]), binary.BigEndian.Uint64(h[8:16])
+func splitHash(h []byte) (uint64, uint32) {
+	return binary.BigEndian.Uint64(h[:8]), binary.BigEndian.Uint32(h[8:12])
+}
+
+// at returns the mxid at off and the bytes it takes in the arena.
+func (x *lookupIndex) at(off uint32) (mxid []byte, size int) {
+	n, k := binary.Uvarint(x.arena[off:])
+	return x.arena[int(off)+k : int(off)+k+int(n)], k + int(n)
+}
+
+// appendLocked adds mxid to the arena (whose byte 0 is never an entry, so
+// that offset 0 can mark an empty slot) and returns its offset.
+func (x *lookupIndex) appendLocked(mxid []byte) uint32 {
+	if len(x.arena) == 0 {
+		x.arena = append(x.arena, 0)
+	}
+	off := uint32(len(x.arena))
+	x.arena = binary.AppendUvarint(x.arena, uint64(len(mxid)))
+	x.arena = append(x.arena, mxid...)
+	return off
 }
 
 // findLocked returns the slot of h, or of the empty slot where it would go.
-func (x *lookupIndex) findLocked(h0, h1 uint64) int {
+func (x *lookupIndex) findLocked(h0 uint64, h1 uint32) int {
 	mask := uint64(len(x.slots) - 1)
 	for i := h0 & mask; ; i = (i + 1) & mask {
 		s := &x.slots[i]
-		if s.ln == 0 || (s.h0 == h0 && s.h1 == h1) {
+		if s.off == 0 || (s.h0 == h0 && s.h1 == h1) {
 			return int(i)
 		}
 	}
@@ -73,16 +92,16 @@ func (x *lookupIndex) putLocked(h []byte, mxid []byte) {
 	h0, h1 := splitHash(h)
 	i := x.findLocked(h0, h1)
 	s := &x.slots[i]
-	if s.ln != 0 {
-		if bytes.Equal(x.arena[s.off:s.off+s.ln], mxid) {
+	if s.off != 0 {
+		old, size := x.at(s.off)
+		if bytes.Equal(old, mxid) {
 			return
 		}
-		x.garbage += int(s.ln)
+		x.garbage += size
 	} else {
 		x.n++
 	}
-	*s = lookupSlot{h0: h0, h1: h1, off: uint32(len(x.arena)), ln: uint32(len(mxid))}
-	x.arena = append(x.arena, mxid...)
+	*s = lookupSlot{h0: h0, h1: h1, off: x.appendLocked(mxid)}
 	x.compactIfWastefulLocked()
 }
 
@@ -95,13 +114,14 @@ func (x *lookupIndex) deleteLocked(h []byte) {
 	}
 	h0, h1 := splitHash(h)
 	i := x.findLocked(h0, h1)
-	if x.slots[i].ln == 0 {
+	if x.slots[i].off == 0 {
 		return
 	}
-	x.garbage += int(x.slots[i].ln)
+	_, size := x.at(x.slots[i].off)
+	x.garbage += size
 	x.n--
 	mask := len(x.slots) - 1
-	for j := (i + 1) & mask; x.slots[j].ln != 0; j = (j + 1) & mask {
+	for j := (i + 1) & mask; x.slots[j].off != 0; j = (j + 1) & mask {
 		home := int(x.slots[j].h0 & uint64(mask))
 		// j's entry may move to i unless its home lies cyclically in (i, j].
 		if (i < j && (home <= i || home > j)) || (i > j && home <= i && home > j) {
@@ -118,11 +138,11 @@ func (x *lookupIndex) growLocked(size int) {
 	x.slots = make([]lookupSlot, size)
 	mask := uint64(size - 1)
 	for _, s := range old {
-		if s.ln == 0 {
+		if s.off == 0 {
 			continue
 		}
 		i := s.h0 & mask
-		for x.slots[i].ln != 0 {
+		for x.slots[i].off != 0 {
 			i = (i + 1) & mask
 		}
 		x.slots[i] = s
@@ -136,14 +156,15 @@ func (x *lookupIndex) compactIfWastefulLocked() {
 	if x.garbage < 1<<20 || x.garbage < len(x.arena)-x.garbage {
 		return
 	}
-	arena := make([]byte, 0, len(x.arena)-x.garbage)
+	arena := make([]byte, 1, len(x.arena)-x.garbage)
 	for i := range x.slots {
 		s := &x.slots[i]
-		if s.ln == 0 {
+		if s.off == 0 {
 			continue
 		}
+		_, size := x.at(s.off)
 		off := uint32(len(arena))
-		arena = append(arena, x.arena[s.off:s.off+s.ln]...)
+		arena = append(arena, x.arena[s.off:int(s.off)+size]...)
 		s.off = off
 	}
 	x.arena, x.garbage = arena, 0
@@ -211,10 +232,11 @@ func (x *lookupIndex) reader(pepper string) (get func(h []byte) []byte, done fun
 	}
 	return func(h []byte) []byte {
 		s := &x.slots[x.findLocked(splitHash(h))]
-		if s.ln == 0 {
+		if s.off == 0 {
 			return nil
 		}
-		return x.arena[s.off : s.off+s.ln]
+		mxid, _ := x.at(s.off)
+		return mxid
 	}, x.mu.RUnlock
 }
 
