@@ -23,13 +23,14 @@ import (
 //
 // It holds exactly the index of the committed database: PutBinding and
 // DeleteBinding register a commit hook (sync) that reads the hash's entry
-// back from the database under the index's lock, so hooks of transactions
+// back from the database, one hook at a time, so hooks of transactions
 // committed close together, which bbolt may run in any order, leave what the
 // last commit left. A pepper rotation or a bulk import drops the whole
 // index; the next lookup builds it again from one read transaction, and
 // lookups seek the database until it is built. A hash changed while a build
 // runs is read back once the build is installed.
 type lookupIndex struct {
+	syncMu  sync.Mutex // serialises commit hooks and the end of a build
 	mu      sync.RWMutex
 	pepper  string // the pepper the slots were built for
 	slots   []lookupSlot
@@ -184,38 +185,65 @@ func (x *lookupIndex) drop() {
 // sync makes the entry of hash h what the committed database holds. It runs
 // in the commit hook of every transaction that changed h.
 func (x *lookupIndex) sync(db *bolt.DB, h [32]byte) {
+	x.syncMu.Lock()
+	defer x.syncMu.Unlock()
 	x.mu.Lock()
-	defer x.mu.Unlock()
 	if x.building {
 		x.touched = append(x.touched, h)
+	}
+	built := x.built
+	x.mu.Unlock()
+	if built {
+		x.readBack(db, [][32]byte{h}, nil)
+	}
+}
+
+// readBack reads the entries of hs from the database and writes them into
+// the index (after installing fresh, if not nil), or drops the index when
+// the pepper is no longer the one it was built for or the database cannot
+// be read (the next lookup builds it again). The caller holds syncMu: the
+// reads and writes of concurrent commit hooks happen one after the other,
+// so the last one writes the newest state. The database is read without mu:
+// a lookup holds a read transaction while it waits for mu, and a commit
+// that grows the file waits for every read transaction to end before the
+// read here could start.
+func (x *lookupIndex) readBack(db *bolt.DB, hs [][32]byte, fresh *lookupIndex) {
+	type entry struct {
+		h    [32]byte
+		mxid []byte // nil: not bound
+	}
+	var pepper string
+	entries := make([]entry, 0, len(hs))
+	err := db.View(func(tx *bolt.Tx) error {
+		pepper = string(tx.Bucket(lookupMetaBucket).Get([]byte("pepper")))
+		b := tx.Bucket(lookupHashBucket)
+		for _, h := range hs {
+			var mxid []byte
+			if v := b.Get(h[:]); v != nil {
+				mxid = append([]byte(nil), v...)
+			}
+			entries = append(entries, entry{h, mxid})
+		}
+		return nil
+	})
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if fresh != nil {
+		x.slots, x.n, x.arena, x.garbage, x.pepper, x.built = fresh.slots, fresh.n, fresh.arena, fresh.garbage, fresh.pepper, true
 	}
 	if !x.built {
 		return
 	}
-	x.readBackLocked(db, [][32]byte{h})
-}
-
-// readBackLocked reads the entries of hs from the database into the index,
-// or drops the index when the pepper is no longer the one it was built for
-// or the database cannot be read (the next lookup builds it again).
-func (x *lookupIndex) readBackLocked(db *bolt.DB, hs [][32]byte) {
-	err := db.View(func(tx *bolt.Tx) error {
-		if string(tx.Bucket(lookupMetaBucket).Get([]byte("pepper"))) != x.pepper {
-			x.dropLocked()
-			return nil
-		}
-		b := tx.Bucket(lookupHashBucket)
-		for _, h := range hs {
-			if v := b.Get(h[:]); v != nil {
-				x.putLocked(h[:], v)
-			} else {
-				x.deleteLocked(h[:])
-			}
-		}
-		return nil
-	})
-	if err != nil {
+	if err != nil || pepper != x.pepper {
 		x.dropLocked()
+		return
+	}
+	for _, e := range entries {
+		if e.mxid != nil {
+			x.putLocked(e.h[:], e.mxid)
+		} else {
+			x.deleteLocked(e.h[:])
+		}
 	}
 }
 
@@ -284,19 +312,20 @@ func (x *lookupIndex) build(db *bolt.DB) error {
 		}
 		return nil
 	})
+	// Hooks wait from here until the build is installed; those that ran
+	// during the scan left their hashes in touched.
+	x.syncMu.Lock()
+	defer x.syncMu.Unlock()
 	x.mu.Lock()
-	defer x.mu.Unlock()
 	x.building = false
 	touched := x.touched
 	x.touched = nil
+	x.mu.Unlock()
 	if err != nil || fresh.pepper == "" {
 		return err
 	}
-	x.slots, x.n, x.arena, x.garbage, x.pepper, x.built = fresh.slots, fresh.n, fresh.arena, fresh.garbage, fresh.pepper, true
-	// Hashes committed after the build's snapshot (their hooks ran while
-	// it was building): read them back from the database as it is now.
-	if len(touched) > 0 {
-		x.readBackLocked(db, touched)
-	}
+	// Install it, with the hashes committed after the build's snapshot read
+	// back from the database as it is now.
+	x.readBack(db, touched, &fresh)
 	return nil
 }
