@@ -22,8 +22,9 @@ import (
 //	                      for the current pepper only; rebuilt when it rotates
 //	identity_lookup_meta: "pepper" -> pepper, "pepper_created" -> unix ns
 //
-// A v2 lookup therefore costs one B+tree Get per requested hash, whatever the
-// number of bindings stored.
+// A v2 lookup therefore costs one probe of the in-memory copy of the hash
+// index (lookupfilter.go) per requested hash, or one B+tree seek while that
+// copy is being built, whatever the number of bindings stored.
 var (
 	bindingsBucket   = []byte("identity_bindings")
 	lookupHashBucket = []byte("identity_lookup_hash")
@@ -53,8 +54,8 @@ type bindState struct {
 	rotateMu sync.Mutex // serialises pepper rotation
 	pepper   atomic.Pointer[pepperInfo]
 
-	// filter skips the index seek of hashes that are not bound (lookupfilter.go).
-	filter lookupFilter
+	// index answers hashed lookups from memory (lookupfilter.go).
+	index lookupIndex
 }
 
 type pepperInfo struct {
@@ -138,9 +139,9 @@ func (s *Service) PutBinding(tx *bolt.Tx, b Binding) error {
 	if err := tx.Bucket(lookupHashBucket).Put(h[:], []byte(b.MXID)); err != nil {
 		return err
 	}
-	// Lookups skip hashes the filter does not hold: it learns of the
-	// binding when it is committed, before PutBinding's caller answers.
-	tx.OnCommit(func() { s.bind.filter.added(pepper, h[:]) })
+	// Lookups answer from the in-memory index: it learns of the binding
+	// when it is committed, before PutBinding's caller answers.
+	tx.OnCommit(func() { s.bind.index.sync(s.db, h) })
 	s.bind.hooksMu.RLock()
 	hooks := append([]BindHook(nil), s.bind.hooks...)
 	s.bind.hooksMu.RUnlock()
@@ -164,7 +165,11 @@ func (s *Service) DeleteBinding(tx *bolt.Tx, medium, address string) error {
 		return err
 	}
 	h := lookupHashRaw(address, medium, pepper)
-	return tx.Bucket(lookupHashBucket).Delete(h[:])
+	if err := tx.Bucket(lookupHashBucket).Delete(h[:]); err != nil {
+		return err
+	}
+	tx.OnCommit(func() { s.bind.index.sync(s.db, h) })
+	return nil
 }
 
 // BindingFor returns the binding of address, or nil if it is unbound.
@@ -287,7 +292,7 @@ func (s *Service) setPepperTx(tx *bolt.Tx, pepper string) (*pepperInfo, error) {
 	// Publish only after commit: the caller does that through OnCommit.
 	tx.OnCommit(func() {
 		s.bind.pepper.Store(p)
-		s.bind.filter.drop() // built again, for this pepper, by the next lookup
+		s.bind.index.drop() // built again, for this pepper, by the next lookup
 	})
 	return p, nil
 }

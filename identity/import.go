@@ -40,6 +40,7 @@ func (s *Service) ImportPepper(tx *bolt.Tx, pepper string) (ImportOutcome, error
 // bindings come in address order, and the hash index entries (random by
 // nature) are sorted and written by Close.
 type BindingImport struct {
+	s      *Service
 	tx     *bolt.Tx
 	pepper string
 	idx    []hashEntry
@@ -58,7 +59,7 @@ func (s *Service) ImportBindings(tx *bolt.Tx) (*BindingImport, error) {
 		return nil, err
 	}
 	tx.Bucket(bindingsBucket).FillPercent = 0.9
-	return &BindingImport{tx: tx, pepper: pepper}, nil
+	return &BindingImport{s: s, tx: tx, pepper: pepper}, nil
 }
 
 // Add stores b with its own times, without running the bind hooks (an
@@ -110,6 +111,9 @@ func (bi *BindingImport) Close() error {
 		}
 	}
 	bi.idx = nil
+	// Too many entries to read back one by one: the next lookup builds the
+	// in-memory index again.
+	bi.tx.OnCommit(bi.s.bind.index.drop)
 	return nil
 }
 

@@ -233,8 +233,8 @@ func writeJSONString[T string | []byte](b *bytes.Buffer, s T) {
 }
 
 // LookupHashed answers a v2 lookup: addresses in the algorithm's form,
-// mapped to the Matrix IDs of those that are bound. It costs one index read
-// per address, whatever the number of bindings.
+// mapped to the Matrix IDs of those that are bound. It costs one probe of
+// the in-memory index per address, whatever the number of bindings.
 func (s *Service) LookupHashed(algorithm, pepper string, addresses []string) (map[string]string, error) {
 	mappings := make(map[string]string)
 	err := s.lookupEach(algorithm, pepper, addresses, func(a string, mxid []byte) { mappings[a] = string(mxid) })
@@ -290,9 +290,11 @@ func (s *Service) lookupEach(algorithm, pepper string, addresses []string, found
 				order = append(order, binary.BigEndian.Uint64(keys[i][:8])&^(1<<posBits-1)|uint64(i))
 			}
 			slices.Sort(order)
-			may, done := s.bind.filter.mayHold(p)
+			// The in-memory index answers when it is built for this pepper;
+			// until then each hash is sought in the database.
+			get, done := s.bind.index.reader(p)
 			defer done()
-			build = may == nil
+			build = get == nil
 			c := tx.Bucket(lookupHashBucket).Cursor()
 			run := 0 // start of the run of equal top bits
 		next:
@@ -307,8 +309,11 @@ func (s *Service) lookupEach(algorithm, pepper string, addresses []string, found
 					}
 				}
 				key := keys[i][:]
-				if may != nil && !may(key) {
-					continue // not bound: no seek
+				if get != nil {
+					if v := get(key); v != nil {
+						found(addresses[i], v)
+					}
+					continue
 				}
 				if k, v := c.Seek(key); v != nil && bytes.Equal(k, key) {
 					found(addresses[i], v)
@@ -342,10 +347,10 @@ func (s *Service) lookupEach(algorithm, pepper string, addresses []string, found
 			With("algorithm", "sha256").With("pepper", current).With("lookup_pepper", current)
 	}
 	if err == nil && build {
-		// The filter was not built for this pepper: this lookup builds it,
+		// The index was not built for this pepper: this lookup builds it,
 		// after its own transaction (the others seek meanwhile).
-		if berr := s.bind.filter.build(s.db); berr != nil {
-			s.opts.Log.Warn("lookup filter not built: lookups seek every hash", "err", berr)
+		if berr := s.bind.index.build(s.db); berr != nil {
+			s.opts.Log.Warn("lookup index not built: lookups seek every hash", "err", berr)
 		}
 	}
 	return err
