@@ -8,6 +8,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/herald-im/herald/internal/background"
 )
 
 // Execer runs a statement: a pool, a connection or a transaction.
@@ -81,12 +83,8 @@ func (db *DB) listen(ctx context.Context, channel string, signal func()) {
 			return
 		}
 		db.log.Warn("listen: connection lost; reconnecting", "channel", channel, "err", err, "in", wait)
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !background.Sleep(ctx, wait) {
 			return
-		case <-t.C:
 		}
 		wait = min(2*wait, maxWait)
 	}

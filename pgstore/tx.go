@@ -9,6 +9,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/herald-im/herald/internal/background"
 )
 
 // ErrContention means a transaction kept failing on serialization failures
@@ -76,12 +78,8 @@ func inTx(ctx context.Context, b beginner, opts TxOptions, fn func(pgx.Tx) error
 		}
 		// Full jitter in [wait/2, wait).
 		d := wait/2 + rand.N(wait/2)
-		t := time.NewTimer(d)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !background.Sleep(ctx, d) {
 			return ctx.Err()
-		case <-t.C:
 		}
 		wait = min(2*wait, retryCap)
 	}

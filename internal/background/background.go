@@ -70,14 +70,23 @@ func (r Runner) Run(ctx context.Context, name string, fn func(context.Context) e
 			delay = first // it ran a good while: not a tight loop
 		}
 		log.Warn(name+" restarts after a panic", "in", delay.String())
-		t := time.NewTimer(delay)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !Sleep(ctx, delay) {
 			return
-		case <-t.C:
 		}
 		delay = min(2*delay, maxDelay)
+	}
+}
+
+// Sleep waits d, or until ctx is done; it reports whether the whole wait
+// passed (false: ctx is done).
+func Sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
 	}
 }
 
