@@ -165,13 +165,8 @@ func (p *populator) invites(ctx context.Context, n int) error {
 	expiry := p.cfg.Invites.Expiry.D()
 	lt := p.a.Ring().Current()
 	pendingFrom := n - n/100
-	for have < n {
-		if err := ctx.Err(); err != nil {
-			pr.finish(have, err)
-			return err
-		}
-		end := min(have+populateBatch, n)
-		err := s.DB().Update(func(tx *bolt.Tx) error {
+	return inBatches(ctx, pr, have, n, func(have, end int) error {
+		return s.DB().Update(func(tx *bolt.Tx) error {
 			for i := have; i < end; i++ {
 				created := p.now.Add(-span + time.Duration(float64(span)*float64(i)/float64(n)))
 				inv := &invites.Invite{
@@ -216,15 +211,7 @@ func (p *populator) invites(ctx context.Context, n int) error {
 			}
 			return nil
 		})
-		if err != nil {
-			pr.finish(have, err)
-			return err
-		}
-		have = end
-		pr.update(have)
-	}
-	pr.finish(have, nil)
-	return nil
+	})
 }
 
 func (p *populator) bindings(ctx context.Context, n int) error {
@@ -234,13 +221,8 @@ func (p *populator) bindings(ctx context.Context, n int) error {
 		return err
 	}
 	pr := &progress{out: p.out, tty: p.tty, what: "bindings", start: time.Now(), from: have, total: n}
-	for have < n {
-		if err := ctx.Err(); err != nil {
-			pr.finish(have, err)
-			return err
-		}
-		end := min(have+populateBatch, n)
-		err := id.DB().Update(func(tx *bolt.Tx) error {
+	return inBatches(ctx, pr, have, n, func(have, end int) error {
+		return id.DB().Update(func(tx *bolt.Tx) error {
 			for i := have; i < end; i++ {
 				b := identity.Binding{Medium: "email", Address: loadgen.BoundAddress(i), MXID: fmt.Sprintf("@user%d:populate.test", i)}
 				if err := id.PutBinding(tx, b); err != nil {
@@ -249,7 +231,20 @@ func (p *populator) bindings(ctx context.Context, n int) error {
 			}
 			return nil
 		})
-		if err != nil {
+	})
+}
+
+// inBatches runs write for [have, have+populateBatch) ... up to n, one
+// transaction each, reporting progress after each and stopping (with what
+// was committed kept) when ctx is done or a batch fails.
+func inBatches(ctx context.Context, pr *progress, have, n int, write func(from, to int) error) error {
+	for have < n {
+		if err := ctx.Err(); err != nil {
+			pr.finish(have, err)
+			return err
+		}
+		end := min(have+populateBatch, n)
+		if err := write(have, end); err != nil {
 			pr.finish(have, err)
 			return err
 		}
