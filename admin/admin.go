@@ -19,10 +19,10 @@ import (
 
 	"github.com/labstack/echo/v4"
 	"github.com/labstack/echo/v4/middleware"
-	bolt "go.etcd.io/bbolt"
 
 	"github.com/herald-im/herald/config"
 	"github.com/herald-im/herald/matrix"
+	"github.com/herald-im/herald/store"
 	"github.com/herald-im/herald/upstream"
 )
 
@@ -31,7 +31,7 @@ const Prefix = "/admin"
 
 // Options wire the console to storage, configuration and the services it shows.
 type Options struct {
-	DB     *bolt.DB       // required: accounts, sessions, audit log
+	DB     *store.DB      // required: accounts, sessions, audit log
 	Config *config.Config // required: admin section, settings page
 
 	// The data the console shows; any may be nil (its pages say so).

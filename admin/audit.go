@@ -77,8 +77,8 @@ func (h *Handler) appendAudit(e AuditEntry) error {
 	h.auditMu.Lock()
 	defer h.auditMu.Unlock()
 	n := h.auditN
-	err := h.opts.DB.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bktAudit)
+	err := h.opts.DB.Update(func(tx *store.Tx) error {
+		b := tx.Bolt.Bucket(bktAudit)
 		seq, err := b.NextSequence()
 		if err != nil {
 			return err
@@ -125,9 +125,9 @@ func (h *Handler) PruneAudit() error {
 	h.auditMu.Lock()
 	defer h.auditMu.Unlock()
 	n := h.auditN
-	err := h.opts.DB.Update(func(tx *bolt.Tx) error {
+	err := h.opts.DB.Update(func(tx *store.Tx) error {
 		var err error
-		n, err = h.pruneAudit(tx.Bucket(bktAudit), h.auditN)
+		n, err = h.pruneAudit(tx.Bolt.Bucket(bktAudit), h.auditN)
 		return err
 	})
 	if err == nil {
@@ -140,8 +140,8 @@ func (h *Handler) PruneAudit() error {
 func (h *Handler) countAudit() error {
 	h.auditMu.Lock()
 	defer h.auditMu.Unlock()
-	return h.opts.DB.View(func(tx *bolt.Tx) error {
-		h.auditN = tx.Bucket(bktAudit).Stats().KeyN
+	return h.opts.DB.View(func(tx *store.Tx) error {
+		h.auditN = tx.Bolt.Bucket(bktAudit).Stats().KeyN
 		return nil
 	})
 }
@@ -245,8 +245,8 @@ func (h *Handler) Run(ctx context.Context) {
 // Audit returns audit entries, newest first.
 func (h *Handler) Audit(limit, offset int) ([]AuditEntry, error) {
 	var out []AuditEntry
-	err := h.opts.DB.View(func(tx *bolt.Tx) error {
-		c := tx.Bucket(bktAudit).Cursor()
+	err := h.opts.DB.View(func(tx *store.Tx) error {
+		c := tx.Bolt.Bucket(bktAudit).Cursor()
 		for k, v := c.Last(); k != nil && len(out) < limit; k, v = c.Prev() {
 			if offset > 0 {
 				offset--

@@ -8,8 +8,6 @@ import (
 	"testing"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/herald-im/herald/config"
 	"github.com/herald-im/herald/store"
 )
@@ -19,10 +17,11 @@ import (
 // without bound, and a restart counts what is there.
 func TestAuditRetentionAndSizeBound(t *testing.T) {
 	dir := t.TempDir()
-	db, err := store.Open(dir, time.Second)
+	bdb, err := store.Open(dir, time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
+	db := store.NewBolt(bdb)
 	defer db.Close()
 	cfg := config.Default()
 	cfg.DataDir = dir
@@ -39,7 +38,7 @@ func TestAuditRetentionAndSizeBound(t *testing.T) {
 	h := newHandler()
 	stored := func() int {
 		n := 0
-		_ = db.View(func(tx *bolt.Tx) error { n = tx.Bucket(bktAudit).Stats().KeyN; return nil })
+		_ = db.View(func(tx *store.Tx) error { n = tx.Bolt.Bucket(bktAudit).Stats().KeyN; return nil })
 		return n
 	}
 

@@ -13,7 +13,8 @@ import (
 	"strings"
 
 	"github.com/labstack/echo/v4"
-	bolt "go.etcd.io/bbolt"
+
+	"github.com/herald-im/herald/store"
 )
 
 const (
@@ -58,8 +59,8 @@ func (h *Handler) startSession(c echo.Context, user string) error {
 	sid := randomID()
 	now := h.opts.Now().UTC()
 	raw, _ := json.Marshal(session{User: user, Created: now, Expires: now.Add(h.lifetime)})
-	if err := h.opts.DB.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bktSessions)
+	if err := h.opts.DB.Update(func(tx *store.Tx) error {
+		b := tx.Bolt.Bucket(bktSessions)
 		// Forget expired sessions while here.
 		var old [][]byte
 		_ = b.ForEach(func(k, v []byte) error {
@@ -91,8 +92,8 @@ func (h *Handler) sessionFrom(c echo.Context) (sid, user string, ok bool) {
 		return "", "", false
 	}
 	var s session
-	err = h.opts.DB.View(func(tx *bolt.Tx) error {
-		raw := tx.Bucket(bktSessions).Get([]byte(sid))
+	err = h.opts.DB.View(func(tx *store.Tx) error {
+		raw := tx.Bolt.Bucket(bktSessions).Get([]byte(sid))
 		if raw == nil {
 			return ErrNotFound
 		}
@@ -105,7 +106,7 @@ func (h *Handler) sessionFrom(c echo.Context) (sid, user string, ok bool) {
 }
 
 func (h *Handler) endSession(c echo.Context, sid string) {
-	_ = h.opts.DB.Update(func(tx *bolt.Tx) error { return tx.Bucket(bktSessions).Delete([]byte(sid)) })
+	_ = h.opts.DB.Update(func(tx *store.Tx) error { return tx.Bolt.Bucket(bktSessions).Delete([]byte(sid)) })
 	h.setCookie(c, sessionCookie, "", Prefix, -1)
 }
 

@@ -15,8 +15,6 @@ import (
 	"testing"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/herald-im/herald/admin"
 	"github.com/herald-im/herald/config"
 	"github.com/herald-im/herald/identity"
@@ -53,7 +51,7 @@ func (c *clock) advance(d time.Duration) {
 type env struct {
 	t     testing.TB
 	cfg   *config.Config
-	db    *bolt.DB
+	db    *store.DB
 	h     *admin.Handler
 	srv   *httptest.Server
 	clock *clock
@@ -73,13 +71,14 @@ func newEnv(t testing.TB, mods ...func(*admin.Options)) *env {
 	cfg.SMTP.Password = "smtp-hunter2"
 	cfg.SMTP.Username = "herald"
 	cfg.Admin.APITokens = []config.Secret{testToken}
-	db, err := store.Open(dir, time.Second)
+	bdb, err := store.Open(dir, time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
+	db := store.NewBolt(bdb)
 	t.Cleanup(func() {
-		if err := db.View(func(tx *bolt.Tx) error {
-			for err := range tx.Check() {
+		if err := db.View(func(tx *store.Tx) error {
+			for err := range tx.Bolt.Check() {
 				return err
 			}
 			return nil

@@ -10,9 +10,8 @@ import (
 	"strings"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/herald-im/herald/internal/background"
+	"github.com/herald-im/herald/store"
 )
 
 // A running Herald holds bbolt's file lock, so `herald admin create` cannot
@@ -205,8 +204,8 @@ func (h *Handler) hasAccount() bool {
 		return true
 	}
 	found := false
-	_ = h.opts.DB.View(func(tx *bolt.Tx) error {
-		k, _ := tx.Bucket(bktUsers).Cursor().First()
+	_ = h.opts.DB.View(func(tx *store.Tx) error {
+		k, _ := tx.Bolt.Bucket(bktUsers).Cursor().First()
 		found = k != nil
 		return nil
 	})

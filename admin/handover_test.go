@@ -23,10 +23,11 @@ func TestFirstAccountWhileRunning(t *testing.T) {
 	dir := t.TempDir()
 	cfg := config.Default()
 	cfg.DataDir = dir
-	db, err := store.Open(dir, time.Second)
+	bdb, err := store.Open(dir, time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
+	db := store.NewBolt(bdb)
 	defer db.Close()
 	var logs bytes.Buffer
 	h, err := admin.New(admin.Options{DB: db, Config: &cfg, Log: slog.New(slog.NewTextHandler(&logs, nil))})

@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/herald-im/herald/store"
 )
 
@@ -37,14 +35,14 @@ type session struct {
 var ErrUserExists = errors.New("admin: an account with that name exists already")
 
 // Open creates the admin buckets and the session signing key if missing.
-func Open(db *bolt.DB) error {
-	return db.Update(func(tx *bolt.Tx) error {
+func Open(db *store.DB) error {
+	return db.Update(func(tx *store.Tx) error {
 		for _, b := range [][]byte{bktUsers, bktSessions, bktMeta, bktAudit} {
-			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+			if _, err := tx.Bolt.CreateBucketIfNotExists(b); err != nil {
 				return fmt.Errorf("admin: create bucket %s: %w", b, err)
 			}
 		}
-		m := tx.Bucket(bktMeta)
+		m := tx.Bolt.Bucket(bktMeta)
 		if m.Get([]byte("hmac_key")) == nil {
 			k := make([]byte, 32)
 			if _, err := rand.Read(k); err != nil {
@@ -56,10 +54,10 @@ func Open(db *bolt.DB) error {
 	})
 }
 
-func hmacKey(db *bolt.DB) ([]byte, error) {
+func hmacKey(db *store.DB) ([]byte, error) {
 	var k []byte
-	err := db.View(func(tx *bolt.Tx) error {
-		k = store.Copy(tx.Bucket(bktMeta).Get([]byte("hmac_key")))
+	err := db.View(func(tx *store.Tx) error {
+		k = store.Copy(tx.Bolt.Bucket(bktMeta).Get([]byte("hmac_key")))
 		return nil
 	})
 	if err == nil && len(k) != 32 {
@@ -83,7 +81,7 @@ func ValidUsername(name string) error {
 
 // CreateUser stores a new admin account with an argon2id hash of password.
 // With replace, an existing account's password is changed instead of refused.
-func CreateUser(db *bolt.DB, username, password string, replace bool, now time.Time) error {
+func CreateUser(db *store.DB, username, password string, replace bool, now time.Time) error {
 	if err := ValidUsername(username); err != nil {
 		return err
 	}
@@ -98,9 +96,9 @@ func CreateUser(db *bolt.DB, username, password string, replace bool, now time.T
 }
 
 // putUser stores an account with an already made hash.
-func putUser(db *bolt.DB, username, hash string, replace bool, now time.Time) error {
-	return db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bktUsers)
+func putUser(db *store.DB, username, hash string, replace bool, now time.Time) error {
+	return db.Update(func(tx *store.Tx) error {
+		b := tx.Bolt.Bucket(bktUsers)
 		if b.Get([]byte(username)) != nil && !replace {
 			return ErrUserExists
 		}
@@ -110,16 +108,16 @@ func putUser(db *bolt.DB, username, hash string, replace bool, now time.Time) er
 }
 
 // DeleteUser removes an admin account and its sessions.
-func DeleteUser(db *bolt.DB, username string) error {
-	return db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bktUsers)
+func DeleteUser(db *store.DB, username string) error {
+	return db.Update(func(tx *store.Tx) error {
+		b := tx.Bolt.Bucket(bktUsers)
 		if b == nil || b.Get([]byte(username)) == nil {
 			return fmt.Errorf("admin: no account named %q", username)
 		}
 		if err := b.Delete([]byte(username)); err != nil {
 			return err
 		}
-		s := tx.Bucket(bktSessions)
+		s := tx.Bolt.Bucket(bktSessions)
 		var drop [][]byte
 		_ = s.ForEach(func(k, v []byte) error {
 			var ss session
@@ -138,10 +136,10 @@ func DeleteUser(db *bolt.DB, username string) error {
 }
 
 // Users lists the accounts stored in bbolt (not those from config).
-func Users(db *bolt.DB) ([]User, error) {
+func Users(db *store.DB) ([]User, error) {
 	var out []User
-	err := db.View(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bktUsers)
+	err := db.View(func(tx *store.Tx) error {
+		b := tx.Bolt.Bucket(bktUsers)
 		if b == nil {
 			return nil
 		}
@@ -158,11 +156,11 @@ func Users(db *bolt.DB) ([]User, error) {
 	return out, err
 }
 
-func storedHash(db *bolt.DB, username string) (string, bool) {
+func storedHash(db *store.DB, username string) (string, bool) {
 	var u User
 	found := false
-	_ = db.View(func(tx *bolt.Tx) error {
-		if raw := tx.Bucket(bktUsers).Get([]byte(username)); raw != nil {
+	_ = db.View(func(tx *store.Tx) error {
+		if raw := tx.Bolt.Bucket(bktUsers).Get([]byte(username)); raw != nil {
 			found = json.Unmarshal(raw, &u) == nil
 		}
 		return nil

@@ -4,7 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/herald-im/herald/store"
 )
 
 // Methods the admin console needs (package admin, through internal/server).
@@ -16,9 +16,9 @@ import (
 func (s *Service) EraseSessions(address string) (int, error) {
 	address = normalizeAddress("email", address)
 	n := 0
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.Update(func(tx *store.Tx) error {
 		n = 0
-		sessions, keys := tx.Bucket(sessionsBucket), tx.Bucket(sessionKeysBucket)
+		sessions, keys := tx.Bolt.Bucket(sessionsBucket), tx.Bolt.Bucket(sessionKeysBucket)
 		doomed := map[string]bool{}
 		err := sessions.ForEach(func(k, v []byte) error {
 			var se Session

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/herald-im/herald/store"
 )
 
 // Bindings and the hashed-lookup index.
@@ -44,7 +46,7 @@ type Binding struct {
 
 // BindHook runs inside the transaction that stores a binding (PutBinding);
 // an error aborts the whole transaction.
-type BindHook func(tx *bolt.Tx, b Binding) error
+type BindHook func(tx *store.Tx, b Binding) error
 
 // bindState is the Service's mutable state for bindings and lookups.
 type bindState struct {
@@ -67,7 +69,7 @@ type pepperInfo struct {
 var ErrBadBinding = errors.New("identity: binding needs medium, address and mxid")
 
 // DB is the bbolt database the identity buckets live in.
-func (s *Service) DB() *bolt.DB { return s.db }
+func (s *Service) DB() *store.DB { return s.db }
 
 // OnBind registers hook to run inside every PutBinding transaction (the
 // invites package resolves pending invites there). Register hooks at start-up.
@@ -109,7 +111,7 @@ func lookupHashRaw(address, medium, pepper string) [32]byte {
 // caller's write transaction, keeps the lookup index right, and runs every
 // registered bind hook in the same transaction. Zero times default to now
 // (TS, NotBefore) and 100 years on (NotAfter).
-func (s *Service) PutBinding(tx *bolt.Tx, b Binding) error {
+func (s *Service) PutBinding(tx *store.Tx, b Binding) error {
 	if b.Medium == "" || b.Address == "" || b.MXID == "" {
 		return ErrBadBinding
 	}
@@ -128,7 +130,7 @@ func (s *Service) PutBinding(tx *bolt.Tx, b Binding) error {
 	if err != nil {
 		return err
 	}
-	if err := tx.Bucket(bindingsBucket).Put(bindingKey(b.Medium, b.Address), raw); err != nil {
+	if err := tx.Bolt.Bucket(bindingsBucket).Put(bindingKey(b.Medium, b.Address), raw); err != nil {
 		return err
 	}
 	pepper, err := s.pepperTx(tx)
@@ -136,7 +138,7 @@ func (s *Service) PutBinding(tx *bolt.Tx, b Binding) error {
 		return err
 	}
 	h := lookupHashRaw(b.Address, b.Medium, pepper)
-	if err := tx.Bucket(lookupHashBucket).Put(h[:], []byte(b.MXID)); err != nil {
+	if err := tx.Bolt.Bucket(lookupHashBucket).Put(h[:], []byte(b.MXID)); err != nil {
 		return err
 	}
 	// Lookups answer from the in-memory index: it learns of the binding
@@ -155,9 +157,9 @@ func (s *Service) PutBinding(tx *bolt.Tx, b Binding) error {
 
 // DeleteBinding removes the binding of address (if any) inside the caller's
 // write transaction.
-func (s *Service) DeleteBinding(tx *bolt.Tx, medium, address string) error {
+func (s *Service) DeleteBinding(tx *store.Tx, medium, address string) error {
 	address = normalizeAddress(medium, address)
-	if err := tx.Bucket(bindingsBucket).Delete(bindingKey(medium, address)); err != nil {
+	if err := tx.Bolt.Bucket(bindingsBucket).Delete(bindingKey(medium, address)); err != nil {
 		return err
 	}
 	pepper, err := s.pepperTx(tx)
@@ -165,7 +167,7 @@ func (s *Service) DeleteBinding(tx *bolt.Tx, medium, address string) error {
 		return err
 	}
 	h := lookupHashRaw(address, medium, pepper)
-	if err := tx.Bucket(lookupHashBucket).Delete(h[:]); err != nil {
+	if err := tx.Bolt.Bucket(lookupHashBucket).Delete(h[:]); err != nil {
 		return err
 	}
 	tx.OnCommit(func() { s.bind.index.sync(s.db, h) })
@@ -175,7 +177,7 @@ func (s *Service) DeleteBinding(tx *bolt.Tx, medium, address string) error {
 // BindingFor returns the binding of address, or nil if it is unbound.
 func (s *Service) BindingFor(medium, address string) (*Binding, error) {
 	var b *Binding
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(func(tx *store.Tx) error {
 		var err error
 		b, err = s.BindingTx(tx, medium, address)
 		return err
@@ -184,8 +186,8 @@ func (s *Service) BindingFor(medium, address string) (*Binding, error) {
 }
 
 // BindingTx is BindingFor inside the caller's transaction.
-func (s *Service) BindingTx(tx *bolt.Tx, medium, address string) (*Binding, error) {
-	raw := tx.Bucket(bindingsBucket).Get(bindingKey(medium, normalizeAddress(medium, address)))
+func (s *Service) BindingTx(tx *store.Tx, medium, address string) (*Binding, error) {
+	raw := tx.Bolt.Bucket(bindingsBucket).Get(bindingKey(medium, normalizeAddress(medium, address)))
 	if raw == nil {
 		return nil, nil
 	}
@@ -198,8 +200,8 @@ func (s *Service) BindingTx(tx *bolt.Tx, medium, address string) (*Binding, erro
 
 // Bindings calls fn for every binding, in key order, until fn returns false.
 func (s *Service) Bindings(fn func(Binding) bool) error {
-	return s.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bindingsBucket).ForEach(func(_, v []byte) error {
+	return s.db.View(func(tx *store.Tx) error {
+		return tx.Bolt.Bucket(bindingsBucket).ForEach(func(_, v []byte) error {
 			var b Binding
 			if err := json.Unmarshal(v, &b); err != nil {
 				return err
@@ -243,8 +245,8 @@ func newPepper() string {
 
 // pepperTx reads the current pepper inside tx, creating one if there is none
 // (only possible in a write transaction).
-func (s *Service) pepperTx(tx *bolt.Tx) (string, error) {
-	m := tx.Bucket(lookupMetaBucket)
+func (s *Service) pepperTx(tx *store.Tx) (string, error) {
+	m := tx.Bolt.Bucket(lookupMetaBucket)
 	if p := m.Get([]byte("pepper")); p != nil {
 		return string(p), nil
 	}
@@ -258,9 +260,9 @@ func (s *Service) pepperTx(tx *bolt.Tx) (string, error) {
 var errNoPepper = errors.New("identity: no lookup pepper yet")
 
 // setPepperTx makes pepper current and rebuilds the hash index for it.
-func (s *Service) setPepperTx(tx *bolt.Tx, pepper string) (*pepperInfo, error) {
+func (s *Service) setPepperTx(tx *store.Tx, pepper string) (*pepperInfo, error) {
 	now := s.opts.Now().UTC()
-	m := tx.Bucket(lookupMetaBucket)
+	m := tx.Bolt.Bucket(lookupMetaBucket)
 	if err := m.Put([]byte("pepper"), []byte(pepper)); err != nil {
 		return nil, err
 	}
@@ -269,15 +271,15 @@ func (s *Service) setPepperTx(tx *bolt.Tx, pepper string) (*pepperInfo, error) {
 	if err := m.Put([]byte("pepper_created"), ts[:]); err != nil {
 		return nil, err
 	}
-	if err := tx.DeleteBucket(lookupHashBucket); err != nil && !errors.Is(err, bolt.ErrBucketNotFound) {
+	if err := tx.Bolt.DeleteBucket(lookupHashBucket); err != nil && !errors.Is(err, bolt.ErrBucketNotFound) {
 		return nil, err
 	}
-	idx, err := tx.CreateBucket(lookupHashBucket)
+	idx, err := tx.Bolt.CreateBucket(lookupHashBucket)
 	if err != nil {
 		return nil, err
 	}
 	idx.FillPercent = 0.9
-	err = tx.Bucket(bindingsBucket).ForEach(func(_, v []byte) error {
+	err = tx.Bolt.Bucket(bindingsBucket).ForEach(func(_, v []byte) error {
 		var b Binding
 		if err := json.Unmarshal(v, &b); err != nil {
 			return err
@@ -304,8 +306,8 @@ func (s *Service) Pepper() (string, time.Time, error) {
 		return p.Value, p.Created, nil
 	}
 	var p pepperInfo
-	err := s.db.View(func(tx *bolt.Tx) error {
-		m := tx.Bucket(lookupMetaBucket)
+	err := s.db.View(func(tx *store.Tx) error {
+		m := tx.Bolt.Bucket(lookupMetaBucket)
 		if v := m.Get([]byte("pepper")); v != nil {
 			p.Value = string(v)
 			if ts := m.Get([]byte("pepper_created")); len(ts) == 8 {
@@ -323,7 +325,7 @@ func (s *Service) Pepper() (string, time.Time, error) {
 		if cur := s.bind.pepper.Load(); cur != nil {
 			return cur.Value, cur.Created, nil
 		}
-		err := s.db.Update(func(tx *bolt.Tx) error {
+		err := s.db.Update(func(tx *store.Tx) error {
 			v, err := s.pepperTx(tx)
 			p.Value = v
 			return err
@@ -357,7 +359,7 @@ func (s *Service) SetPepper(pepper string) error {
 func (s *Service) setPepper(pepper string) error {
 	s.bind.rotateMu.Lock()
 	defer s.bind.rotateMu.Unlock()
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.Update(func(tx *store.Tx) error {
 		_, err := s.setPepperTx(tx, pepper)
 		return err
 	})

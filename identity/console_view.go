@@ -5,7 +5,7 @@ import (
 	"errors"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/herald-im/herald/store"
 )
 
 // The console's read model and service for email bindings. The admin
@@ -40,7 +40,7 @@ func (c *Console) BindingFor(_ context.Context, address string) (*BindingView, e
 
 // Unbind removes the address's binding (ErrNotBound when it has none).
 func (c *Console) Unbind(_ context.Context, address string) error {
-	return c.s.DB().Update(func(tx *bolt.Tx) error {
+	return c.s.DB().Update(func(tx *store.Tx) error {
 		b, err := c.s.BindingTx(tx, "email", address)
 		if err != nil {
 			return err

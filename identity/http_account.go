@@ -7,11 +7,11 @@ import (
 	"strings"
 
 	"github.com/labstack/echo/v4"
-	bolt "go.etcd.io/bbolt"
 	mfed "maunium.net/go/mautrix/federation"
 
 	"github.com/herald-im/herald/federation"
 	"github.com/herald-im/herald/matrix"
+	"github.com/herald-im/herald/store"
 )
 
 const accountKey = "herald.account"
@@ -155,7 +155,7 @@ func (s *Service) accountAndTerms(token string, gated bool) (*Account, bool, boo
 	touch := false
 	now := s.opts.Now().UTC()
 	accepted := !gated || len(s.opts.Terms.Policies) == 0
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(func(tx *store.Tx) error {
 		var err error
 		if a, err = s.accountTx(tx, token, now); err != nil {
 			return err
@@ -165,7 +165,7 @@ func (s *Service) accountAndTerms(token string, gated bool) (*Account, bool, boo
 			return nil
 		}
 		got := map[string]bool{}
-		if raw := tx.Bucket(termsBucket).Get([]byte(a.UserID)); raw != nil {
+		if raw := tx.Bolt.Bucket(termsBucket).Get([]byte(a.UserID)); raw != nil {
 			if err := json.Unmarshal(raw, &got); err != nil {
 				return err
 			}

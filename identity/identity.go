@@ -15,8 +15,6 @@ import (
 	"strings"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/herald-im/herald/config"
 	"github.com/herald-im/herald/internal/background"
 	"github.com/herald-im/herald/keys"
@@ -50,14 +48,11 @@ type Options struct {
 	// TokenIdleLifetime expires an access token unused this long
 	// (account.token_idle_lifetime; 0: never).
 	TokenIdleLifetime time.Duration
-	// Commit groups the write transactions of hot paths (token use); nil:
-	// one of the service's own. Share one per database.
-	Commit *store.Committer
 }
 
 // Service is the identity feature.
 type Service struct {
-	db   *bolt.DB
+	db   *store.DB
 	opts Options
 	// acceptURL maps a policy URL (any language) to the policy versions it
 	// accepts (several policies may share one document).
@@ -71,15 +66,12 @@ type Service struct {
 type policyVersion struct{ ID, Version string }
 
 // New creates the identity buckets and returns the service.
-func New(db *bolt.DB, opts Options) (*Service, error) {
+func New(db *store.DB, opts Options) (*Service, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
 	if opts.Log == nil {
 		opts.Log = slog.Default()
-	}
-	if opts.Commit == nil {
-		opts.Commit = store.NewCommitter(db)
 	}
 	s := &Service{db: db, opts: opts, acceptURL: map[string][]policyVersion{}}
 	for id, p := range opts.Terms.Policies {
@@ -87,9 +79,9 @@ func New(db *bolt.DB, opts Options) (*Service, error) {
 			s.acceptURL[l.URL] = append(s.acceptURL[l.URL], policyVersion{id, p.Version})
 		}
 	}
-	err := db.Update(func(tx *bolt.Tx) error {
+	err := db.Update(func(tx *store.Tx) error {
 		for _, b := range allBuckets {
-			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+			if _, err := tx.Bolt.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
 		}
@@ -145,8 +137,8 @@ func (s *Service) CreateAccount(userID string) (string, error) {
 	token := newToken()
 	now := s.opts.Now().UTC()
 	raw, _ := json.Marshal(Account{UserID: userID, Created: now, LastUsed: now})
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		return tx.Bucket(accountsBucket).Put(hashToken(token), raw)
+	err := s.db.Update(func(tx *store.Tx) error {
+		return tx.Bolt.Bucket(accountsBucket).Put(hashToken(token), raw)
 	})
 	return token, err
 }
@@ -161,7 +153,7 @@ var ErrTokenExpired = errors.New("access token expired")
 // AccountByToken finds the token's account.
 func (s *Service) AccountByToken(token string) (*Account, error) {
 	var a *Account
-	err := s.db.View(func(tx *bolt.Tx) (err error) {
+	err := s.db.View(func(tx *store.Tx) (err error) {
 		a, err = s.accountTx(tx, token, s.opts.Now())
 		return err
 	})
@@ -170,8 +162,8 @@ func (s *Service) AccountByToken(token string) (*Account, error) {
 
 // accountTx reads the token's account inside tx: ErrUnknownToken when there
 // is none, ErrTokenExpired when it expired or went idle as of now.
-func (s *Service) accountTx(tx *bolt.Tx, token string, now time.Time) (*Account, error) {
-	raw := tx.Bucket(accountsBucket).Get(hashToken(token))
+func (s *Service) accountTx(tx *store.Tx, token string, now time.Time) (*Account, error) {
+	raw := tx.Bolt.Bucket(accountsBucket).Get(hashToken(token))
 	if raw == nil {
 		return nil, ErrUnknownToken
 	}
@@ -187,16 +179,16 @@ func (s *Service) accountTx(tx *bolt.Tx, token string, now time.Time) (*Account,
 
 // DeleteToken logs a token out.
 func (s *Service) DeleteToken(token string) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
-		return tx.Bucket(accountsBucket).Delete(hashToken(token))
+	return s.db.Update(func(tx *store.Tx) error {
+		return tx.Bolt.Bucket(accountsBucket).Delete(hashToken(token))
 	})
 }
 
 // AcceptTerms records acceptance of the given policy URLs by userID. Unknown
 // URLs are ignored. Acceptances add up across calls.
 func (s *Service) AcceptTerms(userID string, urls []string) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(termsBucket)
+	return s.db.Update(func(tx *store.Tx) error {
+		b := tx.Bolt.Bucket(termsBucket)
 		accepted := map[string]bool{}
 		if raw := b.Get([]byte(userID)); raw != nil {
 			if err := json.Unmarshal(raw, &accepted); err != nil {
@@ -219,8 +211,8 @@ func (s *Service) HasAcceptedTerms(userID string) (bool, error) {
 		return true, nil
 	}
 	accepted := map[string]bool{}
-	err := s.db.View(func(tx *bolt.Tx) error {
-		if raw := tx.Bucket(termsBucket).Get([]byte(userID)); raw != nil {
+	err := s.db.View(func(tx *store.Tx) error {
+		if raw := tx.Bolt.Bucket(termsBucket).Get([]byte(userID)); raw != nil {
 			return json.Unmarshal(raw, &accepted)
 		}
 		return nil
@@ -258,8 +250,8 @@ func (s *Service) touchEvery() time.Duration {
 // may run the function twice: it only sets values derived from now.
 func (s *Service) useToken(token string, now time.Time) error {
 	key := hashToken(token)
-	return s.opts.Commit.Do(func(tx *bolt.Tx) error {
-		b := tx.Bucket(accountsBucket)
+	return s.db.Commit(func(tx *store.Tx) error {
+		b := tx.Bolt.Bucket(accountsBucket)
 		raw := b.Get(key)
 		if raw == nil {
 			return nil // logged out meanwhile
@@ -296,9 +288,9 @@ func (s *Service) ExpireIdleTokens(now time.Time) (expired, deleted int, err err
 	if d <= 0 {
 		return 0, 0, nil
 	}
-	err = s.db.Update(func(tx *bolt.Tx) error {
+	err = s.db.Update(func(tx *store.Tx) error {
 		expired, deleted = 0, 0
-		b := tx.Bucket(accountsBucket)
+		b := tx.Bolt.Bucket(accountsBucket)
 		// Changes are collected first: bbolt cursors must not walk a bucket
 		// that is being written.
 		var drop [][]byte

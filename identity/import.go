@@ -6,7 +6,7 @@ import (
 	"slices"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/herald-im/herald/store"
 )
 
 // What another identity server's data (sydent's) becomes in Herald's
@@ -26,8 +26,8 @@ const (
 // ImportPepper makes pepper the current lookup pepper (clients of the old
 // server may have cached it) unless it already is, and rebuilds the hash
 // index for it.
-func (s *Service) ImportPepper(tx *bolt.Tx, pepper string) (ImportOutcome, error) {
-	if cur := tx.Bucket(lookupMetaBucket).Get([]byte("pepper")); string(cur) == pepper {
+func (s *Service) ImportPepper(tx *store.Tx, pepper string) (ImportOutcome, error) {
+	if cur := tx.Bolt.Bucket(lookupMetaBucket).Get([]byte("pepper")); string(cur) == pepper {
 		return Unchanged, nil
 	}
 	_, err := s.setPepperTx(tx, pepper)
@@ -41,7 +41,7 @@ func (s *Service) ImportPepper(tx *bolt.Tx, pepper string) (ImportOutcome, error
 // nature) are sorted and written by Close.
 type BindingImport struct {
 	s      *Service
-	tx     *bolt.Tx
+	tx     *store.Tx
 	pepper string
 	idx    []hashEntry
 }
@@ -53,12 +53,12 @@ type hashEntry struct {
 
 // ImportBindings starts a BindingImport in tx. Call ImportPepper first:
 // the hash index is written for the current pepper.
-func (s *Service) ImportBindings(tx *bolt.Tx) (*BindingImport, error) {
+func (s *Service) ImportBindings(tx *store.Tx) (*BindingImport, error) {
 	pepper, err := s.pepperTx(tx)
 	if err != nil {
 		return nil, err
 	}
-	tx.Bucket(bindingsBucket).FillPercent = 0.9
+	tx.Bolt.Bucket(bindingsBucket).FillPercent = 0.9
 	return &BindingImport{s: s, tx: tx, pepper: pepper}, nil
 }
 
@@ -71,7 +71,7 @@ func (bi *BindingImport) Add(b Binding) (ImportOutcome, error) {
 		return Conflict, ErrBadBinding
 	}
 	b.Address = normalizeAddress(b.Medium, b.Address)
-	bk := bi.tx.Bucket(bindingsBucket)
+	bk := bi.tx.Bolt.Bucket(bindingsBucket)
 	key := bindingKey(b.Medium, b.Address)
 	if raw := bk.Get(key); raw != nil {
 		var old Binding
@@ -103,7 +103,7 @@ func (bi *BindingImport) Add(b Binding) (ImportOutcome, error) {
 // Close writes the hash index entries of the bindings added, in key order.
 func (bi *BindingImport) Close() error {
 	slices.SortFunc(bi.idx, func(a, b hashEntry) int { return bytes.Compare(a.hash[:], b.hash[:]) })
-	idx := bi.tx.Bucket(lookupHashBucket)
+	idx := bi.tx.Bolt.Bucket(lookupHashBucket)
 	idx.FillPercent = 0.9
 	for _, e := range bi.idx {
 		if err := idx.Put(e.hash[:], []byte(e.mxid)); err != nil {
@@ -126,7 +126,7 @@ type ImportedAccount struct {
 // ImportAccounts stores access tokens (only their hashes, as for Herald's
 // own), in hash order (see BindingImport). A token already stored for the
 // same user is Unchanged, for another user a Conflict; out[i] is accts[i]'s.
-func (s *Service) ImportAccounts(tx *bolt.Tx, accts []ImportedAccount) ([]ImportOutcome, error) {
+func (s *Service) ImportAccounts(tx *store.Tx, accts []ImportedAccount) ([]ImportOutcome, error) {
 	type item struct {
 		hash []byte
 		i    int
@@ -137,7 +137,7 @@ func (s *Service) ImportAccounts(tx *bolt.Tx, accts []ImportedAccount) ([]Import
 	}
 	slices.SortFunc(items, func(a, b item) int { return bytes.Compare(a.hash, b.hash) })
 	out := make([]ImportOutcome, len(accts))
-	b := tx.Bucket(accountsBucket)
+	b := tx.Bolt.Bucket(accountsBucket)
 	for _, it := range items {
 		a := accts[it.i]
 		if raw := b.Get(it.hash); raw != nil {
@@ -164,8 +164,8 @@ func (s *Service) ImportAccounts(tx *bolt.Tx, accts []ImportedAccount) ([]Import
 // urls, as AcceptTerms does. It reports Conflict when no URL is one of
 // Herald's configured policies (nothing to record), Unchanged when every
 // version was already recorded.
-func (s *Service) ImportAcceptedTerms(tx *bolt.Tx, userID string, urls []string) (ImportOutcome, error) {
-	b := tx.Bucket(termsBucket)
+func (s *Service) ImportAcceptedTerms(tx *store.Tx, userID string, urls []string) (ImportOutcome, error) {
+	b := tx.Bolt.Bucket(termsBucket)
 	accepted := map[string]bool{}
 	if raw := b.Get([]byte(userID)); raw != nil {
 		if err := json.Unmarshal(raw, &accepted); err != nil {
@@ -192,11 +192,11 @@ func (s *Service) ImportAcceptedTerms(tx *bolt.Tx, userID string, urls []string)
 }
 
 // HasData reports whether any binding or account is stored.
-func (s *Service) HasData(tx *bolt.Tx) bool {
-	k, _ := tx.Bucket(bindingsBucket).Cursor().First()
+func (s *Service) HasData(tx *store.Tx) bool {
+	k, _ := tx.Bolt.Bucket(bindingsBucket).Cursor().First()
 	if k != nil {
 		return true
 	}
-	k, _ = tx.Bucket(accountsBucket).Cursor().First()
+	k, _ = tx.Bolt.Bucket(accountsBucket).Cursor().First()
 	return k != nil
 }

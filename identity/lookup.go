@@ -11,9 +11,9 @@ import (
 	"strings"
 
 	"github.com/labstack/echo/v4"
-	bolt "go.etcd.io/bbolt"
 
 	"github.com/herald-im/herald/matrix"
+	"github.com/herald-im/herald/store"
 )
 
 // Lookup algorithms, in the order hash_details lists them.
@@ -258,7 +258,7 @@ func (s *Service) lookupEach(algorithm, pepper string, addresses []string, found
 		return err
 	}
 	build := false
-	err = s.db.View(func(tx *bolt.Tx) error {
+	err = s.db.View(func(tx *store.Tx) error {
 		// Compare with the pepper of this very snapshot: the index matches it.
 		p, err := s.pepperTx(tx)
 		if err != nil {
@@ -295,7 +295,7 @@ func (s *Service) lookupEach(algorithm, pepper string, addresses []string, found
 			get, done := s.bind.index.reader(p)
 			defer done()
 			build = get == nil
-			c := tx.Bucket(lookupHashBucket).Cursor()
+			c := tx.Bolt.Bucket(lookupHashBucket).Cursor()
 			run := 0 // start of the run of equal top bits
 		next:
 			for j, x := range order {
@@ -321,7 +321,7 @@ func (s *Service) lookupEach(algorithm, pepper string, addresses []string, found
 			}
 		case "none":
 			seen := make(map[string]bool)
-			bb := tx.Bucket(bindingsBucket)
+			bb := tx.Bolt.Bucket(bindingsBucket)
 			for _, a := range addresses {
 				i := strings.LastIndexByte(a, ' ')
 				if i <= 0 || seen[a] {
@@ -396,7 +396,7 @@ func (s *Service) BulkLookupV1(c echo.Context) error {
 		return matrix.InvalidParam("Too many threepids in one lookup (at most %d)", MaxLookupAddresses)
 	}
 	out := make([][]string, 0)
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(func(tx *store.Tx) error {
 		for _, p := range req.Threepids {
 			if len(p) != 2 {
 				return matrix.InvalidParam("Each threepid must be [medium, address]")

@@ -11,11 +11,10 @@ import (
 	"testing"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/herald-im/herald/identity"
 	"github.com/herald-im/herald/internal/loadgen"
 	"github.com/herald-im/herald/internal/testenv"
+	"github.com/herald-im/herald/store"
 )
 
 // FuzzLookup: whatever the body, /v2/lookup answers below 500 with a
@@ -69,7 +68,7 @@ func BenchmarkLookup1000(b *testing.B) {
 			// Stored as an import does (hash index entries in key order):
 			// a million PutBinding calls would take minutes.
 			for start := 0; start < stored; start += 100000 {
-				err := id.DB().Update(func(tx *bolt.Tx) error {
+				err := id.DB().Update(func(tx *store.Tx) error {
 					bi, err := id.ImportBindings(tx)
 					if err != nil {
 						return err

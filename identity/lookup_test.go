@@ -10,18 +10,17 @@ import (
 	"testing"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/herald-im/herald/config"
 	"github.com/herald-im/herald/identity"
 	"github.com/herald-im/herald/internal/testenv"
 	"github.com/herald-im/herald/keys"
+	"github.com/herald-im/herald/store"
 )
 
 func bindAll(t testing.TB, e *testenv.Env, pairs ...string) {
 	t.Helper()
 	id := e.App.Identity()
-	err := id.DB().Update(func(tx *bolt.Tx) error {
+	err := id.DB().Update(func(tx *store.Tx) error {
 		for i := 0; i+1 < len(pairs); i += 2 {
 			if err := id.PutBinding(tx, identity.Binding{Medium: "email", Address: pairs[i], MXID: pairs[i+1]}); err != nil {
 				return err
@@ -183,7 +182,7 @@ func TestPepperRotation(t *testing.T) {
 	// The pepper survives a restart; bindings made after rotation and
 	// deleted ones are indexed right.
 	bindAll(t, e, "dave@example.org", "@dave:hs.test")
-	id.DB().Update(func(tx *bolt.Tx) error { return id.DeleteBinding(tx, "email", "Carol@example.org") })
+	id.DB().Update(func(tx *store.Tx) error { return id.DeleteBinding(tx, "email", "Carol@example.org") })
 	e.Restart(t)
 	if hashDetails() != p3 {
 		t.Error("pepper lost on restart")
@@ -202,7 +201,7 @@ func TestBindHooksRunInTheSameTransaction(t *testing.T) {
 	e := testenv.Start(t)
 	id := e.App.Identity()
 	var seen []identity.Binding
-	id.OnBind(func(tx *bolt.Tx, b identity.Binding) error {
+	id.OnBind(func(tx *store.Tx, b identity.Binding) error {
 		seen = append(seen, b)
 		if b.MXID == "@refused:hs.test" {
 			return fmt.Errorf("hook refuses")
@@ -213,7 +212,7 @@ func TestBindHooksRunInTheSameTransaction(t *testing.T) {
 	if len(seen) != 1 || seen[0].Address != "hooked@example.org" || seen[0].TS.IsZero() || !seen[0].NotAfter.After(seen[0].TS) {
 		t.Errorf("hook saw %+v", seen)
 	}
-	err := id.DB().Update(func(tx *bolt.Tx) error {
+	err := id.DB().Update(func(tx *store.Tx) error {
 		return id.PutBinding(tx, identity.Binding{Medium: "email", Address: "other@example.org", MXID: "@refused:hs.test"})
 	})
 	if err == nil {

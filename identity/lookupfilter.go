@@ -5,7 +5,7 @@ import (
 	"encoding/binary"
 	"sync"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/herald-im/herald/store"
 )
 
 // lookupIndex answers hashed lookups from memory: for the current pepper, it
@@ -184,7 +184,7 @@ func (x *lookupIndex) drop() {
 
 // sync makes the entry of hash h what the committed database holds. It runs
 // in the commit hook of every transaction that changed h.
-func (x *lookupIndex) sync(db *bolt.DB, h [32]byte) {
+func (x *lookupIndex) sync(db *store.DB, h [32]byte) {
 	x.syncMu.Lock()
 	defer x.syncMu.Unlock()
 	x.mu.Lock()
@@ -207,16 +207,16 @@ func (x *lookupIndex) sync(db *bolt.DB, h [32]byte) {
 // a lookup holds a read transaction while it waits for mu, and a commit
 // that grows the file waits for every read transaction to end before the
 // read here could start.
-func (x *lookupIndex) readBack(db *bolt.DB, hs [][32]byte, fresh *lookupIndex) {
+func (x *lookupIndex) readBack(db *store.DB, hs [][32]byte, fresh *lookupIndex) {
 	type entry struct {
 		h    [32]byte
 		mxid []byte // nil: not bound
 	}
 	var pepper string
 	entries := make([]entry, 0, len(hs))
-	err := db.View(func(tx *bolt.Tx) error {
-		pepper = string(tx.Bucket(lookupMetaBucket).Get([]byte("pepper")))
-		b := tx.Bucket(lookupHashBucket)
+	err := db.View(func(tx *store.Tx) error {
+		pepper = string(tx.Bolt.Bucket(lookupMetaBucket).Get([]byte("pepper")))
+		b := tx.Bolt.Bucket(lookupHashBucket)
 		for _, h := range hs {
 			var mxid []byte
 			if v := b.Get(h[:]); v != nil {
@@ -270,7 +270,7 @@ func (x *lookupIndex) reader(pepper string) (get func(h []byte) []byte, done fun
 
 // build fills the index from the database in one read transaction (call it
 // outside any transaction), unless a build runs already.
-func (x *lookupIndex) build(db *bolt.DB) error {
+func (x *lookupIndex) build(db *store.DB) error {
 	x.mu.Lock()
 	if x.building {
 		x.mu.Unlock()
@@ -279,13 +279,13 @@ func (x *lookupIndex) build(db *bolt.DB) error {
 	x.building, x.touched = true, nil
 	x.mu.Unlock()
 	var fresh lookupIndex
-	err := db.View(func(tx *bolt.Tx) error {
-		p := tx.Bucket(lookupMetaBucket).Get([]byte("pepper"))
+	err := db.View(func(tx *store.Tx) error {
+		p := tx.Bolt.Bucket(lookupMetaBucket).Get([]byte("pepper"))
 		if p == nil {
 			return nil
 		}
 		fresh.pepper = string(p)
-		b := tx.Bucket(lookupHashBucket)
+		b := tx.Bolt.Bucket(lookupHashBucket)
 		size := 1024
 		keys := b.Stats().KeyN
 		for size < keys*2+2 {

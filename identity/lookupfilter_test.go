@@ -7,10 +7,9 @@ import (
 	"sync"
 	"testing"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/herald-im/herald/identity"
 	"github.com/herald-im/herald/internal/testenv"
+	"github.com/herald-im/herald/store"
 )
 
 // The in-memory lookup index (which spares the database seek) never
@@ -66,7 +65,7 @@ func TestLookupFilterKeepsEveryBinding(t *testing.T) {
 	if got := ask("late@example.org"); got["late@example.org"] != "@late:hs.test" {
 		t.Fatalf("a binding made after the filter was built: %v", got)
 	}
-	if err := id.DB().Update(func(tx *bolt.Tx) error { return id.DeleteBinding(tx, "email", "u0@example.org") }); err != nil {
+	if err := id.DB().Update(func(tx *store.Tx) error { return id.DeleteBinding(tx, "email", "u0@example.org") }); err != nil {
 		t.Fatal(err)
 	}
 	if got := ask("u0@example.org", "u1@example.org"); len(got) != 1 || got["u1@example.org"] != "@u1:hs.test" {
@@ -142,7 +141,7 @@ func TestLookupIndexAnswersAsTheDatabase(t *testing.T) {
 	bindAll(t, e, addrs[1], "@someone-else:hs.test", addrs[300], "@a300:hs.test")
 	check("rebind to another mxid")
 	id := e.App.Identity()
-	if err := id.DB().Update(func(tx *bolt.Tx) error { return id.DeleteBinding(tx, "email", addrs[2]) }); err != nil {
+	if err := id.DB().Update(func(tx *store.Tx) error { return id.DeleteBinding(tx, "email", addrs[2]) }); err != nil {
 		t.Fatal(err)
 	}
 	check("unbind")
@@ -150,7 +149,7 @@ func TestLookupIndexAnswersAsTheDatabase(t *testing.T) {
 		t.Fatal(err)
 	}
 	check("console erase")
-	err := id.DB().Update(func(tx *bolt.Tx) error {
+	err := id.DB().Update(func(tx *store.Tx) error {
 		bi, err := id.ImportBindings(tx)
 		if err != nil {
 			return err
@@ -183,7 +182,7 @@ func TestLookupIndexAnswersAsTheDatabase(t *testing.T) {
 			defer wg.Done()
 			for i := 0; i < 150; i++ {
 				a := addrs[(i*7+w)%20]
-				err := id.DB().Update(func(tx *bolt.Tx) error {
+				err := id.DB().Update(func(tx *store.Tx) error {
 					if (i+w)%3 == 0 {
 						return id.DeleteBinding(tx, "email", a)
 					}

@@ -5,7 +5,7 @@ import (
 	"encoding/json"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/herald-im/herald/store"
 )
 
 // sessionSweepBatch bounds how many records one write transaction of the
@@ -29,8 +29,8 @@ func (s *Service) DeleteExpiredSessions(now time.Time) (int, error) {
 	// Sessions, a batch per transaction, resuming after the last key seen.
 	var after []byte
 	for done := false; !done; {
-		err := s.db.Update(func(tx *bolt.Tx) error {
-			b := tx.Bucket(sessionsBucket)
+		err := s.db.Update(func(tx *store.Tx) error {
+			b := tx.Bolt.Bucket(sessionsBucket)
 			c := b.Cursor()
 			k, v := c.First()
 			if after != nil {
@@ -68,8 +68,8 @@ func (s *Service) DeleteExpiredSessions(now time.Time) (int, error) {
 	// client secret, which Herald does not keep, so it is found this way).
 	after = nil
 	for done := false; !done; {
-		err := s.db.Update(func(tx *bolt.Tx) error {
-			sessions, b := tx.Bucket(sessionsBucket), tx.Bucket(sessionKeysBucket)
+		err := s.db.Update(func(tx *store.Tx) error {
+			sessions, b := tx.Bolt.Bucket(sessionsBucket), tx.Bolt.Bucket(sessionKeysBucket)
 			c := b.Cursor()
 			k, v := c.First()
 			if after != nil {

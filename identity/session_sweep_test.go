@@ -6,9 +6,8 @@ import (
 	"testing"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/herald-im/herald/internal/testenv"
+	"github.com/herald-im/herald/store"
 )
 
 // Every requestToken (anonymous on v1) leaves a session and a
@@ -29,9 +28,9 @@ func TestDeleteExpiredSessions(t *testing.T) {
 		return r.SID
 	}
 	count := func() (sessions, keys int) {
-		_ = e.App.DB().View(func(tx *bolt.Tx) error {
-			sessions = tx.Bucket([]byte("identity_sessions")).Stats().KeyN
-			keys = tx.Bucket([]byte("identity_session_keys")).Stats().KeyN
+		_ = e.App.DB().View(func(tx *store.Tx) error {
+			sessions = tx.Bolt.Bucket([]byte("identity_sessions")).Stats().KeyN
+			keys = tx.Bolt.Bucket([]byte("identity_session_keys")).Stats().KeyN
 			return nil
 		})
 		return

@@ -8,10 +8,9 @@ import (
 	"testing"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/herald-im/herald/identity"
 	"github.com/herald-im/herald/internal/testenv"
+	"github.com/herald-im/herald/store"
 )
 
 const day = 24 * time.Hour
@@ -19,7 +18,7 @@ const day = 24 * time.Hour
 func lastTxID(t *testing.T, e *testenv.Env) int {
 	t.Helper()
 	var id int
-	if err := e.App.DB().View(func(tx *bolt.Tx) error { id = tx.ID(); return nil }); err != nil {
+	if err := e.App.DB().View(func(tx *store.Tx) error { id = tx.Bolt.ID(); return nil }); err != nil {
 		t.Fatal(err)
 	}
 	return id
@@ -111,9 +110,9 @@ func TestExpireIdleTokensSweep(t *testing.T) {
 	e := testenv.Start(t)
 	tok := e.Register(t, "@sweep:hs.test")
 	legacy := []byte("legacy-token-hash-0123456789abcdef")
-	err := e.App.DB().Update(func(tx *bolt.Tx) error {
+	err := e.App.DB().Update(func(tx *store.Tx) error {
 		raw, _ := json.Marshal(map[string]any{"user_id": "@old:hs.test", "created": e.Clock.Now().Add(-400 * day)})
-		return tx.Bucket([]byte("identity_accounts")).Put(legacy, raw)
+		return tx.Bolt.Bucket([]byte("identity_accounts")).Put(legacy, raw)
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -136,7 +135,7 @@ func TestExpireIdleTokensSweep(t *testing.T) {
 		t.Fatalf("sweep a lifetime later: %d expired, %d deleted, %v; want 0, 2", exp, del, err)
 	}
 	var n int
-	_ = e.App.DB().View(func(tx *bolt.Tx) error { n = tx.Bucket([]byte("identity_accounts")).Stats().KeyN; return nil })
+	_ = e.App.DB().View(func(tx *store.Tx) error { n = tx.Bolt.Bucket([]byte("identity_accounts")).Stats().KeyN; return nil })
 	if n != 0 {
 		t.Fatalf("%d account records left", n)
 	}
@@ -145,8 +144,8 @@ func TestExpireIdleTokensSweep(t *testing.T) {
 func dbLacks(t *testing.T, e *testenv.Env, s string) bool {
 	t.Helper()
 	found := false
-	_ = e.App.DB().View(func(tx *bolt.Tx) error {
-		return tx.Bucket([]byte("identity_accounts")).ForEach(func(_, v []byte) error {
+	_ = e.App.DB().View(func(tx *store.Tx) error {
+		return tx.Bolt.Bucket([]byte("identity_accounts")).ForEach(func(_, v []byte) error {
 			found = found || bytes.Contains(v, []byte(s))
 			return nil
 		})

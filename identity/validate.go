@@ -23,12 +23,12 @@ import (
 	"time"
 
 	"github.com/labstack/echo/v4"
-	bolt "go.etcd.io/bbolt"
 
 	"github.com/herald-im/herald/config"
 	"github.com/herald-im/herald/internal/ratelimit"
 	"github.com/herald-im/herald/mailer"
 	"github.com/herald-im/herald/matrix"
+	"github.com/herald-im/herald/store"
 )
 
 // Email validation sessions (requestToken / submitToken).
@@ -217,8 +217,8 @@ func (s *Service) validator() (*validation, error) {
 }
 
 // sessionTx loads sid and checks client_secret; it does not check expiry.
-func sessionTx(tx *bolt.Tx, sid, clientSecret string) (*Session, error) {
-	raw := tx.Bucket(sessionsBucket).Get([]byte(sid))
+func sessionTx(tx *store.Tx, sid, clientSecret string) (*Session, error) {
+	raw := tx.Bolt.Bucket(sessionsBucket).Get([]byte(sid))
 	if raw == nil {
 		return nil, errNoSession
 	}
@@ -232,12 +232,12 @@ func sessionTx(tx *bolt.Tx, sid, clientSecret string) (*Session, error) {
 	return &se, nil
 }
 
-func putSession(tx *bolt.Tx, se *Session) error {
+func putSession(tx *store.Tx, se *Session) error {
 	raw, err := json.Marshal(se)
 	if err != nil {
 		return err
 	}
-	return tx.Bucket(sessionsBucket).Put([]byte(se.SID), raw)
+	return tx.Bolt.Bucket(sessionsBucket).Put([]byte(se.SID), raw)
 }
 
 func (v *validation) expired(se *Session, now time.Time) bool {
@@ -252,7 +252,7 @@ func (s *Service) ValidatedSession(sid, clientSecret string) (*Session, error) {
 		return nil, err
 	}
 	var se *Session
-	err = s.db.View(func(tx *bolt.Tx) error {
+	err = s.db.View(func(tx *store.Tx) error {
 		se, err = sessionTx(tx, sid, clientSecret)
 		return err
 	})
@@ -353,9 +353,9 @@ func (s *Service) RequestEmailToken(c echo.Context) error {
 	undoLimits := func() {}
 	var sid string
 	sent := false
-	err = s.db.Update(func(tx *bolt.Tx) error {
+	err = s.db.Update(func(tx *store.Tx) error {
 		var se *Session
-		if old := tx.Bucket(sessionKeysBucket).Get(key); old != nil {
+		if old := tx.Bolt.Bucket(sessionKeysBucket).Get(key); old != nil {
 			prev, err := sessionTx(tx, string(old), req.ClientSecret)
 			if err == nil && !v.expired(prev, now) {
 				se = prev
@@ -406,7 +406,7 @@ func (s *Service) RequestEmailToken(c echo.Context) error {
 			return err
 		}
 		sid, sent = se.SID, true
-		return tx.Bucket(sessionKeysBucket).Put(key, []byte(se.SID))
+		return tx.Bolt.Bucket(sessionKeysBucket).Put(key, []byte(se.SID))
 	})
 	if err != nil {
 		undoLimits()
@@ -429,7 +429,7 @@ func (s *Service) submitToken(sid, clientSecret, token string) (*Session, error)
 	}
 	now := s.opts.Now().UTC()
 	var se *Session
-	err = s.db.Update(func(tx *bolt.Tx) error {
+	err = s.db.Update(func(tx *store.Tx) error {
 		var err error
 		if se, err = sessionTx(tx, sid, clientSecret); err != nil {
 			return err

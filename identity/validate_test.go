@@ -26,15 +26,17 @@ func (nopSender) Send(context.Context, string, []string, []byte) error { return 
 // as the spec documents for requestToken), without internal details.
 func TestRequestTokenEmailSendError(t *testing.T) {
 	dir := t.TempDir()
-	db, err := store.Open(filepath.Join(dir, "a"), time.Second)
+	bdb, err := store.Open(filepath.Join(dir, "a"), time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
+	db := store.NewBolt(bdb)
 	t.Cleanup(func() { db.Close() })
-	other, err := store.Open(filepath.Join(dir, "b"), time.Second)
+	bother, err := store.Open(filepath.Join(dir, "b"), time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
+	other := store.NewBolt(bother)
 	t.Cleanup(func() { other.Close() })
 	log := slog.New(slog.DiscardHandler)
 	// A queue whose buckets live in another database: Enqueue inside the

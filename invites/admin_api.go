@@ -3,7 +3,7 @@ package invites
 import (
 	"bytes"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/herald-im/herald/store"
 )
 
 // Methods the admin console needs (package admin, through internal/server).
@@ -23,7 +23,7 @@ func (s *Service) Resend(id uint64) (uint64, error) {
 // ephemeral key, for data-protection erasure. It returns how many it deleted.
 func (s *Service) EraseAddress(address string) (int, error) {
 	n := 0
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.Update(func(tx *store.Tx) error {
 		n = 0
 		all, err := s.ForAddress(tx, "email", address)
 		if err != nil {
@@ -45,11 +45,11 @@ func (s *Service) EraseAddress(address string) (int, error) {
 func (d *Deliveries) EraseAddress(address string) (int, error) {
 	address = normalize("email", address)
 	n := 0
-	err := d.db.Update(func(tx *bolt.Tx) error {
+	err := d.db.Update(func(tx *store.Tx) error {
 		n = 0
 		var ids []uint64
 		prefix := join0("email", address, "")
-		c := tx.Bucket(bktDeliveryAddress).Cursor()
+		c := tx.Bolt.Bucket(bktDeliveryAddress).Cursor()
 		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
 			if len(k) == len(prefix)+8 {
 				ids = append(ids, u64(k[len(prefix):]))

@@ -4,8 +4,6 @@ import (
 	"context"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/herald-im/herald/store"
 )
 
@@ -20,8 +18,8 @@ func (d *Deliveries) Backlog() (n int, oldest time.Time, err error) {
 // invite over the state index's keys, no values.
 func (s *Service) PendingCount() (int, error) {
 	var n int
-	err := s.db.View(func(tx *bolt.Tx) error {
-		n, _ = store.CountPrefix(tx.Bucket(bktState), join0(StatePending, ""))
+	err := s.db.View(func(tx *store.Tx) error {
+		n, _ = store.CountPrefix(tx.Bolt.Bucket(bktState), join0(StatePending, ""))
 		return nil
 	})
 	return n, err

@@ -7,8 +7,6 @@ import (
 	"sync"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/herald-im/herald/mailer"
 	"github.com/herald-im/herald/queue"
 	"github.com/herald-im/herald/store"
@@ -85,8 +83,8 @@ func (s *Service) mailState(inv *Invite) mailer.State {
 }
 
 // allDeliveriesFailed reports whether inv has deliveries and all failed.
-func allDeliveriesFailed(tx *bolt.Tx, id uint64) bool {
-	b := tx.Bucket(bktDeliveryInvite)
+func allDeliveriesFailed(tx *store.Tx, id uint64) bool {
+	b := tx.Bolt.Bucket(bktDeliveryInvite)
 	if b == nil {
 		return false
 	}
@@ -94,7 +92,7 @@ func allDeliveriesFailed(tx *bolt.Tx, id uint64) bool {
 	c := b.Cursor()
 	any := false
 	for k, _ := c.Seek(prefix); k != nil && len(k) == 16 && string(k[:8]) == string(prefix); k, _ = c.Next() {
-		r, err := queue.ReadBolt(tx, deliveryQueue, u64(k[8:]))
+		r, err := queue.ReadBolt(tx.Bolt, deliveryQueue, u64(k[8:]))
 		if err != nil || r.State != queue.Failed {
 			return false
 		}
@@ -110,7 +108,7 @@ func allDeliveriesFailed(tx *bolt.Tx, id uint64) bool {
 func (s *Service) DisplayState(inv *Invite, now time.Time) string {
 	failed := false
 	if inv.State == StateResolved {
-		_ = s.db.View(func(tx *bolt.Tx) error {
+		_ = s.db.View(func(tx *store.Tx) error {
 			failed = allDeliveriesFailed(tx, inv.ID)
 			return nil
 		})
@@ -193,7 +191,7 @@ func (s *Service) DisplayCounts(now time.Time, failedDeliveries func(yield func(
 	failedIDs = slices.Compact(failedIDs)
 	out := make(map[string]int, len(DisplayStates))
 	var pending []pendingEntry
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(func(tx *store.Tx) error {
 		for st, n := range s.CountsTx(tx) {
 			out[st] = n
 		}
@@ -271,7 +269,7 @@ func (s *Service) ListDisplayed(f Filter, state string, now time.Time, failedDel
 		// Pending invites whose email failed, found from the state index
 		// and the emails (read outside the transaction).
 		var pending []pendingEntry
-		if err := s.db.View(func(tx *bolt.Tx) (err error) {
+		if err := s.db.View(func(tx *store.Tx) (err error) {
 			pending, err = pendingEntries(tx)
 			return err
 		}); err != nil {
@@ -289,10 +287,10 @@ func (s *Service) ListDisplayed(f Filter, state string, now time.Time, failedDel
 		failed bool // every delivery failed
 	}
 	var cands []candidate
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(func(tx *store.Tx) error {
 		// candidates yields ids, highest first (a few may repeat).
 		var candidates func(yield func(uint64) bool)
-		states := tx.Bucket(bktState)
+		states := tx.Bolt.Bucket(bktState)
 		switch state {
 		case StateExpired:
 			// Pending past expiry, not swept yet (the start of the expiry
@@ -300,7 +298,7 @@ func (s *Service) ListDisplayed(f Filter, state string, now time.Time, failedDel
 			// expired invites.
 			var due []uint64
 			end := store.U64(uint64(now.UnixNano()) + 1)
-			c := tx.Bucket(bktExpiry).Cursor()
+			c := tx.Bolt.Bucket(bktExpiry).Cursor()
 			for k, _ := c.First(); k != nil && string(k) < string(end); k, _ = c.Next() {
 				if len(k) == 16 {
 					due = append(due, u64(k[8:]))
@@ -383,9 +381,9 @@ func (s *Service) listPending(f Filter, state string, now time.Time) ([]*Invite,
 	for {
 		var chunk []*Invite
 		more := false
-		err := s.db.View(func(tx *bolt.Tx) error {
+		err := s.db.View(func(tx *store.Tx) error {
 			var ferr error
-			b := tx.Bucket(bktState)
+			b := tx.Bolt.Bucket(bktState)
 			descending(b, join0(StatePending, ""), before, func(id uint64) bool {
 				if len(chunk) >= 256 {
 					more = true

@@ -13,8 +13,6 @@ import (
 	"time"
 	"unicode/utf8"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/herald-im/herald/federation"
 	"github.com/herald-im/herald/identity"
 	"github.com/herald-im/herald/keys"
@@ -129,7 +127,7 @@ type DeliveryOptions struct {
 // function POSTs the onbind body and classifies the homeserver's answer.
 type Deliveries struct {
 	s    *Service
-	db   *bolt.DB
+	db   *store.DB
 	be   *queue.Bolt
 	q    *queue.Queue
 	opts DeliveryOptions
@@ -180,10 +178,10 @@ func OpenDeliveries(s *Service, opts DeliveryOptions) (*Deliveries, error) {
 	if opts.Log == nil {
 		opts.Log = s.opts.Log
 	}
-	if err := store.Buckets(s.db, bktDeliveryInvite, bktDeliveryAddress); err != nil {
+	if err := store.Buckets(s.db.Bolt(), bktDeliveryInvite, bktDeliveryAddress); err != nil {
 		return nil, err
 	}
-	be, err := queue.OpenBolt(s.db, deliveryQueue)
+	be, err := queue.OpenBolt(s.db.Bolt(), deliveryQueue)
 	if err != nil {
 		return nil, err
 	}
@@ -216,7 +214,7 @@ func OpenDeliveries(s *Service, opts DeliveryOptions) (*Deliveries, error) {
 // queues one delivery for them to the mxid's homeserver. Invites of an
 // address bound earlier were resolved then, so a recycled address receives
 // none of them.
-func (d *Deliveries) resolve(tx *bolt.Tx, b identity.Binding) error {
+func (d *Deliveries) resolve(tx *store.Tx, b identity.Binding) error {
 	pending, err := d.s.PendingFor(tx, b.Medium, b.Address)
 	if err != nil || len(pending) == 0 {
 		return err
@@ -254,26 +252,26 @@ func addressKey(medium, address string, id uint64) []byte {
 
 // index writes a delivery's own index entries: by invite, and by address
 // (for erasure).
-func (d *Deliveries) index(tx *bolt.Tx, r *queue.Record) error {
+func (d *Deliveries) index(tx *store.Tx, r *queue.Record) error {
 	dl := toDelivery(r)
 	for _, inv := range dl.InviteIDs {
-		if err := tx.Bucket(bktDeliveryInvite).Put(append(store.U64(inv), store.U64(dl.ID)...), nil); err != nil {
+		if err := tx.Bolt.Bucket(bktDeliveryInvite).Put(append(store.U64(inv), store.U64(dl.ID)...), nil); err != nil {
 			return err
 		}
 	}
-	return tx.Bucket(bktDeliveryAddress).Put(addressKey(dl.Medium, dl.Address, dl.ID), nil)
+	return tx.Bolt.Bucket(bktDeliveryAddress).Put(addressKey(dl.Medium, dl.Address, dl.ID), nil)
 }
 
 // unindex removes a deleted delivery's own index entries (queue.Options.OnDelete).
 func (d *Deliveries) unindex(tx queue.Tx, r *queue.Record) error {
-	t := tx.(*bolt.Tx)
+	t := tx.(*store.Tx)
 	dl := toDelivery(r)
 	for _, inv := range dl.InviteIDs {
-		if err := t.Bucket(bktDeliveryInvite).Delete(append(store.U64(inv), store.U64(dl.ID)...)); err != nil {
+		if err := t.Bolt.Bucket(bktDeliveryInvite).Delete(append(store.U64(inv), store.U64(dl.ID)...)); err != nil {
 			return err
 		}
 	}
-	return t.Bucket(bktDeliveryAddress).Delete(addressKey(dl.Medium, dl.Address, dl.ID))
+	return t.Bolt.Bucket(bktDeliveryAddress).Delete(addressKey(dl.Medium, dl.Address, dl.ID))
 }
 
 // Wake tells the worker to look at the queue now. It never blocks.
@@ -308,7 +306,7 @@ type onbindBody struct {
 // one Herald long-term key: see signForInvite.
 func (d *Deliveries) body(dl *Delivery) ([]byte, int, error) {
 	b := onbindBody{Medium: dl.Medium, Address: dl.Address, MXID: dl.MXID, Invites: []onbindInvite{}}
-	err := d.db.View(func(tx *bolt.Tx) error {
+	err := d.db.View(func(tx *store.Tx) error {
 		for _, id := range dl.InviteIDs {
 			inv, err := getTx(tx, id)
 			if errors.Is(err, ErrNotFound) {
@@ -551,11 +549,11 @@ func (d *Deliveries) List(f DeliveryFilter) ([]Delivery, int, error) {
 // ByInvite returns every delivery that carried the invite, oldest first.
 func (d *Deliveries) ByInvite(inviteID uint64) ([]Delivery, error) {
 	var out []Delivery
-	err := d.db.View(func(tx *bolt.Tx) error {
+	err := d.db.View(func(tx *store.Tx) error {
 		prefix := store.U64(inviteID)
-		c := tx.Bucket(bktDeliveryInvite).Cursor()
+		c := tx.Bolt.Bucket(bktDeliveryInvite).Cursor()
 		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
-			r, err := d.be.GetTx(tx, u64(k[8:]))
+			r, err := d.be.GetTx(tx.Bolt, u64(k[8:]))
 			if err != nil {
 				return deliveryErr(err)
 			}
@@ -586,15 +584,15 @@ func (d *Deliveries) Stats() (DeliveryStats, error) {
 
 // deliveryActive reports whether the invite was carried by a delivery the
 // homeserver accepted, or by one still under way.
-func deliveryActive(tx *bolt.Tx, inviteID uint64) (delivered, pending bool, err error) {
+func deliveryActive(tx *store.Tx, inviteID uint64) (delivered, pending bool, err error) {
 	prefix := store.U64(inviteID)
-	b := tx.Bucket(bktDeliveryInvite)
+	b := tx.Bolt.Bucket(bktDeliveryInvite)
 	if b == nil {
 		return false, false, nil
 	}
 	c := b.Cursor()
 	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
-		r, err := queue.ReadBolt(tx, deliveryQueue, u64(k[8:]))
+		r, err := queue.ReadBolt(tx.Bolt, deliveryQueue, u64(k[8:]))
 		if err != nil {
 			return false, false, err
 		}

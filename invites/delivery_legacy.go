@@ -3,9 +3,8 @@ package invites
 import (
 	"encoding/json"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/herald-im/herald/queue"
+	"github.com/herald-im/herald/store"
 )
 
 // The deliveries before the queue package kept their own buckets.
@@ -15,7 +14,7 @@ import (
 var legacyDeliveryBuckets = []string{"invites_deliveries", "invites_delivery_due", "invites_delivery_state", "invites_delivery_invite"}
 
 func (d *Deliveries) convertLegacy() error {
-	n, err := d.be.Convert("invites_deliveries", legacyDeliveryBuckets, func(_ *bolt.Tx, v []byte) (*queue.Record, error) {
+	n, err := d.be.Convert("invites_deliveries", legacyDeliveryBuckets, func(_ *store.Tx, v []byte) (*queue.Record, error) {
 		var dl Delivery
 		if err := json.Unmarshal(v, &dl); err != nil {
 			return nil, err

@@ -77,8 +77,8 @@ func TestDeliveriesConvertedFromTheOldLayout(t *testing.T) {
 	if byInv, err := e.App.Deliveries().ByInvite(old.InviteIDs[0]); err != nil || len(byInv) != 1 || byInv[0].ID != old.ID {
 		t.Fatalf("ByInvite after conversion: %+v %v", byInv, err)
 	}
-	e.App.DB().View(func(tx *bolt.Tx) error {
-		if tx.Bucket([]byte("invites_deliveries")) != nil {
+	e.App.DB().View(func(tx *store.Tx) error {
+		if tx.Bolt.Bucket([]byte("invites_deliveries")) != nil {
 			t.Error("old bucket left behind")
 		}
 		return nil

@@ -7,14 +7,13 @@ import (
 	"testing"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/herald-im/herald/config"
 	"github.com/herald-im/herald/identity"
 	"github.com/herald-im/herald/internal/server"
 	"github.com/herald-im/herald/internal/testenv"
 	"github.com/herald-im/herald/mailer"
 	"github.com/herald-im/herald/mailer/smtptest"
+	"github.com/herald-im/herald/store"
 )
 
 const (
@@ -91,7 +90,7 @@ func (e *env) storeInvite(t testing.TB, tok string, body any) storeAnswer {
 func (e *env) bind(t testing.TB, address, mxid string) {
 	t.Helper()
 	id := e.App.Identity()
-	err := id.DB().Update(func(tx *bolt.Tx) error {
+	err := id.DB().Update(func(tx *store.Tx) error {
 		return id.PutBinding(tx, identity.Binding{Medium: "email", Address: address, MXID: mxid})
 	})
 	if err != nil {
@@ -121,8 +120,6 @@ func (e *env) waitMail(t testing.TB, n int) (*mailer.Parsed, []smtptest.Message)
 	}
 	return p, msgs
 }
-
-type bboltTx = bolt.Tx
 
 func readAll(resp *http.Response) []byte {
 	defer resp.Body.Close()

@@ -13,13 +13,13 @@ import (
 	"strings"
 
 	"github.com/labstack/echo/v4"
-	bolt "go.etcd.io/bbolt"
 
 	"github.com/herald-im/herald/identity"
 	"github.com/herald-im/herald/internal/textnorm"
 	"github.com/herald-im/herald/keys"
 	"github.com/herald-im/herald/mailer"
 	"github.com/herald-im/herald/matrix"
+	"github.com/herald-im/herald/store"
 )
 
 // The store-invite keys Herald knows; any other key is kept in Invite.Extra.
@@ -191,7 +191,7 @@ func (s *Service) store(fields map[string]json.RawMessage, account, api string) 
 
 	// Already bound, or a repeat of a pending invite: answer without writing.
 	var dup *Invite
-	err = s.db.View(func(tx *bolt.Tx) error {
+	err = s.db.View(func(tx *store.Tx) error {
 		if err := s.checkBound(tx, inv.Address); err != nil {
 			return err
 		}
@@ -256,7 +256,7 @@ func (s *Service) store(fields map[string]json.RawMessage, account, api string) 
 
 	var result *Invite
 	queued := false
-	err = s.opts.Commit.Do(func(tx *bolt.Tx) error {
+	err = s.db.Commit(func(tx *store.Tx) error {
 		result, queued = nil, false
 		if err := s.checkBound(tx, inv.Address); err != nil {
 			return err
@@ -366,7 +366,7 @@ func refusalReason(err error) string {
 	return "invalid"
 }
 
-func (s *Service) checkBound(tx *bolt.Tx, address string) error {
+func (s *Service) checkBound(tx *store.Tx, address string) error {
 	b, err := s.opts.Identity.BindingTx(tx, "email", address)
 	if err != nil {
 		return err

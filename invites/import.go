@@ -4,10 +4,9 @@ import (
 	"crypto/ed25519"
 	"strings"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/herald-im/herald/keys"
 	"github.com/herald-im/herald/matrix"
+	"github.com/herald-im/herald/store"
 )
 
 // ViaSydent marks an invite imported from a sydent deployment (Invite.Via).
@@ -43,7 +42,7 @@ func (s *Service) checkEphemeral(inv *Invite, priv ed25519.PrivateKey) error {
 	}
 	var ok bool
 	var ref string
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(func(tx *store.Tx) error {
 		var err error
 		ref, ok, err = s.opts.Ephemeral.EphemeralRef(tx, keys.EncodeBase64(pub))
 		return err
@@ -61,11 +60,11 @@ func (s *Service) checkEphemeral(inv *Invite, priv ed25519.PrivateKey) error {
 // with its own token, inside the caller's write transaction. No email is
 // queued (the old server sent it). It reports false, writing nothing, when
 // an invite with that token is already stored.
-func (s *Service) ImportPending(tx *bolt.Tx, inv *Invite) (bool, error) {
+func (s *Service) ImportPending(tx *store.Tx, inv *Invite) (bool, error) {
 	if inv.Token == "" {
 		return false, matrix.MissingParams("imported invite has no token")
 	}
-	if tx.Bucket(bktToken).Get([]byte(inv.Token)) != nil {
+	if tx.Bolt.Bucket(bktToken).Get([]byte(inv.Token)) != nil {
 		return false, nil
 	}
 	inv.Address = normalize(inv.Medium, inv.Address)
@@ -78,7 +77,7 @@ func (s *Service) ImportPending(tx *bolt.Tx, inv *Invite) (bool, error) {
 }
 
 // HasData reports whether any invite is stored.
-func (s *Service) HasData(tx *bolt.Tx) bool {
-	k, _ := tx.Bucket(bktInvites).Cursor().First()
+func (s *Service) HasData(tx *store.Tx) bool {
+	k, _ := tx.Bolt.Bucket(bktInvites).Cursor().First()
 	return k != nil
 }

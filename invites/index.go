@@ -124,7 +124,7 @@ func contains(list [][]byte, k []byte) bool {
 
 // indexSweepsAndCounts moves the sweep indexes and counters from old (nil for
 // a new invite) to inv (nil for a deleted one).
-func indexSweepsAndCounts(tx *bolt.Tx, old, inv *Invite) error {
+func indexSweepsAndCounts(tx *store.Tx, old, inv *Invite) error {
 	oldKeys, newKeys := sweepKeys(old), sweepKeys(inv)
 	for _, ok := range oldKeys {
 		keep := false
@@ -135,19 +135,19 @@ func indexSweepsAndCounts(tx *bolt.Tx, old, inv *Invite) error {
 			}
 		}
 		if !keep {
-			if err := tx.Bucket(ok[0]).Delete(ok[1]); err != nil {
+			if err := tx.Bolt.Bucket(ok[0]).Delete(ok[1]); err != nil {
 				return err
 			}
 		}
 	}
 	for _, nk := range newKeys {
-		b := tx.Bucket(nk[0])
+		b := tx.Bolt.Bucket(nk[0])
 		b.FillPercent = appendFill // keys are time+id or prefix+id
 		if err := b.Put(nk[1], nil); err != nil {
 			return err
 		}
 	}
-	cb := tx.Bucket(bktCount)
+	cb := tx.Bolt.Bucket(bktCount)
 	oldC, newC := countKeys(old), countKeys(inv)
 	for _, k := range oldC {
 		if !contains(newC, k) {
@@ -172,10 +172,10 @@ func indexSweepsAndCounts(tx *bolt.Tx, old, inv *Invite) error {
 // data dir does not hold one long write transaction; an interrupted rebuild
 // starts again from the beginning (it only adds keys and sets counters at
 // the end). It returns how many invites it indexed.
-func rebuildIndexes(db *bolt.DB) (int, error) {
+func rebuildIndexes(db *store.DB) (int, error) {
 	done := false
-	if err := db.View(func(tx *bolt.Tx) error {
-		done = tx.Bucket(bktCount).Get(countsVersion) != nil
+	if err := db.View(func(tx *store.Tx) error {
+		done = tx.Bolt.Bucket(bktCount).Get(countsVersion) != nil
 		return nil
 	}); err != nil || done {
 		return 0, err
@@ -186,8 +186,8 @@ func rebuildIndexes(db *bolt.DB) (int, error) {
 	n := 0
 	for {
 		last := after
-		err := db.Update(func(tx *bolt.Tx) error {
-			c := tx.Bucket(bktInvites).Cursor()
+		err := db.Update(func(tx *store.Tx) error {
+			c := tx.Bolt.Bucket(bktInvites).Cursor()
 			var k, v []byte
 			if after == nil {
 				k, v = c.First()
@@ -200,7 +200,7 @@ func rebuildIndexes(db *bolt.DB) (int, error) {
 					return fmt.Errorf("invite %x: %w", k, err)
 				}
 				for _, sk := range sweepKeys(inv) {
-					b := tx.Bucket(sk[0])
+					b := tx.Bolt.Bucket(sk[0])
 					b.FillPercent = appendFill
 					if err := b.Put(sk[1], nil); err != nil {
 						return err
@@ -210,7 +210,7 @@ func rebuildIndexes(db *bolt.DB) (int, error) {
 					counts[string(ck)]++
 				}
 				if inv.State == StatePending {
-					if err := tx.Bucket(bktState).Put(stateKey(inv.State, inv.ID), pendingValue(inv)); err != nil {
+					if err := tx.Bolt.Bucket(bktState).Put(stateKey(inv.State, inv.ID), pendingValue(inv)); err != nil {
 						return err
 					}
 				}
@@ -228,8 +228,8 @@ func rebuildIndexes(db *bolt.DB) (int, error) {
 		}
 		after = last
 	}
-	return n, db.Update(func(tx *bolt.Tx) error {
-		cb := tx.Bucket(bktCount)
+	return n, db.Update(func(tx *store.Tx) error {
+		cb := tx.Bolt.Bucket(bktCount)
 		// Counters from an earlier interrupted rebuild are replaced.
 		c := cb.Cursor()
 		for k, _ := c.First(); k != nil; k, _ = c.Next() {
@@ -248,9 +248,9 @@ func rebuildIndexes(db *bolt.DB) (int, error) {
 
 // CountsTx returns how many invites are in each state (every state present),
 // from the counters, inside the caller's transaction.
-func (s *Service) CountsTx(tx *bolt.Tx) map[string]int {
+func (s *Service) CountsTx(tx *store.Tx) map[string]int {
 	out := make(map[string]int, len(States))
-	b := tx.Bucket(bktCount)
+	b := tx.Bolt.Bucket(bktCount)
 	for _, st := range States {
 		out[st] = 0
 		if v := b.Get(stateCountKey(st)); len(v) == 8 {
@@ -273,8 +273,8 @@ type DayCount struct {
 func (s *Service) PerDay(now time.Time, days int) ([]DayCount, error) {
 	today := now.UTC().Truncate(24 * time.Hour)
 	out := make([]DayCount, days)
-	err := s.db.View(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bktCount)
+	err := s.db.View(func(tx *store.Tx) error {
+		b := tx.Bolt.Bucket(bktCount)
 		get := func(k []byte) int {
 			if v := b.Get(k); len(v) == 8 {
 				return int(binary.BigEndian.Uint64(v))
@@ -314,10 +314,10 @@ type pendingEntry struct {
 
 // pendingEntries reads the pending invites' entries from the state index,
 // newest first (decoding the record only for an entry without a value).
-func pendingEntries(tx *bolt.Tx) ([]pendingEntry, error) {
+func pendingEntries(tx *store.Tx) ([]pendingEntry, error) {
 	prefix := join0(StatePending, "")
 	var out []pendingEntry
-	c := tx.Bucket(bktState).Cursor()
+	c := tx.Bolt.Bucket(bktState).Cursor()
 	k, v := c.Seek(append(append([]byte{}, prefix...), 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff))
 	if k == nil {
 		k, v = c.Last()

@@ -7,8 +7,6 @@ import (
 	"testing"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/herald-im/herald/config"
 	"github.com/herald-im/herald/identity"
 	"github.com/herald-im/herald/invites"
@@ -20,7 +18,7 @@ import (
 // moves, and no background sweeper: the test alone runs the sweeps.
 type sweepEnv struct {
 	dir string
-	db  *bolt.DB
+	db  *store.DB
 	s   *invites.Service
 	mu  sync.Mutex
 	now time.Time
@@ -43,10 +41,11 @@ func newSweepEnv(t *testing.T, mutate func(*config.Config)) *sweepEnv {
 
 func (e *sweepEnv) open(t *testing.T) {
 	t.Helper()
-	db, err := store.Open(filepath.Join(e.dir, "data"), time.Second)
+	bdb, err := store.Open(filepath.Join(e.dir, "data"), time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
+	db := store.NewBolt(bdb)
 	t.Cleanup(func() { db.Close() })
 	ring, err := keys.OpenRing(filepath.Join(e.dir, "keys"), "id.example.org")
 	if err != nil {
@@ -80,10 +79,10 @@ func (e *sweepEnv) reopen(t *testing.T) {
 }
 
 // txid is the id of the last committed write transaction.
-func txid(t *testing.T, db *bolt.DB) int {
+func txid(t *testing.T, db *store.DB) int {
 	t.Helper()
 	var id int
-	db.View(func(tx *bolt.Tx) error { id = tx.ID(); return nil })
+	db.View(func(tx *store.Tx) error { id = tx.Bolt.ID(); return nil })
 	return id
 }
 
@@ -91,7 +90,7 @@ func txid(t *testing.T, db *bolt.DB) int {
 func insertN(t *testing.T, e *sweepEnv, n int, mk func(i int) *invites.Invite) {
 	t.Helper()
 	s := e.s
-	if err := s.DB().Update(func(tx *bolt.Tx) error {
+	if err := s.DB().Update(func(tx *store.Tx) error {
 		for i := 0; i < n; i++ {
 			if err := s.InsertTx(tx, mk(i)); err != nil {
 				return err
@@ -262,9 +261,9 @@ func TestIndexesBuiltForOlderDataDir(t *testing.T) {
 		return inv
 	})
 	// What schema version 1 had: none of these buckets.
-	if err := s.DB().Update(func(tx *bolt.Tx) error {
+	if err := s.DB().Update(func(tx *store.Tx) error {
 		for _, b := range []string{"invites_expiry", "invites_erase", "invites_by", "invites_count"} {
-			if err := tx.DeleteBucket([]byte(b)); err != nil {
+			if err := tx.Bolt.DeleteBucket([]byte(b)); err != nil {
 				return err
 			}
 		}

@@ -15,8 +15,6 @@ import (
 	"log/slog"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/herald-im/herald/config"
 	"github.com/herald-im/herald/identity"
 	"github.com/herald-im/herald/keys"
@@ -39,9 +37,6 @@ type Options struct {
 	// "stored", "deduplicated" or "refused", and for refusals a reason such as
 	// "rate_limited" or "policy"). Metrics count these.
 	OnStore func(outcome, reason string)
-	// Commit groups store-invite's write transactions; nil: one of the
-	// service's own. Share one per database.
-	Commit *store.Committer
 	// StoreTxHook, if set, runs at the end of store-invite's write
 	// transaction, after the invite, its ephemeral key and its mail are
 	// written; its error aborts the transaction. Tests use it to fail or
@@ -51,7 +46,7 @@ type Options struct {
 
 // Service is the invites feature.
 type Service struct {
-	db     *bolt.DB
+	db     *store.DB
 	opts   Options
 	cfg    *config.Config
 	mail   *mailTemplates
@@ -65,7 +60,7 @@ type Service struct {
 
 // New creates the invites buckets, loads and checks the email templates and
 // returns the service. A broken template is an error naming the file.
-func New(db *bolt.DB, opts Options) (*Service, error) {
+func New(db *store.DB, opts Options) (*Service, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
@@ -76,15 +71,12 @@ func New(db *bolt.DB, opts Options) (*Service, error) {
 		c := config.Default()
 		opts.Config = &c
 	}
-	if opts.Commit == nil {
-		opts.Commit = store.NewCommitter(db)
-	}
 	if opts.Identity == nil || opts.Ring == nil || opts.Ephemeral == nil {
 		return nil, errors.New("invites: Options need Identity, Ring and Ephemeral")
 	}
 	// The invites' buckets and the opt-out list (lifecycle.go), which
 	// store-invite checks before writing a new invite (optOutCheck).
-	if err := store.Buckets(db, append(allBuckets, bktOptOut)...); err != nil {
+	if err := store.Buckets(db.Bolt(), append(allBuckets, bktOptOut)...); err != nil {
 		return nil, err
 	}
 	// A data dir from schema version 1 gets its sweep indexes and
@@ -107,7 +99,7 @@ func New(db *bolt.DB, opts Options) (*Service, error) {
 }
 
 // DB is the database the invites live in.
-func (s *Service) DB() *bolt.DB { return s.db }
+func (s *Service) DB() *store.DB { return s.db }
 
 // Options returns the options the service was built with.
 func (s *Service) Options() Options { return s.opts }

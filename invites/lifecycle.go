@@ -8,8 +8,6 @@ import (
 	"fmt"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/herald-im/herald/matrix"
 	"github.com/herald-im/herald/store"
 )
@@ -25,7 +23,7 @@ const OptOutAnyone = "*"
 
 // optOutCheck refuses, inside store-invite's write transaction, a new invite
 // to an address that opted out of invites from its sender or from anyone.
-func (s *Service) optOutCheck(tx *bolt.Tx, inv *Invite) error {
+func (s *Service) optOutCheck(tx *store.Tx, inv *Invite) error {
 	if s.OptedOut(tx, inv.Address, inv.Sender) {
 		return matrix.Forbidden("The recipient does not accept invitations through this identity server")
 	}
@@ -46,8 +44,8 @@ type OptOut struct {
 
 // OptedOut reports, inside tx, whether address (normalised) refuses invites
 // from sender.
-func (s *Service) OptedOut(tx *bolt.Tx, address, sender string) bool {
-	b := tx.Bucket(bktOptOut)
+func (s *Service) OptedOut(tx *store.Tx, address, sender string) bool {
+	b := tx.Bolt.Bucket(bktOptOut)
 	if b == nil {
 		return false
 	}
@@ -59,7 +57,7 @@ func (s *Service) OptedOut(tx *bolt.Tx, address, sender string) bool {
 // from its sender (anyone: from every sender), found by the invite token.
 func (s *Service) SetOptOut(token string, anyone, on bool) (*Invite, error) {
 	var inv *Invite
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.Update(func(tx *store.Tx) error {
 		var err error
 		if inv, err = s.ByTokenTx(tx, token); err != nil {
 			return err
@@ -70,13 +68,13 @@ func (s *Service) SetOptOut(token string, anyone, on bool) (*Invite, error) {
 		}
 		key := join0(inv.Address, sender)
 		if !on {
-			return tx.Bucket(bktOptOut).Delete(key)
+			return tx.Bolt.Bucket(bktOptOut).Delete(key)
 		}
 		raw, err := json.Marshal(OptOut{Address: inv.Address, Sender: sender, Created: s.opts.Now().UTC(), Via: inv.ID})
 		if err != nil {
 			return err
 		}
-		return tx.Bucket(bktOptOut).Put(key, raw)
+		return tx.Bolt.Bucket(bktOptOut).Put(key, raw)
 	})
 	if err == nil {
 		what := "opted out of invites from the sender"
@@ -95,7 +93,7 @@ func (s *Service) SetOptOut(token string, anyone, on bool) (*Invite, error) {
 // answers invalid. A pending invite, or a resolved one whose delivery has not
 // yet been accepted, can be revoked. by says who did it (for the log).
 func (s *Service) Revoke(id uint64, by string) error {
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.Update(func(tx *store.Tx) error {
 		inv, err := getTx(tx, id)
 		if err != nil {
 			return err
@@ -127,7 +125,7 @@ func (s *Service) Revoke(id uint64, by string) error {
 // expired back into a pending one.
 func (s *Service) Decline(token string, undo bool) (*Invite, error) {
 	var inv *Invite
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.Update(func(tx *store.Tx) error {
 		var err error
 		if inv, err = s.ByTokenTx(tx, token); err != nil {
 			return err
@@ -172,10 +170,10 @@ func (s *Service) ExpireDue() (int, error) {
 	total := 0
 	for {
 		n := 0
-		err := s.db.Update(func(tx *bolt.Tx) error {
+		err := s.db.Update(func(tx *store.Tx) error {
 			n = 0
 			var ids []uint64
-			c := tx.Bucket(bktExpiry).Cursor()
+			c := tx.Bolt.Bucket(bktExpiry).Cursor()
 			for k, _ := c.First(); k != nil && len(ids) < sweepBatch && bytes.Compare(k, end) < 0; k, _ = c.Next() {
 				if len(k) == 16 {
 					ids = append(ids, u64(k[8:]))
@@ -223,10 +221,10 @@ func (s *Service) EraseSecrets() (int, error) {
 	for {
 		seen, n := 0, 0
 		var next []byte
-		err := s.db.Update(func(tx *bolt.Tx) error {
+		err := s.db.Update(func(tx *store.Tx) error {
 			seen, n, next = 0, 0, nil
 			var ids []uint64
-			c := tx.Bucket(bktErase).Cursor()
+			c := tx.Bolt.Bucket(bktErase).Cursor()
 			k, _ := c.First()
 			if from != nil {
 				k, _ = c.Seek(from)

@@ -6,10 +6,9 @@ import (
 	"strconv"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/herald-im/herald/mailer"
 	"github.com/herald-im/herald/matrix"
+	"github.com/herald-im/herald/store"
 )
 
 // ErrResendRefused wraps every reason an invite's email is not queued again
@@ -89,7 +88,7 @@ func (s *Service) resend(inv *Invite, by string) (uint64, error) {
 		return 0, err
 	}
 	var mailID uint64
-	err = s.db.Update(func(tx *bolt.Tx) error {
+	err = s.db.Update(func(tx *store.Tx) error {
 		cur, err := getTx(tx, inv.ID)
 		if err != nil {
 			return err

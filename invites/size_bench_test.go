@@ -9,6 +9,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/herald-im/herald/config"
+	"github.com/herald-im/herald/store"
 )
 
 // BenchmarkStoredInviteSize: the database bytes per stored invite once its
@@ -64,10 +65,10 @@ func benchInviteSize(b *testing.B, send bool) {
 	b.ReportMetric(float64(outbox)/float64(b.N), "B/mail")
 }
 
-func bucketBytes(b testing.TB, db *bolt.DB) map[string]int {
+func bucketBytes(b testing.TB, db *store.DB) map[string]int {
 	out := map[string]int{}
-	err := db.View(func(tx *bolt.Tx) error {
-		return tx.ForEach(func(name []byte, bk *bolt.Bucket) error {
+	err := db.View(func(tx *store.Tx) error {
+		return tx.Bolt.ForEach(func(name []byte, bk *bolt.Bucket) error {
 			s := bk.Stats()
 			out[string(name)] = s.LeafInuse + s.BranchInuse + s.InlineBucketInuse
 			return nil

@@ -114,8 +114,8 @@ func dedupKey(sender, room, medium, address string) []byte {
 
 func stateKey(state string, id uint64) []byte { return append(join0(state, ""), store.U64(id)...) }
 
-func getTx(tx *bolt.Tx, id uint64) (*Invite, error) {
-	raw := tx.Bucket(bktInvites).Get(store.U64(id))
+func getTx(tx *store.Tx, id uint64) (*Invite, error) {
+	raw := tx.Bolt.Bucket(bktInvites).Get(store.U64(id))
 	if raw == nil {
 		return nil, ErrNotFound
 	}
@@ -126,12 +126,12 @@ func getTx(tx *bolt.Tx, id uint64) (*Invite, error) {
 	return inv, nil
 }
 
-func putRecord(tx *bolt.Tx, inv *Invite) error {
+func putRecord(tx *store.Tx, inv *Invite) error {
 	raw, err := json.Marshal(inv)
 	if err != nil {
 		return err
 	}
-	b := tx.Bucket(bktInvites)
+	b := tx.Bolt.Bucket(bktInvites)
 	b.FillPercent = appendFill
 	return b.Put(store.U64(inv.ID), raw)
 }
@@ -145,7 +145,7 @@ const appendFill = 0.9
 // Get returns the invite with that id.
 func (s *Service) Get(id uint64) (*Invite, error) {
 	var inv *Invite
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(func(tx *store.Tx) error {
 		var err error
 		inv, err = getTx(tx, id)
 		return err
@@ -154,12 +154,12 @@ func (s *Service) Get(id uint64) (*Invite, error) {
 }
 
 // GetTx is Get inside the caller's transaction.
-func (s *Service) GetTx(tx *bolt.Tx, id uint64) (*Invite, error) { return getTx(tx, id) }
+func (s *Service) GetTx(tx *store.Tx, id uint64) (*Invite, error) { return getTx(tx, id) }
 
 // ByToken returns the invite with that token.
 func (s *Service) ByToken(token string) (*Invite, error) {
 	var inv *Invite
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(func(tx *store.Tx) error {
 		var err error
 		inv, err = s.ByTokenTx(tx, token)
 		return err
@@ -168,11 +168,11 @@ func (s *Service) ByToken(token string) (*Invite, error) {
 }
 
 // ByTokenTx is ByToken inside the caller's transaction.
-func (s *Service) ByTokenTx(tx *bolt.Tx, token string) (*Invite, error) {
+func (s *Service) ByTokenTx(tx *store.Tx, token string) (*Invite, error) {
 	if token == "" {
 		return nil, ErrNotFound
 	}
-	id := tx.Bucket(bktToken).Get([]byte(token))
+	id := tx.Bolt.Bucket(bktToken).Get([]byte(token))
 	if len(id) != 8 {
 		return nil, ErrNotFound
 	}
@@ -181,11 +181,11 @@ func (s *Service) ByTokenTx(tx *bolt.Tx, token string) (*Invite, error) {
 
 // ForAddress returns every invite (any state) for the address, oldest first.
 // address is normalised for email.
-func (s *Service) ForAddress(tx *bolt.Tx, medium, address string) ([]*Invite, error) {
+func (s *Service) ForAddress(tx *store.Tx, medium, address string) ([]*Invite, error) {
 	address = normalize(medium, address)
 	prefix := addrPrefix(medium, address)
 	var out []*Invite
-	c := tx.Bucket(bktAddr).Cursor()
+	c := tx.Bolt.Bucket(bktAddr).Cursor()
 	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
 		if len(k) != len(prefix)+8 {
 			continue
@@ -202,7 +202,7 @@ func (s *Service) ForAddress(tx *bolt.Tx, medium, address string) ([]*Invite, er
 // PendingFor returns the address's invites that are pending and not past
 // their expiry, oldest first, inside the caller's transaction (the bind hook
 // calls it). address is normalised for email. The slice is fresh every call.
-func (s *Service) PendingFor(tx *bolt.Tx, medium, address string) ([]*Invite, error) {
+func (s *Service) PendingFor(tx *store.Tx, medium, address string) ([]*Invite, error) {
 	all, err := s.ForAddress(tx, medium, address)
 	if err != nil {
 		return nil, err
@@ -228,7 +228,7 @@ func normalize(medium, address string) string {
 
 // insert stores a new invite, assigning its ID, and writes every index.
 // A non-zero inv.ID must come from reserveID in the same transaction.
-func (s *Service) insert(tx *bolt.Tx, inv *Invite) error {
+func (s *Service) insert(tx *store.Tx, inv *Invite) error {
 	if inv.ID == 0 {
 		id, err := reserveID(tx)
 		if err != nil {
@@ -253,18 +253,18 @@ func (s *Service) insert(tx *bolt.Tx, inv *Invite) error {
 // Update, an invite is written (the sydent importer and herald bench
 // populate use it). A zero ID is assigned; a zero State is pending. The
 // ephemeral key (keys.Ephemeral) is the caller's to store.
-func (s *Service) InsertTx(tx *bolt.Tx, inv *Invite) error { return s.insert(tx, inv) }
+func (s *Service) InsertTx(tx *store.Tx, inv *Invite) error { return s.insert(tx, inv) }
 
 // reserveID takes the next invite id.
-func reserveID(tx *bolt.Tx) (uint64, error) { return tx.Bucket(bktInvites).NextSequence() }
+func reserveID(tx *store.Tx) (uint64, error) { return tx.Bolt.Bucket(bktInvites).NextSequence() }
 
 // index moves the indexes and counters from old (nil for a new invite) to
 // inv. Every write of an invite goes through it (insert, Update, Delete).
-func (s *Service) index(tx *bolt.Tx, old, inv *Invite) error {
+func (s *Service) index(tx *store.Tx, old, inv *Invite) error {
 	if err := indexSweepsAndCounts(tx, old, inv); err != nil {
 		return err
 	}
-	tb, ab, db, sb := tx.Bucket(bktToken), tx.Bucket(bktAddr), tx.Bucket(bktDedup), tx.Bucket(bktState)
+	tb, ab, db, sb := tx.Bolt.Bucket(bktToken), tx.Bolt.Bucket(bktAddr), tx.Bolt.Bucket(bktDedup), tx.Bolt.Bucket(bktState)
 	id := store.U64(inv.ID)
 	if old != nil {
 		if old.Token != "" && old.Token != inv.Token {
@@ -316,7 +316,7 @@ func (s *Service) index(tx *bolt.Tx, old, inv *Invite) error {
 // entry (present only while pending). A change of state stamps StateChanged
 // (unless the caller set it) and, for expired, revoked and declined invites,
 // marks the ephemeral key invalid so ephemeral/isvalid answers false.
-func (s *Service) Update(tx *bolt.Tx, inv *Invite) error {
+func (s *Service) Update(tx *store.Tx, inv *Invite) error {
 	old, err := getTx(tx, inv.ID)
 	if err != nil {
 		return err
@@ -342,25 +342,25 @@ func (s *Service) Update(tx *bolt.Tx, inv *Invite) error {
 
 // Delete erases an invite, its indexes and its ephemeral key (data-protection
 // erasure) inside the caller's write transaction.
-func (s *Service) Delete(tx *bolt.Tx, id uint64) error {
+func (s *Service) Delete(tx *store.Tx, id uint64) error {
 	old, err := getTx(tx, id)
 	if err != nil {
 		return err
 	}
 	if old.Token != "" {
-		if err := tx.Bucket(bktToken).Delete([]byte(old.Token)); err != nil {
+		if err := tx.Bolt.Bucket(bktToken).Delete([]byte(old.Token)); err != nil {
 			return err
 		}
 	}
-	if err := tx.Bucket(bktAddr).Delete(addrKey(old.Medium, old.Address, id)); err != nil {
+	if err := tx.Bolt.Bucket(bktAddr).Delete(addrKey(old.Medium, old.Address, id)); err != nil {
 		return err
 	}
-	if err := tx.Bucket(bktState).Delete(stateKey(old.State, id)); err != nil {
+	if err := tx.Bolt.Bucket(bktState).Delete(stateKey(old.State, id)); err != nil {
 		return err
 	}
 	dk := dedupKey(old.Sender, old.RoomID, old.Medium, old.Address)
-	if v := tx.Bucket(bktDedup).Get(dk); v != nil && u64(v) == id {
-		if err := tx.Bucket(bktDedup).Delete(dk); err != nil {
+	if v := tx.Bolt.Bucket(bktDedup).Get(dk); v != nil && u64(v) == id {
+		if err := tx.Bolt.Bucket(bktDedup).Delete(dk); err != nil {
 			return err
 		}
 	}
@@ -375,12 +375,12 @@ func (s *Service) Delete(tx *bolt.Tx, id uint64) error {
 	if err := deleteVouch(tx, id); err != nil { // upstream.go
 		return err
 	}
-	return tx.Bucket(bktInvites).Delete(store.U64(id))
+	return tx.Bolt.Bucket(bktInvites).Delete(store.U64(id))
 }
 
 // pendingDuplicate returns the pending invite from sender to address in room, if any.
-func (s *Service) pendingDuplicate(tx *bolt.Tx, sender, room, medium, address string) (*Invite, error) {
-	v := tx.Bucket(bktDedup).Get(dedupKey(sender, room, medium, address))
+func (s *Service) pendingDuplicate(tx *store.Tx, sender, room, medium, address string) (*Invite, error) {
+	v := tx.Bolt.Bucket(bktDedup).Get(dedupKey(sender, room, medium, address))
 	if len(v) != 8 {
 		return nil, nil
 	}
@@ -403,10 +403,10 @@ func (s *Service) pendingDuplicate(tx *bolt.Tx, sender, room, medium, address st
 // EachInState calls fn for every invite in state, oldest first, inside the
 // caller's transaction. fn must not change the state index of invites other
 // than the one it is given (Update on that one is fine in a write tx).
-func (s *Service) EachInState(tx *bolt.Tx, state string, fn func(*Invite) error) error {
+func (s *Service) EachInState(tx *store.Tx, state string, fn func(*Invite) error) error {
 	prefix := join0(state, "")
 	var ids []uint64
-	c := tx.Bucket(bktState).Cursor()
+	c := tx.Bolt.Bucket(bktState).Cursor()
 	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
 		if len(k) == len(prefix)+8 {
 			ids = append(ids, u64(k[len(prefix):]))
@@ -521,7 +521,7 @@ func (s *Service) List(f Filter) ([]*Invite, int, error) {
 	}
 	var out []*Invite
 	total := -1
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(func(tx *store.Tx) error {
 		if f.Address != "" {
 			// An address has few invites: count them all exactly.
 			all, err := s.ForAddress(tx, "email", f.Address)
@@ -541,7 +541,7 @@ func (s *Service) List(f Filter) ([]*Invite, int, error) {
 			return nil
 		}
 		bucket, prefix, exact := f.source()
-		b := tx.Bucket(bucket)
+		b := tx.Bolt.Bucket(bucket)
 		if exact {
 			switch {
 			case bucket == nil:
@@ -584,7 +584,7 @@ func (s *Service) List(f Filter) ([]*Invite, int, error) {
 // from the counters kept with every write.
 func (s *Service) Counts() (map[string]int, error) {
 	var out map[string]int
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(func(tx *store.Tx) error {
 		out = s.CountsTx(tx)
 		return nil
 	})

@@ -18,6 +18,7 @@ import (
 	"github.com/herald-im/herald/invites"
 	"github.com/herald-im/herald/keys"
 	"github.com/herald-im/herald/mailer"
+	"github.com/herald-im/herald/store"
 )
 
 var tokenRE = regexp.MustCompile(`^[0-9a-zA-Z.=_-]{22,255}$`)
@@ -410,7 +411,7 @@ func TestSignEd25519(t *testing.T) {
 
 	// A revoked invite is not signed any more and its key is no longer valid.
 	db := e.App.Invites().DB()
-	if err := db.Update(func(tx *bboltTx) error {
+	if err := db.Update(func(tx *store.Tx) error {
 		inv.State = invites.StateRevoked
 		return e.App.Invites().Update(tx, inv)
 	}); err != nil {

@@ -11,8 +11,6 @@ import (
 	"io/fs"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/herald-im/herald/identity"
 	"github.com/herald-im/herald/mailer"
 	"github.com/herald-im/herald/store"
@@ -92,7 +90,7 @@ func (s *Service) UseUpstream(d *Deliveries, opts UpstreamOptions) error {
 	if opts.ResolveDelay <= 0 {
 		opts.ResolveDelay = 500 * time.Millisecond
 	}
-	if err := store.Buckets(s.db, bktUpstream, bktUpstreamDue); err != nil {
+	if err := store.Buckets(s.db.Bolt(), bktUpstream, bktUpstreamDue); err != nil {
 		return err
 	}
 	t, err := mailer.LoadTemplates(WaitingTemplates(), s.cfg.Email.TemplatesDir, "invite-waiting")
@@ -117,7 +115,7 @@ func (s *Service) askUpstream(inv *Invite) *Vouch {
 		return nil
 	}
 	opted := false
-	_ = s.db.View(func(tx *bolt.Tx) error {
+	_ = s.db.View(func(tx *store.Tx) error {
 		opted = anyOptOut(tx, inv.Address)
 		return nil
 	})
@@ -133,8 +131,8 @@ func (s *Service) askUpstream(inv *Invite) *Vouch {
 
 // anyOptOut reports whether the address opted out of invites from anyone
 // or from any one sender.
-func anyOptOut(tx *bolt.Tx, address string) bool {
-	b := tx.Bucket(bktOptOut)
+func anyOptOut(tx *store.Tx, address string) bool {
+	b := tx.Bolt.Bucket(bktOptOut)
 	if b == nil {
 		return false
 	}
@@ -162,16 +160,16 @@ func (s *Service) renderWaiting(inv *Invite) (mailer.Message, error) {
 
 // recordVouch writes the vouch and its resolve time inside store-invite's
 // transaction.
-func (s *Service) recordVouch(tx *bolt.Tx, id uint64, v *Vouch) error {
+func (s *Service) recordVouch(tx *store.Tx, id uint64, v *Vouch) error {
 	raw, err := json.Marshal(v)
 	if err != nil {
 		return err
 	}
-	if err := tx.Bucket(bktUpstream).Put(store.U64(id), raw); err != nil {
+	if err := tx.Bolt.Bucket(bktUpstream).Put(store.U64(id), raw); err != nil {
 		return err
 	}
 	due := v.At.Add(s.upstream.opts.ResolveDelay)
-	if err := tx.Bucket(bktUpstreamDue).Put(store.TimeKey(due, store.U64(id)), nil); err != nil {
+	if err := tx.Bolt.Bucket(bktUpstreamDue).Put(store.TimeKey(due, store.U64(id)), nil); err != nil {
 		return err
 	}
 	tx.OnCommit(s.upstream.poke)
@@ -188,8 +186,8 @@ func (h *upstreamHook) poke() {
 // VouchFor returns the upstream's vouch for invite id, or nil.
 func (s *Service) VouchFor(id uint64) (*Vouch, error) {
 	var v *Vouch
-	err := s.db.View(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bktUpstream)
+	err := s.db.View(func(tx *store.Tx) error {
+		b := tx.Bolt.Bucket(bktUpstream)
 		if b == nil {
 			return nil
 		}
@@ -239,21 +237,21 @@ func (s *Service) resolveDue() (time.Time, error) {
 	for {
 		var next time.Time
 		done := false
-		err := s.db.Update(func(tx *bolt.Tx) error {
-			k, _ := tx.Bucket(bktUpstreamDue).Cursor().First()
+		err := s.db.Update(func(tx *store.Tx) error {
+			k, _ := tx.Bolt.Bucket(bktUpstreamDue).Cursor().First()
 			if k == nil {
 				done = true
 				return nil
 			}
 			if len(k) != 16 {
-				return tx.Bucket(bktUpstreamDue).Delete(k)
+				return tx.Bolt.Bucket(bktUpstreamDue).Delete(k)
 			}
 			due := time.Unix(0, int64(binary.BigEndian.Uint64(k[:8])))
 			if s.opts.Now().Before(due) {
 				next, done = due, true
 				return nil
 			}
-			if err := tx.Bucket(bktUpstreamDue).Delete(k); err != nil {
+			if err := tx.Bolt.Bucket(bktUpstreamDue).Delete(k); err != nil {
 				return err
 			}
 			return s.resolveVouched(tx, binary.BigEndian.Uint64(k[8:]))
@@ -268,8 +266,8 @@ func (s *Service) resolveDue() (time.Time, error) {
 // through the bind's resolution (every pending invite for the address is
 // resolved to that user and one onbind delivery is queued), unless it is no
 // longer pending.
-func (s *Service) resolveVouched(tx *bolt.Tx, id uint64) error {
-	raw := tx.Bucket(bktUpstream).Get(store.U64(id))
+func (s *Service) resolveVouched(tx *store.Tx, id uint64) error {
+	raw := tx.Bolt.Bucket(bktUpstream).Get(store.U64(id))
 	if raw == nil {
 		return nil
 	}
@@ -309,13 +307,13 @@ func (s *Service) resolveVouched(tx *bolt.Tx, id uint64) error {
 	if err != nil {
 		return err
 	}
-	return tx.Bucket(bktUpstream).Put(store.U64(id), raw)
+	return tx.Bolt.Bucket(bktUpstream).Put(store.U64(id), raw)
 }
 
 // deleteVouch erases invite id's vouch with the invite (data-protection
 // erasure). Its resolve-time entry, if still there, finds nothing when due.
-func deleteVouch(tx *bolt.Tx, id uint64) error {
-	b := tx.Bucket(bktUpstream)
+func deleteVouch(tx *store.Tx, id uint64) error {
+	b := tx.Bolt.Bucket(bktUpstream)
 	if b == nil {
 		return nil
 	}

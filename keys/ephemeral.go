@@ -7,7 +7,7 @@ import (
 	"strings"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/herald-im/herald/store"
 )
 
 var ephemeralBucket = []byte("keys_ephemeral")
@@ -16,7 +16,7 @@ var ephemeralBucket = []byte("keys_ephemeral")
 // each is still valid. Private halves belong to the invite (they travel in its
 // email link), never here.
 type Ephemeral struct {
-	db  *bolt.DB
+	db  *store.DB
 	now func() time.Time
 }
 
@@ -28,12 +28,12 @@ type ephemeralRecord struct {
 
 // OpenEphemeral creates the bucket. now is the clock expiries are checked
 // against (nil: time.Now).
-func OpenEphemeral(db *bolt.DB, now func() time.Time) (*Ephemeral, error) {
+func OpenEphemeral(db *store.DB, now func() time.Time) (*Ephemeral, error) {
 	if now == nil {
 		now = time.Now
 	}
-	err := db.Update(func(tx *bolt.Tx) error {
-		_, err := tx.CreateBucketIfNotExists(ephemeralBucket)
+	err := db.Update(func(tx *store.Tx) error {
+		_, err := tx.Bolt.CreateBucketIfNotExists(ephemeralBucket)
 		return err
 	})
 	return &Ephemeral{db: db, now: now}, err
@@ -51,14 +51,14 @@ func NewEphemeralKey() (ed25519.PublicKey, ed25519.PrivateKey) {
 // Put records pub (unpadded base64) as valid until expires (zero: until
 // invalidated), inside the caller's transaction. The expiry makes isvalid
 // answer false from that instant on, before any sweeper marks the owner.
-func (e *Ephemeral) Put(tx *bolt.Tx, pub, ref string, expires time.Time) error {
+func (e *Ephemeral) Put(tx *store.Tx, pub, ref string, expires time.Time) error {
 	raw, _ := json.Marshal(ephemeralRecord{Valid: true, Ref: ref, Expires: expires})
-	return tx.Bucket(ephemeralBucket).Put([]byte(pub), raw)
+	return tx.Bolt.Bucket(ephemeralBucket).Put([]byte(pub), raw)
 }
 
 // Invalidate marks pub as no longer valid, inside the caller's transaction.
-func (e *Ephemeral) Invalidate(tx *bolt.Tx, pub string) error {
-	b := tx.Bucket(ephemeralBucket)
+func (e *Ephemeral) Invalidate(tx *store.Tx, pub string) error {
+	b := tx.Bolt.Bucket(ephemeralBucket)
 	raw := b.Get([]byte(pub))
 	if raw == nil {
 		return nil
@@ -73,18 +73,18 @@ func (e *Ephemeral) Invalidate(tx *bolt.Tx, pub string) error {
 }
 
 // Delete forgets pub entirely (data erasure).
-func (e *Ephemeral) Delete(tx *bolt.Tx, pub string) error {
-	return tx.Bucket(ephemeralBucket).Delete([]byte(pub))
+func (e *Ephemeral) Delete(tx *store.Tx, pub string) error {
+	return tx.Bolt.Bucket(ephemeralBucket).Delete([]byte(pub))
 }
 
 // IsValid reports whether pub is a known, still valid ephemeral key. It only reads.
 func (e *Ephemeral) IsValid(pub string) (bool, error) {
 	var valid bool
-	err := e.db.View(func(tx *bolt.Tx) error {
-		raw := tx.Bucket(ephemeralBucket).Get([]byte(pub))
+	err := e.db.View(func(tx *store.Tx) error {
+		raw := tx.Bolt.Bucket(ephemeralBucket).Get([]byte(pub))
 		if raw == nil {
 			if b, err := DecodeBase64(pub); err == nil && EncodeBase64(b) != pub {
-				raw = tx.Bucket(ephemeralBucket).Get([]byte(EncodeBase64(b)))
+				raw = tx.Bolt.Bucket(ephemeralBucket).Get([]byte(EncodeBase64(b)))
 			}
 		}
 		if raw == nil {

@@ -7,10 +7,9 @@ import (
 	"testing"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/herald-im/herald/internal/testenv"
 	"github.com/herald-im/herald/keys"
+	"github.com/herald-im/herald/store"
 )
 
 func isValid(t *testing.T, e *testenv.Env, path, pub string) bool {
@@ -112,7 +111,7 @@ func TestEphemeralIsValid(t *testing.T) {
 	if isValid(t, e, path, pubB64) {
 		t.Error("unknown ephemeral key valid")
 	}
-	if err := e.App.DB().Update(func(tx *bolt.Tx) error { return eph.Put(tx, pubB64, "test", time.Time{}) }); err != nil {
+	if err := e.App.DB().Update(func(tx *store.Tx) error { return eph.Put(tx, pubB64, "test", time.Time{}) }); err != nil {
 		t.Fatal(err)
 	}
 	if !isValid(t, e, path, pubB64) {
@@ -123,7 +122,7 @@ func TestEphemeralIsValid(t *testing.T) {
 	pub2, _ := keys.NewEphemeralKey()
 	pub2B64 := keys.EncodeBase64(pub2)
 	expires := e.Clock.Now().Add(time.Hour)
-	if err := e.App.DB().Update(func(tx *bolt.Tx) error { return eph.Put(tx, pub2B64, "test", expires) }); err != nil {
+	if err := e.App.DB().Update(func(tx *store.Tx) error { return eph.Put(tx, pub2B64, "test", expires) }); err != nil {
 		t.Fatal(err)
 	}
 	if !isValid(t, e, path, pub2B64) {
@@ -137,7 +136,7 @@ func TestEphemeralIsValid(t *testing.T) {
 	if isValid(t, e, path, e.App.Ring().Current().PublicBase64()) {
 		t.Error("long-term key valid as ephemeral")
 	}
-	if err := e.App.DB().Update(func(tx *bolt.Tx) error { return eph.Invalidate(tx, pubB64) }); err != nil {
+	if err := e.App.DB().Update(func(tx *store.Tx) error { return eph.Invalidate(tx, pubB64) }); err != nil {
 		t.Fatal(err)
 	}
 	if isValid(t, e, path, pubB64) {

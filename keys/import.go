@@ -8,7 +8,7 @@ import (
 	"strings"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/herald-im/herald/store"
 )
 
 // AddImported adds priv under id as a published, non-current key: another
@@ -43,8 +43,8 @@ func (r *Ring) AddImported(id string, priv ed25519.PrivateKey, created time.Time
 // EphemeralRef returns the ref a still-valid ephemeral key was stored with
 // (pub as given, or in unpadded standard base64), inside the caller's
 // transaction; ok is false for an unknown, invalidated or expired key.
-func (e *Ephemeral) EphemeralRef(tx *bolt.Tx, pub string) (ref string, ok bool, err error) {
-	b := tx.Bucket(ephemeralBucket)
+func (e *Ephemeral) EphemeralRef(tx *store.Tx, pub string) (ref string, ok bool, err error) {
+	b := tx.Bolt.Bucket(ephemeralBucket)
 	raw := b.Get([]byte(pub))
 	if raw == nil {
 		if dec, derr := DecodeBase64(pub); derr == nil {
@@ -70,8 +70,8 @@ func (e *Ephemeral) EphemeralRef(tx *bolt.Tx, pub string) (ref string, ok bool, 
 
 // Has reports whether pub is stored exactly as given (valid or not), inside
 // the caller's transaction.
-func (e *Ephemeral) Has(tx *bolt.Tx, pub string) bool {
-	return tx.Bucket(ephemeralBucket).Get([]byte(pub)) != nil
+func (e *Ephemeral) Has(tx *store.Tx, pub string) bool {
+	return tx.Bolt.Bucket(ephemeralBucket).Get([]byte(pub)) != nil
 }
 
 func encodeURL(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }

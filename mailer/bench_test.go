@@ -9,14 +9,14 @@ import (
 
 	"github.com/herald-im/herald/mailer"
 	"github.com/herald-im/herald/mailer/smtptest"
-	bolt "go.etcd.io/bbolt"
+	"github.com/herald-im/herald/store"
 )
 
 type nopSender struct{}
 
 func (nopSender) Send(context.Context, string, []string, []byte) error { return nil }
 
-func benchQueue(b *testing.B) (*bolt.DB, *mailer.Queue) {
+func benchQueue(b *testing.B) (*store.DB, *mailer.Queue) {
 	dir := b.TempDir()
 	db := openDB(b, dir)
 	b.Cleanup(func() { closeDB(b, db) })
@@ -38,7 +38,7 @@ var benchMsg = mailer.Message{
 func BenchmarkEnqueue(b *testing.B) {
 	db, q := benchQueue(b)
 	for b.Loop() {
-		if err := db.Update(func(tx *bolt.Tx) error { _, err := q.Enqueue(tx, benchMsg); return err }); err != nil {
+		if err := db.Update(func(tx *store.Tx) error { _, err := q.Enqueue(tx, benchMsg); return err }); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -51,7 +51,7 @@ func BenchmarkEnqueueBatch(b *testing.B) {
 	b.SetParallelism(32)
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			if err := db.Batch(func(tx *bolt.Tx) error { _, err := q.Enqueue(tx, benchMsg); return err }); err != nil {
+			if err := db.Commit(func(tx *store.Tx) error { _, err := q.Enqueue(tx, benchMsg); return err }); err != nil {
 				b.Error(err)
 				return
 			}
@@ -72,7 +72,7 @@ func BenchmarkEnqueuePreparedBatch(b *testing.B) {
 				b.Error(err)
 				return
 			}
-			if err := db.Batch(func(tx *bolt.Tx) error { _, err := q.EnqueuePrepared(tx, p); return err }); err != nil {
+			if err := db.Commit(func(tx *store.Tx) error { _, err := q.EnqueuePrepared(tx, p); return err }); err != nil {
 				b.Error(err)
 				return
 			}
@@ -106,7 +106,7 @@ func BenchmarkDelivery(b *testing.B) {
 	defer func() { cancel(); <-done }()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		if err := db.Update(func(tx *bolt.Tx) error { _, err := q.Enqueue(tx, benchMsg); return err }); err != nil {
+		if err := db.Update(func(tx *store.Tx) error { _, err := q.Enqueue(tx, benchMsg); return err }); err != nil {
 			b.Fatal(err)
 		}
 		q.Wake()
@@ -116,11 +116,11 @@ func BenchmarkDelivery(b *testing.B) {
 
 // inUse is the bytes the database's pages hold for the named buckets
 // (leaf and branch pages in use, inline buckets included).
-func inUse(b testing.TB, db *bolt.DB, names ...string) int {
+func inUse(b testing.TB, db *store.DB, names ...string) int {
 	n := 0
-	err := db.View(func(tx *bolt.Tx) error {
+	err := db.View(func(tx *store.Tx) error {
 		for _, name := range names {
-			if bk := tx.Bucket([]byte(name)); bk != nil {
+			if bk := tx.Bolt.Bucket([]byte(name)); bk != nil {
 				s := bk.Stats()
 				n += s.LeafInuse + s.BranchInuse + s.InlineBucketInuse
 			}
@@ -171,7 +171,7 @@ func BenchmarkEnqueueAndSend(b *testing.B) {
 					for range next {
 						p, err := q.Prepare(benchMsg)
 						if err == nil {
-							err = db.Batch(func(tx *bolt.Tx) error { _, err := q.EnqueuePrepared(tx, p); return err })
+							err = db.Commit(func(tx *store.Tx) error { _, err := q.EnqueuePrepared(tx, p); return err })
 						}
 						if err != nil {
 							b.Error(err)
@@ -202,7 +202,7 @@ func BenchmarkQueuedMailSize(b *testing.B) {
 	db, q := benchQueue(b)
 	base := inUse(b, db, outboxBuckets...)
 	for b.Loop() {
-		if err := db.Update(func(tx *bolt.Tx) error { _, err := q.Enqueue(tx, benchMsg); return err }); err != nil {
+		if err := db.Update(func(tx *store.Tx) error { _, err := q.Enqueue(tx, benchMsg); return err }); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -224,7 +224,7 @@ func BenchmarkDrainBacklog(b *testing.B) {
 				b.Fatal(err)
 			}
 			for i := 0; i < b.N; i += 500 {
-				err := db.Update(func(tx *bolt.Tx) error {
+				err := db.Update(func(tx *store.Tx) error {
 					for range min(500, b.N-i) {
 						if _, err := q.Enqueue(tx, benchMsg); err != nil {
 							return err

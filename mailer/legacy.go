@@ -4,8 +4,6 @@ import (
 	"encoding/json"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/herald-im/herald/queue"
 	"github.com/herald-im/herald/store"
 )
@@ -32,12 +30,12 @@ type legacyMail struct {
 }
 
 func (q *Queue) convertLegacy() error {
-	n, err := q.be.Convert("mail", legacyBuckets, func(tx *bolt.Tx, v []byte) (*queue.Record, error) {
+	n, err := q.be.Convert("mail", legacyBuckets, func(tx *store.Tx, v []byte) (*queue.Record, error) {
 		var m legacyMail
 		if err := json.Unmarshal(v, &m); err != nil {
 			return nil, err
 		}
-		raw := tx.Bucket([]byte("mail_raw")).Get(store.U64(m.ID))
+		raw := tx.Bolt.Bucket([]byte("mail_raw")).Get(store.U64(m.ID))
 		md, err := encodeMeta(meta{To: m.To, Subject: m.Subject, Ref: m.Ref, MessageID: rawHeader(raw, "Message-ID")})
 		if err != nil {
 			return nil, err

@@ -6,10 +6,9 @@ import (
 	"testing"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/herald-im/herald/mailer"
 	"github.com/herald-im/herald/mailer/smtptest"
+	"github.com/herald-im/herald/store"
 )
 
 // A database written by the outbox before the queue package (its own
@@ -23,11 +22,11 @@ func TestQueueConvertsTheOldOutbox(t *testing.T) {
 	id := func(v uint64) []byte { b := make([]byte, 8); binary.BigEndian.PutUint64(b, v); return b }
 	at := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC).Format(time.RFC3339Nano)
 	raw := "From: Herald <herald@id.example.org>\r\nTo: old@example.org\r\nSubject: old pending\r\nMessage-ID: <m7@id.example.org>\r\n\r\nhello\r\n"
-	err := db.Update(func(tx *bolt.Tx) error {
-		mb, _ := tx.CreateBucket([]byte("mail"))
-		rb, _ := tx.CreateBucket([]byte("mail_raw"))
+	err := db.Update(func(tx *store.Tx) error {
+		mb, _ := tx.Bolt.CreateBucket([]byte("mail"))
+		rb, _ := tx.Bolt.CreateBucket([]byte("mail_raw"))
 		for _, name := range []string{"mail_due", "mail_state", "mail_ref", "mail_to", "mail_fail"} {
-			if _, err := tx.CreateBucket([]byte(name)); err != nil {
+			if _, err := tx.Bolt.CreateBucket([]byte(name)); err != nil {
 				return err
 			}
 		}
@@ -58,8 +57,8 @@ func TestQueueConvertsTheOldOutbox(t *testing.T) {
 	if n := e.enqueue(msg("new@example.org", "new")); n != 8 {
 		t.Fatalf("new mail got id %d, want 8", n)
 	}
-	e.db.View(func(tx *bolt.Tx) error {
-		if tx.Bucket([]byte("mail_raw")) != nil || tx.Bucket([]byte("mail")) != nil {
+	e.db.View(func(tx *store.Tx) error {
+		if tx.Bolt.Bucket([]byte("mail_raw")) != nil || tx.Bolt.Bucket([]byte("mail")) != nil {
 			t.Error("old buckets left behind")
 		}
 		return nil

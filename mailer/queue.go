@@ -19,8 +19,6 @@ import (
 	"sync"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/herald-im/herald/matrix"
 	"github.com/herald-im/herald/queue"
 	"github.com/herald-im/herald/store"
@@ -181,7 +179,7 @@ func decodeMeta(b []byte) meta {
 // Queue is the durable outbox: a queue.Queue whose deliver function sends
 // through the Sender and classifies SMTP replies.
 type Queue struct {
-	db   *bolt.DB
+	db   *store.DB
 	be   *queue.Bolt
 	q    *queue.Queue
 	opts Options
@@ -190,7 +188,7 @@ type Queue struct {
 }
 
 // Open creates the outbox's buckets and returns the queue. Run starts the worker.
-func Open(db *bolt.DB, opts Options, log *slog.Logger) (*Queue, error) {
+func Open(db *store.DB, opts Options, log *slog.Logger) (*Queue, error) {
 	if opts.Sender == nil {
 		return nil, errors.New("mailer: Options.Sender is required")
 	}
@@ -211,10 +209,10 @@ func Open(db *bolt.DB, opts Options, log *slog.Logger) (*Queue, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	if err := store.Buckets(db, bktRef, bktTo); err != nil {
+	if err := store.Buckets(db.Bolt(), bktRef, bktTo); err != nil {
 		return nil, err
 	}
-	be, err := queue.OpenBolt(db, "outbox")
+	be, err := queue.OpenBolt(db.Bolt(), "outbox")
 	if err != nil {
 		return nil, err
 	}
@@ -306,7 +304,7 @@ func (q *Queue) Prepare(m Message) (*Prepared, error) {
 // transaction, so the mail exists if and only if the caller's change commits.
 // It sends nothing: call Wake after the commit. Callers on a hot path should
 // Prepare before the transaction and call EnqueuePrepared inside it.
-func (q *Queue) Enqueue(tx *bolt.Tx, m Message) (uint64, error) {
+func (q *Queue) Enqueue(tx *store.Tx, m Message) (uint64, error) {
 	p, err := q.Prepare(m)
 	if err != nil {
 		return 0, err
@@ -317,8 +315,8 @@ func (q *Queue) Enqueue(tx *bolt.Tx, m Message) (uint64, error) {
 // EnqueuePrepared stores p as pending inside tx, the caller's write
 // transaction (see Enqueue). It only writes: it does not change p, so it is
 // safe in a bbolt Batch function, which may run more than once.
-func (q *Queue) EnqueuePrepared(tx *bolt.Tx, p *Prepared) (uint64, error) {
-	if tx.Bucket(bktTo) == nil {
+func (q *Queue) EnqueuePrepared(tx *store.Tx, p *Prepared) (uint64, error) {
+	if tx.Bolt.Bucket(bktTo) == nil {
 		return 0, errors.New("mailer: buckets missing (was the queue opened on this database?)")
 	}
 	md, err := encodeMeta(meta{To: p.To, Subject: p.Subject, Ref: p.Ref, MessageID: p.MessageID})
@@ -342,26 +340,26 @@ func (q *Queue) EnqueuePrepared(tx *bolt.Tx, p *Prepared) (uint64, error) {
 }
 
 // index writes a mail's own index entries: by ref and by recipient.
-func (q *Queue) index(tx *bolt.Tx, r *queue.Record) error {
+func (q *Queue) index(tx *store.Tx, r *queue.Record) error {
 	m := toMail(r)
 	if m.Ref != "" {
-		if err := tx.Bucket(bktRef).Put(idxKey(m.Ref, m.ID), nil); err != nil {
+		if err := tx.Bolt.Bucket(bktRef).Put(idxKey(m.Ref, m.ID), nil); err != nil {
 			return err
 		}
 	}
-	return tx.Bucket(bktTo).Put(idxKey(strings.ToLower(m.To), m.ID), nil)
+	return tx.Bolt.Bucket(bktTo).Put(idxKey(strings.ToLower(m.To), m.ID), nil)
 }
 
 // unindex removes a deleted mail's own index entries (queue.Options.OnDelete).
 func (q *Queue) unindex(tx queue.Tx, r *queue.Record) error {
-	t := tx.(*bolt.Tx)
+	t := tx.(*store.Tx)
 	m := toMail(r)
 	if m.Ref != "" {
-		if err := t.Bucket(bktRef).Delete(idxKey(m.Ref, m.ID)); err != nil {
+		if err := t.Bolt.Bucket(bktRef).Delete(idxKey(m.Ref, m.ID)); err != nil {
 			return err
 		}
 	}
-	return t.Bucket(bktTo).Delete(idxKey(strings.ToLower(m.To), m.ID))
+	return t.Bolt.Bucket(bktTo).Delete(idxKey(strings.ToLower(m.To), m.ID))
 }
 
 func rawSubject(raw []byte) string {
@@ -580,8 +578,8 @@ func (q *Queue) Get(id uint64) (Mail, error) {
 // asks it of every pending invite's email.
 func (q *Queue) State(id uint64) (State, error) {
 	var st State
-	err := q.db.View(func(tx *bolt.Tx) error {
-		r, err := queue.ReadBolt(tx, "outbox", id)
+	err := q.db.View(func(tx *store.Tx) error {
+		r, err := queue.ReadBolt(tx.Bolt, "outbox", id)
 		if err != nil {
 			return err
 		}
@@ -636,10 +634,10 @@ func (q *Queue) candidates(f Filter) iter.Seq[Mail] {
 	return func(yield func(Mail) bool) {
 		if f.Ref != "" || f.To != "" {
 			var ids []uint64
-			_ = q.db.View(func(tx *bolt.Tx) error {
-				b, prefix := tx.Bucket(bktRef), append([]byte(f.Ref), 0)
+			_ = q.db.View(func(tx *store.Tx) error {
+				b, prefix := tx.Bolt.Bucket(bktRef), append([]byte(f.Ref), 0)
 				if f.Ref == "" {
-					b, prefix = tx.Bucket(bktTo), append([]byte(strings.ToLower(f.To)), 0)
+					b, prefix = tx.Bolt.Bucket(bktTo), append([]byte(strings.ToLower(f.To)), 0)
 				}
 				for id := range store.Descending(b, prefix) {
 					ids = append(ids, id)
@@ -705,10 +703,10 @@ func (q *Queue) Stats() (Stats, error) {
 func (q *Queue) DeleteByRecipient(addr string) (int, error) {
 	prefix := append([]byte(strings.ToLower(strings.TrimSpace(addr))), 0)
 	n := 0
-	err := q.db.Update(func(tx *bolt.Tx) error {
+	err := q.db.Update(func(tx *store.Tx) error {
 		n = 0
 		var ids []uint64
-		c := tx.Bucket(bktTo).Cursor()
+		c := tx.Bolt.Bucket(bktTo).Cursor()
 		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
 			if len(k) == len(prefix)+8 {
 				ids = append(ids, binary.BigEndian.Uint64(k[len(prefix):]))

@@ -16,23 +16,23 @@ import (
 	"github.com/herald-im/herald/mailer"
 	"github.com/herald-im/herald/mailer/smtptest"
 	"github.com/herald-im/herald/store"
-	bolt "go.etcd.io/bbolt"
 )
 
-func openDB(t testing.TB, dir string) *bolt.DB {
+func openDB(t testing.TB, dir string) *store.DB {
 	t.Helper()
-	db, err := store.Open(dir, time.Second)
+	bdb, err := store.Open(dir, time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
+	db := store.NewBolt(bdb)
 	return db
 }
 
 // closeDB checks the file's consistency and closes it.
-func closeDB(t testing.TB, db *bolt.DB) {
+func closeDB(t testing.TB, db *store.DB) {
 	t.Helper()
-	err := db.View(func(tx *bolt.Tx) error {
-		for err := range tx.Check() {
+	err := db.View(func(tx *store.Tx) error {
+		for err := range tx.Bolt.Check() {
 			return err
 		}
 		return nil
@@ -45,7 +45,7 @@ func closeDB(t testing.TB, db *bolt.DB) {
 
 type env struct {
 	t   *testing.T
-	db  *bolt.DB
+	db  *store.DB
 	q   *mailer.Queue
 	srv *smtptest.Server
 }
@@ -90,7 +90,7 @@ func (e *env) run() func() {
 func (e *env) enqueue(m mailer.Message) uint64 {
 	e.t.Helper()
 	var id uint64
-	err := e.db.Update(func(tx *bolt.Tx) error {
+	err := e.db.Update(func(tx *store.Tx) error {
 		var err error
 		id, err = e.q.Enqueue(tx, m)
 		return err
@@ -166,7 +166,7 @@ func TestQueueEnqueueIsTransactional(t *testing.T) {
 	defer closeDB(t, e.db)
 	e.run()
 	boom := errors.New("caller's change failed")
-	err := e.db.Update(func(tx *bolt.Tx) error {
+	err := e.db.Update(func(tx *store.Tx) error {
 		if _, err := e.q.Enqueue(tx, msg("a@example.org", "rolled-back")); err != nil {
 			return err
 		}
@@ -186,7 +186,7 @@ func TestQueueEnqueueIsTransactional(t *testing.T) {
 		t.Errorf("%d mails stored, want 1", len(all))
 	}
 	// Invalid messages are refused at enqueue.
-	err = e.db.Update(func(tx *bolt.Tx) error {
+	err = e.db.Update(func(tx *store.Tx) error {
 		_, err := e.q.Enqueue(tx, mailer.Message{To: "a@example.org", Subject: "x\r\nBcc: b@example.org", Text: "x"})
 		return err
 	})
@@ -489,7 +489,7 @@ func TestQueueSendsBacklogInGroupsOnce(t *testing.T) {
 	defer closeDB(t, e.db)
 	const n = 75
 	var ids []uint64
-	err := e.db.Update(func(tx *bolt.Tx) error {
+	err := e.db.Update(func(tx *store.Tx) error {
 		for i := range n {
 			p, err := e.q.Prepare(msg(fmt.Sprintf("user%d@example.org", i), fmt.Sprint(i)))
 			if err != nil {
@@ -701,7 +701,7 @@ func TestPreparedMailIsSentAsComposed(t *testing.T) {
 		t.Fatal(err)
 	}
 	p2.Subject = "changed after Prepare"
-	err = e.db.Update(func(tx *bolt.Tx) error {
+	err = e.db.Update(func(tx *store.Tx) error {
 		for _, p := range []*mailer.Prepared{p1, p2} {
 			if _, err := e.q.EnqueuePrepared(tx, p); err != nil {
 				return err

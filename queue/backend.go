@@ -82,7 +82,8 @@ func (r *Record) LastAttempt() *Attempt {
 	return &r.Attempts[len(r.Attempts)-1]
 }
 
-// Tx is a backend's write transaction (*bbolt.Tx for Bolt). Enqueue runs in
+// Tx is a backend's write transaction: a *store.Tx (or the bare *bbolt.Tx or
+// pgx.Tx it wraps); Write hands owners a *store.Tx. Enqueue runs in
 // the caller's own transaction, so a record exists if and only if the
 // caller's change commits.
 type Tx any

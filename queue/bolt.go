@@ -49,8 +49,14 @@ func OpenBolt(db *bolt.DB, name string) (*Bolt, error) {
 func (b *Bolt) Buckets() [][]byte { return [][]byte{b.bRec, b.bData, b.bDue, b.bState, b.bFail, b.bN} }
 
 func (b *Bolt) boltTx(tx Tx) (*bolt.Tx, error) {
-	t, ok := tx.(*bolt.Tx)
-	if !ok || t == nil || !t.Writable() {
+	var t *bolt.Tx
+	switch v := tx.(type) {
+	case *store.Tx:
+		t = v.Bolt
+	case *bolt.Tx:
+		t = v
+	}
+	if t == nil || !t.Writable() {
 		return nil, fmt.Errorf("queue: Bolt needs a writable *bbolt.Tx, got %T", tx)
 	}
 	if t.Bucket(b.bRec) == nil {
@@ -63,7 +69,7 @@ func (b *Bolt) Write(ctx context.Context, fn func(tx Tx) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return b.db.Update(func(tx *bolt.Tx) error { return fn(tx) })
+	return b.db.Update(func(tx *bolt.Tx) error { return fn(store.BoltTx(tx)) })
 }
 
 func (b *Bolt) Enqueue(tx Tx, r *Record) error {
@@ -537,7 +543,7 @@ func (b *Bolt) Import(tx *bolt.Tx, r *Record) error {
 // the old bucket's; then the buckets named drop (from among them) are
 // deleted. It returns how many records it moved; none, and no write, when
 // there is no bucket named from.
-func (b *Bolt) Convert(from string, drop []string, conv func(tx *bolt.Tx, v []byte) (*Record, error), index func(tx *bolt.Tx, r *Record) error) (int, error) {
+func (b *Bolt) Convert(from string, drop []string, conv func(tx *store.Tx, v []byte) (*Record, error), index func(tx *store.Tx, r *Record) error) (int, error) {
 	present := false
 	if err := b.db.View(func(tx *bolt.Tx) error { present = tx.Bucket([]byte(from)) != nil; return nil }); err != nil || !present {
 		return 0, err
@@ -550,7 +556,7 @@ func (b *Bolt) Convert(from string, drop []string, conv func(tx *bolt.Tx, v []by
 			return nil
 		}
 		err := old.ForEach(func(k, v []byte) error {
-			r, err := conv(tx, v)
+			r, err := conv(store.BoltTx(tx), v)
 			if err != nil {
 				return fmt.Errorf("converting %s %x: %w", from, k, err)
 			}
@@ -558,7 +564,7 @@ func (b *Bolt) Convert(from string, drop []string, conv func(tx *bolt.Tx, v []by
 				return err
 			}
 			n++
-			return index(tx, r)
+			return index(store.BoltTx(tx), r)
 		})
 		if err != nil {
 			return err

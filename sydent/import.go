@@ -11,8 +11,6 @@ import (
 	"strings"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/herald-im/herald/identity"
 	"github.com/herald-im/herald/invites"
 	"github.com/herald-im/herald/keys"
@@ -21,7 +19,7 @@ import (
 
 // Target is the Herald data the import writes into (Herald stopped).
 type Target struct {
-	DB        *bolt.DB
+	DB        *store.DB
 	Identity  *identity.Service
 	Invites   *invites.Service
 	Ring      *keys.Ring
@@ -148,10 +146,10 @@ type Imported struct {
 }
 
 // ImportedDeployment returns the sydent deployment imported into db, or nil.
-func ImportedDeployment(db *bolt.DB) (*Imported, error) {
+func ImportedDeployment(db *store.DB) (*Imported, error) {
 	var out *Imported
-	err := db.View(func(tx *bolt.Tx) error {
-		b := tx.Bucket(metaBucket)
+	err := db.View(func(tx *store.Tx) error {
+		b := tx.Bolt.Bucket(metaBucket)
 		if b == nil {
 			return nil
 		}
@@ -169,14 +167,14 @@ func ImportedDeployment(db *bolt.DB) (*Imported, error) {
 // were issued under keyID (public key pub, unpadded base64) before Herald
 // took over. It is the one place the import registers a key with the
 // database.
-func RecordImportedKey(tx *bolt.Tx, keyID, pub string) (bool, error) {
-	b, err := tx.CreateBucketIfNotExists(metaBucket)
+func RecordImportedKey(tx *store.Tx, keyID, pub string) (bool, error) {
+	b, err := tx.Bolt.CreateBucketIfNotExists(metaBucket)
 	if err != nil {
 		return false, err
 	}
 	// The database records every key it is used with (store.RecordKeysTx):
 	// start-up refuses a key ring and a database that disagree.
-	if err := store.RecordKeysTx(tx, keyID); err != nil {
+	if err := store.RecordKeysTx(tx.Bolt, keyID); err != nil {
 		return false, err
 	}
 	k := []byte("key\x00" + keyID)
@@ -222,7 +220,7 @@ func doImport(ctx context.Context, t Target, dbPath string, cfg *Config, opts Op
 		return nil, fmt.Errorf("the data_dir already holds an import of sydent %s (key %s); pass --merge to add another deployment to it", prev.ServerName, prev.KeyID)
 	default:
 		has := false
-		_ = t.DB.View(func(tx *bolt.Tx) error {
+		_ = t.DB.View(func(tx *store.Tx) error {
 			has = t.Identity.HasData(tx) || t.Invites.HasData(tx)
 			return nil
 		})
@@ -244,7 +242,7 @@ func doImport(ctx context.Context, t Target, dbPath string, cfg *Config, opts Op
 	if err := im.countAll(); err != nil {
 		return nil, err
 	}
-	err = t.DB.Update(func(tx *bolt.Tx) error {
+	err = t.DB.Update(func(tx *store.Tx) error {
 		if err := im.run(tx); err != nil {
 			return err
 		}
@@ -321,7 +319,7 @@ func (im *importer) step(stage string) error {
 	return nil
 }
 
-func (im *importer) run(tx *bolt.Tx) error {
+func (im *importer) run(tx *store.Tx) error {
 	if err := im.pepper(tx); err != nil {
 		return err
 	}
@@ -345,7 +343,7 @@ func (im *importer) run(tx *bolt.Tx) error {
 		return err
 	}
 	im.metaChanged = changed
-	b, err := tx.CreateBucketIfNotExists(metaBucket)
+	b, err := tx.Bolt.CreateBucketIfNotExists(metaBucket)
 	if err != nil {
 		return err
 	}
@@ -364,7 +362,7 @@ func (im *importer) run(tx *bolt.Tx) error {
 	return nil
 }
 
-func (im *importer) pepper(tx *bolt.Tx) error {
+func (im *importer) pepper(tx *store.Tx) error {
 	if !im.src.tables["hashing_metadata"] {
 		im.r.Pepper = "none in this sydent version (Herald keeps its own)"
 		return nil
@@ -411,7 +409,7 @@ type assoc struct {
 // bindings imports the global associations (every binding sydent answered
 // lookups with, its own and replicated ones), the newest per address, then
 // any local association in force missing from the global table.
-func (im *importer) bindings(tx *bolt.Tx) error {
+func (im *importer) bindings(tx *store.Tx) error {
 	nowMS := im.now.UnixMilli()
 	bi, err := im.t.Identity.ImportBindings(tx)
 	if err != nil {
@@ -547,7 +545,7 @@ func serverOf(userID string) string {
 // pending invites. Their events name sydent's long-term key and its
 // key_validity_url; onbind for them is signed under sydent's key id and
 // server name.
-func (im *importer) invites(tx *bolt.Tx) error {
+func (im *importer) invites(tx *store.Tx) error {
 	rows, err := im.src.db.QueryContext(im.ctx, `SELECT medium, address, room_id, sender, token, received_ts, sent_ts
 		FROM invite_tokens ORDER BY id`)
 	if err != nil {
@@ -607,7 +605,7 @@ func (im *importer) invites(tx *bolt.Tx) error {
 // ephemeral imports every ephemeral public key byte for byte (sydent's
 // URL-safe base64), valid as sydent kept them: sydent records no link from
 // a key to its invite, so each stays valid after its invite is resolved.
-func (im *importer) ephemeral(tx *bolt.Tx) error {
+func (im *importer) ephemeral(tx *store.Tx) error {
 	rows, err := im.src.db.QueryContext(im.ctx, "SELECT id, public_key FROM ephemeral_public_keys ORDER BY id")
 	if err != nil {
 		return im.src.fail("%s", sqliteMessage(err))
@@ -643,7 +641,7 @@ func (im *importer) ephemeral(tx *bolt.Tx) error {
 
 // accounts imports every access token (stored hashed) with its user, so
 // homeservers and clients need not register again.
-func (im *importer) accounts(tx *bolt.Tx) error {
+func (im *importer) accounts(tx *store.Tx) error {
 	if !im.src.tables["tokens"] {
 		return nil
 	}
@@ -687,7 +685,7 @@ func (im *importer) accounts(tx *bolt.Tx) error {
 
 // terms imports accepted terms URLs, per user, as acceptance of the
 // policies Herald's configuration lists under those URLs.
-func (im *importer) terms(tx *bolt.Tx) error {
+func (im *importer) terms(tx *store.Tx) error {
 	if !im.src.tables["accepted_terms_urls"] {
 		return nil
 	}

@@ -63,10 +63,11 @@ func TestAdminCommand(t *testing.T) {
 		t.Fatalf("list: %q %v", out, err)
 	}
 	// The stored hash is argon2id and matches the replaced password.
-	db, err := store.Open(dir, time.Second)
+	bdb, err := store.Open(dir, time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
+	db := store.NewBolt(bdb)
 	users, _ := admin.Users(db)
 	db.Close()
 	if len(users) != 1 || users[0].Username != "ops" || users[0].PasswordHash != "" {
@@ -91,10 +92,11 @@ func TestAdminCreateWhileRunning(t *testing.T) {
 	o := defaultRunOptions()
 	o.handoverWait = 100 * time.Millisecond
 	dir := t.TempDir()
-	db, err := store.Open(dir, time.Second)
+	bdb, err := store.Open(dir, time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
+	db := store.NewBolt(bdb)
 	defer db.Close()
 	out, err := runAdminWith(t, o, dir, "a good long password\n", "create", "ops")
 	if err != nil || !strings.Contains(out, "Herald is running") || !strings.Contains(out, `"ops" handed over`) {

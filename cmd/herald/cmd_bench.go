@@ -11,7 +11,6 @@ import (
 	"strings"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
 	"golang.org/x/term"
 
 	"github.com/herald-im/herald/config"
@@ -20,6 +19,7 @@ import (
 	"github.com/herald-im/herald/internal/server"
 	"github.com/herald-im/herald/invites"
 	"github.com/herald-im/herald/keys"
+	"github.com/herald-im/herald/store"
 )
 
 const benchUsage = `usage: herald bench populate [--invites N] [--bindings M] DATA_DIR
@@ -166,7 +166,7 @@ func (p *populator) invites(ctx context.Context, n int) error {
 	lt := p.a.Ring().Current()
 	pendingFrom := n - n/100
 	return inBatches(ctx, pr, have, n, func(have, end int) error {
-		return s.DB().Update(func(tx *bolt.Tx) error {
+		return s.DB().Update(func(tx *store.Tx) error {
 			for i := have; i < end; i++ {
 				created := p.now.Add(-span + time.Duration(float64(span)*float64(i)/float64(n)))
 				inv := &invites.Invite{
@@ -222,7 +222,7 @@ func (p *populator) bindings(ctx context.Context, n int) error {
 	}
 	pr := &progress{out: p.out, tty: p.tty, what: "bindings", start: time.Now(), from: have, total: n}
 	return inBatches(ctx, pr, have, n, func(have, end int) error {
-		return id.DB().Update(func(tx *bolt.Tx) error {
+		return id.DB().Update(func(tx *store.Tx) error {
 			for i := have; i < end; i++ {
 				b := identity.Binding{Medium: "email", Address: loadgen.BoundAddress(i), MXID: fmt.Sprintf("@user%d:populate.test", i)}
 				if err := id.PutBinding(tx, b); err != nil {

@@ -9,8 +9,6 @@ import (
 	"strings"
 	"testing"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/herald-im/herald/config"
 	"github.com/herald-im/herald/identity"
 	"github.com/herald-im/herald/internal/server"
@@ -36,7 +34,7 @@ func TestLookupRotatePepperCommand(t *testing.T) {
 	}
 	a := open()
 	id := a.Identity()
-	if err := id.DB().Update(func(tx *bolt.Tx) error {
+	if err := id.DB().Update(func(tx *store.Tx) error {
 		return id.PutBinding(tx, identity.Binding{Medium: "email", Address: "carol@example.org", MXID: "@carol:hs.test"})
 	}); err != nil {
 		t.Fatal(err)

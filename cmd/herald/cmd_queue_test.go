@@ -8,11 +8,10 @@ import (
 	"strings"
 	"testing"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/herald-im/herald/config"
 	"github.com/herald-im/herald/internal/server"
 	"github.com/herald-im/herald/mailer"
+	"github.com/herald-im/herald/store"
 )
 
 // herald queue on a stopped server: stats, list, a bulk retry refused as a
@@ -27,7 +26,7 @@ func TestQueueCommand(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, to := range []string{"zoe@example.org", "yan@example.org"} {
-		err := a.DB().Update(func(tx *bolt.Tx) error {
+		err := a.DB().Update(func(tx *store.Tx) error {
 			_, err := a.Mailer().Enqueue(tx, mailer.Message{To: to, Subject: "hello", Text: "hi", Kind: "invite"})
 			return err
 		})

@@ -9,12 +9,11 @@ import (
 	"testing"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/herald-im/herald/config"
 	"github.com/herald-im/herald/identity"
 	"github.com/herald-im/herald/internal/loadgen"
 	"github.com/herald-im/herald/internal/testenv"
+	"github.com/herald-im/herald/store"
 )
 
 // herald bench run against an in-process Herald configured as
@@ -40,7 +39,7 @@ func TestRunBench(t *testing.T) {
 		c.Validation.RateLimits.ClientIP.PerHour = 0
 	})
 	id := e.App.Identity()
-	if err := id.DB().Update(func(tx *bolt.Tx) error {
+	if err := id.DB().Update(func(tx *store.Tx) error {
 		for i := 0; i < 100; i++ {
 			if err := id.PutBinding(tx, identity.Binding{Medium: "email", Address: loadgen.BoundAddress(i), MXID: "@user" + strconv.Itoa(i) + ":populate.test"}); err != nil {
 				return err

@@ -37,7 +37,7 @@ func (a *App) newAdmin() (*admin.Handler, error) {
 		Keys:           a.ring,
 		NormalizeEmail: identity.NormalizeEmail,
 		Scrub: func(context.Context) error {
-			_, err := store.Scrub(a.db, 5*time.Second)
+			_, err := store.Scrub(a.bdb, 5*time.Second)
 			return err
 		},
 	}

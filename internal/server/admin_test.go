@@ -24,7 +24,7 @@ import (
 	"github.com/herald-im/herald/invites"
 	"github.com/herald-im/herald/mailer"
 	"github.com/herald-im/herald/queue"
-	bolt "go.etcd.io/bbolt"
+	"github.com/herald-im/herald/store"
 )
 
 const adminToken = "admin-token-for-the-wiring-test-0123456789"
@@ -277,7 +277,7 @@ func TestAdminEraseLeavesNothing(t *testing.T) {
 	}
 	// A binding: the invite resolves and an onbind delivery is queued.
 	now := time.Now().UTC()
-	err := e.App.DB().Update(func(tx *bolt.Tx) error {
+	err := e.App.DB().Update(func(tx *store.Tx) error {
 		return e.App.Identity().PutBinding(tx, identity.Binding{Medium: "email", Address: addr, MXID: "@someone:hs.test", NotBefore: now, NotAfter: now.Add(time.Hour), TS: now})
 	})
 	if err != nil {
@@ -504,7 +504,7 @@ func TestAdminAPIStatesAndFieldNames(t *testing.T) {
 		t.Fatalf("store-invite: %d %s", status, raw)
 	}
 	id := e.App.Identity()
-	if err := id.DB().Update(func(tx *bolt.Tx) error {
+	if err := id.DB().Update(func(tx *store.Tx) error {
 		return id.PutBinding(tx, identity.Binding{Medium: "email", Address: "states@example.org", MXID: "@s:hs2.test"})
 	}); err != nil {
 		t.Fatal(err)

@@ -35,11 +35,11 @@ func (a *App) WriteBackup(w io.Writer) error {
 		return err
 	}
 	tw := tar.NewWriter(w)
-	err = a.db.View(func(tx *bolt.Tx) error {
-		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: store.FileName, Mode: 0o600, Size: tx.Size(), ModTime: time.Now()}); err != nil {
+	err = a.db.View(func(tx *store.Tx) error {
+		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: store.FileName, Mode: 0o600, Size: tx.Bolt.Size(), ModTime: time.Now()}); err != nil {
 			return err
 		}
-		if _, err := tx.WriteTo(tw); err != nil {
+		if _, err := tx.Bolt.WriteTo(tw); err != nil {
 			return fmt.Errorf("database snapshot: %w", err)
 		}
 		return filepath.WalkDir(src, func(path string, d fs.DirEntry, err error) error {

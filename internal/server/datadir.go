@@ -8,8 +8,6 @@ import (
 	"slices"
 	"strings"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/herald-im/herald/config"
 	"github.com/herald-im/herald/keys"
 	"github.com/herald-im/herald/store"
@@ -64,9 +62,9 @@ func CompareKeys(dataDir string, ringIDs []string, haveRing bool, issued []store
 // (refusing a mismatch), generates the first key of a fresh data dir, and
 // records in db every key id of the ring, now and whenever the ring is
 // reloaded, before the key signs anything.
-func openKeys(cfg *config.Config, db *bolt.DB, log *slog.Logger) (*keys.Ring, error) {
+func openKeys(cfg *config.Config, db *store.DB, log *slog.Logger) (*keys.Ring, error) {
 	dir := filepath.Join(cfg.DataDir, "keys")
-	issued, kept, err := store.IssuedKeys(db)
+	issued, kept, err := store.IssuedKeys(db.Bolt())
 	if err != nil {
 		return nil, err
 	}
@@ -90,9 +88,9 @@ func openKeys(cfg *config.Config, db *bolt.DB, log *slog.Logger) (*keys.Ring, er
 	} else if !kept {
 		log.Info("recording the signing keys in the database (first start of a data dir from Herald 0.1)", "keys", strings.Join(ring.IDs(), ","))
 	}
-	if err := store.RecordKeys(db, ring.IDs()...); err != nil {
+	if err := store.RecordKeys(db.Bolt(), ring.IDs()...); err != nil {
 		return nil, fmt.Errorf("recording signing key ids: %w", err)
 	}
-	ring.SetRecorder(func(ids []string) error { return store.RecordKeys(db, ids...) })
+	ring.SetRecorder(func(ids []string) error { return store.RecordKeys(db.Bolt(), ids...) })
 	return ring, nil
 }

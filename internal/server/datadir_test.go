@@ -198,7 +198,7 @@ func TestRunningServerRecordsRotatedKeys(t *testing.T) {
 	if e.App.Ring().Current().ID != k.ID {
 		t.Fatal("the server did not pick the new key up")
 	}
-	ks, _, err := store.IssuedKeys(e.App.DB())
+	ks, _, err := store.IssuedKeys(e.App.DB().Bolt())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -261,7 +261,7 @@ func TestDamagedDatabaseUnderARunningServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer a.Close()
-	if err := store.Usable(a.DB()); err != nil {
+	if err := store.Usable(a.DB().Bolt()); err != nil {
 		t.Fatalf("Usable on a good database: %v", err)
 	}
 	path := filepath.Join(dir, store.FileName)
@@ -303,7 +303,7 @@ func TestDamagedDatabaseUnderARunningServer(t *testing.T) {
 	if status, body := get("/_matrix/identity/v2/pubkey/ephemeral/isvalid?public_key=abc"); status != 500 || !strings.Contains(body, "M_UNKNOWN") {
 		t.Fatalf("a read of the damaged database: %d %s, want a Matrix 500", status, body)
 	}
-	if err := store.Usable(a.DB()); !errors.Is(err, store.ErrDamaged) {
+	if err := store.Usable(a.DB().Bolt()); !errors.Is(err, store.ErrDamaged) {
 		t.Fatalf("Usable on a damaged database: %v", err)
 	}
 	cancel()

@@ -131,7 +131,7 @@ func (a *App) Ready(c echo.Context) error {
 
 func (a *App) readiness() []string {
 	var out []string
-	if _, err := store.Version(a.db); err != nil {
+	if _, err := store.Version(a.bdb); err != nil {
 		out = append(out, "database not usable: "+err.Error())
 	}
 	if st, err := os.Stat(filepath.Join(a.cfg.DataDir, store.FileName)); os.IsNotExist(err) {

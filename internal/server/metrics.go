@@ -13,7 +13,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	bolt "go.etcd.io/bbolt"
+
+	"github.com/herald-im/herald/store"
 )
 
 // metrics are one App's Prometheus metrics, in a registry of its own (tests
@@ -211,7 +212,7 @@ func (c *storeCollector) Describe(ch chan<- *prometheus.Desc) {
 
 func (c *storeCollector) Collect(ch chan<- prometheus.Metric) {
 	// bbolt's own counters are in memory: read them on every scrape.
-	st := c.a.db.Stats()
+	st := c.a.bdb.Stats()
 	ch <- prometheus.MustNewConstMetric(descDBWrite, prometheus.CounterValue, st.TxStats.GetWriteTime().Seconds())
 	ch <- prometheus.MustNewConstMetric(descDBSpill, prometheus.CounterValue, st.TxStats.GetSpillTime().Seconds())
 	ch <- prometheus.MustNewConstMetric(descDBRebalance, prometheus.CounterValue, st.TxStats.GetRebalanceTime().Seconds())
@@ -269,7 +270,7 @@ func (a *App) storeStats() ([]prometheus.Metric, error) {
 		return up(0, time.Since(start)), err
 	}
 	var size int64
-	if err := a.db.View(func(tx *bolt.Tx) error { size = tx.Size(); return nil }); err != nil {
+	if err := a.db.View(func(tx *store.Tx) error { size = tx.Bolt.Size(); return nil }); err != nil {
 		return up(0, time.Since(start)), err
 	}
 	return append(up(1, time.Since(start)),

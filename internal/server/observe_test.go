@@ -11,13 +11,12 @@ import (
 	"testing"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/herald-im/herald/config"
 	"github.com/herald-im/herald/identity"
 	"github.com/herald-im/herald/internal/server"
 	"github.com/herald-im/herald/internal/spectest"
 	"github.com/herald-im/herald/internal/testenv"
+	"github.com/herald-im/herald/store"
 )
 
 // scrape serves the App's /metrics handler once and parses the answer.
@@ -115,7 +114,7 @@ func TestMetricsCountWhatHappened(t *testing.T) {
 
 	// A binding resolves the invite and queues its onbind delivery, which
 	// the fake homeserver refuses (404): one refused attempt.
-	err := e.App.DB().Update(func(tx *bolt.Tx) error {
+	err := e.App.DB().Update(func(tx *store.Tx) error {
 		now := time.Now()
 		return e.App.Identity().PutBinding(tx, identity.Binding{Medium: "email", Address: "bob@example.org", MXID: "@bob:hs2.test",
 			NotBefore: now, NotAfter: now.Add(time.Hour), TS: now})
@@ -172,7 +171,7 @@ func TestMetricsQueueBacklog(t *testing.T) {
 	if s, b := storeInvite(t, e, tok, "!garden:hs.test", "bob@example.org"); s != 200 {
 		t.Fatalf("store-invite: %d %s", s, b)
 	}
-	err := e.App.DB().Update(func(tx *bolt.Tx) error {
+	err := e.App.DB().Update(func(tx *store.Tx) error {
 		now := time.Now()
 		return e.App.Identity().PutBinding(tx, identity.Binding{Medium: "email", Address: "bob@example.org", MXID: "@bob:hs2.test",
 			NotBefore: now, NotAfter: now.Add(time.Hour), TS: now})

@@ -35,7 +35,10 @@ import (
 type App struct {
 	cfg *config.Config
 	log *slog.Logger
-	db  *bolt.DB
+	// db is the database every service uses; bdb is its bbolt file, for
+	// what only bbolt has (backup snapshots, page statistics, the path).
+	db  *store.DB
+	bdb *bolt.DB
 
 	ring      *keys.Ring
 	ephemeral *keys.Ephemeral
@@ -137,17 +140,20 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) (_ *App, err error)
 		return nil, err
 	}
 	a.metrics = newMetrics(a)
-	a.db, err = store.Open(cfg.DataDir, 2*time.Second)
+	a.bdb, err = store.Open(cfg.DataDir, 2*time.Second)
 	if err != nil {
 		return nil, err
 	}
+	// One group-commit writer for the hot write paths of every service.
+	a.db = store.NewBolt(a.bdb)
+	a.commit = a.db.Committer()
 	a.bgPanicsAtStart = background.Panics()
 	defer func() {
 		if err != nil {
-			a.db.Close()
+			a.bdb.Close()
 		}
 	}()
-	if a.dbFile, err = os.Stat(a.db.Path()); err != nil {
+	if a.dbFile, err = os.Stat(a.bdb.Path()); err != nil {
 		return nil, err
 	}
 	// The keys must be the ones the database was used with (datadir.go).
@@ -175,18 +181,15 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) (_ *App, err error)
 		return nil, err
 	}
 	a.mailbox = mailbox
-	// One group-commit writer for the hot write paths of every service.
-	commit := store.NewCommitter(a.db)
-	a.commit = commit
 	if a.identity, err = identity.New(a.db, identity.Options{Terms: cfg.Terms, UserInfo: a.fed, Log: log, Now: a.now, Ring: a.ring, Lookup: cfg.Lookup,
-		TokenIdleLifetime: cfg.Account.TokenIdleLifetime.D(), Commit: commit,
+		TokenIdleLifetime: cfg.Account.TokenIdleLifetime.D(),
 		OnLookup: func(api string, n, found int) {
 			a.metrics.lookups.WithLabelValues(api).Add(float64(n))
 			a.metrics.lookupHits.WithLabelValues(api).Add(float64(found))
 		}}); err != nil {
 		return nil, fmt.Errorf("identity: %w", err)
 	}
-	if a.invites, err = invites.New(a.db, invites.Options{Config: cfg, Identity: a.identity, Ring: a.ring, Ephemeral: a.ephemeral, Mailer: a.mail, Log: log, Now: a.now, Commit: commit, StoreTxHook: opts.StoreInviteTxHook,
+	if a.invites, err = invites.New(a.db, invites.Options{Config: cfg, Identity: a.identity, Ring: a.ring, Ephemeral: a.ephemeral, Mailer: a.mail, Log: log, Now: a.now, StoreTxHook: opts.StoreInviteTxHook,
 		OnStore: func(outcome, reason string) { a.metrics.storeInv.WithLabelValues(outcome, reason).Inc() }}); err != nil {
 		return nil, fmt.Errorf("invites: %w", err)
 	}
@@ -314,13 +317,13 @@ func (a *App) Close() error {
 	}
 	a.bg.Wait()
 	clean := a.handlerPanics.Load() == 0 && background.Panics() == a.bgPanicsAtStart && (a.commit == nil || a.commit.Panics() == 0)
-	return store.Close(a.db, clean)
+	return store.Close(a.bdb, clean)
 }
 
 // Accessors for tests and the command line.
 
-// DB is the open bbolt database.
-func (a *App) DB() *bolt.DB { return a.db }
+// DB is the open database.
+func (a *App) DB() *store.DB { return a.db }
 
 // Mailer is the outgoing mail queue.
 func (a *App) Mailer() *mailer.Queue { return a.mail }

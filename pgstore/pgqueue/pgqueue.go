@@ -33,6 +33,7 @@ import (
 
 	"github.com/herald-im/herald/pgstore"
 	"github.com/herald-im/herald/queue"
+	"github.com/herald-im/herald/store"
 )
 
 // Backend is one named queue in the database.
@@ -59,22 +60,28 @@ func New(db *pgstore.DB, name string) (*Backend, error) {
 const opTimeout = 10 * time.Second
 
 func (b *Backend) pgTx(tx queue.Tx) (pgx.Tx, error) {
-	t, ok := tx.(pgx.Tx)
-	if !ok || t == nil {
+	var t pgx.Tx
+	switch v := tx.(type) {
+	case *store.Tx:
+		t = v.PG
+	case pgx.Tx:
+		t = v
+	}
+	if t == nil {
 		return nil, fmt.Errorf("pgqueue: needs a pgx.Tx, got %T", tx)
 	}
 	return t, nil
 }
 
 // Write runs fn in one READ COMMITTED transaction through pgstore.InTx; its
-// queue.Tx is the pgx.Tx, so the caller's own statements share it. A
+// queue.Tx is a *store.Tx on that pgx.Tx, so the caller's own statements share it. A
 // serialization failure or deadlock (two writers updating the same records
 // or counters in different orders) rolls back and runs fn again, so fn may
 // run more than once: it must only write through the transaction and do
 // nothing outside it (no mail, no HTTP), as with a bbolt Batch. After the
 // retries run out the error is pgstore.ErrContention.
 func (b *Backend) Write(ctx context.Context, fn func(tx queue.Tx) error) error {
-	return b.db.InTx(ctx, pgstore.TxOptions{}, func(tx pgx.Tx) error { return fn(tx) })
+	return b.db.InTx(ctx, pgstore.TxOptions{}, func(tx pgx.Tx) error { return fn(store.PGTx(ctx, tx)) })
 }
 
 func (b *Backend) Enqueue(tx queue.Tx, r *queue.Record) error {
