@@ -137,6 +137,9 @@ type Backend interface {
 	// Delete removes the record, its payload, index entries and lease, and
 	// returns what it was.
 	Delete(tx Tx, id uint64) (*Record, error)
+	// Read reads record id inside the caller's transaction tx (a read or a
+	// write transaction of the same database), with its payload if data.
+	Read(tx Tx, id uint64, data bool) (*Record, error)
 	// Get reads one record with its payload.
 	Get(ctx context.Context, id uint64) (*Record, error)
 	// Claim leases up to n pending records due at now and not leased, in

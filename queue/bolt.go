@@ -65,6 +65,23 @@ func (b *Bolt) boltTx(tx Tx) (*bolt.Tx, error) {
 	return t, nil
 }
 
+func (b *Bolt) Read(tx Tx, id uint64, data bool) (*Record, error) {
+	var t *bolt.Tx
+	switch v := tx.(type) {
+	case *store.Tx:
+		t = v.Bolt
+	case *bolt.Tx:
+		t = v
+	}
+	if t == nil {
+		return nil, fmt.Errorf("queue: Bolt needs a *bbolt.Tx, got %T", tx)
+	}
+	if t.Bucket(b.bRec) == nil {
+		return nil, fmt.Errorf("%w: %d", ErrNotFound, id)
+	}
+	return b.get(t, id, data)
+}
+
 func (b *Bolt) Write(ctx context.Context, fn func(tx Tx) error) error {
 	if err := ctx.Err(); err != nil {
 		return err

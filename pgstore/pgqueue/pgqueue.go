@@ -189,6 +189,32 @@ func (b *Backend) Delete(tx queue.Tx, id uint64) (*queue.Record, error) {
 	return r, b.count(ctx, t, r.State, "")
 }
 
+func (b *Backend) Read(tx queue.Tx, id uint64, data bool) (*queue.Record, error) {
+	var t pgx.Tx
+	var ctx context.Context = context.Background()
+	switch v := tx.(type) {
+	case *store.Tx:
+		t, ctx = v.PG, v.Context()
+	case pgx.Tx:
+		t = v
+	}
+	if t == nil {
+		return nil, fmt.Errorf("pgqueue: needs a pgx.Tx, got %T", tx)
+	}
+	q := selectCols + ` FROM queue_records WHERE queue = $1 AND id = $2`
+	if data {
+		q = selectCols + `, data FROM queue_records WHERE queue = $1 AND id = $2`
+	}
+	r, err := scanRecord(t.QueryRow(ctx, q, b.name, int64(id)), data)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, fmt.Errorf("%w: %d", queue.ErrNotFound, id)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("pgqueue %s: record %d: %w", b.name, id, err)
+	}
+	return r, nil
+}
+
 func (b *Backend) Get(ctx context.Context, id uint64) (*queue.Record, error) {
 	r, err := scanRecord(b.db.Pool().QueryRow(ctx, selectCols+`, data FROM queue_records WHERE queue = $1 AND id = $2`,
 		b.name, int64(id)), true)

@@ -87,6 +87,34 @@ func RunConformance(t *testing.T, newBackend NewBackend) {
 		}
 	})
 
+	t.Run("ReadInTheCallersTransaction", func(t *testing.T) {
+		be, _ := newBackend(t)
+		var a uint64
+		err := be.Write(ctx, func(tx queue.Tx) error {
+			r := &queue.Record{State: queue.Pending, Created: t0, RetryFrom: t0, NextAttempt: t0, Meta: []byte(`{"to":"a"}`), Data: []byte("payload-a")}
+			if err := be.Enqueue(tx, r); err != nil {
+				return err
+			}
+			a = r.ID
+			// Visible to its own transaction before the commit.
+			got, err := be.Read(tx, a, true)
+			if err != nil || string(got.Data) != "payload-a" || string(got.Meta) != `{"to":"a"}` {
+				t.Errorf("Read in the enqueueing transaction = %+v, %v", got, err)
+			}
+			got, err = be.Read(tx, a, false)
+			if err != nil || got.Data != nil || got.State != queue.Pending {
+				t.Errorf("Read without data = %+v, %v", got, err)
+			}
+			if _, err := be.Read(tx, a+1000, false); !errors.Is(err, queue.ErrNotFound) {
+				t.Errorf("Read(missing) = %v, want ErrNotFound", err)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	})
+
 	t.Run("EnqueueRolledBackLeavesNothing", func(t *testing.T) {
 		be, _ := newBackend(t)
 		boom := errors.New("caller's change failed")
