@@ -1,2 +1,37 @@
--- 0003_keys_admin_mail: tables of this area on PostgreSQL (see docs/storage-postgres.md).
-SELECT 1;
+-- 0003_keys_admin_mail: the tables of the signing keys (package keys), the
+-- admin console (package admin) and the mail outbox's indexes and dev mailbox
+-- (package mailer) on PostgreSQL. See docs/storage-postgres.md.
+
+-- The long-term signing keys, shared by every replica (on bbolt deployments
+-- they are JWK files in data_dir/keys). private_key is the 32-byte ed25519
+-- seed: whoever can read this table can sign as the identity server, so it is
+-- readable only by the role Herald connects as (docs/storage-postgres.md).
+-- Exactly one key is current (the partial unique index), and the current key
+-- is never retired.
+CREATE TABLE signing_keys (
+    id          text        PRIMARY KEY,
+    private_key bytea       NOT NULL CHECK (length(private_key) = 32),
+    created     timestamptz NOT NULL,
+    retired     timestamptz,
+    is_current  boolean     NOT NULL DEFAULT false,
+    CHECK (NOT (is_current AND retired IS NOT NULL))
+);
+CREATE UNIQUE INDEX signing_keys_one_current ON signing_keys (is_current) WHERE is_current;
+
+-- One row counting the writes to signing_keys: replicas poll it (one row) to
+-- notice a change whose NOTIFY they missed, and reload the ring only then.
+CREATE TABLE signing_keys_version (
+    one     boolean PRIMARY KEY DEFAULT true CHECK (one),
+    version bigint  NOT NULL DEFAULT 0
+);
+INSERT INTO signing_keys_version DEFAULT VALUES;
+
+-- The public halves of per-invite ephemeral keys (bbolt bucket
+-- keys_ephemeral): pub is the unpadded base64 key as stored, ref what owns it
+-- (an invite id), expires NULL for no expiry. isvalid reads it by primary key.
+CREATE TABLE keys_ephemeral (
+    pub     text        COLLATE "C" PRIMARY KEY,
+    valid   boolean     NOT NULL,
+    ref     text        NOT NULL DEFAULT '',
+    expires timestamptz
+);
