@@ -35,3 +35,33 @@ CREATE TABLE keys_ephemeral (
     ref     text        NOT NULL DEFAULT '',
     expires timestamptz
 );
+
+-- The mail outbox's own indexes (bbolt buckets outbox_ref and outbox_to)
+-- beside its queue records (queue_records, queue 'outbox'): the mail of an
+-- invite or session (ref), and of a recipient (addr, lower-cased) for the
+-- console's filters and data-protection erasure. A row goes with its record.
+CREATE TABLE outbox_ref (
+    ref text   COLLATE "C" NOT NULL,
+    id  bigint NOT NULL REFERENCES queue_records (id) ON DELETE CASCADE,
+    PRIMARY KEY (ref, id)
+);
+CREATE INDEX outbox_ref_id ON outbox_ref (id);
+CREATE TABLE outbox_to (
+    addr text   COLLATE "C" NOT NULL,
+    id   bigint NOT NULL REFERENCES queue_records (id) ON DELETE CASCADE,
+    PRIMARY KEY (addr, id)
+);
+CREATE INDEX outbox_to_id ON outbox_to (id);
+
+-- The dev mailbox (no smtp.host): each mail "sent" is a row, shared so the
+-- console of any replica lists every replica's mail (on bbolt deployments,
+-- .eml files in data_dir/mailbox). Bounded to the newest 1,000: a save
+-- deletes the older rows now and then. Names are unique, as file names are.
+CREATE TABLE dev_mailbox (
+    id        bigserial   PRIMARY KEY,
+    name      text        NOT NULL UNIQUE,
+    recipient text        NOT NULL DEFAULT '',
+    subject   text        NOT NULL DEFAULT '',
+    created   timestamptz NOT NULL,
+    raw       bytea       NOT NULL
+);
