@@ -65,3 +65,52 @@ CREATE TABLE dev_mailbox (
     created   timestamptz NOT NULL,
     raw       bytea       NOT NULL
 );
+
+-- The admin console's accounts (bbolt bucket admin_users): argon2id hashes,
+-- never passwords. Accounts from admin.users in the configuration are not
+-- stored.
+CREATE TABLE admin_users (
+    username      text        COLLATE "C" PRIMARY KEY,
+    password_hash text        NOT NULL,
+    created       timestamptz NOT NULL
+);
+
+-- Console sessions (bucket admin_sessions), shared so a session started on
+-- one replica is valid on every replica. Expired rows are deleted when a
+-- session starts (by expires); an account's go with it (by username).
+CREATE TABLE admin_sessions (
+    id       text        COLLATE "C" PRIMARY KEY,
+    username text        NOT NULL,
+    created  timestamptz NOT NULL,
+    expires  timestamptz NOT NULL
+);
+CREATE INDEX admin_sessions_expires ON admin_sessions (expires);
+CREATE INDEX admin_sessions_username ON admin_sessions (username);
+
+-- The console's secrets (bucket admin_meta): 'hmac_key', the 32-byte key
+-- that signs session cookies and CSRF tokens, made by the first replica to
+-- start and shared by all.
+CREATE TABLE admin_meta (
+    name  text  PRIMARY KEY,
+    value bytea NOT NULL
+);
+
+-- The audit log (bucket admin_audit), in insertion order (id); bounded by
+-- admin.audit_retention (by at) and admin.audit_max_entries (the oldest ids
+-- go first, counted in admin_audit_count: console actions are rare, so one
+-- counter row is not a hot row).
+CREATE TABLE admin_audit (
+    id     bigserial   PRIMARY KEY,
+    at     timestamptz NOT NULL,
+    who    text        NOT NULL,
+    action text        NOT NULL,
+    target text        NOT NULL DEFAULT '',
+    detail text        NOT NULL DEFAULT '',
+    ok     boolean     NOT NULL
+);
+CREATE INDEX admin_audit_at ON admin_audit (at);
+CREATE TABLE admin_audit_count (
+    one boolean PRIMARY KEY DEFAULT true CHECK (one),
+    n   bigint  NOT NULL DEFAULT 0
+);
+INSERT INTO admin_audit_count DEFAULT VALUES;
