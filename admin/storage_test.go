@@ -9,9 +9,11 @@ import (
 	"os"
 	"reflect"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/labstack/echo/v4"
 
 	"github.com/herald-im/herald/config"
@@ -235,5 +237,40 @@ func TestCopyStorage(t *testing.T) {
 	}
 	if es, _ := hp.Audit(1, 0); len(es) != 1 || es[0].Target != "inv1199" {
 		t.Errorf("newest audit entry on the copy: %+v", es)
+	}
+}
+
+// The console's queries use indexes on populated tables.
+func TestAdminQueriesUseIndexes(t *testing.T) {
+	db := storetest.Open(t, store.BackendPostgres)
+	ctx := context.Background()
+	pool := db.PG().Pool()
+	if _, err := pool.Exec(ctx, `INSERT INTO admin_audit (at, who, action, ok) SELECT now() - g * interval '1 minute', 'root', 'login', true FROM generate_series(1, 20000) g;
+		INSERT INTO admin_sessions (id, username, created, expires) SELECT 's' || g, 'user' || (g % 500), now(), now() + g * interval '1 minute' FROM generate_series(1, 5000) g;
+		ANALYZE`); err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []struct {
+		sql  string
+		args []any
+	}{
+		{`SELECT username, created, expires FROM admin_sessions WHERE id = $1`, []any{"s7"}},
+		{`DELETE FROM admin_sessions WHERE expires < $1`, []any{time.Now().Add(-time.Hour)}},
+		{`DELETE FROM admin_sessions WHERE username = $1`, []any{"user7"}},
+		{`SELECT at FROM admin_audit ORDER BY id DESC LIMIT $1 OFFSET $2`, []any{50, 100}},
+		{`DELETE FROM admin_audit WHERE at < $1`, []any{time.Now().Add(-90 * 24 * time.Hour)}},
+		{`DELETE FROM admin_audit WHERE id IN (SELECT id FROM admin_audit ORDER BY id LIMIT $1)`, []any{1}},
+	} {
+		rows, err := pool.Query(ctx, "EXPLAIN "+q.sql, q.args...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		plan, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p := strings.Join(plan, "\n"); strings.Contains(p, "Seq Scan") {
+			t.Errorf("%s\nscans a whole table:\n%s", q.sql, p)
+		}
 	}
 }

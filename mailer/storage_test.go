@@ -298,3 +298,49 @@ func TestCopyStorage(t *testing.T) {
 		t.Errorf("the copy lists %d mails to user7, the source %d (%v)", len(got), len(want), err)
 	}
 }
+
+// explainUsesIndex fails when PostgreSQL plans a sequential scan of a table
+// for query (after ANALYZE, on a populated table).
+func explainUsesIndex(t *testing.T, db *store.DB, query string, args ...any) {
+	t.Helper()
+	rows, err := db.PG().Pool().Query(context.Background(), "EXPLAIN "+query, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var plan []string
+	for rows.Next() {
+		var line string
+		if err := rows.Scan(&line); err != nil {
+			t.Fatal(err)
+		}
+		plan = append(plan, line)
+	}
+	if strings.Contains(strings.Join(plan, "\n"), "Seq Scan") {
+		t.Errorf("%s\nscans a whole table:\n%s", query, strings.Join(plan, "\n"))
+	}
+}
+
+// The outbox index and dev mailbox queries use indexes.
+func TestOutboxQueriesUseIndexes(t *testing.T) {
+	db := storetest.Open(t, store.BackendPostgres)
+	ctx := context.Background()
+	pool := db.PG().Pool()
+	if _, err := pool.Exec(ctx, `INSERT INTO queue_records (queue, state, created, next_attempt, retry_from)
+		SELECT 'outbox', 'done', now(), now(), now() FROM generate_series(1, 20000)`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `INSERT INTO outbox_to (addr, id) SELECT 'user' || (id % 5000) || '@example.org', id FROM queue_records;
+		INSERT INTO outbox_ref (ref, id) SELECT 'invite:' || id, id FROM queue_records;
+		INSERT INTO dev_mailbox (name, created, raw) SELECT g || '.eml', now(), 'x' FROM generate_series(1, 5000) g;
+		ANALYZE`); err != nil {
+		t.Fatal(err)
+	}
+	explainUsesIndex(t, db, `SELECT id FROM outbox_ref WHERE ref = $1 ORDER BY id DESC`, "invite:7")
+	explainUsesIndex(t, db, `SELECT id FROM outbox_to WHERE addr = $1 ORDER BY id DESC`, "user7@example.org")
+	explainUsesIndex(t, db, `DELETE FROM outbox_to WHERE addr = $1 AND id = $2`, "user7@example.org", 7)
+	explainUsesIndex(t, db, `DELETE FROM outbox_to WHERE id = $1`, 7) // the foreign key's cascade
+	explainUsesIndex(t, db, `DELETE FROM outbox_ref WHERE id = $1`, 7)
+	explainUsesIndex(t, db, `SELECT name FROM dev_mailbox ORDER BY id DESC LIMIT 1000`)
+	explainUsesIndex(t, db, `SELECT raw FROM dev_mailbox WHERE name = $1`, "7.eml")
+	explainUsesIndex(t, db, `DELETE FROM dev_mailbox WHERE id < (SELECT id FROM dev_mailbox ORDER BY id DESC OFFSET $1 LIMIT 1)`, 999)
+}
