@@ -98,9 +98,9 @@ func (h *Handler) pruneAudit(tx *store.Tx, st adminStore, n int) (int, error) {
 }
 
 // PruneAudit applies admin.audit_retention and admin.audit_max_entries now:
-// one pass, which the wiring runs periodically (hourly from Run on bbolt;
-// under pgstore.RunPeriodic, once per period across replicas, on
-// PostgreSQL). New calls it too, and every write applies them.
+// one pass. Run calls it hourly, or the wiring does (see
+// Options.AuditPruneElsewhere); New calls it too, and every write applies
+// them.
 func (h *Handler) PruneAudit() error {
 	h.auditMu.Lock()
 	defer h.auditMu.Unlock()
@@ -205,7 +205,8 @@ func (h *Handler) flushRefusals() {
 	h.opts.Log.Warn("admin: login attempts refused", "rate_limited", counts[refusedRateLimited], "too_long", counts[refusedTooLong], "limiter_full", full)
 }
 
-// Run applies the audit log's retention hourly (on bbolt) and writes the count of
+// Run applies the audit log's retention hourly (unless
+// Options.AuditPruneElsewhere) and writes the count of
 // refused login attempts every minute, until ctx is done (then once more).
 func (h *Handler) Run(ctx context.Context) {
 	t := time.NewTicker(refusalFlushEvery)
@@ -218,9 +219,7 @@ func (h *Handler) Run(ctx context.Context) {
 			return
 		case <-t.C:
 			h.flushRefusals()
-			// With PostgreSQL the wiring runs PruneAuditContext once per
-			// period across the replicas (pgstore.RunPeriodic) instead.
-			if now := h.opts.Now(); now.Sub(lastPrune) >= time.Hour && h.opts.DB.Backend() != store.BackendPostgres {
+			if now := h.opts.Now(); now.Sub(lastPrune) >= time.Hour && !h.opts.AuditPruneElsewhere {
 				lastPrune = now
 				if err := h.PruneAudit(); err != nil {
 					h.opts.Log.Error("admin: pruning the audit log", "err", err)
