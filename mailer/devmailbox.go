@@ -2,6 +2,7 @@ package mailer
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -114,6 +115,9 @@ func (d *DevMailbox) SendReply(ctx context.Context, from string, to []string, ra
 	name := fmt.Sprintf("%s-%04d.eml", d.now().UTC().Format("20060102T150405.000000000Z"), d.seq%10000)
 	d.mu.Unlock()
 	if d.pg != nil {
+		// Replicas share the table: a random part keeps two replicas'
+		// names apart even in the same nanosecond.
+		name = strings.TrimSuffix(name, ".eml") + "-" + rand.Text()[:8] + ".eml"
 		if err := d.pg.save(ctx, name, d.now(), raw); err != nil {
 			return "", err
 		}
