@@ -60,6 +60,12 @@ type Options struct {
 	// its address with WithClientIP.
 	IPExtractor echo.IPExtractor
 
+	// AuditPruneElsewhere, when set, stops Run from applying the audit
+	// log's retention hourly: the wiring runs PruneAuditContext itself
+	// (with PostgreSQL, under pgstore.RunPeriodic, once per period across
+	// the replicas). Every audit write applies the bounds either way.
+	AuditPruneElsewhere bool
+
 	Log *slog.Logger
 	Now func() time.Time
 }

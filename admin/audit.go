@@ -1,18 +1,13 @@
 package admin
 
 import (
-	"bytes"
 	"context"
-	"encoding/binary"
-	"encoding/json"
 	"fmt"
 	"regexp"
 	"strings"
 	"sync"
 	"time"
 	"unicode/utf8"
-
-	bolt "go.etcd.io/bbolt"
 
 	"github.com/herald-im/herald/matrix"
 	"github.com/herald-im/herald/store"
@@ -73,20 +68,16 @@ func (h *Handler) audit(who, action, target, detail string, ok bool) {
 // appendAudit stores e and, in the same transaction, deletes the entries
 // past admin.audit_retention or beyond admin.audit_max_entries.
 func (h *Handler) appendAudit(e AuditEntry) error {
-	raw, _ := json.Marshal(e)
 	h.auditMu.Lock()
 	defer h.auditMu.Unlock()
+	st := storeFor(h.opts.DB)
 	n := h.auditN
 	err := h.opts.DB.Update(func(tx *store.Tx) error {
-		b := tx.Bolt.Bucket(bktAudit)
-		seq, err := b.NextSequence()
-		if err != nil {
+		if err := st.appendAudit(tx, e); err != nil {
 			return err
 		}
-		if err := b.Put(store.TimeKey(e.At, store.U64(seq)), raw); err != nil {
-			return err
-		}
-		n, err = h.pruneAudit(b, h.auditN+1)
+		var err error
+		n, err = h.pruneAudit(tx, st, h.auditN+1)
 		return err
 	})
 	if err == nil {
@@ -95,39 +86,29 @@ func (h *Handler) appendAudit(e AuditEntry) error {
 	return err
 }
 
-// pruneAudit deletes the oldest entries of b (holding n) while they are
-// older than the retention or more than the maximum; it returns the count
-// left. Keys start with the time, so only the entries deleted are read.
-func (h *Handler) pruneAudit(b *bolt.Bucket, n int) (int, error) {
+// pruneAudit applies the retention and the maximum to the log holding n
+// entries; it returns the count left.
+func (h *Handler) pruneAudit(tx *store.Tx, st adminStore, n int) (int, error) {
 	cfg := h.opts.Config.Admin
-	cutoff := h.opts.Now().Add(-cfg.AuditRetention.D()).UnixNano()
-	max := cfg.AuditMaxEntries
-	var drop [][]byte
-	c := b.Cursor()
-	for k, _ := c.First(); k != nil; k, _ = c.Next() {
-		old := len(k) >= 8 && cfg.AuditRetention > 0 && int64(binary.BigEndian.Uint64(k[:8])) < cutoff
-		if !old && (max <= 0 || n-len(drop) <= max) {
-			break
-		}
-		drop = append(drop, store.Copy(k))
+	var cutoff time.Time
+	if cfg.AuditRetention > 0 {
+		cutoff = h.opts.Now().Add(-cfg.AuditRetention.D())
 	}
-	for _, k := range drop {
-		if err := b.Delete(k); err != nil {
-			return n, err
-		}
-	}
-	return n - len(drop), nil
+	return st.pruneAudit(tx, cutoff, cfg.AuditMaxEntries, n)
 }
 
-// PruneAudit applies admin.audit_retention and admin.audit_max_entries now
-// (New and Run call it; a write applies them too).
+// PruneAudit applies admin.audit_retention and admin.audit_max_entries now:
+// one pass. Run calls it hourly, or the wiring does (see
+// Options.AuditPruneElsewhere); New calls it too, and every write applies
+// them.
 func (h *Handler) PruneAudit() error {
 	h.auditMu.Lock()
 	defer h.auditMu.Unlock()
+	st := storeFor(h.opts.DB)
 	n := h.auditN
 	err := h.opts.DB.Update(func(tx *store.Tx) error {
 		var err error
-		n, err = h.pruneAudit(tx.Bolt.Bucket(bktAudit), h.auditN)
+		n, err = h.pruneAudit(tx, st, h.auditN)
 		return err
 	})
 	if err == nil {
@@ -135,14 +116,19 @@ func (h *Handler) PruneAudit() error {
 	}
 	return err
 }
+
+// PruneAuditContext is PruneAudit in the form periodic jobs take.
+func (h *Handler) PruneAuditContext(context.Context) error { return h.PruneAudit() }
 
 // countAudit counts the stored entries once, at start-up.
 func (h *Handler) countAudit() error {
 	h.auditMu.Lock()
 	defer h.auditMu.Unlock()
+	st := storeFor(h.opts.DB)
 	return h.opts.DB.View(func(tx *store.Tx) error {
-		h.auditN = tx.Bolt.Bucket(bktAudit).Stats().KeyN
-		return nil
+		var err error
+		h.auditN, err = st.countAudit(tx)
+		return err
 	})
 }
 
@@ -219,7 +205,8 @@ func (h *Handler) flushRefusals() {
 	h.opts.Log.Warn("admin: login attempts refused", "rate_limited", counts[refusedRateLimited], "too_long", counts[refusedTooLong], "limiter_full", full)
 }
 
-// Run applies the audit log's retention hourly and writes the count of
+// Run applies the audit log's retention hourly (unless
+// Options.AuditPruneElsewhere) and writes the count of
 // refused login attempts every minute, until ctx is done (then once more).
 func (h *Handler) Run(ctx context.Context) {
 	t := time.NewTicker(refusalFlushEvery)
@@ -232,7 +219,7 @@ func (h *Handler) Run(ctx context.Context) {
 			return
 		case <-t.C:
 			h.flushRefusals()
-			if now := h.opts.Now(); now.Sub(lastPrune) >= time.Hour {
+			if now := h.opts.Now(); now.Sub(lastPrune) >= time.Hour && !h.opts.AuditPruneElsewhere {
 				lastPrune = now
 				if err := h.PruneAudit(); err != nil {
 					h.opts.Log.Error("admin: pruning the audit log", "err", err)
@@ -245,20 +232,11 @@ func (h *Handler) Run(ctx context.Context) {
 // Audit returns audit entries, newest first.
 func (h *Handler) Audit(limit, offset int) ([]AuditEntry, error) {
 	var out []AuditEntry
+	st := storeFor(h.opts.DB)
 	err := h.opts.DB.View(func(tx *store.Tx) error {
-		c := tx.Bolt.Bucket(bktAudit).Cursor()
-		for k, v := c.Last(); k != nil && len(out) < limit; k, v = c.Prev() {
-			if offset > 0 {
-				offset--
-				continue
-			}
-			var e AuditEntry
-			if err := json.NewDecoder(bytes.NewReader(v)).Decode(&e); err != nil {
-				return err
-			}
-			out = append(out, e)
-		}
-		return nil
+		var err error
+		out, err = st.audit(tx, limit, offset)
+		return err
 	})
 	return out, err
 }

@@ -7,7 +7,6 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/base64"
-	"encoding/json"
 	"net/http"
 	"strconv"
 	"strings"
@@ -58,22 +57,10 @@ func (h *Handler) setCookie(c echo.Context, name, value, path string, maxAge int
 func (h *Handler) startSession(c echo.Context, user string) error {
 	sid := randomID()
 	now := h.opts.Now().UTC()
-	raw, _ := json.Marshal(session{User: user, Created: now, Expires: now.Add(h.lifetime)})
+	s := session{User: user, Created: now, Expires: now.Add(h.lifetime)}
+	st := storeFor(h.opts.DB)
 	if err := h.opts.DB.Update(func(tx *store.Tx) error {
-		b := tx.Bolt.Bucket(bktSessions)
-		// Forget expired sessions while here.
-		var old [][]byte
-		_ = b.ForEach(func(k, v []byte) error {
-			var s session
-			if json.Unmarshal(v, &s) != nil || now.After(s.Expires) {
-				old = append(old, append([]byte(nil), k...))
-			}
-			return nil
-		})
-		for _, k := range old {
-			_ = b.Delete(k)
-		}
-		return b.Put([]byte(sid), raw)
+		return st.putSession(tx, sid, s, now) // forgets expired sessions while there
 	}); err != nil {
 		return err
 	}
@@ -92,12 +79,14 @@ func (h *Handler) sessionFrom(c echo.Context) (sid, user string, ok bool) {
 		return "", "", false
 	}
 	var s session
+	st := storeFor(h.opts.DB)
 	err = h.opts.DB.View(func(tx *store.Tx) error {
-		raw := tx.Bolt.Bucket(bktSessions).Get([]byte(sid))
-		if raw == nil {
-			return ErrNotFound
+		var found bool
+		var err error
+		if s, found, err = st.getSession(tx, sid); err == nil && !found {
+			err = ErrNotFound
 		}
-		return json.Unmarshal(raw, &s)
+		return err
 	})
 	if err != nil || !h.opts.Now().Before(s.Expires) || !h.userExists(s.User) {
 		return "", "", false
@@ -106,7 +95,8 @@ func (h *Handler) sessionFrom(c echo.Context) (sid, user string, ok bool) {
 }
 
 func (h *Handler) endSession(c echo.Context, sid string) {
-	_ = h.opts.DB.Update(func(tx *store.Tx) error { return tx.Bolt.Bucket(bktSessions).Delete([]byte(sid)) })
+	st := storeFor(h.opts.DB)
+	_ = h.opts.DB.Update(func(tx *store.Tx) error { return st.deleteSession(tx, sid) })
 	h.setCookie(c, sessionCookie, "", Prefix, -1)
 }
 

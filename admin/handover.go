@@ -204,10 +204,11 @@ func (h *Handler) hasAccount() bool {
 		return true
 	}
 	found := false
+	st := storeFor(h.opts.DB)
 	_ = h.opts.DB.View(func(tx *store.Tx) error {
-		k, _ := tx.Bolt.Bucket(bktUsers).Cursor().First()
-		found = k != nil
-		return nil
+		var err error
+		found, err = st.hasUser(tx)
+		return err
 	})
 	return found
 }

@@ -2,7 +2,6 @@ package admin
 
 import (
 	"crypto/rand"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -10,19 +9,65 @@ import (
 	"github.com/herald-im/herald/store"
 )
 
-// The admin package's own buckets.
-var (
-	bktUsers    = []byte("admin_users")    // username -> JSON User
-	bktSessions = []byte("admin_sessions") // session id -> JSON session
-	bktMeta     = []byte("admin_meta")     // "hmac_key" -> 32 random bytes
-	bktAudit    = []byte("admin_audit")    // time (unix ns) + seq -> JSON AuditEntry
-)
+// adminStore keeps the console's accounts, sessions, session signing key
+// and audit log: bbolt buckets (store_bolt.go) or PostgreSQL tables
+// (store_pg.go), chosen from the database's backend (storeFor). Writes run
+// inside the caller's transaction; the rules (validation, expiry, the
+// audit log's bounds) are the callers', written once.
+type adminStore interface {
+	// open creates what is missing: buckets, and the session signing key.
+	open(db *store.DB) error
+	hmacKey(db *store.DB) ([]byte, error)
+	// getUser reads an account, with its hash.
+	getUser(tx *store.Tx, name string) (User, bool, error)
+	putUser(tx *store.Tx, u User) error
+	// deleteUser removes the account and its sessions; false if there was none.
+	deleteUser(tx *store.Tx, name string) (bool, error)
+	// users lists every account in name order.
+	users(tx *store.Tx) ([]User, error)
+	hasUser(tx *store.Tx) (bool, error)
+	// putSession stores s under sid after deleting the sessions expired
+	// at now.
+	putSession(tx *store.Tx, sid string, s session, now time.Time) error
+	getSession(tx *store.Tx, sid string) (session, bool, error)
+	deleteSession(tx *store.Tx, sid string) error
+	// appendAudit stores e after every earlier entry.
+	appendAudit(tx *store.Tx, e AuditEntry) error
+	// pruneAudit deletes, oldest first, the entries written before cutoff
+	// (none if cutoff is zero) and those beyond the newest max (none if max
+	// is 0); it returns how many are left. n is the count the caller keeps
+	// (bbolt counts only by walking every page); PostgreSQL keeps its own,
+	// shared by the replicas.
+	pruneAudit(tx *store.Tx, cutoff time.Time, max, n int) (int, error)
+	// sessions lists every stored session (migrate-storage).
+	sessions(tx *store.Tx) ([]storedSession, error)
+	// setHMACKey replaces the session signing key (migrate-storage).
+	setHMACKey(tx *store.Tx, k []byte) error
+	// countAudit counts the entries (once, at start-up).
+	countAudit(tx *store.Tx) (int, error)
+	// audit returns up to limit entries, newest first, after skipping offset.
+	audit(tx *store.Tx, limit, offset int) ([]AuditEntry, error)
+}
 
-// User is an admin account stored in bbolt.
+// storeFor is the adminStore of db's backend.
+func storeFor(db *store.DB) adminStore {
+	if db.Backend() == store.BackendPostgres {
+		return pgAdmin{}
+	}
+	return boltAdmin{}
+}
+
+// User is an admin account stored in the database.
 type User struct {
 	Username     string    `json:"username"`
 	PasswordHash string    `json:"password_hash"`
 	Created      time.Time `json:"created"`
+}
+
+// storedSession is a session with its id.
+type storedSession struct {
+	ID string
+	session
 }
 
 type session struct {
@@ -34,35 +79,22 @@ type session struct {
 // ErrUserExists means an admin account with that name exists already.
 var ErrUserExists = errors.New("admin: an account with that name exists already")
 
-// Open creates the admin buckets and the session signing key if missing.
-func Open(db *store.DB) error {
-	return db.Update(func(tx *store.Tx) error {
-		for _, b := range [][]byte{bktUsers, bktSessions, bktMeta, bktAudit} {
-			if _, err := tx.Bolt.CreateBucketIfNotExists(b); err != nil {
-				return fmt.Errorf("admin: create bucket %s: %w", b, err)
-			}
-		}
-		m := tx.Bolt.Bucket(bktMeta)
-		if m.Get([]byte("hmac_key")) == nil {
-			k := make([]byte, 32)
-			if _, err := rand.Read(k); err != nil {
-				return err
-			}
-			return m.Put([]byte("hmac_key"), k)
-		}
-		return nil
-	})
-}
+// Open creates the admin buckets (on bbolt; the PostgreSQL tables come with
+// the migrations) and the session signing key if missing.
+func Open(db *store.DB) error { return storeFor(db).open(db) }
 
 func hmacKey(db *store.DB) ([]byte, error) {
-	var k []byte
-	err := db.View(func(tx *store.Tx) error {
-		k = store.Copy(tx.Bolt.Bucket(bktMeta).Get([]byte("hmac_key")))
-		return nil
-	})
+	k, err := storeFor(db).hmacKey(db)
 	if err == nil && len(k) != 32 {
 		err = errors.New("admin: no session key stored")
 	}
+	return k, err
+}
+
+// newHMACKey makes a session signing key.
+func newHMACKey() ([]byte, error) {
+	k := make([]byte, 32)
+	_, err := rand.Read(k)
 	return k, err
 }
 
@@ -97,73 +129,52 @@ func CreateUser(db *store.DB, username, password string, replace bool, now time.
 
 // putUser stores an account with an already made hash.
 func putUser(db *store.DB, username, hash string, replace bool, now time.Time) error {
+	st := storeFor(db)
 	return db.Update(func(tx *store.Tx) error {
-		b := tx.Bolt.Bucket(bktUsers)
-		if b.Get([]byte(username)) != nil && !replace {
+		if _, found, err := st.getUser(tx, username); err != nil {
+			return err
+		} else if found && !replace {
 			return ErrUserExists
 		}
-		raw, _ := json.Marshal(User{Username: username, PasswordHash: hash, Created: now.UTC()})
-		return b.Put([]byte(username), raw)
+		return st.putUser(tx, User{Username: username, PasswordHash: hash, Created: now.UTC()})
 	})
 }
 
 // DeleteUser removes an admin account and its sessions.
 func DeleteUser(db *store.DB, username string) error {
+	st := storeFor(db)
 	return db.Update(func(tx *store.Tx) error {
-		b := tx.Bolt.Bucket(bktUsers)
-		if b == nil || b.Get([]byte(username)) == nil {
-			return fmt.Errorf("admin: no account named %q", username)
+		found, err := st.deleteUser(tx, username)
+		if err == nil && !found {
+			err = fmt.Errorf("admin: no account named %q", username)
 		}
-		if err := b.Delete([]byte(username)); err != nil {
-			return err
-		}
-		s := tx.Bolt.Bucket(bktSessions)
-		var drop [][]byte
-		_ = s.ForEach(func(k, v []byte) error {
-			var ss session
-			if json.Unmarshal(v, &ss) == nil && ss.User == username {
-				drop = append(drop, store.Copy(k))
-			}
-			return nil
-		})
-		for _, k := range drop {
-			if err := s.Delete(k); err != nil {
-				return err
-			}
-		}
-		return nil
+		return err
 	})
 }
 
-// Users lists the accounts stored in bbolt (not those from config).
+// Users lists the accounts stored in the database (not those from config).
 func Users(db *store.DB) ([]User, error) {
 	var out []User
+	st := storeFor(db)
 	err := db.View(func(tx *store.Tx) error {
-		b := tx.Bolt.Bucket(bktUsers)
-		if b == nil {
-			return nil
-		}
-		return b.ForEach(func(_, v []byte) error {
-			var u User
-			if err := json.Unmarshal(v, &u); err != nil {
-				return err
-			}
-			u.PasswordHash = ""
-			out = append(out, u)
-			return nil
-		})
+		var err error
+		out, err = st.users(tx)
+		return err
 	})
+	for i := range out {
+		out[i].PasswordHash = ""
+	}
 	return out, err
 }
 
 func storedHash(db *store.DB, username string) (string, bool) {
 	var u User
 	found := false
+	st := storeFor(db)
 	_ = db.View(func(tx *store.Tx) error {
-		if raw := tx.Bolt.Bucket(bktUsers).Get([]byte(username)); raw != nil {
-			found = json.Unmarshal(raw, &u) == nil
-		}
-		return nil
+		var err error
+		u, found, err = st.getUser(tx, username)
+		return err
 	})
 	return u.PasswordHash, found
 }

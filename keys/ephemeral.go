@@ -3,20 +3,18 @@ package keys
 import (
 	"crypto/ed25519"
 	"crypto/rand"
-	"encoding/json"
 	"strings"
 	"time"
 
 	"github.com/herald-im/herald/store"
 )
 
-var ephemeralBucket = []byte("keys_ephemeral")
-
 // Ephemeral keeps the public halves of per-invite ephemeral keys and whether
 // each is still valid. Private halves belong to the invite (they travel in its
 // email link), never here.
 type Ephemeral struct {
 	db  *store.DB
+	st  ephemeralStore
 	now func() time.Time
 }
 
@@ -26,17 +24,35 @@ type ephemeralRecord struct {
 	Expires time.Time `json:"expires,omitzero"` // zero: valid until invalidated
 }
 
-// OpenEphemeral creates the bucket. now is the clock expiries are checked
-// against (nil: time.Now).
+// ephemeralStore keeps ephemeral records by public key (exactly as given),
+// inside the caller's transaction: a bbolt bucket (ephemeral_bolt.go) or the
+// keys_ephemeral table (ephemeral_pg.go).
+type ephemeralStore interface {
+	put(tx *store.Tx, pub string, r ephemeralRecord) error
+	// get returns the record of pub; ok false when there is none.
+	get(tx *store.Tx, pub string) (r ephemeralRecord, ok bool, err error)
+	// invalidate clears the valid flag of pub, if it is stored.
+	invalidate(tx *store.Tx, pub string) error
+	delete(tx *store.Tx, pub string) error
+	// isValid reads pub's record outside any transaction: the read of every
+	// ephemeral/isvalid check.
+	isValid(pub string, now time.Time) (valid, found bool, err error)
+}
+
+// OpenEphemeral prepares the storage (the bbolt bucket; the table comes with
+// the PostgreSQL migrations). now is the clock expiries are checked against
+// (nil: time.Now).
 func OpenEphemeral(db *store.DB, now func() time.Time) (*Ephemeral, error) {
 	if now == nil {
 		now = time.Now
 	}
-	err := db.Update(func(tx *store.Tx) error {
-		_, err := tx.Bolt.CreateBucketIfNotExists(ephemeralBucket)
-		return err
-	})
-	return &Ephemeral{db: db, now: now}, err
+	e := &Ephemeral{db: db, now: now}
+	if db.Backend() == store.BackendPostgres {
+		e.st = pgEphemeral{db: db}
+		return e, nil
+	}
+	e.st = boltEphemeral{db: db}
+	return e, createEphemeralBucket(db)
 }
 
 // NewEphemeralKey generates a fresh ed25519 key pair.
@@ -52,55 +68,34 @@ func NewEphemeralKey() (ed25519.PublicKey, ed25519.PrivateKey) {
 // invalidated), inside the caller's transaction. The expiry makes isvalid
 // answer false from that instant on, before any sweeper marks the owner.
 func (e *Ephemeral) Put(tx *store.Tx, pub, ref string, expires time.Time) error {
-	raw, _ := json.Marshal(ephemeralRecord{Valid: true, Ref: ref, Expires: expires})
-	return tx.Bolt.Bucket(ephemeralBucket).Put([]byte(pub), raw)
+	return e.st.put(tx, pub, ephemeralRecord{Valid: true, Ref: ref, Expires: expires})
 }
 
 // Invalidate marks pub as no longer valid, inside the caller's transaction.
 func (e *Ephemeral) Invalidate(tx *store.Tx, pub string) error {
-	b := tx.Bolt.Bucket(ephemeralBucket)
-	raw := b.Get([]byte(pub))
-	if raw == nil {
-		return nil
-	}
-	var r ephemeralRecord
-	if err := json.Unmarshal(raw, &r); err != nil {
-		return err
-	}
-	r.Valid = false
-	raw, _ = json.Marshal(r)
-	return b.Put([]byte(pub), raw)
+	return e.st.invalidate(tx, pub)
 }
 
 // Delete forgets pub entirely (data erasure).
 func (e *Ephemeral) Delete(tx *store.Tx, pub string) error {
-	return tx.Bolt.Bucket(ephemeralBucket).Delete([]byte(pub))
+	return e.st.delete(tx, pub)
 }
 
 // IsValid reports whether pub is a known, still valid ephemeral key. It only reads.
 func (e *Ephemeral) IsValid(pub string) (bool, error) {
-	var valid bool
-	err := e.db.View(func(tx *store.Tx) error {
-		raw := tx.Bolt.Bucket(ephemeralBucket).Get([]byte(pub))
-		if raw == nil {
-			if b, err := DecodeBase64(pub); err == nil && EncodeBase64(b) != pub {
-				raw = tx.Bolt.Bucket(ephemeralBucket).Get([]byte(EncodeBase64(b)))
-			}
-		}
-		if raw == nil {
-			return nil
-		}
-		r, ok := decodeEphemeralFast(raw)
-		if !ok {
-			r = ephemeralRecord{}
-			if err := json.Unmarshal(raw, &r); err != nil {
-				return err
-			}
-		}
-		valid = r.Valid && (r.Expires.IsZero() || e.now().Before(r.Expires))
-		return nil
-	})
+	now := e.now()
+	valid, found, err := e.st.isValid(pub, now)
+	if err != nil || found {
+		return valid, err
+	}
+	if b, err := DecodeBase64(pub); err == nil && EncodeBase64(b) != pub {
+		valid, _, err = e.st.isValid(EncodeBase64(b), now)
+	}
 	return valid, err
+}
+
+func (r ephemeralRecord) validAt(now time.Time) bool {
+	return r.Valid && (r.Expires.IsZero() || now.Before(r.Expires))
 }
 
 // decodeEphemeralFast decodes a record in the exact shape Put and

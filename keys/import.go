@@ -1,9 +1,9 @@
 package keys
 
 import (
+	"context"
 	"crypto/ed25519"
 	"encoding/base64"
-	"encoding/json"
 	"fmt"
 	"strings"
 	"time"
@@ -26,43 +26,46 @@ func (r *Ring) AddImported(id string, priv ed25519.PrivateKey, created time.Time
 		}
 		return false, nil
 	}
-	rf, _, err := r.readRingFile()
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+	k := Key{ID: id, Private: priv, Public: priv.Public().(ed25519.PublicKey), Created: created.UTC().Truncate(time.Microsecond)}
+	added, err := r.src.add(ctx, k)
 	if err != nil {
 		return false, err
 	}
-	if err := writeJWK(r.keyPath(id), id, priv); err != nil {
-		return false, err
+	if !added {
+		// Added meanwhile by another replica or command: the same key or not.
+		if err := r.loadContext(ctx); err != nil {
+			return false, err
+		}
+		if k2, ok := r.Get(id); !ok || !k2.Private.Equal(priv) {
+			return false, fmt.Errorf("keys: the ring already has a different key with id %s", id)
+		}
+		return false, nil
 	}
-	rf.Keys[id] = ringEntry{Created: created.UTC()}
-	if err := r.save(rf); err != nil {
-		return false, err
-	}
-	return true, r.load()
+	return true, r.loadContext(ctx)
 }
 
 // EphemeralRef returns the ref a still-valid ephemeral key was stored with
 // (pub as given, or in unpadded standard base64), inside the caller's
 // transaction; ok is false for an unknown, invalidated or expired key.
 func (e *Ephemeral) EphemeralRef(tx *store.Tx, pub string) (ref string, ok bool, err error) {
-	b := tx.Bolt.Bucket(ephemeralBucket)
-	raw := b.Get([]byte(pub))
-	if raw == nil {
+	rec, found, err := e.st.get(tx, pub)
+	if err != nil {
+		return "", false, err
+	}
+	if !found {
 		if dec, derr := DecodeBase64(pub); derr == nil {
 			for _, alt := range []string{EncodeBase64(dec), encodeURL(dec)} {
-				if raw = b.Get([]byte(alt)); raw != nil {
+				if rec, found, err = e.st.get(tx, alt); err != nil {
+					return "", false, err
+				} else if found {
 					break
 				}
 			}
 		}
 	}
-	if raw == nil {
-		return "", false, nil
-	}
-	var rec ephemeralRecord
-	if err := json.Unmarshal(raw, &rec); err != nil {
-		return "", false, err
-	}
-	if !rec.Valid || (!rec.Expires.IsZero() && !e.now().Before(rec.Expires)) {
+	if !found || !rec.validAt(e.now()) {
 		return "", false, nil
 	}
 	return rec.Ref, true, nil
@@ -71,7 +74,8 @@ func (e *Ephemeral) EphemeralRef(tx *store.Tx, pub string) (ref string, ok bool,
 // Has reports whether pub is stored exactly as given (valid or not), inside
 // the caller's transaction.
 func (e *Ephemeral) Has(tx *store.Tx, pub string) bool {
-	return tx.Bolt.Bucket(ephemeralBucket).Get([]byte(pub)) != nil
+	_, ok, err := e.st.get(tx, pub)
+	return ok && err == nil
 }
 
 func encodeURL(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }

@@ -1,10 +1,14 @@
 // Package keys keeps Herald's ed25519 signing keys and signs JSON the Matrix
-// way. Long-term keys live as JWK files (mode 0600) in data_dir/keys with a
-// small ring.json recording which is current and which are retired; per-invite
-// ephemeral public keys live in their own bbolt bucket.
+// way. On bbolt deployments long-term keys live as JWK files (mode 0600) in
+// data_dir/keys with a small ring.json recording which is current and which
+// are retired, and per-invite ephemeral public keys in their own bbolt
+// bucket; with PostgreSQL both live in tables of the shared database
+// (migration 0003_keys_admin_mail.sql), so every replica signs with the
+// same keys.
 package keys
 
 import (
+	"context"
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/json"
@@ -13,7 +17,6 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strings"
 	"sync"
 	"time"
 
@@ -36,31 +39,49 @@ func (k Key) PublicBase64() string { return EncodeBase64(k.Public) }
 // Valid reports whether the key is still published.
 func (k Key) Valid() bool { return k.Retired.IsZero() }
 
-type ringFile struct {
-	Current string               `json:"current"`
-	Keys    map[string]ringEntry `json:"keys"`
-}
-
-type ringEntry struct {
-	Created time.Time `json:"created"`
-	Retired time.Time `json:"retired,omitzero"`
-}
-
 // Ring is the set of long-term keys. It is safe for concurrent use.
+//
+// The keys live in a ringStore: JWK files and ring.json in data_dir/keys
+// (ring_files.go, the bbolt deployments' layout) or a table of the shared
+// PostgreSQL database (ring_pg.go), read by every replica.
 type Ring struct {
-	dir    string
+	src    ringStore
 	server string
 
 	mu      sync.RWMutex
 	keys    map[string]*Key
 	byPub   map[string]*Key
 	current *Key
-	modTime time.Time
+	stamp   string
 
 	// record, when set, is told every key id before a (re)load takes
 	// effect; if it fails the ring stays as it was (SetRecorder).
 	record func(ids []string) error
 }
+
+// ringStore keeps the keys of a Ring. Its writes are whole: a key written
+// is published (and current, for rotate) once the call returns, on every
+// replica that reloads.
+type ringStore interface {
+	// read returns every key, Current set on the current one, and a stamp
+	// that changes whenever the ring changes.
+	read(ctx context.Context) ([]*Key, string, error)
+	// stamp is read's stamp alone, cheaply.
+	stamp(ctx context.Context) (string, error)
+	// rotate adds k and makes it the only current key.
+	rotate(ctx context.Context, k Key) error
+	// retire marks id retired at t: ErrUnknownKey if there is no such key,
+	// errCurrentKey if it is the current one, nil if it is retired already.
+	retire(ctx context.Context, id string, t time.Time) error
+	// add adds k as a published, non-current key; added is false when a key
+	// with k's id exists (the caller compares it).
+	add(ctx context.Context, k Key) (added bool, err error)
+	// where names the store in error messages.
+	where() string
+}
+
+// errCurrentKey refuses to retire the current key.
+var errCurrentKey = errors.New("is the current key; rotate before retiring it")
 
 // ErrUnknownKey means no key has that id.
 var ErrUnknownKey = errors.New("no such key")
@@ -71,9 +92,10 @@ var ErrNoRing = errors.New("no signing keys")
 // LoadRing loads the ring in dir; unlike OpenRing it generates nothing, and
 // returns an error wrapping ErrNoRing when dir holds no ring.json.
 func LoadRing(dir, serverName string) (*Ring, error) {
-	r := &Ring{dir: dir, server: serverName}
-	if _, err := os.Stat(r.ringPath()); errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("%s: %w", r.ringPath(), ErrNoRing)
+	fs := &fileRing{dir: dir}
+	r := &Ring{src: fs, server: serverName}
+	if _, err := os.Stat(fs.ringPath()); errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("%s: %w", fs.ringPath(), ErrNoRing)
 	}
 	if err := r.load(); err != nil {
 		return nil, err
@@ -108,8 +130,9 @@ func OpenRing(dir, serverName string) (*Ring, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("keys: %w", err)
 	}
-	r := &Ring{dir: dir, server: serverName}
-	if _, err := os.Stat(r.ringPath()); errors.Is(err, os.ErrNotExist) {
+	fs := &fileRing{dir: dir}
+	r := &Ring{src: fs, server: serverName}
+	if _, err := os.Stat(fs.ringPath()); errors.Is(err, os.ErrNotExist) {
 		if _, err := r.Rotate(); err != nil {
 			return nil, err
 		}
@@ -124,47 +147,33 @@ func OpenRing(dir, serverName string) (*Ring, error) {
 // ServerName is the name Herald signs as.
 func (r *Ring) ServerName() string { return r.server }
 
-func (r *Ring) ringPath() string { return filepath.Join(r.dir, "ring.json") }
-
-func (r *Ring) keyPath(id string) string {
-	return filepath.Join(r.dir, strings.ReplaceAll(id, ":", "_")+".jwk")
-}
-
-func (r *Ring) readRingFile() (ringFile, time.Time, error) {
-	var rf ringFile
-	st, err := os.Stat(r.ringPath())
-	if err != nil {
-		return rf, time.Time{}, fmt.Errorf("keys: %w", err)
-	}
-	raw, err := os.ReadFile(r.ringPath())
-	if err != nil {
-		return rf, time.Time{}, fmt.Errorf("keys: %w", err)
-	}
-	if err := json.Unmarshal(raw, &rf); err != nil {
-		return rf, time.Time{}, fmt.Errorf("keys: %s: %w", r.ringPath(), err)
-	}
-	return rf, st.ModTime(), nil
-}
+// opTimeout bounds a ring operation on a database (the methods of Ring take
+// no context).
+const opTimeout = 30 * time.Second
 
 func (r *Ring) load() error {
-	rf, mt, err := r.readRingFile()
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+	return r.loadContext(ctx)
+}
+
+func (r *Ring) loadContext(ctx context.Context) error {
+	list, stamp, err := r.src.read(ctx)
 	if err != nil {
 		return err
 	}
 	keys := map[string]*Key{}
 	byPub := map[string]*Key{}
-	for id, e := range rf.Keys {
-		priv, err := readJWK(r.keyPath(id), id)
-		if err != nil {
-			return err
-		}
-		k := &Key{ID: id, Private: priv, Public: priv.Public().(ed25519.PublicKey), Created: e.Created, Retired: e.Retired, Current: id == rf.Current}
-		keys[id] = k
+	var cur *Key
+	for _, k := range list {
+		keys[k.ID] = k
 		byPub[k.PublicBase64()] = k
+		if k.Current {
+			cur = k
+		}
 	}
-	cur, ok := keys[rf.Current]
-	if !ok || !cur.Valid() {
-		return fmt.Errorf("keys: %s names no valid current key", r.ringPath())
+	if cur == nil || !cur.Valid() {
+		return fmt.Errorf("keys: %s names no valid current key", r.src.where())
 	}
 	r.mu.RLock()
 	record := r.record
@@ -180,33 +189,39 @@ func (r *Ring) load() error {
 		}
 	}
 	r.mu.Lock()
-	r.keys, r.byPub, r.current, r.modTime = keys, byPub, cur, mt
+	r.keys, r.byPub, r.current, r.stamp = keys, byPub, cur, stamp
 	r.mu.Unlock()
 	return nil
 }
 
-// ReloadIfChanged re-reads the ring when ring.json changed on disk (after a
-// `herald keys` command), so a running server picks the change up.
+// ReloadIfChanged re-reads the ring when it changed in its store (ring.json
+// on disk after a `herald keys` command, or the database after a rotation
+// on another replica), so a running server picks the change up.
 func (r *Ring) ReloadIfChanged() error {
-	st, err := os.Stat(r.ringPath())
-	if err != nil {
-		return err
-	}
-	r.mu.RLock()
-	same := st.ModTime().Equal(r.modTime)
-	r.mu.RUnlock()
-	if same {
-		return nil
-	}
-	return r.load()
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+	return r.Reload(ctx, false)
 }
 
-func (r *Ring) save(rf ringFile) error {
-	raw, err := json.MarshalIndent(rf, "", "  ")
-	if err != nil {
-		return err
+// Reload re-reads the ring from its store: always when force is set,
+// otherwise only when the store's stamp changed. The wiring calls it on an
+// interval and, with PostgreSQL, whenever NotifyChannel is signalled, so a
+// key rotated or retired on one replica signs (or stops being published) on
+// every replica within the interval.
+func (r *Ring) Reload(ctx context.Context, force bool) error {
+	if !force {
+		st, err := r.src.stamp(ctx)
+		if err != nil {
+			return err
+		}
+		r.mu.RLock()
+		same := st == r.stamp
+		r.mu.RUnlock()
+		if same {
+			return nil
+		}
 	}
-	return writeFileAtomic(r.ringPath(), raw)
+	return r.loadContext(ctx)
 }
 
 // Current is the key new signatures are made with.
@@ -273,50 +288,33 @@ func (r *Ring) Rotate() (Key, error) {
 	if err != nil {
 		return Key{}, err
 	}
-	id := "ed25519:" + newKeyName()
-	if err := writeJWK(r.keyPath(id), id, priv); err != nil {
+	k := Key{ID: "ed25519:" + newKeyName(), Public: pub, Private: priv, Created: time.Now().UTC().Truncate(time.Microsecond), Current: true}
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+	if err := r.src.rotate(ctx, k); err != nil {
 		return Key{}, err
 	}
-	rf := ringFile{Keys: map[string]ringEntry{}}
-	if _, err := os.Stat(r.ringPath()); err == nil {
-		if rf, _, err = r.readRingFile(); err != nil {
-			return Key{}, err
-		}
-	}
-	rf.Keys[id] = ringEntry{Created: time.Now().UTC()}
-	rf.Current = id
-	if err := r.save(rf); err != nil {
+	if err := r.loadContext(ctx); err != nil {
 		return Key{}, err
 	}
-	if err := r.load(); err != nil {
-		return Key{}, err
-	}
-	return Key{ID: id, Public: pub, Private: priv, Created: rf.Keys[id].Created, Current: true}, nil
+	return k, nil
 }
 
 // Retire stops publishing a key: isvalid answers false for it from now on.
 // The current key cannot be retired; rotate first.
 func (r *Ring) Retire(id string) error {
-	rf, _, err := r.readRingFile()
-	if err != nil {
-		return err
-	}
-	e, ok := rf.Keys[id]
-	if !ok {
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+	err := r.src.retire(ctx, id, time.Now().UTC().Truncate(time.Microsecond))
+	switch {
+	case errors.Is(err, ErrUnknownKey):
 		return fmt.Errorf("%w: %s", ErrUnknownKey, id)
-	}
-	if rf.Current == id {
-		return fmt.Errorf("keys: %s is the current key; rotate before retiring it", id)
-	}
-	if !e.Retired.IsZero() {
-		return nil
-	}
-	e.Retired = time.Now().UTC()
-	rf.Keys[id] = e
-	if err := r.save(rf); err != nil {
+	case errors.Is(err, errCurrentKey):
+		return fmt.Errorf("keys: %s %w", id, errCurrentKey)
+	case err != nil:
 		return err
 	}
-	return r.load()
+	return r.loadContext(ctx)
 }
 
 const nameAlphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"

@@ -306,7 +306,7 @@ func TestRingRefusesMismatchedKeyHalves(t *testing.T) {
 		t.Fatal(err)
 	}
 	id := r.Current().ID
-	path := r.keyPath(id)
+	path := r.src.(*fileRing).keyPath(id)
 	raw, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)

@@ -2,8 +2,10 @@ package mailer
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
+	"io"
 	"net/mail"
 	"os"
 	"path/filepath"
@@ -17,8 +19,11 @@ import (
 // message becomes an .eml file in a directory (data_dir/mailbox), which a
 // newcomer can open in a mail client or read in the admin console's Mailbox
 // page (behind the console login: the mails hold validation codes and invite
-// links, so nothing else serves them).
+// links, so nothing else serves them). With PostgreSQL the mails are rows
+// of the shared database instead (devmailbox_pg.go, NewDevMailboxDB), so
+// the console of any replica shows every replica's mail.
 type DevMailbox struct {
+	pg  *pgMailbox // set: the mailbox is in PostgreSQL, not in dir
 	dir string
 	now func() time.Time
 	max int // files kept; the oldest go first
@@ -93,7 +98,8 @@ func (d *DevMailbox) prune() {
 	d.count = min(len(names), d.max)
 }
 
-// Dir is the directory holding the .eml files.
+// Dir is the directory holding the .eml files ("" when the mailbox is in
+// the database).
 func (d *DevMailbox) Dir() string { return d.dir }
 
 // Send writes raw to a new .eml file (atomically: temp file, then rename).
@@ -108,6 +114,15 @@ func (d *DevMailbox) SendReply(ctx context.Context, from string, to []string, ra
 	d.seq++
 	name := fmt.Sprintf("%s-%04d.eml", d.now().UTC().Format("20060102T150405.000000000Z"), d.seq%10000)
 	d.mu.Unlock()
+	if d.pg != nil {
+		// Replicas share the table: a random part keeps two replicas'
+		// names apart even in the same nanosecond.
+		name = strings.TrimSuffix(name, ".eml") + "-" + rand.Text()[:8] + ".eml"
+		if err := d.pg.save(ctx, name, d.now(), raw); err != nil {
+			return "", err
+		}
+		return "saved in the dev mailbox as " + name, nil
+	}
 	tmp, err := os.CreateTemp(d.dir, ".tmp-*")
 	if err != nil {
 		return "", err
@@ -134,6 +149,9 @@ func validName(name string) bool {
 
 // List returns the stored messages, newest first.
 func (d *DevMailbox) List() ([]DevMail, error) {
+	if d.pg != nil {
+		return d.pg.list()
+	}
 	entries, err := os.ReadDir(d.dir)
 	if err != nil {
 		return nil, err
@@ -149,10 +167,7 @@ func (d *DevMailbox) List() ([]DevMail, error) {
 		}
 		dm := DevMail{Name: e.Name(), Date: info.ModTime(), Size: info.Size()}
 		if f, err := os.Open(filepath.Join(d.dir, e.Name())); err == nil {
-			if msg, err := mail.ReadMessage(f); err == nil {
-				dm.To = msg.Header.Get("To")
-				dm.Subject = rawSubject([]byte("Subject: " + msg.Header.Get("Subject") + "\r\n\r\n"))
-			}
+			dm.To, dm.Subject = devHeaders(f)
 			f.Close()
 		}
 		out = append(out, dm)
@@ -169,9 +184,21 @@ func (d *DevMailbox) Read(name string) ([]byte, error) {
 	if !validName(name) {
 		return nil, ErrNoSuchFile
 	}
+	if d.pg != nil {
+		return d.pg.read(name)
+	}
 	b, err := os.ReadFile(filepath.Join(d.dir, name))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, ErrNoSuchFile
 	}
 	return b, err
+}
+
+// devHeaders reads the To and Subject a listing shows of a stored mail.
+func devHeaders(r io.Reader) (to, subject string) {
+	msg, err := mail.ReadMessage(r)
+	if err != nil {
+		return "", ""
+	}
+	return msg.Header.Get("To"), rawSubject([]byte("Subject: " + msg.Header.Get("Subject") + "\r\n\r\n"))
 }

@@ -30,7 +30,10 @@ type legacyMail struct {
 }
 
 func (q *Queue) convertLegacy() error {
-	n, err := q.be.Convert("mail", legacyBuckets, func(tx *store.Tx, v []byte) (*queue.Record, error) {
+	if q.bolt == nil {
+		return nil // the old buckets exist only in bbolt files
+	}
+	n, err := q.bolt.Convert("mail", legacyBuckets, func(tx *store.Tx, v []byte) (*queue.Record, error) {
 		var m legacyMail
 		if err := json.Unmarshal(v, &m); err != nil {
 			return nil, err

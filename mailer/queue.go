@@ -5,7 +5,6 @@ import (
 	"compress/flate"
 	"context"
 	_ "embed"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -126,13 +125,23 @@ var (
 	ErrState = errors.New("mailer: not possible in this state")
 )
 
-// The outbox is the queue named "outbox" (see queue.Bolt for its buckets),
-// plus two indexes of its own, kept in the same transactions. Keys are
-// big-endian so cursors walk them in order.
-var (
-	bktRef = []byte("outbox_ref") // ref + 0 + id -> nil
-	bktTo  = []byte("outbox_to")  // lower-cased address + 0 + id -> nil
-)
+// The outbox is the queue named "outbox" (queue.Bolt's buckets on bbolt,
+// pgqueue's tables on PostgreSQL), plus two indexes of its own, by ref and
+// by lower-cased recipient, kept in the same transactions (outboxIndex).
+
+// outboxIndex is the outbox's own index of its mail by ref and by
+// recipient: bbolt buckets (queue_bolt.go) or PostgreSQL tables
+// (queue_pg.go).
+type outboxIndex interface {
+	// add indexes mail id under ref (if not empty) and to (lower-cased).
+	add(tx *store.Tx, ref, to string, id uint64) error
+	remove(tx *store.Tx, ref, to string, id uint64) error
+	// ids returns, newest first, the mail indexed under ref (when ref is
+	// set) or else under the recipient to.
+	ids(ctx context.Context, ref, to string) ([]uint64, error)
+	// idsTx is ids of the recipient to inside tx.
+	idsTx(tx *store.Tx, to string) ([]uint64, error)
+}
 
 // meta is what the outbox keeps of a mail besides the queue's record.
 type meta struct {
@@ -180,14 +189,17 @@ func decodeMeta(b []byte) meta {
 // through the Sender and classifies SMTP replies.
 type Queue struct {
 	db   *store.DB
-	be   *queue.Bolt
+	be   queue.Backend
+	bolt *queue.Bolt // the bbolt backend (nil on PostgreSQL), for convertLegacy
+	idx  outboxIndex
 	q    *queue.Queue
 	opts Options
 	log  *slog.Logger
 	from string // the envelope sender
 }
 
-// Open creates the outbox's buckets and returns the queue. Run starts the worker.
+// Open creates the outbox's buckets (on bbolt; its PostgreSQL tables come
+// with the migrations) and returns the queue. Run starts the worker.
 func Open(db *store.DB, opts Options, log *slog.Logger) (*Queue, error) {
 	if opts.Sender == nil {
 		return nil, errors.New("mailer: Options.Sender is required")
@@ -209,15 +221,11 @@ func Open(db *store.DB, opts Options, log *slog.Logger) (*Queue, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	if err := store.Buckets(db.Bolt(), bktRef, bktTo); err != nil {
+	mq := &Queue{db: db, opts: opts, log: log.With("component", "mailer"), from: a.Address}
+	if err := mq.openStorage(); err != nil {
 		return nil, err
 	}
-	be, err := queue.OpenBolt(db.Bolt(), "outbox")
-	if err != nil {
-		return nil, err
-	}
-	mq := &Queue{db: db, be: be, opts: opts, log: log.With("component", "mailer"), from: a.Address}
-	mq.q, err = queue.New(be, queue.Options{
+	mq.q, err = queue.New(mq.be, queue.Options{
 		Name:           "mailer",
 		Deliver:        mq.deliver,
 		Workers:        max(opts.Connections, 1),
@@ -316,9 +324,6 @@ func (q *Queue) Enqueue(tx *store.Tx, m Message) (uint64, error) {
 // transaction (see Enqueue). It only writes: it does not change p, so it is
 // safe in a bbolt Batch function, which may run more than once.
 func (q *Queue) EnqueuePrepared(tx *store.Tx, p *Prepared) (uint64, error) {
-	if tx.Bolt.Bucket(bktTo) == nil {
-		return 0, errors.New("mailer: buckets missing (was the queue opened on this database?)")
-	}
 	md, err := encodeMeta(meta{To: p.To, Subject: p.Subject, Ref: p.Ref, MessageID: p.MessageID})
 	if err != nil {
 		return 0, err
@@ -342,24 +347,13 @@ func (q *Queue) EnqueuePrepared(tx *store.Tx, p *Prepared) (uint64, error) {
 // index writes a mail's own index entries: by ref and by recipient.
 func (q *Queue) index(tx *store.Tx, r *queue.Record) error {
 	m := toMail(r)
-	if m.Ref != "" {
-		if err := tx.Bolt.Bucket(bktRef).Put(idxKey(m.Ref, m.ID), nil); err != nil {
-			return err
-		}
-	}
-	return tx.Bolt.Bucket(bktTo).Put(idxKey(strings.ToLower(m.To), m.ID), nil)
+	return q.idx.add(tx, m.Ref, strings.ToLower(m.To), m.ID)
 }
 
 // unindex removes a deleted mail's own index entries (queue.Options.OnDelete).
 func (q *Queue) unindex(tx queue.Tx, r *queue.Record) error {
-	t := tx.(*store.Tx)
 	m := toMail(r)
-	if m.Ref != "" {
-		if err := t.Bolt.Bucket(bktRef).Delete(idxKey(m.Ref, m.ID)); err != nil {
-			return err
-		}
-	}
-	return t.Bolt.Bucket(bktTo).Delete(idxKey(strings.ToLower(m.To), m.ID))
+	return q.idx.remove(tx.(*store.Tx), m.Ref, strings.ToLower(m.To), m.ID)
 }
 
 func rawSubject(raw []byte) string {
@@ -579,7 +573,7 @@ func (q *Queue) Get(id uint64) (Mail, error) {
 func (q *Queue) State(id uint64) (State, error) {
 	var st State
 	err := q.db.View(func(tx *store.Tx) error {
-		r, err := queue.ReadBolt(tx.Bolt, "outbox", id)
+		r, err := q.be.Read(tx, id, false)
 		if err != nil {
 			return err
 		}
@@ -633,17 +627,7 @@ func (q *Queue) List(f Filter) ([]Mail, error) {
 func (q *Queue) candidates(f Filter) iter.Seq[Mail] {
 	return func(yield func(Mail) bool) {
 		if f.Ref != "" || f.To != "" {
-			var ids []uint64
-			_ = q.db.View(func(tx *store.Tx) error {
-				b, prefix := tx.Bolt.Bucket(bktRef), append([]byte(f.Ref), 0)
-				if f.Ref == "" {
-					b, prefix = tx.Bolt.Bucket(bktTo), append([]byte(strings.ToLower(f.To)), 0)
-				}
-				for id := range store.Descending(b, prefix) {
-					ids = append(ids, id)
-				}
-				return nil
-			})
+			ids, _ := q.idx.ids(context.Background(), f.Ref, strings.ToLower(f.To))
 			for _, id := range ids {
 				r, err := q.be.Get(context.Background(), id)
 				if err == nil && !yield(toMail(r)) {
@@ -701,16 +685,13 @@ func (q *Queue) Stats() (Stats, error) {
 // DeleteByRecipient deletes every mail to addr (compared lower-cased) with its
 // history, for data-protection erasure, and returns how many it deleted.
 func (q *Queue) DeleteByRecipient(addr string) (int, error) {
-	prefix := append([]byte(strings.ToLower(strings.TrimSpace(addr))), 0)
+	to := strings.ToLower(strings.TrimSpace(addr))
 	n := 0
 	err := q.db.Update(func(tx *store.Tx) error {
 		n = 0
-		var ids []uint64
-		c := tx.Bolt.Bucket(bktTo).Cursor()
-		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
-			if len(k) == len(prefix)+8 {
-				ids = append(ids, binary.BigEndian.Uint64(k[len(prefix):]))
-			}
+		ids, err := q.idx.idsTx(tx, to)
+		if err != nil {
+			return err
 		}
 		if err := q.q.DeleteTx(tx, ids...); err != nil {
 			return err
@@ -719,11 +700,4 @@ func (q *Queue) DeleteByRecipient(addr string) (int, error) {
 		return nil
 	})
 	return n, err
-}
-
-func idxKey(s string, id uint64) []byte {
-	k := make([]byte, 0, len(s)+9)
-	k = append(k, s...)
-	k = append(k, 0)
-	return append(k, store.U64(id)...)
 }

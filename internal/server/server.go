@@ -170,7 +170,7 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) (_ *App, err error)
 		Timeout:               cfg.Federation.Timeout.D(),
 		UserAgent:             "Herald/" + opts.Version,
 	})
-	sender, mailbox, err := mailer.FromConfig(cfg)
+	sender, mailbox, err := mailer.FromConfigDB(cfg, a.db)
 	if err != nil {
 		return nil, err
 	}
