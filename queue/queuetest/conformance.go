@@ -362,7 +362,7 @@ func RunConformance(t *testing.T, newBackend NewBackend) {
 		in := []queue.Record{
 			{ID: 7, Kind: "k", State: queue.Done, Created: t0, NextAttempt: t0, RetryFrom: t0, Finished: done,
 				Attempts: []queue.Attempt{{At: t0, Temporary: true, Reply: "451"}, {At: done, OK: true, Reply: "250"}},
-				Meta: []byte(`{"to":"x"}`)},
+				Meta:     []byte(`{"to":"x"}`)},
 			{ID: 40, State: queue.Pending, Created: t0, NextAttempt: t0, RetryFrom: t0, RetryBase: 2,
 				LastError: "451", Attempts: []queue.Attempt{{At: t0, Temporary: true, Reply: "451"}}, Data: []byte("body")},
 		}
