@@ -43,6 +43,13 @@ func OpenPostgres(ctx context.Context, cfg *config.Config, log *slog.Logger) (*p
 	if err != nil {
 		return nil, fmt.Errorf("storage.postgres: %w", err)
 	}
+	if unfinished, err := UnfinishedMigration(ctx, db); err != nil || unfinished {
+		db.Close()
+		if err == nil {
+			err = errors.New("the database holds an unfinished `herald migrate-storage` copy: run it again with --restart (docs/scaling.md)")
+		}
+		return nil, fmt.Errorf("storage.postgres: %w", err)
+	}
 	return db, nil
 }
 
@@ -261,4 +268,23 @@ func (a *App) dbSize() (int64, error) {
 	}
 	err := a.db.View(func(tx *store.Tx) error { size = tx.Bolt.Size(); return nil })
 	return size, err
+}
+
+// MigrationTable records a `herald migrate-storage` copy in the target
+// database: created by the command (not a schema migration: a database
+// Herald created itself never has it), one row, finished set once the copy
+// is verified. A replica refuses to start on a database whose copy is
+// unfinished, so nobody serves a half-copied database.
+const MigrationTable = "herald_migrate_storage"
+
+// UnfinishedMigration says whether db holds a migrate-storage copy that did
+// not finish.
+func UnfinishedMigration(ctx context.Context, db *pgstore.DB) (bool, error) {
+	var unfinished bool
+	err := db.Pool().QueryRow(ctx, `SELECT to_regclass('`+MigrationTable+`') IS NOT NULL`).Scan(&unfinished)
+	if err != nil || !unfinished {
+		return false, err
+	}
+	err = db.Pool().QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM `+MigrationTable+` WHERE finished IS NULL)`).Scan(&unfinished)
+	return unfinished, err
 }
