@@ -74,14 +74,24 @@ func (b *Backend) pgTx(tx queue.Tx) (pgx.Tx, error) {
 }
 
 // Write runs fn in one READ COMMITTED transaction through pgstore.InTx; its
-// queue.Tx is a *store.Tx on that pgx.Tx, so the caller's own statements share it. A
+// queue.Tx is a *store.Tx on that pgx.Tx, so the caller's own statements
+// share it, and its OnCommit functions run after the commit. A
 // serialization failure or deadlock (two writers updating the same records
 // or counters in different orders) rolls back and runs fn again, so fn may
 // run more than once: it must only write through the transaction and do
 // nothing outside it (no mail, no HTTP), as with a bbolt Batch. After the
 // retries run out the error is pgstore.ErrContention.
 func (b *Backend) Write(ctx context.Context, fn func(tx queue.Tx) error) error {
-	return b.db.InTx(ctx, pgstore.TxOptions{}, func(tx pgx.Tx) error { return fn(store.PGTx(ctx, tx)) })
+	var t *store.Tx
+	err := b.db.InTx(ctx, pgstore.TxOptions{}, func(tx pgx.Tx) error {
+		t = store.PGTx(ctx, tx) // hooks of an earlier run are dropped
+		return fn(t)
+	})
+	if err != nil {
+		return err
+	}
+	t.Committed() // the OnCommit functions fn registered, as on bbolt
+	return nil
 }
 
 func (b *Backend) Enqueue(tx queue.Tx, r *queue.Record) error {
