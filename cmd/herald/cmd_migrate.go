@@ -146,6 +146,22 @@ func migrateCommand(ctx context.Context, cfg *config.Config, log *slog.Logger, a
 	}
 	dst := store.NewPostgres(pg)
 	defer dst.Close()
+	// One run at a time per target: a session lock held until the end.
+	lock, err := pg.Pool().Acquire(ctx)
+	if err != nil {
+		return fmt.Errorf("migrate-storage: the target: %w", err)
+	}
+	defer func() {
+		_ = lock.Conn().Close(context.Background()) // ends the session, and its lock
+		lock.Release()
+	}()
+	var got bool
+	if err := lock.QueryRow(ctx, "SELECT pg_try_advisory_lock(hashtext('herald.migrate-storage'))").Scan(&got); err != nil {
+		return fmt.Errorf("migrate-storage: the target: %w", err)
+	}
+	if !got {
+		return errors.New("migrate-storage: another herald migrate-storage is copying into this database")
+	}
 	if err := prepareTarget(ctx, pg, restart); err != nil {
 		return fmt.Errorf("migrate-storage: %w", err)
 	}
@@ -365,10 +381,10 @@ func (p *copyProgress) draw() {
 }
 
 func (p *copyProgress) stop() {
+	close(p.stopc)
+	p.wg.Wait() // no redraw after the last summary
 	p.summary()
 	p.mu.Lock()
 	p.name = ""
 	p.mu.Unlock()
-	close(p.stopc)
-	p.wg.Wait()
 }

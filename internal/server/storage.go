@@ -136,8 +136,12 @@ func (a *App) periodicJobs() []periodicJob {
 }
 
 // startPeriodic runs the table's jobs under background.Run.
-func (a *App) startPeriodic(ctx context.Context) {
-	for _, j := range a.periodicJobs() {
+func (a *App) startPeriodic(ctx context.Context) { a.runPeriodic(ctx, a.periodicJobs()) }
+
+// runPeriodic runs jobs until ctx is done: on PostgreSQL each under
+// pgstore.RunPeriodic, on bbolt every period in this process.
+func (a *App) runPeriodic(ctx context.Context, jobs []periodicJob) {
+	for _, j := range jobs {
 		a.goBackground(ctx, j.worker, j.desc, func(ctx context.Context) error {
 			if pg := a.db.PG(); pg != nil {
 				pg.RunPeriodic(ctx, pgstore.Job{Name: j.name, Period: j.period, Run: j.run})
