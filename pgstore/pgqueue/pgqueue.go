@@ -160,28 +160,36 @@ func (b *Backend) Import(tx queue.Tx, r *queue.Record) error {
 	if err != nil {
 		return err
 	}
+	// One round trip per record (a copy moves many): the record, its
+	// failed attempts, its counter delta and the sequence, pipelined.
 	ctx := context.Background()
-	tag, err := t.Exec(ctx, `INSERT INTO queue_records
+	var batch pgx.Batch
+	batch.Queue(`INSERT INTO queue_records
 		(id, queue, kind, state, created, next_attempt, retry_from, retry_base, finished, last_error, attempts, meta, data)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT DO NOTHING`,
 		int64(r.ID), b.name, r.Kind, string(r.State), r.Created, r.NextAttempt, r.RetryFrom, r.RetryBase,
 		nullTime(r.Finished), r.LastError, attempts, nullJSON(r.Meta), r.Data)
+	for _, a := range r.Attempts {
+		if !a.OK {
+			batch.Queue(`INSERT INTO queue_failures (queue, at, record_id) VALUES ($1, $2, $3)`, b.name, a.At, int64(r.ID))
+		}
+	}
+	batch.Queue(`INSERT INTO queue_count_deltas (queue, state, n) VALUES ($1, $2, 1)`, b.name, string(r.State))
+	batch.Queue(`SELECT setval(pg_get_serial_sequence('queue_records', 'id'), $1)
+		FROM queue_records_id_seq WHERE NOT is_called OR last_value < $1`, int64(r.ID))
+	br := t.SendBatch(ctx, &batch)
+	tag, err := br.Exec()
+	if err == nil && tag.RowsAffected() == 0 {
+		err = fmt.Errorf("record %d exists", r.ID)
+	}
+	for i := 1; i < batch.Len() && err == nil; i++ {
+		_, err = br.Exec()
+	}
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
 	if err != nil {
 		return fmt.Errorf("pgqueue %s: import %d: %w", b.name, r.ID, err)
-	}
-	if tag.RowsAffected() == 0 {
-		return fmt.Errorf("pgqueue %s: import: record %d exists", b.name, r.ID)
-	}
-	if err := b.failures(ctx, t, r.ID, r.Attempts); err != nil {
-		return err
-	}
-	if err := b.count(ctx, t, "", r.State); err != nil {
-		return err
-	}
-	_, err = t.Exec(ctx, `SELECT setval(pg_get_serial_sequence('queue_records', 'id'), $1)
-		FROM queue_records_id_seq WHERE NOT is_called OR last_value < $1`, int64(r.ID))
-	if err != nil {
-		return fmt.Errorf("pgqueue %s: import %d: sequence: %w", b.name, r.ID, err)
 	}
 	return nil
 }
