@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
 	"log/slog"
 	"strings"
 	"testing"
@@ -100,5 +101,22 @@ func TestMigrateStorage(t *testing.T) {
 	}
 	if s, err := outbox.Stats(ctx, time.Now().Add(-time.Hour)); err != nil || s.Pending != 3 {
 		t.Fatalf("outbox after --restart: %+v %v", s, err)
+	}
+}
+
+// A difference in a count, a checksum or a missing table is printed and
+// counted (migrate-storage then exits 1).
+func TestMigrateSumsShowDifferences(t *testing.T) {
+	want := []store.TableSum{{Table: "queue outbox", Count: 2, Sum: "aa"}, {Table: "queue onbind", Count: 1, Sum: "bb"}, {Table: "keys", Count: 1, Sum: "cc"}}
+	got := []store.TableSum{{Table: "queue outbox", Count: 2, Sum: "aa"}, {Table: "queue onbind", Count: 1, Sum: "bc"}}
+	var out bytes.Buffer
+	if n := printSums(&out, want, got); n != 3 { // onbind's sum, keys missing, one table fewer
+		t.Fatalf("%d differences, want 3:\n%s", n, out.String())
+	}
+	if !strings.Contains(out.String(), "queue onbind") || strings.Count(out.String(), "DIFFERENT") != 2 || strings.Count(out.String(), " ok") != 1 {
+		t.Fatalf("output:\n%s", out.String())
+	}
+	if n := printSums(io.Discard, want[:2], want[:2]); n != 0 {
+		t.Fatalf("equal sums: %d differences", n)
 	}
 }
