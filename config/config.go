@@ -37,6 +37,7 @@ type Config struct {
 	Admin         Admin      `yaml:"admin"`
 	Account       Account    `yaml:"account"`
 	Metrics       Metrics    `yaml:"metrics"`
+	Storage       Storage    `yaml:"storage"`
 	// TrustedProxies are the reverse proxies (IPs or CIDRs) whose
 	// X-Forwarded-For Herald believes; from any other peer the client address
 	// is the TCP peer.
@@ -277,6 +278,7 @@ func Default() Config {
 	c.ServerName = "localhost:8090"
 	c.Listen = "127.0.0.1:8090"
 	c.DataDir = "herald-data"
+	c.Storage = defaultStorage()
 	c.Log = Log{Level: "info", Format: "text"}
 	c.SMTP.Security = "starttls"
 	c.SMTP.From = "Herald <herald@localhost>"
@@ -559,6 +561,9 @@ func (c *Config) Validate() error {
 
 // validateObserve checks metrics.listen and trusted_proxies.
 func (c *Config) validateObserve() error {
+	if err := c.validateStorage(); err != nil {
+		return err
+	}
 	if m := c.Metrics.Listen; m != "" {
 		if _, port, err := net.SplitHostPort(m); err != nil || port == "" {
 			return keyErr("metrics.listen", fmt.Sprintf("must be host:port, e.g. 127.0.0.1:9090 (got %q)", m))

@@ -135,7 +135,7 @@ smtp:
 delivery:
   min_backoff: 20ms
   max_backoff: 100ms
-%s`, h.url, port, filepath.Join(dir, "data"), smtp.Host, smtp.Port, smtpExtra, inviterHS.URL, simName, sim.URL, extra)
+%s%s`, h.url, port, filepath.Join(dir, "data"), smtp.Host, smtp.Port, smtpExtra, inviterHS.URL, simName, sim.URL, testenv.StorageYAML(t), extra)
 	if err := os.WriteFile(h.config, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}

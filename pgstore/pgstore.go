@@ -4,9 +4,10 @@
 // cluster-wide periodic jobs (one replica runs each sweep per period) and
 // LISTEN/NOTIFY "something changed" signals with a polling fallback.
 //
-// It is groundwork: the server does not open it (there is no
-// storage.backend key). The queue backend (package pgqueue) is built on it.
-// docs/scaling.md says what exists and what is planned.
+// The server opens it when storage.backend is postgres
+// (internal/server/storage.go); the queue backend (package pgqueue) and the
+// feature packages' PostgreSQL storage are built on it. docs/scaling.md
+// describes the architecture.
 package pgstore
 
 import (

@@ -164,6 +164,14 @@ type Backend interface {
 	// PruneFailures forgets failed-attempt entries older than before, in a
 	// transaction of its own (none when there is nothing to forget).
 	PruneFailures(ctx context.Context, before time.Time) error
+	// Scan returns up to limit records with an ID above after, in
+	// ascending ID order, with their payloads (Copy pages through a whole
+	// queue with it).
+	Scan(ctx context.Context, after uint64, limit int) ([]Record, error)
+	// Import stores r in tx with the ID, state, attempts, times and payload
+	// it has (a copy from another backend), with its indexes and counters;
+	// later Enqueues get higher IDs. It refuses an ID that exists.
+	Import(tx Tx, r *Record) error
 }
 
 // MapErr wraps ErrNotFound and ErrState in an owner's own sentinel errors

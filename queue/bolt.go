@@ -510,9 +510,10 @@ func ReadBolt(tx *bolt.Tx, name string, id uint64) (*Record, error) {
 }
 
 // Import stores r with the ID it already has (from an older layout being
-// converted), with its payload, indexes and counters, inside tx; later
-// Enqueues get higher IDs.
-func (b *Bolt) Import(tx *bolt.Tx, r *Record) error {
+// converted, or another backend being copied), with its payload, indexes and
+// counters, inside tx (a *store.Tx or a *bbolt.Tx); later Enqueues get
+// higher IDs.
+func (b *Bolt) Import(tx Tx, r *Record) error {
 	t, err := b.boltTx(tx)
 	if err != nil {
 		return err
@@ -551,6 +552,26 @@ func (b *Bolt) Import(tx *bolt.Tx, r *Record) error {
 		return err
 	}
 	return b.count(t, r.State, 1)
+}
+
+// Scan returns up to limit records with an ID above after, ascending, with
+// their payloads, from one read transaction.
+func (b *Bolt) Scan(ctx context.Context, after uint64, limit int) ([]Record, error) {
+	var out []Record
+	err := b.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(b.bRec).Cursor()
+		for k, v := c.Seek(store.U64(after + 1)); k != nil && len(out) < limit; k, v = c.Next() {
+			id := binary.BigEndian.Uint64(k)
+			var r Record
+			if err := decodeRecord(id, v, &r); err != nil {
+				return fmt.Errorf("queue %s: record %d: %w", b.bRec, id, err)
+			}
+			r.Data = store.Copy(tx.Bucket(b.bData).Get(k))
+			out = append(out, r)
+		}
+		return ctx.Err()
+	})
+	return out, err
 }
 
 // Convert moves the records of an older layout into the queue, in one

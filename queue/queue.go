@@ -451,7 +451,7 @@ func (q *Queue) prune(ctx context.Context) {
 	}
 	q.lastPrune = now
 	q.pruneMu.Unlock()
-	if err := q.be.PruneFailures(ctx, now.Add(-48*time.Hour)); err != nil {
+	if err := q.be.PruneFailures(ctx, now.Add(-48*time.Hour)); err != nil && ctx.Err() == nil {
 		q.log.Error("prune failed-attempt index", "err", err)
 	}
 	if q.opts.Retention <= 0 {
@@ -461,10 +461,12 @@ func (q *Queue) prune(ctx context.Context) {
 	for ctx.Err() == nil {
 		ids, err := q.be.Finished(ctx, now.Add(-q.opts.Retention), 500)
 		if err == nil && len(ids) > 0 {
-			err = q.be.Write(ctx, func(tx Tx) error { return q.deleteTx(tx, ids...) })
+			err = q.be.Write(ctx, func(tx Tx) error { return q.deleteGone(tx, ids...) })
 		}
 		if err != nil {
-			q.log.Error("retention", "err", err)
+			if ctx.Err() == nil { // not shutting down
+				q.log.Error("retention", "err", err)
+			}
 			return
 		}
 		total += len(ids)
@@ -475,6 +477,19 @@ func (q *Queue) prune(ctx context.Context) {
 	if total > 0 {
 		q.log.Info("retention: deleted old records", "count", total)
 	}
+}
+
+// deleteGone is deleteTx for retention, which skips records already gone:
+// on a shared backend another replica's retention may delete the same old
+// records first.
+func (q *Queue) deleteGone(tx Tx, ids ...uint64) error {
+	for _, id := range ids {
+		err := q.deleteTx(tx, id)
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			return err
+		}
+	}
+	return nil
 }
 
 func (q *Queue) deleteTx(tx Tx, ids ...uint64) error {

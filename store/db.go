@@ -100,6 +100,17 @@ func BoltTx(tx *bolt.Tx) *Tx { return &Tx{Bolt: tx, writable: tx.Writable()} }
 // backend's own writes, imports).
 func PGTx(ctx context.Context, tx pgx.Tx) *Tx { return &Tx{PG: tx, ctx: ctx, writable: true} }
 
+// Committed runs the OnCommit functions of a transaction opened outside a
+// DB (PGTx) once its owner committed it; DB's own transactions run them
+// themselves.
+func (t *Tx) Committed() {
+	fns := t.onCommit
+	t.onCommit = nil
+	for _, f := range fns {
+		f()
+	}
+}
+
 // Context is the transaction's context: statements on PostgreSQL run under
 // it.
 func (t *Tx) Context() context.Context {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -25,6 +26,9 @@ const backupUsage = `usage: herald backup DIR
   Restore: stop Herald, make DIR the data_dir (move it into place, owned by
   the server's user) and start Herald. See docs/operations.md.`
 
+// errBackupPostgres: the database is PostgreSQL's to back up.
+var errBackupPostgres = errors.New("backup: storage.backend is postgres: back up the database with PostgreSQL's tools (pg_dump, or base backups with WAL archiving: docs/scaling.md), and data_dir's per-node files (TLS) with any file backup")
+
 // backupCommand copies data_dir consistently into a new directory.
 func backupCommand(ctx context.Context, cfg *config.Config, log *slog.Logger, args []string, stdout io.Writer) error {
 	if len(args) == 1 && (args[0] == "help" || args[0] == "-h" || args[0] == "--help") {
@@ -33,6 +37,9 @@ func backupCommand(ctx context.Context, cfg *config.Config, log *slog.Logger, ar
 	}
 	if len(args) != 1 || strings.HasPrefix(args[0], "-") {
 		return usageError(backupUsage)
+	}
+	if cfg.Storage.Backend == config.StoragePostgres {
+		return errBackupPostgres
 	}
 	dir, err := server.CheckBackupTarget(cfg.DataDir, args[0])
 	if err != nil {

@@ -45,6 +45,9 @@ func checkCommand(ctx context.Context, cfg *config.Config, log *slog.Logger, arg
 	case len(args) > 1:
 		return usageError(checkUsage)
 	}
+	if cfg.Storage.Backend == config.StoragePostgres {
+		return errors.New("check: storage.backend is postgres: herald check verifies a bbolt data dir; PostgreSQL checks its own data (data_checksums, amcheck), and `herald migrate-storage` verifies a copy")
+	}
 	if st, err := os.Stat(dataDir); err != nil || !st.IsDir() {
 		return fmt.Errorf("check: %s is not a directory", dataDir)
 	}

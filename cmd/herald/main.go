@@ -110,6 +110,7 @@ var subcommands = []subcommand{
 	{name: "admin", summary: "console accounts: create, delete, list, hash-password", runWith: adminCommand, usage: adminUsage},
 	{name: "import", summary: "import sydent: take over a sydent deployment (Herald stopped)", run: importCommand, usage: importUsage},
 	{name: "backup", summary: "a consistent copy of data_dir, while Herald runs", run: backupCommand, usage: backupUsage},
+	{name: "migrate-storage", summary: "copy data_dir's bbolt database into an empty PostgreSQL database, verified (Herald stopped)", run: migrateCommand, usage: migrateUsage},
 	{name: "check", summary: "verify a data dir: database consistency, keys against the database", run: checkCommand, usage: checkUsage},
 	{name: "doctor", summary: "check a deployment: public URL, TLS, SMTP, a homeserver", run: doctorCommand, usage: doctorUsage},
 	{name: "bench", summary: "benchmarks at scale: populate a data dir, run loads over HTTP", run: benchCommand, usage: benchUsage},

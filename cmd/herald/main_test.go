@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/herald-im/herald/internal/pgtest"
 	"github.com/herald-im/herald/internal/server"
 )
 
@@ -30,7 +31,7 @@ func TestMain(m *testing.M) {
 		main()
 		os.Exit(0)
 	}
-	os.Exit(m.Run())
+	os.Exit(pgtest.Main(m)) // a throwaway PostgreSQL for the tests that ask for one
 }
 
 func writeConfig(t *testing.T, yaml string) string {

@@ -37,6 +37,9 @@ func (a *App) newAdmin() (*admin.Handler, error) {
 		Keys:           a.ring,
 		NormalizeEmail: identity.NormalizeEmail,
 		Scrub: func(context.Context) error {
+			if a.bdb == nil {
+				return fmt.Errorf("scrub: %w (PostgreSQL checks its own pages: data_checksums, amcheck)", ErrBoltOnly)
+			}
 			_, err := store.Scrub(a.bdb, 5*time.Second)
 			return err
 		},

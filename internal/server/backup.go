@@ -23,6 +23,9 @@ import (
 // runs as, wherever the operator says; the server itself never needs write
 // access outside data_dir (the systemd unit's ProtectSystem=strict).
 
+// errBackupPostgres is herald backup's answer on PostgreSQL.
+var errBackupPostgres = fmt.Errorf("herald backup: %w: back up the database with PostgreSQL's tools (pg_dump, or base backups and WAL archiving), and data_dir's per-node files with any file backup; see docs/scaling.md", ErrBoltOnly)
+
 // WriteBackup writes a consistent copy of data_dir to w as a tar stream:
 // the database as one read transaction sees it (writers go on meanwhile),
 // then, while that transaction is open, every other file of data_dir
@@ -30,6 +33,9 @@ import (
 // hand-overs). Keys only change through the commands, which the control
 // socket runs one at a time, so the keys match the database.
 func (a *App) WriteBackup(w io.Writer) error {
+	if a.bdb == nil {
+		return errBackupPostgres
+	}
 	src, err := filepath.Abs(a.cfg.DataDir)
 	if err != nil {
 		return err

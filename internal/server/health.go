@@ -130,6 +130,9 @@ func (a *App) Ready(c echo.Context) error {
 }
 
 func (a *App) readiness() []string {
+	if a.bdb == nil {
+		return append(a.pgReadiness(), a.workers.problems()...)
+	}
 	var out []string
 	if _, err := store.Version(a.bdb); err != nil {
 		out = append(out, "database not usable: "+err.Error())

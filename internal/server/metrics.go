@@ -13,8 +13,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-
-	"github.com/herald-im/herald/store"
 )
 
 // metrics are one App's Prometheus metrics, in a registry of its own (tests
@@ -189,7 +187,7 @@ var (
 	descOnbindOldest  = prometheus.NewDesc("herald_onbind_queue_oldest_age_seconds", "How long the first-queued pending onbind delivery has waited (0: none pending).", nil, nil)
 	descBindings      = prometheus.NewDesc("herald_bindings", "Addresses bound to a Matrix ID.", nil, nil)
 	descPending       = prometheus.NewDesc("herald_invites_pending", "Invites stored and not yet resolved, expired, revoked or declined.", nil, nil)
-	descDBSize        = prometheus.NewDesc("herald_db_size_bytes", "Size of the bbolt file (data_dir/herald.db).", nil, nil)
+	descDBSize        = prometheus.NewDesc("herald_db_size_bytes", "Size of the bbolt file (data_dir/herald.db), or of the PostgreSQL database.", nil, nil)
 	descStatsDuration = prometheus.NewDesc("herald_stats_read_seconds", "Time the last read of the stored-data gauges took.", nil, nil)
 	descStatsUp       = prometheus.NewDesc("herald_stats_up", "1 if the last read of the stored-data gauges succeeded, else 0 (the other gauges are then missing).", nil, nil)
 
@@ -205,22 +203,16 @@ var (
 func (c *storeCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descMailDepth, descMailOldest, descOnbindDepth, descOnbindOldest, descBindings,
 		descPending, descDBSize, descStatsDuration, descStatsUp, descDBWrite, descDBSpill, descDBRebalance, descDBWrites,
-		descDBReadTx, descDBOpenTx, descDBFree} {
+		descDBReadTx, descDBOpenTx, descDBFree, descReplica, descPoolConns, descPoolAcquires, descPoolWait} {
 		ch <- d
 	}
 }
 
 func (c *storeCollector) Collect(ch chan<- prometheus.Metric) {
-	// bbolt's own counters are in memory: read them on every scrape.
-	st := c.a.bdb.Stats()
-	ch <- prometheus.MustNewConstMetric(descDBWrite, prometheus.CounterValue, st.TxStats.GetWriteTime().Seconds())
-	ch <- prometheus.MustNewConstMetric(descDBSpill, prometheus.CounterValue, st.TxStats.GetSpillTime().Seconds())
-	ch <- prometheus.MustNewConstMetric(descDBRebalance, prometheus.CounterValue, st.TxStats.GetRebalanceTime().Seconds())
-	ch <- prometheus.MustNewConstMetric(descDBWrites, prometheus.CounterValue, float64(st.TxStats.GetWrite()))
-	ch <- prometheus.MustNewConstMetric(descDBReadTx, prometheus.CounterValue, float64(st.TxN))
-	ch <- prometheus.MustNewConstMetric(descDBOpenTx, prometheus.GaugeValue, float64(st.OpenTxN))
-	ch <- prometheus.MustNewConstMetric(descDBFree, prometheus.GaugeValue, float64(st.FreePageN+st.PendingPageN))
-
+	c.a.collectReplica(ch)
+	if c.a.bdb != nil {
+		c.collectBolt(ch)
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if now := time.Now(); c.cached == nil || now.Sub(c.at) >= c.a.intervals.Stats {
@@ -233,6 +225,19 @@ func (c *storeCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, m := range c.cached {
 		ch <- m
 	}
+}
+
+// collectBolt reports bbolt's own counters, which are in memory: read on
+// every scrape.
+func (c *storeCollector) collectBolt(ch chan<- prometheus.Metric) {
+	st := c.a.bdb.Stats()
+	ch <- prometheus.MustNewConstMetric(descDBWrite, prometheus.CounterValue, st.TxStats.GetWriteTime().Seconds())
+	ch <- prometheus.MustNewConstMetric(descDBSpill, prometheus.CounterValue, st.TxStats.GetSpillTime().Seconds())
+	ch <- prometheus.MustNewConstMetric(descDBRebalance, prometheus.CounterValue, st.TxStats.GetRebalanceTime().Seconds())
+	ch <- prometheus.MustNewConstMetric(descDBWrites, prometheus.CounterValue, float64(st.TxStats.GetWrite()))
+	ch <- prometheus.MustNewConstMetric(descDBReadTx, prometheus.CounterValue, float64(st.TxN))
+	ch <- prometheus.MustNewConstMetric(descDBOpenTx, prometheus.GaugeValue, float64(st.OpenTxN))
+	ch <- prometheus.MustNewConstMetric(descDBFree, prometheus.GaugeValue, float64(st.FreePageN+st.PendingPageN))
 }
 
 // storeStats reads the stored-data gauges. Each read is bounded by what is
@@ -269,8 +274,8 @@ func (a *App) storeStats() ([]prometheus.Metric, error) {
 	if err != nil {
 		return up(0, time.Since(start)), err
 	}
-	var size int64
-	if err := a.db.View(func(tx *store.Tx) error { size = tx.Bolt.Size(); return nil }); err != nil {
+	size, err := a.dbSize()
+	if err != nil {
 		return up(0, time.Since(start)), err
 	}
 	return append(up(1, time.Since(start)),

@@ -36,7 +36,8 @@ type App struct {
 	cfg *config.Config
 	log *slog.Logger
 	// db is the database every service uses; bdb is its bbolt file, for
-	// what only bbolt has (backup snapshots, page statistics, the path).
+	// what only bbolt has (backup snapshots, page statistics, the path),
+	// nil on PostgreSQL.
 	db  *store.DB
 	bdb *bolt.DB
 
@@ -140,24 +141,23 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) (_ *App, err error)
 		return nil, err
 	}
 	a.metrics = newMetrics(a)
-	a.bdb, err = store.Open(cfg.DataDir, 2*time.Second)
-	if err != nil {
+	// data_dir/herald.db or PostgreSQL, as storage.backend says (storage.go).
+	if err = a.openStorage(); err != nil {
 		return nil, err
 	}
-	// One group-commit writer for the hot write paths of every service.
-	a.db = store.NewBolt(a.bdb)
-	a.commit = a.db.Committer()
 	a.bgPanicsAtStart = background.Panics()
 	defer func() {
 		if err != nil {
-			a.bdb.Close()
+			a.db.Close()
 		}
 	}()
-	if a.dbFile, err = os.Stat(a.bdb.Path()); err != nil {
-		return nil, err
+	if a.bdb == nil {
+		a.ring, err = openKeysPostgres(cfg, log)
+	} else {
+		// The keys must be the ones the database was used with (datadir.go).
+		a.ring, err = openKeys(cfg, a.db, log)
 	}
-	// The keys must be the ones the database was used with (datadir.go).
-	if a.ring, err = openKeys(cfg, a.db, log); err != nil {
+	if err != nil {
 		return nil, err
 	}
 	if a.ephemeral, err = keys.OpenEphemeral(a.db, a.now); err != nil {
@@ -241,10 +241,10 @@ func (a *App) Start(ctx context.Context) {
 	})
 	a.goBackground(ctx, "mail", "mail worker", a.mail.Run)
 	a.goBackground(ctx, "onbind", "onbind worker", a.onbind.Run)
-	a.goBackground(ctx, "lifecycle", "invite expiry sweep", func(ctx context.Context) error {
-		a.invites.RunLifecycle(ctx, time.Minute)
-		return nil
-	})
+	// The sweeps (storage.go's table): once per period across replicas on
+	// PostgreSQL.
+	a.startPeriodic(ctx)
+	a.wakeQueues(ctx)
 	if a.upstream != nil {
 		// Invites an upstream vouched for are resolved a moment after store-invite.
 		a.goBackground(ctx, "", "upstream invite resolution", a.invites.RunUpstream)
@@ -268,11 +268,6 @@ func (a *App) Start(ctx context.Context) {
 			return nil
 		})
 	}
-	// Access tokens unused past account.token_idle_lifetime expire.
-	a.goBackground(ctx, "", "access token expiry", func(ctx context.Context) error {
-		a.identity.RunTokenExpiry(ctx, time.Hour)
-		return nil
-	})
 }
 
 // goBackground runs fn under background.Run until ctx is done; Close waits
@@ -317,7 +312,7 @@ func (a *App) Close() error {
 	}
 	a.bg.Wait()
 	clean := a.handlerPanics.Load() == 0 && background.Panics() == a.bgPanicsAtStart && (a.commit == nil || a.commit.Panics() == 0)
-	return store.Close(a.bdb, clean)
+	return a.closeStorage(clean)
 }
 
 // Accessors for tests and the command line.

@@ -109,6 +109,9 @@ func StartWith(t testing.TB, opts server.Options, mutate ...func(*config.Config)
 	}
 	cfg.Federation.AllowPrivateAddresses = true
 	cfg.Federation.Timeout = config.Duration(2 * time.Second)
+	if m := defaultStorage(t); m != nil {
+		mutate = append([]func(*config.Config){m}, mutate...) // TEST_STORAGE=postgres (storage.go)
+	}
 	for _, m := range mutate {
 		m(&cfg)
 	}
@@ -120,7 +123,7 @@ func StartWith(t testing.TB, opts server.Options, mutate ...func(*config.Config)
 	t.Cleanup(func() {
 		e.srv.Close()
 		e.closeApp(t)
-		checkDB(t, e.DataDir)
+		e.checkDB(t)
 		if t.Failed() {
 			t.Logf("herald logs:\n%s", e.Logs())
 		}
@@ -167,7 +170,7 @@ func (e *Env) closeApp(t testing.TB) {
 func (e *Env) Restart(t testing.TB, mutate ...func(*config.Config)) {
 	t.Helper()
 	e.closeApp(t)
-	checkDB(t, e.DataDir)
+	e.checkDB(t)
 	for _, m := range mutate {
 		m(e.Config)
 	}
@@ -175,6 +178,16 @@ func (e *Env) Restart(t testing.TB, mutate ...func(*config.Config)) {
 		t.Fatalf("testenv: invalid test configuration: %v", err)
 	}
 	e.open(t)
+}
+
+// checkDB runs bbolt's consistency check on the (closed) data file; on
+// PostgreSQL there is none to run.
+func (e *Env) checkDB(t testing.TB) {
+	t.Helper()
+	if e.Config.Storage.Backend == config.StoragePostgres {
+		return
+	}
+	checkDB(t, e.DataDir)
 }
 
 // checkDB runs bbolt's consistency check on the (closed) data file.

@@ -5,12 +5,14 @@
 -- migration; every index starts with the queue name, so queues never scan
 -- each other's rows.
 
--- One row per record. attempts and meta are json (not jsonb) so they come
+-- One row per record, keyed by (queue, id): ids come from one sequence for
+-- all queues, but records copied from bbolt (herald migrate-storage) keep the
+-- ids bbolt gave them, which start at 1 in each queue. attempts and meta are json (not jsonb) so they come
 -- back byte for byte as the owner wrote them. data is the payload, NULL once
 -- removed (a done mail with TrimDone). lease_until is when the claim of the
 -- replica attempting the record ends; NULL or past: claimable.
 CREATE TABLE queue_records (
-    id           bigserial   PRIMARY KEY,
+    id           bigserial   NOT NULL,
     queue        text        NOT NULL,
     kind         text        NOT NULL DEFAULT '',
     state        text        NOT NULL CHECK (state IN ('pending', 'done', 'failed', 'cancelled')),
@@ -23,7 +25,9 @@ CREATE TABLE queue_records (
     attempts     json        NOT NULL DEFAULT '[]',
     meta         json,
     data         bytea,
-    lease_until  timestamptz
+    lease_until  timestamptz,
+    -- Listing every state newest first.
+    PRIMARY KEY (queue, id)
 );
 
 -- The claim path: pending records of a queue in next-attempt order. Partial,
@@ -31,8 +35,6 @@ CREATE TABLE queue_records (
 CREATE INDEX queue_records_due ON queue_records (queue, next_attempt, id) WHERE state = 'pending';
 -- Listing by state newest first, and Oldest.
 CREATE INDEX queue_records_state ON queue_records (queue, state, id);
--- Listing every state newest first.
-CREATE INDEX queue_records_queue ON queue_records (queue, id);
 -- Retention: finished records by creation time.
 CREATE INDEX queue_records_finished ON queue_records (queue, created) WHERE state <> 'pending';
 
@@ -60,7 +62,8 @@ CREATE INDEX queue_count_deltas_queue ON queue_count_deltas (queue);
 CREATE TABLE queue_failures (
     queue     text        NOT NULL,
     at        timestamptz NOT NULL,
-    record_id bigint      NOT NULL REFERENCES queue_records (id) ON DELETE CASCADE
+    record_id bigint      NOT NULL,
+    FOREIGN KEY (queue, record_id) REFERENCES queue_records (queue, id) ON DELETE CASCADE
 );
 CREATE INDEX queue_failures_at ON queue_failures (queue, at);
-CREATE INDEX queue_failures_record ON queue_failures (record_id);
+CREATE INDEX queue_failures_record ON queue_failures (queue, record_id);

@@ -74,14 +74,24 @@ func (b *Backend) pgTx(tx queue.Tx) (pgx.Tx, error) {
 }
 
 // Write runs fn in one READ COMMITTED transaction through pgstore.InTx; its
-// queue.Tx is a *store.Tx on that pgx.Tx, so the caller's own statements share it. A
+// queue.Tx is a *store.Tx on that pgx.Tx, so the caller's own statements
+// share it, and its OnCommit functions run after the commit. A
 // serialization failure or deadlock (two writers updating the same records
 // or counters in different orders) rolls back and runs fn again, so fn may
 // run more than once: it must only write through the transaction and do
 // nothing outside it (no mail, no HTTP), as with a bbolt Batch. After the
 // retries run out the error is pgstore.ErrContention.
 func (b *Backend) Write(ctx context.Context, fn func(tx queue.Tx) error) error {
-	return b.db.InTx(ctx, pgstore.TxOptions{}, func(tx pgx.Tx) error { return fn(store.PGTx(ctx, tx)) })
+	var t *store.Tx
+	err := b.db.InTx(ctx, pgstore.TxOptions{}, func(tx pgx.Tx) error {
+		t = store.PGTx(ctx, tx) // hooks of an earlier run are dropped
+		return fn(t)
+	})
+	if err != nil {
+		return err
+	}
+	t.Committed() // the OnCommit functions fn registered, as on bbolt
+	return nil
 }
 
 func (b *Backend) Enqueue(tx queue.Tx, r *queue.Record) error {
@@ -113,7 +123,97 @@ func (b *Backend) Enqueue(tx queue.Tx, r *queue.Record) error {
 	if err := b.failures(ctx, t, r.ID, r.Attempts); err != nil {
 		return err
 	}
-	return b.count(ctx, t, "", r.State)
+	if err := b.count(ctx, t, "", r.State); err != nil {
+		return err
+	}
+	if r.State != queue.Pending {
+		return nil
+	}
+	// Sent at commit, once per transaction however many records it
+	// enqueued: the replicas' workers listening on the queue's channel
+	// (Subscribe) claim at once instead of at their next poll.
+	return pgstore.Notify(ctx, t, b.Channel(), "")
+}
+
+// Channel is the NOTIFY channel on which Enqueue signals a new pending
+// record: subscribe to it (pgstore.DB.Subscribe) and wake the queue's
+// worker on each signal.
+func (b *Backend) Channel() string { return Channel(b.name) }
+
+// Import stores r with its own ID (a record copied from bbolt by herald
+// migrate-storage), its state, attempts, payload, failed-attempt entries and
+// counters, and moves the id sequence past it, so later Enqueues get higher
+// IDs. The sequence is moved outside the transaction (sequences are not
+// transactional): a rolled-back import leaves a gap, never a reused ID.
+func (b *Backend) Import(tx queue.Tx, r *queue.Record) error {
+	t, err := b.pgTx(tx)
+	if err != nil {
+		return err
+	}
+	if r.ID == 0 || r.ID > 1<<63-1 {
+		return fmt.Errorf("pgqueue %s: import: bad id %d", b.name, r.ID)
+	}
+	if r.Attempts == nil {
+		r.Attempts = []queue.Attempt{}
+	}
+	attempts, err := json.Marshal(r.Attempts)
+	if err != nil {
+		return err
+	}
+	// One round trip per record (a copy moves many): the record, its
+	// failed attempts, its counter delta and the sequence, pipelined.
+	ctx := context.Background()
+	var batch pgx.Batch
+	batch.Queue(`INSERT INTO queue_records
+		(id, queue, kind, state, created, next_attempt, retry_from, retry_base, finished, last_error, attempts, meta, data)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT DO NOTHING`,
+		int64(r.ID), b.name, r.Kind, string(r.State), r.Created, r.NextAttempt, r.RetryFrom, r.RetryBase,
+		nullTime(r.Finished), r.LastError, attempts, nullJSON(r.Meta), r.Data)
+	for _, a := range r.Attempts {
+		if !a.OK {
+			batch.Queue(`INSERT INTO queue_failures (queue, at, record_id) VALUES ($1, $2, $3)`, b.name, a.At, int64(r.ID))
+		}
+	}
+	batch.Queue(`INSERT INTO queue_count_deltas (queue, state, n) VALUES ($1, $2, 1)`, b.name, string(r.State))
+	batch.Queue(`SELECT setval(pg_get_serial_sequence('queue_records', 'id'), $1)
+		FROM queue_records_id_seq WHERE NOT is_called OR last_value < $1`, int64(r.ID))
+	br := t.SendBatch(ctx, &batch)
+	tag, err := br.Exec()
+	if err == nil && tag.RowsAffected() == 0 {
+		err = fmt.Errorf("record %d exists", r.ID)
+	}
+	for i := 1; i < batch.Len() && err == nil; i++ {
+		_, err = br.Exec()
+	}
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("pgqueue %s: import %d: %w", b.name, r.ID, err)
+	}
+	return nil
+}
+
+// Scan pages through the queue in ID order (the primary key's index).
+func (b *Backend) Scan(ctx context.Context, after uint64, limit int) ([]queue.Record, error) {
+	if limit <= 0 {
+		return nil, nil
+	}
+	rows, err := b.db.Pool().Query(ctx, selectCols+`, data FROM queue_records WHERE queue = $1 AND id > $2
+		ORDER BY id LIMIT $3`, b.name, int64(min(after, 1<<63-1)), limit)
+	if err != nil {
+		return nil, fmt.Errorf("pgqueue %s: scan: %w", b.name, err)
+	}
+	defer rows.Close()
+	var out []queue.Record
+	for rows.Next() {
+		r, err := scanRecord(rows, true)
+		if err != nil {
+			return nil, fmt.Errorf("pgqueue %s: scan: %w", b.name, err)
+		}
+		out = append(out, *r)
+	}
+	return out, rows.Err()
 }
 
 func (b *Backend) Update(tx queue.Tx, id uint64, fn func(r *queue.Record) error) (*queue.Record, error) {

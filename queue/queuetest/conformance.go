@@ -323,4 +323,103 @@ func RunConformance(t *testing.T, newBackend NewBackend) {
 			t.Fatalf("counts after reopening: %+v", s)
 		}
 	})
+
+	t.Run("ScanPagesInIDOrderWithPayloads", func(t *testing.T) {
+		be, _ := newBackend(t)
+		var want []uint64
+		for i := range 5 {
+			want = append(want, enqueue(t, be, &queue.Record{NextAttempt: t0, Data: []byte{byte('a' + i)}}))
+		}
+		var got []uint64
+		var after uint64
+		for {
+			page, err := be.Scan(ctx, after, 2)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(page) == 0 {
+				break
+			}
+			if len(page) > 2 {
+				t.Fatalf("Scan returned %d records, limit 2", len(page))
+			}
+			for _, r := range page {
+				if string(r.Data) != string([]byte{byte('a' + len(got))}) {
+					t.Fatalf("record %d payload %q", r.ID, r.Data)
+				}
+				got = append(got, r.ID)
+			}
+			after = page[len(page)-1].ID
+		}
+		if !equal(got, want) {
+			t.Fatalf("Scan = %v, want %v", got, want)
+		}
+	})
+
+	t.Run("ImportKeepsEverythingAndLaterEnqueuesGoHigher", func(t *testing.T) {
+		be, _ := newBackend(t)
+		done := t0.Add(time.Minute)
+		in := []queue.Record{
+			{ID: 7, Kind: "k", State: queue.Done, Created: t0, NextAttempt: t0, RetryFrom: t0, Finished: done,
+				Attempts: []queue.Attempt{{At: t0, Temporary: true, Reply: "451"}, {At: done, OK: true, Reply: "250"}},
+				Meta:     []byte(`{"to":"x"}`)},
+			{ID: 40, State: queue.Pending, Created: t0, NextAttempt: t0, RetryFrom: t0, RetryBase: 2,
+				LastError: "451", Attempts: []queue.Attempt{{At: t0, Temporary: true, Reply: "451"}}, Data: []byte("body")},
+		}
+		if err := be.Write(ctx, func(tx queue.Tx) error {
+			for i := range in {
+				r := in[i]
+				if err := be.Import(tx, &r); err != nil {
+					return err
+				}
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if err := be.Write(ctx, func(tx queue.Tx) error { r := in[0]; return be.Import(tx, &r) }); err == nil {
+			t.Fatal("Import of an existing ID succeeded")
+		}
+		for _, w := range in {
+			r, err := be.Get(ctx, w.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.State != w.State || r.Kind != w.Kind || r.RetryBase != w.RetryBase || r.LastError != w.LastError ||
+				!r.Finished.Equal(w.Finished) || len(r.Attempts) != len(w.Attempts) || string(r.Meta) != string(w.Meta) ||
+				string(r.Data) != string(w.Data) {
+				t.Fatalf("imported %+v, read back %+v", w, r)
+			}
+		}
+		s, err := be.Stats(ctx, t0.Add(-time.Hour))
+		if err != nil || s.Done != 1 || s.Pending != 1 || s.FailedAttempts != 2 {
+			t.Fatalf("counts after import: %+v %v", s, err)
+		}
+		c, _, err := be.Claim(ctx, t0, 5, time.Hour)
+		if err != nil || !equal(claimIDs(c), []uint64{40}) {
+			t.Fatalf("claim after import: %v %v", claimIDs(c), err)
+		}
+		if id := enqueue(t, be, &queue.Record{NextAttempt: t0}); id <= 40 {
+			t.Fatalf("enqueue after import got id %d, want above 40", id)
+		}
+	})
+
+	t.Run("SumFollowsContent", func(t *testing.T) {
+		be, _ := newBackend(t)
+		empty, err := queue.Sum(ctx, be)
+		if err != nil || empty.Count != 0 {
+			t.Fatalf("Sum of nothing: %+v %v", empty, err)
+		}
+		id := enqueue(t, be, &queue.Record{NextAttempt: t0, Data: []byte("x")})
+		one, err := queue.Sum(ctx, be)
+		if err != nil || one.Count != 1 || one.Sum == empty.Sum {
+			t.Fatalf("Sum of one: %+v %v", one, err)
+		}
+		if err := update(t, be, id, func(r *queue.Record) error { r.LastError = "changed"; return nil }); err != nil {
+			t.Fatal(err)
+		}
+		if changed, _ := queue.Sum(ctx, be); changed.Count != 1 || changed.Sum == one.Sum {
+			t.Fatalf("Sum did not follow a change: %+v", changed)
+		}
+	})
 }
