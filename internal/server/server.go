@@ -152,7 +152,7 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) (_ *App, err error)
 		}
 	}()
 	if a.bdb == nil {
-		a.ring, err = openKeysPostgres(cfg, log)
+		a.ring, err = openKeysPostgres(cfg, a.db, log)
 	} else {
 		// The keys must be the ones the database was used with (datadir.go).
 		a.ring, err = openKeys(cfg, a.db, log)
@@ -298,6 +298,10 @@ func (a *App) goBackground(ctx context.Context, worker, name string, fn func(con
 
 // reloadKeys picks up `herald keys rotate|retire` run while Herald serves.
 func (a *App) reloadKeys(ctx context.Context, every time.Duration) {
+	if a.db.PG() != nil {
+		a.reloadKeysOnNotify(ctx, every)
+		return
+	}
 	background.Every(ctx, every, func() {
 		if err := a.ring.ReloadIfChanged(); err != nil {
 			a.log.Error("reloading signing keys", "err", err)

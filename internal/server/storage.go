@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -100,18 +99,37 @@ var replicaName = func() string {
 	return fmt.Sprintf("%s/%d", h, os.Getpid())
 }()
 
-// openKeysPostgres loads the signing keys on PostgreSQL. The bbolt check of
-// data_dir/keys against the key ids the database records (openKeys) does
-// not apply: shared keys belong in the database, where every replica reads
-// them. Until the keys package keeps its ring there, the ring is read from
-// data_dir/keys, which the operator must then give every replica alike.
-func openKeysPostgres(cfg *config.Config, log *slog.Logger) (*keys.Ring, error) {
-	ring, err := keys.OpenRing(filepath.Join(cfg.DataDir, "keys"), cfg.ServerName)
+// openKeysPostgres opens the signing key ring every replica shares, in the
+// database (keys.OpenRingDB: the first replica on an empty database makes
+// the first key). The bbolt check of data_dir/keys against the key ids the
+// database records (openKeys) has no counterpart: keys and invites live in
+// one database and are restored together (docs/storage-postgres.md).
+func openKeysPostgres(cfg *config.Config, db *store.DB, log *slog.Logger) (*keys.Ring, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), pgOpenTimeout)
+	defer cancel()
+	ring, err := keys.OpenRingDB(ctx, db, cfg.ServerName)
 	if err != nil {
 		return nil, err
 	}
-	log.Info("signing keys", "keys", len(ring.IDs()))
+	log.Info("signing keys", "keys", len(ring.IDs()), "storage", "postgres")
 	return ring, nil
+}
+
+// reloadKeysOnNotify, on PostgreSQL, reloads the ring whenever a replica
+// changes it (keys.NotifyChannel), and at least every interval when
+// notifications do not arrive.
+func (a *App) reloadKeysOnNotify(ctx context.Context, every time.Duration) {
+	sig := a.db.PG().Subscribe(ctx, keys.NotifyChannel, every)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-sig:
+			if err := a.ring.Reload(ctx, false); err != nil && ctx.Err() == nil {
+				a.log.Error("reloading signing keys", "err", err)
+			}
+		}
+	}
 }
 
 // periodicJob is a sweep: one pass of it, every period. On bbolt this
