@@ -162,60 +162,56 @@ func migrateCommand(ctx context.Context, cfg *config.Config, log *slog.Logger, a
 	if !got {
 		return errors.New("migrate-storage: another herald migrate-storage is copying into this database")
 	}
-	if err := prepareTarget(ctx, pg, restart); err != nil {
+	target, err := prepareTarget(ctx, pg, popts, restart)
+	if err != nil {
 		return fmt.Errorf("migrate-storage: %w", err)
 	}
-	return migrate(ctx, src, dst, pg, stdout)
+	if target != pg {
+		defer target.Close()
+		dst = store.NewPostgres(target)
+	}
+	return migrate(ctx, src, dst, target, stdout)
 }
 
-// prepareTarget refuses a target with data (emptying it first with
-// restart, if an unfinished copy is what fills it) and marks the copy
-// begun.
-func prepareTarget(ctx context.Context, pg *pgstore.DB, restart bool) error {
+// prepareTarget refuses a target with data: any record a part would copy
+// (rows the schema's migrations seed, such as counters, are not data). With
+// restart, a target an interrupted copy left unfinished is emptied first:
+// every table of the schema is dropped and the migrations run again, so the
+// target is exactly what a fresh database is; the returned pool is then a
+// new one on the rebuilt schema. Finally the copy is marked begun.
+func prepareTarget(ctx context.Context, pg *pgstore.DB, popts pgstore.Options, restart bool) (*pgstore.DB, error) {
 	unfinished, err := server.UnfinishedMigration(ctx, pg)
 	if err != nil {
-		return err
-	}
-	tables, err := dataTables(ctx, pg)
-	if err != nil {
-		return err
-	}
-	full := ""
-	for _, t := range tables {
-		var any bool
-		if err := pg.Pool().QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM "+pgx.Identifier{t}.Sanitize()+")").Scan(&any); err != nil {
-			return err
-		}
-		if any {
-			full = t
-			break
-		}
+		return nil, err
 	}
 	var finished bool
 	if err := pg.Pool().QueryRow(ctx, `SELECT to_regclass('`+server.MigrationTable+`') IS NOT NULL`).Scan(&finished); err != nil {
-		return err
+		return nil, err
 	}
 	finished = finished && !unfinished
+	full, err := targetData(ctx, store.NewPostgres(pg))
+	if err != nil {
+		return nil, err
+	}
 	switch {
 	case restart && !unfinished:
-		return errors.New("--restart empties only a target an interrupted copy left unfinished, and this one is not")
+		return nil, errors.New("--restart empties only a target an interrupted copy left unfinished, and this one is not")
 	case full != "" && !restart && unfinished:
-		return fmt.Errorf("the target holds an unfinished copy (table %s has rows): run again with --restart to empty it and start over", full)
+		return nil, fmt.Errorf("the target holds an unfinished copy (%s): run again with --restart to empty it and start over", full)
 	case full != "" && !restart:
-		return fmt.Errorf("the target is not empty (table %s has rows): migrate-storage copies into an empty database only", full)
+		return nil, fmt.Errorf("the target is not empty (%s): migrate-storage copies into an empty database only", full)
 	case finished:
-		return errors.New("the target already holds a finished copy")
+		return nil, errors.New("the target already holds a finished copy")
 	}
-	return pgx.BeginFunc(ctx, pg.Pool(), func(tx pgx.Tx) error {
-		if restart && len(tables) > 0 {
-			var q []string
-			for _, t := range tables {
-				q = append(q, pgx.Identifier{t}.Sanitize())
-			}
-			if _, err := tx.Exec(ctx, "TRUNCATE "+strings.Join(q, ", ")+" RESTART IDENTITY CASCADE"); err != nil {
-				return err
-			}
+	if restart {
+		if err := dropSchema(ctx, pg); err != nil {
+			return nil, fmt.Errorf("emptying the unfinished copy: %w", err)
 		}
+		if pg, err = pgstore.Open(ctx, popts); err != nil {
+			return nil, fmt.Errorf("rebuilding the schema: %w", err)
+		}
+	}
+	err = pgx.BeginFunc(ctx, pg.Pool(), func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS `+server.MigrationTable+` (
 			started timestamptz NOT NULL DEFAULT now(), finished timestamptz)`); err != nil {
 			return err
@@ -223,17 +219,59 @@ func prepareTarget(ctx context.Context, pg *pgstore.DB, restart bool) error {
 		_, err := tx.Exec(ctx, `DELETE FROM `+server.MigrationTable+`; INSERT INTO `+server.MigrationTable+` DEFAULT VALUES`)
 		return err
 	})
+	return pg, err
 }
 
-// dataTables are the tables of the schema that hold Herald's data: all but
-// the migrations' record, the periodic jobs' schedule and the copy's marker.
-func dataTables(ctx context.Context, pg *pgstore.DB) ([]string, error) {
-	rows, err := pg.Pool().Query(ctx, `SELECT tablename FROM pg_tables WHERE schemaname = current_schema()
-		AND tablename NOT IN ('schema_migrations', 'periodic_jobs', '`+server.MigrationTable+`') ORDER BY tablename`)
-	if err != nil {
-		return nil, err
+// targetData names the first kind of record the target already holds ("" if
+// none), counted by the parts themselves.
+func targetData(ctx context.Context, dst *store.DB) (string, error) {
+	for _, p := range storageParts {
+		sums, err := p.sum(ctx, dst)
+		if err != nil {
+			return "", err
+		}
+		for _, t := range sums {
+			if t.Count > 0 {
+				return fmt.Sprintf("%d records in %s", t.Count, t.Table), nil
+			}
+		}
 	}
-	return pgx.CollectRows(rows, pgx.RowTo[string])
+	return "", nil
+}
+
+// dropSchema drops every table and sequence of the current schema in one
+// transaction: Herald's tables, the migrations' record and the copy's
+// marker (Herald's migrations make nothing else).
+func dropSchema(ctx context.Context, pg *pgstore.DB) error {
+	return pgx.BeginFunc(ctx, pg.Pool(), func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, `SELECT tablename FROM pg_tables WHERE schemaname = current_schema() ORDER BY tablename`)
+		if err != nil {
+			return err
+		}
+		tables, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil || len(tables) == 0 {
+			return err
+		}
+		q := make([]string, len(tables))
+		for i, t := range tables {
+			q[i] = pgx.Identifier{t}.Sanitize()
+		}
+		if _, err = tx.Exec(ctx, "DROP TABLE "+strings.Join(q, ", ")+" CASCADE"); err != nil {
+			return err
+		}
+		// Sequences a migration made on their own (not owned by a column).
+		rows, err = tx.Query(ctx, `SELECT sequence_name FROM information_schema.sequences WHERE sequence_schema = current_schema()`)
+		if err != nil {
+			return err
+		}
+		seqs, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		for _, sq := range seqs {
+			if err == nil {
+				_, err = tx.Exec(ctx, "DROP SEQUENCE "+pgx.Identifier{sq}.Sanitize())
+			}
+		}
+		return err
+	})
 }
 
 // migrate copies every part, verifies and marks the copy finished.

@@ -42,13 +42,19 @@ CREATE TABLE keys_ephemeral (
 -- console's filters and data-protection erasure. A row goes with its record.
 CREATE TABLE outbox_ref (
     ref text   COLLATE "C" NOT NULL,
-    id  bigint NOT NULL REFERENCES queue_records (id) ON DELETE CASCADE,
+    id  bigint NOT NULL,
+    -- queue_records is keyed by (queue, id): the constant column lets the
+    -- row reference its outbox record.
+    queue text NOT NULL DEFAULT 'outbox' CHECK (queue = 'outbox'),
+    FOREIGN KEY (queue, id) REFERENCES queue_records (queue, id) ON DELETE CASCADE,
     PRIMARY KEY (ref, id)
 );
 CREATE INDEX outbox_ref_id ON outbox_ref (id);
 CREATE TABLE outbox_to (
     addr text   COLLATE "C" NOT NULL,
-    id   bigint NOT NULL REFERENCES queue_records (id) ON DELETE CASCADE,
+    id   bigint NOT NULL,
+    queue text NOT NULL DEFAULT 'outbox' CHECK (queue = 'outbox'),
+    FOREIGN KEY (queue, id) REFERENCES queue_records (queue, id) ON DELETE CASCADE,
     PRIMARY KEY (addr, id)
 );
 CREATE INDEX outbox_to_id ON outbox_to (id);
