@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/labstack/echo/v4"
 
@@ -19,6 +20,7 @@ import (
 	"github.com/herald-im/herald/keys"
 	"github.com/herald-im/herald/mailer"
 	"github.com/herald-im/herald/matrix"
+	"github.com/herald-im/herald/pgstore"
 	"github.com/herald-im/herald/store"
 )
 
@@ -199,7 +201,7 @@ func (s *Service) store(fields map[string]json.RawMessage, account, api string) 
 		return err
 	})
 	if err != nil {
-		return nil, err
+		return nil, busy(err)
 	}
 	if dup != nil {
 		// The inviter invited again: same token (the room gets no second
@@ -273,7 +275,7 @@ func (s *Service) store(fields map[string]json.RawMessage, account, api string) 
 		if err := s.optOutCheck(tx, &rec); err != nil {
 			return err
 		}
-		id, err := reserveID(tx)
+		id, err := s.reserveID(tx)
 		if err != nil {
 			return err
 		}
@@ -307,7 +309,7 @@ func (s *Service) store(fields map[string]json.RawMessage, account, api string) 
 		return nil
 	})
 	if err != nil {
-		return nil, err
+		return nil, busy(err)
 	}
 	if queued {
 		s.opts.Mailer.Wake()
@@ -326,6 +328,25 @@ func (s *Service) store(fields map[string]json.RawMessage, account, api string) 
 	a := s.answer(result, api)
 	a.stored = stored
 	return &a, nil
+}
+
+// busyRetryAfter is the wait store-invite suggests when the database was too
+// busy with conflicting transactions.
+const busyRetryAfter = 500 * time.Millisecond
+
+// busy turns pgstore.ErrContention (a PostgreSQL transaction that kept
+// failing on serialization conflicts until store.DB's retries ran out) into
+// 429 M_LIMIT_EXCEEDED with retry_after_ms: the answer the Matrix spec gives
+// for "too many requests, try again after this long", which store-invite
+// already answers for its rate limits, so a homeserver that retries a rate
+// limited store-invite retries this one too. A 503 would carry no standard
+// errcode or wait, and a 500 would say the invite failed for good. Other
+// errors pass unchanged.
+func busy(err error) error {
+	if errors.Is(err, pgstore.ErrContention) {
+		return matrix.LimitExceeded(busyRetryAfter.Milliseconds()).Because(err)
+	}
+	return err
 }
 
 // observeStore tells Options.OnStore how a store-invite ended: "stored",
@@ -350,6 +371,9 @@ func refusalReason(err error) string {
 	me, ok := matrix.AsError(err)
 	if !ok || me.Status >= 500 {
 		return "error"
+	}
+	if errors.Is(err, pgstore.ErrContention) {
+		return "busy"
 	}
 	switch me.Code {
 	case "M_LIMIT_EXCEEDED":

@@ -1,0 +1,466 @@
+package invites
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/herald-im/herald/store"
+)
+
+// pgStorage keeps the invites in the PostgreSQL tables of
+// pgstore/migrations/0005_invites.sql: the record's JSON with the columns
+// its indexes need, the de-duplication, counter, opt-out and vouch tables,
+// and the onbind deliveries' own indexes.
+type pgStorage struct{}
+
+// pg is tx's PostgreSQL transaction and the context its statements run under.
+func pg(tx *store.Tx) (pgx.Tx, context.Context) { return tx.PG, tx.Context() }
+
+// The tables exist from the migration: nothing to prepare.
+func (pgStorage) open(*store.DB, string) error { return nil }
+
+func nullString(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return &s
+}
+
+func nullTimestamp(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	return &t
+}
+
+// limitArg is a LIMIT argument: NULL (no limit) for limit <= 0.
+func limitArg(limit int) *int64 {
+	if limit <= 0 {
+		return nil
+	}
+	n := int64(limit)
+	return &n
+}
+
+// beforeArg is an id bound: below before, or below every id for 0.
+func beforeArg(before uint64) int64 {
+	if before == 0 || before > math.MaxInt64 {
+		return math.MaxInt64
+	}
+	return int64(before)
+}
+
+func pgErr(what string, err error) error {
+	if err == nil {
+		return nil
+	}
+	return fmt.Errorf("invites: %s: %w", what, err)
+}
+
+func (pgStorage) get(tx *store.Tx, id uint64) (*Invite, error) {
+	t, ctx := pg(tx)
+	var raw []byte
+	err := t.QueryRow(ctx, `SELECT data FROM invites WHERE id = $1`, int64(id)).Scan(&raw)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, pgErr("read invite", err)
+	}
+	inv := new(Invite)
+	if err := json.Unmarshal(raw, inv); err != nil {
+		return nil, err
+	}
+	return inv, nil
+}
+
+const putInvite = `INSERT INTO invites (id, token, medium, address, state, sender, room_id, room_alias, homeserver,
+	created, state_changed, expires_at, mail_id, holds_secret, data)
+	VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+	ON CONFLICT (id) DO UPDATE SET token = excluded.token, medium = excluded.medium, address = excluded.address,
+	state = excluded.state, sender = excluded.sender, room_id = excluded.room_id, room_alias = excluded.room_alias,
+	homeserver = excluded.homeserver, created = excluded.created, state_changed = excluded.state_changed,
+	expires_at = excluded.expires_at, mail_id = excluded.mail_id, holds_secret = excluded.holds_secret, data = excluded.data`
+
+// putArgs are putInvite's arguments for inv.
+func putArgs(inv *Invite) ([]any, error) {
+	raw, err := json.Marshal(inv)
+	if err != nil {
+		return nil, err
+	}
+	return []any{int64(inv.ID), nullString(inv.Token), inv.Medium, inv.Address, inv.State, inv.Sender, inv.RoomID,
+		inv.RoomAlias, inv.Homeserver, inv.Created, inv.StateChanged, nullTimestamp(inv.ExpiresAt), int64(inv.MailID),
+		holdsSecret(inv), raw}, nil
+}
+
+func (pgStorage) put(tx *store.Tx, inv *Invite) error {
+	args, err := putArgs(inv)
+	if err != nil {
+		return err
+	}
+	t, ctx := pg(tx)
+	_, err = t.Exec(ctx, putInvite, args...)
+	return pgErr("write invite", err)
+}
+
+func (pgStorage) remove(tx *store.Tx, id uint64) error {
+	t, ctx := pg(tx)
+	_, err := t.Exec(ctx, `DELETE FROM invites WHERE id = $1`, int64(id))
+	return pgErr("delete invite", err)
+}
+
+func (pgStorage) nextID(tx *store.Tx) (uint64, error) {
+	t, ctx := pg(tx)
+	var id int64
+	err := t.QueryRow(ctx, `SELECT nextval('invites_id_seq')`).Scan(&id)
+	return uint64(id), pgErr("invite id", err)
+}
+
+// dedupHeld reports whether inv holds a de-duplication entry.
+func dedupHeld(inv *Invite) bool {
+	return inv != nil && inv.State == StatePending && inv.Token != ""
+}
+
+// index keeps what the columns of the invites row do not: the
+// de-duplication entry and the counters (as delta rows: see the migration).
+func (pgStorage) index(tx *store.Tx, old, inv *Invite) error {
+	t, ctx := pg(tx)
+	same := old != nil && inv != nil && dedupHeld(old) && dedupHeld(inv) && old.ID == inv.ID &&
+		old.Sender == inv.Sender && old.RoomID == inv.RoomID && old.Medium == inv.Medium && old.Address == inv.Address
+	if old != nil && !same {
+		if _, err := t.Exec(ctx, `DELETE FROM invite_dedup WHERE sender = $1 AND room_id = $2 AND medium = $3 AND address = $4
+			AND invite_id = $5`, old.Sender, old.RoomID, old.Medium, old.Address, int64(old.ID)); err != nil {
+			return pgErr("de-duplication entry", err)
+		}
+	}
+	if dedupHeld(inv) && !same {
+		if _, err := t.Exec(ctx, `INSERT INTO invite_dedup (sender, room_id, medium, address, invite_id) VALUES ($1, $2, $3, $4, $5)
+			ON CONFLICT (sender, room_id, medium, address) DO UPDATE SET invite_id = excluded.invite_id`,
+			inv.Sender, inv.RoomID, inv.Medium, inv.Address, int64(inv.ID)); err != nil {
+			return pgErr("de-duplication entry", err)
+		}
+	}
+	changes := counterChanges(old, inv)
+	if len(changes) == 0 {
+		return nil
+	}
+	keys := make([]string, 0, len(changes))
+	ns := make([]int32, 0, len(changes))
+	for k, n := range changes {
+		keys = append(keys, k.name())
+		ns = append(ns, int32(n))
+	}
+	_, err := t.Exec(ctx, `INSERT INTO invite_count_deltas (key, n) SELECT * FROM unnest($1::text[], $2::integer[])`, keys, ns)
+	return pgErr("counters", err)
+}
+
+// ids runs a query of one bigint column.
+func ids(tx *store.Tx, what, q string, args ...any) ([]uint64, error) {
+	t, ctx := pg(tx)
+	rows, err := t.Query(ctx, q, args...)
+	if err != nil {
+		return nil, pgErr(what, err)
+	}
+	var out []uint64
+	var id int64
+	_, err = pgx.ForEachRow(rows, []any{&id}, func() error { out = append(out, uint64(id)); return nil })
+	return out, pgErr(what, err)
+}
+
+// one runs a query of at most one bigint (0: no row).
+func one(tx *store.Tx, what, q string, args ...any) (uint64, error) {
+	t, ctx := pg(tx)
+	var id int64
+	err := t.QueryRow(ctx, q, args...).Scan(&id)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, nil
+	}
+	return uint64(id), pgErr(what, err)
+}
+
+func (pgStorage) byToken(tx *store.Tx, token string) (uint64, error) {
+	return one(tx, "invite by token", `SELECT id FROM invites WHERE token = $1`, token)
+}
+
+func (pgStorage) forAddress(tx *store.Tx, medium, address string) ([]uint64, error) {
+	return ids(tx, "invites of an address", `SELECT id FROM invites WHERE medium = $1 AND address = $2 ORDER BY id`, medium, address)
+}
+
+func (pgStorage) dedup(tx *store.Tx, sender, room, medium, address string) (uint64, error) {
+	return one(tx, "de-duplication entry", `SELECT invite_id FROM invite_dedup
+		WHERE sender = $1 AND room_id = $2 AND medium = $3 AND address = $4`, sender, room, medium, address)
+}
+
+func (pgStorage) inState(tx *store.Tx, state string) ([]uint64, error) {
+	return ids(tx, "invites in a state", `SELECT id FROM invites WHERE state = $1 ORDER BY id`, state)
+}
+
+func (pgStorage) hasData(tx *store.Tx) (bool, error) {
+	t, ctx := pg(tx)
+	var has bool
+	err := t.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM invites)`).Scan(&has)
+	return has, pgErr("any invite", err)
+}
+
+func (pgStorage) counters(tx *store.Tx, keys []counterKey) (map[counterKey]int, error) {
+	out := make(map[counterKey]int, len(keys))
+	byName := make(map[string]counterKey, len(keys))
+	names := make([]string, 0, len(keys))
+	for _, k := range keys {
+		out[k] = 0
+		byName[k.name()] = k
+		names = append(names, k.name())
+	}
+	t, ctx := pg(tx)
+	rows, err := t.Query(ctx, `SELECT key, sum(n)::bigint FROM (
+		SELECT key, n FROM invite_counts WHERE key = ANY($1)
+		UNION ALL SELECT key, n FROM invite_count_deltas WHERE key = ANY($1)) c GROUP BY key`, names)
+	if err != nil {
+		return out, pgErr("counters", err)
+	}
+	var name string
+	var n int64
+	_, err = pgx.ForEachRow(rows, []any{&name, &n}, func() error {
+		out[byName[name]] = int(max(n, 0))
+		return nil
+	})
+	return out, pgErr("counters", err)
+}
+
+func (pgStorage) expiryDue(tx *store.Tx, now time.Time, limit int) ([]uint64, error) {
+	return ids(tx, "expiry index", `SELECT id FROM invites WHERE state = 'pending' AND expires_at IS NOT NULL
+		AND expires_at <= $1 ORDER BY expires_at, id LIMIT $2`, now, limitArg(limit))
+}
+
+func (pgStorage) eraseDue(tx *store.Tx, from eraseCursor, cutoff time.Time, limit int) ([]uint64, eraseCursor, error) {
+	t, ctx := pg(tx)
+	at := from.at
+	if from.id == 0 {
+		at = time.Time{}
+	}
+	rows, err := t.Query(ctx, `SELECT id, state_changed FROM invites WHERE holds_secret AND state_changed < $1
+		AND (state_changed, id) > ($2, $3) ORDER BY state_changed, id LIMIT $4`, cutoff, at, int64(from.id), limitArg(limit))
+	if err != nil {
+		return nil, from, pgErr("erase index", err)
+	}
+	var out []uint64
+	next := from
+	var id int64
+	var changed time.Time
+	_, err = pgx.ForEachRow(rows, []any{&id, &changed}, func() error {
+		out = append(out, uint64(id))
+		next = eraseCursor{at: changed, id: uint64(id)}
+		return nil
+	})
+	return out, next, pgErr("erase index", err)
+}
+
+// sourceWhere is the condition selecting src's invites on $1 (none for
+// every invite), written so the planner uses the column's index.
+func sourceWhere(src source) string {
+	switch src.kind {
+	case "":
+		return ""
+	case byState:
+		return "state = $1"
+	case bySender:
+		return "sender = $1"
+	case byRoom:
+		return "room_id = $1"
+	case byAlias:
+		return "room_alias = $1 AND room_alias <> ''"
+	case byHomeserver:
+		return "homeserver = $1"
+	}
+	return "false"
+}
+
+func (pgStorage) descend(tx *store.Tx, src source, before uint64, limit int) ([]uint64, error) {
+	where := sourceWhere(src)
+	if where == "" {
+		return ids(tx, "invites", `SELECT id FROM invites WHERE id < $1 ORDER BY id DESC LIMIT $2`,
+			beforeArg(before), limitArg(limit))
+	}
+	return ids(tx, "invites", `SELECT id FROM invites WHERE `+where+` AND id < $2 ORDER BY id DESC LIMIT $3`,
+		src.value, beforeArg(before), limitArg(limit))
+}
+
+func (pgStorage) countSource(tx *store.Tx, src source) (int, error) {
+	where := sourceWhere(src)
+	q := `SELECT count(*) FROM invites`
+	var args []any
+	if where != "" {
+		q += ` WHERE ` + where
+		args = append(args, src.value)
+	}
+	n, err := one(tx, "count invites", q, args...)
+	return int(n), err
+}
+
+func (pgStorage) pending(tx *store.Tx, before uint64, limit int) ([]pendingEntry, error) {
+	t, ctx := pg(tx)
+	rows, err := t.Query(ctx, `SELECT id, mail_id, expires_at FROM invites WHERE state = 'pending' AND id < $1
+		ORDER BY id DESC LIMIT $2`, beforeArg(before), limitArg(limit))
+	if err != nil {
+		return nil, pgErr("pending invites", err)
+	}
+	var out []pendingEntry
+	var id, mail int64
+	var exp *time.Time
+	_, err = pgx.ForEachRow(rows, []any{&id, &mail, &exp}, func() error {
+		e := pendingEntry{id: uint64(id), mailID: uint64(mail)}
+		if exp != nil {
+			e.expiresAt = *exp
+		}
+		out = append(out, e)
+		return nil
+	})
+	return out, pgErr("pending invites", err)
+}
+
+func (pgStorage) optedOut(tx *store.Tx, address, sender string) (bool, error) {
+	t, ctx := pg(tx)
+	var out bool
+	err := t.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM invite_optouts WHERE address = $1 AND (sender = '*' OR sender = $2))`,
+		address, sender).Scan(&out)
+	return out, pgErr("opt-outs", err)
+}
+
+func (pgStorage) anyOptOut(tx *store.Tx, address string) (bool, error) {
+	t, ctx := pg(tx)
+	var out bool
+	err := t.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM invite_optouts WHERE address = $1)`, address).Scan(&out)
+	return out, pgErr("opt-outs", err)
+}
+
+func (pgStorage) putOptOut(tx *store.Tx, o OptOut) error {
+	raw, err := json.Marshal(o)
+	if err != nil {
+		return err
+	}
+	t, ctx := pg(tx)
+	_, err = t.Exec(ctx, `INSERT INTO invite_optouts (address, sender, data) VALUES ($1, $2, $3)
+		ON CONFLICT (address, sender) DO UPDATE SET data = excluded.data`, o.Address, o.Sender, raw)
+	return pgErr("opt-out", err)
+}
+
+func (pgStorage) deleteOptOut(tx *store.Tx, address, sender string) error {
+	t, ctx := pg(tx)
+	_, err := t.Exec(ctx, `DELETE FROM invite_optouts WHERE address = $1 AND sender = $2`, address, sender)
+	return pgErr("opt-out", err)
+}
+
+func (pgStorage) putVouch(tx *store.Tx, id uint64, raw []byte) error {
+	t, ctx := pg(tx)
+	_, err := t.Exec(ctx, `INSERT INTO invite_vouches (invite_id, data) VALUES ($1, $2)
+		ON CONFLICT (invite_id) DO UPDATE SET data = excluded.data`, int64(id), raw)
+	return pgErr("vouch", err)
+}
+
+func (pgStorage) getVouch(tx *store.Tx, id uint64) ([]byte, error) {
+	t, ctx := pg(tx)
+	var raw []byte
+	err := t.QueryRow(ctx, `SELECT data FROM invite_vouches WHERE invite_id = $1`, int64(id)).Scan(&raw)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, nil
+	}
+	return raw, pgErr("vouch", err)
+}
+
+func (pgStorage) deleteVouch(tx *store.Tx, id uint64) error {
+	t, ctx := pg(tx)
+	_, err := t.Exec(ctx, `DELETE FROM invite_vouches WHERE invite_id = $1`, int64(id))
+	return pgErr("vouch", err)
+}
+
+func (pgStorage) addVouchDue(tx *store.Tx, due time.Time, id uint64) error {
+	t, ctx := pg(tx)
+	_, err := t.Exec(ctx, `INSERT INTO invite_vouch_due (due, invite_id) VALUES ($1, $2) ON CONFLICT DO NOTHING`, due, int64(id))
+	return pgErr("vouch resolve time", err)
+}
+
+func (pgStorage) firstVouchDue(tx *store.Tx) (time.Time, uint64, bool, error) {
+	t, ctx := pg(tx)
+	var due time.Time
+	var id int64
+	err := t.QueryRow(ctx, `SELECT due, invite_id FROM invite_vouch_due ORDER BY due, invite_id LIMIT 1`).Scan(&due, &id)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return time.Time{}, 0, false, nil
+	}
+	if err != nil {
+		return time.Time{}, 0, false, pgErr("vouch resolve time", err)
+	}
+	return due, uint64(id), true, nil
+}
+
+func (pgStorage) deleteVouchDue(tx *store.Tx, due time.Time, id uint64) error {
+	t, ctx := pg(tx)
+	_, err := t.Exec(ctx, `DELETE FROM invite_vouch_due WHERE due = $1 AND invite_id = $2`, due, int64(id))
+	return pgErr("vouch resolve time", err)
+}
+
+func (pgStorage) indexDelivery(tx *store.Tx, dl Delivery) error {
+	t, ctx := pg(tx)
+	invs := make([]int64, 0, len(dl.InviteIDs))
+	for _, id := range dl.InviteIDs {
+		invs = append(invs, int64(id))
+	}
+	if _, err := t.Exec(ctx, `INSERT INTO onbind_invite (invite_id, delivery_id) SELECT unnest($1::bigint[]), $2
+		ON CONFLICT DO NOTHING`, invs, int64(dl.ID)); err != nil {
+		return pgErr("delivery index", err)
+	}
+	_, err := t.Exec(ctx, `INSERT INTO onbind_address (medium, address, delivery_id) VALUES ($1, $2, $3)
+		ON CONFLICT DO NOTHING`, dl.Medium, dl.Address, int64(dl.ID))
+	return pgErr("delivery index", err)
+}
+
+func (pgStorage) unindexDelivery(tx *store.Tx, dl Delivery) error {
+	t, ctx := pg(tx)
+	invs := make([]int64, 0, len(dl.InviteIDs))
+	for _, id := range dl.InviteIDs {
+		invs = append(invs, int64(id))
+	}
+	if _, err := t.Exec(ctx, `DELETE FROM onbind_invite WHERE invite_id = ANY($1) AND delivery_id = $2`, invs, int64(dl.ID)); err != nil {
+		return pgErr("delivery index", err)
+	}
+	_, err := t.Exec(ctx, `DELETE FROM onbind_address WHERE medium = $1 AND address = $2 AND delivery_id = $3`,
+		dl.Medium, dl.Address, int64(dl.ID))
+	return pgErr("delivery index", err)
+}
+
+func (pgStorage) deliveriesOf(tx *store.Tx, inviteID uint64) ([]uint64, error) {
+	return ids(tx, "deliveries of an invite", `SELECT delivery_id FROM onbind_invite WHERE invite_id = $1 ORDER BY delivery_id`,
+		int64(inviteID))
+}
+
+func (pgStorage) deliveriesTo(tx *store.Tx, medium, address string) ([]uint64, error) {
+	return ids(tx, "deliveries to an address", `SELECT delivery_id FROM onbind_address WHERE medium = $1 AND address = $2
+		ORDER BY delivery_id`, medium, address)
+}
+
+// foldCounts moves the counter deltas into the counters in one statement.
+// Two replicas folding at once do not count a delta twice (a row the other
+// deleted is skipped) and update the counters in key order, so they never
+// deadlock.
+const foldCounts = `WITH d AS (DELETE FROM invite_count_deltas RETURNING key, n)
+	INSERT INTO invite_counts (key, n) SELECT key, sum(n) FROM d GROUP BY key ORDER BY key
+	ON CONFLICT (key) DO UPDATE SET n = invite_counts.n + excluded.n`
+
+// FoldCounts moves the invite counters' delta rows into the counters (one
+// statement), so reading a count adds up a bounded number of rows. On
+// PostgreSQL the wiring runs it once per period across replicas
+// (pgstore.RunPeriodic; RunLifecycle does too); counts are exact whether or
+// not it ran. On bbolt, whose counters are updated in place, it does nothing.
+func (s *Service) FoldCounts(ctx context.Context) error {
+	if s.db.Backend() != store.BackendPostgres {
+		return nil
+	}
+	_, err := s.db.PG().Pool().Exec(ctx, foldCounts)
+	return pgErr("fold counters", err)
+}
