@@ -259,54 +259,9 @@ func (s *Service) store(fields map[string]json.RawMessage, account, api string) 
 	var result *Invite
 	queued := false
 	err = s.db.Commit(func(tx *store.Tx) error {
-		result, queued = nil, false
-		if err := s.checkBound(tx, inv.Address); err != nil {
-			return err
-		}
-		d, err := s.pendingDuplicate(tx, inv.Sender, inv.RoomID, inv.Medium, inv.Address)
-		if err != nil {
-			return err
-		}
-		if d != nil {
-			result = d
-			return nil
-		}
-		rec := *inv
-		if err := s.optOutCheck(tx, &rec); err != nil {
-			return err
-		}
-		id, err := s.reserveID(tx)
-		if err != nil {
-			return err
-		}
-		rec.ID = id
-		if mail != nil {
-			m := *mail // a copy: this function may run twice
-			m.Ref = "invite:" + strconv.FormatUint(id, 10)
-			if rec.MailID, err = s.opts.Mailer.EnqueuePrepared(tx, &m); err != nil {
-				return err
-			}
-			rec.MailedAt = now
-			queued = true
-		}
-		if err := s.insert(tx, &rec); err != nil {
-			return err
-		}
-		if err := s.opts.Ephemeral.Put(tx, rec.EphemeralPublic, "invite:"+strconv.FormatUint(id, 10), rec.ExpiresAt); err != nil {
-			return err
-		}
-		if vouch != nil {
-			if err := s.recordVouch(tx, id, vouch); err != nil {
-				return err
-			}
-		}
-		if s.opts.StoreTxHook != nil {
-			if err := s.opts.StoreTxHook(); err != nil {
-				return err
-			}
-		}
-		result = &rec
-		return nil
+		var err error
+		result, queued, err = s.storeTx(tx, inv, mail, vouch, now)
+		return err
 	})
 	if err != nil {
 		return nil, busy(err)
@@ -328,6 +283,63 @@ func (s *Service) store(fields map[string]json.RawMessage, account, api string) 
 	a := s.answer(result, api)
 	a.stored = stored
 	return &a, nil
+}
+
+// storeTx is store-invite's write transaction: unless the address was bound
+// or the same invite stored meanwhile (then that one is the result), it
+// checks the opt-outs and writes the invite with its indexes, its mail in
+// the outbox and its ephemeral key, and the upstream vouch. It may run more
+// than once (see store.DB): everything random or rendered comes in inv and
+// mail, made before. queued says a mail was put in the outbox.
+func (s *Service) storeTx(tx *store.Tx, inv *Invite, mail *mailer.Prepared, vouch *Vouch, now time.Time) (*Invite, bool, error) {
+	if err := s.checkBound(tx, inv.Address); err != nil {
+		return nil, false, err
+	}
+	d, err := s.pendingDuplicate(tx, inv.Sender, inv.RoomID, inv.Medium, inv.Address)
+	if err != nil {
+		return nil, false, err
+	}
+	if d != nil {
+		return d, false, nil
+	}
+	rec := *inv
+	if err := s.optOutCheck(tx, &rec); err != nil {
+		return nil, false, err
+	}
+	id, err := s.reserveID(tx)
+	if err != nil {
+		return nil, false, err
+	}
+	rec.ID = id
+	queued := false
+	if mail != nil {
+		m := *mail // a copy: this function may run twice
+		m.Ref = "invite:" + strconv.FormatUint(id, 10)
+		if rec.MailID, err = s.opts.Mailer.EnqueuePrepared(tx, &m); err != nil {
+			return nil, false, err
+		}
+		rec.MailedAt = now
+		queued = true
+	}
+	if err := s.insert(tx, &rec); err != nil {
+		return nil, false, err
+	}
+	if s.opts.Ephemeral != nil { // always set but in storage tests (New requires it)
+		if err := s.opts.Ephemeral.Put(tx, rec.EphemeralPublic, "invite:"+strconv.FormatUint(id, 10), rec.ExpiresAt); err != nil {
+			return nil, false, err
+		}
+	}
+	if vouch != nil {
+		if err := s.recordVouch(tx, id, vouch); err != nil {
+			return nil, false, err
+		}
+	}
+	if s.opts.StoreTxHook != nil {
+		if err := s.opts.StoreTxHook(); err != nil {
+			return nil, false, err
+		}
+	}
+	return &rec, queued, nil
 }
 
 // busyRetryAfter is the wait store-invite suggests when the database was too
@@ -391,6 +403,9 @@ func refusalReason(err error) string {
 }
 
 func (s *Service) checkBound(tx *store.Tx, address string) error {
+	if s.opts.Identity == nil { // always set but in storage tests (New requires it)
+		return nil
+	}
 	b, err := s.opts.Identity.BindingTx(tx, "email", address)
 	if err != nil {
 		return err

@@ -260,7 +260,7 @@ func (s *Service) eraseSecrets(ctx context.Context) (int, error) {
 						continue
 					}
 				}
-				if inv.EphemeralPublic != "" {
+				if inv.EphemeralPublic != "" && s.opts.Ephemeral != nil {
 					if err := s.opts.Ephemeral.Invalidate(tx, inv.EphemeralPublic); err != nil {
 						return err
 					}
