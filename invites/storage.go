@@ -80,6 +80,45 @@ type storage interface {
 	deliveriesOf(tx *store.Tx, inviteID uint64) ([]uint64, error)
 	// deliveriesTo lists the deliveries to an address, oldest first.
 	deliveriesTo(tx *store.Tx, medium, address string) ([]uint64, error)
+
+	// For CopyStorage and SumStorage (copy.go): the invites by ascending id
+	// after after, at most limit; the id sequence moved past last; and
+	// everything else stored.
+	records(tx *store.Tx, after uint64, limit int) ([]*Invite, error)
+	setNextID(tx *store.Tx, last uint64) error
+	dump(tx *store.Tx) (*storageDump, error)
+}
+
+// storageDump is everything stored besides the invite records, each kind in
+// its own order (sorted by copy.go before it is summed).
+type storageDump struct {
+	optOuts   []OptOut
+	vouches   []vouchRow
+	dues      []vouchDue
+	dedup     []dedupRow
+	counters  map[string]int // by counterKey.name, zero counters left out
+	byInvite  [][2]uint64    // invite id, delivery id
+	byAddress []addressRow
+}
+
+type vouchRow struct {
+	id  uint64
+	raw []byte
+}
+
+type vouchDue struct {
+	due time.Time
+	id  uint64
+}
+
+type dedupRow struct {
+	sender, room, medium, address string
+	id                            uint64
+}
+
+type addressRow struct {
+	medium, address string
+	delivery        uint64
 }
 
 // newStorage picks the implementation for db's backend.

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -357,4 +359,109 @@ func (boltStorage) deliveriesTo(tx *store.Tx, medium, address string) ([]uint64,
 
 func addressKey(medium, address string, id uint64) []byte {
 	return append(join0(medium, address, ""), store.U64(id)...)
+}
+
+func (boltStorage) records(tx *store.Tx, after uint64, limit int) ([]*Invite, error) {
+	var out []*Invite
+	b := tx.Bolt.Bucket(bktInvites)
+	if b == nil {
+		return nil, nil
+	}
+	c := b.Cursor()
+	k, v := c.Seek(store.U64(after + 1))
+	for ; k != nil && len(out) < limit; k, v = c.Next() {
+		inv := new(Invite)
+		if err := json.Unmarshal(v, inv); err != nil {
+			return nil, fmt.Errorf("invite %x: %w", k, err)
+		}
+		out = append(out, inv)
+	}
+	return out, nil
+}
+
+func (boltStorage) setNextID(tx *store.Tx, last uint64) error {
+	b := tx.Bolt.Bucket(bktInvites)
+	if b.Sequence() >= last {
+		return nil
+	}
+	return b.SetSequence(last)
+}
+
+// split0 splits a key of NUL-separated parts.
+func split0(k []byte) []string {
+	var out []string
+	for _, p := range bytes.Split(k, []byte{0}) {
+		out = append(out, string(p))
+	}
+	return out
+}
+
+func (boltStorage) dump(tx *store.Tx) (*storageDump, error) {
+	d := &storageDump{counters: map[string]int{}}
+	each := func(bucket []byte, fn func(k, v []byte) error) error {
+		b := tx.Bolt.Bucket(bucket)
+		if b == nil {
+			return nil
+		}
+		return b.ForEach(fn)
+	}
+	err := errors.Join(
+		each(bktOptOut, func(_, v []byte) error {
+			var o OptOut
+			if err := json.Unmarshal(v, &o); err != nil {
+				return err
+			}
+			d.optOuts = append(d.optOuts, o)
+			return nil
+		}),
+		each(bktUpstream, func(k, v []byte) error {
+			if len(k) == 8 {
+				d.vouches = append(d.vouches, vouchRow{id: u64(k), raw: store.Copy(v)})
+			}
+			return nil
+		}),
+		each(bktUpstreamDue, func(k, _ []byte) error {
+			if len(k) == 16 {
+				d.dues = append(d.dues, vouchDue{due: time.Unix(0, int64(binary.BigEndian.Uint64(k[:8]))), id: u64(k[8:])})
+			}
+			return nil
+		}),
+		each(bktDedup, func(k, v []byte) error {
+			if p := split0(k); len(p) == 4 && len(v) == 8 {
+				d.dedup = append(d.dedup, dedupRow{sender: p[0], room: p[1], medium: p[2], address: p[3], id: u64(v)})
+			}
+			return nil
+		}),
+		each(bktCount, func(k, v []byte) error {
+			if len(v) != 8 || bytes.Equal(k, countsVersion) {
+				return nil
+			}
+			var ck counterKey
+			switch {
+			case bytes.HasPrefix(k, []byte("state\x00")):
+				ck = stateCounter(string(k[len("state\x00"):]))
+			case bytes.HasPrefix(k, []byte("day\x00")) && len(k) == len("day\x00")+1+8:
+				ck = counterKey{kind: k[len("day\x00")], day: u64(k[len("day\x00")+1:])}
+			default:
+				return nil
+			}
+			if n := int(binary.BigEndian.Uint64(v)); n != 0 {
+				d.counters[ck.name()] = n
+			}
+			return nil
+		}),
+		each(bktDeliveryInvite, func(k, _ []byte) error {
+			if len(k) == 16 {
+				d.byInvite = append(d.byInvite, [2]uint64{u64(k[:8]), u64(k[8:])})
+			}
+			return nil
+		}),
+		each(bktDeliveryAddress, func(k, _ []byte) error {
+			if p := split0(k[:max(len(k)-8, 0)]); len(k) > 8 && len(p) == 3 {
+				d.byAddress = append(d.byAddress, addressRow{medium: p[0], address: p[1], delivery: u64(k[len(k)-8:])})
+			}
+			return nil
+		}),
+	)
+	return d, err
 }

@@ -816,3 +816,99 @@ func TestStoreInviteContentionIsBusy(t *testing.T) {
 		t.Fatalf("a rolled-back store-invite left %d invites", c[StatePending])
 	}
 }
+
+// A populated bbolt database copied to PostgreSQL sums the same, and the
+// service works on the copy.
+func TestCopyStorageToPostgres(t *testing.T) {
+	clk := newClock()
+	src := storetest.Open(t, store.BackendBolt)
+	s := storageService(t, src, clk.Now)
+	be := deliveryBackend(t, src)
+	s.dq = be
+	var all []*Invite
+	for i := range 2*copyBatch + 30 {
+		inv := testInvite(i, clk.Now())
+		inv.Created = clk.Now().Add(time.Duration(i) * time.Second)
+		all = append(all, inv)
+	}
+	insertAll(t, s, all...)
+	update(t, s, all[1].ID, func(x *Invite) { x.State, x.ResolvedMXID = StateResolved, "@u:hs2.test" })
+	update(t, s, all[2].ID, func(x *Invite) { x.State = StateRevoked })
+	update(t, s, all[3].ID, func(x *Invite) { x.State = StateDeclined })
+	if _, err := s.SetOptOut(all[4].Token, true, true); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.SetOptOut(all[5].Token, false, true); err != nil {
+		t.Fatal(err)
+	}
+	md, _ := json.Marshal(deliveryMeta{Server: "hs2.test", Medium: "email", Address: all[1].Address, MXID: "@u:hs2.test", InviteIDs: []uint64{all[1].ID}})
+	rec := &queue.Record{Meta: md, Created: clk.Now(), NextAttempt: clk.Now(), RetryFrom: clk.Now()}
+	if err := src.Update(func(tx *store.Tx) error {
+		raw, _ := json.Marshal(Vouch{Upstream: "https://up.test", MXID: "@v:hs2.test", At: clk.Now()})
+		if err := s.st.putVouch(tx, all[6].ID, raw); err != nil {
+			return err
+		}
+		if err := s.st.addVouchDue(tx, clk.Now().Add(time.Second), all[6].ID); err != nil {
+			return err
+		}
+		if err := be.Enqueue(tx, rec); err != nil {
+			return err
+		}
+		return s.st.indexDelivery(tx, toDelivery(rec))
+	}); err != nil {
+		t.Fatal(err)
+	}
+
+	dst := storetest.OpenPostgres(t, pgtest.DSN(t))
+	// The onbind records first, with their ids, as queue.Copy does.
+	if _, err := dst.PG().Pool().Exec(t.Context(), `INSERT INTO queue_records (id, queue, state, created, next_attempt, retry_from, meta)
+		VALUES ($1, $2, 'pending', $3, $3, $3, $4)`, int64(rec.ID), deliveryQueue, clk.Now(), md); err != nil {
+		t.Fatal(err)
+	}
+	var progress []int
+	if err := CopyStorage(t.Context(), src, dst, func(n int) { progress = append(progress, n) }); err != nil {
+		t.Fatal(err)
+	}
+	if len(progress) < 3 || progress[len(progress)-1] != len(all)+2+2+1 {
+		t.Errorf("progress %v, want batches ending at %d", progress, len(all)+5)
+	}
+	want, err := SumStorage(t.Context(), src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := SumStorage(t.Context(), dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("sums differ:\nbbolt    %+v\npostgres %+v", want, got)
+	}
+	for _, ts := range want {
+		if ts.Count == 0 {
+			t.Errorf("nothing of %s in the populated database", ts.Table)
+		}
+	}
+
+	// The service on the copy.
+	c := storageService(t, dst, clk.Now)
+	c.dq = deliveryBackend(t, dst)
+	if got, err := c.ByToken(all[7].Token); err != nil || got.ID != all[7].ID {
+		t.Fatalf("ByToken on the copy: %v, %v", got, err)
+	}
+	if counts, _ := c.Counts(); counts[StatePending] != len(all)-3 || counts[StateRevoked] != 1 {
+		t.Fatalf("Counts on the copy: %v", counts)
+	}
+	if err := c.Revoke(all[1].ID, "test"); err != nil { // its delivery is pending, not yet accepted
+		t.Fatalf("Revoke on the copy: %v", err)
+	}
+	var ids []uint64
+	_ = dst.View(func(tx *store.Tx) (err error) { ids, err = c.st.deliveriesOf(tx, all[1].ID); return err })
+	if !slices.Equal(ids, []uint64{rec.ID}) {
+		t.Fatalf("deliveries of the copied invite: %v", ids)
+	}
+	next := testInvite(5000, clk.Now())
+	insertAll(t, c, next)
+	if next.ID <= all[len(all)-1].ID {
+		t.Fatalf("new invite on the copy got id %d, not above the copied %d", next.ID, all[len(all)-1].ID)
+	}
+}

@@ -444,6 +444,86 @@ func (pgStorage) deliveriesTo(tx *store.Tx, medium, address string) ([]uint64, e
 		ORDER BY delivery_id`, medium, address)
 }
 
+func (pgStorage) records(tx *store.Tx, after uint64, limit int) ([]*Invite, error) {
+	t, ctx := pg(tx)
+	rows, err := t.Query(ctx, `SELECT data FROM invites WHERE id > $1 ORDER BY id LIMIT $2`, int64(after), limitArg(limit))
+	if err != nil {
+		return nil, pgErr("invites", err)
+	}
+	var out []*Invite
+	var raw []byte
+	_, err = pgx.ForEachRow(rows, []any{&raw}, func() error {
+		inv := new(Invite)
+		if err := json.Unmarshal(raw, inv); err != nil {
+			return err
+		}
+		out = append(out, inv)
+		return nil
+	})
+	return out, pgErr("invites", err)
+}
+
+func (pgStorage) setNextID(tx *store.Tx, last uint64) error {
+	t, ctx := pg(tx)
+	_, err := t.Exec(ctx, `SELECT setval('invites_id_seq', greatest($1, (SELECT last_value FROM invites_id_seq)))`, int64(last))
+	return pgErr("invite id sequence", err)
+}
+
+func (pgStorage) dump(tx *store.Tx) (*storageDump, error) {
+	t, ctx := pg(tx)
+	d := &storageDump{counters: map[string]int{}}
+	query := func(q string, dest []any, fn func() error) error {
+		rows, err := t.Query(ctx, q)
+		if err != nil {
+			return err
+		}
+		_, err = pgx.ForEachRow(rows, dest, fn)
+		return err
+	}
+	var raw []byte
+	var a, b, c, e string
+	var id, id2 int64
+	var at time.Time
+	err := errors.Join(
+		query(`SELECT data FROM invite_optouts`, []any{&raw}, func() error {
+			var o OptOut
+			if err := json.Unmarshal(raw, &o); err != nil {
+				return err
+			}
+			d.optOuts = append(d.optOuts, o)
+			return nil
+		}),
+		query(`SELECT invite_id, data FROM invite_vouches`, []any{&id, &raw}, func() error {
+			d.vouches = append(d.vouches, vouchRow{id: uint64(id), raw: append([]byte(nil), raw...)})
+			return nil
+		}),
+		query(`SELECT due, invite_id FROM invite_vouch_due`, []any{&at, &id}, func() error {
+			d.dues = append(d.dues, vouchDue{due: at, id: uint64(id)})
+			return nil
+		}),
+		query(`SELECT sender, room_id, medium, address, invite_id FROM invite_dedup`, []any{&a, &b, &c, &e, &id}, func() error {
+			d.dedup = append(d.dedup, dedupRow{sender: a, room: b, medium: c, address: e, id: uint64(id)})
+			return nil
+		}),
+		query(`SELECT key, sum(n)::bigint FROM (SELECT key, n FROM invite_counts UNION ALL SELECT key, n FROM invite_count_deltas) c
+			GROUP BY key`, []any{&a, &id}, func() error {
+			if id > 0 {
+				d.counters[a] = int(id)
+			}
+			return nil
+		}),
+		query(`SELECT invite_id, delivery_id FROM onbind_invite`, []any{&id, &id2}, func() error {
+			d.byInvite = append(d.byInvite, [2]uint64{uint64(id), uint64(id2)})
+			return nil
+		}),
+		query(`SELECT medium, address, delivery_id FROM onbind_address`, []any{&a, &b, &id}, func() error {
+			d.byAddress = append(d.byAddress, addressRow{medium: a, address: b, delivery: uint64(id)})
+			return nil
+		}),
+	)
+	return d, pgErr("dump", err)
+}
+
 // foldCounts moves the counter deltas into the counters in one statement.
 // Two replicas folding at once do not count a delta twice (a row the other
 // deleted is skipped) and update the counters in key order, so they never
