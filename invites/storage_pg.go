@@ -63,10 +63,44 @@ func pgErr(what string, err error) error {
 	return fmt.Errorf("invites: %s: %w", what, err)
 }
 
+// The reads of the hot paths, sweeps and console lists, each answered from
+// an index of 0005_invites.sql (TestPGQueriesUseIndexes EXPLAINs them).
+const (
+	qGet        = `SELECT data FROM invites WHERE id = $1`
+	qByToken    = `SELECT id FROM invites WHERE token = $1`
+	qForAddress = `SELECT id FROM invites WHERE medium = $1 AND address = $2 ORDER BY id`
+	qDedup      = `SELECT invite_id FROM invite_dedup
+		WHERE sender = $1 AND room_id = $2 AND medium = $3 AND address = $4`
+	qInState  = `SELECT id FROM invites WHERE state = $1 ORDER BY id`
+	qCounters = `SELECT key, sum(n)::bigint FROM (
+		SELECT key, n FROM invite_counts WHERE key = ANY($1)
+		UNION ALL SELECT key, n FROM invite_count_deltas WHERE key = ANY($1)) c GROUP BY key`
+	qExpiryDue = `SELECT id FROM invites WHERE state = 'pending' AND expires_at IS NOT NULL
+		AND expires_at <= $1 ORDER BY expires_at, id LIMIT $2`
+	qEraseDue = `SELECT id, state_changed FROM invites WHERE holds_secret AND state_changed < $1
+		AND (state_changed, id) > ($2, $3) ORDER BY state_changed, id LIMIT $4`
+	qPending = `SELECT id, mail_id, expires_at FROM invites WHERE state = 'pending' AND id < $1
+		ORDER BY id DESC LIMIT $2`
+	qOptedOut      = `SELECT EXISTS (SELECT 1 FROM invite_optouts WHERE address = $1 AND (sender = '*' OR sender = $2))`
+	qAnyOptOut     = `SELECT EXISTS (SELECT 1 FROM invite_optouts WHERE address = $1)`
+	qVouch         = `SELECT data FROM invite_vouches WHERE invite_id = $1`
+	qFirstVouchDue = `SELECT due, invite_id FROM invite_vouch_due ORDER BY due, invite_id LIMIT 1`
+	qDeliveriesOf  = `SELECT delivery_id FROM onbind_invite WHERE invite_id = $1 ORDER BY delivery_id`
+	qDeliveriesTo  = `SELECT delivery_id FROM onbind_address WHERE medium = $1 AND address = $2
+		ORDER BY delivery_id`
+	qRecords    = `SELECT data FROM invites WHERE id > $1 ORDER BY id LIMIT $2`
+	qDescendAll = `SELECT id FROM invites WHERE id < $1 ORDER BY id DESC LIMIT $2`
+)
+
+// descendQuery is descend's query for a source of one value.
+func descendQuery(where string) string {
+	return `SELECT id FROM invites WHERE ` + where + ` AND id < $2 ORDER BY id DESC LIMIT $3`
+}
+
 func (pgStorage) get(tx *store.Tx, id uint64) (*Invite, error) {
 	t, ctx := pg(tx)
 	var raw []byte
-	err := t.QueryRow(ctx, `SELECT data FROM invites WHERE id = $1`, int64(id)).Scan(&raw)
+	err := t.QueryRow(ctx, qGet, int64(id)).Scan(&raw)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, ErrNotFound
 	}
@@ -185,20 +219,19 @@ func one(tx *store.Tx, what, q string, args ...any) (uint64, error) {
 }
 
 func (pgStorage) byToken(tx *store.Tx, token string) (uint64, error) {
-	return one(tx, "invite by token", `SELECT id FROM invites WHERE token = $1`, token)
+	return one(tx, "invite by token", qByToken, token)
 }
 
 func (pgStorage) forAddress(tx *store.Tx, medium, address string) ([]uint64, error) {
-	return ids(tx, "invites of an address", `SELECT id FROM invites WHERE medium = $1 AND address = $2 ORDER BY id`, medium, address)
+	return ids(tx, "invites of an address", qForAddress, medium, address)
 }
 
 func (pgStorage) dedup(tx *store.Tx, sender, room, medium, address string) (uint64, error) {
-	return one(tx, "de-duplication entry", `SELECT invite_id FROM invite_dedup
-		WHERE sender = $1 AND room_id = $2 AND medium = $3 AND address = $4`, sender, room, medium, address)
+	return one(tx, "de-duplication entry", qDedup, sender, room, medium, address)
 }
 
 func (pgStorage) inState(tx *store.Tx, state string) ([]uint64, error) {
-	return ids(tx, "invites in a state", `SELECT id FROM invites WHERE state = $1 ORDER BY id`, state)
+	return ids(tx, "invites in a state", qInState, state)
 }
 
 func (pgStorage) hasData(tx *store.Tx) (bool, error) {
@@ -218,9 +251,7 @@ func (pgStorage) counters(tx *store.Tx, keys []counterKey) (map[counterKey]int, 
 		names = append(names, k.name())
 	}
 	t, ctx := pg(tx)
-	rows, err := t.Query(ctx, `SELECT key, sum(n)::bigint FROM (
-		SELECT key, n FROM invite_counts WHERE key = ANY($1)
-		UNION ALL SELECT key, n FROM invite_count_deltas WHERE key = ANY($1)) c GROUP BY key`, names)
+	rows, err := t.Query(ctx, qCounters, names)
 	if err != nil {
 		return out, pgErr("counters", err)
 	}
@@ -234,8 +265,7 @@ func (pgStorage) counters(tx *store.Tx, keys []counterKey) (map[counterKey]int, 
 }
 
 func (pgStorage) expiryDue(tx *store.Tx, now time.Time, limit int) ([]uint64, error) {
-	return ids(tx, "expiry index", `SELECT id FROM invites WHERE state = 'pending' AND expires_at IS NOT NULL
-		AND expires_at <= $1 ORDER BY expires_at, id LIMIT $2`, now, limitArg(limit))
+	return ids(tx, "expiry index", qExpiryDue, now, limitArg(limit))
 }
 
 func (pgStorage) eraseDue(tx *store.Tx, from eraseCursor, cutoff time.Time, limit int) ([]uint64, eraseCursor, error) {
@@ -244,8 +274,7 @@ func (pgStorage) eraseDue(tx *store.Tx, from eraseCursor, cutoff time.Time, limi
 	if from.id == 0 {
 		at = time.Time{}
 	}
-	rows, err := t.Query(ctx, `SELECT id, state_changed FROM invites WHERE holds_secret AND state_changed < $1
-		AND (state_changed, id) > ($2, $3) ORDER BY state_changed, id LIMIT $4`, cutoff, at, int64(from.id), limitArg(limit))
+	rows, err := t.Query(ctx, qEraseDue, cutoff, at, int64(from.id), limitArg(limit))
 	if err != nil {
 		return nil, from, pgErr("erase index", err)
 	}
@@ -284,11 +313,9 @@ func sourceWhere(src source) string {
 func (pgStorage) descend(tx *store.Tx, src source, before uint64, limit int) ([]uint64, error) {
 	where := sourceWhere(src)
 	if where == "" {
-		return ids(tx, "invites", `SELECT id FROM invites WHERE id < $1 ORDER BY id DESC LIMIT $2`,
-			beforeArg(before), limitArg(limit))
+		return ids(tx, "invites", qDescendAll, beforeArg(before), limitArg(limit))
 	}
-	return ids(tx, "invites", `SELECT id FROM invites WHERE `+where+` AND id < $2 ORDER BY id DESC LIMIT $3`,
-		src.value, beforeArg(before), limitArg(limit))
+	return ids(tx, "invites", descendQuery(where), src.value, beforeArg(before), limitArg(limit))
 }
 
 func (pgStorage) countSource(tx *store.Tx, src source) (int, error) {
@@ -305,8 +332,7 @@ func (pgStorage) countSource(tx *store.Tx, src source) (int, error) {
 
 func (pgStorage) pending(tx *store.Tx, before uint64, limit int) ([]pendingEntry, error) {
 	t, ctx := pg(tx)
-	rows, err := t.Query(ctx, `SELECT id, mail_id, expires_at FROM invites WHERE state = 'pending' AND id < $1
-		ORDER BY id DESC LIMIT $2`, beforeArg(before), limitArg(limit))
+	rows, err := t.Query(ctx, qPending, beforeArg(before), limitArg(limit))
 	if err != nil {
 		return nil, pgErr("pending invites", err)
 	}
@@ -327,7 +353,7 @@ func (pgStorage) pending(tx *store.Tx, before uint64, limit int) ([]pendingEntry
 func (pgStorage) optedOut(tx *store.Tx, address, sender string) (bool, error) {
 	t, ctx := pg(tx)
 	var out bool
-	err := t.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM invite_optouts WHERE address = $1 AND (sender = '*' OR sender = $2))`,
+	err := t.QueryRow(ctx, qOptedOut,
 		address, sender).Scan(&out)
 	return out, pgErr("opt-outs", err)
 }
@@ -335,7 +361,7 @@ func (pgStorage) optedOut(tx *store.Tx, address, sender string) (bool, error) {
 func (pgStorage) anyOptOut(tx *store.Tx, address string) (bool, error) {
 	t, ctx := pg(tx)
 	var out bool
-	err := t.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM invite_optouts WHERE address = $1)`, address).Scan(&out)
+	err := t.QueryRow(ctx, qAnyOptOut, address).Scan(&out)
 	return out, pgErr("opt-outs", err)
 }
 
@@ -366,7 +392,7 @@ func (pgStorage) putVouch(tx *store.Tx, id uint64, raw []byte) error {
 func (pgStorage) getVouch(tx *store.Tx, id uint64) ([]byte, error) {
 	t, ctx := pg(tx)
 	var raw []byte
-	err := t.QueryRow(ctx, `SELECT data FROM invite_vouches WHERE invite_id = $1`, int64(id)).Scan(&raw)
+	err := t.QueryRow(ctx, qVouch, int64(id)).Scan(&raw)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, nil
 	}
@@ -389,7 +415,7 @@ func (pgStorage) firstVouchDue(tx *store.Tx) (time.Time, uint64, bool, error) {
 	t, ctx := pg(tx)
 	var due time.Time
 	var id int64
-	err := t.QueryRow(ctx, `SELECT due, invite_id FROM invite_vouch_due ORDER BY due, invite_id LIMIT 1`).Scan(&due, &id)
+	err := t.QueryRow(ctx, qFirstVouchDue).Scan(&due, &id)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return time.Time{}, 0, false, nil
 	}
@@ -435,18 +461,17 @@ func (pgStorage) unindexDelivery(tx *store.Tx, dl Delivery) error {
 }
 
 func (pgStorage) deliveriesOf(tx *store.Tx, inviteID uint64) ([]uint64, error) {
-	return ids(tx, "deliveries of an invite", `SELECT delivery_id FROM onbind_invite WHERE invite_id = $1 ORDER BY delivery_id`,
+	return ids(tx, "deliveries of an invite", qDeliveriesOf,
 		int64(inviteID))
 }
 
 func (pgStorage) deliveriesTo(tx *store.Tx, medium, address string) ([]uint64, error) {
-	return ids(tx, "deliveries to an address", `SELECT delivery_id FROM onbind_address WHERE medium = $1 AND address = $2
-		ORDER BY delivery_id`, medium, address)
+	return ids(tx, "deliveries to an address", qDeliveriesTo, medium, address)
 }
 
 func (pgStorage) records(tx *store.Tx, after uint64, limit int) ([]*Invite, error) {
 	t, ctx := pg(tx)
-	rows, err := t.Query(ctx, `SELECT data FROM invites WHERE id > $1 ORDER BY id LIMIT $2`, int64(after), limitArg(limit))
+	rows, err := t.Query(ctx, qRecords, int64(after), limitArg(limit))
 	if err != nil {
 		return nil, pgErr("invites", err)
 	}
