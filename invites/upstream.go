@@ -185,6 +185,10 @@ func (s *Service) VouchFor(id uint64) (*Vouch, error) {
 	return v, err
 }
 
+// upstreamPoll bounds, on PostgreSQL, how long a vouch stored by another
+// replica waits for this one to notice it.
+const upstreamPoll = 30 * time.Second
+
 // RunUpstream resolves vouched invites when their resolve time comes, until
 // ctx is done. Those due before a restart are resolved at once.
 func (s *Service) RunUpstream(ctx context.Context) error {
@@ -199,9 +203,15 @@ func (s *Service) RunUpstream(ctx context.Context) error {
 			s.opts.Log.Error("resolving vouched invites", "err", err)
 			next = s.opts.Now().Add(time.Second)
 		}
-		wait := time.Hour
+		idle := time.Hour
+		if s.db.Backend() == store.BackendPostgres {
+			// Another replica may have stored a vouch (and died before
+			// resolving it): look again within upstreamPoll.
+			idle = upstreamPoll
+		}
+		wait := idle
 		if !next.IsZero() {
-			wait = max(next.Sub(s.opts.Now()), time.Millisecond)
+			wait = min(max(next.Sub(s.opts.Now()), time.Millisecond), idle)
 		}
 		t := time.NewTimer(wait)
 		select {
