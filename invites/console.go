@@ -387,6 +387,7 @@ func (s *Service) listPending(f Filter, state string, now time.Time) ([]*Invite,
 				return err
 			}
 			more = len(entries) == listPage
+			var ids []uint64
 			for _, e := range entries {
 				// The entry's mail id and expiry settle many invites
 				// without decoding them: an expired one is neither, and
@@ -395,10 +396,13 @@ func (s *Service) listPending(f Filter, state string, now time.Time) ([]*Invite,
 				if expired || state == StatePending && s.sent.has(e.mailID) {
 					continue
 				}
-				inv, err := s.getTx(tx, e.id)
-				if err != nil {
-					return err
-				}
+				ids = append(ids, e.id)
+			}
+			invs, err := s.st.getMany(tx, ids)
+			if err != nil {
+				return err
+			}
+			for _, inv := range invs {
 				if f.match(inv) {
 					chunk = append(chunk, inv)
 				}

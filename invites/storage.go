@@ -20,6 +20,9 @@ type storage interface {
 	open(db *store.DB, part string) error
 	// get reads an invite (ErrNotFound).
 	get(tx *store.Tx, id uint64) (*Invite, error)
+	// getMany reads the invites with these ids, in that order, leaving out
+	// those that do not exist (one round trip on PostgreSQL).
+	getMany(tx *store.Tx, ids []uint64) ([]*Invite, error)
 	// put writes inv's record (new or changed).
 	put(tx *store.Tx, inv *Invite) error
 	// remove deletes invite id's record.

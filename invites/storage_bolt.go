@@ -53,6 +53,21 @@ func (boltStorage) get(tx *store.Tx, id uint64) (*Invite, error) {
 	return inv, nil
 }
 
+func (st boltStorage) getMany(tx *store.Tx, ids []uint64) ([]*Invite, error) {
+	out := make([]*Invite, 0, len(ids))
+	for _, id := range ids {
+		inv, err := st.get(tx, id)
+		if errors.Is(err, ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, inv)
+	}
+	return out, nil
+}
+
 func (boltStorage) put(tx *store.Tx, inv *Invite) error {
 	raw, err := json.Marshal(inv)
 	if err != nil {

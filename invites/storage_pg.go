@@ -67,6 +67,7 @@ func pgErr(what string, err error) error {
 // an index of 0005_invites.sql (TestPGQueriesUseIndexes EXPLAINs them).
 const (
 	qGet        = `SELECT data FROM invites WHERE id = $1`
+	qGetMany    = `SELECT id, data FROM invites WHERE id = ANY($1)`
 	qByToken    = `SELECT id FROM invites WHERE token = $1`
 	qForAddress = `SELECT id FROM invites WHERE medium = $1 AND address = $2 ORDER BY id`
 	qDedup      = `SELECT invite_id FROM invite_dedup
@@ -112,6 +113,42 @@ func (pgStorage) get(tx *store.Tx, id uint64) (*Invite, error) {
 		return nil, err
 	}
 	return inv, nil
+}
+
+func (pgStorage) getMany(tx *store.Tx, ids []uint64) ([]*Invite, error) {
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	t, ctx := pg(tx)
+	arg := make([]int64, len(ids))
+	for i, id := range ids {
+		arg[i] = int64(id)
+	}
+	rows, err := t.Query(ctx, qGetMany, arg)
+	if err != nil {
+		return nil, pgErr("read invites", err)
+	}
+	byID := make(map[uint64]*Invite, len(ids))
+	var id int64
+	var raw []byte
+	_, err = pgx.ForEachRow(rows, []any{&id, &raw}, func() error {
+		inv := new(Invite)
+		if err := json.Unmarshal(raw, inv); err != nil {
+			return err
+		}
+		byID[uint64(id)] = inv
+		return nil
+	})
+	if err != nil {
+		return nil, pgErr("read invites", err)
+	}
+	out := make([]*Invite, 0, len(byID))
+	for _, id := range ids {
+		if inv := byID[id]; inv != nil {
+			out = append(out, inv)
+		}
+	}
+	return out, nil
 }
 
 const putInvite = `INSERT INTO invites (id, token, medium, address, state, sender, room_id, room_alias, homeserver,

@@ -124,18 +124,10 @@ func (s *Service) ByTokenTx(tx *store.Tx, token string) (*Invite, error) {
 func (s *Service) ForAddress(tx *store.Tx, medium, address string) ([]*Invite, error) {
 	address = normalize(medium, address)
 	ids, err := s.st.forAddress(tx, medium, address)
-	if err != nil {
+	if err != nil || len(ids) == 0 {
 		return nil, err
 	}
-	var out []*Invite
-	for _, id := range ids {
-		inv, err := s.getTx(tx, id)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, inv)
-	}
-	return out, nil
+	return s.st.getMany(tx, ids)
 }
 
 // PendingFor returns the address's invites that are pending and not past
@@ -370,6 +362,34 @@ func (s *Service) descendAll(tx *store.Tx, src source, before uint64, yield func
 	}
 }
 
+// descendInvites is descendAll yielding the invites, read a page at a time
+// (the first page of first ids, at least 16, at most listPage: what a
+// page of a list is likely to need).
+func (s *Service) descendInvites(tx *store.Tx, src source, before uint64, first int, yield func(*Invite) (bool, error)) error {
+	page := min(max(first, 16), listPage)
+	for {
+		ids, err := s.st.descend(tx, src, before, page)
+		if err != nil {
+			return err
+		}
+		invs, err := s.st.getMany(tx, ids)
+		if err != nil {
+			return err
+		}
+		for _, inv := range invs {
+			more, err := yield(inv)
+			if err != nil || !more {
+				return err
+			}
+		}
+		if len(ids) < page {
+			return nil
+		}
+		before = ids[len(ids)-1]
+		page = listPage
+	}
+}
+
 // List returns the invites matching f, newest first, and how many match in
 // all. It walks the most selective index (address, room, alias, sender,
 // homeserver, state, or the invites by id) from the newest and stops once the
@@ -425,11 +445,7 @@ func (s *Service) List(f Filter) ([]*Invite, int, error) {
 			}
 		}
 		skip := f.Offset
-		return s.descendAll(tx, src, f.Before, func(id uint64) (bool, error) {
-			inv, err := s.getTx(tx, id)
-			if err != nil {
-				return false, err
-			}
+		return s.descendInvites(tx, src, f.Before, f.Offset+f.Limit, func(inv *Invite) (bool, error) {
 			if !f.match(inv) {
 				return true, nil
 			}
