@@ -295,7 +295,7 @@ func (s *Service) storeTx(tx *store.Tx, inv *Invite, mail *mailer.Prepared, vouc
 	if err := s.checkBound(tx, inv.Address); err != nil {
 		return nil, false, err
 	}
-	d, err := s.pendingDuplicate(tx, inv.Sender, inv.RoomID, inv.Medium, inv.Address)
+	d, err := s.claimDuplicate(tx, inv.Sender, inv.RoomID, inv.Medium, inv.Address)
 	if err != nil {
 		return nil, false, err
 	}

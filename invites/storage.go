@@ -38,6 +38,13 @@ type storage interface {
 	forAddress(tx *store.Tx, medium, address string) ([]uint64, error)
 	// dedup is the id of the de-duplication entry for the tuple (0: none).
 	dedup(tx *store.Tx, sender, room, medium, address string) (uint64, error)
+	// claimDedup is dedup inside a write transaction that stores the
+	// tuple's new invite unless the entry names a pending one (or fails).
+	// On PostgreSQL it inserts the entry first, so that two transactions
+	// storing the same tuple collide on its primary key (one is run again
+	// and finds the other's invite) while transactions storing different
+	// tuples do not conflict on the index pages a read would lock.
+	claimDedup(tx *store.Tx, sender, room, medium, address string) (uint64, error)
 	// inState lists the ids of the invites in state, oldest first.
 	inState(tx *store.Tx, state string) ([]uint64, error)
 	// hasData reports whether any invite is stored.

@@ -173,6 +173,11 @@ func (boltStorage) dedup(tx *store.Tx, sender, room, medium, address string) (ui
 	return u64(v), nil
 }
 
+// claimDedup is dedup: bbolt's single writer already serializes store-invites.
+func (st boltStorage) claimDedup(tx *store.Tx, sender, room, medium, address string) (uint64, error) {
+	return st.dedup(tx, sender, room, medium, address)
+}
+
 func (boltStorage) inState(tx *store.Tx, state string) ([]uint64, error) {
 	return prefixIDs(tx.Bolt.Bucket(bktState), join0(state, "")), nil
 }

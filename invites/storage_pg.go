@@ -72,6 +72,8 @@ const (
 	qForAddress = `SELECT id FROM invites WHERE medium = $1 AND address = $2 ORDER BY id`
 	qDedup      = `SELECT invite_id FROM invite_dedup
 		WHERE sender = $1 AND room_id = $2 AND medium = $3 AND address = $4`
+	qClaimDedup = `INSERT INTO invite_dedup (sender, room_id, medium, address, invite_id) VALUES ($1, $2, $3, $4, 0)
+		ON CONFLICT DO NOTHING RETURNING true`
 	qInState  = `SELECT id FROM invites WHERE state = $1 ORDER BY id`
 	qCounters = `SELECT key, sum(n)::bigint FROM (
 		SELECT key, n FROM invite_counts WHERE key = ANY($1)
@@ -265,6 +267,22 @@ func (pgStorage) forAddress(tx *store.Tx, medium, address string) ([]uint64, err
 
 func (pgStorage) dedup(tx *store.Tx, sender, room, medium, address string) (uint64, error) {
 	return one(tx, "de-duplication entry", qDedup, sender, room, medium, address)
+}
+
+// claimDedup inserts a placeholder entry (invite 0) for the tuple, which the
+// new invite's index replaces in the same transaction (or the transaction
+// rolls back). The insert's conflict check takes no predicate lock, so
+// concurrent store-invites of other tuples do not fail each other; one of
+// the same tuple waits for the first and, serializable, fails and is run
+// again. When an entry exists it is read (a lock on that row only).
+func (pgStorage) claimDedup(tx *store.Tx, sender, room, medium, address string) (uint64, error) {
+	t, ctx := pg(tx)
+	var claimed bool
+	err := t.QueryRow(ctx, qClaimDedup, sender, room, medium, address).Scan(&claimed)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return one(tx, "de-duplication entry", qDedup, sender, room, medium, address)
+	}
+	return 0, pgErr("de-duplication entry", err)
 }
 
 func (pgStorage) inState(tx *store.Tx, state string) ([]uint64, error) {

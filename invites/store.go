@@ -245,6 +245,23 @@ func (s *Service) pendingDuplicate(tx *store.Tx, sender, room, medium, address s
 	if err != nil || id == 0 {
 		return nil, err
 	}
+	return s.duplicate(tx, id)
+}
+
+// claimDuplicate is pendingDuplicate inside store-invite's write
+// transaction, which goes on to store a new invite when there is none: the
+// storage may hold the de-duplication entry for it from here on
+// (storage.claimDedup).
+func (s *Service) claimDuplicate(tx *store.Tx, sender, room, medium, address string) (*Invite, error) {
+	id, err := s.st.claimDedup(tx, sender, room, medium, address)
+	if err != nil || id == 0 {
+		return nil, err
+	}
+	return s.duplicate(tx, id)
+}
+
+// duplicate is invite id if it is a pending duplicate (see pendingDuplicate).
+func (s *Service) duplicate(tx *store.Tx, id uint64) (*Invite, error) {
 	inv, err := s.getTx(tx, id)
 	if errors.Is(err, ErrNotFound) {
 		return nil, nil
