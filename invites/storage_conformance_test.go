@@ -912,3 +912,79 @@ func TestCopyStorageToPostgres(t *testing.T) {
 		t.Fatalf("new invite on the copy got id %d, not above the copied %d", next.ID, all[len(all)-1].ID)
 	}
 }
+
+// store-invite's transaction on either backend: a repeat of a pending invite
+// is answered with it; a pending invite past its expiry (not yet swept) or
+// one imported without its ephemeral key does not de-duplicate, and the new
+// invite takes over the de-duplication entry; an opt-out refuses and leaves
+// nothing behind.
+func TestStorageStoreTx(t *testing.T) {
+	storetest.Run(t, func(t *testing.T, db *store.DB) {
+		clk := newClock()
+		s := storageService(t, db, clk.Now)
+		store1 := func(inv *Invite) (*Invite, error) {
+			var res *Invite
+			err := db.Commit(func(tx *store.Tx) (err error) {
+				res, _, err = s.storeTx(tx, inv, nil, nil, clk.Now())
+				return err
+			})
+			return res, err
+		}
+		first := testInvite(0, clk.Now())
+		first.ExpiresAt = clk.Now().Add(time.Hour)
+		a, err := store1(first)
+		if err != nil {
+			t.Fatal(err)
+		}
+		again := testInvite(0, clk.Now())
+		again.Token = "another-token"
+		if b, err := store1(again); err != nil || b.ID != a.ID || b.Token != a.Token {
+			t.Fatalf("repeat answered with %+v, %v; want invite %d", b, err, a.ID)
+		}
+		clk.Add(2 * time.Hour) // a is past its expiry, not swept
+		c, err := store1(again)
+		if err != nil || c.ID == a.ID || c.Token != "another-token" {
+			t.Fatalf("after expiry: %+v, %v; want a new invite", c, err)
+		}
+		var dup *Invite
+		_ = db.View(func(tx *store.Tx) (err error) {
+			dup, err = s.pendingDuplicate(tx, again.Sender, again.RoomID, again.Medium, again.Address)
+			return err
+		})
+		if dup == nil || dup.ID != c.ID {
+			t.Fatalf("de-duplication entry names %v, want invite %d", dup, c.ID)
+		}
+		// An invite imported without its ephemeral key is not answered again.
+		imp := testInvite(1, clk.Now())
+		imp.EphemeralPublic, imp.EphemeralPrivate = "", ""
+		if err := db.Update(func(tx *store.Tx) error { _, err := s.ImportPending(tx, imp); return err }); err != nil {
+			t.Fatal(err)
+		}
+		rep := testInvite(1, clk.Now())
+		rep.Token = "after-import"
+		if d, err := store1(rep); err != nil || d.ID == imp.ID {
+			t.Fatalf("repeat of an imported invite: %+v, %v; want a new invite", d, err)
+		}
+		// Opted out: refused, and no entry or invite is left.
+		if _, err := s.SetOptOut(c.Token, true, true); err != nil {
+			t.Fatal(err)
+		}
+		out := testInvite(5, clk.Now()) // same address as invite 0, another room
+		out.Token = "opted-out"
+		if _, err := store1(out); matrix.Errcode(err) != "M_FORBIDDEN" {
+			t.Fatalf("store-invite to an opted-out address: %v", err)
+		}
+		var d *storageDump
+		if err := db.View(func(tx *store.Tx) (err error) { d, err = s.st.dump(tx); return err }); err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range d.dedup {
+			if r.sender == out.Sender && r.room == out.RoomID {
+				t.Fatalf("a refused store-invite left a de-duplication entry: %+v", r)
+			}
+		}
+		if _, err := s.ByToken("opted-out"); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("a refused store-invite left an invite: %v", err)
+		}
+	})
+}
