@@ -988,3 +988,39 @@ func TestStorageStoreTx(t *testing.T) {
 		}
 	})
 }
+
+// Two replicas running the expiry sweep at once (as they would without the
+// wiring's once-per-period lock) expire each invite once: the counts they
+// report add up to the invites due, and the counters agree.
+func TestReplicasExpireOnce(t *testing.T) {
+	dsn := pgtest.DSN(t)
+	clk := newClock()
+	replicas := []*Service{storageService(t, storetest.OpenPostgres(t, dsn), clk.Now), storageService(t, storetest.OpenPostgres(t, dsn), clk.Now)}
+	var due []*Invite
+	for i := range sweepBatch + 100 {
+		inv := testInvite(i, clk.Now())
+		inv.Address = fmt.Sprintf("exp%d@example.org", i)
+		inv.ExpiresAt = clk.Now().Add(time.Hour)
+		due = append(due, inv)
+	}
+	insertAll(t, replicas[0], due...)
+	clk.Add(2 * time.Hour)
+	var wg sync.WaitGroup
+	counts := make([]int, len(replicas))
+	errs := make([]error, len(replicas))
+	for i, s := range replicas {
+		wg.Go(func() { counts[i], errs[i] = s.ExpireDue() })
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if counts[0]+counts[1] != len(due) {
+		t.Fatalf("replicas expired %v invites, want %d in all", counts, len(due))
+	}
+	if c, _ := replicas[1].Counts(); c[StateExpired] != len(due) || c[StatePending] != 0 {
+		t.Fatalf("Counts after both sweeps: %v", c)
+	}
+}
