@@ -2,6 +2,7 @@ package invites
 
 import (
 	"fmt"
+	"os"
 	"runtime"
 	"strings"
 	"sync"
@@ -118,6 +119,16 @@ func TestPGQueriesUseIndexes(t *testing.T) {
 	}
 }
 
+// benchDB is a database on backend for a benchmark: for PostgreSQL, the
+// one HERALD_BENCH_POSTGRES_DSN names when set (a durable server: the test
+// cluster runs with fsync off), else a fresh test database.
+func benchDB(b *testing.B, backend store.Backend) *store.DB {
+	if dsn := os.Getenv("HERALD_BENCH_POSTGRES_DSN"); dsn != "" && backend == store.BackendPostgres {
+		return storetest.OpenPostgres(b, dsn)
+	}
+	return storetest.Open(b, backend)
+}
+
 // BenchmarkStoreInviteTx measures store-invite's storage transaction (the
 // invite with its indexes, de-duplication entry and counters, after the
 // de-duplication and opt-out checks: storeTx, run by store.DB.Commit) at 1
@@ -125,14 +136,18 @@ func TestPGQueriesUseIndexes(t *testing.T) {
 // check, ephemeral key and outbox mail of the full transaction belong to
 // the identity, keys and mailer packages and are not in it.
 //
+// The test cluster runs without fsync; HERALD_BENCH_POSTGRES_DSN (a
+// database of a durable PostgreSQL) measures durable commits.
+//
 //	go test ./invites/ -run '^$' -bench 'BenchmarkStoreInviteTx' -benchtime 3000x
 func BenchmarkStoreInviteTx(b *testing.B) {
 	for _, backend := range storetest.Backends {
 		for _, goroutines := range []int{1, 16} {
 			b.Run(fmt.Sprintf("%s/goroutines=%d", backend, goroutines), func(b *testing.B) {
 				clk := newClock()
-				db := storetest.Open(b, backend)
+				db := benchDB(b, backend)
 				s := storageService(b, db, clk.Now)
+				run := time.Now().UnixNano() // fresh addresses and tokens in a database used before
 				var next atomic.Int64
 				var failed atomic.Int64
 				var runs atomic.Int64 // runs of the transaction function: retries show
@@ -147,8 +162,8 @@ func BenchmarkStoreInviteTx(b *testing.B) {
 								return
 							}
 							inv := testInvite(int(k), clk.Now())
-							inv.Address = fmt.Sprintf("bench%d@example.org", k)
-							inv.Token = fmt.Sprintf("bench-token-%d", k)
+							inv.Address = fmt.Sprintf("bench%d-%d@example.org", run, k)
+							inv.Token = fmt.Sprintf("bench-token-%d-%d", run, k)
 							if err := db.Commit(func(tx *store.Tx) error {
 								runs.Add(1)
 								_, _, err := s.storeTx(tx, inv, nil, nil, clk.Now())
