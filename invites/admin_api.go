@@ -1,8 +1,6 @@
 package invites
 
 import (
-	"bytes"
-
 	"github.com/herald-im/herald/store"
 )
 
@@ -47,13 +45,9 @@ func (d *Deliveries) EraseAddress(address string) (int, error) {
 	n := 0
 	err := d.db.Update(func(tx *store.Tx) error {
 		n = 0
-		var ids []uint64
-		prefix := join0("email", address, "")
-		c := tx.Bolt.Bucket(bktDeliveryAddress).Cursor()
-		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
-			if len(k) == len(prefix)+8 {
-				ids = append(ids, u64(k[len(prefix):]))
-			}
+		ids, err := d.s.st.deliveriesTo(tx, "email", address)
+		if err != nil {
+			return err
 		}
 		if err := d.q.DeleteTx(tx, ids...); err != nil {
 			return err

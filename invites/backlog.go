@@ -14,13 +14,14 @@ func (d *Deliveries) Backlog() (n int, oldest time.Time, err error) {
 	return d.q.Backlog(context.Background())
 }
 
-// PendingCount is how many invites are pending: one cursor step per pending
-// invite over the state index's keys, no values.
+// PendingCount is how many invites are pending, from the state counter kept
+// with every write.
 func (s *Service) PendingCount() (int, error) {
 	var n int
 	err := s.db.View(func(tx *store.Tx) error {
-		n, _ = store.CountPrefix(tx.Bolt.Bucket(bktState), join0(StatePending, ""))
-		return nil
+		c, err := s.st.counters(tx, []counterKey{stateCounter(StatePending)})
+		n = c[stateCounter(StatePending)]
+		return err
 	})
 	return n, err
 }

@@ -2,7 +2,6 @@ package invites
 
 import (
 	"context"
-	"encoding/binary"
 	"slices"
 	"sync"
 	"time"
@@ -83,22 +82,18 @@ func (s *Service) mailState(inv *Invite) mailer.State {
 }
 
 // allDeliveriesFailed reports whether inv has deliveries and all failed.
-func allDeliveriesFailed(tx *store.Tx, id uint64) bool {
-	b := tx.Bolt.Bucket(bktDeliveryInvite)
-	if b == nil {
+func (s *Service) allDeliveriesFailed(tx *store.Tx, id uint64) bool {
+	ids, err := s.st.deliveriesOf(tx, id)
+	if err != nil || len(ids) == 0 || s.dq == nil {
 		return false
 	}
-	prefix := store.U64(id)
-	c := b.Cursor()
-	any := false
-	for k, _ := c.Seek(prefix); k != nil && len(k) == 16 && string(k[:8]) == string(prefix); k, _ = c.Next() {
-		r, err := queue.ReadBolt(tx.Bolt, deliveryQueue, u64(k[8:]))
+	for _, did := range ids {
+		r, err := s.dq.Read(tx, did, false)
 		if err != nil || r.State != queue.Failed {
 			return false
 		}
-		any = true
 	}
-	return any
+	return true
 }
 
 // DisplayState is inv's state as the console shows it. It reads the
@@ -109,7 +104,7 @@ func (s *Service) DisplayState(inv *Invite, now time.Time) string {
 	failed := false
 	if inv.State == StateResolved {
 		_ = s.db.View(func(tx *store.Tx) error {
-			failed = allDeliveriesFailed(tx, inv.ID)
+			failed = s.allDeliveriesFailed(tx, inv.ID)
 			return nil
 		})
 	}
@@ -197,12 +192,12 @@ func (s *Service) DisplayCounts(now time.Time, failedDeliveries func(yield func(
 		}
 		out[StatePending], out[StateEmailed], out[StateFailed] = 0, 0, 0
 		var err error
-		if pending, err = pendingEntries(tx); err != nil {
+		if pending, err = s.st.pending(tx, 0, 0); err != nil {
 			return err
 		}
 		for _, id := range failedIDs {
-			inv, err := getTx(tx, id)
-			if err == nil && inv.State == StateResolved && allDeliveriesFailed(tx, id) {
+			inv, err := s.getTx(tx, id)
+			if err == nil && inv.State == StateResolved && s.allDeliveriesFailed(tx, id) {
 				out[StateResolved]--
 				out[StateFailed]++
 			}
@@ -270,7 +265,7 @@ func (s *Service) ListDisplayed(f Filter, state string, now time.Time, failedDel
 		// and the emails (read outside the transaction).
 		var pending []pendingEntry
 		if err := s.db.View(func(tx *store.Tx) (err error) {
-			pending, err = pendingEntries(tx)
+			pending, err = s.st.pending(tx, 0, 0)
 			return err
 		}); err != nil {
 			return nil, err
@@ -288,34 +283,38 @@ func (s *Service) ListDisplayed(f Filter, state string, now time.Time, failedDel
 	}
 	var cands []candidate
 	err := s.db.View(func(tx *store.Tx) error {
+		cands = nil
 		// candidates yields ids, highest first (a few may repeat).
 		var candidates func(yield func(uint64) bool)
-		states := tx.Bolt.Bucket(bktState)
+		var cerr error
 		switch state {
 		case StateExpired:
 			// Pending past expiry, not swept yet (the start of the expiry
 			// index, at most a sweep period's worth), merged into the
 			// expired invites.
-			var due []uint64
-			end := store.U64(uint64(now.UnixNano()) + 1)
-			c := tx.Bolt.Bucket(bktExpiry).Cursor()
-			for k, _ := c.First(); k != nil && string(k) < string(end); k, _ = c.Next() {
-				if len(k) == 16 {
-					due = append(due, u64(k[8:]))
-				}
+			due, err := s.st.expiryDue(tx, now, 0)
+			if err != nil {
+				return err
 			}
 			slices.Sort(due)
 			candidates = func(yield func(uint64) bool) {
-				for id := range store.Descending(states, join0(StateExpired, "")) {
+				stopped := false
+				cerr = s.descendAll(tx, source{byState, StateExpired}, 0, func(id uint64) (bool, error) {
 					for len(due) > 0 && due[len(due)-1] > id {
 						if !yield(due[len(due)-1]) {
-							return
+							stopped = true
+							return false, nil
 						}
 						due = due[:len(due)-1]
 					}
 					if !yield(id) {
-						return
+						stopped = true
+						return false, nil
 					}
+					return true, nil
+				})
+				if stopped || cerr != nil {
+					return
 				}
 				for i := len(due) - 1; i >= 0; i-- {
 					if !yield(due[i]) {
@@ -337,18 +336,18 @@ func (s *Service) ListDisplayed(f Filter, state string, now time.Time, failedDel
 		}
 		f.State = ""
 		for id := range candidates {
-			inv, err := getTx(tx, id)
+			inv, err := s.getTx(tx, id)
 			if err != nil || !f.match(inv) {
 				continue
 			}
-			cands = append(cands, candidate{inv, inv.State == StateResolved && allDeliveriesFailed(tx, id)})
+			cands = append(cands, candidate{inv, inv.State == StateResolved && s.allDeliveriesFailed(tx, id)})
 			// Enough once the stored state alone settles the page (expired
 			// invites); the others depend on their email, read below.
 			if state == StateExpired && len(cands) >= f.Offset+f.Limit {
 				break
 			}
 		}
-		return nil
+		return cerr
 	})
 	if err != nil {
 		return nil, err
@@ -382,35 +381,36 @@ func (s *Service) listPending(f Filter, state string, now time.Time) ([]*Invite,
 		var chunk []*Invite
 		more := false
 		err := s.db.View(func(tx *store.Tx) error {
-			var ferr error
-			b := tx.Bolt.Bucket(bktState)
-			descending(b, join0(StatePending, ""), before, func(id uint64) bool {
-				if len(chunk) >= 256 {
-					more = true
-					return false
-				}
-				before = id
+			chunk, more = nil, false
+			entries, err := s.st.pending(tx, before, listPage)
+			if err != nil {
+				return err
+			}
+			more = len(entries) == listPage
+			var ids []uint64
+			for _, e := range entries {
 				// The entry's mail id and expiry settle many invites
 				// without decoding them: an expired one is neither, and
 				// one whose mail is known sent is not pending.
-				if v := b.Get(stateKey(StatePending, id)); len(v) == 16 {
-					exp := binary.BigEndian.Uint64(v[8:])
-					expired := exp != 0 && !now.Before(time.Unix(0, int64(exp)))
-					if expired || state == StatePending && s.sent.has(binary.BigEndian.Uint64(v)) {
-						return true
-					}
+				expired := !e.expiresAt.IsZero() && !now.Before(e.expiresAt)
+				if expired || state == StatePending && s.sent.has(e.mailID) {
+					continue
 				}
-				inv, err := getTx(tx, id)
-				if err != nil {
-					ferr = err
-					return false
-				}
+				ids = append(ids, e.id)
+			}
+			invs, err := s.st.getMany(tx, ids)
+			if err != nil {
+				return err
+			}
+			for _, inv := range invs {
 				if f.match(inv) {
 					chunk = append(chunk, inv)
 				}
-				return true
-			})
-			return ferr
+			}
+			if len(entries) > 0 {
+				before = entries[len(entries)-1].id
+			}
+			return nil
 		})
 		if err != nil {
 			return nil, err

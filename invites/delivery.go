@@ -1,7 +1,6 @@
 package invites
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -17,6 +16,7 @@ import (
 	"github.com/herald-im/herald/identity"
 	"github.com/herald-im/herald/keys"
 	"github.com/herald-im/herald/matrix"
+	"github.com/herald-im/herald/pgstore/pgqueue"
 	"github.com/herald-im/herald/queue"
 	"github.com/herald-im/herald/store"
 )
@@ -29,8 +29,9 @@ import (
 // good, or delivery.give_up_after has passed.
 //
 // The records, their due and state indexes and counters are the queue
-// named "onbind" (see queue.Bolt); the deliveries keep two indexes of their
-// own, written in the same transactions:
+// named "onbind" (queue.Bolt on bbolt, pgqueue on PostgreSQL); the
+// deliveries keep two indexes of their own, written in the same
+// transactions (bbolt buckets, or the PostgreSQL tables of the same names):
 //
 //	onbind_invite:   invite id + delivery id -> nil
 //	onbind_address:  medium 0 address 0 delivery id -> nil
@@ -128,7 +129,7 @@ type DeliveryOptions struct {
 type Deliveries struct {
 	s    *Service
 	db   *store.DB
-	be   *queue.Bolt
+	be   queue.Backend
 	q    *queue.Queue
 	opts DeliveryOptions
 	log  *slog.Logger
@@ -178,13 +179,20 @@ func OpenDeliveries(s *Service, opts DeliveryOptions) (*Deliveries, error) {
 	if opts.Log == nil {
 		opts.Log = s.opts.Log
 	}
-	if err := store.Buckets(s.db.Bolt(), bktDeliveryInvite, bktDeliveryAddress); err != nil {
+	if err := s.st.open(s.db, partDeliveries); err != nil {
 		return nil, err
 	}
-	be, err := queue.OpenBolt(s.db.Bolt(), deliveryQueue)
+	var be queue.Backend
+	var err error
+	if s.db.Backend() == store.BackendPostgres {
+		be, err = pgqueue.New(s.db.PG(), deliveryQueue)
+	} else {
+		be, err = queue.OpenBolt(s.db.Bolt(), deliveryQueue)
+	}
 	if err != nil {
 		return nil, err
 	}
+	s.dq = be
 	d := &Deliveries{s: s, db: s.db, be: be, opts: opts, log: opts.Log.With("component", "onbind")}
 	d.q, err = queue.New(be, queue.Options{
 		Name:          "onbind",
@@ -246,32 +254,19 @@ func (d *Deliveries) resolve(tx *store.Tx, b identity.Binding) error {
 	return nil
 }
 
-func addressKey(medium, address string, id uint64) []byte {
-	return append(join0(medium, address, ""), store.U64(id)...)
-}
-
 // index writes a delivery's own index entries: by invite, and by address
 // (for erasure).
 func (d *Deliveries) index(tx *store.Tx, r *queue.Record) error {
-	dl := toDelivery(r)
-	for _, inv := range dl.InviteIDs {
-		if err := tx.Bolt.Bucket(bktDeliveryInvite).Put(append(store.U64(inv), store.U64(dl.ID)...), nil); err != nil {
-			return err
-		}
-	}
-	return tx.Bolt.Bucket(bktDeliveryAddress).Put(addressKey(dl.Medium, dl.Address, dl.ID), nil)
+	return d.s.st.indexDelivery(tx, toDelivery(r))
 }
 
 // unindex removes a deleted delivery's own index entries (queue.Options.OnDelete).
 func (d *Deliveries) unindex(tx queue.Tx, r *queue.Record) error {
-	t := tx.(*store.Tx)
-	dl := toDelivery(r)
-	for _, inv := range dl.InviteIDs {
-		if err := t.Bolt.Bucket(bktDeliveryInvite).Delete(append(store.U64(inv), store.U64(dl.ID)...)); err != nil {
-			return err
-		}
+	t, ok := tx.(*store.Tx)
+	if !ok {
+		return fmt.Errorf("invites: onbind OnDelete needs a *store.Tx, got %T", tx)
 	}
-	return t.Bolt.Bucket(bktDeliveryAddress).Delete(addressKey(dl.Medium, dl.Address, dl.ID))
+	return d.s.st.unindexDelivery(t, toDelivery(r))
 }
 
 // Wake tells the worker to look at the queue now. It never blocks.
@@ -308,7 +303,7 @@ func (d *Deliveries) body(dl *Delivery) ([]byte, int, error) {
 	b := onbindBody{Medium: dl.Medium, Address: dl.Address, MXID: dl.MXID, Invites: []onbindInvite{}}
 	err := d.db.View(func(tx *store.Tx) error {
 		for _, id := range dl.InviteIDs {
-			inv, err := getTx(tx, id)
+			inv, err := d.s.getTx(tx, id)
 			if errors.Is(err, ErrNotFound) {
 				continue
 			}
@@ -550,10 +545,13 @@ func (d *Deliveries) List(f DeliveryFilter) ([]Delivery, int, error) {
 func (d *Deliveries) ByInvite(inviteID uint64) ([]Delivery, error) {
 	var out []Delivery
 	err := d.db.View(func(tx *store.Tx) error {
-		prefix := store.U64(inviteID)
-		c := tx.Bolt.Bucket(bktDeliveryInvite).Cursor()
-		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
-			r, err := d.be.GetTx(tx.Bolt, u64(k[8:]))
+		out = nil
+		ids, err := d.s.st.deliveriesOf(tx, inviteID)
+		if err != nil {
+			return err
+		}
+		for _, id := range ids {
+			r, err := d.be.Read(tx, id, false)
 			if err != nil {
 				return deliveryErr(err)
 			}
@@ -584,15 +582,17 @@ func (d *Deliveries) Stats() (DeliveryStats, error) {
 
 // deliveryActive reports whether the invite was carried by a delivery the
 // homeserver accepted, or by one still under way.
-func deliveryActive(tx *store.Tx, inviteID uint64) (delivered, pending bool, err error) {
-	prefix := store.U64(inviteID)
-	b := tx.Bolt.Bucket(bktDeliveryInvite)
-	if b == nil {
+// Without the onbind queue opened (OpenDeliveries) there are none.
+func (s *Service) deliveryActive(tx *store.Tx, inviteID uint64) (delivered, pending bool, err error) {
+	if s.dq == nil {
 		return false, false, nil
 	}
-	c := b.Cursor()
-	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
-		r, err := queue.ReadBolt(tx.Bolt, deliveryQueue, u64(k[8:]))
+	ids, err := s.st.deliveriesOf(tx, inviteID)
+	if err != nil {
+		return false, false, err
+	}
+	for _, id := range ids {
+		r, err := s.dq.Read(tx, id, false)
 		if err != nil {
 			return false, false, err
 		}

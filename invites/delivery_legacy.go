@@ -13,8 +13,14 @@ import (
 // OpenDeliveries: a delivery pending at the upgrade is attempted after it.
 var legacyDeliveryBuckets = []string{"invites_deliveries", "invites_delivery_due", "invites_delivery_state", "invites_delivery_invite"}
 
+// It is bbolt-only by nature: those buckets only ever existed in bbolt data
+// dirs.
 func (d *Deliveries) convertLegacy() error {
-	n, err := d.be.Convert("invites_deliveries", legacyDeliveryBuckets, func(_ *store.Tx, v []byte) (*queue.Record, error) {
+	be, ok := d.be.(*queue.Bolt)
+	if !ok {
+		return nil
+	}
+	n, err := be.Convert("invites_deliveries", legacyDeliveryBuckets, func(_ *store.Tx, v []byte) (*queue.Record, error) {
 		var dl Delivery
 		if err := json.Unmarshal(v, &dl); err != nil {
 			return nil, err

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/labstack/echo/v4"
 
@@ -19,6 +20,7 @@ import (
 	"github.com/herald-im/herald/keys"
 	"github.com/herald-im/herald/mailer"
 	"github.com/herald-im/herald/matrix"
+	"github.com/herald-im/herald/pgstore"
 	"github.com/herald-im/herald/store"
 )
 
@@ -199,7 +201,7 @@ func (s *Service) store(fields map[string]json.RawMessage, account, api string) 
 		return err
 	})
 	if err != nil {
-		return nil, err
+		return nil, busy(err)
 	}
 	if dup != nil {
 		// The inviter invited again: same token (the room gets no second
@@ -257,57 +259,12 @@ func (s *Service) store(fields map[string]json.RawMessage, account, api string) 
 	var result *Invite
 	queued := false
 	err = s.db.Commit(func(tx *store.Tx) error {
-		result, queued = nil, false
-		if err := s.checkBound(tx, inv.Address); err != nil {
-			return err
-		}
-		d, err := s.pendingDuplicate(tx, inv.Sender, inv.RoomID, inv.Medium, inv.Address)
-		if err != nil {
-			return err
-		}
-		if d != nil {
-			result = d
-			return nil
-		}
-		rec := *inv
-		if err := s.optOutCheck(tx, &rec); err != nil {
-			return err
-		}
-		id, err := reserveID(tx)
-		if err != nil {
-			return err
-		}
-		rec.ID = id
-		if mail != nil {
-			m := *mail // a copy: this function may run twice
-			m.Ref = "invite:" + strconv.FormatUint(id, 10)
-			if rec.MailID, err = s.opts.Mailer.EnqueuePrepared(tx, &m); err != nil {
-				return err
-			}
-			rec.MailedAt = now
-			queued = true
-		}
-		if err := s.insert(tx, &rec); err != nil {
-			return err
-		}
-		if err := s.opts.Ephemeral.Put(tx, rec.EphemeralPublic, "invite:"+strconv.FormatUint(id, 10), rec.ExpiresAt); err != nil {
-			return err
-		}
-		if vouch != nil {
-			if err := s.recordVouch(tx, id, vouch); err != nil {
-				return err
-			}
-		}
-		if s.opts.StoreTxHook != nil {
-			if err := s.opts.StoreTxHook(); err != nil {
-				return err
-			}
-		}
-		result = &rec
-		return nil
+		var err error
+		result, queued, err = s.storeTx(tx, inv, mail, vouch, now)
+		return err
 	})
 	if err != nil {
-		return nil, err
+		return nil, busy(err)
 	}
 	if queued {
 		s.opts.Mailer.Wake()
@@ -326,6 +283,82 @@ func (s *Service) store(fields map[string]json.RawMessage, account, api string) 
 	a := s.answer(result, api)
 	a.stored = stored
 	return &a, nil
+}
+
+// storeTx is store-invite's write transaction: unless the address was bound
+// or the same invite stored meanwhile (then that one is the result), it
+// checks the opt-outs and writes the invite with its indexes, its mail in
+// the outbox and its ephemeral key, and the upstream vouch. It may run more
+// than once (see store.DB): everything random or rendered comes in inv and
+// mail, made before. queued says a mail was put in the outbox.
+func (s *Service) storeTx(tx *store.Tx, inv *Invite, mail *mailer.Prepared, vouch *Vouch, now time.Time) (*Invite, bool, error) {
+	if err := s.checkBound(tx, inv.Address); err != nil {
+		return nil, false, err
+	}
+	d, err := s.claimDuplicate(tx, inv.Sender, inv.RoomID, inv.Medium, inv.Address)
+	if err != nil {
+		return nil, false, err
+	}
+	if d != nil {
+		return d, false, nil
+	}
+	rec := *inv
+	if err := s.optOutCheck(tx, &rec); err != nil {
+		return nil, false, err
+	}
+	id, err := s.reserveID(tx)
+	if err != nil {
+		return nil, false, err
+	}
+	rec.ID = id
+	queued := false
+	if mail != nil {
+		m := *mail // a copy: this function may run twice
+		m.Ref = "invite:" + strconv.FormatUint(id, 10)
+		if rec.MailID, err = s.opts.Mailer.EnqueuePrepared(tx, &m); err != nil {
+			return nil, false, err
+		}
+		rec.MailedAt = now
+		queued = true
+	}
+	if err := s.insert(tx, &rec); err != nil {
+		return nil, false, err
+	}
+	if s.opts.Ephemeral != nil { // always set but in storage tests (New requires it)
+		if err := s.opts.Ephemeral.Put(tx, rec.EphemeralPublic, "invite:"+strconv.FormatUint(id, 10), rec.ExpiresAt); err != nil {
+			return nil, false, err
+		}
+	}
+	if vouch != nil {
+		if err := s.recordVouch(tx, id, vouch); err != nil {
+			return nil, false, err
+		}
+	}
+	if s.opts.StoreTxHook != nil {
+		if err := s.opts.StoreTxHook(); err != nil {
+			return nil, false, err
+		}
+	}
+	return &rec, queued, nil
+}
+
+// busyRetryAfter is the wait store-invite suggests when the database was too
+// busy with conflicting transactions.
+const busyRetryAfter = 500 * time.Millisecond
+
+// busy turns pgstore.ErrContention (a PostgreSQL transaction that kept
+// failing on serialization conflicts until store.DB's retries ran out) into
+// 429 M_LIMIT_EXCEEDED with retry_after_ms: the answer the Matrix spec gives
+// for "too many requests, try again after this long", which store-invite
+// already answers for its rate limits, so a homeserver that retries a rate
+// limited store-invite retries this one too. A 503 would carry no standard
+// errcode or wait, and a 500 would say the invite failed for good. Other
+// errors pass unchanged.
+func busy(err error) error {
+	if errors.Is(err, pgstore.ErrContention) {
+		return matrix.LimitExceeded(busyRetryAfter.Milliseconds()).Because(err)
+	}
+	return err
 }
 
 // observeStore tells Options.OnStore how a store-invite ended: "stored",
@@ -351,6 +384,9 @@ func refusalReason(err error) string {
 	if !ok || me.Status >= 500 {
 		return "error"
 	}
+	if errors.Is(err, pgstore.ErrContention) {
+		return "busy"
+	}
 	switch me.Code {
 	case "M_LIMIT_EXCEEDED":
 		return "rate_limited"
@@ -367,6 +403,9 @@ func refusalReason(err error) string {
 }
 
 func (s *Service) checkBound(tx *store.Tx, address string) error {
+	if s.opts.Identity == nil { // always set but in storage tests (New requires it)
+		return nil
+	}
 	b, err := s.opts.Identity.BindingTx(tx, "email", address)
 	if err != nil {
 		return err

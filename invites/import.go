@@ -64,8 +64,8 @@ func (s *Service) ImportPending(tx *store.Tx, inv *Invite) (bool, error) {
 	if inv.Token == "" {
 		return false, matrix.MissingParams("imported invite has no token")
 	}
-	if tx.Bolt.Bucket(bktToken).Get([]byte(inv.Token)) != nil {
-		return false, nil
+	if id, err := s.st.byToken(tx, inv.Token); err != nil || id != 0 {
+		return false, err
 	}
 	inv.Address = normalize(inv.Medium, inv.Address)
 	inv.ID = 0
@@ -76,8 +76,9 @@ func (s *Service) ImportPending(tx *store.Tx, inv *Invite) (bool, error) {
 	return true, s.insert(tx, inv)
 }
 
-// HasData reports whether any invite is stored.
+// HasData reports whether any invite is stored (a storage error reads as
+// true: an importer then refuses rather than mixing data).
 func (s *Service) HasData(tx *store.Tx) bool {
-	k, _ := tx.Bolt.Bucket(bktInvites).Cursor().First()
-	return k != nil
+	has, err := s.st.hasData(tx)
+	return has || err != nil
 }

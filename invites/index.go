@@ -1,13 +1,7 @@
 package invites
 
 import (
-	"bytes"
-	"encoding/binary"
-	"encoding/json"
-	"fmt"
 	"time"
-
-	bolt "go.etcd.io/bbolt"
 
 	"github.com/herald-im/herald/store"
 )
@@ -16,23 +10,14 @@ import (
 // proportional to the work asked rather than to what is stored. They are all
 // written by index (store.go), the one function every write of an invite
 // goes through (insert, Update, Delete), inside the transaction that writes
-// the invite, so they never disagree with the records.
+// the invite, so they never disagree with the records. On bbolt
+// (index_bolt.go) they are these buckets; on PostgreSQL (storage_pg.go) the
+// indexes of the invites table's columns and the counter tables.
 //
 //	invites_expiry: expires_at (8-byte ns) id -> nil   pending invites with an expiry
 //	invites_erase:  state_changed (8-byte ns) id -> nil finished invites still holding a secret
 //	invites_by:     kind 0 value 0 id -> nil           kind s: sender, r: room id, a: room alias, h: homeserver
 //	invites_count:  state 0 STATE -> count; day 0 c|r (8-byte day) -> count created|resolved that day (UTC)
-var (
-	bktExpiry = []byte("invites_expiry")
-	bktErase  = []byte("invites_erase")
-	bktBy     = []byte("invites_by")
-	bktCount  = []byte("invites_count")
-)
-
-// countsVersion marks, in invites_count, that the indexes above were built
-// for every stored invite (a data dir from schema version 1 has none; New
-// builds them once).
-var countsVersion = []byte("indexed.2")
 
 // Kinds of the invites_by index, as Filter fields.
 const (
@@ -42,22 +27,7 @@ const (
 	byHomeserver = "h"
 )
 
-func byPrefix(kind, value string) []byte { return append(join0(kind, value), 0) }
-
-func timeIDKey(t time.Time, id uint64) []byte {
-	k := make([]byte, 16)
-	binary.BigEndian.PutUint64(k, uint64(t.UnixNano()))
-	binary.BigEndian.PutUint64(k[8:], id)
-	return k
-}
-
 func dayOf(t time.Time) uint64 { return uint64(t.Unix() / 86400) }
-
-func stateCountKey(state string) []byte { return join0("state", state) }
-
-func dayCountKey(kind byte, day uint64) []byte {
-	return append([]byte("day\x00"+string(kind)), store.U64(day)...)
-}
 
 // holdsSecret reports whether a finished invite still has a secret for
 // EraseSecrets to erase.
@@ -65,197 +35,24 @@ func holdsSecret(inv *Invite) bool {
 	return inv.State != StatePending && (inv.Token != "" || inv.EphemeralPrivate != "")
 }
 
-// sweepKeys are inv's keys in the expiry, erase and by indexes (bucket, key).
-func sweepKeys(inv *Invite) [][2][]byte {
-	if inv == nil {
-		return nil
-	}
-	id := store.U64(inv.ID)
-	var out [][2][]byte
-	if inv.State == StatePending && !inv.ExpiresAt.IsZero() {
-		out = append(out, [2][]byte{bktExpiry, timeIDKey(inv.ExpiresAt, inv.ID)})
-	}
-	if holdsSecret(inv) {
-		out = append(out, [2][]byte{bktErase, timeIDKey(inv.StateChanged, inv.ID)})
-	}
-	for _, kv := range [][2]string{{bySender, inv.Sender}, {byRoom, inv.RoomID}, {byAlias, inv.RoomAlias}, {byHomeserver, inv.Homeserver}} {
-		if kv[1] != "" {
-			out = append(out, [2][]byte{bktBy, append(byPrefix(kv[0], kv[1]), id...)})
-		}
-	}
-	return out
-}
-
-// countKeys are the counters inv adds one to.
-func countKeys(inv *Invite) [][]byte {
-	if inv == nil {
-		return nil
-	}
-	out := [][]byte{stateCountKey(inv.State), dayCountKey('c', dayOf(inv.Created))}
-	if inv.State == StateResolved {
-		out = append(out, dayCountKey('r', dayOf(inv.StateChanged)))
-	}
-	return out
-}
-
-func addCount(b *bolt.Bucket, key []byte, delta int64) error {
-	var n int64
-	if v := b.Get(key); len(v) == 8 {
-		n = int64(binary.BigEndian.Uint64(v))
-	}
-	n += delta
-	if n < 0 {
-		n = 0
-	}
-	if n == 0 {
-		return b.Delete(key)
-	}
-	return b.Put(key, store.U64(uint64(n)))
-}
-
-func contains(list [][]byte, k []byte) bool {
-	for _, x := range list {
-		if bytes.Equal(x, k) {
-			return true
-		}
-	}
-	return false
-}
-
-// indexSweepsAndCounts moves the sweep indexes and counters from old (nil for
-// a new invite) to inv (nil for a deleted one).
-func indexSweepsAndCounts(tx *store.Tx, old, inv *Invite) error {
-	oldKeys, newKeys := sweepKeys(old), sweepKeys(inv)
-	for _, ok := range oldKeys {
-		keep := false
-		for _, nk := range newKeys {
-			if bytes.Equal(ok[0], nk[0]) && bytes.Equal(ok[1], nk[1]) {
-				keep = true
-				break
-			}
-		}
-		if !keep {
-			if err := tx.Bolt.Bucket(ok[0]).Delete(ok[1]); err != nil {
-				return err
-			}
-		}
-	}
-	for _, nk := range newKeys {
-		b := tx.Bolt.Bucket(nk[0])
-		b.FillPercent = appendFill // keys are time+id or prefix+id
-		if err := b.Put(nk[1], nil); err != nil {
-			return err
-		}
-	}
-	cb := tx.Bolt.Bucket(bktCount)
-	oldC, newC := countKeys(old), countKeys(inv)
-	for _, k := range oldC {
-		if !contains(newC, k) {
-			if err := addCount(cb, k, -1); err != nil {
-				return err
-			}
-		}
-	}
-	for _, k := range newC {
-		if !contains(oldC, k) {
-			if err := addCount(cb, k, 1); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
-}
-
-// rebuildIndexes builds the sweep indexes and counters for every stored
-// invite (and the pending invites' state index values), once, for a data dir written before they existed (schema version
-// 1). It works in transactions of at most rebuildBatch invites, so a large
-// data dir does not hold one long write transaction; an interrupted rebuild
-// starts again from the beginning (it only adds keys and sets counters at
-// the end). It returns how many invites it indexed.
-func rebuildIndexes(db *store.DB) (int, error) {
-	done := false
-	if err := db.View(func(tx *store.Tx) error {
-		done = tx.Bolt.Bucket(bktCount).Get(countsVersion) != nil
-		return nil
-	}); err != nil || done {
-		return 0, err
-	}
-	const rebuildBatch = 5000
-	counts := map[string]int64{}
-	var after []byte
-	n := 0
-	for {
-		last := after
-		err := db.Update(func(tx *store.Tx) error {
-			c := tx.Bolt.Bucket(bktInvites).Cursor()
-			var k, v []byte
-			if after == nil {
-				k, v = c.First()
-			} else if k, v = c.Seek(after); k != nil && bytes.Equal(k, after) {
-				k, v = c.Next()
-			}
-			for i := 0; k != nil && i < rebuildBatch; k, v = c.Next() {
-				inv := new(Invite)
-				if err := json.Unmarshal(v, inv); err != nil {
-					return fmt.Errorf("invite %x: %w", k, err)
-				}
-				for _, sk := range sweepKeys(inv) {
-					b := tx.Bolt.Bucket(sk[0])
-					b.FillPercent = appendFill
-					if err := b.Put(sk[1], nil); err != nil {
-						return err
-					}
-				}
-				for _, ck := range countKeys(inv) {
-					counts[string(ck)]++
-				}
-				if inv.State == StatePending {
-					if err := tx.Bolt.Bucket(bktState).Put(stateKey(inv.State, inv.ID), pendingValue(inv)); err != nil {
-						return err
-					}
-				}
-				last = store.Copy(k)
-				i++
-				n++
-			}
-			return nil
-		})
-		if err != nil {
-			return n, err
-		}
-		if bytes.Equal(last, after) {
-			break
-		}
-		after = last
-	}
-	return n, db.Update(func(tx *store.Tx) error {
-		cb := tx.Bolt.Bucket(bktCount)
-		// Counters from an earlier interrupted rebuild are replaced.
-		c := cb.Cursor()
-		for k, _ := c.First(); k != nil; k, _ = c.Next() {
-			if err := c.Delete(); err != nil {
-				return err
-			}
-		}
-		for k, v := range counts {
-			if err := cb.Put([]byte(k), store.U64(uint64(v))); err != nil {
-				return err
-			}
-		}
-		return cb.Put(countsVersion, []byte{1})
-	})
+// pendingEntry is what the console's states need of a pending invite.
+type pendingEntry struct {
+	id, mailID uint64
+	expiresAt  time.Time
 }
 
 // CountsTx returns how many invites are in each state (every state present),
-// from the counters, inside the caller's transaction.
+// from the counters, inside the caller's transaction. A storage error reads
+// as zeros (the transaction's own error follows on PostgreSQL).
 func (s *Service) CountsTx(tx *store.Tx) map[string]int {
-	out := make(map[string]int, len(States))
-	b := tx.Bolt.Bucket(bktCount)
+	keys := make([]counterKey, 0, len(States))
 	for _, st := range States {
-		out[st] = 0
-		if v := b.Get(stateCountKey(st)); len(v) == 8 {
-			out[st] = int(binary.BigEndian.Uint64(v))
-		}
+		keys = append(keys, stateCounter(st))
+	}
+	c, _ := s.st.counters(tx, keys)
+	out := make(map[string]int, len(States))
+	for _, st := range States {
+		out[st] = c[stateCounter(st)]
 	}
 	return out
 }
@@ -274,74 +71,20 @@ func (s *Service) PerDay(now time.Time, days int) ([]DayCount, error) {
 	today := now.UTC().Truncate(24 * time.Hour)
 	out := make([]DayCount, days)
 	err := s.db.View(func(tx *store.Tx) error {
-		b := tx.Bolt.Bucket(bktCount)
-		get := func(k []byte) int {
-			if v := b.Get(k); len(v) == 8 {
-				return int(binary.BigEndian.Uint64(v))
-			}
-			return 0
+		keys := make([]counterKey, 0, 2*days)
+		for i := range out {
+			d := dayOf(today.AddDate(0, 0, i-days+1))
+			keys = append(keys, counterKey{kind: 'c', day: d}, counterKey{kind: 'r', day: d})
+		}
+		c, err := s.st.counters(tx, keys)
+		if err != nil {
+			return err
 		}
 		for i := range out {
 			d := today.AddDate(0, 0, i-days+1)
-			out[i] = DayCount{Day: d, Created: get(dayCountKey('c', dayOf(d))), Resolved: get(dayCountKey('r', dayOf(d)))}
+			out[i] = DayCount{Day: d, Created: c[counterKey{kind: 'c', day: dayOf(d)}], Resolved: c[counterKey{kind: 'r', day: dayOf(d)}]}
 		}
 		return nil
 	})
 	return out, err
-}
-
-// pendingValue is the value of a pending invite's state index entry: its
-// mail id and expiry (8 bytes each), so the console's counts read the
-// index, not the records. Other states have none. Entries written before
-// schema 2 have none either: their readers decode the record.
-func pendingValue(inv *Invite) []byte {
-	if inv.State != StatePending {
-		return nil
-	}
-	v := make([]byte, 16)
-	binary.BigEndian.PutUint64(v, inv.MailID)
-	if !inv.ExpiresAt.IsZero() {
-		binary.BigEndian.PutUint64(v[8:], uint64(inv.ExpiresAt.UnixNano()))
-	}
-	return v
-}
-
-// pendingEntry is what the console's states need of a pending invite.
-type pendingEntry struct {
-	id, mailID uint64
-	expiresAt  time.Time
-}
-
-// pendingEntries reads the pending invites' entries from the state index,
-// newest first (decoding the record only for an entry without a value).
-func pendingEntries(tx *store.Tx) ([]pendingEntry, error) {
-	prefix := join0(StatePending, "")
-	var out []pendingEntry
-	c := tx.Bolt.Bucket(bktState).Cursor()
-	k, v := c.Seek(append(append([]byte{}, prefix...), 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff))
-	if k == nil {
-		k, v = c.Last()
-	} else {
-		k, v = c.Prev()
-	}
-	for ; k != nil && bytes.HasPrefix(k, prefix); k, v = c.Prev() {
-		if len(k) != len(prefix)+8 {
-			continue
-		}
-		e := pendingEntry{id: u64(k[len(prefix):])}
-		if len(v) == 16 {
-			e.mailID = binary.BigEndian.Uint64(v)
-			if ns := binary.BigEndian.Uint64(v[8:]); ns != 0 {
-				e.expiresAt = time.Unix(0, int64(ns))
-			}
-		} else {
-			inv, err := getTx(tx, e.id)
-			if err != nil {
-				return nil, err
-			}
-			e.mailID, e.expiresAt = inv.MailID, inv.ExpiresAt
-		}
-		out = append(out, e)
-	}
-	return out, nil
 }

@@ -3,8 +3,9 @@
 // (delivery.go), and the invite lifecycle: expiry, opt-outs, erasure
 // (lifecycle.go).
 //
-// Storage (store.go): one record per invite plus token, address, state and
-// de-duplication indexes, all in bbolt. store-invite writes the invite, its
+// Storage (store.go, storage.go): one record per invite plus token, address,
+// state and de-duplication indexes, in bbolt (storage_bolt.go) or PostgreSQL
+// (storage_pg.go). store-invite writes the invite, its
 // ephemeral key and its outgoing email (the mailer outbox) in one
 // transaction and wakes the mail worker after the commit.
 package invites
@@ -19,6 +20,7 @@ import (
 	"github.com/herald-im/herald/identity"
 	"github.com/herald-im/herald/keys"
 	"github.com/herald-im/herald/mailer"
+	"github.com/herald-im/herald/queue"
 	"github.com/herald-im/herald/store"
 )
 
@@ -47,6 +49,7 @@ type Options struct {
 // Service is the invites feature.
 type Service struct {
 	db     *store.DB
+	st     storage // storage_bolt.go or storage_pg.go, from db's backend
 	opts   Options
 	cfg    *config.Config
 	mail   *mailTemplates
@@ -56,6 +59,9 @@ type Service struct {
 	// store-invite (upstream.go).
 	upstream *upstreamHook
 	sent     sentMails // mails known sent, for the console's states (console.go)
+	// dq reads the onbind deliveries inside the invites' transactions
+	// (set by OpenDeliveries; nil: no delivery exists for this service).
+	dq queue.Backend
 }
 
 // New creates the invites buckets, loads and checks the email templates and
@@ -74,19 +80,21 @@ func New(db *store.DB, opts Options) (*Service, error) {
 	if opts.Identity == nil || opts.Ring == nil || opts.Ephemeral == nil {
 		return nil, errors.New("invites: Options need Identity, Ring and Ephemeral")
 	}
-	// The invites' buckets and the opt-out list (lifecycle.go), which
-	// store-invite checks before writing a new invite (optOutCheck).
-	if err := store.Buckets(db.Bolt(), append(allBuckets, bktOptOut)...); err != nil {
+	st := newStorage(db)
+	if err := st.open(db, partInvites); err != nil {
 		return nil, err
 	}
-	// A data dir from schema version 1 gets its sweep indexes and
-	// counters once (index.go).
-	if n, err := rebuildIndexes(db); err != nil {
-		return nil, fmt.Errorf("invites: building indexes: %w", err)
-	} else if n > 0 {
-		opts.Log.Info("invites: indexes and counters built for the stored invites", "count", n)
+	// A bbolt data dir from schema version 1 gets its sweep indexes and
+	// counters once (index_bolt.go); PostgreSQL has them from its first
+	// migration.
+	if db.Backend() == store.BackendBolt {
+		if n, err := rebuildIndexes(db); err != nil {
+			return nil, fmt.Errorf("invites: building indexes: %w", err)
+		} else if n > 0 {
+			opts.Log.Info("invites: indexes and counters built for the stored invites", "count", n)
+		}
 	}
-	s := &Service{db: db, opts: opts, cfg: opts.Config}
+	s := &Service{db: db, st: st, opts: opts, cfg: opts.Config}
 	var err error
 	if s.mail, err = loadMailTemplates(opts.Config); err != nil {
 		return nil, err

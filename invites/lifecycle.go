@@ -1,9 +1,7 @@
 package invites
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -24,7 +22,11 @@ const OptOutAnyone = "*"
 // optOutCheck refuses, inside store-invite's write transaction, a new invite
 // to an address that opted out of invites from its sender or from anyone.
 func (s *Service) optOutCheck(tx *store.Tx, inv *Invite) error {
-	if s.OptedOut(tx, inv.Address, inv.Sender) {
+	out, err := s.st.optedOut(tx, normalize("email", inv.Address), inv.Sender)
+	if err != nil {
+		return err
+	}
+	if out {
 		return matrix.Forbidden("The recipient does not accept invitations through this identity server")
 	}
 	return nil
@@ -44,13 +46,11 @@ type OptOut struct {
 
 // OptedOut reports, inside tx, whether address (normalised) refuses invites
 // from sender.
+// A storage error reads as false (store-invite checks through optOutCheck,
+// which returns it).
 func (s *Service) OptedOut(tx *store.Tx, address, sender string) bool {
-	b := tx.Bolt.Bucket(bktOptOut)
-	if b == nil {
-		return false
-	}
-	address = normalize("email", address)
-	return b.Get(join0(address, OptOutAnyone)) != nil || b.Get(join0(address, sender)) != nil
+	out, err := s.st.optedOut(tx, normalize("email", address), sender)
+	return err == nil && out
 }
 
 // SetOptOut adds (on) or removes (!on) the opt-out of the invite's address
@@ -66,15 +66,10 @@ func (s *Service) SetOptOut(token string, anyone, on bool) (*Invite, error) {
 		if anyone {
 			sender = OptOutAnyone
 		}
-		key := join0(inv.Address, sender)
 		if !on {
-			return tx.Bolt.Bucket(bktOptOut).Delete(key)
+			return s.st.deleteOptOut(tx, inv.Address, sender)
 		}
-		raw, err := json.Marshal(OptOut{Address: inv.Address, Sender: sender, Created: s.opts.Now().UTC(), Via: inv.ID})
-		if err != nil {
-			return err
-		}
-		return tx.Bolt.Bucket(bktOptOut).Put(key, raw)
+		return s.st.putOptOut(tx, OptOut{Address: inv.Address, Sender: sender, Created: s.opts.Now().UTC(), Via: inv.ID})
 	})
 	if err == nil {
 		what := "opted out of invites from the sender"
@@ -94,14 +89,14 @@ func (s *Service) SetOptOut(token string, anyone, on bool) (*Invite, error) {
 // yet been accepted, can be revoked. by says who did it (for the log).
 func (s *Service) Revoke(id uint64, by string) error {
 	err := s.db.Update(func(tx *store.Tx) error {
-		inv, err := getTx(tx, id)
+		inv, err := s.getTx(tx, id)
 		if err != nil {
 			return err
 		}
 		switch inv.State {
 		case StatePending:
 		case StateResolved:
-			delivered, _, err := deliveryActive(tx, id)
+			delivered, _, err := s.deliveryActive(tx, id)
 			if err != nil {
 				return err
 			}
@@ -164,23 +159,31 @@ const sweepBatch = 500
 // ephemeral key becomes invalid) and returns how many. It seeks the expiry
 // index (index.go) and works in transactions of at most sweepBatch invites:
 // its cost is the number of invites due, not the number stored.
-func (s *Service) ExpireDue() (int, error) {
+func (s *Service) ExpireDue() (int, error) { return s.expireDue(context.Background()) }
+
+// ExpireSweep is one pass of ExpireDue, for the wiring to run once per
+// period across replicas (pgstore.RunPeriodic); it logs what it did.
+func (s *Service) ExpireSweep(ctx context.Context) error {
+	n, err := s.expireDue(ctx)
+	if n > 0 {
+		s.opts.Log.Info("invites expired", "count", n)
+	}
+	return err
+}
+
+func (s *Service) expireDue(ctx context.Context) (int, error) {
 	now := s.opts.Now()
-	end := store.U64(uint64(now.UnixNano()) + 1) // keys are expires_at id: every key below is due
 	total := 0
 	for {
 		n := 0
-		err := s.db.Update(func(tx *store.Tx) error {
+		err := s.db.UpdateContext(ctx, func(tx *store.Tx) error {
 			n = 0
-			var ids []uint64
-			c := tx.Bolt.Bucket(bktExpiry).Cursor()
-			for k, _ := c.First(); k != nil && len(ids) < sweepBatch && bytes.Compare(k, end) < 0; k, _ = c.Next() {
-				if len(k) == 16 {
-					ids = append(ids, u64(k[8:]))
-				}
+			ids, err := s.st.expiryDue(tx, now, sweepBatch)
+			if err != nil {
+				return err
 			}
 			for _, id := range ids {
-				inv, err := getTx(tx, id)
+				inv, err := s.getTx(tx, id)
 				if err != nil {
 					return err
 				}
@@ -209,35 +212,39 @@ func (s *Service) ExpireDue() (int, error) {
 // invite is kept whole while a delivery of it is still under way. It seeks
 // the erase index (index.go), oldest first, in transactions of at most
 // sweepBatch invites.
-func (s *Service) EraseSecrets() (int, error) {
+func (s *Service) EraseSecrets() (int, error) { return s.eraseSecrets(context.Background()) }
+
+// EraseSweep is one pass of EraseSecrets, for the wiring to run once per
+// period across replicas (pgstore.RunPeriodic); it logs what it did.
+func (s *Service) EraseSweep(ctx context.Context) error {
+	n, err := s.eraseSecrets(ctx)
+	if n > 0 {
+		s.opts.Log.Info("invite secrets erased after retention", "count", n)
+	}
+	return err
+}
+
+func (s *Service) eraseSecrets(ctx context.Context) (int, error) {
 	retention := s.cfg.Invites.Retention.D()
 	if retention <= 0 {
 		return 0, nil
 	}
 	cutoff := s.opts.Now().Add(-retention)
-	end := store.U64(uint64(cutoff.UnixNano())) // state_changed strictly before cutoff
 	total := 0
-	var from []byte // the next key to look at: kept past invites left whole
+	var from eraseCursor // the next key to look at: kept past invites left whole
 	for {
 		seen, n := 0, 0
-		var next []byte
-		err := s.db.Update(func(tx *store.Tx) error {
-			seen, n, next = 0, 0, nil
-			var ids []uint64
-			c := tx.Bolt.Bucket(bktErase).Cursor()
-			k, _ := c.First()
-			if from != nil {
-				k, _ = c.Seek(from)
+		var next eraseCursor
+		err := s.db.UpdateContext(ctx, func(tx *store.Tx) error {
+			seen, n = 0, 0
+			ids, nx, err := s.st.eraseDue(tx, from, cutoff, sweepBatch)
+			if err != nil {
+				return err
 			}
-			for ; k != nil && len(ids) < sweepBatch && bytes.Compare(k, end) < 0; k, _ = c.Next() {
-				if len(k) == 16 {
-					ids = append(ids, u64(k[8:]))
-				}
-				next = append(store.Copy(k), 0)
-			}
+			next = nx
 			seen = len(ids)
 			for _, id := range ids {
-				inv, err := getTx(tx, id)
+				inv, err := s.getTx(tx, id)
 				if err != nil {
 					return err
 				}
@@ -245,7 +252,7 @@ func (s *Service) EraseSecrets() (int, error) {
 					continue
 				}
 				if inv.State == StateResolved {
-					_, pending, err := deliveryActive(tx, inv.ID)
+					_, pending, err := s.deliveryActive(tx, inv.ID)
 					if err != nil {
 						return err
 					}
@@ -253,7 +260,7 @@ func (s *Service) EraseSecrets() (int, error) {
 						continue
 					}
 				}
-				if inv.EphemeralPublic != "" {
+				if inv.EphemeralPublic != "" && s.opts.Ephemeral != nil {
 					if err := s.opts.Ephemeral.Invalidate(tx, inv.EphemeralPublic); err != nil {
 						return err
 					}
@@ -274,8 +281,11 @@ func (s *Service) EraseSecrets() (int, error) {
 	}
 }
 
-// RunLifecycle expires invites and erases old secrets every interval (and
-// once at start) until ctx is done.
+// RunLifecycle expires invites, erases old secrets and folds the counters
+// every interval (and once at start) until ctx is done: the one process on
+// bbolt runs it. On PostgreSQL the wiring runs ExpireSweep, EraseSweep and
+// FoldCounts under pgstore.RunPeriodic instead (once per period across
+// replicas).
 func (s *Service) RunLifecycle(ctx context.Context, every time.Duration) {
 	if every <= 0 {
 		every = time.Minute
@@ -283,15 +293,14 @@ func (s *Service) RunLifecycle(ctx context.Context, every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
-		if n, err := s.ExpireDue(); err != nil {
+		if err := s.ExpireSweep(ctx); err != nil {
 			s.opts.Log.Error("expiring invites", "err", err)
-		} else if n > 0 {
-			s.opts.Log.Info("invites expired", "count", n)
 		}
-		if n, err := s.EraseSecrets(); err != nil {
+		if err := s.EraseSweep(ctx); err != nil {
 			s.opts.Log.Error("erasing invite secrets", "err", err)
-		} else if n > 0 {
-			s.opts.Log.Info("invite secrets erased after retention", "count", n)
+		}
+		if err := s.FoldCounts(ctx); err != nil {
+			s.opts.Log.Error("folding invite counters", "err", err)
 		}
 		select {
 		case <-ctx.Done():

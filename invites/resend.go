@@ -89,7 +89,7 @@ func (s *Service) resend(inv *Invite, by string) (uint64, error) {
 	}
 	var mailID uint64
 	err = s.db.Update(func(tx *store.Tx) error {
-		cur, err := getTx(tx, inv.ID)
+		cur, err := s.getTx(tx, inv.ID)
 		if err != nil {
 			return err
 		}
@@ -101,7 +101,7 @@ func (s *Service) resend(inv *Invite, by string) (uint64, error) {
 			return err
 		}
 		cur.MailID, cur.MailedAt = mailID, now
-		return putRecord(tx, cur)
+		return s.st.put(tx, cur)
 	})
 	if err != nil {
 		return 0, err

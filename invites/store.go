@@ -1,12 +1,9 @@
 package invites
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"time"
-
-	bolt "go.etcd.io/bbolt"
 
 	"github.com/herald-im/herald/identity"
 	"github.com/herald-im/herald/store"
@@ -77,84 +74,24 @@ func (inv *Invite) Pending(now time.Time) bool {
 	return inv.State == StatePending && !inv.Expired(now)
 }
 
-// Buckets. Keys are big-endian ids so cursors walk them in creation order.
-var (
-	bktInvites = []byte("invites")       // id -> JSON Invite
-	bktToken   = []byte("invites_token") // token -> id
-	bktAddr    = []byte("invites_addr")  // medium 0 address 0 id -> nil
-	bktDedup   = []byte("invites_dedup") // sender 0 room 0 medium 0 address -> id, pending only
-	bktState   = []byte("invites_state") // state 0 id -> nil; for pending: mail id, expires_at (pendingValue)
-)
-
-var allBuckets = [][]byte{bktInvites, bktToken, bktAddr, bktDedup, bktState, bktExpiry, bktErase, bktBy, bktCount}
-
 // ErrNotFound means no invite matches.
 var ErrNotFound = errors.New("invites: no such invite")
 
-func join0(parts ...string) []byte {
-	var b bytes.Buffer
-	for i, p := range parts {
-		if i > 0 {
-			b.WriteByte(0)
-		}
-		b.WriteString(p)
-	}
-	return b.Bytes()
-}
-
-func addrPrefix(medium, address string) []byte { return append(join0(medium, address), 0) }
-
-func addrKey(medium, address string, id uint64) []byte {
-	return append(addrPrefix(medium, address), store.U64(id)...)
-}
-
-func dedupKey(sender, room, medium, address string) []byte {
-	return join0(sender, room, medium, address)
-}
-
-func stateKey(state string, id uint64) []byte { return append(join0(state, ""), store.U64(id)...) }
-
-func getTx(tx *store.Tx, id uint64) (*Invite, error) {
-	raw := tx.Bolt.Bucket(bktInvites).Get(store.U64(id))
-	if raw == nil {
-		return nil, ErrNotFound
-	}
-	inv := new(Invite)
-	if err := json.Unmarshal(raw, inv); err != nil {
-		return nil, err
-	}
-	return inv, nil
-}
-
-func putRecord(tx *store.Tx, inv *Invite) error {
-	raw, err := json.Marshal(inv)
-	if err != nil {
-		return err
-	}
-	b := tx.Bolt.Bucket(bktInvites)
-	b.FillPercent = appendFill
-	return b.Put(store.U64(inv.ID), raw)
-}
-
-// appendFill is the fill of pages split in buckets whose keys mostly grow
-// (ids, times, prefix+id): bbolt's default of one half leaves every page
-// half empty when keys are appended, which doubled the file. A tenth is left
-// for records that grow a little in place.
-const appendFill = 0.9
+func (s *Service) getTx(tx *store.Tx, id uint64) (*Invite, error) { return s.st.get(tx, id) }
 
 // Get returns the invite with that id.
 func (s *Service) Get(id uint64) (*Invite, error) {
 	var inv *Invite
 	err := s.db.View(func(tx *store.Tx) error {
 		var err error
-		inv, err = getTx(tx, id)
+		inv, err = s.getTx(tx, id)
 		return err
 	})
 	return inv, err
 }
 
 // GetTx is Get inside the caller's transaction.
-func (s *Service) GetTx(tx *store.Tx, id uint64) (*Invite, error) { return getTx(tx, id) }
+func (s *Service) GetTx(tx *store.Tx, id uint64) (*Invite, error) { return s.getTx(tx, id) }
 
 // ByToken returns the invite with that token.
 func (s *Service) ByToken(token string) (*Invite, error) {
@@ -172,31 +109,25 @@ func (s *Service) ByTokenTx(tx *store.Tx, token string) (*Invite, error) {
 	if token == "" {
 		return nil, ErrNotFound
 	}
-	id := tx.Bolt.Bucket(bktToken).Get([]byte(token))
-	if len(id) != 8 {
+	id, err := s.st.byToken(tx, token)
+	if err != nil {
+		return nil, err
+	}
+	if id == 0 {
 		return nil, ErrNotFound
 	}
-	return getTx(tx, u64(id))
+	return s.getTx(tx, id)
 }
 
 // ForAddress returns every invite (any state) for the address, oldest first.
 // address is normalised for email.
 func (s *Service) ForAddress(tx *store.Tx, medium, address string) ([]*Invite, error) {
 	address = normalize(medium, address)
-	prefix := addrPrefix(medium, address)
-	var out []*Invite
-	c := tx.Bolt.Bucket(bktAddr).Cursor()
-	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
-		if len(k) != len(prefix)+8 {
-			continue
-		}
-		inv, err := getTx(tx, u64(k[len(prefix):]))
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, inv)
+	ids, err := s.st.forAddress(tx, medium, address)
+	if err != nil || len(ids) == 0 {
+		return nil, err
 	}
-	return out, nil
+	return s.st.getMany(tx, ids)
 }
 
 // PendingFor returns the address's invites that are pending and not past
@@ -230,7 +161,7 @@ func normalize(medium, address string) string {
 // A non-zero inv.ID must come from reserveID in the same transaction.
 func (s *Service) insert(tx *store.Tx, inv *Invite) error {
 	if inv.ID == 0 {
-		id, err := reserveID(tx)
+		id, err := s.reserveID(tx)
 		if err != nil {
 			return err
 		}
@@ -242,10 +173,10 @@ func (s *Service) insert(tx *store.Tx, inv *Invite) error {
 	if inv.StateChanged.IsZero() {
 		inv.StateChanged = inv.Created
 	}
-	if err := putRecord(tx, inv); err != nil {
+	if err := s.st.put(tx, inv); err != nil {
 		return err
 	}
-	return s.index(tx, nil, inv)
+	return s.st.index(tx, nil, inv)
 }
 
 // InsertTx stores a new invite inside the caller's write transaction with
@@ -256,60 +187,7 @@ func (s *Service) insert(tx *store.Tx, inv *Invite) error {
 func (s *Service) InsertTx(tx *store.Tx, inv *Invite) error { return s.insert(tx, inv) }
 
 // reserveID takes the next invite id.
-func reserveID(tx *store.Tx) (uint64, error) { return tx.Bolt.Bucket(bktInvites).NextSequence() }
-
-// index moves the indexes and counters from old (nil for a new invite) to
-// inv. Every write of an invite goes through it (insert, Update, Delete).
-func (s *Service) index(tx *store.Tx, old, inv *Invite) error {
-	if err := indexSweepsAndCounts(tx, old, inv); err != nil {
-		return err
-	}
-	tb, ab, db, sb := tx.Bolt.Bucket(bktToken), tx.Bolt.Bucket(bktAddr), tx.Bolt.Bucket(bktDedup), tx.Bolt.Bucket(bktState)
-	id := store.U64(inv.ID)
-	if old != nil {
-		if old.Token != "" && old.Token != inv.Token {
-			if err := tb.Delete([]byte(old.Token)); err != nil {
-				return err
-			}
-		}
-		if old.Medium != inv.Medium || old.Address != inv.Address {
-			if err := ab.Delete(addrKey(old.Medium, old.Address, old.ID)); err != nil {
-				return err
-			}
-		}
-		if old.State != inv.State {
-			if err := sb.Delete(stateKey(old.State, old.ID)); err != nil {
-				return err
-			}
-		}
-		dk := dedupKey(old.Sender, old.RoomID, old.Medium, old.Address)
-		if v := db.Get(dk); v != nil && u64(v) == old.ID {
-			if err := db.Delete(dk); err != nil {
-				return err
-			}
-		}
-	}
-	if inv.Token != "" {
-		if err := tb.Put([]byte(inv.Token), id); err != nil {
-			return err
-		}
-	}
-	if inv.Address != "" {
-		if err := ab.Put(addrKey(inv.Medium, inv.Address, inv.ID), nil); err != nil {
-			return err
-		}
-	}
-	sb.FillPercent = appendFill
-	if err := sb.Put(stateKey(inv.State, inv.ID), pendingValue(inv)); err != nil {
-		return err
-	}
-	if inv.State == StatePending && inv.Token != "" {
-		if err := db.Put(dedupKey(inv.Sender, inv.RoomID, inv.Medium, inv.Address), id); err != nil {
-			return err
-		}
-	}
-	return nil
-}
+func (s *Service) reserveID(tx *store.Tx) (uint64, error) { return s.st.nextID(tx) }
 
 // Update writes inv (which must exist) inside the caller's write transaction
 // and keeps every index right: token, address, state, and the de-duplication
@@ -317,7 +195,7 @@ func (s *Service) index(tx *store.Tx, old, inv *Invite) error {
 // (unless the caller set it) and, for expired, revoked and declined invites,
 // marks the ephemeral key invalid so ephemeral/isvalid answers false.
 func (s *Service) Update(tx *store.Tx, inv *Invite) error {
-	old, err := getTx(tx, inv.ID)
+	old, err := s.getTx(tx, inv.ID)
 	if err != nil {
 		return err
 	}
@@ -334,37 +212,20 @@ func (s *Service) Update(tx *store.Tx, inv *Invite) error {
 			}
 		}
 	}
-	if err := putRecord(tx, inv); err != nil {
+	if err := s.st.put(tx, inv); err != nil {
 		return err
 	}
-	return s.index(tx, old, inv)
+	return s.st.index(tx, old, inv)
 }
 
 // Delete erases an invite, its indexes and its ephemeral key (data-protection
 // erasure) inside the caller's write transaction.
 func (s *Service) Delete(tx *store.Tx, id uint64) error {
-	old, err := getTx(tx, id)
+	old, err := s.getTx(tx, id)
 	if err != nil {
 		return err
 	}
-	if old.Token != "" {
-		if err := tx.Bolt.Bucket(bktToken).Delete([]byte(old.Token)); err != nil {
-			return err
-		}
-	}
-	if err := tx.Bolt.Bucket(bktAddr).Delete(addrKey(old.Medium, old.Address, id)); err != nil {
-		return err
-	}
-	if err := tx.Bolt.Bucket(bktState).Delete(stateKey(old.State, id)); err != nil {
-		return err
-	}
-	dk := dedupKey(old.Sender, old.RoomID, old.Medium, old.Address)
-	if v := tx.Bolt.Bucket(bktDedup).Get(dk); v != nil && u64(v) == id {
-		if err := tx.Bolt.Bucket(bktDedup).Delete(dk); err != nil {
-			return err
-		}
-	}
-	if err := indexSweepsAndCounts(tx, old, nil); err != nil {
+	if err := s.st.index(tx, old, nil); err != nil {
 		return err
 	}
 	if old.EphemeralPublic != "" && s.opts.Ephemeral != nil {
@@ -372,19 +233,36 @@ func (s *Service) Delete(tx *store.Tx, id uint64) error {
 			return err
 		}
 	}
-	if err := deleteVouch(tx, id); err != nil { // upstream.go
+	if err := s.st.deleteVouch(tx, id); err != nil { // upstream.go
 		return err
 	}
-	return tx.Bolt.Bucket(bktInvites).Delete(store.U64(id))
+	return s.st.remove(tx, id)
 }
 
 // pendingDuplicate returns the pending invite from sender to address in room, if any.
 func (s *Service) pendingDuplicate(tx *store.Tx, sender, room, medium, address string) (*Invite, error) {
-	v := tx.Bolt.Bucket(bktDedup).Get(dedupKey(sender, room, medium, address))
-	if len(v) != 8 {
-		return nil, nil
+	id, err := s.st.dedup(tx, sender, room, medium, address)
+	if err != nil || id == 0 {
+		return nil, err
 	}
-	inv, err := getTx(tx, u64(v))
+	return s.duplicate(tx, id)
+}
+
+// claimDuplicate is pendingDuplicate inside store-invite's write
+// transaction, which goes on to store a new invite when there is none: the
+// storage may hold the de-duplication entry for it from here on
+// (storage.claimDedup).
+func (s *Service) claimDuplicate(tx *store.Tx, sender, room, medium, address string) (*Invite, error) {
+	id, err := s.st.claimDedup(tx, sender, room, medium, address)
+	if err != nil || id == 0 {
+		return nil, err
+	}
+	return s.duplicate(tx, id)
+}
+
+// duplicate is invite id if it is a pending duplicate (see pendingDuplicate).
+func (s *Service) duplicate(tx *store.Tx, id uint64) (*Invite, error) {
+	inv, err := s.getTx(tx, id)
 	if errors.Is(err, ErrNotFound) {
 		return nil, nil
 	}
@@ -404,16 +282,12 @@ func (s *Service) pendingDuplicate(tx *store.Tx, sender, room, medium, address s
 // caller's transaction. fn must not change the state index of invites other
 // than the one it is given (Update on that one is fine in a write tx).
 func (s *Service) EachInState(tx *store.Tx, state string, fn func(*Invite) error) error {
-	prefix := join0(state, "")
-	var ids []uint64
-	c := tx.Bolt.Bucket(bktState).Cursor()
-	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
-		if len(k) == len(prefix)+8 {
-			ids = append(ids, u64(k[len(prefix):]))
-		}
+	ids, err := s.st.inState(tx, state)
+	if err != nil {
+		return err
 	}
 	for _, id := range ids {
-		inv, err := getTx(tx, id)
+		inv, err := s.getTx(tx, id)
 		if err != nil {
 			return err
 		}
@@ -457,10 +331,10 @@ func (f Filter) match(inv *Invite) bool {
 	return true
 }
 
-// source picks the most selective index for f: the bucket and key prefix
-// whose prefix+ID keys name the candidates, and whether every candidate
-// matches f (so the index alone counts the matches).
-func (f Filter) source() (bucket, prefix []byte, exact bool) {
+// source picks the most selective index for f: the invites of one room,
+// alias, sender, homeserver or state, or all of them, and whether every
+// candidate matches f (so the index alone counts the matches).
+func (f Filter) source() (src source, exact bool) {
 	others := 0
 	for _, v := range []string{f.State, f.RoomID, f.RoomAlias, f.Sender, f.Homeserver} {
 		if v != "" {
@@ -472,37 +346,64 @@ func (f Filter) source() (bucket, prefix []byte, exact bool) {
 	}
 	for _, c := range []struct{ kind, v string }{{byRoom, f.RoomID}, {byAlias, f.RoomAlias}, {bySender, f.Sender}, {byHomeserver, f.Homeserver}} {
 		if c.v != "" {
-			return bktBy, byPrefix(c.kind, c.v), others == 1
+			return source{c.kind, c.v}, others == 1
 		}
 	}
 	if f.State != "" {
-		return bktState, join0(f.State, ""), others == 1
+		return source{byState, f.State}, others == 1
 	}
-	return bktInvites, nil, others == 0
+	return source{}, others == 0
 }
 
-// descending yields, highest first, the IDs below before (0: no bound) of
-// b's keys that are prefix followed by an 8-byte ID.
-func descending(b *bolt.Bucket, prefix []byte, before uint64, yield func(uint64) bool) {
-	if before == 0 {
-		for id := range store.Descending(b, prefix) {
-			if !yield(id) {
-				return
+// listPage is how many ids a list reads from an index at a time.
+const listPage = 256
+
+// descendAll yields, highest first, the ids below before (0: no bound) of
+// src's invites, reading the index a page at a time, until yield says stop.
+func (s *Service) descendAll(tx *store.Tx, src source, before uint64, yield func(uint64) (bool, error)) error {
+	for {
+		ids, err := s.st.descend(tx, src, before, listPage)
+		if err != nil {
+			return err
+		}
+		for _, id := range ids {
+			more, err := yield(id)
+			if err != nil || !more {
+				return err
 			}
 		}
-		return
-	}
-	c := b.Cursor()
-	k, _ := c.Seek(append(append([]byte{}, prefix...), store.U64(before)...))
-	if k == nil {
-		k, _ = c.Last()
-	} else {
-		k, _ = c.Prev()
-	}
-	for ; k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Prev() {
-		if len(k) == len(prefix)+8 && !yield(u64(k[len(prefix):])) {
-			return
+		if len(ids) < listPage {
+			return nil
 		}
+		before = ids[len(ids)-1]
+	}
+}
+
+// descendInvites is descendAll yielding the invites, read a page at a time
+// (the first page of first ids, at least 16, at most listPage: what a
+// page of a list is likely to need).
+func (s *Service) descendInvites(tx *store.Tx, src source, before uint64, first int, yield func(*Invite) (bool, error)) error {
+	page := min(max(first, 16), listPage)
+	for {
+		ids, err := s.st.descend(tx, src, before, page)
+		if err != nil {
+			return err
+		}
+		invs, err := s.st.getMany(tx, ids)
+		if err != nil {
+			return err
+		}
+		for _, inv := range invs {
+			more, err := yield(inv)
+			if err != nil || !more {
+				return err
+			}
+		}
+		if len(ids) < page {
+			return nil
+		}
+		before = ids[len(ids)-1]
+		page = listPage
 	}
 }
 
@@ -522,6 +423,7 @@ func (s *Service) List(f Filter) ([]*Invite, int, error) {
 	var out []*Invite
 	total := -1
 	err := s.db.View(func(tx *store.Tx) error {
+		out, total = nil, -1
 		if f.Address != "" {
 			// An address has few invites: count them all exactly.
 			all, err := s.ForAddress(tx, "email", f.Address)
@@ -540,42 +442,37 @@ func (s *Service) List(f Filter) ([]*Invite, int, error) {
 			}
 			return nil
 		}
-		bucket, prefix, exact := f.source()
-		b := tx.Bolt.Bucket(bucket)
+		src, exact := f.source()
 		if exact {
-			switch {
-			case bucket == nil:
-			case bytes.Equal(bucket, bktInvites):
+			switch src.kind {
+			case "":
 				n := 0
 				for _, st := range s.CountsTx(tx) {
 					n += st
 				}
 				total = n
-			case bytes.Equal(bucket, bktState):
+			case byState:
 				total = s.CountsTx(tx)[f.State]
 			default:
-				total, _ = store.CountPrefix(b, prefix)
+				n, err := s.st.countSource(tx, src)
+				if err != nil {
+					return err
+				}
+				total = n
 			}
 		}
 		skip := f.Offset
-		var ferr error
-		descending(b, prefix, f.Before, func(id uint64) bool {
-			inv, err := getTx(tx, id)
-			if err != nil {
-				ferr = err
-				return false
-			}
+		return s.descendInvites(tx, src, f.Before, f.Offset+f.Limit, func(inv *Invite) (bool, error) {
 			if !f.match(inv) {
-				return true
+				return true, nil
 			}
 			if skip > 0 {
 				skip--
-				return true
+				return true, nil
 			}
 			out = append(out, inv)
-			return len(out) < f.Limit
+			return len(out) < f.Limit, nil
 		})
-		return ferr
 	})
 	return out, total, err
 }
@@ -589,8 +486,4 @@ func (s *Service) Counts() (map[string]int, error) {
 		return nil
 	})
 	return out, err
-}
-
-func u64(b []byte) uint64 {
-	return store.ParseU64(b)
 }

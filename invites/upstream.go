@@ -1,10 +1,8 @@
 package invites
 
 import (
-	"bytes"
 	"context"
 	"embed"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -90,7 +88,7 @@ func (s *Service) UseUpstream(d *Deliveries, opts UpstreamOptions) error {
 	if opts.ResolveDelay <= 0 {
 		opts.ResolveDelay = 500 * time.Millisecond
 	}
-	if err := store.Buckets(s.db.Bolt(), bktUpstream, bktUpstreamDue); err != nil {
+	if err := s.st.open(s.db, partUpstream); err != nil {
 		return err
 	}
 	t, err := mailer.LoadTemplates(WaitingTemplates(), s.cfg.Email.TemplatesDir, "invite-waiting")
@@ -116,8 +114,9 @@ func (s *Service) askUpstream(inv *Invite) *Vouch {
 	}
 	opted := false
 	_ = s.db.View(func(tx *store.Tx) error {
-		opted = anyOptOut(tx, inv.Address)
-		return nil
+		var err error
+		opted, err = s.st.anyOptOut(tx, normalize("email", inv.Address))
+		return err
 	})
 	if opted {
 		return nil
@@ -127,18 +126,6 @@ func (s *Service) askUpstream(inv *Invite) *Vouch {
 		return nil
 	}
 	return &Vouch{Upstream: up, MXID: mxid, At: s.opts.Now().UTC()}
-}
-
-// anyOptOut reports whether the address opted out of invites from anyone
-// or from any one sender.
-func anyOptOut(tx *store.Tx, address string) bool {
-	b := tx.Bolt.Bucket(bktOptOut)
-	if b == nil {
-		return false
-	}
-	prefix := append(join0(normalize("email", address)), 0)
-	k, _ := b.Cursor().Seek(prefix)
-	return k != nil && bytes.HasPrefix(k, prefix)
 }
 
 // renderWaiting renders the notice for an invite an upstream vouched for.
@@ -165,11 +152,11 @@ func (s *Service) recordVouch(tx *store.Tx, id uint64, v *Vouch) error {
 	if err != nil {
 		return err
 	}
-	if err := tx.Bolt.Bucket(bktUpstream).Put(store.U64(id), raw); err != nil {
+	if err := s.st.putVouch(tx, id, raw); err != nil {
 		return err
 	}
 	due := v.At.Add(s.upstream.opts.ResolveDelay)
-	if err := tx.Bolt.Bucket(bktUpstreamDue).Put(store.TimeKey(due, store.U64(id)), nil); err != nil {
+	if err := s.st.addVouchDue(tx, due, id); err != nil {
 		return err
 	}
 	tx.OnCommit(s.upstream.poke)
@@ -187,19 +174,20 @@ func (h *upstreamHook) poke() {
 func (s *Service) VouchFor(id uint64) (*Vouch, error) {
 	var v *Vouch
 	err := s.db.View(func(tx *store.Tx) error {
-		b := tx.Bolt.Bucket(bktUpstream)
-		if b == nil {
-			return nil
-		}
-		raw := b.Get(store.U64(id))
-		if raw == nil {
-			return nil
+		v = nil
+		raw, err := s.st.getVouch(tx, id)
+		if err != nil || raw == nil {
+			return err
 		}
 		v = &Vouch{}
 		return json.Unmarshal(raw, v)
 	})
 	return v, err
 }
+
+// upstreamPoll bounds, on PostgreSQL, how long a vouch stored by another
+// replica waits for this one to notice it.
+const upstreamPoll = 30 * time.Second
 
 // RunUpstream resolves vouched invites when their resolve time comes, until
 // ctx is done. Those due before a restart are resolved at once.
@@ -215,9 +203,15 @@ func (s *Service) RunUpstream(ctx context.Context) error {
 			s.opts.Log.Error("resolving vouched invites", "err", err)
 			next = s.opts.Now().Add(time.Second)
 		}
-		wait := time.Hour
+		idle := time.Hour
+		if s.db.Backend() == store.BackendPostgres {
+			// Another replica may have stored a vouch (and died before
+			// resolving it): look again within upstreamPoll.
+			idle = upstreamPoll
+		}
+		wait := idle
 		if !next.IsZero() {
-			wait = max(next.Sub(s.opts.Now()), time.Millisecond)
+			wait = min(max(next.Sub(s.opts.Now()), time.Millisecond), idle)
 		}
 		t := time.NewTimer(wait)
 		select {
@@ -238,23 +232,23 @@ func (s *Service) resolveDue() (time.Time, error) {
 		var next time.Time
 		done := false
 		err := s.db.Update(func(tx *store.Tx) error {
-			k, _ := tx.Bolt.Bucket(bktUpstreamDue).Cursor().First()
-			if k == nil {
+			next, done = time.Time{}, false
+			due, id, ok, err := s.st.firstVouchDue(tx)
+			if err != nil {
+				return err
+			}
+			if !ok {
 				done = true
 				return nil
 			}
-			if len(k) != 16 {
-				return tx.Bolt.Bucket(bktUpstreamDue).Delete(k)
-			}
-			due := time.Unix(0, int64(binary.BigEndian.Uint64(k[:8])))
 			if s.opts.Now().Before(due) {
 				next, done = due, true
 				return nil
 			}
-			if err := tx.Bolt.Bucket(bktUpstreamDue).Delete(k); err != nil {
+			if err := s.st.deleteVouchDue(tx, due, id); err != nil {
 				return err
 			}
-			return s.resolveVouched(tx, binary.BigEndian.Uint64(k[8:]))
+			return s.resolveVouched(tx, id)
 		})
 		if err != nil || done {
 			return next, err
@@ -267,15 +261,15 @@ func (s *Service) resolveDue() (time.Time, error) {
 // resolved to that user and one onbind delivery is queued), unless it is no
 // longer pending.
 func (s *Service) resolveVouched(tx *store.Tx, id uint64) error {
-	raw := tx.Bolt.Bucket(bktUpstream).Get(store.U64(id))
-	if raw == nil {
-		return nil
+	raw, err := s.st.getVouch(tx, id)
+	if err != nil || raw == nil {
+		return err
 	}
 	var v Vouch
 	if err := json.Unmarshal(raw, &v); err != nil {
 		return err
 	}
-	inv, err := getTx(tx, id)
+	inv, err := s.getTx(tx, id)
 	if errors.Is(err, ErrNotFound) {
 		return nil
 	}
@@ -307,15 +301,5 @@ func (s *Service) resolveVouched(tx *store.Tx, id uint64) error {
 	if err != nil {
 		return err
 	}
-	return tx.Bolt.Bucket(bktUpstream).Put(store.U64(id), raw)
-}
-
-// deleteVouch erases invite id's vouch with the invite (data-protection
-// erasure). Its resolve-time entry, if still there, finds nothing when due.
-func deleteVouch(tx *store.Tx, id uint64) error {
-	b := tx.Bolt.Bucket(bktUpstream)
-	if b == nil {
-		return nil
-	}
-	return b.Delete(store.U64(id))
+	return s.st.putVouch(tx, id, raw)
 }
