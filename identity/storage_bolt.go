@@ -309,6 +309,9 @@ var errIndexNotBuilt = errors.New("lookup index not built")
 
 func (st *boltStorage) pepper(tx *store.Tx) (*pepperInfo, error) {
 	m := tx.Bolt.Bucket(lookupMetaBucket)
+	if m == nil {
+		return nil, nil // a file New never opened (a copy's source)
+	}
 	v := m.Get([]byte("pepper"))
 	if v == nil {
 		return nil, nil
@@ -527,7 +530,11 @@ func (st *boltStorage) scan(tx *store.Tx, kind string, after []byte, limit int, 
 	if bucket == nil {
 		return fmt.Errorf("identity: unknown record kind %q", kind)
 	}
-	c := tx.Bolt.Bucket(bucket).Cursor()
+	b := tx.Bolt.Bucket(bucket)
+	if b == nil {
+		return nil // a file New never opened (a copy's source)
+	}
+	c := b.Cursor()
 	k, v := c.First()
 	if after != nil {
 		if k, v = c.Seek(after); k != nil && bytes.Equal(k, after) {

@@ -76,24 +76,28 @@ func (st *pgStorage) deleteAccount(tx *store.Tx, key []byte) error {
 func (st *pgStorage) expireTokens(db *store.DB, now time.Time, d time.Duration) (expired, deleted int, err error) {
 	cutoff := now.Add(-d)
 	steps := []struct {
-		n   *int
-		sql string
+		n    *int
+		sql  string
+		args []any
 	}{
 		// Tombstones older than one more lifetime go.
 		{&deleted, `DELETE FROM identity_accounts WHERE token_hash IN (
-			SELECT token_hash FROM identity_accounts WHERE expired IS NOT NULL AND expired < $1 LIMIT $3)`},
+			SELECT token_hash FROM identity_accounts WHERE expired IS NOT NULL AND expired < $1 LIMIT $2)`,
+			[]any{cutoff, sweepBatch}},
 		// Records from before last use was recorded start their clock.
-		{nil, `UPDATE identity_accounts SET last_used = $2 WHERE token_hash IN (
-			SELECT token_hash FROM identity_accounts WHERE expired IS NULL AND last_used IS NULL LIMIT $3)`},
+		{nil, `UPDATE identity_accounts SET last_used = $1 WHERE token_hash IN (
+			SELECT token_hash FROM identity_accounts WHERE expired IS NULL AND last_used IS NULL LIMIT $2)`,
+			[]any{now, sweepBatch}},
 		// Tokens unused past the lifetime become tombstones.
 		{&expired, `UPDATE identity_accounts SET user_id = '', expired = $2 WHERE token_hash IN (
-			SELECT token_hash FROM identity_accounts WHERE expired IS NULL AND last_used < $1 LIMIT $3)`},
+			SELECT token_hash FROM identity_accounts WHERE expired IS NULL AND last_used < $1 LIMIT $3)`,
+			[]any{cutoff, now, sweepBatch}},
 	}
 	for _, step := range steps {
 		for {
 			var n int64
 			err := db.Update(func(tx *store.Tx) error {
-				tag, err := tx.PG.Exec(tx.Context(), step.sql, cutoff, now, sweepBatch)
+				tag, err := tx.PG.Exec(tx.Context(), step.sql, step.args...)
 				n = tag.RowsAffected()
 				return err
 			})
