@@ -15,10 +15,12 @@ import (
 )
 
 // pgStorage keeps the identity records in PostgreSQL (tables of
-// pgstore/migrations/0004_identity.sql), shared by every replica. Nothing is
-// cached here: a lookup is one statement over the hash index, so a binding
-// answered on one replica is found at once by a lookup on any other.
-type pgStorage struct{}
+// pgstore/migrations/0004_identity.sql), shared by every replica. The only
+// thing cached is the hash index's in-memory copy (lookupcache_pg.go), which
+// every lookup brings up to date with the database before it answers.
+type pgStorage struct {
+	cache pgLookupCache
+}
 
 // PepperChannel is the NOTIFY channel a pepper change is announced on: a
 // replica that hears it calls Refresh.
@@ -223,12 +225,18 @@ func (st *pgStorage) deleteBinding(tx *store.Tx, medium, address string) error {
 func (st *pgStorage) putHash(tx *store.Tx, h [32]byte, mxid string) error {
 	_, err := tx.PG.Exec(tx.Context(), `INSERT INTO identity_lookup_hashes (hash, mxid) VALUES ($1, $2)
 		ON CONFLICT (hash) DO UPDATE SET mxid = excluded.mxid`, h[:], mxid)
-	return err
+	if err != nil {
+		return err
+	}
+	return logLookupChange(tx, h[:], &mxid)
 }
 
 func (st *pgStorage) deleteHash(tx *store.Tx, h [32]byte) error {
 	_, err := tx.PG.Exec(tx.Context(), `DELETE FROM identity_lookup_hashes WHERE hash = $1`, h[:])
-	return err
+	if err != nil {
+		return err
+	}
+	return logLookupChange(tx, h[:], nil)
 }
 
 // foldCountAt is how many count deltas a count read tolerates before it
@@ -274,14 +282,19 @@ func (st *pgStorage) putHashes(tx *store.Tx, entries []hashEntry) error {
 		}
 		entries = entries[n:]
 	}
-	return nil
+	// Too many to log one by one: replicas build their copies again.
+	return logLookupChange(tx, nil, nil)
 }
 
-// lookup is one statement, so one snapshot, outside any transaction: the
+func (st *pgStorage) lookup(db *store.DB, pepper string, keys [][32]byte, found func(i int, mxid []byte)) (string, error) {
+	return st.cache.lookup(db, pepper, keys, found, lookupSQL)
+}
+
+// lookupSQL is one statement, so one snapshot, outside any transaction: the
 // pepper row and the index rows of the requested hashes (the primary key's
 // btree probed once per hash). A binding committed before the lookup
 // started is found, one deleted before it is not.
-func (st *pgStorage) lookup(db *store.DB, pepper string, keys [][32]byte, found func(i int, mxid []byte)) (string, error) {
+func lookupSQL(db *store.DB, pepper string, keys [][32]byte, found func(i int, mxid []byte)) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	hs := make([][]byte, len(keys))
@@ -366,6 +379,9 @@ func (st *pgStorage) setPepper(tx *store.Tx, p *pepperInfo, rebuild bool) error 
 		if err != nil {
 			return fmt.Errorf("rebuild lookup index: %w", err)
 		}
+	}
+	if err := logLookupChange(tx, nil, nil); err != nil {
+		return err
 	}
 	return pgstore.Notify(ctx, tx.PG, PepperChannel, "")
 }

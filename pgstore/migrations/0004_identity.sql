@@ -18,12 +18,36 @@ CREATE TABLE identity_bindings (
 
 -- The hashed-lookup index for the current pepper: sha256(address " " medium
 -- " " pepper) -> mxid, one row per binding, rebuilt in the transaction that
--- changes the pepper. A v2 lookup is one statement, hash = ANY($1), probing
--- the primary key's btree once per hash.
+-- changes the pepper. Each replica keeps a copy of it in memory; until its
+-- copy is built, a v2 lookup is one statement, hash = ANY($1), probing the
+-- primary key's btree once per hash.
 CREATE TABLE identity_lookup_hashes (
     hash bytea PRIMARY KEY CHECK (length(hash) = 32),
     mxid text  NOT NULL
 );
+
+-- What keeps the replicas' in-memory copies exact. Every change of the index
+-- adds 1 to the generation (one row: changes of the index are serialised,
+-- which binds, being rare, afford) and logs the change under the new
+-- generation, in its own transaction, so generations commit in order and
+-- without gaps. A lookup reads the generation and the changes its replica
+-- has not applied in one statement before answering from memory: what was
+-- committed before the lookup started is always in the answer. hash NULL:
+-- the whole index changed (a new pepper, an import); mxid NULL: the hash was
+-- removed. Changes are pruned after an hour; a replica that finds a gap
+-- builds its copy again.
+CREATE TABLE identity_lookup_gen (
+    id  boolean PRIMARY KEY DEFAULT true CHECK (id),
+    gen bigint  NOT NULL
+);
+INSERT INTO identity_lookup_gen (id, gen) VALUES (true, 0);
+CREATE TABLE identity_lookup_changes (
+    gen  bigint      PRIMARY KEY,
+    hash bytea,
+    mxid text,
+    at   timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX identity_lookup_changes_at ON identity_lookup_changes (at);
 
 -- The lookup pepper: one row (id is always true). Replicas cache it and are
 -- told of a change by NOTIFY identity_pepper.
