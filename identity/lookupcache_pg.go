@@ -36,12 +36,24 @@ const maxLookupChanges = 10000
 
 // logLookupChange records a change of the hash index under the next
 // generation: hash nil for a change of the whole index, mxid nil for a
-// removed hash.
+// removed hash. Every pruneEvery generations it also deletes the changes
+// older than keepLookupChanges (through their index on at), so the log
+// stays as long as an hour of binds.
 func logLookupChange(tx *store.Tx, hash []byte, mxid *string) error {
-	_, err := tx.PG.Exec(tx.Context(), `WITH g AS (UPDATE identity_lookup_gen SET gen = gen + 1 RETURNING gen)
-		INSERT INTO identity_lookup_changes (gen, hash, mxid) SELECT gen, $1, $2 FROM g`, hash, mxid)
+	var gen int64
+	err := tx.PG.QueryRow(tx.Context(), `WITH g AS (UPDATE identity_lookup_gen SET gen = gen + 1 RETURNING gen)
+		INSERT INTO identity_lookup_changes (gen, hash, mxid) SELECT gen, $1, $2 FROM g RETURNING gen`, hash, mxid).Scan(&gen)
+	if err != nil || gen%pruneEvery != 0 {
+		return err
+	}
+	_, err = tx.PG.Exec(tx.Context(), `DELETE FROM identity_lookup_changes WHERE at < now() - $1::interval`, keepLookupChanges)
 	return err
 }
+
+const (
+	pruneEvery        = 256
+	keepLookupChanges = "1 hour"
+)
 
 type lookupChange struct {
 	gen  int64

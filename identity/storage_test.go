@@ -445,6 +445,26 @@ func TestStorageTwoReplicas(t *testing.T) {
 			t.Fatalf("unbind %d on A: lookup on B = %q", i, got)
 		}
 	}
+	// Changes B has not applied, then pruned from the log: B's copy finds
+	// the gap and is built again, still answering right.
+	bind(t, a, "pruned@example.org", "@p:example.org")
+	unbind(t, a, "r0@example.org")
+	if _, err := dbA.PG().Pool().Exec(context.Background(), `DELETE FROM identity_lookup_changes`); err != nil {
+		t.Fatal(err)
+	}
+	if got := lookupOne(t, b, "pruned@example.org"); got != "@p:example.org" {
+		t.Fatalf("lookup on B after a pruned log = %q", got)
+	}
+	bind(t, a, "after@example.org", "@after:example.org")
+	if got := lookupOne(t, b, "after@example.org"); got != "@after:example.org" {
+		t.Fatalf("lookup on B after its copy was built again = %q", got)
+	}
+	if !b.st.(*pgStorage).cache.idx.built {
+		t.Fatal("B's in-memory copy is not built")
+	}
+	unbind(t, a, "pruned@example.org")
+	unbind(t, a, "after@example.org")
+
 	// Concurrent binds on both replicas all count.
 	var wg sync.WaitGroup
 	for r, s := range []*Service{a, b} {
