@@ -500,12 +500,15 @@ func (st *pgStorage) scan(tx *store.Tx, kind string, after []byte, limit int, fn
 	case kindBindings:
 		// The bbolt key is medium 0x00 address: the same order as (medium,
 		// address) compared bytewise.
-		m, a := "", ""
-		if after != nil {
-			m, a, _ = strings.Cut(string(after), "\x00")
+		// Keyset pagination on the primary key (a separate statement for the
+		// first page, so that the planner never has an OR in its way).
+		if after == nil {
+			rows, err = tx.PG.Query(ctx, `SELECT `+bindingCols+` FROM identity_bindings ORDER BY medium, address LIMIT $1`, limit)
+		} else {
+			m, a, _ := strings.Cut(string(after), "\x00")
+			rows, err = tx.PG.Query(ctx, `SELECT `+bindingCols+` FROM identity_bindings
+				WHERE (medium, address) > ($1, $2) ORDER BY medium, address LIMIT $3`, m, a, limit)
 		}
-		rows, err = tx.PG.Query(ctx, `SELECT `+bindingCols+` FROM identity_bindings
-			WHERE $1 OR (medium, address) > ($2, $3) ORDER BY medium, address LIMIT $4`, after == nil, m, a, limit)
 		if err != nil {
 			return err
 		}
@@ -521,11 +524,11 @@ func (st *pgStorage) scan(tx *store.Tx, kind string, after []byte, limit int, fn
 		}
 		return rows.Err()
 	case kindHashes, kindSessionKeys:
-		q := `SELECT hash, mxid FROM identity_lookup_hashes WHERE $1::bytea IS NULL OR hash > $1 ORDER BY hash LIMIT $2`
+		q := `SELECT hash, mxid FROM identity_lookup_hashes WHERE hash > $1 ORDER BY hash LIMIT $2`
 		if kind == kindSessionKeys {
-			q = `SELECT key, sid FROM identity_session_keys WHERE $1::bytea IS NULL OR key > $1 ORDER BY key LIMIT $2`
+			q = `SELECT key, sid FROM identity_session_keys WHERE key > $1 ORDER BY key LIMIT $2`
 		}
-		rows, err = tx.PG.Query(ctx, q, after, limit)
+		rows, err = tx.PG.Query(ctx, q, nonNil(after), limit)
 		if err != nil {
 			return err
 		}
@@ -535,7 +538,7 @@ func (st *pgStorage) scan(tx *store.Tx, kind string, after []byte, limit int, fn
 		return err
 	case kindAccounts:
 		rows, err = tx.PG.Query(ctx, `SELECT token_hash, user_id, created, last_used, expired FROM identity_accounts
-			WHERE $1::bytea IS NULL OR token_hash > $1 ORDER BY token_hash LIMIT $2`, after, limit)
+			WHERE token_hash > $1 ORDER BY token_hash LIMIT $2`, nonNil(after), limit)
 		if err != nil {
 			return err
 		}
@@ -549,8 +552,8 @@ func (st *pgStorage) scan(tx *store.Tx, kind string, after []byte, limit int, fn
 	case kindTerms:
 		// limit users, each with all of its rows.
 		rows, err = tx.PG.Query(ctx, `SELECT user_id, policy, version FROM identity_terms WHERE user_id IN (
-				SELECT DISTINCT user_id FROM identity_terms WHERE $1::text IS NULL OR user_id > $1 ORDER BY user_id LIMIT $2)
-			ORDER BY user_id`, nullString(after), limit)
+				SELECT DISTINCT user_id FROM identity_terms WHERE user_id > $1 ORDER BY user_id LIMIT $2)
+			ORDER BY user_id`, string(after), limit)
 		if err != nil {
 			return err
 		}
@@ -575,7 +578,7 @@ func (st *pgStorage) scan(tx *store.Tx, kind string, after []byte, limit int, fn
 		return fn([]byte(cur), m)
 	case kindSessions:
 		rows, err = tx.PG.Query(ctx, `SELECT `+sessionCols+` FROM identity_sessions
-			WHERE $1::text IS NULL OR sid > $1 ORDER BY sid LIMIT $2`, nullString(after), limit)
+			WHERE sid > $1 ORDER BY sid LIMIT $2`, string(after), limit)
 		if err != nil {
 			return err
 		}
@@ -594,10 +597,11 @@ func (st *pgStorage) scan(tx *store.Tx, kind string, after []byte, limit int, fn
 	return fmt.Errorf("identity: unknown record kind %q", kind)
 }
 
-func nullString(b []byte) *string {
+// nonNil is after as a key every stored key sorts above when it is nil
+// (the empty bytea; with COLLATE "C", the empty string likewise).
+func nonNil(b []byte) []byte {
 	if b == nil {
-		return nil
+		return []byte{}
 	}
-	s := string(b)
-	return &s
+	return b
 }
