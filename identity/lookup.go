@@ -3,9 +3,11 @@ package identity
 import (
 	"bytes"
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -260,24 +262,42 @@ func (s *Service) lookupEach(algorithm, pepper string, addresses []string, found
 		return err
 	}
 	if algorithm == "sha256" {
-		// Each distinct address that decodes to a hash, once.
-		seen := make(map[string]struct{}, len(addresses))
-		keys := make([][32]byte, 0, len(addresses))
-		asked := make([]string, 0, len(addresses))
-		for _, a := range addresses {
+		// Each distinct address that decodes to a hash, once, in (nearly)
+		// key order, so that bbolt's seeks go forward with one cursor. Each
+		// hash sorts by a word of its top 50 bits and its position
+		// (MaxLookupAddresses < 1<<14): an ordinary integer sort, and equal
+		// addresses end up in one run of equal top bits, where they are
+		// kept once.
+		const posBits = 14
+		const _ = uint(1<<posBits - MaxLookupAddresses) // fails to compile if it does not fit
+		order := make([]uint64, 0, len(addresses))
+		decoded := make([][32]byte, len(addresses))
+		for i, a := range addresses {
 			if base64.RawURLEncoding.DecodedLen(len(a)) != 32 {
 				continue
 			}
-			if _, dup := seen[a]; dup {
+			if n, err := base64.RawURLEncoding.Decode(decoded[i][:], []byte(a)); err != nil || n != 32 {
 				continue
 			}
-			var k [32]byte
-			if n, err := base64.RawURLEncoding.Decode(k[:], []byte(a)); err != nil || n != 32 {
-				continue
+			order = append(order, binary.BigEndian.Uint64(decoded[i][:8])&^(1<<posBits-1)|uint64(i))
+		}
+		slices.Sort(order)
+		keys := make([][32]byte, 0, len(order))
+		asked := make([]string, 0, len(order))
+		run := 0 // start of the run of equal top bits
+	next:
+		for j, x := range order {
+			if j == 0 || order[j-1]>>posBits != x>>posBits {
+				run = j
 			}
-			seen[a] = struct{}{}
-			keys = append(keys, k)
-			asked = append(asked, a)
+			i := int(x & (1<<posBits - 1))
+			for _, y := range order[run:j] {
+				if addresses[y&(1<<posBits-1)] == addresses[i] {
+					continue next
+				}
+			}
+			keys = append(keys, decoded[i])
+			asked = append(asked, addresses[i])
 		}
 		p, err := s.st.lookup(s.db, pepper, keys, func(i int, mxid []byte) { found(asked[i], mxid) })
 		switch {

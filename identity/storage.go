@@ -45,7 +45,8 @@ type storage interface {
 	putHashes(tx *store.Tx, entries []hashEntry) error
 
 	// lookup answers a sha256 lookup for pepper: found(i, mxid) for each
-	// bound keys[i] (mxid valid only during the call), from one consistent
+	// bound keys[i] (mxid valid only during the call; keys are distinct and
+	// come in ascending order of their first 50 bits), from one consistent
 	// view of the pepper and the index. It returns the current pepper, and
 	// errWrongPepper (found never called) when it is not pepper, or
 	// errNoPepper when there is none yet.

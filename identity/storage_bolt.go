@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"slices"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -262,22 +261,12 @@ func (st *boltStorage) lookup(db *store.DB, pepper string, keys [][32]byte, foun
 		if pepper != current {
 			return errWrongPepper
 		}
-		// Seek the hashes in (nearly) key order with one cursor. Each sorts
-		// by a word of its top 50 bits and its position
-		// (MaxLookupAddresses < 1<<14): an ordinary integer sort.
-		const posBits = 14
-		const _ = uint(1<<posBits - MaxLookupAddresses) // fails to compile if it does not fit
-		order := make([]uint64, len(keys))
-		for i := range keys {
-			order[i] = binary.BigEndian.Uint64(keys[i][:8])&^(1<<posBits-1) | uint64(i)
-		}
-		slices.Sort(order)
 		get, done := st.index.reader(current)
 		defer done()
 		build = get == nil
+		// keys come in (nearly) key order: the seeks go forward.
 		c := tx.Bolt.Bucket(lookupHashBucket).Cursor()
-		for _, x := range order {
-			i := int(x & (1<<posBits - 1))
+		for i := range keys {
 			key := keys[i][:]
 			if get != nil {
 				if v := get(key); v != nil {
