@@ -2,6 +2,7 @@ package identity
 
 import (
 	"context"
+	"fmt"
 
 	"sync/atomic"
 	"time"
@@ -95,8 +96,9 @@ func (c *pgLookupCache) lookup(db *store.DB, pepper string, keys [][32]byte, fou
 	}
 	current, err := fallback(db, pepper, keys, found)
 	if err == nil || err == errWrongPepper {
-		if berr := c.build(db); berr != nil {
-			return current, errIndexNotBuilt
+		if berr := c.build(db); berr != nil && err == nil {
+			// Answered anyway; the caller logs it.
+			return current, fmt.Errorf("%w: %v", errIndexNotBuilt, berr)
 		}
 	}
 	return current, err
