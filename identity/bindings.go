@@ -1,37 +1,22 @@
 package identity
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/herald-im/herald/store"
 )
 
-// Bindings and the hashed-lookup index.
-//
-//	identity_bindings:    medium 0x00 address -> JSON Binding
-//	identity_lookup_hash: sha256(address " " medium " " pepper) (32 bytes) -> mxid,
-//	                      for the current pepper only; rebuilt when it rotates
-//	identity_lookup_meta: "pepper" -> pepper, "pepper_created" -> unix ns
-//
-// A v2 lookup therefore costs one probe of the in-memory copy of the hash
-// index (lookupfilter.go) per requested hash, or one B+tree seek while that
-// copy is being built, whatever the number of bindings stored.
-var (
-	bindingsBucket   = []byte("identity_bindings")
-	lookupHashBucket = []byte("identity_lookup_hash")
-	lookupMetaBucket = []byte("identity_lookup_meta")
-)
+// Bindings and the hashed-lookup index: the index maps sha256(address " "
+// medium " " pepper) of every binding, for the current pepper only, to its
+// mxid (storage_bolt.go, storage_pg.go).
 
 // Binding is an address bound to a Matrix ID. Address is normalised
 // (NormalizeEmail for email).
@@ -54,10 +39,9 @@ type bindState struct {
 	hooks   []BindHook
 
 	rotateMu sync.Mutex // serialises pepper rotation
-	pepper   atomic.Pointer[pepperInfo]
-
-	// index answers hashed lookups from memory (lookupfilter.go).
-	index lookupIndex
+	// pepper caches the current pepper (Pepper, hash_details). On
+	// PostgreSQL another replica may change it: Refresh reads it again.
+	pepper atomic.Pointer[pepperInfo]
 }
 
 type pepperInfo struct {
@@ -68,7 +52,7 @@ type pepperInfo struct {
 // ErrBadBinding means a binding lacks a medium, address or mxid.
 var ErrBadBinding = errors.New("identity: binding needs medium, address and mxid")
 
-// DB is the bbolt database the identity buckets live in.
+// DB is the database the identity records live in.
 func (s *Service) DB() *store.DB { return s.db }
 
 // OnBind registers hook to run inside every PutBinding transaction (the
@@ -77,13 +61,6 @@ func (s *Service) OnBind(hook BindHook) {
 	s.bind.hooksMu.Lock()
 	s.bind.hooks = append(s.bind.hooks, hook)
 	s.bind.hooksMu.Unlock()
-}
-
-func bindingKey(medium, address string) []byte {
-	k := make([]byte, 0, len(medium)+1+len(address))
-	k = append(k, medium...)
-	k = append(k, 0)
-	return append(k, address...)
 }
 
 // normalizeAddress normalises email addresses; other media are kept as given.
@@ -126,24 +103,16 @@ func (s *Service) PutBinding(tx *store.Tx, b Binding) error {
 	if b.NotAfter.IsZero() {
 		b.NotAfter = b.TS.AddDate(100, 0, 0)
 	}
-	raw, err := json.Marshal(b)
-	if err != nil {
-		return err
-	}
-	if err := tx.Bolt.Bucket(bindingsBucket).Put(bindingKey(b.Medium, b.Address), raw); err != nil {
+	if err := s.st.putBinding(tx, &b); err != nil {
 		return err
 	}
 	pepper, err := s.pepperTx(tx)
 	if err != nil {
 		return err
 	}
-	h := lookupHashRaw(b.Address, b.Medium, pepper)
-	if err := tx.Bolt.Bucket(lookupHashBucket).Put(h[:], []byte(b.MXID)); err != nil {
+	if err := s.st.putHash(tx, lookupHashRaw(b.Address, b.Medium, pepper), b.MXID); err != nil {
 		return err
 	}
-	// Lookups answer from the in-memory index: it learns of the binding
-	// when it is committed, before PutBinding's caller answers.
-	tx.OnCommit(func() { s.bind.index.sync(s.db, h) })
 	s.bind.hooksMu.RLock()
 	hooks := append([]BindHook(nil), s.bind.hooks...)
 	s.bind.hooksMu.RUnlock()
@@ -159,19 +128,14 @@ func (s *Service) PutBinding(tx *store.Tx, b Binding) error {
 // write transaction.
 func (s *Service) DeleteBinding(tx *store.Tx, medium, address string) error {
 	address = normalizeAddress(medium, address)
-	if err := tx.Bolt.Bucket(bindingsBucket).Delete(bindingKey(medium, address)); err != nil {
+	if err := s.st.deleteBinding(tx, medium, address); err != nil {
 		return err
 	}
 	pepper, err := s.pepperTx(tx)
 	if err != nil {
 		return err
 	}
-	h := lookupHashRaw(address, medium, pepper)
-	if err := tx.Bolt.Bucket(lookupHashBucket).Delete(h[:]); err != nil {
-		return err
-	}
-	tx.OnCommit(func() { s.bind.index.sync(s.db, h) })
-	return nil
+	return s.st.deleteHash(tx, lookupHashRaw(address, medium, pepper))
 }
 
 // BindingFor returns the binding of address, or nil if it is unbound.
@@ -187,34 +151,39 @@ func (s *Service) BindingFor(medium, address string) (*Binding, error) {
 
 // BindingTx is BindingFor inside the caller's transaction.
 func (s *Service) BindingTx(tx *store.Tx, medium, address string) (*Binding, error) {
-	raw := tx.Bolt.Bucket(bindingsBucket).Get(bindingKey(medium, normalizeAddress(medium, address)))
-	if raw == nil {
-		return nil, nil
-	}
-	b := new(Binding)
-	if err := json.Unmarshal(raw, b); err != nil {
-		return nil, err
-	}
-	return b, nil
+	return s.st.binding(tx, medium, normalizeAddress(medium, address))
 }
 
-// Bindings calls fn for every binding, in key order, until fn returns false.
+// Bindings calls fn for every binding, in (medium, address) order, until fn
+// returns false. It reads a batch of bindings per read transaction, so a
+// binding changed meanwhile may be seen in either state.
 func (s *Service) Bindings(fn func(Binding) bool) error {
-	return s.db.View(func(tx *store.Tx) error {
-		return tx.Bolt.Bucket(bindingsBucket).ForEach(func(_, v []byte) error {
-			var b Binding
-			if err := json.Unmarshal(v, &b); err != nil {
-				return err
-			}
-			if !fn(b) {
-				return errStop
-			}
-			return nil
+	var after []byte
+	for {
+		var batch []Binding
+		err := s.db.View(func(tx *store.Tx) error {
+			return s.st.scan(tx, kindBindings, after, scanBatch, func(k []byte, v any) error {
+				after = k
+				batch = append(batch, v.(Binding))
+				return nil
+			})
 		})
-	})
+		if err != nil {
+			return err
+		}
+		for _, b := range batch {
+			if !fn(b) {
+				return nil
+			}
+		}
+		if len(batch) < scanBatch {
+			return nil
+		}
+	}
 }
 
-var errStop = errors.New("stop")
+// scanBatch is how many records one read transaction of a scan takes.
+const scanBatch = 1000
 
 // SignedAssociation is the spec's signed 3PID association for b: {address,
 // medium, mxid, not_before, not_after, ts, signatures}, times in
@@ -246,100 +215,99 @@ func newPepper() string {
 // pepperTx reads the current pepper inside tx, creating one if there is none
 // (only possible in a write transaction).
 func (s *Service) pepperTx(tx *store.Tx) (string, error) {
-	m := tx.Bolt.Bucket(lookupMetaBucket)
-	if p := m.Get([]byte("pepper")); p != nil {
-		return string(p), nil
+	p, err := s.st.pepper(tx)
+	if err != nil {
+		return "", err
+	}
+	if p != nil {
+		return p.Value, nil
 	}
 	if !tx.Writable() {
 		return "", errNoPepper
 	}
-	p, err := s.setPepperTx(tx, newPepper())
-	return p.Value, err
+	p, err = s.setPepperTx(tx, newPepper())
+	if err != nil {
+		return "", err
+	}
+	return p.Value, nil
 }
 
-var errNoPepper = errors.New("identity: no lookup pepper yet")
+var (
+	errNoPepper    = errors.New("identity: no lookup pepper yet")
+	errWrongPepper = errors.New("identity: not the current lookup pepper")
+)
 
-// setPepperTx makes pepper current and rebuilds the hash index for it.
+// setPepperTx makes pepper current and rebuilds the hash index for it. On
+// PostgreSQL the commit notifies every replica (PepperChannel).
 func (s *Service) setPepperTx(tx *store.Tx, pepper string) (*pepperInfo, error) {
-	now := s.opts.Now().UTC()
-	m := tx.Bolt.Bucket(lookupMetaBucket)
-	if err := m.Put([]byte("pepper"), []byte(pepper)); err != nil {
+	p := &pepperInfo{Value: pepper, Created: s.opts.Now().UTC()}
+	if err := s.st.setPepper(tx, p, true); err != nil {
 		return nil, err
 	}
-	var ts [8]byte
-	binary.BigEndian.PutUint64(ts[:], uint64(now.UnixNano()))
-	if err := m.Put([]byte("pepper_created"), ts[:]); err != nil {
-		return nil, err
-	}
-	if err := tx.Bolt.DeleteBucket(lookupHashBucket); err != nil && !errors.Is(err, bolt.ErrBucketNotFound) {
-		return nil, err
-	}
-	idx, err := tx.Bolt.CreateBucket(lookupHashBucket)
-	if err != nil {
-		return nil, err
-	}
-	idx.FillPercent = 0.9
-	err = tx.Bolt.Bucket(bindingsBucket).ForEach(func(_, v []byte) error {
-		var b Binding
-		if err := json.Unmarshal(v, &b); err != nil {
-			return err
-		}
-		h := lookupHashRaw(b.Address, b.Medium, pepper)
-		return idx.Put(h[:], []byte(b.MXID))
-	})
-	if err != nil {
-		return nil, fmt.Errorf("rebuild lookup index: %w", err)
-	}
-	p := &pepperInfo{Value: pepper, Created: now}
-	// Publish only after commit: the caller does that through OnCommit.
-	tx.OnCommit(func() {
-		s.bind.pepper.Store(p)
-		s.bind.index.drop() // built again, for this pepper, by the next lookup
-	})
+	// Publish only after commit.
+	tx.OnCommit(func() { s.bind.pepper.Store(p) })
 	return p, nil
 }
 
 // Pepper returns the current lookup pepper and when it was made, creating
-// one on first use.
+// one on first use. It answers from this replica's copy: on PostgreSQL a
+// rotation by another replica reaches it through Refresh.
 func (s *Service) Pepper() (string, time.Time, error) {
 	if p := s.bind.pepper.Load(); p != nil {
 		return p.Value, p.Created, nil
 	}
-	var p pepperInfo
-	err := s.db.View(func(tx *store.Tx) error {
-		m := tx.Bolt.Bucket(lookupMetaBucket)
-		if v := m.Get([]byte("pepper")); v != nil {
-			p.Value = string(v)
-			if ts := m.Get([]byte("pepper_created")); len(ts) == 8 {
-				p.Created = time.Unix(0, int64(binary.BigEndian.Uint64(ts))).UTC()
-			}
-		}
-		return nil
+	var p *pepperInfo
+	err := s.db.View(func(tx *store.Tx) (err error) {
+		p, err = s.st.pepper(tx)
+		return err
 	})
 	if err != nil {
 		return "", time.Time{}, err
 	}
-	if p.Value == "" {
+	if p == nil {
 		s.bind.rotateMu.Lock()
 		defer s.bind.rotateMu.Unlock()
 		if cur := s.bind.pepper.Load(); cur != nil {
 			return cur.Value, cur.Created, nil
 		}
 		err := s.db.Update(func(tx *store.Tx) error {
-			v, err := s.pepperTx(tx)
-			p.Value = v
+			// Another replica may have made one first: pepperTx keeps it.
+			if _, err := s.pepperTx(tx); err != nil {
+				return err
+			}
+			var err error
+			p, err = s.st.pepper(tx)
 			return err
 		})
 		if err != nil {
 			return "", time.Time{}, err
 		}
-		if cur := s.bind.pepper.Load(); cur != nil {
-			return cur.Value, cur.Created, nil
-		}
-		return p.Value, s.opts.Now().UTC(), nil
 	}
-	s.bind.pepper.Store(&p)
+	s.bind.pepper.Store(p)
 	return p.Value, p.Created, nil
+}
+
+// Refresh reads the pepper again from the database, for when another
+// replica may have changed it: the wiring calls it on each signal of
+// pgstore's Subscribe(PepperChannel) (a NOTIFY sent by the rotating
+// transaction's commit, or the polling fallback). A rotation on one replica
+// is thus served by hash_details on every other within the NOTIFY's delivery
+// (normally milliseconds) and at worst within the polling interval. Lookups
+// never depend on it: each compares the client's pepper with the database's
+// own in the same snapshot as the index it reads.
+func (s *Service) Refresh(ctx context.Context) error {
+	var p *pepperInfo
+	err := s.db.ViewContext(ctx, func(tx *store.Tx) (err error) {
+		p, err = s.st.pepper(tx)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	if p != nil {
+		s.bind.pepper.Store(p)
+	}
+	return nil
 }
 
 // RotatePepper replaces the lookup pepper with a fresh random one and
@@ -371,23 +339,45 @@ func (s *Service) setPepper(pepper string) error {
 
 // RotatePepperIfDue rotates the pepper when it is older than
 // lookup.pepper_rotation (never when that is 0). It reports whether it did.
+// Whether it is due is decided inside the rotating transaction, from the
+// stored pepper, so replicas (or requests) racing to rotate rotate once.
 func (s *Service) RotatePepperIfDue() (bool, error) {
 	period := s.opts.Lookup.PepperRotation.D()
 	if period <= 0 {
 		return false, nil
 	}
-	_, created, err := s.Pepper()
-	if err != nil {
+	if _, created, err := s.Pepper(); err != nil || s.opts.Now().Sub(created) < period {
 		return false, err
 	}
-	if s.opts.Now().Sub(created) < period {
-		return false, nil
-	}
 	s.bind.rotateMu.Lock()
-	cur := s.bind.pepper.Load()
-	s.bind.rotateMu.Unlock()
-	if cur != nil && s.opts.Now().Sub(cur.Created) < period {
-		return false, nil // someone else just rotated
+	defer s.bind.rotateMu.Unlock()
+	rotated := false
+	err := s.db.Update(func(tx *store.Tx) error {
+		rotated = false
+		cur, err := s.st.pepper(tx)
+		if err != nil {
+			return err
+		}
+		if cur != nil && s.opts.Now().Sub(cur.Created) < period {
+			// Someone else just rotated: this replica's copy was stale.
+			tx.OnCommit(func() { s.bind.pepper.Store(cur) })
+			return nil
+		}
+		rotated = true
+		_, err = s.setPepperTx(tx, newPepper())
+		return err
+	})
+	if err == nil && rotated {
+		s.opts.Log.Info("lookup pepper rotated")
 	}
-	return true, s.RotatePepper()
+	return rotated, err
+}
+
+// RotatePepperPeriodic is one pass of the scheduled pepper rotation
+// (RotatePepperIfDue). On PostgreSQL the wiring runs it once per period
+// across the replicas (pgstore.RunPeriodic); hash_details also rotates a
+// pepper found due.
+func (s *Service) RotatePepperPeriodic(ctx context.Context) error {
+	_, err := s.RotatePepperIfDue()
+	return err
 }

@@ -1,14 +1,8 @@
 package identity
 
-import "github.com/herald-im/herald/store"
-
 // BindingCount is how many addresses are bound. bbolt keeps each page's key
-// count, so this reads the bucket's pages, not its records.
+// count, so this reads the bucket's pages, not its records; PostgreSQL keeps
+// a counter (with delta rows), not a COUNT(*) over the bindings.
 func (s *Service) BindingCount() (int, error) {
-	var n int
-	err := s.db.View(func(tx *store.Tx) error {
-		n = tx.Bolt.Bucket(bindingsBucket).Stats().KeyN
-		return nil
-	})
-	return n, err
+	return s.st.countBindings(s.db)
 }

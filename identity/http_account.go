@@ -1,7 +1,6 @@
 package identity
 
 import (
-	"encoding/json"
 	"errors"
 	"net/http"
 	"strings"
@@ -164,11 +163,9 @@ func (s *Service) accountAndTerms(token string, gated bool) (*Account, bool, boo
 		if accepted {
 			return nil
 		}
-		got := map[string]bool{}
-		if raw := tx.Bolt.Bucket(termsBucket).Get([]byte(a.UserID)); raw != nil {
-			if err := json.Unmarshal(raw, &got); err != nil {
-				return err
-			}
+		got, err := s.st.terms(tx, a.UserID)
+		if err != nil {
+			return err
 		}
 		accepted = true
 		for id, p := range s.opts.Terms.Policies {

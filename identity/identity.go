@@ -9,8 +9,8 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
-	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
 	"time"
@@ -19,11 +19,6 @@ import (
 	"github.com/herald-im/herald/internal/background"
 	"github.com/herald-im/herald/keys"
 	"github.com/herald-im/herald/store"
-)
-
-var (
-	accountsBucket = []byte("identity_accounts") // sha256(token) -> Account
-	termsBucket    = []byte("identity_terms")    // user id -> accepted policy versions
 )
 
 // UserInfoer checks an OpenID token at a homeserver (federation.Client).
@@ -53,6 +48,7 @@ type Options struct {
 // Service is the identity feature.
 type Service struct {
 	db   *store.DB
+	st   storage
 	opts Options
 	// acceptURL maps a policy URL (any language) to the policy versions it
 	// accepts (several policies may share one document).
@@ -65,7 +61,8 @@ type Service struct {
 
 type policyVersion struct{ ID, Version string }
 
-// New creates the identity buckets and returns the service.
+// New prepares the identity storage on db's backend (bbolt buckets, or the
+// PostgreSQL tables of migration 0004) and returns the service.
 func New(db *store.DB, opts Options) (*Service, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
@@ -73,30 +70,13 @@ func New(db *store.DB, opts Options) (*Service, error) {
 	if opts.Log == nil {
 		opts.Log = slog.Default()
 	}
-	s := &Service{db: db, opts: opts, acceptURL: map[string][]policyVersion{}}
+	s := &Service{db: db, st: newStorage(db), opts: opts, acceptURL: map[string][]policyVersion{}}
 	for id, p := range opts.Terms.Policies {
 		for _, l := range p.Languages {
 			s.acceptURL[l.URL] = append(s.acceptURL[l.URL], policyVersion{id, p.Version})
 		}
 	}
-	err := db.Update(func(tx *store.Tx) error {
-		for _, b := range allBuckets {
-			if _, err := tx.Bolt.CreateBucketIfNotExists(b); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	return s, err
-}
-
-// allBuckets lists every bucket the identity package owns; New creates them
-// all: accounts and terms (this file), validation sessions (validate.go),
-// bindings and the hashed lookup index (bindings.go).
-var allBuckets = [][]byte{
-	accountsBucket, termsBucket,
-	sessionsBucket, sessionKeysBucket,
-	bindingsBucket, lookupHashBucket, lookupMetaBucket,
+	return s, s.st.setup(db)
 }
 
 // Account is an access token's owner. LastUsed is when the token was last
@@ -136,9 +116,8 @@ func newToken() string {
 func (s *Service) CreateAccount(userID string) (string, error) {
 	token := newToken()
 	now := s.opts.Now().UTC()
-	raw, _ := json.Marshal(Account{UserID: userID, Created: now, LastUsed: now})
 	err := s.db.Update(func(tx *store.Tx) error {
-		return tx.Bolt.Bucket(accountsBucket).Put(hashToken(token), raw)
+		return s.st.putAccount(tx, hashToken(token), &Account{UserID: userID, Created: now, LastUsed: now})
 	})
 	return token, err
 }
@@ -163,13 +142,12 @@ func (s *Service) AccountByToken(token string) (*Account, error) {
 // accountTx reads the token's account inside tx: ErrUnknownToken when there
 // is none, ErrTokenExpired when it expired or went idle as of now.
 func (s *Service) accountTx(tx *store.Tx, token string, now time.Time) (*Account, error) {
-	raw := tx.Bolt.Bucket(accountsBucket).Get(hashToken(token))
-	if raw == nil {
-		return nil, ErrUnknownToken
-	}
-	a := new(Account)
-	if err := json.Unmarshal(raw, a); err != nil {
+	a, err := s.st.account(tx, hashToken(token))
+	if err != nil {
 		return nil, err
+	}
+	if a == nil {
+		return nil, ErrUnknownToken
 	}
 	if !a.Expired.IsZero() || s.idle(a, now) {
 		return a, ErrTokenExpired
@@ -180,7 +158,7 @@ func (s *Service) accountTx(tx *store.Tx, token string, now time.Time) (*Account
 // DeleteToken logs a token out.
 func (s *Service) DeleteToken(token string) error {
 	return s.db.Update(func(tx *store.Tx) error {
-		return tx.Bolt.Bucket(accountsBucket).Delete(hashToken(token))
+		return s.st.deleteAccount(tx, hashToken(token))
 	})
 }
 
@@ -188,20 +166,16 @@ func (s *Service) DeleteToken(token string) error {
 // URLs are ignored. Acceptances add up across calls.
 func (s *Service) AcceptTerms(userID string, urls []string) error {
 	return s.db.Update(func(tx *store.Tx) error {
-		b := tx.Bolt.Bucket(termsBucket)
-		accepted := map[string]bool{}
-		if raw := b.Get([]byte(userID)); raw != nil {
-			if err := json.Unmarshal(raw, &accepted); err != nil {
-				return err
-			}
+		accepted, err := s.st.terms(tx, userID)
+		if err != nil {
+			return err
 		}
 		for _, u := range urls {
 			for _, pv := range s.acceptURL[u] {
 				accepted[pv.ID+"\x00"+pv.Version] = true
 			}
 		}
-		raw, _ := json.Marshal(accepted)
-		return b.Put([]byte(userID), raw)
+		return s.st.putTerms(tx, userID, accepted)
 	})
 }
 
@@ -210,12 +184,10 @@ func (s *Service) HasAcceptedTerms(userID string) (bool, error) {
 	if len(s.opts.Terms.Policies) == 0 {
 		return true, nil
 	}
-	accepted := map[string]bool{}
-	err := s.db.View(func(tx *store.Tx) error {
-		if raw := tx.Bolt.Bucket(termsBucket).Get([]byte(userID)); raw != nil {
-			return json.Unmarshal(raw, &accepted)
-		}
-		return nil
+	var accepted map[string]bool
+	err := s.db.View(func(tx *store.Tx) (err error) {
+		accepted, err = s.st.terms(tx, userID)
+		return err
 	})
 	if err != nil {
 		return false, err
@@ -251,15 +223,11 @@ func (s *Service) touchEvery() time.Duration {
 func (s *Service) useToken(token string, now time.Time) error {
 	key := hashToken(token)
 	return s.db.Commit(func(tx *store.Tx) error {
-		b := tx.Bolt.Bucket(accountsBucket)
-		raw := b.Get(key)
-		if raw == nil {
-			return nil // logged out meanwhile
+		cur, err := s.st.account(tx, key)
+		if err != nil || cur == nil {
+			return err // nil: logged out meanwhile
 		}
-		var a Account
-		if err := json.Unmarshal(raw, &a); err != nil {
-			return err
-		}
+		a := *cur
 		switch {
 		case !a.Expired.IsZero():
 			return nil
@@ -270,11 +238,7 @@ func (s *Service) useToken(token string, now time.Time) error {
 		default:
 			return nil
 		}
-		raw, err := json.Marshal(a)
-		if err != nil {
-			return err
-		}
-		return b.Put(key, raw)
+		return s.st.putAccount(tx, key, &a)
 	})
 }
 
@@ -288,69 +252,46 @@ func (s *Service) ExpireIdleTokens(now time.Time) (expired, deleted int, err err
 	if d <= 0 {
 		return 0, 0, nil
 	}
-	err = s.db.Update(func(tx *store.Tx) error {
-		expired, deleted = 0, 0
-		b := tx.Bolt.Bucket(accountsBucket)
-		// Changes are collected first: bbolt cursors must not walk a bucket
-		// that is being written.
-		var drop [][]byte
-		put := map[string][]byte{}
-		err := b.ForEach(func(k, raw []byte) error {
-			var a Account
-			if err := json.Unmarshal(raw, &a); err != nil {
-				return err
-			}
-			switch {
-			case !a.Expired.IsZero():
-				if now.Sub(a.Expired) > d {
-					drop = append(drop, store.Copy(k))
-					deleted++
-				}
-				return nil
-			case a.LastUsed.IsZero():
-				a.LastUsed = now
-			case s.idle(&a, now):
-				a = Account{Created: a.Created, LastUsed: a.LastUsed, Expired: now}
-				expired++
-			default:
-				return nil
-			}
-			raw, err := json.Marshal(a)
-			put[string(k)] = raw
-			return err
-		})
-		if err != nil {
-			return err
-		}
-		for _, k := range drop {
-			if err := b.Delete(k); err != nil {
-				return err
-			}
-		}
-		for k, raw := range put {
-			if err := b.Put([]byte(k), raw); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	return expired, deleted, err
+	return s.st.expireTokens(s.db, now.UTC(), d)
 }
 
-// RunTokenExpiry runs ExpireIdleTokens and DeleteExpiredSessions every
-// interval until ctx is done.
+// ExpireTokens is one pass of the idle-token sweep (ExpireIdleTokens as of
+// now), logged. On PostgreSQL the wiring runs it once per period across the
+// replicas (pgstore.RunPeriodic); on bbolt RunTokenExpiry does.
+func (s *Service) ExpireTokens(ctx context.Context) error {
+	expired, deleted, err := s.ExpireIdleTokens(s.opts.Now().UTC())
+	if err != nil {
+		return fmt.Errorf("expiring idle access tokens: %w", err)
+	}
+	if expired+deleted > 0 {
+		s.opts.Log.Info("idle access tokens expired", "expired", expired, "tombstones_deleted", deleted)
+	}
+	return nil
+}
+
+// SweepSessions is one pass of the validation session sweep
+// (DeleteExpiredSessions as of now), logged; run like ExpireTokens.
+func (s *Service) SweepSessions(ctx context.Context) error {
+	n, err := s.DeleteExpiredSessions(s.opts.Now().UTC())
+	if err != nil {
+		return fmt.Errorf("deleting expired validation sessions: %w", err)
+	}
+	if n > 0 {
+		s.opts.Log.Info("expired validation sessions deleted", "count", n)
+	}
+	return nil
+}
+
+// RunTokenExpiry runs ExpireTokens and SweepSessions every interval until
+// ctx is done (one process: on PostgreSQL run them under pgstore.RunPeriodic
+// instead, so that one replica at a time does).
 func (s *Service) RunTokenExpiry(ctx context.Context, every time.Duration) {
 	background.Every(ctx, every, func() {
-		expired, deleted, err := s.ExpireIdleTokens(s.opts.Now().UTC())
-		if err != nil {
-			s.opts.Log.Error("expiring idle access tokens", "err", err)
-		} else if expired+deleted > 0 {
-			s.opts.Log.Info("idle access tokens expired", "expired", expired, "tombstones_deleted", deleted)
+		if err := s.ExpireTokens(ctx); err != nil {
+			s.opts.Log.Error("token sweep", "err", err)
 		}
-		if n, err := s.DeleteExpiredSessions(s.opts.Now().UTC()); err != nil {
-			s.opts.Log.Error("deleting expired validation sessions", "err", err)
-		} else if n > 0 {
-			s.opts.Log.Info("expired validation sessions deleted", "count", n)
+		if err := s.SweepSessions(ctx); err != nil {
+			s.opts.Log.Error("session sweep", "err", err)
 		}
 	})
 }

@@ -2,7 +2,6 @@ package identity
 
 import (
 	"bytes"
-	"encoding/json"
 	"slices"
 	"time"
 
@@ -27,18 +26,21 @@ const (
 // server may have cached it) unless it already is, and rebuilds the hash
 // index for it.
 func (s *Service) ImportPepper(tx *store.Tx, pepper string) (ImportOutcome, error) {
-	if cur := tx.Bolt.Bucket(lookupMetaBucket).Get([]byte("pepper")); string(cur) == pepper {
+	cur, err := s.st.pepper(tx)
+	if err != nil {
+		return Conflict, err
+	}
+	if cur != nil && cur.Value == pepper {
 		return Unchanged, nil
 	}
-	_, err := s.setPepperTx(tx, pepper)
+	_, err = s.setPepperTx(tx, pepper)
 	return Imported, err
 }
 
-// BindingImport writes many bindings in one write transaction. bbolt keeps
-// every key a transaction adds to a page in one in-memory node until the
-// commit, so keys added in random order cost a copy of that node each:
-// bindings come in address order, and the hash index entries (random by
-// nature) are sorted and written by Close.
+// BindingImport writes many bindings in one write transaction: bindings
+// come in address order, and the hash index entries (random by nature) are
+// sorted and written together by Close (on bbolt, keys added in random
+// order would cost a copy of a page's in-memory node each).
 type BindingImport struct {
 	s      *Service
 	tx     *store.Tx
@@ -58,7 +60,7 @@ func (s *Service) ImportBindings(tx *store.Tx) (*BindingImport, error) {
 	if err != nil {
 		return nil, err
 	}
-	tx.Bolt.Bucket(bindingsBucket).FillPercent = 0.9
+	s.st.prepareImport(tx)
 	return &BindingImport{s: s, tx: tx, pepper: pepper}, nil
 }
 
@@ -71,13 +73,11 @@ func (bi *BindingImport) Add(b Binding) (ImportOutcome, error) {
 		return Conflict, ErrBadBinding
 	}
 	b.Address = normalizeAddress(b.Medium, b.Address)
-	bk := bi.tx.Bolt.Bucket(bindingsBucket)
-	key := bindingKey(b.Medium, b.Address)
-	if raw := bk.Get(key); raw != nil {
-		var old Binding
-		if err := json.Unmarshal(raw, &old); err != nil {
-			return Conflict, err
-		}
+	old, err := bi.s.st.binding(bi.tx, b.Medium, b.Address)
+	if err != nil {
+		return Conflict, err
+	}
+	if old != nil {
 		if old.MXID == b.MXID {
 			return Unchanged, nil
 		}
@@ -89,11 +89,7 @@ func (bi *BindingImport) Add(b Binding) (ImportOutcome, error) {
 	if b.NotAfter.IsZero() {
 		b.NotAfter = b.TS.AddDate(100, 0, 0)
 	}
-	raw, err := json.Marshal(b)
-	if err != nil {
-		return Conflict, err
-	}
-	if err := bk.Put(key, raw); err != nil {
+	if err := bi.s.st.putBinding(bi.tx, &b); err != nil {
 		return Conflict, err
 	}
 	bi.idx = append(bi.idx, hashEntry{lookupHashRaw(b.Address, b.Medium, bi.pepper), b.MXID})
@@ -103,18 +99,9 @@ func (bi *BindingImport) Add(b Binding) (ImportOutcome, error) {
 // Close writes the hash index entries of the bindings added, in key order.
 func (bi *BindingImport) Close() error {
 	slices.SortFunc(bi.idx, func(a, b hashEntry) int { return bytes.Compare(a.hash[:], b.hash[:]) })
-	idx := bi.tx.Bolt.Bucket(lookupHashBucket)
-	idx.FillPercent = 0.9
-	for _, e := range bi.idx {
-		if err := idx.Put(e.hash[:], []byte(e.mxid)); err != nil {
-			return err
-		}
-	}
+	err := bi.s.st.putHashes(bi.tx, bi.idx)
 	bi.idx = nil
-	// Too many entries to read back one by one: the next lookup builds the
-	// in-memory index again.
-	bi.tx.OnCommit(bi.s.bind.index.drop)
-	return nil
+	return err
 }
 
 // ImportedAccount is one access token of another identity server.
@@ -137,22 +124,20 @@ func (s *Service) ImportAccounts(tx *store.Tx, accts []ImportedAccount) ([]Impor
 	}
 	slices.SortFunc(items, func(a, b item) int { return bytes.Compare(a.hash, b.hash) })
 	out := make([]ImportOutcome, len(accts))
-	b := tx.Bolt.Bucket(accountsBucket)
 	for _, it := range items {
 		a := accts[it.i]
-		if raw := b.Get(it.hash); raw != nil {
-			var old Account
-			if err := json.Unmarshal(raw, &old); err != nil {
-				return nil, err
-			}
+		old, err := s.st.account(tx, it.hash)
+		if err != nil {
+			return nil, err
+		}
+		if old != nil {
 			out[it.i] = Conflict
 			if old.UserID == a.UserID {
 				out[it.i] = Unchanged
 			}
 			continue
 		}
-		raw, _ := json.Marshal(Account{UserID: a.UserID, Created: a.Created.UTC()})
-		if err := b.Put(it.hash, raw); err != nil {
+		if err := s.st.putAccount(tx, it.hash, &Account{UserID: a.UserID, Created: a.Created.UTC()}); err != nil {
 			return nil, err
 		}
 		out[it.i] = Imported
@@ -165,12 +150,9 @@ func (s *Service) ImportAccounts(tx *store.Tx, accts []ImportedAccount) ([]Impor
 // Herald's configured policies (nothing to record), Unchanged when every
 // version was already recorded.
 func (s *Service) ImportAcceptedTerms(tx *store.Tx, userID string, urls []string) (ImportOutcome, error) {
-	b := tx.Bolt.Bucket(termsBucket)
-	accepted := map[string]bool{}
-	if raw := b.Get([]byte(userID)); raw != nil {
-		if err := json.Unmarshal(raw, &accepted); err != nil {
-			return Conflict, err
-		}
+	accepted, err := s.st.terms(tx, userID)
+	if err != nil {
+		return Conflict, err
 	}
 	known, added := false, false
 	for _, u := range urls {
@@ -187,16 +169,12 @@ func (s *Service) ImportAcceptedTerms(tx *store.Tx, userID string, urls []string
 	case !added:
 		return Unchanged, nil
 	}
-	raw, _ := json.Marshal(accepted)
-	return Imported, b.Put([]byte(userID), raw)
+	return Imported, s.st.putTerms(tx, userID, accepted)
 }
 
 // HasData reports whether any binding or account is stored.
+// A read error counts as data (an import then refuses to go ahead).
 func (s *Service) HasData(tx *store.Tx) bool {
-	k, _ := tx.Bolt.Bucket(bindingsBucket).Cursor().First()
-	if k != nil {
-		return true
-	}
-	k, _ = tx.Bolt.Bucket(accountsBucket).Cursor().First()
-	return k != nil
+	ok, err := s.st.hasData(tx)
+	return ok || err != nil
 }

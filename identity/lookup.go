@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"slices"
 	"strconv"
@@ -233,8 +234,10 @@ func writeJSONString[T string | []byte](b *bytes.Buffer, s T) {
 }
 
 // LookupHashed answers a v2 lookup: addresses in the algorithm's form,
-// mapped to the Matrix IDs of those that are bound. It costs one probe of
-// the in-memory index per address, whatever the number of bindings.
+// mapped to the Matrix IDs of those that are bound. On bbolt it costs one
+// probe of the in-memory index per address, on PostgreSQL one statement
+// probing the index's btree once per address, whatever the number of
+// bindings.
 func (s *Service) LookupHashed(algorithm, pepper string, addresses []string) (map[string]string, error) {
 	mappings := make(map[string]string)
 	err := s.lookupEach(algorithm, pepper, addresses, func(a string, mxid []byte) { mappings[a] = string(mxid) })
@@ -244,8 +247,9 @@ func (s *Service) LookupHashed(algorithm, pepper string, addresses []string) (ma
 	return mappings, nil
 }
 
-// lookupEach is LookupHashed calling found, inside one read transaction,
-// once for each distinct bound address (mxid is valid only during the call).
+// lookupEach is LookupHashed calling found, from one consistent view of the
+// database, once for each distinct bound address (mxid is valid only during
+// the call).
 func (s *Service) lookupEach(algorithm, pepper string, addresses []string, found func(address string, mxid []byte)) error {
 	if algorithm != "sha256" && algorithm != "none" {
 		return matrix.InvalidParam("Unsupported algorithm: supported are none and sha256")
@@ -257,103 +261,95 @@ func (s *Service) lookupEach(algorithm, pepper string, addresses []string, found
 	if err != nil {
 		return err
 	}
-	build := false
-	err = s.db.View(func(tx *store.Tx) error {
-		// Compare with the pepper of this very snapshot: the index matches it.
+	if algorithm == "sha256" {
+		// Each distinct address that decodes to a hash, once, in (nearly)
+		// key order, so that bbolt's seeks go forward with one cursor. Each
+		// hash sorts by a word of its top 50 bits and its position
+		// (MaxLookupAddresses < 1<<14): an ordinary integer sort, and equal
+		// addresses end up in one run of equal top bits, where they are
+		// kept once.
+		const posBits = 14
+		const _ = uint(1<<posBits - MaxLookupAddresses) // fails to compile if it does not fit
+		order := make([]uint64, 0, len(addresses))
+		decoded := make([][32]byte, len(addresses))
+		for i, a := range addresses {
+			if base64.RawURLEncoding.DecodedLen(len(a)) != 32 {
+				continue
+			}
+			if n, err := base64.RawURLEncoding.Decode(decoded[i][:], []byte(a)); err != nil || n != 32 {
+				continue
+			}
+			order = append(order, binary.BigEndian.Uint64(decoded[i][:8])&^(1<<posBits-1)|uint64(i))
+		}
+		slices.Sort(order)
+		keys := make([][32]byte, 0, len(order))
+		asked := make([]string, 0, len(order))
+		run := 0 // start of the run of equal top bits
+	next:
+		for j, x := range order {
+			if j == 0 || order[j-1]>>posBits != x>>posBits {
+				run = j
+			}
+			i := int(x & (1<<posBits - 1))
+			for _, y := range order[run:j] {
+				if addresses[y&(1<<posBits-1)] == addresses[i] {
+					continue next
+				}
+			}
+			keys = append(keys, decoded[i])
+			asked = append(asked, addresses[i])
+		}
+		p, err := s.st.lookup(s.db, pepper, keys, func(i int, mxid []byte) { found(asked[i], mxid) })
+		switch {
+		case errors.Is(err, errIndexNotBuilt):
+			s.opts.Log.Warn("lookup index not built: lookups seek every hash", "err", err)
+			return nil
+		case errors.Is(err, errWrongPepper):
+			current = p
+		case errors.Is(err, errNoPepper):
+		default:
+			return err
+		}
+		return matrix.InvalidPepper("Unknown or invalid pepper - has it been rotated?").
+			With("algorithm", "sha256").With("pepper", current).With("lookup_pepper", current)
+	}
+	return s.db.View(func(tx *store.Tx) error {
+		// Compare with the pepper of this very snapshot.
 		p, err := s.pepperTx(tx)
+		if errors.Is(err, errNoPepper) || (err == nil && p != pepper) {
+			if err == nil {
+				current = p
+			}
+			return matrix.InvalidPepper("Unknown or invalid pepper - has it been rotated?").
+				With("algorithm", "sha256").With("pepper", current).With("lookup_pepper", current)
+		}
 		if err != nil {
 			return err
 		}
-		current = p
-		if pepper != p {
-			return matrix.InvalidPepper("Unknown or invalid pepper - has it been rotated?").
-				With("algorithm", "sha256").With("pepper", p).With("lookup_pepper", p)
+		seen := make(map[string]bool)
+		var refs []bindingRef
+		var asked []string
+		for _, a := range addresses {
+			i := strings.LastIndexByte(a, ' ')
+			if i <= 0 || seen[a] {
+				continue
+			}
+			seen[a] = true
+			address, medium := a[:i], a[i+1:]
+			refs = append(refs, bindingRef{medium, normalizeAddress(medium, address)})
+			asked = append(asked, a)
 		}
-		switch algorithm {
-		case "sha256":
-			// Decode every hash and seek them in (nearly) key order with one
-			// cursor. Each hash sorts by a word of its top 50 bits and its
-			// position (MaxLookupAddresses < 1<<14): an ordinary integer
-			// sort, and equal addresses end up in one run of equal top bits,
-			// where they are answered once.
-			const posBits = 14
-			const _ = uint(1<<posBits - MaxLookupAddresses) // fails to compile if it does not fit
-			order := make([]uint64, 0, len(addresses))
-			keys := make([][32]byte, len(addresses))
-			for i, a := range addresses {
-				if base64.RawURLEncoding.DecodedLen(len(a)) != 32 {
-					continue
-				}
-				if n, err := base64.RawURLEncoding.Decode(keys[i][:], []byte(a)); err != nil || n != 32 {
-					continue
-				}
-				order = append(order, binary.BigEndian.Uint64(keys[i][:8])&^(1<<posBits-1)|uint64(i))
-			}
-			slices.Sort(order)
-			// The in-memory index answers when it is built for this pepper;
-			// until then each hash is sought in the database.
-			get, done := s.bind.index.reader(p)
-			defer done()
-			build = get == nil
-			c := tx.Bolt.Bucket(lookupHashBucket).Cursor()
-			run := 0 // start of the run of equal top bits
-		next:
-			for j, x := range order {
-				if j == 0 || order[j-1]>>posBits != x>>posBits {
-					run = j
-				}
-				i := int(x & (1<<posBits - 1))
-				for _, y := range order[run:j] {
-					if addresses[y&(1<<posBits-1)] == addresses[i] {
-						continue next
-					}
-				}
-				key := keys[i][:]
-				if get != nil {
-					if v := get(key); v != nil {
-						found(addresses[i], v)
-					}
-					continue
-				}
-				if k, v := c.Seek(key); v != nil && bytes.Equal(k, key) {
-					found(addresses[i], v)
-				}
-			}
-		case "none":
-			seen := make(map[string]bool)
-			bb := tx.Bolt.Bucket(bindingsBucket)
-			for _, a := range addresses {
-				i := strings.LastIndexByte(a, ' ')
-				if i <= 0 || seen[a] {
-					continue
-				}
-				address, medium := a[:i], a[i+1:]
-				raw := bb.Get(bindingKey(medium, normalizeAddress(medium, address)))
-				if raw == nil {
-					continue
-				}
-				var b Binding
-				if err := json.Unmarshal(raw, &b); err != nil {
-					return err
-				}
-				seen[a] = true
-				found(a, []byte(b.MXID))
+		bs, err := s.st.bindings(tx, refs)
+		if err != nil {
+			return err
+		}
+		for i, b := range bs {
+			if b != nil {
+				found(asked[i], []byte(b.MXID))
 			}
 		}
 		return nil
 	})
-	if err == errNoPepper {
-		return matrix.InvalidPepper("Unknown or invalid pepper - has it been rotated?").
-			With("algorithm", "sha256").With("pepper", current).With("lookup_pepper", current)
-	}
-	if err == nil && build {
-		// The index was not built for this pepper: this lookup builds it,
-		// after its own transaction (the others seek meanwhile).
-		if berr := s.bind.index.build(s.db); berr != nil {
-			s.opts.Log.Warn("lookup index not built: lookups seek every hash", "err", berr)
-		}
-	}
-	return err
 }
 
 // LookupV1 serves GET /api/v1/lookup?medium=&address=: the signed
@@ -396,17 +392,21 @@ func (s *Service) BulkLookupV1(c echo.Context) error {
 		return matrix.InvalidParam("Too many threepids in one lookup (at most %d)", MaxLookupAddresses)
 	}
 	out := make([][]string, 0)
+	refs := make([]bindingRef, len(req.Threepids))
+	for i, p := range req.Threepids {
+		if len(p) != 2 {
+			return matrix.InvalidParam("Each threepid must be [medium, address]")
+		}
+		refs[i] = bindingRef{p[0], normalizeAddress(p[0], p[1])}
+	}
 	err := s.db.View(func(tx *store.Tx) error {
-		for _, p := range req.Threepids {
-			if len(p) != 2 {
-				return matrix.InvalidParam("Each threepid must be [medium, address]")
-			}
-			b, err := s.BindingTx(tx, p[0], p[1])
-			if err != nil {
-				return err
-			}
+		bs, err := s.st.bindings(tx, refs)
+		if err != nil {
+			return err
+		}
+		for i, b := range bs {
 			if b != nil {
-				out = append(out, []string{p[0], p[1], b.MXID})
+				out = append(out, []string{req.Threepids[i][0], req.Threepids[i][1], b.MXID})
 			}
 		}
 		return nil

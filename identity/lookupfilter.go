@@ -8,7 +8,10 @@ import (
 	"github.com/herald-im/herald/store"
 )
 
-// lookupIndex answers hashed lookups from memory: for the current pepper, it
+// lookupIndex answers hashed lookups from memory on bbolt (boltStorage; it
+// reads the bbolt buckets directly, so it is bbolt-only by nature: on
+// PostgreSQL every replica would have to hear of every other's binds before
+// they answer, and a lookup queries the shared index instead): for the current pepper, it
 // maps every hash of the index bucket to its mxid, so a lookup costs a hash
 // probe per address instead of a bbolt seek (a B+tree descent with a cache
 // miss at every level: most of a lookup's time at a million bindings).

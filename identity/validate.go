@@ -31,17 +31,10 @@ import (
 	"github.com/herald-im/herald/store"
 )
 
-// Email validation sessions (requestToken / submitToken).
-//
-//	identity_sessions:     sid -> JSON Session
-//	identity_session_keys: sha256(client_secret 0 medium 0 address) -> sid
-//
-// Tokens and client secrets are stored as SHA-256 hashes only and compared in
-// constant time.
-var (
-	sessionsBucket    = []byte("identity_sessions")
-	sessionKeysBucket = []byte("identity_session_keys")
-)
+// Email validation sessions (requestToken / submitToken), each found by its
+// sid, and requestToken's de-duplication keys: sha256(client_secret 0 medium
+// 0 address) -> sid. Tokens and client secrets are stored as SHA-256 hashes
+// only and compared in constant time.
 
 //go:embed templates
 var templatesFS embed.FS
@@ -217,27 +210,15 @@ func (s *Service) validator() (*validation, error) {
 }
 
 // sessionTx loads sid and checks client_secret; it does not check expiry.
-func sessionTx(tx *store.Tx, sid, clientSecret string) (*Session, error) {
-	raw := tx.Bolt.Bucket(sessionsBucket).Get([]byte(sid))
-	if raw == nil {
-		return nil, errNoSession
-	}
-	var se Session
-	if err := json.Unmarshal(raw, &se); err != nil {
+func (s *Service) sessionTx(tx *store.Tx, sid, clientSecret string) (*Session, error) {
+	se, err := s.st.session(tx, sid)
+	if err != nil {
 		return nil, err
 	}
-	if subtle.ConstantTimeCompare(se.SecretHash, sha(clientSecret)) != 1 {
+	if se == nil || subtle.ConstantTimeCompare(se.SecretHash, sha(clientSecret)) != 1 {
 		return nil, errNoSession
 	}
-	return &se, nil
-}
-
-func putSession(tx *store.Tx, se *Session) error {
-	raw, err := json.Marshal(se)
-	if err != nil {
-		return err
-	}
-	return tx.Bolt.Bucket(sessionsBucket).Put([]byte(se.SID), raw)
+	return se, nil
 }
 
 func (v *validation) expired(se *Session, now time.Time) bool {
@@ -253,7 +234,7 @@ func (s *Service) ValidatedSession(sid, clientSecret string) (*Session, error) {
 	}
 	var se *Session
 	err = s.db.View(func(tx *store.Tx) error {
-		se, err = sessionTx(tx, sid, clientSecret)
+		se, err = s.sessionTx(tx, sid, clientSecret)
 		return err
 	})
 	if err != nil {
@@ -355,8 +336,12 @@ func (s *Service) RequestEmailToken(c echo.Context) error {
 	sent := false
 	err = s.db.Update(func(tx *store.Tx) error {
 		var se *Session
-		if old := tx.Bolt.Bucket(sessionKeysBucket).Get(key); old != nil {
-			prev, err := sessionTx(tx, string(old), req.ClientSecret)
+		old, err := s.st.sessionKey(tx, key)
+		if err != nil {
+			return err
+		}
+		if old != "" {
+			prev, err := s.sessionTx(tx, old, req.ClientSecret)
 			if err == nil && !v.expired(prev, now) {
 				se = prev
 			} else if err != nil && !errors.Is(err, errNoSession) {
@@ -402,11 +387,11 @@ func (s *Service) RequestEmailToken(c echo.Context) error {
 			return matrix.EmailSendError("The validation email could not be sent").Because(fmt.Errorf("queueing the validation email to %s: %w", matrix.RedactEmail(address), err))
 		}
 		se.MailID = id
-		if err := putSession(tx, se); err != nil {
+		if err := s.st.putSession(tx, se); err != nil {
 			return err
 		}
 		sid, sent = se.SID, true
-		return tx.Bolt.Bucket(sessionKeysBucket).Put(key, []byte(se.SID))
+		return s.st.putSessionKey(tx, key, se.SID)
 	})
 	if err != nil {
 		undoLimits()
@@ -431,7 +416,7 @@ func (s *Service) submitToken(sid, clientSecret, token string) (*Session, error)
 	var se *Session
 	err = s.db.Update(func(tx *store.Tx) error {
 		var err error
-		if se, err = sessionTx(tx, sid, clientSecret); err != nil {
+		if se, err = s.sessionTx(tx, sid, clientSecret); err != nil {
 			return err
 		}
 		if v.expired(se, now) {
@@ -449,7 +434,7 @@ func (s *Service) submitToken(sid, clientSecret, token string) (*Session, error)
 			se.Validated = now
 		}
 		se.Updated = now
-		return putSession(tx, se)
+		return s.st.putSession(tx, se)
 	})
 	return se, err
 }
