@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -15,8 +16,13 @@ import (
 	bolt "go.etcd.io/bbolt"
 	"golang.org/x/term"
 
+	"github.com/herald-im/herald/admin"
 	"github.com/herald-im/herald/config"
+	"github.com/herald-im/herald/identity"
 	"github.com/herald-im/herald/internal/server"
+	"github.com/herald-im/herald/invites"
+	"github.com/herald-im/herald/keys"
+	"github.com/herald-im/herald/mailer"
 	"github.com/herald-im/herald/pgstore"
 	"github.com/herald-im/herald/pgstore/pgqueue"
 	"github.com/herald-im/herald/queue"
@@ -54,10 +60,54 @@ type storagePart struct {
 }
 
 // storageParts are copied in this order: the queues' records first, so an
-// owner's CopyStorage may rebuild its index of them from the target.
-var storageParts = []storagePart{
-	{name: "outbox", copy: copyQueue("outbox"), sum: sumQueue("outbox")},
-	{name: "onbind", copy: copyQueue("onbind"), sum: sumQueue("onbind")},
+// owner's CopyStorage (mailer's outbox index, invites' delivery index)
+// rebuilds its index of them from the target.
+func storageParts(cfg *config.Config) []storagePart {
+	return []storagePart{
+		{name: "outbox", copy: copyQueue("outbox"), sum: sumQueue("outbox")},
+		{name: "onbind", copy: copyQueue("onbind"), sum: sumQueue("onbind")},
+		{name: "signing keys", copy: copyRing(cfg), sum: sumRing(cfg)},
+		{name: "ephemeral keys", copy: keys.CopyStorage, sum: keys.SumStorage},
+		{name: "console", copy: admin.CopyStorage, sum: admin.SumStorage},
+		{name: "mail", copy: mailer.CopyStorage, sum: mailer.SumStorage},
+		{name: "identity", copy: identity.CopyStorage, sum: identity.SumStorage},
+		{name: "invites", copy: invites.CopyStorage, sum: invites.SumStorage},
+	}
+}
+
+// The signing keys of a bbolt deployment are files in data_dir/keys, not
+// records of its database; on PostgreSQL they are the signing_keys table.
+func copyRing(cfg *config.Config) func(ctx context.Context, src, dst *store.DB, progress func(n int)) error {
+	return func(ctx context.Context, src, dst *store.DB, progress func(n int)) error {
+		ring, err := keys.LoadRing(filepath.Join(cfg.DataDir, "keys"), cfg.ServerName)
+		if err != nil {
+			return err
+		}
+		if err := keys.CopyRing(ctx, ring, dst); err != nil {
+			return err
+		}
+		progress(len(ring.List()))
+		return nil
+	}
+}
+
+func sumRing(cfg *config.Config) func(ctx context.Context, db *store.DB) ([]store.TableSum, error) {
+	return func(ctx context.Context, db *store.DB) ([]store.TableSum, error) {
+		var ring *keys.Ring
+		var err error
+		if db.Backend() == store.BackendPostgres {
+			ring, err = keys.LoadRingDB(ctx, db, cfg.ServerName)
+		} else {
+			ring, err = keys.LoadRing(filepath.Join(cfg.DataDir, "keys"), cfg.ServerName)
+		}
+		if errors.Is(err, keys.ErrNoRing) {
+			return []store.TableSum{store.NewSummer("signing_keys").Sum()}, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		return []store.TableSum{keys.RingSum(ring)}, nil
+	}
 }
 
 // queueBackend opens the queue named name on db; nil on bbolt when the
@@ -162,7 +212,8 @@ func migrateCommand(ctx context.Context, cfg *config.Config, log *slog.Logger, a
 	if !got {
 		return errors.New("migrate-storage: another herald migrate-storage is copying into this database")
 	}
-	target, err := prepareTarget(ctx, pg, popts, restart)
+	parts := storageParts(cfg)
+	target, err := prepareTarget(ctx, pg, popts, restart, parts)
 	if err != nil {
 		return fmt.Errorf("migrate-storage: %w", err)
 	}
@@ -170,7 +221,7 @@ func migrateCommand(ctx context.Context, cfg *config.Config, log *slog.Logger, a
 		defer target.Close()
 		dst = store.NewPostgres(target)
 	}
-	return migrate(ctx, src, dst, target, stdout)
+	return migrate(ctx, src, dst, target, stdout, parts)
 }
 
 // prepareTarget refuses a target with data: any record a part would copy
@@ -179,7 +230,7 @@ func migrateCommand(ctx context.Context, cfg *config.Config, log *slog.Logger, a
 // every table of the schema is dropped and the migrations run again, so the
 // target is exactly what a fresh database is; the returned pool is then a
 // new one on the rebuilt schema. Finally the copy is marked begun.
-func prepareTarget(ctx context.Context, pg *pgstore.DB, popts pgstore.Options, restart bool) (*pgstore.DB, error) {
+func prepareTarget(ctx context.Context, pg *pgstore.DB, popts pgstore.Options, restart bool, parts []storagePart) (*pgstore.DB, error) {
 	unfinished, err := server.UnfinishedMigration(ctx, pg)
 	if err != nil {
 		return nil, err
@@ -189,7 +240,7 @@ func prepareTarget(ctx context.Context, pg *pgstore.DB, popts pgstore.Options, r
 		return nil, err
 	}
 	finished = finished && !unfinished
-	full, err := targetData(ctx, store.NewPostgres(pg))
+	full, err := targetData(ctx, store.NewPostgres(pg), parts)
 	if err != nil {
 		return nil, err
 	}
@@ -224,8 +275,8 @@ func prepareTarget(ctx context.Context, pg *pgstore.DB, popts pgstore.Options, r
 
 // targetData names the first kind of record the target already holds ("" if
 // none), counted by the parts themselves.
-func targetData(ctx context.Context, dst *store.DB) (string, error) {
-	for _, p := range storageParts {
+func targetData(ctx context.Context, dst *store.DB, parts []storagePart) (string, error) {
+	for _, p := range parts {
 		sums, err := p.sum(ctx, dst)
 		if err != nil {
 			return "", err
@@ -275,10 +326,10 @@ func dropSchema(ctx context.Context, pg *pgstore.DB) error {
 }
 
 // migrate copies every part, verifies and marks the copy finished.
-func migrate(ctx context.Context, src, dst *store.DB, pg *pgstore.DB, stdout io.Writer) error {
+func migrate(ctx context.Context, src, dst *store.DB, pg *pgstore.DB, stdout io.Writer, parts []storagePart) error {
 	var want []store.TableSum
 	total := int64(0)
-	for _, p := range storageParts {
+	for _, p := range parts {
 		s, err := p.sum(ctx, src)
 		if err != nil {
 			return fmt.Errorf("migrate-storage: reading %s: %w", p.name, err)
@@ -289,7 +340,7 @@ func migrate(ctx context.Context, src, dst *store.DB, pg *pgstore.DB, stdout io.
 		want = append(want, s...)
 	}
 	pr := newProgress(stdout, total)
-	for _, p := range storageParts {
+	for _, p := range parts {
 		pr.part(p.name)
 		if err := p.copy(ctx, src, dst, pr.add); err != nil {
 			pr.stop()
@@ -298,7 +349,7 @@ func migrate(ctx context.Context, src, dst *store.DB, pg *pgstore.DB, stdout io.
 	}
 	pr.stop()
 	var got []store.TableSum
-	for _, p := range storageParts {
+	for _, p := range parts {
 		s, err := p.sum(ctx, dst)
 		if err != nil {
 			return fmt.Errorf("migrate-storage: verifying %s: %w", p.name, err)

@@ -30,12 +30,13 @@ func (a *App) newAdmin() (*admin.Handler, error) {
 	console := invites.NewConsole(a.invites, a.onbind)
 	opts := admin.Options{
 		DB: a.db, Config: a.cfg, Log: a.log, Now: a.now, IPExtractor: a.clientIP,
-		Invites:        console,
-		Outbox:         mailer.NewConsole(a.mail),
-		Deliveries:     console,
-		Bindings:       identity.NewConsole(a.identity),
-		Keys:           a.ring,
-		NormalizeEmail: identity.NormalizeEmail,
+		AuditPruneElsewhere: true, // a periodic job (storage.go)
+		Invites:             console,
+		Outbox:              mailer.NewConsole(a.mail),
+		Deliveries:          console,
+		Bindings:            identity.NewConsole(a.identity),
+		Keys:                a.ring,
+		NormalizeEmail:      identity.NormalizeEmail,
 		Scrub: func(context.Context) error {
 			if a.bdb == nil {
 				return fmt.Errorf("scrub: %w (PostgreSQL checks its own pages: data_checksums, amcheck)", ErrBoltOnly)

@@ -253,9 +253,16 @@ func (a *App) Start(ctx context.Context) {
 			return nil
 		})
 	}
+	if a.db.PG() != nil {
+		a.goBackground(ctx, "", "lookup pepper refresh", func(ctx context.Context) error {
+			a.refreshPepper(ctx, a.intervals.KeyReload)
+			return nil
+		})
+	}
 	if a.admin != nil {
-		// Audit log retention; the count of refused console logins.
-		a.goBackground(ctx, "", "audit log retention", func(ctx context.Context) error {
+		// The count of refused console logins (audit retention is a
+		// periodic job: storage.go).
+		a.goBackground(ctx, "", "console login summary", func(ctx context.Context) error {
 			a.admin.Run(ctx)
 			return nil
 		})

@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/herald-im/herald/config"
+	"github.com/herald-im/herald/identity"
 	"github.com/herald-im/herald/internal/background"
 	"github.com/herald-im/herald/keys"
 	"github.com/herald-im/herald/pgstore"
@@ -145,12 +146,21 @@ type periodicJob struct {
 	run     func(ctx context.Context) error
 }
 
-// periodicJobs is every sweep, in one table: adding one is one line.
+// periodicJobs is every sweep, in one table: adding one is one line. Each
+// run is one pass of a feature package's sweep, which logs what it did.
 func (a *App) periodicJobs() []periodicJob {
-	return []periodicJob{
-		{name: "invite-lifecycle", desc: "invite expiry sweep", worker: "lifecycle", period: time.Minute, atStart: true, run: a.inviteLifecycle},
-		{name: "token-expiry", desc: "access token expiry", period: time.Hour, run: a.tokenExpiry},
+	jobs := []periodicJob{
+		{name: "invite-expiry", desc: "invite expiry sweep", worker: "lifecycle", period: time.Minute, atStart: true, run: a.invites.ExpireSweep},
+		{name: "invite-erase", desc: "invite secret erasure", period: time.Minute, atStart: true, run: a.invites.EraseSweep},
+		{name: "invite-counts", desc: "invite counter fold", period: time.Minute, run: a.invites.FoldCounts}, // PostgreSQL's delta rows; nothing on bbolt
+		{name: "token-expiry", desc: "access token expiry", period: time.Hour, run: a.identity.ExpireTokens},
+		{name: "session-sweep", desc: "validation session sweep", period: time.Hour, run: a.identity.SweepSessions},
+		{name: "pepper-rotation", desc: "lookup pepper rotation", period: time.Hour, run: a.identity.RotatePepperPeriodic},
 	}
+	if a.admin != nil {
+		jobs = append(jobs, periodicJob{name: "audit-retention", desc: "audit log retention", period: time.Hour, atStart: true, run: a.admin.PruneAuditContext})
+	}
+	return jobs
 }
 
 // startPeriodic runs the table's jobs under background.Run.
@@ -179,6 +189,22 @@ func (a *App) runPeriodic(ctx context.Context, jobs []periodicJob) {
 	}
 }
 
+// refreshPepper, on PostgreSQL, re-reads the lookup pepper whenever a
+// replica rotates it (identity.PepperChannel), and at least every interval.
+func (a *App) refreshPepper(ctx context.Context, every time.Duration) {
+	sig := a.db.PG().Subscribe(ctx, identity.PepperChannel, every)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-sig:
+			if err := a.identity.Refresh(ctx); err != nil && ctx.Err() == nil {
+				a.log.Error("reloading the lookup pepper", "err", err)
+			}
+		}
+	}
+}
+
 // wakeQueues, on PostgreSQL, wakes this replica's queue workers when any
 // replica enqueues (pgqueue's NOTIFY), and at least every queueFallback.
 func (a *App) wakeQueues(ctx context.Context) {
@@ -197,41 +223,6 @@ func (a *App) wakeQueues(ctx context.Context) {
 // queueFallback bounds how long a replica's queue worker goes without
 // looking at the queue when notifications do not reach it.
 const queueFallback = 10 * time.Second
-
-// inviteLifecycle is one pass of the invite sweeps: expire what is due and
-// erase the secrets of old invites.
-func (a *App) inviteLifecycle(ctx context.Context) error {
-	var errs []error
-	if n, err := a.invites.ExpireDue(); err != nil {
-		errs = append(errs, fmt.Errorf("expiring invites: %w", err))
-	} else if n > 0 {
-		a.log.Info("invites expired", "count", n)
-	}
-	if n, err := a.invites.EraseSecrets(); err != nil {
-		errs = append(errs, fmt.Errorf("erasing invite secrets: %w", err))
-	} else if n > 0 {
-		a.log.Info("invite secrets erased after retention", "count", n)
-	}
-	return errors.Join(errs...)
-}
-
-// tokenExpiry is one pass of the account sweeps: idle access tokens and
-// expired validation sessions.
-func (a *App) tokenExpiry(ctx context.Context) error {
-	var errs []error
-	now := a.now().UTC()
-	if expired, deleted, err := a.identity.ExpireIdleTokens(now); err != nil {
-		errs = append(errs, fmt.Errorf("expiring idle access tokens: %w", err))
-	} else if expired+deleted > 0 {
-		a.log.Info("idle access tokens expired", "expired", expired, "tombstones_deleted", deleted)
-	}
-	if n, err := a.identity.DeleteExpiredSessions(now); err != nil {
-		errs = append(errs, fmt.Errorf("deleting expired validation sessions: %w", err))
-	} else if n > 0 {
-		a.log.Info("expired validation sessions deleted", "count", n)
-	}
-	return errors.Join(errs...)
-}
 
 // pgReadiness is the database's part of /_herald/ready on PostgreSQL: the
 // pool answers a ping within a few seconds.
