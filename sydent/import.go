@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/herald-im/herald/identity"
 	"github.com/herald-im/herald/invites"
 	"github.com/herald-im/herald/keys"
@@ -147,20 +149,64 @@ type Imported struct {
 
 // ImportedDeployment returns the sydent deployment imported into db, or nil.
 func ImportedDeployment(db *store.DB) (*Imported, error) {
-	var out *Imported
-	err := db.View(func(tx *store.Tx) error {
-		b := tx.Bolt.Bucket(metaBucket)
-		if b == nil {
-			return nil
+	raw, err := importedRaw(db)
+	if err != nil || raw == nil {
+		return nil, err
+	}
+	out := new(Imported)
+	return out, json.Unmarshal(raw, out)
+}
+
+// importedRaw is the stored record of the import, as stored (nil: none).
+func importedRaw(db *store.DB) (raw []byte, err error) {
+	err = db.View(func(tx *store.Tx) error {
+		if tx.PG != nil {
+			err := tx.PG.QueryRow(tx.Context(), `SELECT source::text FROM sydent_import`).Scan(&raw)
+			if errors.Is(err, pgx.ErrNoRows) {
+				return nil
+			}
+			return err
 		}
-		raw := b.Get([]byte("source"))
-		if raw == nil {
-			return nil
+		if b := tx.Bolt.Bucket(metaBucket); b != nil {
+			raw = store.Copy(b.Get([]byte("source")))
 		}
-		out = new(Imported)
-		return json.Unmarshal(raw, out)
+		return nil
 	})
-	return out, err
+	return raw, err
+}
+
+// CopyStorage copies the record of a sydent import (if any) from a bbolt
+// database into PostgreSQL, for herald migrate-storage.
+func CopyStorage(ctx context.Context, src, dst *store.DB, progress func(n int)) error {
+	raw, err := importedRaw(src)
+	if err != nil || raw == nil {
+		return err
+	}
+	if dst.Backend() != store.BackendPostgres {
+		return errors.New("sydent: CopyStorage copies into PostgreSQL")
+	}
+	err = dst.UpdateContext(ctx, func(tx *store.Tx) error {
+		_, err := tx.PG.Exec(tx.Context(), `INSERT INTO sydent_import (source) VALUES ($1::json)`, string(raw))
+		return err
+	})
+	if err == nil {
+		progress(1)
+	}
+	return err
+}
+
+// SumStorage sums the import record (table "sydent_import"), byte for byte
+// on both backends (PostgreSQL's json type keeps the text as stored).
+func SumStorage(ctx context.Context, db *store.DB) ([]store.TableSum, error) {
+	raw, err := importedRaw(db)
+	if err != nil {
+		return nil, err
+	}
+	s := store.NewSummer("sydent_import")
+	if raw != nil {
+		s.Add(raw)
+	}
+	return []store.TableSum{s.Sum()}, nil
 }
 
 // RecordImportedKey records, inside the import's transaction, that invites
@@ -197,6 +243,9 @@ func Import(ctx context.Context, t Target, dbPath string, cfg *Config, opts Opti
 }
 
 func doImport(ctx context.Context, t Target, dbPath string, cfg *Config, opts Options) (*Report, error) {
+	if t.DB.Backend() != store.BackendBolt {
+		return nil, errors.New("herald import sydent writes a bbolt data_dir: import there, then copy it with herald migrate-storage --to postgres (docs/migrating-from-sydent.md)")
+	}
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}

@@ -27,6 +27,7 @@ import (
 	"github.com/herald-im/herald/pgstore/pgqueue"
 	"github.com/herald-im/herald/queue"
 	"github.com/herald-im/herald/store"
+	"github.com/herald-im/herald/sydent"
 )
 
 const migrateUsage = `usage: herald migrate-storage --to postgres [--dsn DSN] [--restart]
@@ -72,6 +73,7 @@ func storageParts(cfg *config.Config) []storagePart {
 		{name: "mail", copy: mailer.CopyStorage, sum: mailer.SumStorage},
 		{name: "identity", copy: identity.CopyStorage, sum: identity.SumStorage},
 		{name: "invites", copy: invites.CopyStorage, sum: invites.SumStorage},
+		{name: "sydent import", copy: sydent.CopyStorage, sum: sydent.SumStorage},
 	}
 }
 
