@@ -2,6 +2,7 @@ package identity
 
 import (
 	"bytes"
+	"context"
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/json"
@@ -422,4 +423,20 @@ func (s *Service) observeLookup(api string, addresses, matches int) {
 	if s.opts.OnLookup != nil {
 		s.opts.OnLookup(api, addresses, matches)
 	}
+}
+
+// WarmLookups builds this process's in-memory copy of the lookup hash index
+// now, at start-up, so that the first lookup does not wait for it (about a
+// second at a million bindings). Lookups that arrive meanwhile are answered
+// from storage, as they are whenever the copy is not built.
+func (s *Service) WarmLookups(ctx context.Context) error {
+	pepper, _, err := s.Pepper()
+	if err != nil {
+		return err
+	}
+	_, err = s.st.lookup(s.db, pepper, nil, func(int, []byte) {})
+	if errors.Is(err, errWrongPepper) {
+		err = nil // rotated meanwhile: the next lookup builds it
+	}
+	return err
 }

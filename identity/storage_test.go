@@ -533,3 +533,41 @@ func TestStorageTwoReplicas(t *testing.T) {
 		t.Fatalf("two replicas rotated %d times", n)
 	}
 }
+
+// WarmLookups builds the process's in-memory copy of the hash index before
+// any lookup, on both backends, and lookups then answer from it.
+func TestWarmLookupsBuildsTheIndex(t *testing.T) {
+	storetest.Run(t, func(t *testing.T, db *store.DB) {
+		s := newTestService(t, db, newClock(), 0)
+		bind(t, s, "warm@example.org", "@warm:example.org")
+		index := func() *lookupIndex {
+			switch st := s.st.(type) {
+			case *boltStorage:
+				return &st.index
+			case *pgStorage:
+				return &st.cache.idx
+			}
+			t.Fatalf("storage %T", s.st)
+			return nil
+		}()
+		built := func() bool { index.mu.RLock(); defer index.mu.RUnlock(); return index.built }
+		if built() {
+			t.Fatal("index built before any lookup or warm-up")
+		}
+		if err := s.WarmLookups(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		if !built() {
+			t.Fatal("WarmLookups did not build the index")
+		}
+		pepper, _, err := s.Pepper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := lookupHashRaw("warm@example.org", "email", pepper)
+		var got string
+		if _, err := s.st.lookup(db, pepper, [][32]byte{h}, func(_ int, mxid []byte) { got = string(mxid) }); err != nil || got != "@warm:example.org" {
+			t.Fatalf("lookup after warm-up: %q %v", got, err)
+		}
+	})
+}

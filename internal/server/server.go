@@ -239,6 +239,14 @@ func (a *App) Start(ctx context.Context) {
 		a.reloadKeys(ctx, a.intervals.KeyReload)
 		return nil
 	})
+	a.goBackground(ctx, "", "lookup index warm-up", func(ctx context.Context) error {
+		start := time.Now()
+		if err := a.identity.WarmLookups(ctx); err != nil {
+			return err
+		}
+		a.log.Debug("lookup index built", "took", time.Since(start).Round(time.Millisecond).String())
+		return nil
+	})
 	a.goBackground(ctx, "mail", "mail worker", a.mail.Run)
 	a.goBackground(ctx, "onbind", "onbind worker", a.onbind.Run)
 	// The sweeps (storage.go's table): once per period across replicas on
