@@ -93,12 +93,14 @@ type DeliveryFilter struct {
 	Offset int
 }
 
-// DeliveryStats counts deliveries by state.
+// DeliveryStats counts deliveries by state, and the attempts that failed
+// in the last 24 hours.
 type DeliveryStats struct {
-	Pending   int `json:"pending"`
-	Delivered int `json:"delivered"`
-	Failed    int `json:"failed"`
-	Cancelled int `json:"cancelled"`
+	Pending        int `json:"pending"`
+	Delivered      int `json:"delivered"`
+	Failed         int `json:"failed"`
+	Cancelled      int `json:"cancelled"`
+	FailedAttempts int `json:"failed_attempts_24h"`
 }
 
 // Notifier sends an onbind body to a homeserver (federation.Client).
@@ -574,10 +576,12 @@ func (d *Deliveries) Drop(ids ...uint64) error {
 	return deliveryErr(d.q.Drop(context.Background(), "dropped by an operator", ids...))
 }
 
-// Stats counts deliveries by state (from the queue's counters).
+// Stats counts deliveries by state (from the queue's counters) and the
+// failed attempts of the last 24 hours (from its index of failures).
 func (d *Deliveries) Stats() (DeliveryStats, error) {
 	c, err := d.q.Stats(context.Background())
-	return DeliveryStats{Pending: c.Pending, Delivered: c.Done, Failed: c.Failed, Cancelled: c.Cancelled}, err
+	return DeliveryStats{Pending: c.Pending, Delivered: c.Done, Failed: c.Failed, Cancelled: c.Cancelled,
+		FailedAttempts: c.FailedAttempts}, err
 }
 
 // deliveryActive reports whether the invite was carried by a delivery the

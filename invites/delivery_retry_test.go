@@ -53,6 +53,12 @@ func TestDeliveryNetworkErrorLoggedAndRetriedSoon(t *testing.T) {
 	if wait := got.NextAttempt.Sub(got.Attempts[0].At); wait != 2*time.Second {
 		t.Fatalf("first retry %v after the attempt, want the 2s default", wait)
 	}
+	// The console's dashboard counts it among the failed attempts of the
+	// last 24 hours (from the queue's index of failures).
+	st, err := invites.NewConsole(e.App.Invites(), e.App.Deliveries()).DeliveryStats(t.Context())
+	if err != nil || st.Pending != 1 || st.FailedAttempts24h < 1 {
+		t.Fatalf("delivery stats %+v, %v: want 1 pending and its failed attempt", st, err)
+	}
 	var line string
 	waitCond(t, "the retry to be logged", func() bool {
 		for _, l := range strings.Split(e.Logs(), "\n") {
