@@ -2,10 +2,15 @@ package invites
 
 import (
 	"embed"
+	"encoding/binary"
+	"errors"
 	"fmt"
+	"hash/fnv"
 	"html"
+	"io"
 	"io/fs"
 	"net/url"
+	"strconv"
 	"strings"
 	"unicode"
 
@@ -252,3 +257,69 @@ func (s *Service) renderMail(inv *Invite) (mailer.Message, error) {
 // RenderMail renders the invite email for inv as it would be queued (for the
 // admin console's "resend" and for tests).
 func (s *Service) RenderMail(inv *Invite) (mailer.Message, error) { return s.renderMail(inv) }
+
+// prepareMail prepares inv's invite email for the outbox. It is rendered
+// when it is sent (renderQueued), from the invite record, which holds
+// everything it shows: only its subject, which the console lists, is
+// rendered now. A KIND.eml template is rendered and stored now, as its
+// Message-ID and subject are its own.
+func (s *Service) prepareMail(inv *Invite) (*mailer.Prepared, error) {
+	t := s.mail.forInvite(inv)
+	if t.IsRaw() {
+		m, err := s.renderMail(inv)
+		if err != nil {
+			return nil, err
+		}
+		return s.opts.Mailer.Prepare(m)
+	}
+	subject, err := t.RenderSubject(templateData(s.cfg, inv))
+	if err != nil {
+		return nil, err
+	}
+	m := mailer.Message{To: inv.Address, Kind: "invite", Ref: "invite:" + strconv.FormatUint(inv.ID, 10), Subject: subject}
+	return s.opts.Mailer.PrepareRendered(m, binary.BigEndian.AppendUint32(nil, s.mailVersion(t)))
+}
+
+// mailVersion is the version of what an invite email is rendered with: the
+// brand's templates and the settings its links and names come from. It is
+// kept with a queued mail so that a change before the mail is sent is
+// logged: the mail is rendered with what is in use when it is sent.
+func (s *Service) mailVersion(t *mailer.Templates) uint32 {
+	h := fnv.New32a()
+	_ = binary.Write(h, binary.BigEndian, t.Version())
+	for _, v := range append([]string{s.cfg.BaseURL(), s.cfg.Email.BrandName, s.cfg.Email.WebClientURL}, s.cfg.Email.WebClientAllowlist...) {
+		_, _ = io.WriteString(h, v+"\x00")
+	}
+	return h.Sum32()
+}
+
+// renderQueued is the outbox's Renderer for invite emails queued by
+// prepareMail: it renders the email from the invite record as it is now.
+// An invite that is gone, or whose token and keys were erased (it ended
+// long ago), has nothing to send: mailer.ErrWithdrawn.
+func (s *Service) renderQueued(ref string, data []byte) (mailer.Message, error) {
+	n, ok := strings.CutPrefix(ref, "invite:")
+	id, err := strconv.ParseUint(n, 10, 64)
+	if !ok || err != nil {
+		return mailer.Message{}, fmt.Errorf("invites: a queued invite email refers to %q", ref)
+	}
+	inv, err := s.Get(id)
+	if errors.Is(err, ErrNotFound) {
+		return mailer.Message{}, fmt.Errorf("%w: invite %d is gone", mailer.ErrWithdrawn, id)
+	}
+	if err != nil {
+		return mailer.Message{}, err
+	}
+	if inv.Token == "" || inv.EphemeralPrivate == "" {
+		return mailer.Message{}, fmt.Errorf("%w: invite %d no longer holds its token and keys", mailer.ErrWithdrawn, id)
+	}
+	if len(data) == 4 {
+		if v := binary.BigEndian.Uint32(data); v != s.mailVersion(s.mail.forInvite(inv)) {
+			if _, seen := s.changedMail.LoadOrStore(v, true); !seen {
+				s.opts.Log.Warn("invite emails queued before a change of the email templates or settings are sent with the current ones",
+					"invite", id)
+			}
+		}
+	}
+	return s.renderMail(inv)
+}

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -61,6 +62,9 @@ type Service struct {
 	// store-invite (upstream.go).
 	upstream *upstreamHook
 	sent     sentMails // mails known sent, for the console's states (console.go)
+	// changedMail holds the mail versions (email.go) already logged as
+	// changed since their mails were queued.
+	changedMail sync.Map
 }
 
 // New creates the invites buckets, loads and checks the email templates and
@@ -103,6 +107,10 @@ func New(db *bolt.DB, opts Options) (*Service, error) {
 		return nil, err
 	}
 	s.limits = newLimits(opts.Config.Invites, opts.Now)
+	if opts.Mailer != nil {
+		// Invite emails are rendered when they are sent (email.go).
+		opts.Mailer.SetRenderer("invite", s.renderQueued)
+	}
 	return s, nil
 }
 

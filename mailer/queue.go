@@ -187,6 +187,9 @@ type Queue struct {
 	opts Options
 	log  *slog.Logger
 	from string // the envelope sender
+
+	renderMu  sync.RWMutex
+	renderers map[string]Renderer // by kind (render.go)
 }
 
 // Open creates the outbox's buckets and returns the queue. Run starts the worker.
@@ -429,9 +432,14 @@ var dictV1 []byte
 var flaters sync.Pool
 
 // unpackRecord reads the body of r, a mail of the outbox.
-func unpackRecord(r *queue.Record) ([]byte, error) {
-	if len(r.Data) > 0 && r.Data[0] == formatComposeDictV2 {
-		return unpackMessage(r.Data[1:], decodeMeta(r.Meta))
+func (q *Queue) unpackRecord(r *queue.Record) ([]byte, error) {
+	if len(r.Data) > 0 {
+		switch r.Data[0] {
+		case formatComposeDictV2:
+			return unpackMessage(r.Data[1:], decodeMeta(r.Meta))
+		case formatRendered:
+			return q.render(r, r.Data[1:])
+		}
 	}
 	return unpack(r.Data)
 }
@@ -493,8 +501,14 @@ func (q *Queue) Run(ctx context.Context) error {
 // errors are temporary, 5xx and PermanentErrors are not.
 func (q *Queue) deliver(ctx context.Context, r *queue.Record) queue.Outcome {
 	m := toMail(r)
-	raw, err := unpackRecord(r)
-	if err != nil {
+	raw, err := q.unpackRecord(r)
+	switch {
+	case err != nil && ctx.Err() != nil:
+		// A mail rendered at send time may have read a closing database.
+		return queue.Outcome{Class: queue.Abandon}
+	case errors.Is(err, ErrWithdrawn):
+		return queue.Outcome{Class: queue.Cancel, Reply: err.Error(), Label: "none"}
+	case err != nil:
 		return queue.Outcome{Class: queue.Permanent, Reply: err.Error(), Label: "none"}
 	}
 	reply := "250 OK"
@@ -562,14 +576,19 @@ func toMail(r *queue.Record) Mail {
 
 func mailErr(err error) error { return queue.MapErr(err, ErrNotFound, ErrState) }
 
-// Get returns one mail, with its composed bytes until it is sent.
+// Get returns one mail, with its composed bytes until it is sent. A mail
+// rendered at send time (PrepareRendered) is rendered for Get too; when its
+// Renderer cannot render it (the mail failed or will fail for that reason,
+// in its timeline), Raw is nil.
 func (q *Queue) Get(id uint64) (Mail, error) {
 	r, err := q.q.Get(context.Background(), id)
 	if err != nil {
 		return Mail{}, mailErr(err)
 	}
 	m := toMail(r)
-	if m.Raw, err = unpackRecord(r); err != nil {
+	if m.Raw, err = q.unpackRecord(r); err != nil && r.Data[0] == formatRendered {
+		return m, nil
+	} else if err != nil {
 		return m, err
 	}
 	return m, nil
