@@ -2,10 +2,15 @@ package invites
 
 import (
 	"embed"
+	"encoding/binary"
+	"errors"
 	"fmt"
+	"hash/fnv"
 	"html"
+	"io"
 	"io/fs"
 	"net/url"
+	"strconv"
 	"strings"
 	"unicode"
 
@@ -167,18 +172,24 @@ func roomDisplay(inv *Invite) string {
 // value from the request is cleaned of control characters; the HTML template
 // escapes on output.
 func templateData(c *config.Config, inv *Invite) map[string]any {
-	// Sized once: the maps would otherwise regrow several times per invite.
-	d := make(map[string]any, 3*(len(inv.Extra)+20)+12)
-	// sydent's names first, so Herald's own names win on a clash.
-	str := make(map[string]string, len(inv.Extra)+20)
+	// Sized once: the map would otherwise regrow several times per invite.
+	d := make(map[string]any, 3*(len(inv.Extra)+len(sydentNames))+12)
+	set := func(k, khtml, kurl, v string) {
+		d[k] = v
+		d[khtml] = html.EscapeString(v)
+		d[kurl] = url.QueryEscape(v)
+	}
+	// sydent's names from the request first, so Herald's own names win on
+	// a clash.
 	for k, v := range inv.Extra {
 		var s string
 		if err := jsonString(v, &s); err == nil && validVarName(k) {
-			str[k] = clean(s)
+			set(k, k+"_forhtml", k+"_forurl", clean(s))
 		}
 	}
 	name := clean(inv.RoomName)
 	display := clean(inv.SenderDisplayName)
+	alias := clean(inv.RoomAlias)
 	bracketedRoom, bracketedSender := "", inv.Sender
 	if name != "" {
 		bracketedRoom = "(" + name + ")"
@@ -186,22 +197,19 @@ func templateData(c *config.Config, inv *Invite) map[string]any {
 	if display != "" {
 		bracketedSender = display + " (" + inv.Sender + ")"
 	}
-	for k, v := range map[string]string{
-		"medium": inv.Medium, "address": inv.Address, "to": inv.Address,
-		"room_id": inv.RoomID, "sender": inv.Sender, "token": inv.Token,
-		"room_alias": clean(inv.RoomAlias), "room_avatar_url": clean(inv.RoomAvatarURL),
-		"room_join_rules": clean(inv.RoomJoinRules), "room_name": name, "room_type": clean(inv.RoomType),
-		"sender_display_name": display, "sender_avatar_url": clean(inv.SenderAvatarURL),
-		"ephemeral_private_key": inv.EphemeralPrivate, "web_client_location": webClient(c, inv),
-		"bracketed_room_name": bracketedRoom, "bracketed_verified_sender": bracketedSender,
-		"signurl": SignURL(c, inv),
-	} {
-		str[k] = v
+	signURL := SignURL(c, inv)
+	values := [len(sydentNames)]string{
+		inv.Medium, inv.Address, inv.Address,
+		inv.RoomID, inv.Sender, inv.Token,
+		alias, clean(inv.RoomAvatarURL),
+		clean(inv.RoomJoinRules), name, clean(inv.RoomType),
+		display, clean(inv.SenderAvatarURL),
+		inv.EphemeralPrivate, webClient(c, inv),
+		bracketedRoom, bracketedSender,
+		signURL,
 	}
-	for k, v := range str {
-		d[k] = v
-		d[k+"_forhtml"] = html.EscapeString(v)
-		d[k+"_forurl"] = url.QueryEscape(v)
+	for i, n := range sydentNames {
+		set(n[0], n[1], n[2], values[i])
 	}
 	// Herald's names.
 	d["brand"] = c.Email.BrandName
@@ -209,7 +217,7 @@ func templateData(c *config.Config, inv *Invite) map[string]any {
 	d["inviter_full"] = bracketedSender
 	d["room_display"] = roomDisplay(inv)
 	d["room_is_space"] = inv.RoomType == "m.space"
-	d["room_named"] = name != "" || clean(inv.RoomAlias) != ""
+	d["room_named"] = name != "" || alias != ""
 	d["join_url"] = JoinURL(c, inv)
 	d["decline_url"] = DeclineURL(c, inv)
 	d["optout_url"] = OptOutURL(c, inv)
@@ -218,6 +226,24 @@ func templateData(c *config.Config, inv *Invite) map[string]any {
 	d["invite_id"] = inv.ID
 	return d
 }
+
+// sydentNames are the names templateData sets from the invite, each with
+// its _forhtml and _forurl variants, in the order of its values.
+var sydentNames = func() (n [18][3]string) {
+	for i, k := range []string{
+		"medium", "address", "to",
+		"room_id", "sender", "token",
+		"room_alias", "room_avatar_url",
+		"room_join_rules", "room_name", "room_type",
+		"sender_display_name", "sender_avatar_url",
+		"ephemeral_private_key", "web_client_location",
+		"bracketed_room_name", "bracketed_verified_sender",
+		"signurl",
+	} {
+		n[i] = [3]string{k, k + "_forhtml", k + "_forurl"}
+	}
+	return n
+}()
 
 func validVarName(k string) bool {
 	if k == "" || len(k) > 64 {
@@ -252,3 +278,69 @@ func (s *Service) renderMail(inv *Invite) (mailer.Message, error) {
 // RenderMail renders the invite email for inv as it would be queued (for the
 // admin console's "resend" and for tests).
 func (s *Service) RenderMail(inv *Invite) (mailer.Message, error) { return s.renderMail(inv) }
+
+// prepareMail prepares inv's invite email for the outbox. It is rendered
+// when it is sent (renderQueued), from the invite record, which holds
+// everything it shows: only its subject, which the console lists, is
+// rendered now. A KIND.eml template is rendered and stored now, as its
+// Message-ID and subject are its own.
+func (s *Service) prepareMail(inv *Invite) (*mailer.Prepared, error) {
+	t := s.mail.forInvite(inv)
+	if t.IsRaw() {
+		m, err := s.renderMail(inv)
+		if err != nil {
+			return nil, err
+		}
+		return s.opts.Mailer.Prepare(m)
+	}
+	subject, err := t.RenderSubject(templateData(s.cfg, inv))
+	if err != nil {
+		return nil, err
+	}
+	m := mailer.Message{To: inv.Address, Kind: "invite", Ref: "invite:" + strconv.FormatUint(inv.ID, 10), Subject: subject}
+	return s.opts.Mailer.PrepareRendered(m, binary.BigEndian.AppendUint32(nil, s.mailVersion(t)))
+}
+
+// mailVersion is the version of what an invite email is rendered with: the
+// brand's templates and the settings its links and names come from. It is
+// kept with a queued mail so that a change before the mail is sent is
+// logged: the mail is rendered with what is in use when it is sent.
+func (s *Service) mailVersion(t *mailer.Templates) uint32 {
+	h := fnv.New32a()
+	_ = binary.Write(h, binary.BigEndian, t.Version())
+	for _, v := range append([]string{s.cfg.BaseURL(), s.cfg.Email.BrandName, s.cfg.Email.WebClientURL}, s.cfg.Email.WebClientAllowlist...) {
+		_, _ = io.WriteString(h, v+"\x00")
+	}
+	return h.Sum32()
+}
+
+// renderQueued is the outbox's Renderer for invite emails queued by
+// prepareMail: it renders the email from the invite record as it is now.
+// An invite that is gone, or whose token and keys were erased (it ended
+// long ago), has nothing to send: mailer.ErrWithdrawn.
+func (s *Service) renderQueued(ref string, data []byte) (mailer.Message, error) {
+	n, ok := strings.CutPrefix(ref, "invite:")
+	id, err := strconv.ParseUint(n, 10, 64)
+	if !ok || err != nil {
+		return mailer.Message{}, fmt.Errorf("invites: a queued invite email refers to %q", ref)
+	}
+	inv, err := s.Get(id)
+	if errors.Is(err, ErrNotFound) {
+		return mailer.Message{}, fmt.Errorf("%w: invite %d is gone", mailer.ErrWithdrawn, id)
+	}
+	if err != nil {
+		return mailer.Message{}, err
+	}
+	if inv.Token == "" || inv.EphemeralPrivate == "" {
+		return mailer.Message{}, fmt.Errorf("%w: invite %d no longer holds its token and keys", mailer.ErrWithdrawn, id)
+	}
+	if len(data) == 4 {
+		if v := binary.BigEndian.Uint32(data); v != s.mailVersion(s.mail.forInvite(inv)) {
+			if _, seen := s.changedMail.LoadOrStore(v, true); !seen {
+				s.opts.Log.Warn("invite emails queued before a change of the email templates or settings are sent with the current ones",
+					"invite", id)
+			}
+		}
+	}
+	return s.renderMail(inv)
+}

@@ -238,20 +238,22 @@ func (s *Service) store(fields map[string]json.RawMessage, account, api string) 
 	if d := s.cfg.Invites.Expiry.D(); d > 0 {
 		inv.ExpiresAt = now.Add(d)
 	}
-	// The mail is rendered and composed (MIME, quoted-printable) here too, so
-	// the single bbolt writer only writes.
-	var m mailer.Message
-	if vouch != nil {
-		m, err = s.renderWaiting(inv)
-	} else {
-		m, err = s.renderMail(inv)
-	}
-	if err != nil {
-		return nil, err
-	}
+	// The mail is prepared here too, so the single bbolt writer only
+	// writes. The invite email is rendered when it is sent (prepareMail);
+	// the upstream notice is rendered and composed now.
 	var mail *mailer.Prepared
-	if s.opts.Mailer != nil && (vouch == nil || s.upstream.opts.Email == "notify") {
-		if mail, err = s.opts.Mailer.Prepare(m); err != nil {
+	if vouch != nil {
+		m, err := s.renderWaiting(inv)
+		if err != nil {
+			return nil, err
+		}
+		if s.opts.Mailer != nil && s.upstream.opts.Email == "notify" {
+			if mail, err = s.opts.Mailer.Prepare(m); err != nil {
+				return nil, err
+			}
+		}
+	} else if s.opts.Mailer != nil {
+		if mail, err = s.prepareMail(inv); err != nil {
 			return nil, err
 		}
 	}

@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/herald-im/herald/config"
@@ -62,6 +63,10 @@ type Service struct {
 	// dq reads the onbind deliveries inside the invites' transactions
 	// (set by OpenDeliveries; nil: no delivery exists for this service).
 	dq queue.Backend
+
+	// changedMail holds the mail versions (email.go) already logged as
+	// changed since their mails were queued.
+	changedMail sync.Map
 }
 
 // New creates the invites buckets, loads and checks the email templates and
@@ -103,6 +108,10 @@ func New(db *store.DB, opts Options) (*Service, error) {
 		return nil, err
 	}
 	s.limits = newLimits(opts.Config.Invites, opts.Now)
+	if opts.Mailer != nil {
+		// Invite emails are rendered when they are sent (email.go).
+		opts.Mailer.SetRenderer("invite", s.renderQueued)
+	}
 	return s, nil
 }
 

@@ -3,7 +3,6 @@ package invites
 import (
 	"errors"
 	"fmt"
-	"strconv"
 	"time"
 
 	"github.com/herald-im/herald/mailer"
@@ -46,14 +45,14 @@ func (s *Service) resendRule(inv *Invite, now time.Time) error {
 	}
 	lastFailed := false
 	if inv.MailID != 0 {
-		m, err := s.opts.Mailer.Get(inv.MailID)
+		st, err := s.opts.Mailer.State(inv.MailID)
 		switch {
 		case errors.Is(err, mailer.ErrNotFound):
 		case err != nil:
 			return err
-		case m.State == mailer.Pending:
+		case st == mailer.Pending:
 			return fmt.Errorf("%w: its last email (mail %d) is still being delivered", ErrResendRefused, inv.MailID)
-		case m.State == mailer.Failed:
+		case st == mailer.Failed:
 			lastFailed = true
 		}
 	}
@@ -78,12 +77,7 @@ func (s *Service) resend(inv *Invite, by string) (uint64, error) {
 	if err := s.resendRule(inv, now); err != nil {
 		return 0, err
 	}
-	m, err := s.renderMail(inv)
-	if err != nil {
-		return 0, err
-	}
-	m.Ref = "invite:" + strconv.FormatUint(inv.ID, 10)
-	p, err := s.opts.Mailer.Prepare(m)
+	p, err := s.prepareMail(inv)
 	if err != nil {
 		return 0, err
 	}

@@ -182,6 +182,9 @@ func Compose(m Message, from string, date time.Time, messageID string) ([]byte, 
 	}
 
 	var buf bytes.Buffer
+	// Sized once for the headers and both parts (quoted-printable adds a
+	// little): the buffer would otherwise be copied as it grows.
+	buf.Grow(1024 + (len(m.Text)+len(m.HTML))*9/8)
 	writeHeader(&buf, "Date", date.Format(time.RFC1123Z))
 	writeHeader(&buf, "Message-ID", messageID)
 	writeHeader(&buf, "From", fromAddr.String())

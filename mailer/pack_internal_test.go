@@ -120,12 +120,12 @@ func TestPackMessageComposesTheSameBytes(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		got, err := unpackRecord(&queue.Record{Meta: md, Data: packed})
+		got, err := (&Queue{}).unpackRecord(&queue.Record{Meta: md, Data: packed})
 		if err != nil || !bytes.Equal(got, want) {
 			t.Fatalf("%d: %v\n%s\n---\n%s", i, err, got, want)
 		}
 		for n := range len(packed) - 1 {
-			if _, err := unpackRecord(&queue.Record{Meta: md, Data: packed[:n+1]}); err == nil {
+			if _, err := (&Queue{}).unpackRecord(&queue.Record{Meta: md, Data: packed[:n+1]}); err == nil {
 				t.Fatalf("%d: truncated to %d bytes, no error", i, n+1)
 			}
 		}

@@ -17,6 +17,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/herald-im/herald/matrix"
 	"github.com/herald-im/herald/queue"
@@ -173,7 +174,13 @@ func encodeMeta(md meta) ([]byte, error) {
 }
 
 // decodeMeta reads md in either form; fields it cannot read are empty.
+// The worker reads a mail's meta several times per send: the form
+// encodeMeta writes is read without encoding/json when no value holds an
+// escape (decodeMetaFast), which TestDecodeMetaFastAgrees checks.
 func decodeMeta(b []byte) meta {
+	if md, ok := decodeMetaFast(b); ok {
+		return md
+	}
 	var s storedMeta
 	_ = json.Unmarshal(b, &s)
 	pick := func(short, long string) string {
@@ -184,6 +191,74 @@ func decodeMeta(b []byte) meta {
 	}
 	return meta{To: pick(s.T, s.To), Subject: pick(s.S, s.Subject), Ref: pick(s.R, s.Ref), MessageID: pick(s.M, s.MessageID)}
 }
+
+// decodeMetaFast reads {"t":"..","s":"..","r":"..","m":".."} (each
+// optional, in that order), as encodeMeta writes it, when no value holds a
+// backslash other than those of <, > and &, a control character or invalid
+// UTF-8; ok is false otherwise.
+func decodeMetaFast(b []byte) (md meta, ok bool) {
+	if len(b) < 2 || b[0] != '{' || b[len(b)-1] != '}' {
+		return md, false
+	}
+	b = b[1 : len(b)-1]
+	order := "tsrm"
+	for len(b) > 0 {
+		if len(b) < 6 || b[0] != '"' || b[2] != '"' || b[3] != ':' || b[4] != '"' {
+			return md, false
+		}
+		i := strings.IndexByte(order, b[1])
+		if i < 0 {
+			return md, false
+		}
+		key := order[i]
+		order = order[i+1:]
+		b = b[5:]
+		end := bytes.IndexByte(b, '"')
+		if end < 0 {
+			return md, false
+		}
+		v, escaped := b[:end], false
+		for _, c := range v {
+			if c < 0x20 {
+				return md, false
+			}
+			escaped = escaped || c == '\\'
+		}
+		if !utf8.Valid(v) {
+			return md, false
+		}
+		str := string(v)
+		if escaped {
+			// encoding/json writes <, > and & as \u003c, \u003e and
+			// \u0026 (a Message-ID always has two); other escapes go the
+			// slow way.
+			str = jsonHTMLEscapes.Replace(str)
+			if strings.IndexByte(str, '\\') >= 0 {
+				return md, false
+			}
+		}
+		switch key {
+		case 't':
+			md.To = str
+		case 's':
+			md.Subject = str
+		case 'r':
+			md.Ref = str
+		case 'm':
+			md.MessageID = str
+		}
+		b = b[end+1:]
+		if len(b) > 0 {
+			if b[0] != ',' || len(b) == 1 {
+				return md, false
+			}
+			b = b[1:]
+		}
+	}
+	return md, true
+}
+
+var jsonHTMLEscapes = strings.NewReplacer(`\u003c`, "<", `\u003e`, ">", `\u0026`, "&")
 
 // Queue is the durable outbox: a queue.Queue whose deliver function sends
 // through the Sender and classifies SMTP replies.
@@ -196,6 +271,9 @@ type Queue struct {
 	opts Options
 	log  *slog.Logger
 	from string // the envelope sender
+
+	renderMu  sync.RWMutex
+	renderers map[string]Renderer // by kind (render.go)
 }
 
 // Open creates the outbox's buckets (on bbolt; its PostgreSQL tables come
@@ -421,9 +499,14 @@ var dictV1 []byte
 var flaters sync.Pool
 
 // unpackRecord reads the body of r, a mail of the outbox.
-func unpackRecord(r *queue.Record) ([]byte, error) {
-	if len(r.Data) > 0 && r.Data[0] == formatComposeDictV2 {
-		return unpackMessage(r.Data[1:], decodeMeta(r.Meta))
+func (q *Queue) unpackRecord(r *queue.Record) ([]byte, error) {
+	if len(r.Data) > 0 {
+		switch r.Data[0] {
+		case formatComposeDictV2:
+			return unpackMessage(r.Data[1:], decodeMeta(r.Meta))
+		case formatRendered:
+			return q.render(r, r.Data[1:])
+		}
 	}
 	return unpack(r.Data)
 }
@@ -485,8 +568,14 @@ func (q *Queue) Run(ctx context.Context) error {
 // errors are temporary, 5xx and PermanentErrors are not.
 func (q *Queue) deliver(ctx context.Context, r *queue.Record) queue.Outcome {
 	m := toMail(r)
-	raw, err := unpackRecord(r)
-	if err != nil {
+	raw, err := q.unpackRecord(r)
+	switch {
+	case err != nil && ctx.Err() != nil:
+		// A mail rendered at send time may have read a closing database.
+		return queue.Outcome{Class: queue.Abandon}
+	case errors.Is(err, ErrWithdrawn):
+		return queue.Outcome{Class: queue.Cancel, Reply: err.Error(), Label: "none"}
+	case err != nil:
 		return queue.Outcome{Class: queue.Permanent, Reply: err.Error(), Label: "none"}
 	}
 	reply := "250 OK"
@@ -554,14 +643,19 @@ func toMail(r *queue.Record) Mail {
 
 func mailErr(err error) error { return queue.MapErr(err, ErrNotFound, ErrState) }
 
-// Get returns one mail, with its composed bytes until it is sent.
+// Get returns one mail, with its composed bytes until it is sent. A mail
+// rendered at send time (PrepareRendered) is rendered for Get too; when its
+// Renderer cannot render it (the mail failed or will fail for that reason,
+// in its timeline), Raw is nil.
 func (q *Queue) Get(id uint64) (Mail, error) {
 	r, err := q.q.Get(context.Background(), id)
 	if err != nil {
 		return Mail{}, mailErr(err)
 	}
 	m := toMail(r)
-	if m.Raw, err = unpackRecord(r); err != nil {
+	if m.Raw, err = q.unpackRecord(r); err != nil && r.Data[0] == formatRendered {
+		return m, nil
+	} else if err != nil {
 		return m, err
 	}
 	return m, nil

@@ -79,8 +79,9 @@ type SMTPConfig struct {
 }
 
 // SMTPSender sends through one SMTP server, keeping one connection open
-// between messages (checked with NOOP before reuse, reopened on error,
-// closed when idle). It is safe for concurrent use; sends are serialised.
+// between messages (checked with NOOP before reuse when unused for a
+// second or more, reopened on error, closed when idle). It is safe for
+// concurrent use; sends are serialised.
 type SMTPSender struct {
 	cfg SMTPConfig
 
@@ -89,7 +90,17 @@ type SMTPSender struct {
 	conn   net.Conn
 	idle   *time.Timer
 	closed bool
+	// lastOK is when the connection last took a message.
+	lastOK time.Time
 }
+
+// noopAfter: a connection that took a message less than this long ago is
+// reused without a NOOP first (one round trip of the five a message costs,
+// and the server's work for it). Should the server have closed it anyway
+// (an SMTP server may close after some number of messages), MAIL FROM fails
+// before anything of the message was sent, and the message goes once more
+// over a new connection.
+const noopAfter = time.Second
 
 // NewSMTPSender returns a sender; it connects on the first Send.
 func NewSMTPSender(cfg SMTPConfig) *SMTPSender {
@@ -152,11 +163,34 @@ func (s *SMTPSender) SendReply(ctx context.Context, from string, to []string, ra
 	if s.idle != nil {
 		s.idle.Stop()
 	}
+	reused := false
 	if s.client != nil {
-		if err := s.client.Noop(); err != nil {
-			s.drop()
+		if time.Since(s.lastOK) >= noopAfter {
+			if err := s.client.Noop(); err != nil {
+				s.drop()
+			}
 		}
+		reused = s.client != nil
 	}
+	reply, err := s.send(ctx, from, to, raw)
+	var mf *mailFromError
+	var se *smtp.SMTPError
+	if err != nil && reused && ctx.Err() == nil && errors.As(err, &mf) && (!errors.As(err, &se) || se.Code == 421) {
+		// The reused connection was closed (or is closing) before the
+		// server took anything of this message.
+		s.drop()
+		reply, err = s.send(ctx, from, to, raw)
+	}
+	if err != nil {
+		return "", err
+	}
+	s.lastOK = time.Now()
+	s.idle = time.AfterFunc(s.cfg.IdleTimeout, s.closeIdle)
+	return reply, nil
+}
+
+// send sends one message over the open connection, or a new one.
+func (s *SMTPSender) send(ctx context.Context, from string, to []string, raw []byte) (string, error) {
 	if s.client == nil {
 		if err := s.connect(ctx); err != nil {
 			return "", err
@@ -185,9 +219,14 @@ func (s *SMTPSender) SendReply(ctx context.Context, from string, to []string, ra
 		}
 		return "", err
 	}
-	s.idle = time.AfterFunc(s.cfg.IdleTimeout, s.closeIdle)
 	return reply, nil
 }
+
+// mailFromError is a failure at MAIL FROM, the first command of a message.
+type mailFromError struct{ err error }
+
+func (e *mailFromError) Error() string { return "MAIL FROM: " + e.err.Error() }
+func (e *mailFromError) Unwrap() error { return e.err }
 
 // transaction sends one message. Addresses go out with IDNA (punycode)
 // domains; an address with a non-ASCII local part needs SMTPUTF8, and fails
@@ -214,7 +253,7 @@ func (s *SMTPSender) transaction(from string, to []string, raw []byte) (string, 
 		opts = &smtp.MailOptions{UTF8: true}
 	}
 	if err := c.Mail(from, opts); err != nil {
-		return "", fmt.Errorf("MAIL FROM: %w", err)
+		return "", &mailFromError{err}
 	}
 	for _, r := range rcpts {
 		if err := c.Rcpt(r, nil); err != nil {

@@ -266,3 +266,40 @@ func TestQueueSendsOverParallelConnections(t *testing.T) {
 		t.Fatalf("peak %d sends at once, %d connections, %d messages; want %d, %d, %d", peak, srv.Connections(), len(srv.Messages()), conns, conns, n)
 	}
 }
+
+// A connection that took a message a moment ago is reused without a NOOP;
+// when the server refuses MAIL FROM with 421 (closing, as a server does
+// after some number of messages), nothing of the message was sent and it
+// goes once more over a new connection. Any other refusal, or a 421 on a
+// new connection, is the send's error.
+func TestSMTPSenderRetriesMailFromOnAClosingConnection(t *testing.T) {
+	srv := smtptest.Start(t, smtptest.Options{})
+	s := mailer.NewSMTPSender(mailer.SMTPConfig{Host: srv.Host, Port: srv.Port, Security: "none", Timeout: 5 * time.Second})
+	defer s.Close()
+	ctx := context.Background()
+	send := func() error {
+		return s.Send(ctx, "h@x.org", []string{"a@example.org"}, testRaw(t, "a@example.org", "x"))
+	}
+	if err := send(); err != nil {
+		t.Fatal(err)
+	}
+	srv.Fail(smtptest.AtMail, 421, 1)
+	if err := send(); err != nil {
+		t.Fatalf("421 at MAIL FROM on a reused connection: %v", err)
+	}
+	if n, m := srv.Connections(), len(srv.Messages()); n != 2 || m != 2 {
+		t.Errorf("%d connections, %d messages; want 2 and 2", n, m)
+	}
+	srv.Fail(smtptest.AtMail, 451, 1)
+	if err := send(); err == nil || !mailer.Temporary(err) || !strings.Contains(err.Error(), "MAIL FROM: ") {
+		t.Errorf("451 at MAIL FROM: %v, want a temporary MAIL FROM error", err)
+	}
+	srv.DropConnections()
+	srv.Fail(smtptest.AtMail, 421, 2)
+	if err := send(); err == nil {
+		t.Error("421 at MAIL FROM on a new connection: no error")
+	}
+	if m := len(srv.Messages()); m != 2 {
+		t.Errorf("%d messages, want 2", m)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	htmltemplate "html/template"
 	"io/fs"
 	"net/mail"
@@ -43,6 +44,8 @@ type Templates struct {
 	text    *texttemplate.Template
 	html    *htmltemplate.Template
 	raw     *texttemplate.Template
+	// version is a hash of the sources loaded (Version).
+	version uint32
 }
 
 // Funcs shared by every template.
@@ -112,6 +115,17 @@ func LoadTemplates(defaults fs.FS, overrideDir, kind string) (*Templates, error)
 			}
 		}
 		return "", "", nil
+	}
+	// Every source loaded goes into the set's Version.
+	sum := fnv.New32a()
+	defer func() { t.version = sum.Sum32() }()
+	findFile := find
+	find = func(name string) (string, string, error) {
+		src, from, err := findFile(name)
+		if from != "" {
+			fmt.Fprintf(sum, "%s\x00%d\x00%s", name, len(src), src)
+		}
+		return src, from, err
 	}
 	inOverride := func(name string) bool {
 		if overrideDir == "" {
@@ -193,6 +207,28 @@ func (t *Templates) Files() []string { return append([]string(nil), t.files...) 
 
 // IsRaw reports whether a KIND.eml template is in use.
 func (t *Templates) IsRaw() bool { return t.raw != nil }
+
+// Version is a hash of the template sources in use: it changes when an
+// operator changes a template. A mail rendered at send time records the
+// version it was queued with, so a change in between is noticed.
+func (t *Templates) Version() uint32 { return t.version }
+
+// RenderSubject renders the subject alone, as Render does; not for a .eml
+// template (IsRaw), whose subject is part of the message.
+func (t *Templates) RenderSubject(data any) (string, error) {
+	if t.raw != nil {
+		return "", errors.New("mailer: a .eml template has no subject template")
+	}
+	var b bytes.Buffer
+	if err := t.subject.Execute(&b, data); err != nil {
+		return "", fmt.Errorf("mailer: render %s.subject.txt: %w", t.kind, err)
+	}
+	subject := strings.TrimSpace(b.String())
+	if err := checkSubject(subject); err != nil {
+		return "", fmt.Errorf("mailer: render %s.subject.txt: %w", t.kind, err)
+	}
+	return CapSubject(subject), nil
+}
 
 // Render fills Subject, Text and HTML (or Raw, with a .eml template) and Kind;
 // the caller sets To, Ref and Headers. A subject with a line break is an error.
