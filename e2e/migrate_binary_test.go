@@ -232,12 +232,13 @@ func TestInterruptedMigrateIsFinishedByRestart(t *testing.T) {
 	c.bbolt = true
 	c.reconfigure(t, "")
 	h := c.replicas[0]
-	if code, out, errOut := h.runBin(t, "bench", "populate", "--invites", "100000", "--bindings", "20000", h.dataDir()); code != 0 {
+	if code, out, errOut := h.runBin(t, "bench", "populate", "--invites", "20000", "--bindings", "20000", h.dataDir()); code != 0 {
 		t.Fatalf("populate: %d %s%s", code, out, errOut)
 	}
 
-	// Kill the copy once it has started on the invites (the parts before
-	// them are small): a line per finished part comes on standard output.
+	// Kill the copy once the small parts are done and the bindings and
+	// invites are being copied: a line per finished part comes on
+	// standard output.
 	cmd := exec.Command(h.bin, "-config", h.config, "migrate-storage", "--to", "postgres", "--dsn", c.dsn)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
@@ -261,14 +262,14 @@ func TestInterruptedMigrateIsFinishedByRestart(t *testing.T) {
 	var invites int
 	c.query(t, `SELECT count(*) FROM invites`, &invites)
 	t.Logf("killed after %q with %d invites copied", seen, invites)
-	if invites >= 100000 {
+	if invites >= 20000 {
 		t.Fatalf("the copy finished before the kill")
 	}
 
 	c.bbolt = false
 	c.reconfigure(t, "")
 	code, _, errOut := h.runBin(t, "serve")
-	if line := refusal(t, errOut); code == 0 || !strings.Contains(line, "unfinished herald migrate-storage") {
+	if line := refusal(t, errOut); code == 0 || !strings.Contains(line, "unfinished `herald migrate-storage` copy") || !strings.Contains(line, "--restart") {
 		t.Fatalf("serve on the unfinished copy: exit %d: %s", code, line)
 	}
 	c.bbolt = true
@@ -284,7 +285,7 @@ func TestInterruptedMigrateIsFinishedByRestart(t *testing.T) {
 	}
 	t.Logf("--restart copied in %s:\n%s", time.Since(start).Round(time.Millisecond), out)
 	c.query(t, `SELECT count(*) FROM invites`, &invites)
-	if invites != 100000 {
+	if invites != 20000 {
 		t.Fatalf("%d invites after --restart", invites)
 	}
 	c.bbolt = false
