@@ -26,7 +26,8 @@ const copyBatch = 1000
 // vouches with their resolve times, and the onbind deliveries' own indexes,
 // rebuilt from the onbind queue records already in dst (so queue.Copy runs
 // first). Each destination transaction writes at most copyBatch records;
-// progress, if set, is told how many were copied so far.
+// progress, if set, is told how many each batch copied (migrate-storage
+// adds them up).
 func CopyStorage(ctx context.Context, src, dst *store.DB, progress func(n int)) error {
 	from, to := newStorage(src), newStorage(dst)
 	for _, part := range []string{partInvites, partUpstream, partDeliveries} {
@@ -34,11 +35,9 @@ func CopyStorage(ctx context.Context, src, dst *store.DB, progress func(n int)) 
 			return err
 		}
 	}
-	n := 0
 	report := func(k int) {
-		n += k
 		if progress != nil && k > 0 {
-			progress(n)
+			progress(k)
 		}
 	}
 	var after uint64
