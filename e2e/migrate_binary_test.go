@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/herald-im/herald/keys"
 	"github.com/herald-im/herald/mailer/smtptest"
 )
 
@@ -207,6 +208,40 @@ func TestMigrateThenServe(t *testing.T) {
 		if a.MXID == erin && a.Token != ans.Token {
 			t.Fatalf("erin's onbind carried token %q, want %q", a.Token, ans.Token)
 		}
+	}
+	// The onbind's signed object verifies with the key /pubkey served on
+	// bbolt.
+	pubRaw, err := keys.DecodeBase64(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	verified := 0
+	for _, call := range c.sim.Calls() {
+		var req struct {
+			Invites []struct {
+				MXID   string          `json:"mxid"`
+				Signed json.RawMessage `json:"signed"`
+			} `json:"invites"`
+		}
+		if json.Unmarshal(call.Body, &req) != nil {
+			continue
+		}
+		for _, inv := range req.Invites {
+			if inv.MXID != erin {
+				continue
+			}
+			var signed map[string]json.RawMessage
+			if err := json.Unmarshal(inv.Signed, &signed); err != nil {
+				t.Fatal(err)
+			}
+			if err := keys.VerifyJSON(signed, "herald.test", keyID, pubRaw); err != nil {
+				t.Fatalf("erin's onbind signed object: %v", err)
+			}
+			verified++
+		}
+	}
+	if verified == 0 {
+		t.Fatalf("no onbind for erin carried a signed object")
 	}
 	h.stop(t)
 	if accepted(bob) != 1 || accepted(carol) != 1 || accepted("@dave:"+simName) != 0 {

@@ -289,11 +289,12 @@ func TestReplicasShareOnePostgres(t *testing.T) {
 				mu.Unlock()
 				if doKill {
 					killOnce.Do(func() {
-						// b dies holding whatever mails it had leased; count
-						// every lease at this moment, b's among them.
-						c.query(t, `SELECT count(*) FROM queue_records WHERE queue = 'outbox' AND lease_until > now()`, &leasedAtKill)
+						// b dies holding whatever mails it had leased (its
+						// leases outlive it); count every lease right after,
+						// b's among them.
 						b.kill(t)
 						killTime = time.Now()
+						c.query(t, `SELECT count(*) FROM queue_records WHERE queue = 'outbox' AND lease_until > now()`, &leasedAtKill)
 					})
 				}
 			}
