@@ -44,7 +44,10 @@ const benchUsage = `usage: herald bench populate [--invites N] [--bindings M] DA
              must be configured to use them (` + "`herald bench run --print-config`" + `).
 
 Flags of run:
-  --url URL             Herald's base URL (http://127.0.0.1:8090)
+  --url URL[,URL...]    Herald's base URL (http://127.0.0.1:8090); several,
+                        comma-separated, for replicas on one PostgreSQL
+                        database: each step's connections are spread over
+                        them in turn, the rest goes to the first
   --hs-listen ADDR      the benchmark homeserver (127.0.0.1:18448)
   --smtp-listen ADDR    the benchmark SMTP server (127.0.0.1:12525)
   --duration D          each load step (10s)
@@ -272,6 +275,15 @@ func benchRun(ctx context.Context, args []string, stdout io.Writer) error {
 	if err := fs.Parse(args); err != nil || fs.NArg() != 0 {
 		return usageError(benchUsage)
 	}
+	for _, u := range strings.Split(o.URL, ",") {
+		if u = strings.TrimSpace(u); u != "" {
+			o.URLs = append(o.URLs, u)
+		}
+	}
+	if len(o.URLs) == 0 {
+		return usageError(benchUsage)
+	}
+	o.URL = o.URLs[0]
 	if *printConfig {
 		fmt.Fprint(stdout, loadgen.BenchConfig(o))
 		return nil

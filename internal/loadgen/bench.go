@@ -38,7 +38,12 @@ const BenchHomeserver = "bench.test"
 
 // BenchOptions configure RunBench (herald bench run).
 type BenchOptions struct {
-	URL         string        // Herald's base URL
+	URL string // Herald's base URL
+	// URLs, when it holds more than one, are the base URLs of several
+	// replicas serving one database: the connections of each load step are
+	// spread over them in turn (connection i to URLs[i % len(URLs)]), and
+	// everything else (registering, the cycles) goes to URL, the first.
+	URLs        []string
 	HSListen    string        // where the benchmark homeserver listens
 	SMTPListen  string        // where the benchmark SMTP server listens
 	Duration    time.Duration // each load step
@@ -110,7 +115,7 @@ func RunBench(ctx context.Context, o BenchOptions) error {
 	if b.token, err = b.register(); err != nil {
 		return fmt.Errorf("register at Herald (is it configured as `herald bench run --print-config` says?): %w", err)
 	}
-	b.printf("herald bench run: %s, %s per step, load average %s\n", o.URL, o.Duration, loadAvg())
+	b.printf("herald bench run: %s, %s per step, load average %s\n", strings.Join(b.urls(), ","), o.Duration, loadAvg())
 	for _, step := range o.Steps {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -431,7 +436,17 @@ func parseCPUSeconds(raw []byte) time.Duration {
 	return -1
 }
 
-// load runs op on conns keep-alive connections for the step's duration.
+// urls are the base URLs load steps spread their connections over.
+func (b *bench) urls() []string {
+	if len(b.o.URLs) > 0 {
+		return b.o.URLs
+	}
+	return []string{b.o.URL}
+}
+
+// load runs op on conns keep-alive connections for the step's duration,
+// connection i to the i-th of urls() in turn. Herald does not look at the
+// Host header, so a request prepared with the first URL serves them all.
 func (b *bench) load(ctx context.Context, conns int, op func(c *Conn, seq int) error) (*figures, error) {
 	f := &figures{serverCPU: -1}
 	cpu0 := b.serverCPU()
@@ -446,8 +461,9 @@ func (b *bench) load(ctx context.Context, conns int, op func(c *Conn, seq int) e
 	defer cancel()
 	var wg sync.WaitGroup
 	start := time.Now()
+	urls := b.urls()
 	for i := 0; i < conns; i++ {
-		c, err := Dial(b.o.URL)
+		c, err := Dial(urls[i%len(urls)])
 		if err != nil {
 			return nil, err
 		}
