@@ -24,7 +24,8 @@ import (
 // been acknowledged before the backup began (its ephemeral key valid, its
 // address listed) and the same signing keys.
 func TestBackupUnderLoadRestores(t *testing.T) {
-	h, _, inviterHS, _ := newBinary(t, "", `invites:
+	// bbolt: herald backup snapshots the bbolt file; PostgreSQL is backed up with its own tools.
+	h, _, inviterHS, _ := newBoltBinary(t, "", `invites:
   rate_limits:
     sender: {per_hour: 0}
     room: {per_hour: 0}

@@ -102,6 +102,21 @@ func (h *herald) do(t *testing.T, method, path string, body any, token string) (
 // start Herald.
 func newBinary(t *testing.T, smtpExtra, extra string) (h *herald, smtp *smtptest.Server, inviterHS, sim *hssim.Sim) {
 	t.Helper()
+	return newBinaryOn(t, testenv.StorageYAML(t), smtpExtra, extra)
+}
+
+// newBoltBinary is newBinary on bbolt whatever TEST_STORAGE says (no
+// storage section): for a test of a feature only bbolt has, which says why
+// next to it.
+func newBoltBinary(t *testing.T, smtpExtra, extra string) (h *herald, smtp *smtptest.Server, inviterHS, sim *hssim.Sim) {
+	t.Helper()
+	return newBinaryOn(t, "", smtpExtra, extra)
+}
+
+// newBinaryOn is newBinary with storageYAML as the configuration's
+// top-level storage section ("": bbolt).
+func newBinaryOn(t *testing.T, storageYAML, smtpExtra, extra string) (h *herald, smtp *smtptest.Server, inviterHS, sim *hssim.Sim) {
+	t.Helper()
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "herald")
 	build := exec.Command("go", "build", "-o", bin, "github.com/herald-im/herald/cmd/herald")
@@ -135,7 +150,7 @@ smtp:
 delivery:
   min_backoff: 20ms
   max_backoff: 100ms
-%s%s`, h.url, port, filepath.Join(dir, "data"), smtp.Host, smtp.Port, smtpExtra, inviterHS.URL, simName, sim.URL, testenv.StorageYAML(t), extra)
+%s%s`, h.url, port, filepath.Join(dir, "data"), smtp.Host, smtp.Port, smtpExtra, inviterHS.URL, simName, sim.URL, storageYAML, extra)
 	if err := os.WriteFile(h.config, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}

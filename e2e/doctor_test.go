@@ -20,6 +20,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/herald-im/herald/internal/pgtest"
+	"github.com/herald-im/herald/internal/testenv"
 	"github.com/herald-im/herald/mailer/smtptest"
 )
 
@@ -134,11 +136,16 @@ func TestDoctor(t *testing.T) {
 	plain := smtptest.Start(t, smtptest.Options{})
 	fails([]string{"HERALD_SMTP_HOST=" + plain.Host, "HERALD_SMTP_PORT=" + strconv.Itoa(plain.Port), "HERALD_SMTP_SECURITY=starttls"}, "FAIL  SMTP        STARTTLS")
 	// Another data_dir: the server at public_base_url is not this one.
+	// On PostgreSQL the keys are in the database: another database too.
 	other := filepath.Join(t.TempDir(), "other")
-	if _, err := h.cliEnv(t, []string{"HERALD_DATA_DIR=" + other}, "keys", "list"); err != nil {
+	otherEnv, where := []string{"HERALD_DATA_DIR=" + other}, "data_dir"
+	if testenv.OnPostgres() {
+		otherEnv, where = append(otherEnv, "HERALD_STORAGE_POSTGRES_DSN="+pgtest.DSN(t)), "database"
+	}
+	if _, err := h.cliEnv(t, otherEnv, "keys", "list"); err != nil {
 		t.Fatal(err)
 	}
-	fails(append([]string{"HERALD_DATA_DIR=" + other}, smtpEnv...), "does not publish this data_dir's key")
+	fails(append(otherEnv, smtpEnv...), "does not publish this "+where+"'s key")
 	// An expired certificate in tls.cert_file.
 	cert, key := writeCert(t, t.TempDir(), time.Now().Add(-48*time.Hour), time.Now().Add(-time.Hour))
 	fails(append([]string{"HERALD_TLS_CERT_FILE=" + cert, "HERALD_TLS_KEY_FILE=" + key}, smtpEnv...), "FAIL  TLS         tls.cert_file "+cert+" expired")

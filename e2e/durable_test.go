@@ -104,7 +104,8 @@ func overwritePage(t *testing.T, path string, page uint64, pageSize int64) {
 // `herald check` names the problem, and the documented ways out work.
 // Under a running server a damaged database does not take it down.
 func TestBinaryDataDirIntegrity(t *testing.T) {
-	h, _, inviterHS, _ := newBinary(t, "", "")
+	// bbolt: it damages the bbolt file and runs herald check (page and keys-vs-database checks), bbolt-only.
+	h, _, inviterHS, _ := newBoltBinary(t, "", "")
 	t.Cleanup(func() {
 		if h.cmd != nil {
 			h.kill(t)

@@ -55,7 +55,8 @@ func checkOwner(t *testing.T, dir string, uid uint32) {
 // `keys rotate` as root left a root-owned ring.json the server could not
 // read, and it then refused to start.
 func TestCommandsAsRootKeepDataDirOwner(t *testing.T) {
-	h, _, _, _ := newBinary(t, "", "")
+	// bbolt: the files these commands write in data_dir (ring.json, herald.db, the backup) are bbolt's; on PostgreSQL they write to the database.
+	h, _, _, _ := newBoltBinary(t, "", "")
 	t.Cleanup(func() {
 		h.stop(t)
 		if t.Failed() {

@@ -14,7 +14,8 @@ import (
 // overwritten in place after a clean stop (same file, same inode) is still
 // refused at the next start with the damaged-database line.
 func TestBinaryCleanStopMarker(t *testing.T) {
-	h, _, _, _ := newBinary(t, "", "")
+	// bbolt: the clean-shutdown marker sits beside the bbolt file; PostgreSQL recovers itself.
+	h, _, _, _ := newBoltBinary(t, "", "")
 	t.Cleanup(func() {
 		if h.cmd != nil {
 			h.kill(t)

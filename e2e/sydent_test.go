@@ -33,7 +33,9 @@ func startImported(t *testing.T, mode hssim.Mode, v1 bool) (*world, *sydentfixtu
 	dir := sydentfixture.Dir(t, "sydent-a")
 	m := sydentfixture.Load(t, dir)
 	w := &world{smtp: smtptest.Start(t, smtptest.Options{}), sim: hssim.New(t, m.FakeHomeserver, mode)}
-	w.env = testenv.Start(t, func(c *config.Config) {
+	// bbolt: herald import sydent writes a bbolt data_dir only (on
+	// PostgreSQL one imports there, then runs herald migrate-storage).
+	w.env = testenv.Start(t, testenv.Bolt, func(c *config.Config) {
 		c.ServerName = m.ServerName
 		c.Compat.V1 = v1
 		c.SMTP.Host, c.SMTP.Port = w.smtp.Host, w.smtp.Port

@@ -48,7 +48,12 @@ func (c *Console) Unbind(_ context.Context, address string) error {
 		if b == nil {
 			return ErrNotBound
 		}
-		return c.s.DeleteBinding(tx, "email", address)
+		if err := c.s.DeleteBinding(tx, "email", address); err != nil {
+			return err
+		}
+		// An unbind (or erasure) from the console leaves the address's
+		// lookup hash nowhere, not even in the replicas' change log.
+		return c.s.st.forgetHashChanges(tx)
 	})
 }
 

@@ -28,11 +28,17 @@ func TestDeleteExpiredSessions(t *testing.T) {
 		return r.SID
 	}
 	count := func() (sessions, keys int) {
-		_ = e.App.DB().View(func(tx *store.Tx) error {
+		err := e.App.DB().View(func(tx *store.Tx) error {
+			if tx.PG != nil {
+				return tx.PG.QueryRow(tx.Context(), `SELECT (SELECT count(*) FROM identity_sessions), (SELECT count(*) FROM identity_session_keys)`).Scan(&sessions, &keys)
+			}
 			sessions = tx.Bolt.Bucket([]byte("identity_sessions")).Stats().KeyN
 			keys = tx.Bolt.Bucket([]byte("identity_session_keys")).Stats().KeyN
 			return nil
 		})
+		if err != nil {
+			t.Fatal(err)
+		}
 		return
 	}
 	request("secret-old-1", "old1@example.org")

@@ -38,6 +38,10 @@ type storage interface {
 	deleteBinding(tx *store.Tx, medium, address string) error
 	putHash(tx *store.Tx, h [32]byte, mxid string) error
 	deleteHash(tx *store.Tx, h [32]byte) error
+	// forgetHashChanges removes every trace of past index changes (the
+	// hashes they name) that the storage keeps beside the index itself,
+	// for an erasure by the admin console.
+	forgetHashChanges(tx *store.Tx) error
 	countBindings(db *store.DB) (int, error)
 	// prepareImport readies tx for many bindings in one transaction;
 	// putHashes writes many hash entries (sorted by hash) at its end.

@@ -205,6 +205,9 @@ func (st *boltStorage) putHash(tx *store.Tx, h [32]byte, mxid string) error {
 	return nil
 }
 
+// forgetHashChanges: bbolt keeps no log of index changes.
+func (st *boltStorage) forgetHashChanges(*store.Tx) error { return nil }
+
 func (st *boltStorage) deleteHash(tx *store.Tx, h [32]byte) error {
 	if err := tx.Bolt.Bucket(lookupHashBucket).Delete(h[:]); err != nil {
 		return err

@@ -231,6 +231,18 @@ func (st *pgStorage) putHash(tx *store.Tx, h [32]byte, mxid string) error {
 	return logLookupChange(tx, h[:], &mxid)
 }
 
+// forgetHashChanges empties the change log of the replicas' lookup copies
+// (lookupcache_pg.go), which keeps the hashes of the last hour's binds and
+// unbinds, and logs a change of the whole index in its place: every
+// replica's copy is built again from the index, which no longer holds the
+// erased hash.
+func (st *pgStorage) forgetHashChanges(tx *store.Tx) error {
+	if _, err := tx.PG.Exec(tx.Context(), `DELETE FROM identity_lookup_changes`); err != nil {
+		return err
+	}
+	return logLookupChange(tx, nil, nil)
+}
+
 func (st *pgStorage) deleteHash(tx *store.Tx, h [32]byte) error {
 	_, err := tx.PG.Exec(tx.Context(), `DELETE FROM identity_lookup_hashes WHERE hash = $1`, h[:])
 	if err != nil {

@@ -111,6 +111,11 @@ func TestExpireIdleTokensSweep(t *testing.T) {
 	tok := e.Register(t, "@sweep:hs.test")
 	legacy := []byte("legacy-token-hash-0123456789abcdef")
 	err := e.App.DB().Update(func(tx *store.Tx) error {
+		if tx.PG != nil { // a row without last_used
+			_, err := tx.PG.Exec(tx.Context(), `INSERT INTO identity_accounts (token_hash, user_id, created) VALUES ($1, $2, $3)`,
+				legacy, "@old:hs.test", e.Clock.Now().Add(-400*day))
+			return err
+		}
 		raw, _ := json.Marshal(map[string]any{"user_id": "@old:hs.test", "created": e.Clock.Now().Add(-400 * day)})
 		return tx.Bolt.Bucket([]byte("identity_accounts")).Put(legacy, raw)
 	})
@@ -135,8 +140,14 @@ func TestExpireIdleTokensSweep(t *testing.T) {
 		t.Fatalf("sweep a lifetime later: %d expired, %d deleted, %v; want 0, 2", exp, del, err)
 	}
 	var n int
-	_ = e.App.DB().View(func(tx *store.Tx) error { n = tx.Bolt.Bucket([]byte("identity_accounts")).Stats().KeyN; return nil })
-	if n != 0 {
+	err = e.App.DB().View(func(tx *store.Tx) error {
+		if tx.PG != nil {
+			return tx.PG.QueryRow(tx.Context(), `SELECT count(*) FROM identity_accounts`).Scan(&n)
+		}
+		n = tx.Bolt.Bucket([]byte("identity_accounts")).Stats().KeyN
+		return nil
+	})
+	if err != nil || n != 0 {
 		t.Fatalf("%d account records left", n)
 	}
 }
@@ -144,11 +155,17 @@ func TestExpireIdleTokensSweep(t *testing.T) {
 func dbLacks(t *testing.T, e *testenv.Env, s string) bool {
 	t.Helper()
 	found := false
-	_ = e.App.DB().View(func(tx *store.Tx) error {
+	err := e.App.DB().View(func(tx *store.Tx) error {
+		if tx.PG != nil {
+			return tx.PG.QueryRow(tx.Context(), `SELECT EXISTS (SELECT 1 FROM identity_accounts x WHERE strpos(x::text, $1) > 0)`, s).Scan(&found)
+		}
 		return tx.Bolt.Bucket([]byte("identity_accounts")).ForEach(func(_, v []byte) error {
 			found = found || bytes.Contains(v, []byte(s))
 			return nil
 		})
 	})
+	if err != nil {
+		t.Fatal(err)
+	}
 	return !found
 }

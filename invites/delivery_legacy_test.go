@@ -9,6 +9,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/herald-im/herald/config"
+	"github.com/herald-im/herald/internal/testenv"
 	"github.com/herald-im/herald/invites"
 	"github.com/herald-im/herald/store"
 )
@@ -17,7 +18,8 @@ import (
 // buckets, invites_deliveries) is converted when Herald opens the database:
 // same id, attempts and state; it is then attempted again, and found by invite.
 func TestDeliveriesConvertedFromTheOldLayout(t *testing.T) {
-	e := start(t)
+	// bbolt: the old layout is a set of bbolt buckets; its conversion runs on bbolt files only.
+	e := start(t, testenv.Bolt)
 	tok := e.register(t, alice)
 	e.HS.SetDown(true)
 	dl := e.delivery(t, tok, "legacy@example.org", "@legacy:hs2.test")

@@ -19,6 +19,9 @@ func (d *DevMailbox) DeleteTo(address string) (int, error) {
 	if want == "" {
 		return 0, errors.New("mailer: DeleteTo needs an address")
 	}
+	if d.pg != nil {
+		return d.pg.deleteTo(want)
+	}
 	d.mu.Lock() // no new file gets its name while we look
 	defer d.mu.Unlock()
 	entries, err := os.ReadDir(d.dir)

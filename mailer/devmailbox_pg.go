@@ -81,3 +81,35 @@ func (p *pgMailbox) read(name string) ([]byte, error) {
 	}
 	return raw, err
 }
+
+// deleteTo deletes the mails addressed to (or naming) want, lower-cased: it
+// reads the table (the newest DevMailboxMax rows, and the few a save has not
+// pruned yet) and deletes the matching ids in one statement.
+func (p *pgMailbox) deleteTo(want string) (int, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	pool := p.db.PG().Pool()
+	rows, err := pool.Query(ctx, `SELECT id, raw FROM dev_mailbox`)
+	if err != nil {
+		return 0, fmt.Errorf("mailer: dev mailbox: %w", err)
+	}
+	var ids []int64
+	var id int64
+	var raw []byte
+	if _, err := pgx.ForEachRow(rows, []any{&id, &raw}, func() error {
+		if mentions(raw, want) {
+			ids = append(ids, id)
+		}
+		return nil
+	}); err != nil {
+		return 0, fmt.Errorf("mailer: dev mailbox: %w", err)
+	}
+	if len(ids) == 0 {
+		return 0, nil
+	}
+	tag, err := pool.Exec(ctx, `DELETE FROM dev_mailbox WHERE id = ANY($1)`, ids)
+	if err != nil {
+		return 0, fmt.Errorf("mailer: dev mailbox: %w", err)
+	}
+	return int(tag.RowsAffected()), nil
+}

@@ -53,6 +53,12 @@ type Options struct {
 type DB struct {
 	pool *pgxpool.Pool
 	log  *slog.Logger
+
+	// owner is this replica's owner number, locked on a connection of
+	// its own (owner.go); stopOwner ends that, ownerDone says it ended.
+	owner     int32
+	stopOwner context.CancelFunc
+	ownerDone chan struct{}
 }
 
 // Open connects, checks the server answers and applies pending migrations
@@ -80,6 +86,10 @@ func Open(ctx context.Context, opts Options) (*DB, error) {
 		fsys = embedded
 	}
 	if err := migrate(ctx, pool, fsys); err != nil {
+		pool.Close()
+		return nil, err
+	}
+	if err := db.takeOwner(ctx); err != nil {
 		pool.Close()
 		return nil, err
 	}
@@ -149,7 +159,15 @@ func orDefault(d, def time.Duration) time.Duration {
 func (db *DB) Pool() *pgxpool.Pool { return db.pool }
 
 // Close closes the pool, waiting for connections in use to be returned.
-func (db *DB) Close() { db.pool.Close() }
+// The owner lock goes first, so other replicas may take this replica's
+// claims as soon as it stops.
+func (db *DB) Close() {
+	if db.stopOwner != nil {
+		db.stopOwner()
+		<-db.ownerDone
+	}
+	db.pool.Close()
+}
 
 // detached is ctx without its cancellation, bounded by a short timeout: for
 // clean-up (unlock, close, record a finished run) that must happen even

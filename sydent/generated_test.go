@@ -63,7 +63,8 @@ func TestImportTermsAndValidityPathPrefix(t *testing.T) {
 	}
 
 	var report *sydent.Report
-	env := testenv.Start(t, func(c *config.Config) {
+	// bbolt: herald import sydent writes a bbolt data_dir only (then migrate-storage copies it).
+	env := testenv.Start(t, testenv.Bolt, func(c *config.Config) {
 		c.Terms.Policies = map[string]config.Policy{"privacy": {Version: "1.0",
 			Languages: map[string]config.PolicyLanguage{"en": {Name: "Privacy", URL: termsURL}}}}
 		if err := c.Validate(); err != nil {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/ed25519"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -22,6 +23,8 @@ import (
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/herald-im/herald/config"
 	"github.com/herald-im/herald/federation"
@@ -91,8 +94,8 @@ func doctorCommand(ctx context.Context, cfg *config.Config, log *slog.Logger, ar
 		}
 	}
 	d := &doctor{out: stdout}
-	ring := d.checkConfig(cfg)
-	d.checkPublicURL(ctx, cfg, ring, *timeout)
+	cur, where := d.checkConfig(ctx, cfg)
+	d.checkPublicURL(ctx, cfg, cur, where, *timeout)
 	d.checkTLS(ctx, cfg, *timeout)
 	d.checkSMTP(ctx, cfg, *mailTo, *timeout)
 	if *homeserver != "" {
@@ -106,31 +109,37 @@ func doctorCommand(ctx context.Context, cfg *config.Config, log *slog.Logger, ar
 }
 
 // checkConfig reports the configuration and data_dir, and returns the
-// signing key ring when data_dir holds one (nil otherwise). It writes nothing.
-func (d *doctor) checkConfig(cfg *config.Config) *keys.Ring {
+// current signing key when the storage holds one (nil otherwise), with where
+// it is kept ("data_dir" or "database"). It writes nothing.
+func (d *doctor) checkConfig(ctx context.Context, cfg *config.Config) (cur *keys.Key, where string) {
 	d.ok("config", "server_name %s, public_base_url %s, listen %s", cfg.ServerName, cfg.BaseURL(), cfg.Listen)
 	st, err := os.Stat(cfg.DataDir)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
 		d.warn("config", "data_dir %s does not exist yet (Herald creates it at first start)", cfg.DataDir)
-		return nil
+		return nil, ""
 	case err != nil:
 		d.fail("config", "data_dir %s: %v", cfg.DataDir, err)
-		return nil
+		return nil, ""
 	case !st.IsDir():
 		d.fail("config", "data_dir %s is not a directory", cfg.DataDir)
-		return nil
+		return nil, ""
 	}
 	d.ok("config", "data_dir %s", cfg.DataDir)
-	var ring *keys.Ring
-	keyDir := filepath.Join(cfg.DataDir, "keys")
-	if _, err := os.Stat(filepath.Join(keyDir, "ring.json")); err != nil {
-		d.warn("config", "no signing keys in %s yet (Herald makes one at first start)", keyDir)
-	} else if ring, err = keys.OpenRing(keyDir, cfg.ServerName); err != nil {
-		d.fail("config", "signing keys: %v", err)
-		ring = nil
+	if cfg.Storage.Backend == config.StoragePostgres {
+		cur, where = d.currentKeyPG(ctx, cfg), "database"
 	} else {
-		d.ok("config", "signing key %s is current", ring.Current().ID)
+		where = "data_dir"
+		keyDir := filepath.Join(cfg.DataDir, "keys")
+		if _, err := os.Stat(filepath.Join(keyDir, "ring.json")); err != nil {
+			d.warn("config", "no signing keys in %s yet (Herald makes one at first start)", keyDir)
+		} else if ring, err := keys.OpenRing(keyDir, cfg.ServerName); err != nil {
+			d.fail("config", "signing keys: %v", err)
+		} else {
+			k := ring.Current()
+			cur = &k
+			d.ok("config", "signing key %s is current", k.ID)
+		}
 	}
 	if conn, err := net.DialTimeout("unix", control.Path(cfg.DataDir), time.Second); err == nil {
 		conn.Close()
@@ -138,10 +147,46 @@ func (d *doctor) checkConfig(cfg *config.Config) *keys.Ring {
 	} else {
 		d.warn("config", "no Herald answers on %s: it is not running on this data_dir", control.Path(cfg.DataDir))
 	}
-	return ring
+	return cur, where
 }
 
-func (d *doctor) checkPublicURL(ctx context.Context, cfg *config.Config, ring *keys.Ring, timeout time.Duration) {
+// currentKeyPG reads the current signing key from the signing_keys table
+// (storage.backend postgres) on a connection of its own, with one SELECT: no
+// migration, nothing written. Errors name the problem, never the DSN.
+func (d *doctor) currentKeyPG(ctx context.Context, cfg *config.Config) *keys.Key {
+	pc, err := pgx.ParseConfig(string(cfg.Storage.Postgres.DSN))
+	if err != nil {
+		d.fail("config", "storage.postgres.dsn is not a valid PostgreSQL connection string")
+		return nil
+	}
+	pc.ConnectTimeout = 5 * time.Second
+	conn, err := pgx.ConnectConfig(ctx, pc)
+	if err != nil {
+		d.fail("config", "PostgreSQL: %v", err)
+		return nil
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	var id string
+	var seed []byte
+	err = conn.QueryRow(ctx, `SELECT id, private_key FROM signing_keys WHERE is_current`).Scan(&id, &seed)
+	var pgErr *pgconn.PgError
+	switch {
+	case errors.Is(err, pgx.ErrNoRows), errors.As(err, &pgErr) && pgErr.Code == "42P01": // undefined_table
+		d.warn("config", "no signing keys in the database yet (Herald makes one at first start)")
+		return nil
+	case err != nil:
+		d.fail("config", "signing keys in the database: %v", err)
+		return nil
+	case len(seed) != ed25519.SeedSize:
+		d.fail("config", "signing key %s in the database: %d bytes, not an ed25519 seed", id, len(seed))
+		return nil
+	}
+	priv := ed25519.NewKeyFromSeed(seed)
+	d.ok("config", "signing key %s is current (in the database)", id)
+	return &keys.Key{ID: id, Public: priv.Public().(ed25519.PublicKey), Current: true}
+}
+
+func (d *doctor) checkPublicURL(ctx context.Context, cfg *config.Config, cur *keys.Key, where string, timeout time.Duration) {
 	base := cfg.BaseURL()
 	client := &http.Client{Timeout: timeout}
 	get := func(path string, v any) (int, error) {
@@ -183,11 +228,10 @@ func (d *doctor) checkPublicURL(ctx context.Context, cfg *config.Config, ring *k
 	}
 	v := versions.Versions
 	d.ok("public URL", "%s/_matrix/identity/versions answers (%s to %s)", base, v[0], v[len(v)-1])
-	if ring == nil {
+	if cur == nil {
 		d.warn("public URL", "no local signing key to check that this Herald answers there")
 		return
 	}
-	cur := ring.Current()
 	var pk struct {
 		PublicKey string `json:"public_key"`
 	}
@@ -196,7 +240,7 @@ func (d *doctor) checkPublicURL(ctx context.Context, cfg *config.Config, ring *k
 	case err != nil:
 		d.fail("public URL", "GET pubkey %s: %v", cur.ID, err)
 	case status != 200 || pk.PublicKey != cur.PublicBase64():
-		d.fail("public URL", "the server at %s does not publish this data_dir's key %s: another server (or another data_dir) answers there", base, cur.ID)
+		d.fail("public URL", "the server at %s does not publish this %s's key %s: another server (or another %s) answers there", base, where, cur.ID, where)
 	default:
 		d.ok("public URL", "answers as this server (publishes key %s)", cur.ID)
 	}

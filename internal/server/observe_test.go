@@ -106,7 +106,13 @@ func TestMetricsCountWhatHappened(t *testing.T) {
 			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
 		}
 	}
-	for _, name := range []string{"go_goroutines", "process_resident_memory_bytes", "herald_db_size_bytes", "herald_db_write_seconds_total"} {
+	// Each backend's own database metrics: bbolt's commit timings, or the
+	// PostgreSQL pool's.
+	dbMetric := "herald_db_write_seconds_total"
+	if e.App.DB().Backend() == store.BackendPostgres {
+		dbMetric = "herald_db_pool_acquires_total"
+	}
+	for _, name := range []string{"go_goroutines", "process_resident_memory_bytes", "herald_db_size_bytes", dbMetric} {
 		if v := metricValue(t, s, name); v <= 0 {
 			t.Errorf("%s = %v, want > 0", name, v)
 		}
@@ -280,18 +286,23 @@ func TestHealthAndReadiness(t *testing.T) {
 	if s, m := get("/_herald/ready"); s != 200 || m["status"] != "ready" {
 		t.Fatalf("ready: %d %v", s, m)
 	}
-	// The database fails under the running server.
+	// The database fails under the running server: each backend names
+	// its own reason.
+	reason := "database not usable"
+	if e.App.DB().Backend() == store.BackendPostgres {
+		reason = "PostgreSQL not reachable"
+	}
 	if err := e.App.DB().Close(); err != nil {
 		t.Fatal(err)
 	}
 	s, m := get("/_herald/ready")
-	if s != 503 || m["errcode"] != "M_UNKNOWN" || !strings.Contains(m["error"].(string), "database not usable") {
+	if s != 503 || m["errcode"] != "M_UNKNOWN" || !strings.Contains(m["error"].(string), reason) {
 		t.Fatalf("ready with the database closed: %d %v", s, m)
 	}
 	if reasons, _ := m["reasons"].([]any); len(reasons) != 1 {
 		t.Errorf("reasons: %v", m["reasons"])
 	}
-	if logs := e.Logs(); !strings.Contains(logs, `msg="not ready" reason="database not usable`) ||
+	if logs := e.Logs(); !strings.Contains(logs, `msg="not ready" reason="`+reason) ||
 		!strings.Contains(logs, "route=/_herald/ready status=503") || !strings.Contains(logs, "errcode=M_UNKNOWN") {
 		t.Errorf("logs lack the readiness change:\n%s", logs)
 	}

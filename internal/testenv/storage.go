@@ -34,6 +34,15 @@ func Postgres(t testing.TB) func(*config.Config) {
 	}
 }
 
+// Bolt is a mutator for Start that runs the App on bbolt whatever
+// StorageVar says: for a test of a feature only bbolt has (the backup
+// snapshot, the clean-shutdown marker, herald check's page check, the
+// keys-vs-database check, the old-layout conversions, the sydent import).
+// Each such test says why next to it.
+func Bolt(c *config.Config) {
+	c.Storage.Backend, c.Storage.Postgres.DSN = config.StorageBolt, ""
+}
+
 // defaultStorage is the mutator StorageVar asks for (nil: bbolt).
 func defaultStorage(t testing.TB) func(*config.Config) {
 	if !OnPostgres() {

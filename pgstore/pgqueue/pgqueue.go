@@ -6,8 +6,9 @@
 // column. A replica claims due records with SELECT ... FOR UPDATE SKIP LOCKED
 // and sets their lease_until in the same short transaction, so replicas
 // claiming at once get disjoint records, and a record whose claimer died is
-// claimed again once its lease ends. Leases are in the database, not in
-// memory as with queue.Bolt.
+// claimed again once its lease ends, or at once when the claimer's owner
+// lock (pgstore.DB.Owner, written to lease_owner) is gone: the replica died.
+// Leases are in the database, not in memory as with queue.Bolt.
 //
 // Times (now, leases, due times) are the callers': the replicas' clocks must
 // agree to well within a lease (NTP does), since one replica's lease end is
@@ -17,8 +18,8 @@
 // A record is attempted by one replica at a time as long as its attempt and
 // the recording of its outcome end within the lease (the queue's lease is
 // its AttemptTimeout plus a minute). A replica that dies after delivering
-// and before recording leaves the record to be attempted again when the
-// lease ends: the same crash window as on bbolt.
+// and before recording leaves the record to be attempted again by the next
+// claim after its death: the same crash window as on bbolt.
 package pgqueue
 
 import (
@@ -43,6 +44,9 @@ type Backend struct {
 
 	foldMu   sync.Mutex
 	lastFold time.Time
+
+	reapMu   sync.Mutex
+	lastReap time.Time // monotonic: when Claim last looked for dead owners
 }
 
 var _ queue.Backend = (*Backend)(nil)
@@ -354,7 +358,29 @@ const nextQuery = `SELECT least(
 	  ORDER BY next_attempt LIMIT 1),
 	(SELECT $3::timestamptz WHERE EXISTS (SELECT 1 FROM queue_records
 	  WHERE queue = $1 AND state = 'pending' AND next_attempt <= $2 AND (lease_until IS NULL OR lease_until <= $2)
-	    AND id <> ALL($4))))`
+	    AND id <> ALL($4))),
+	(SELECT $5::timestamptz WHERE EXISTS (SELECT 1 FROM queue_records
+	  WHERE queue = $1 AND state = 'pending' AND next_attempt <= $2 AND lease_until > $2
+	    AND lease_owner IS NOT NULL AND lease_owner <> $6)))`
+
+// reapQuery ends the leases of the queue's pending records whose owner
+// (pgstore.DB.Owner of the replica that claimed them) is not alive: holds
+// no owner lock on the database. Such a replica died, or lost its database
+// connection, with the records in flight; they are claimable at once rather
+// than when lease_until comes (a minute or more later). $2 is this
+// replica's owner, alive by definition. A record being claimed or recorded
+// by a live replica at the same moment is waited for, then rechecked: its
+// new owner is alive, so it keeps its lease.
+var reapQuery = `UPDATE queue_records SET lease_until = NULL, lease_owner = NULL
+	WHERE queue = $1 AND state = 'pending' AND lease_until IS NOT NULL
+	  AND lease_owner IS NOT NULL AND lease_owner <> $2
+	  AND lease_owner NOT IN (` + pgstore.LiveOwnersQuery + `)`
+
+// reapEvery is how often a replica looks for leases of dead replicas while
+// due records are leased by other replicas (Claim's next time says to look
+// again by then), and so how late a restarted or surviving replica resumes a
+// dead one's records at most, beyond its next claim.
+const reapEvery = 2 * time.Second
 
 // recheck is how soon Claim says to look again at a record another
 // replica's claim held.
@@ -369,8 +395,15 @@ func (b *Backend) Claim(ctx context.Context, now time.Time, n int, lease time.Du
 	}
 	var out []queue.Claimed
 	var next time.Time
+	owner := b.db.Owner()
+	reap := b.reapDue()
 	err := pgx.BeginFunc(ctx, b.db.Pool(), func(tx pgx.Tx) error {
 		out, next = nil, time.Time{}
+		if reap {
+			if _, err := tx.Exec(ctx, reapQuery, b.name, owner); err != nil {
+				return err
+			}
+		}
 		rows, err := tx.Query(ctx, claimQuery, b.name, now, n+1)
 		if err != nil {
 			return err
@@ -403,7 +436,7 @@ func (b *Backend) Claim(ctx context.Context, now time.Time, n int, lease time.Du
 			out, ids, next = out[:n], ids[:n], now
 		} else {
 			var at *time.Time
-			if err := tx.QueryRow(ctx, nextQuery, b.name, now, now.Add(recheck), ids).Scan(&at); err != nil {
+			if err := tx.QueryRow(ctx, nextQuery, b.name, now, now.Add(recheck), ids, now.Add(reapEvery), owner).Scan(&at); err != nil {
 				return err
 			}
 			if at != nil {
@@ -413,8 +446,8 @@ func (b *Backend) Claim(ctx context.Context, now time.Time, n int, lease time.Du
 		if len(ids) == 0 {
 			return nil
 		}
-		_, err = tx.Exec(ctx, `UPDATE queue_records SET lease_until = $3 WHERE queue = $1 AND id = ANY($2)`,
-			b.name, ids, now.Add(lease))
+		_, err = tx.Exec(ctx, `UPDATE queue_records SET lease_until = $3, lease_owner = $4 WHERE queue = $1 AND id = ANY($2)`,
+			b.name, ids, now.Add(lease), owner)
 		return err
 	})
 	if err != nil {
@@ -422,6 +455,19 @@ func (b *Backend) Claim(ctx context.Context, now time.Time, n int, lease time.Du
 	}
 	b.maybeFold(ctx)
 	return out, next, nil
+}
+
+// reapDue says whether this Claim looks for leases of dead replicas: the
+// first one does (a restarted replica resumes what it was doing when it
+// died), then at most once per reapEvery.
+func (b *Backend) reapDue() bool {
+	b.reapMu.Lock()
+	defer b.reapMu.Unlock()
+	if !b.lastReap.IsZero() && time.Since(b.lastReap) < reapEvery {
+		return false
+	}
+	b.lastReap = time.Now()
+	return true
 }
 
 // rowID reads only the id of the current row (when the whole record could
@@ -441,8 +487,13 @@ func rowID(rows pgx.Rows) (int64, error) {
 func (b *Backend) Lease(id uint64, until time.Time) error {
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
-	_, err := b.db.Pool().Exec(ctx, `UPDATE queue_records SET lease_until = $3 WHERE queue = $1 AND id = $2`,
-		b.name, int64(id), nullTime(until))
+	var owner *int64 // released: no owner
+	if !until.IsZero() {
+		o := b.db.Owner()
+		owner = &o
+	}
+	_, err := b.db.Pool().Exec(ctx, `UPDATE queue_records SET lease_until = $3, lease_owner = $4 WHERE queue = $1 AND id = $2`,
+		b.name, int64(id), nullTime(until), owner)
 	if err != nil {
 		return fmt.Errorf("pgqueue %s: lease %d: %w", b.name, id, err)
 	}

@@ -163,13 +163,14 @@ func TestReplicasClaimDisjoint(t *testing.T) {
 	}
 }
 
-// TestExpiredLeaseIsClaimedByAnother: a replica claims records and dies
-// (its pool closed, its attempts never recorded). The other replica does not
-// get them while the lease runs, and gets all of them when it ends.
+// TestExpiredLeaseIsClaimedByAnother: a replica claims records and never
+// records its attempts (stuck, but alive: it keeps its owner lock). The
+// other replica does not get them while the lease runs, and gets all of
+// them when it ends.
 func TestExpiredLeaseIsClaimedByAnother(t *testing.T) {
 	ctx := testCtx(t)
 	dsn := migrated(t)
-	dbA, a := replica(t, dsn, "q")
+	_, a := replica(t, dsn, "q")
 	_, b := replica(t, dsn, "q")
 	t0 := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 	want := enqueueN(t, a, 5, t0)
@@ -179,7 +180,6 @@ func TestExpiredLeaseIsClaimedByAnother(t *testing.T) {
 	if err != nil || len(c) != len(want) {
 		t.Fatalf("first replica claimed %d: %v", len(c), err)
 	}
-	dbA.Close()
 
 	c, next, err := b.Claim(ctx, t0.Add(lease-time.Second), 10, lease)
 	if err != nil || len(c) != 0 || !next.Equal(t0.Add(lease)) {
@@ -199,6 +199,49 @@ func TestExpiredLeaseIsClaimedByAnother(t *testing.T) {
 	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
 	if fmt.Sprint(ids) != fmt.Sprint(want) {
 		t.Fatalf("after the lease ended the second replica claimed %v, want %v", ids, want)
+	}
+}
+
+// TestDeadReplicasLeasesClaimedAtOnce: a replica claims records and dies
+// (its database connections end, as when its process is killed). The other
+// replica does not wait for the leases to run out: its claims take the
+// records as soon as the dead replica's owner lock is gone, and not before.
+func TestDeadReplicasLeasesClaimedAtOnce(t *testing.T) {
+	ctx := testCtx(t)
+	dsn := migrated(t)
+	dbA, a := replica(t, dsn, "q")
+	_, b := replica(t, dsn, "q")
+	t0 := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	want := enqueueN(t, a, 5, t0)
+	const lease = 3 * time.Minute
+
+	c, _, err := a.Claim(ctx, t0, 10, lease)
+	if err != nil || len(c) != len(want) {
+		t.Fatalf("first replica claimed %d: %v", len(c), err)
+	}
+	// Alive: its leases hold, and the other replica is told to look again
+	// within pgqueue.ReapEvery, not at the lease's end.
+	now := t0.Add(time.Second)
+	c, next, err := b.Claim(ctx, now, 10, lease)
+	if err != nil || len(c) != 0 || !next.Equal(now.Add(pgqueue.ReapEvery)) {
+		t.Fatalf("while the first replica lives: claimed %d, next %v (want %v), %v", len(c), next, now.Add(pgqueue.ReapEvery), err)
+	}
+
+	dbA.Close()
+	var ids []uint64
+	deadline := time.Now().Add(3 * pgqueue.ReapEvery)
+	for len(ids) == 0 && time.Now().Before(deadline) {
+		if c, _, err = b.Claim(ctx, now, 10, lease); err != nil {
+			t.Fatal(err)
+		}
+		for _, x := range c {
+			ids = append(ids, x.ID)
+		}
+		time.Sleep(10 * time.Millisecond) // the server ends the dead connection's session asynchronously
+	}
+	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
+	if fmt.Sprint(ids) != fmt.Sprint(want) {
+		t.Fatalf("after the first replica died the second claimed %v, want %v (long before the lease ends)", ids, want)
 	}
 }
 
