@@ -483,9 +483,10 @@ func TestReplicasShareOnePostgres(t *testing.T) {
 		t.Errorf("%d expiry runs logged expiring invites, want 1", lines)
 	}
 	t.Logf("the expiry sweep ran on %s", holder)
-	// 7. Every stored invite's mail went out: b's leased mails once their
-	// lease ends (the outbox's send timeout, 2 min, plus a minute, after
-	// the kill), then sent by either replica.
+	// 7. Every stored invite's mail went out: b's leased mails too, taken by
+	// a's next claim once b's owner lock went with its connection (without
+	// that, only when the lease ran out: the send timeout, 2 min, plus a
+	// minute, which this bound still allows).
 	waitLong(t, "the outbox to drain", 200*time.Second-time.Since(killTime), func() bool {
 		var pending int
 		c.query(t, `SELECT count(*) FROM queue_records WHERE queue = 'outbox' AND state = 'pending'`, &pending)
