@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/labstack/echo/v4"
 )
@@ -37,6 +38,13 @@ func ErrorHandler(log *slog.Logger) echo.HTTPErrorHandler {
 func toMatrix(err error) *Error {
 	if me, ok := AsError(err); ok {
 		return me
+	}
+	// A temporary condition that names its wait (a database transaction that
+	// kept conflicting with others until its retries ran out): "too many
+	// requests, try again after this long", not a failure for good.
+	var busy interface{ RetryAfter() time.Duration }
+	if errors.As(err, &busy) {
+		return LimitExceeded(busy.RetryAfter().Milliseconds()).Because(err)
 	}
 	var he *echo.HTTPError
 	if errors.As(err, &he) {

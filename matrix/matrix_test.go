@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/labstack/echo/v4"
 )
@@ -177,5 +178,31 @@ func TestDecodeParams(t *testing.T) {
 		if me, _ := AsError(err); (c.code == "" && err != nil) || (c.code != "" && (me == nil || me.Code != c.code)) || got != c.want {
 			t.Errorf("%s: %+v %v, want %+v %s", c.name, got, err, c.want, c.code)
 		}
+	}
+}
+
+// busyErr is a temporary condition that names its wait, as
+// pgstore.ErrContention does.
+type busyErr struct{}
+
+func (busyErr) Error() string             { return "database too busy" }
+func (busyErr) RetryAfter() time.Duration { return 750 * time.Millisecond }
+
+// An error that says how long to wait (wrapped anywhere in a handler's
+// error) is answered 429 M_LIMIT_EXCEEDED with that wait, not 500.
+func TestBusyErrorsAnswerLimitExceeded(t *testing.T) {
+	t.Parallel()
+	var logs bytes.Buffer
+	e := echo.New()
+	e.HTTPErrorHandler = ErrorHandler(slog.New(slog.NewTextHandler(&logs, nil)))
+	e.GET("/busy", func(echo.Context) error { return fmt.Errorf("binding: %w", busyErr{}) })
+	rec := httptest.NewRecorder()
+	e.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/busy", nil))
+	if rec.Code != http.StatusTooManyRequests || !strings.Contains(rec.Body.String(), `"errcode":"M_LIMIT_EXCEEDED"`) ||
+		!strings.Contains(rec.Body.String(), `"retry_after_ms":750`) {
+		t.Fatalf("%d %s", rec.Code, rec.Body)
+	}
+	if !strings.Contains(logs.String(), "database too busy") {
+		t.Errorf("cause not logged: %s", logs.String())
 	}
 }

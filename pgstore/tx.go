@@ -16,7 +16,19 @@ import (
 // ErrContention means a transaction kept failing on serialization failures
 // or deadlocks until its retries ran out. It is temporary: callers answer it
 // as they answer an overloaded server, never with PostgreSQL's error.
-var ErrContention = errors.New("pgstore: the database is too busy with conflicting transactions; try again")
+var ErrContention error = contention{}
+
+// contention is ErrContention's type: its RetryAfter tells the HTTP error
+// handler (matrix.ErrorHandler) to answer 429 M_LIMIT_EXCEEDED with that
+// wait, whichever endpoint's transaction ran out of retries.
+type contention struct{}
+
+func (contention) Error() string {
+	return "pgstore: the database is too busy with conflicting transactions; try again"
+}
+
+// RetryAfter is how long a client should wait before trying again.
+func (contention) RetryAfter() time.Duration { return 500 * time.Millisecond }
 
 // SQLSTATEs that mean "run the whole transaction again".
 const (
