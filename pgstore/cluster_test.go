@@ -2,6 +2,7 @@ package pgstore
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"sync/atomic"
 	"testing"
@@ -208,4 +209,38 @@ func TestSubscribeFallsBackToPolling(t *testing.T) {
 	cancel()
 	for range sub { // closed once the subscription stops
 	}
+}
+
+// Jobs due at once on a replica with a small pool all run: each running job
+// holds a pool connection for its lock and takes another for its work, so
+// they must not all hold their lock connections at once (DB.jobMu).
+func TestPeriodicJobsDueAtOnceFitASmallPool(t *testing.T) {
+	ctx := testCtx(t)
+	db := open(t, ctx, Options{DSN: pgtest.DSN(t), MaxConns: 2})
+	const jobs = 6
+	var ran [jobs]atomic.Bool
+	for i := range jobs {
+		runPeriodic(t, db, Job{
+			Name: fmt.Sprintf("sweep-%d", i), Period: time.Hour, Poll: 5 * time.Millisecond,
+			Run: func(ctx context.Context) error {
+				// The work's own transaction: one more pool connection.
+				err := db.InTx(ctx, TxOptions{}, func(tx pgx.Tx) error {
+					_, err := tx.Exec(ctx, "SELECT 1")
+					return err
+				})
+				if err == nil {
+					ran[i].Store(true)
+				}
+				return err
+			},
+		})
+	}
+	waitFor(t, "every job to run", func() bool {
+		for i := range ran {
+			if !ran[i].Load() {
+				return false
+			}
+		}
+		return true
+	})
 }

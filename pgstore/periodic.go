@@ -86,6 +86,11 @@ func jobLockKey(name string) int64 {
 
 // tryRun runs the job once if this replica gets its lock and it is due.
 func (db *DB) tryRun(ctx context.Context, job Job) (ran bool, err error) {
+	db.jobMu.Lock() // one job at a time per replica (DB.jobMu)
+	defer db.jobMu.Unlock()
+	if err := ctx.Err(); err != nil {
+		return false, err
+	}
 	key := jobLockKey(job.Name)
 	conn, err := db.pool.Acquire(ctx)
 	if err != nil {

@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -53,6 +54,12 @@ type Options struct {
 type DB struct {
 	pool *pgxpool.Pool
 	log  *slog.Logger
+
+	// jobMu lets one periodic job at a time run on this replica: a running
+	// job holds a pool connection for its lock and takes more for its work,
+	// so several due at once (every job on a new database) could take the
+	// whole pool and wait on each other until their transactions time out.
+	jobMu sync.Mutex
 
 	// owner is this replica's owner number, locked on a connection of
 	// its own (owner.go); stopOwner ends that, ownerDone says it ended.
