@@ -478,6 +478,12 @@ func TestAdminExpiredTimeline(t *testing.T) {
 	if len(list.Invites) != 1 || list.Invites[0].Expires.IsZero() {
 		t.Fatalf("invites %+v", list.Invites)
 	}
+	// The invite's mail is sent before the clock moves past the expiry: an
+	// attempt recorded after the move would come after the expiry.
+	waitFor(t, "the invite mail to be sent", func() bool {
+		st, err := e.App.Mailer().Stats()
+		return err == nil && st.Sent == 1
+	})
 	e.Clock.Advance(time.Until(list.Invites[0].Expires) + time.Minute)
 	var inv inviteAnswer
 	if code := adminCall(t, e, "GET", "/admin/api/invites/"+list.Invites[0].ID, "", &inv); code != 200 {
