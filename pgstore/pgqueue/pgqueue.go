@@ -30,6 +30,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/herald-im/herald/pgstore"
 	"github.com/herald-im/herald/queue"
@@ -120,10 +121,17 @@ func (b *Backend) Enqueue(tx queue.Tx, r *queue.Record) error {
 		return fmt.Errorf("pgqueue %s: enqueue: %w", b.name, err)
 	}
 	r.ID = uint64(id)
-	if err := b.failures(ctx, t, r.ID, r.Attempts); err != nil {
+	// The writes after the insert need no answer: in a store.DB write
+	// transaction they are queued and go in one round trip with the
+	// caller's next statement or the commit (store.Tx.Exec).
+	var w pgstore.Execer = t
+	if st, ok := tx.(*store.Tx); ok {
+		w = queuedExec{st}
+	}
+	if err := b.failures(ctx, w, r.ID, r.Attempts); err != nil {
 		return err
 	}
-	if err := b.count(ctx, t, "", r.State); err != nil {
+	if err := b.count(ctx, w, "", r.State); err != nil {
 		return err
 	}
 	if r.State != queue.Pending {
@@ -132,7 +140,15 @@ func (b *Backend) Enqueue(tx queue.Tx, r *queue.Record) error {
 	// Sent at commit, once per transaction however many records it
 	// enqueued: the replicas' workers listening on the queue's channel
 	// (Subscribe) claim at once instead of at their next poll.
-	return pgstore.Notify(ctx, t, b.Channel(), "")
+	return pgstore.Notify(ctx, w, b.Channel(), "")
+}
+
+// queuedExec is a store.Tx's Exec as a pgstore.Execer: the write is queued
+// in a store.DB write transaction, run at once elsewhere.
+type queuedExec struct{ t *store.Tx }
+
+func (q queuedExec) Exec(_ context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
+	return pgconn.CommandTag{}, q.t.Exec(sql, args...)
 }
 
 // Channel is the NOTIFY channel on which Enqueue signals a new pending
@@ -550,7 +566,7 @@ func (b *Backend) PruneFailures(ctx context.Context, before time.Time) error {
 }
 
 // failures records the failed ones among attempts.
-func (b *Backend) failures(ctx context.Context, t pgx.Tx, id uint64, attempts []queue.Attempt) error {
+func (b *Backend) failures(ctx context.Context, t pgstore.Execer, id uint64, attempts []queue.Attempt) error {
 	for _, a := range attempts {
 		if a.OK {
 			continue
@@ -566,7 +582,7 @@ func (b *Backend) failures(ctx context.Context, t pgx.Tx, id uint64, attempts []
 // count moves one record from state from to state to in the counters
 // (either may be empty: enqueued, deleted), as delta rows in t: inserts
 // only, so concurrent writers never wait on each other here.
-func (b *Backend) count(ctx context.Context, t pgx.Tx, from, to queue.State) error {
+func (b *Backend) count(ctx context.Context, t pgstore.Execer, from, to queue.State) error {
 	var err error
 	switch {
 	case from == "":
