@@ -27,6 +27,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -44,6 +45,26 @@ type Backend struct {
 
 	foldMu   sync.Mutex
 	lastFold time.Time
+
+	// localWake is the wake function of this process's worker while it
+	// runs (SetLocalWake), else nil.
+	localWake atomic.Pointer[func()]
+}
+
+// SetLocalWake tells Enqueue that this process runs the queue's worker, woken
+// by wake (nil: it stopped). While it is set, an Enqueue in a store.DB write
+// transaction wakes that worker after the commit (Tx.OnCommit) instead of
+// sending a NOTIFY to every replica: PostgreSQL serializes the commits of
+// all transactions that NOTIFY (a global lock held through the WAL flush),
+// which halved store-invite's rate on two replicas. Other replicas' workers
+// then see the record at their next claim or fallback poll. Enqueues from
+// elsewhere (a CLI command, a transaction not of store.DB) still NOTIFY.
+func (b *Backend) SetLocalWake(wake func()) {
+	if wake == nil {
+		b.localWake.Store(nil)
+		return
+	}
+	b.localWake.Store(&wake)
 }
 
 var _ queue.Backend = (*Backend)(nil)
@@ -136,6 +157,12 @@ func (b *Backend) Enqueue(tx queue.Tx, r *queue.Record) error {
 	}
 	if r.State != queue.Pending {
 		return nil
+	}
+	if st, ok := tx.(*store.Tx); ok && st.Writable() {
+		if wake := b.localWake.Load(); wake != nil {
+			st.OnCommit(*wake)
+			return nil
+		}
 	}
 	// Sent at commit, once per transaction however many records it
 	// enqueued: the replicas' workers listening on the queue's channel
