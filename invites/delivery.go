@@ -224,7 +224,15 @@ func OpenDeliveries(s *Service, opts DeliveryOptions) (*Deliveries, error) {
 // queues one delivery for them to the mxid's homeserver. Invites of an
 // address bound earlier were resolved then, so a recycled address receives
 // none of them.
+//
+// It first takes the address's lock (Service.lockAddress): store-invite
+// runs at READ COMMITTED on PostgreSQL and holds that lock shared, so an
+// invite stored while the address is bound is either seen here and
+// resolved, or stored after the bind commits and refused then as bound.
 func (d *Deliveries) resolve(tx *store.Tx, b identity.Binding) error {
+	if err := d.s.lockAddress(tx, b.Medium, b.Address); err != nil {
+		return err
+	}
 	pending, err := d.s.PendingFor(tx, b.Medium, b.Address)
 	if err != nil || len(pending) == 0 {
 		return err

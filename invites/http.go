@@ -2,6 +2,7 @@ package invites
 
 import (
 	"bytes"
+	"context"
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/base64"
@@ -260,7 +261,7 @@ func (s *Service) store(fields map[string]json.RawMessage, account, api string) 
 
 	var result *Invite
 	queued := false
-	err = s.db.Commit(func(tx *store.Tx) error {
+	err = s.commitStore(func(tx *store.Tx) error {
 		var err error
 		result, queued, err = s.storeTx(tx, inv, mail, vouch, now)
 		return err
@@ -287,6 +288,16 @@ func (s *Service) store(fields map[string]json.RawMessage, account, api string) 
 	return &a, nil
 }
 
+// commitStore runs fn, store-invite's write transaction (storeTx), at READ
+// COMMITTED on PostgreSQL: what storeTx decides from its reads is held until
+// its commit by the de-duplication entry's key and row lock and by the
+// address's advisory lock (pgStorage.claimDedup, Deliveries.resolve), not by
+// serializability, so concurrent store-invites never fail each other with
+// serialization failures (see docs/storage-postgres.md).
+func (s *Service) commitStore(fn func(*store.Tx) error) error {
+	return s.db.CommitWith(context.Background(), store.TxOptions{ReadCommitted: true}, fn)
+}
+
 // storeTx is store-invite's write transaction: unless the address was bound
 // or the same invite stored meanwhile (then that one is the result), it
 // checks the opt-outs and writes the invite with its indexes, its mail in
@@ -294,11 +305,14 @@ func (s *Service) store(fields map[string]json.RawMessage, account, api string) 
 // than once (see store.DB): everything random or rendered comes in inv and
 // mail, made before. queued says a mail was put in the outbox.
 func (s *Service) storeTx(tx *store.Tx, inv *Invite, mail *mailer.Prepared, vouch *Vouch, now time.Time) (*Invite, bool, error) {
-	if err := s.checkBound(tx, inv.Address); err != nil {
+	// The claim comes first: on PostgreSQL it takes the address's lock,
+	// under which the binding is read (see pgStorage.claimDedup). A bound
+	// address is refused before a duplicate is answered, as before.
+	d, id, err := s.claimDuplicate(tx, inv.Sender, inv.RoomID, inv.Medium, inv.Address)
+	if err != nil {
 		return nil, false, err
 	}
-	d, err := s.claimDuplicate(tx, inv.Sender, inv.RoomID, inv.Medium, inv.Address)
-	if err != nil {
+	if err := s.checkBound(tx, inv.Address); err != nil {
 		return nil, false, err
 	}
 	if d != nil {
@@ -308,9 +322,10 @@ func (s *Service) storeTx(tx *store.Tx, inv *Invite, mail *mailer.Prepared, vouc
 	if err := s.optOutCheck(tx, &rec); err != nil {
 		return nil, false, err
 	}
-	id, err := s.reserveID(tx)
-	if err != nil {
-		return nil, false, err
+	if id == 0 {
+		if id, err = s.reserveID(tx); err != nil {
+			return nil, false, err
+		}
 	}
 	rec.ID = id
 	queued := false

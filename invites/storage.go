@@ -38,13 +38,17 @@ type storage interface {
 	forAddress(tx *store.Tx, medium, address string) ([]uint64, error)
 	// dedup is the id of the de-duplication entry for the tuple (0: none).
 	dedup(tx *store.Tx, sender, room, medium, address string) (uint64, error)
-	// claimDedup is dedup inside a write transaction that stores the
-	// tuple's new invite unless the entry names a pending one (or fails).
-	// On PostgreSQL it inserts the entry first, so that two transactions
-	// storing the same tuple collide on its primary key (one is run again
-	// and finds the other's invite) while transactions storing different
-	// tuples do not conflict on the index pages a read would lock.
-	claimDedup(tx *store.Tx, sender, room, medium, address string) (uint64, error)
+	// claimDedup is dedup inside store-invite's write transaction, which
+	// stores the tuple's new invite unless the entry names a pending one
+	// (or fails). reserved, when not 0, is the new invite's id, already
+	// taken (else the caller takes one with nextID). On PostgreSQL
+	// (store-invite runs at READ COMMITTED there) it first takes the
+	// address's shared advisory lock (addressLock), then inserts the entry
+	// with a new id, so that two transactions storing the same tuple
+	// collide on its primary key: the second waits for the first and, when
+	// it committed, reads its entry; an existing entry is read FOR UPDATE,
+	// so two transactions replacing a stale entry do the same.
+	claimDedup(tx *store.Tx, sender, room, medium, address string) (existing, reserved uint64, err error)
 	// inState lists the ids of the invites in state, oldest first.
 	inState(tx *store.Tx, state string) ([]uint64, error)
 	// hasData reports whether any invite is stored.

@@ -174,8 +174,9 @@ func (boltStorage) dedup(tx *store.Tx, sender, room, medium, address string) (ui
 }
 
 // claimDedup is dedup: bbolt's single writer already serializes store-invites.
-func (st boltStorage) claimDedup(tx *store.Tx, sender, room, medium, address string) (uint64, error) {
-	return st.dedup(tx, sender, room, medium, address)
+func (st boltStorage) claimDedup(tx *store.Tx, sender, room, medium, address string) (uint64, uint64, error) {
+	id, err := st.dedup(tx, sender, room, medium, address)
+	return id, 0, err
 }
 
 func (boltStorage) inState(tx *store.Tx, state string) ([]uint64, error) {

@@ -691,7 +691,8 @@ func TestStorageDeliveryIndexes(t *testing.T) {
 
 // Two replicas storing the same invite at once (each request with its own
 // token, as two homeserver requests would have) end with one invite: every
-// request is answered with it.
+// request is answered with it. store-invite runs at READ COMMITTED on
+// PostgreSQL (commitStore): the de-duplication entry's key does this.
 func TestReplicasStoreOneInvite(t *testing.T) {
 	dsn := pgtest.DSN(t)
 	clk := newClock()
@@ -706,7 +707,7 @@ func TestReplicasStoreOneInvite(t *testing.T) {
 				inv := testInvite(0, clk.Now())
 				inv.Token = fmt.Sprintf("tok-%d-%d", r, g)
 				var res *Invite
-				err := s.db.Commit(func(tx *store.Tx) (err error) {
+				err := s.commitStore(func(tx *store.Tx) (err error) {
 					res, _, err = s.storeTx(tx, inv, nil, nil, clk.Now())
 					return err
 				})
@@ -757,7 +758,7 @@ func TestReplicasStoreManyInvites(t *testing.T) {
 			for i := range perReplica {
 				inv := testInvite(r*perReplica+i, clk.Now())
 				inv.Address = fmt.Sprintf("many%d-%d@example.org", r, i)
-				if err := s.db.Commit(func(tx *store.Tx) error {
+				if err := s.commitStore(func(tx *store.Tx) error {
 					_, _, err := s.storeTx(tx, inv, nil, nil, clk.Now())
 					return err
 				}); err != nil {
@@ -795,7 +796,7 @@ func TestStoreInviteContentionIsBusy(t *testing.T) {
 		runs.Add(1)
 		return &pgconn.PgError{Code: "40001", Message: "could not serialize access (injected)"}
 	}
-	err := s.db.Commit(func(tx *store.Tx) error {
+	err := s.commitStore(func(tx *store.Tx) error {
 		_, _, err := s.storeTx(tx, testInvite(0, clk.Now()), nil, nil, clk.Now())
 		return err
 	})

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/herald-im/herald/store"
 )
@@ -72,8 +73,11 @@ const (
 	qForAddress = `SELECT id FROM invites WHERE medium = $1 AND address = $2 ORDER BY id`
 	qDedup      = `SELECT invite_id FROM invite_dedup
 		WHERE sender = $1 AND room_id = $2 AND medium = $3 AND address = $4`
-	qClaimDedup = `INSERT INTO invite_dedup (sender, room_id, medium, address, invite_id) VALUES ($1, $2, $3, $4, 0)
-		ON CONFLICT DO NOTHING RETURNING true`
+	qClaimDedup = `INSERT INTO invite_dedup (sender, room_id, medium, address, invite_id)
+		SELECT $1, $2, $3, $4, nextval('invites_id_seq') FROM (SELECT pg_advisory_xact_lock_shared(` + addressLockKey + `)) l
+		ON CONFLICT DO NOTHING RETURNING invite_id`
+	qDedupForUpdate = `SELECT invite_id FROM invite_dedup
+		WHERE sender = $1 AND room_id = $2 AND medium = $3 AND address = $4 FOR UPDATE`
 	qInState  = `SELECT id FROM invites WHERE state = $1 ORDER BY id`
 	qCounters = `SELECT key, sum(n)::bigint FROM (
 		SELECT key, n FROM invite_counts WHERE key = ANY($1)
@@ -177,9 +181,7 @@ func (pgStorage) put(tx *store.Tx, inv *Invite) error {
 	if err != nil {
 		return err
 	}
-	t, ctx := pg(tx)
-	_, err = t.Exec(ctx, putInvite, args...)
-	return pgErr("write invite", err)
+	return pgErr("write invite", tx.Exec(putInvite, args...))
 }
 
 func (pgStorage) remove(tx *store.Tx, id uint64) error {
@@ -202,18 +204,19 @@ func dedupHeld(inv *Invite) bool {
 
 // index keeps what the columns of the invites row do not: the
 // de-duplication entry and the counters (as delta rows: see the migration).
+// Its writes are queued (store.Tx.Exec): they go with the transaction's
+// next statement or its commit.
 func (pgStorage) index(tx *store.Tx, old, inv *Invite) error {
-	t, ctx := pg(tx)
 	same := old != nil && inv != nil && dedupHeld(old) && dedupHeld(inv) && old.ID == inv.ID &&
 		old.Sender == inv.Sender && old.RoomID == inv.RoomID && old.Medium == inv.Medium && old.Address == inv.Address
 	if old != nil && !same {
-		if _, err := t.Exec(ctx, `DELETE FROM invite_dedup WHERE sender = $1 AND room_id = $2 AND medium = $3 AND address = $4
+		if err := tx.Exec(`DELETE FROM invite_dedup WHERE sender = $1 AND room_id = $2 AND medium = $3 AND address = $4
 			AND invite_id = $5`, old.Sender, old.RoomID, old.Medium, old.Address, int64(old.ID)); err != nil {
 			return pgErr("de-duplication entry", err)
 		}
 	}
 	if dedupHeld(inv) && !same {
-		if _, err := t.Exec(ctx, `INSERT INTO invite_dedup (sender, room_id, medium, address, invite_id) VALUES ($1, $2, $3, $4, $5)
+		if err := tx.Exec(`INSERT INTO invite_dedup (sender, room_id, medium, address, invite_id) VALUES ($1, $2, $3, $4, $5)
 			ON CONFLICT (sender, room_id, medium, address) DO UPDATE SET invite_id = excluded.invite_id`,
 			inv.Sender, inv.RoomID, inv.Medium, inv.Address, int64(inv.ID)); err != nil {
 			return pgErr("de-duplication entry", err)
@@ -229,8 +232,7 @@ func (pgStorage) index(tx *store.Tx, old, inv *Invite) error {
 		keys = append(keys, k.name())
 		ns = append(ns, int32(n))
 	}
-	_, err := t.Exec(ctx, `INSERT INTO invite_count_deltas (key, n) SELECT * FROM unnest($1::text[], $2::integer[])`, keys, ns)
-	return pgErr("counters", err)
+	return pgErr("counters", tx.Exec(`INSERT INTO invite_count_deltas (key, n) SELECT * FROM unnest($1::text[], $2::integer[])`, keys, ns))
 }
 
 // ids runs a query of one bigint column.
@@ -269,20 +271,67 @@ func (pgStorage) dedup(tx *store.Tx, sender, room, medium, address string) (uint
 	return one(tx, "de-duplication entry", qDedup, sender, room, medium, address)
 }
 
-// claimDedup inserts a placeholder entry (invite 0) for the tuple, which the
-// new invite's index replaces in the same transaction (or the transaction
-// rolls back). The insert's conflict check takes no predicate lock, so
-// concurrent store-invites of other tuples do not fail each other; one of
-// the same tuple waits for the first and, serializable, fails and is run
-// again. When an entry exists it is read (a lock on that row only).
-func (pgStorage) claimDedup(tx *store.Tx, sender, room, medium, address string) (uint64, error) {
+// addressLockKey is the advisory lock key of the address in $4 (medium in
+// $3): store-invite holds it shared from its first statement to its
+// commit, a bind exclusively from its hook to its commit (see
+// Deliveries.resolve), so that an invite is never stored for an address
+// while it is being bound.
+const addressLockKey = `hashtextextended('herald.invites.address:' || $3 || ':' || $4, 0)`
+
+// lockAddressPG is the bind's side of addressLockKey: it takes the
+// address's advisory lock exclusively in tx (waiting for the store-invites
+// that hold it shared to commit or roll back; a store-invite that comes
+// later waits for the bind and then reads its binding). A bind transaction
+// that is not READ COMMITTED reads the invites under a snapshot taken
+// before the lock, which can miss an invite committed meanwhile: a fresh
+// read outside tx (a pool connection, READ COMMITTED) finds any pending
+// invite of the address that tx does not see, and then the bind fails with
+// a serialization failure, which store.DB runs again with a new snapshot.
+func lockAddressPG(db *store.DB, tx *store.Tx, medium, address string) error {
 	t, ctx := pg(tx)
-	var claimed bool
-	err := t.QueryRow(ctx, qClaimDedup, sender, room, medium, address).Scan(&claimed)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return one(tx, "de-duplication entry", qDedup, sender, room, medium, address)
+	if _, err := t.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtextextended('herald.invites.address:' || $1 || ':' || $2, 0))`,
+		medium, address); err != nil {
+		return pgErr("address lock", err)
 	}
-	return 0, pgErr("de-duplication entry", err)
+	seen, err := ids(tx, "invites of an address", qForAddress, medium, address)
+	if err != nil {
+		return err
+	}
+	known := make([]int64, len(seen))
+	for i, id := range seen {
+		known[i] = int64(id)
+	}
+	var unseen bool
+	if err := db.PG().Pool().QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM invites WHERE medium = $1 AND address = $2
+		AND state = 'pending' AND NOT (id = ANY($3)))`, medium, address, known).Scan(&unseen); err != nil {
+		return pgErr("invites of an address", err)
+	}
+	if unseen {
+		return &pgconn.PgError{Code: "40001", Message: "invites: an invite for the address being bound was stored after the bind's snapshot"}
+	}
+	return nil
+}
+
+// claimDedup takes the address's shared lock and inserts the tuple's entry
+// with a new invite id (one statement), which the transaction's invite then
+// has (or the transaction rolls back). At READ COMMITTED a concurrent
+// store-invite of the same tuple waits on the entry's key and then finds
+// it, committed, with its invite; one of another tuple never waits. When an
+// entry exists it is read FOR UPDATE: a store-invite replacing a stale
+// entry (its invite no longer pending) holds the row until it commits, and
+// one waiting on it reads the replacement.
+func (pgStorage) claimDedup(tx *store.Tx, sender, room, medium, address string) (uint64, uint64, error) {
+	t, ctx := pg(tx)
+	var id int64
+	err := t.QueryRow(ctx, qClaimDedup, sender, room, medium, address).Scan(&id)
+	if errors.Is(err, pgx.ErrNoRows) {
+		existing, err := one(tx, "de-duplication entry", qDedupForUpdate, sender, room, medium, address)
+		return existing, 0, err
+	}
+	if err != nil {
+		return 0, 0, pgErr("de-duplication entry", err)
+	}
+	return 0, uint64(id), nil
 }
 
 func (pgStorage) inState(tx *store.Tx, state string) ([]uint64, error) {

@@ -148,6 +148,17 @@ func (s *Service) PendingFor(tx *store.Tx, medium, address string) ([]*Invite, e
 	return out, nil
 }
 
+// lockAddress keeps store-invite from storing an invite for the address
+// until tx commits (the bind hook takes it before reading the address's
+// pending invites). On bbolt, whose single writer serializes them, it does
+// nothing; on PostgreSQL see lockAddressPG.
+func (s *Service) lockAddress(tx *store.Tx, medium, address string) error {
+	if tx.PG == nil {
+		return nil
+	}
+	return lockAddressPG(s.db, tx, medium, normalize(medium, address))
+}
+
 func normalize(medium, address string) string {
 	if medium == "email" {
 		if n, err := identity.NormalizeEmail(address); err == nil {
@@ -252,12 +263,13 @@ func (s *Service) pendingDuplicate(tx *store.Tx, sender, room, medium, address s
 // transaction, which goes on to store a new invite when there is none: the
 // storage may hold the de-duplication entry for it from here on
 // (storage.claimDedup).
-func (s *Service) claimDuplicate(tx *store.Tx, sender, room, medium, address string) (*Invite, error) {
-	id, err := s.st.claimDedup(tx, sender, room, medium, address)
+func (s *Service) claimDuplicate(tx *store.Tx, sender, room, medium, address string) (dup *Invite, reserved uint64, err error) {
+	id, reserved, err := s.st.claimDedup(tx, sender, room, medium, address)
 	if err != nil || id == 0 {
-		return nil, err
+		return nil, reserved, err
 	}
-	return s.duplicate(tx, id)
+	dup, err = s.duplicate(tx, id)
+	return dup, reserved, err
 }
 
 // duplicate is invite id if it is a pending duplicate (see pendingDuplicate).

@@ -22,11 +22,12 @@ func nullableTime(t time.Time) *time.Time {
 	return &t
 }
 
+// put's write is queued (store.Tx.Exec): it goes with the transaction's
+// next statement or its commit.
 func (pgEphemeral) put(tx *store.Tx, pub string, r ephemeralRecord) error {
-	_, err := tx.PG.Exec(tx.Context(), `INSERT INTO keys_ephemeral (pub, valid, ref, expires) VALUES ($1, $2, $3, $4)
+	return tx.Exec(`INSERT INTO keys_ephemeral (pub, valid, ref, expires) VALUES ($1, $2, $3, $4)
 		ON CONFLICT (pub) DO UPDATE SET valid = excluded.valid, ref = excluded.ref, expires = excluded.expires`,
 		pub, r.Valid, r.Ref, nullableTime(r.Expires))
-	return err
 }
 
 func scanEphemeral(row pgx.Row) (ephemeralRecord, bool, error) {

@@ -561,6 +561,13 @@ func (q *Queue) Run(ctx context.Context) error {
 			c.Close()
 		}()
 	}
+	// On PostgreSQL, while this worker runs, mail enqueued in this process
+	// wakes it after the commit instead of a NOTIFY to every replica
+	// (pgqueue.Backend.SetLocalWake).
+	if lw, ok := q.be.(interface{ SetLocalWake(func()) }); ok {
+		lw.SetLocalWake(q.Wake)
+		defer lw.SetLocalWake(nil)
+	}
 	return q.q.Run(ctx)
 }
 

@@ -15,15 +15,15 @@ type pgIndex struct {
 	db *store.DB
 }
 
+// add's writes are queued (store.Tx.Exec): they go with the transaction's
+// next statement or its commit.
 func (pgIndex) add(tx *store.Tx, ref, to string, id uint64) error {
-	c := tx.Context()
 	if ref != "" {
-		if _, err := tx.PG.Exec(c, `INSERT INTO outbox_ref (ref, id) VALUES ($1, $2) ON CONFLICT DO NOTHING`, ref, int64(id)); err != nil {
+		if err := tx.Exec(`INSERT INTO outbox_ref (ref, id) VALUES ($1, $2) ON CONFLICT DO NOTHING`, ref, int64(id)); err != nil {
 			return err
 		}
 	}
-	_, err := tx.PG.Exec(c, `INSERT INTO outbox_to (addr, id) VALUES ($1, $2) ON CONFLICT DO NOTHING`, to, int64(id))
-	return err
+	return tx.Exec(`INSERT INTO outbox_to (addr, id) VALUES ($1, $2) ON CONFLICT DO NOTHING`, to, int64(id))
 }
 
 func (pgIndex) remove(tx *store.Tx, ref, to string, id uint64) error {

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/herald-im/herald/pgstore"
@@ -34,7 +35,16 @@ const (
 //   - Update and Commit are serializable, as bbolt's single writer is (on
 //     PostgreSQL a SERIALIZABLE transaction, run again after a
 //     serialization failure or deadlock, pgstore.ErrContention when the
-//     retries run out).
+//     retries run out). CommitWith may ask for READ COMMITTED on
+//     PostgreSQL instead (TxOptions): only for a function whose
+//     correctness rests on unique constraints, row locks and advisory
+//     locks that it takes itself, and which says so.
+//   - A write transaction on PostgreSQL may hold statements back: Tx.Exec
+//     queues a write whose result is not needed, and the queued writes go
+//     to the server in one round trip (a pgx.Batch) before the next
+//     statement of the transaction or its commit, in the order they were
+//     queued. An error of a queued write surfaces at that moment. On bbolt,
+//     and in transactions not opened by DB, Tx.Exec runs at once.
 //   - A write function may run more than once (Committer groups on bbolt,
 //     retries on PostgreSQL): it must do nothing outside the transaction
 //     (no mail, no HTTP) and write only what it would write on any run.
@@ -91,7 +101,100 @@ type Tx struct {
 	ctx      context.Context
 	writable bool
 	onCommit []func()
+	// queued holds the writes of Exec not yet sent (PostgreSQL write
+	// transactions opened by DB only; nil elsewhere).
+	queued *pgx.Batch
+	raw    pgx.Tx // the transaction PG wraps when writes are queued
+	// flushErr is the error of the queued writes once sent: the
+	// transaction is aborted from then on, and its commit fails with it.
+	flushErr error
 }
+
+// Exec runs a PostgreSQL write whose result the caller does not need. In a
+// write transaction of DB it is queued and sent with the other queued
+// writes in one round trip before the transaction's next statement or its
+// commit (see DB); elsewhere it runs at once. Use it only for a statement
+// whose failure fails the transaction (its error comes later, from another
+// call or from the commit).
+func (t *Tx) Exec(sql string, args ...any) error {
+	if t.PG == nil {
+		return errors.New("store: Tx.Exec on bbolt")
+	}
+	if t.queued == nil {
+		_, err := t.PG.Exec(t.Context(), sql, args...)
+		return err
+	}
+	t.queued.Queue(sql, args...)
+	return nil
+}
+
+// Flush sends the queued writes now (nothing to do when none are queued).
+// DB flushes before every other statement of the transaction and before
+// its commit, so callers need not.
+func (t *Tx) Flush() error {
+	if t.flushErr != nil || t.queued == nil || t.queued.Len() == 0 {
+		return t.flushErr
+	}
+	b := t.queued
+	t.queued = &pgx.Batch{}
+	t.flushErr = t.raw.SendBatch(t.Context(), b).Close()
+	return t.flushErr
+}
+
+// flushingTx is a write transaction's pgx.Tx that sends the queued writes
+// (Tx.Exec) before any statement of its own, so reads see them and
+// statements keep their order.
+type flushingTx struct {
+	pgx.Tx
+	t *Tx
+}
+
+func (f flushingTx) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
+	if err := f.t.Flush(); err != nil {
+		return pgconn.CommandTag{}, err
+	}
+	return f.Tx.Exec(ctx, sql, args...)
+}
+
+func (f flushingTx) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
+	if err := f.t.Flush(); err != nil {
+		return nil, err
+	}
+	return f.Tx.Query(ctx, sql, args...)
+}
+
+func (f flushingTx) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
+	if err := f.t.Flush(); err != nil {
+		return errRow{err}
+	}
+	return f.Tx.QueryRow(ctx, sql, args...)
+}
+
+// SendBatch after a failed flush goes to an aborted transaction, which
+// refuses it; the flush's own error comes from the commit.
+func (f flushingTx) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
+	_ = f.t.Flush()
+	return f.Tx.SendBatch(ctx, b)
+}
+
+func (f flushingTx) CopyFrom(ctx context.Context, table pgx.Identifier, cols []string, src pgx.CopyFromSource) (int64, error) {
+	if err := f.t.Flush(); err != nil {
+		return 0, err
+	}
+	return f.Tx.CopyFrom(ctx, table, cols, src)
+}
+
+func (f flushingTx) Commit(ctx context.Context) error {
+	if err := f.t.Flush(); err != nil {
+		return err
+	}
+	return f.Tx.Commit(ctx)
+}
+
+// errRow is a QueryRow whose statement was not sent: a queued write failed.
+type errRow struct{ err error }
+
+func (r errRow) Scan(...any) error { return r.err }
 
 // BoltTx wraps a bbolt transaction opened outside a DB (imports, tests).
 func BoltTx(tx *bolt.Tx) *Tx { return &Tx{Bolt: tx, writable: tx.Writable()} }
@@ -189,14 +292,49 @@ func (d *DB) CommitContext(ctx context.Context, fn func(*Tx) error) error {
 	return d.pgWrite(ctx, fn)
 }
 
+// TxOptions choose how CommitWith runs a write transaction. bbolt ignores
+// them (its single writer is serializable).
+type TxOptions struct {
+	// ReadCommitted runs the transaction at READ COMMITTED on PostgreSQL
+	// instead of SERIALIZABLE. Only for a function that does not rely on
+	// serializability: every decision it takes from a read must be kept
+	// true until its commit by a unique constraint (an INSERT ... ON
+	// CONFLICT), a row lock (SELECT ... FOR UPDATE) or an advisory lock
+	// that every conflicting writer takes too. A serialization failure
+	// cannot happen then, but a deadlock still runs the function again.
+	ReadCommitted bool
+}
+
+// CommitWith is CommitContext with the options o (see TxOptions). On bbolt
+// it is CommitContext.
+func (d *DB) CommitWith(ctx context.Context, o TxOptions, fn func(*Tx) error) error {
+	if d.pg == nil {
+		return d.CommitContext(ctx, fn)
+	}
+	iso := pgx.Serializable
+	if o.ReadCommitted {
+		iso = pgx.ReadCommitted
+	}
+	return d.pgWriteAt(ctx, iso, fn)
+}
+
 func (d *DB) pgWrite(ctx context.Context, fn func(*Tx) error) error {
+	return d.pgWriteAt(ctx, pgx.Serializable, fn)
+}
+
+func (d *DB) pgWriteAt(ctx context.Context, iso pgx.TxIsoLevel, fn func(*Tx) error) error {
 	ctx, cancel := context.WithTimeout(ctx, d.timeout())
 	defer cancel()
 	var t *Tx
-	opts := pgstore.TxOptions{TxOptions: pgx.TxOptions{IsoLevel: pgx.Serializable}}
+	opts := pgstore.TxOptions{TxOptions: pgx.TxOptions{IsoLevel: iso}}
 	err := d.pg.InTx(ctx, opts, func(tx pgx.Tx) error {
-		t = &Tx{PG: tx, ctx: ctx, writable: true} // hooks of an earlier run are dropped
-		return fn(t)
+		// Hooks and queued writes of an earlier run are dropped.
+		t = &Tx{ctx: ctx, writable: true, queued: &pgx.Batch{}, raw: tx}
+		t.PG = flushingTx{Tx: tx, t: t}
+		if err := fn(t); err != nil {
+			return err
+		}
+		return t.Flush()
 	})
 	if err != nil {
 		return err

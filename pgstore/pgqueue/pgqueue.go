@@ -28,9 +28,11 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/herald-im/herald/pgstore"
 	"github.com/herald-im/herald/queue"
@@ -47,6 +49,26 @@ type Backend struct {
 
 	reapMu   sync.Mutex
 	lastReap time.Time // monotonic: when Claim last looked for dead owners
+
+	// localWake is the wake function of this process's worker while it
+	// runs (SetLocalWake), else nil.
+	localWake atomic.Pointer[func()]
+}
+
+// SetLocalWake tells Enqueue that this process runs the queue's worker, woken
+// by wake (nil: it stopped). While it is set, an Enqueue in a store.DB write
+// transaction wakes that worker after the commit (Tx.OnCommit) instead of
+// sending a NOTIFY to every replica: PostgreSQL serializes the commits of
+// all transactions that NOTIFY (a global lock held through the WAL flush),
+// which halved store-invite's rate on two replicas. Other replicas' workers
+// then see the record at their next claim or fallback poll. Enqueues from
+// elsewhere (a CLI command, a transaction not of store.DB) still NOTIFY.
+func (b *Backend) SetLocalWake(wake func()) {
+	if wake == nil {
+		b.localWake.Store(nil)
+		return
+	}
+	b.localWake.Store(&wake)
 }
 
 var _ queue.Backend = (*Backend)(nil)
@@ -124,19 +146,40 @@ func (b *Backend) Enqueue(tx queue.Tx, r *queue.Record) error {
 		return fmt.Errorf("pgqueue %s: enqueue: %w", b.name, err)
 	}
 	r.ID = uint64(id)
-	if err := b.failures(ctx, t, r.ID, r.Attempts); err != nil {
+	// The writes after the insert need no answer: in a store.DB write
+	// transaction they are queued and go in one round trip with the
+	// caller's next statement or the commit (store.Tx.Exec).
+	var w pgstore.Execer = t
+	if st, ok := tx.(*store.Tx); ok {
+		w = queuedExec{st}
+	}
+	if err := b.failures(ctx, w, r.ID, r.Attempts); err != nil {
 		return err
 	}
-	if err := b.count(ctx, t, "", r.State); err != nil {
+	if err := b.count(ctx, w, "", r.State); err != nil {
 		return err
 	}
 	if r.State != queue.Pending {
 		return nil
 	}
+	if st, ok := tx.(*store.Tx); ok && st.Writable() {
+		if wake := b.localWake.Load(); wake != nil {
+			st.OnCommit(*wake)
+			return nil
+		}
+	}
 	// Sent at commit, once per transaction however many records it
 	// enqueued: the replicas' workers listening on the queue's channel
 	// (Subscribe) claim at once instead of at their next poll.
-	return pgstore.Notify(ctx, t, b.Channel(), "")
+	return pgstore.Notify(ctx, w, b.Channel(), "")
+}
+
+// queuedExec is a store.Tx's Exec as a pgstore.Execer: the write is queued
+// in a store.DB write transaction, run at once elsewhere.
+type queuedExec struct{ t *store.Tx }
+
+func (q queuedExec) Exec(_ context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
+	return pgconn.CommandTag{}, q.t.Exec(sql, args...)
 }
 
 // Channel is the NOTIFY channel on which Enqueue signals a new pending
@@ -601,7 +644,7 @@ func (b *Backend) PruneFailures(ctx context.Context, before time.Time) error {
 }
 
 // failures records the failed ones among attempts.
-func (b *Backend) failures(ctx context.Context, t pgx.Tx, id uint64, attempts []queue.Attempt) error {
+func (b *Backend) failures(ctx context.Context, t pgstore.Execer, id uint64, attempts []queue.Attempt) error {
 	for _, a := range attempts {
 		if a.OK {
 			continue
@@ -617,7 +660,7 @@ func (b *Backend) failures(ctx context.Context, t pgx.Tx, id uint64, attempts []
 // count moves one record from state from to state to in the counters
 // (either may be empty: enqueued, deleted), as delta rows in t: inserts
 // only, so concurrent writers never wait on each other here.
-func (b *Backend) count(ctx context.Context, t pgx.Tx, from, to queue.State) error {
+func (b *Backend) count(ctx context.Context, t pgstore.Execer, from, to queue.State) error {
 	var err error
 	switch {
 	case from == "":
