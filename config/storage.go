@@ -55,8 +55,11 @@ func (c *Config) validateStorage() error {
 	if s.Backend == StoragePostgres && p.DSN == "" {
 		return keyErr("storage.postgres.dsn", "must be set when storage.backend is postgres (e.g. postgres://herald@db/herald)")
 	}
-	if p.MaxConns < 1 || p.MaxConns > 10000 {
-		return keyErr("storage.postgres.max_conns", fmt.Sprintf("must be between 1 and 10000 (got %d)", p.MaxConns))
+	// Two at the least: a bind holds one for its transaction and takes a
+	// second for a moment (invites' address check), and a periodic job one
+	// for its lock and one for its work.
+	if p.MaxConns < 2 || p.MaxConns > 10000 {
+		return keyErr("storage.postgres.max_conns", fmt.Sprintf("must be between 2 and 10000 (got %d)", p.MaxConns))
 	}
 	if p.MinConns < 0 || p.MinConns > p.MaxConns {
 		return keyErr("storage.postgres.min_conns", fmt.Sprintf("must be between 0 and storage.postgres.max_conns (got %d)", p.MinConns))

@@ -29,7 +29,7 @@ func TestStorageKeyErrors(t *testing.T) {
 	for env, key := range map[string]string{
 		"HERALD_STORAGE_BACKEND=sqlite":             "storage.backend",
 		"HERALD_STORAGE_BACKEND=postgres":           "storage.postgres.dsn",
-		"HERALD_STORAGE_POSTGRES_MAX_CONNS=0":       "storage.postgres.max_conns",
+		"HERALD_STORAGE_POSTGRES_MAX_CONNS=1":       "storage.postgres.max_conns",
 		"HERALD_STORAGE_POSTGRES_MIN_CONNS=11":      "storage.postgres.min_conns",
 		"HERALD_STORAGE_POSTGRES_CONNECT_TIMEOUT=0": "storage.postgres.connect_timeout",
 	} {

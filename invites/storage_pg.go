@@ -287,6 +287,10 @@ const addressLockKey = `hashtextextended('herald.invites.address:' || $3 || ':' 
 // read outside tx (a pool connection, READ COMMITTED) finds any pending
 // invite of the address that tx does not see, and then the bind fails with
 // a serialization failure, which store.DB runs again with a new snapshot.
+// secondConnWait bounds how long a bind waits for lockAddressPG's second
+// pool connection before it runs again.
+const secondConnWait = time.Second
+
 func lockAddressPG(db *store.DB, tx *store.Tx, medium, address string) error {
 	t, ctx := pg(tx)
 	if _, err := t.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtextextended('herald.invites.address:' || $1 || ':' || $2, 0))`,
@@ -301,8 +305,23 @@ func lockAddressPG(db *store.DB, tx *store.Tx, medium, address string) error {
 	for i, id := range seen {
 		known[i] = int64(id)
 	}
+	// The fresh read needs a second pool connection while tx holds one. If
+	// binds held every connection of the pool, each waiting for a second,
+	// none would get it: so the wait is short, and a bind that does not get
+	// one fails as a serialization failure, which store.DB runs again after
+	// a backoff, with tx's connection given back meanwhile.
+	actx, cancel := context.WithTimeout(ctx, secondConnWait)
+	defer cancel()
+	conn, err := db.PG().Pool().Acquire(actx)
+	if err != nil {
+		if ctx.Err() == nil {
+			return &pgconn.PgError{Code: "40001", Message: "invites: no second pool connection for the bind's fresh read: run again"}
+		}
+		return pgErr("invites of an address", err)
+	}
+	defer conn.Release()
 	var unseen bool
-	if err := db.PG().Pool().QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM invites WHERE medium = $1 AND address = $2
+	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM invites WHERE medium = $1 AND address = $2
 		AND state = 'pending' AND NOT (id = ANY($3)))`, medium, address, known).Scan(&unseen); err != nil {
 		return pgErr("invites of an address", err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 	"github.com/herald-im/herald/internal/storetest"
 	"github.com/herald-im/herald/mailer"
 	"github.com/herald-im/herald/matrix"
+	"github.com/herald-im/herald/pgstore"
 	"github.com/herald-im/herald/store"
 )
 
@@ -264,5 +266,59 @@ func TestStoreInviteRunsReadCommitted(t *testing.T) {
 		return tx.PG.QueryRow(tx.Context(), `SHOW transaction_isolation`).Scan(&level)
 	}); err != nil || level != "serializable" {
 		t.Fatalf("Commit runs at %q (%v), want serializable", level, err)
+	}
+}
+
+// A bind whose address check finds no second pool connection (every other
+// one busy) does not wait for one until its transaction times out: it gives
+// its own connection back and runs again, and commits once one is free.
+func TestBindWithoutASecondConnectionRunsAgain(t *testing.T) {
+	dsn := pgtest.DSN(t)
+	clk := newClock()
+	pg, err := pgstore.Open(t.Context(), pgstore.Options{DSN: dsn, MaxConns: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := store.NewPostgres(pg)
+	t.Cleanup(func() { db.Close() })
+	s := storageService(t, db, clk.Now)
+	id, err := identity.New(db, identity.Options{Now: clk.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.opts.Identity = id
+	var runs atomic.Int32
+	id.OnBind(func(tx *store.Tx, b identity.Binding) error {
+		runs.Add(1)
+		return s.lockAddress(tx, b.Medium, b.Address)
+	})
+	// Something else holds the pool's other connection.
+	held, err := pg.Pool().Acquire(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	released := false
+	defer func() {
+		if !released {
+			held.Release()
+		}
+	}()
+	bound := make(chan error, 1)
+	go func() {
+		bound <- db.Update(func(tx *store.Tx) error {
+			return id.PutBinding(tx, identity.Binding{Medium: "email", Address: "full@example.org", MXID: "@full:hs2.test"})
+		})
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for runs.Load() < 2 {
+		if time.Now().After(deadline) {
+			t.Fatal("the bind did not run again while the pool had no second connection")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	held.Release()
+	released = true
+	if err := <-bound; err != nil {
+		t.Fatalf("bind: %v", err)
 	}
 }
