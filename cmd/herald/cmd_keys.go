@@ -32,8 +32,10 @@ const keysUsage = `usage: herald keys list | rotate | retire KEY_ID | adopt
                   A deliberate fresh start; restoring the backup is the
                   alternative. Herald must be stopped.
 
-Keys live in data_dir/keys. The commands work while Herald runs (through
-data_dir/control.sock: the change applies at once) and when it is stopped.`
+Keys live in data_dir/keys (with storage.backend: postgres, in the
+database, shared by every replica; adopt does not apply there). The commands
+work while Herald runs (through data_dir/control.sock: the change applies at
+once, and other replicas follow within seconds) and when it is stopped.`
 
 // keysCommand manages the long-term signing keys in data_dir/keys.
 func keysCommand(ctx context.Context, cfg *config.Config, log *slog.Logger, args []string, stdout io.Writer) error {
@@ -43,6 +45,9 @@ func keysCommand(ctx context.Context, cfg *config.Config, log *slog.Logger, args
 	if args[0] == "adopt" {
 		if len(args) != 1 {
 			return usageError(keysUsage)
+		}
+		if cfg.Storage.Backend == config.StoragePostgres {
+			return errors.New("keys adopt: not needed with storage.backend: postgres: the keys live in the database with everything they signed")
 		}
 		return adoptKeys(cfg, log, stdout)
 	}

@@ -459,3 +459,31 @@ func TestConfigFlagAfterCommand(t *testing.T) {
 		t.Errorf("--config without a file: %v", err)
 	}
 }
+
+// With storage.backend: postgres the keys commands, Herald stopped, work on
+// the ring in the database (what every replica signs with), and adopt,
+// which reconciles data_dir/keys with a bbolt file, refuses in one line.
+func TestKeysCommandOnPostgres(t *testing.T) {
+	t.Parallel()
+	dataDir := t.TempDir()
+	env := []string{"HERALD_DATA_DIR=" + dataDir, "HERALD_SERVER_NAME=herald.test",
+		"HERALD_STORAGE_BACKEND=postgres", "HERALD_STORAGE_POSTGRES_DSN=" + pgtest.DSN(t)}
+	cli := func(args ...string) (string, error) {
+		var out bytes.Buffer
+		err := run(context.Background(), append([]string{"keys"}, args...), env, &out, io.Discard)
+		return out.String(), err
+	}
+	if out, err := cli("rotate"); err != nil || !strings.Contains(out, "new current key ed25519:") {
+		t.Fatalf("rotate: %v\n%s", err, out)
+	}
+	out, err := cli("list")
+	if m := keyLine.FindAllStringSubmatch(out, -1); err != nil || len(m) != 2 || m[0][2] != "current" {
+		t.Fatalf("list after rotate: %v\n%s", err, out)
+	}
+	if _, err := os.Stat(filepath.Join(dataDir, "keys")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("data_dir/keys made on PostgreSQL: %v", err)
+	}
+	if _, err := cli("adopt"); err == nil || !strings.Contains(err.Error(), "not needed with storage.backend: postgres") || strings.Contains(err.Error(), "\n") {
+		t.Fatalf("adopt on PostgreSQL: %v", err)
+	}
+}
