@@ -50,7 +50,7 @@ func (s *Service) bindHTTP(c echo.Context, needAccount bool) error {
 	}
 	now := s.opts.Now().UTC().Truncate(1e6) // milliseconds, as the association states them
 	b := Binding{Medium: se.Medium, Address: se.Address, MXID: req.MXID, TS: now, NotBefore: now, NotAfter: now.AddDate(100, 0, 0)}
-	if err := s.db.Update(func(tx *store.Tx) error { return s.PutBinding(tx, b) }); err != nil {
+	if err := s.bindingWrite(c.Request().Context(), func(tx *store.Tx) error { return s.PutBinding(tx, b) }); err != nil {
 		return err
 	}
 	s.opts.Log.Info("address bound", "address", matrix.RedactEmail(b.Address), "mxid", b.MXID)
@@ -142,7 +142,7 @@ func (s *Service) Unbind(c echo.Context) error {
 		return matrix.Forbidden("Unbinding needs sid and client_secret, or a request signed by the homeserver")
 	}
 	removed := false
-	err = s.db.Update(func(tx *store.Tx) error {
+	err = s.bindingWrite(c.Request().Context(), func(tx *store.Tx) error {
 		b, err := s.BindingTx(tx, "email", address)
 		if err != nil || b == nil || b.MXID != req.MXID {
 			return err

@@ -381,3 +381,16 @@ func (s *Service) RotatePepperPeriodic(ctx context.Context) error {
 	_, err := s.RotatePepperIfDue()
 	return err
 }
+
+// bindingWrite runs a transaction that binds or unbinds. On PostgreSQL every
+// such change bumps the lookup index's one generation row, so concurrent
+// binds under SERIALIZABLE would fail each other until their retries ran
+// out: they run one at a time across the replicas instead
+// (store.TxOptions.SerializeOn), each snapshot taken after the previous
+// commit. Binds are people validating an address, not a hot path.
+func (s *Service) bindingWrite(ctx context.Context, fn func(*store.Tx) error) error {
+	if s.db.Backend() == store.BackendBolt {
+		return s.db.UpdateContext(ctx, fn) // one writer already; not grouped
+	}
+	return s.db.CommitWith(ctx, store.TxOptions{SerializeOn: "identity.bindings"}, fn)
+}

@@ -39,8 +39,8 @@ func (c *Console) BindingFor(_ context.Context, address string) (*BindingView, e
 }
 
 // Unbind removes the address's binding (ErrNotBound when it has none).
-func (c *Console) Unbind(_ context.Context, address string) error {
-	return c.s.DB().Update(func(tx *store.Tx) error {
+func (c *Console) Unbind(ctx context.Context, address string) error {
+	return c.s.bindingWrite(ctx, func(tx *store.Tx) error {
 		b, err := c.s.BindingTx(tx, "email", address)
 		if err != nil {
 			return err

@@ -60,6 +60,8 @@ type DB struct {
 	// so several due at once (every job on a new database) could take the
 	// whole pool and wait on each other until their transactions time out.
 	jobMu sync.Mutex
+	// serial holds a mutex per TxOptions.SerializeOn name.
+	serial sync.Map
 
 	// owner is this replica's owner number, locked on a connection of
 	// its own (owner.go); stopOwner ends that, ownerDone says it ended.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -42,6 +43,15 @@ type TxOptions struct {
 	pgx.TxOptions
 	// MaxAttempts bounds the runs of the function (default 10).
 	MaxAttempts int
+	// SerializeOn, when set, runs the transactions given the same name one
+	// at a time across every replica: a session advisory lock on the name
+	// is taken on the transaction's connection before BEGIN (so the
+	// transaction's snapshot is taken after the previous holder committed),
+	// and within a replica the waiters queue on a mutex, so they hold no
+	// pool connection while they wait. For writers that all update the same
+	// row, which under SERIALIZABLE would otherwise fail each other until
+	// their retries ran out.
+	SerializeOn string
 }
 
 // Retry backoff: the first retry waits about retryBase, then doubling, up to
@@ -62,7 +72,30 @@ const (
 // do nothing outside the transaction (no mail, no HTTP); do those after InTx
 // returns nil.
 func (db *DB) InTx(ctx context.Context, opts TxOptions, fn func(pgx.Tx) error) error {
-	return inTx(ctx, db.pool, opts, fn, nil)
+	if opts.SerializeOn == "" {
+		return inTx(ctx, db.pool, opts, fn, nil)
+	}
+	mu, _ := db.serial.LoadOrStore(opts.SerializeOn, new(sync.Mutex))
+	mu.(*sync.Mutex).Lock()
+	defer mu.(*sync.Mutex).Unlock()
+	conn, err := db.pool.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Release()
+	key := "herald.serialize." + opts.SerializeOn
+	if _, err := conn.Exec(ctx, "SELECT pg_advisory_lock(hashtextextended($1, 0))", key); err != nil {
+		conn.Conn().Close(context.Background()) // the lock, if taken, goes with the session
+		return err
+	}
+	defer func() {
+		uctx, cancel := detached(ctx)
+		defer cancel()
+		if _, err := conn.Exec(uctx, "SELECT pg_advisory_unlock(hashtextextended($1, 0))", key); err != nil {
+			conn.Conn().Close(uctx) // never back to the pool holding the lock
+		}
+	}()
+	return inTx(ctx, conn, opts, fn, nil)
 }
 
 // beginner is what InTx needs of a pool (or a single connection).

@@ -303,6 +303,10 @@ type TxOptions struct {
 	// that every conflicting writer takes too. A serialization failure
 	// cannot happen then, but a deadlock still runs the function again.
 	ReadCommitted bool
+	// SerializeOn runs the transactions given the same name one at a time
+	// across replicas (pgstore.TxOptions.SerializeOn): for writers that all
+	// update one row, such as the lookup index's generation.
+	SerializeOn string
 }
 
 // CommitWith is CommitContext with the options o (see TxOptions). On bbolt
@@ -315,18 +319,17 @@ func (d *DB) CommitWith(ctx context.Context, o TxOptions, fn func(*Tx) error) er
 	if o.ReadCommitted {
 		iso = pgx.ReadCommitted
 	}
-	return d.pgWriteAt(ctx, iso, fn)
+	return d.pgWriteAt(ctx, pgstore.TxOptions{TxOptions: pgx.TxOptions{IsoLevel: iso}, SerializeOn: o.SerializeOn}, fn)
 }
 
 func (d *DB) pgWrite(ctx context.Context, fn func(*Tx) error) error {
-	return d.pgWriteAt(ctx, pgx.Serializable, fn)
+	return d.pgWriteAt(ctx, pgstore.TxOptions{TxOptions: pgx.TxOptions{IsoLevel: pgx.Serializable}}, fn)
 }
 
-func (d *DB) pgWriteAt(ctx context.Context, iso pgx.TxIsoLevel, fn func(*Tx) error) error {
+func (d *DB) pgWriteAt(ctx context.Context, opts pgstore.TxOptions, fn func(*Tx) error) error {
 	ctx, cancel := context.WithTimeout(ctx, d.timeout())
 	defer cancel()
 	var t *Tx
-	opts := pgstore.TxOptions{TxOptions: pgx.TxOptions{IsoLevel: iso}}
 	err := d.pg.InTx(ctx, opts, func(tx pgx.Tx) error {
 		// Hooks and queued writes of an earlier run are dropped.
 		t = &Tx{ctx: ctx, writable: true, queued: &pgx.Batch{}, raw: tx}
