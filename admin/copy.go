@@ -10,10 +10,6 @@ import (
 	"github.com/herald-im/herald/store"
 )
 
-// copyBatch is the most records one destination transaction of CopyStorage
-// writes.
-const copyBatch = 1000
-
 // CopyStorage copies the console's accounts, sessions, session signing key
 // and audit log from src to dst (`herald migrate-storage`), in batches of
 // at most 1,000 records per destination transaction; dst's admin tables
@@ -66,7 +62,7 @@ func CopyStorage(ctx context.Context, src, dst *store.DB, progress func(n int)) 
 		writes = append(writes, func(tx *store.Tx) error { return to.appendAudit(tx, e) })
 	}
 	for len(writes) > 0 {
-		batch := writes[:min(copyBatch, len(writes))]
+		batch := writes[:min(store.CopyBatch, len(writes))]
 		writes = writes[len(batch):]
 		if err := dst.UpdateContext(ctx, func(tx *store.Tx) error {
 			for _, w := range batch {

@@ -10,13 +10,9 @@ import (
 	"github.com/herald-im/herald/store"
 )
 
-// copyBatch is how many records one destination transaction of
-// CopyStorage writes.
-const copyBatch = 1000
-
 // CopyStorage copies every identity record from src to dst (`herald
 // migrate-storage`: a bbolt data directory to an empty PostgreSQL database,
-// or the other way), kind by kind in key order, at most copyBatch records
+// or the other way), kind by kind in key order, at most store.CopyBatch records
 // per destination transaction; dst's identity tables must be empty. The
 // pepper is copied with the hash index made with it, so lookups answer on
 // dst as they did on src. progress, if not nil, is called after each batch
@@ -36,7 +32,7 @@ func CopyStorage(ctx context.Context, src, dst *store.DB, progress func(n int)) 
 			var batch []rec
 			err := src.ViewContext(ctx, func(tx *store.Tx) error {
 				batch = batch[:0]
-				return from.scan(tx, kind, after, copyBatch, func(k []byte, v any) error {
+				return from.scan(tx, kind, after, store.CopyBatch, func(k []byte, v any) error {
 					batch = append(batch, rec{k, v})
 					return nil
 				})
@@ -90,7 +86,7 @@ func CopyStorage(ctx context.Context, src, dst *store.DB, progress func(n int)) 
 				progress(len(batch))
 			}
 			after = batch[len(batch)-1].key
-			if len(batch) < copyBatch {
+			if len(batch) < store.CopyBatch {
 				break
 			}
 		}

@@ -55,7 +55,7 @@ func TestCopyStorageToPostgres(t *testing.T) {
 	ctx := context.Background()
 	copied := 0
 	if err := CopyStorage(ctx, src, dst, func(n int) {
-		if n > copyBatch {
+		if n > store.CopyBatch {
 			t.Errorf("a batch of %d records", n)
 		}
 		copied += n

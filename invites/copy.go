@@ -15,17 +15,13 @@ import (
 	"github.com/herald-im/herald/store"
 )
 
-// copyBatch bounds the records one destination transaction of CopyStorage
-// writes.
-const copyBatch = 1000
-
 // CopyStorage copies everything package invites stores from src to dst
 // (`herald migrate-storage`), whose invites tables are empty: the invites
 // with their ids, states and secrets (their indexes, de-duplication entries
 // and counters written as every write does), the opt-outs, the upstream
 // vouches with their resolve times, and the onbind deliveries' own indexes,
 // rebuilt from the onbind queue records already in dst (so queue.Copy runs
-// first). Each destination transaction writes at most copyBatch records;
+// first). Each destination transaction writes at most store.CopyBatch records;
 // progress, if set, is told how many more each one copied.
 func CopyStorage(ctx context.Context, src, dst *store.DB, progress func(n int)) error {
 	from, to := newStorage(src), newStorage(dst)
@@ -43,7 +39,7 @@ func CopyStorage(ctx context.Context, src, dst *store.DB, progress func(n int)) 
 	for {
 		var batch []*Invite
 		if err := src.ViewContext(ctx, func(tx *store.Tx) (err error) {
-			batch, err = from.records(tx, after, copyBatch)
+			batch, err = from.records(tx, after, store.CopyBatch)
 			return err
 		}); err != nil {
 			return fmt.Errorf("invites: reading invites: %w", err)
@@ -98,7 +94,7 @@ func CopyStorage(ctx context.Context, src, dst *store.DB, progress func(n int)) 
 	writes = nil
 	var before uint64
 	for {
-		rs, err := be.List(ctx, queue.Page{Before: before, Limit: copyBatch})
+		rs, err := be.List(ctx, queue.Page{Before: before, Limit: store.CopyBatch})
 		if err != nil {
 			return fmt.Errorf("invites: reading the onbind deliveries: %w", err)
 		}
@@ -126,10 +122,10 @@ func deliveryQueueOf(db *store.DB) (queue.Backend, error) {
 	return queue.OpenBolt(db.Bolt(), deliveryQueue)
 }
 
-// inBatches runs writes in dst transactions of at most copyBatch each.
+// inBatches runs writes in dst transactions of at most store.CopyBatch each.
 func inBatches(ctx context.Context, dst *store.DB, writes []func(tx *store.Tx) error, report func(int)) error {
 	for len(writes) > 0 {
-		batch := writes[:min(copyBatch, len(writes))]
+		batch := writes[:min(store.CopyBatch, len(writes))]
 		writes = writes[len(batch):]
 		if err := dst.UpdateContext(ctx, func(tx *store.Tx) error {
 			for _, w := range batch {
@@ -159,7 +155,7 @@ func SumStorage(ctx context.Context, db *store.DB) ([]store.TableSum, error) {
 	for {
 		var batch []*Invite
 		if err := db.ViewContext(ctx, func(tx *store.Tx) (err error) {
-			batch, err = st.records(tx, after, copyBatch)
+			batch, err = st.records(tx, after, store.CopyBatch)
 			return err
 		}); err != nil {
 			return nil, err

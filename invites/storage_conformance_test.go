@@ -827,7 +827,7 @@ func TestCopyStorageToPostgres(t *testing.T) {
 	be := deliveryBackend(t, src)
 	s.dq = be
 	var all []*Invite
-	for i := range 2*copyBatch + 30 {
+	for i := range 2*store.CopyBatch + 30 {
 		inv := testInvite(i, clk.Now())
 		inv.Created = clk.Now().Add(time.Duration(i) * time.Second)
 		all = append(all, inv)
@@ -870,11 +870,11 @@ func TestCopyStorageToPostgres(t *testing.T) {
 	if err := CopyStorage(t.Context(), src, dst, func(n int) { progress = append(progress, n) }); err != nil {
 		t.Fatal(err)
 	}
-	// progress is told each batch's count (at most copyBatch), adding up to
+	// progress is told each batch's count (at most store.CopyBatch), adding up to
 	// every record copied.
 	total := 0
 	for _, n := range progress {
-		if n <= 0 || n > copyBatch {
+		if n <= 0 || n > store.CopyBatch {
 			t.Errorf("progress %v: a batch of %d", progress, n)
 		}
 		total += n

@@ -10,10 +10,6 @@ import (
 	"github.com/herald-im/herald/store"
 )
 
-// copyBatch is the most records one destination transaction of CopyStorage
-// writes.
-const copyBatch = 1000
-
 // CopyStorage copies every ephemeral key record from src to dst (`herald
 // migrate-storage`), in batches of at most 1,000 per destination
 // transaction; dst's keys_ephemeral must be empty. The long-term ring is not
@@ -30,7 +26,7 @@ func CopyStorage(ctx context.Context, src, dst *store.DB, progress func(n int)) 
 	after := ""
 	for {
 		var batch []rec
-		last, n, err := eachEphemeral(ctx, src, after, copyBatch, func(pub string, r ephemeralRecord) error {
+		last, n, err := eachEphemeral(ctx, src, after, store.CopyBatch, func(pub string, r ephemeralRecord) error {
 			batch = append(batch, rec{pub, r})
 			return nil
 		})
@@ -110,7 +106,7 @@ func SumStorage(ctx context.Context, db *store.DB) ([]store.TableSum, error) {
 	s := store.NewSummer("keys_ephemeral")
 	after := ""
 	for {
-		last, n, err := eachEphemeral(ctx, db, after, copyBatch, func(pub string, r ephemeralRecord) error {
+		last, n, err := eachEphemeral(ctx, db, after, store.CopyBatch, func(pub string, r ephemeralRecord) error {
 			s.Add(r.canonical(pub))
 			return nil
 		})

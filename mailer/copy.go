@@ -9,10 +9,6 @@ import (
 	"github.com/herald-im/herald/store"
 )
 
-// copyBatch is the most records one destination transaction of CopyStorage
-// writes.
-const copyBatch = 1000
-
 // CopyStorage builds the outbox's own indexes (by ref and by recipient) in
 // dst from the outbox records already copied there (`herald
 // migrate-storage` copies the queue records themselves, keeping their ids,
@@ -31,7 +27,7 @@ func CopyStorage(ctx context.Context, src, dst *store.DB, progress func(n int)) 
 		err := dst.ViewContext(ctx, func(tx *store.Tx) error {
 			ids, ms = ids[:0], ms[:0]
 			var err error
-			ids, err = outboxIDs(tx, after, copyBatch)
+			ids, err = outboxIDs(tx, after, store.CopyBatch)
 			if err != nil {
 				return err
 			}

@@ -10,7 +10,7 @@ import (
 )
 
 // CopyBatch is how many records Copy writes per destination transaction.
-const CopyBatch = 1000
+const CopyBatch = store.CopyBatch
 
 // Copy copies every record of src into dst (herald migrate-storage), in
 // ascending ID order, CopyBatch records per dst transaction: each keeps its

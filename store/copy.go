@@ -19,6 +19,12 @@ type TableSum struct {
 	Sum   string `json:"sum"` // sha256, hex
 }
 
+// CopyBatch is the most records one destination transaction of a feature
+// package's CopyStorage writes (herald migrate-storage): a copy of a
+// million records is many short transactions, never one that holds
+// everything.
+const CopyBatch = 1000
+
 // Summer builds a TableSum record by record.
 type Summer struct {
 	table string
