@@ -248,19 +248,28 @@ func (b *Backend) Scan(ctx context.Context, after uint64, limit int) ([]queue.Re
 	}
 	rows, err := b.db.Pool().Query(ctx, selectCols+`, data FROM queue_records WHERE queue = $1 AND id > $2
 		ORDER BY id LIMIT $3`, b.name, int64(min(after, 1<<63-1)), limit)
+	return b.collect(rows, err, true, "scan")
+}
+
+// collect reads every row of a query of cols (and data, withData) as
+// records; what names the operation in errors.
+func (b *Backend) collect(rows pgx.Rows, err error, withData bool, what string) ([]queue.Record, error) {
 	if err != nil {
-		return nil, fmt.Errorf("pgqueue %s: scan: %w", b.name, err)
+		return nil, fmt.Errorf("pgqueue %s: %s: %w", b.name, what, err)
 	}
 	defer rows.Close()
 	var out []queue.Record
 	for rows.Next() {
-		r, err := scanRecord(rows, true)
+		r, err := scanRecord(rows, withData)
 		if err != nil {
-			return nil, fmt.Errorf("pgqueue %s: scan: %w", b.name, err)
+			return nil, fmt.Errorf("pgqueue %s: %s: %w", b.name, what, err)
 		}
 		out = append(out, *r)
 	}
-	return out, rows.Err()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("pgqueue %s: %s: %w", b.name, what, err)
+	}
+	return out, nil
 }
 
 func (b *Backend) Update(tx queue.Tx, id uint64, fn func(r *queue.Record) error) (*queue.Record, error) {
@@ -550,19 +559,7 @@ func (b *Backend) List(ctx context.Context, p queue.Page) ([]queue.Record, error
 	q := selectCols + ` FROM queue_records WHERE queue = $1 AND ($2 = '' OR state = $2) AND ($3 = 0 OR id < $3)
 		ORDER BY id DESC OFFSET $4 LIMIT $5`
 	rows, err := b.db.Pool().Query(ctx, q, b.name, string(p.State), int64(p.Before), max(p.Offset, 0), p.Limit)
-	if err != nil {
-		return nil, fmt.Errorf("pgqueue %s: list: %w", b.name, err)
-	}
-	defer rows.Close()
-	var out []queue.Record
-	for rows.Next() {
-		r, err := scanRecord(rows, false)
-		if err != nil {
-			return nil, fmt.Errorf("pgqueue %s: list: %w", b.name, err)
-		}
-		out = append(out, *r)
-	}
-	return out, rows.Err()
+	return b.collect(rows, err, false, "list")
 }
 
 func (b *Backend) Stats(ctx context.Context, failedSince time.Time) (queue.Counts, error) {
