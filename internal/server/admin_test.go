@@ -602,6 +602,12 @@ func TestAdminAPIStatesAndFieldNames(t *testing.T) {
 	check("/admin/api/settings")
 	check("/admin/api/audit")
 	check("/admin/api/bindings?address=states@example.org")
+	// The mails are sent first: an invite whose mail went out between the
+	// two reads below would answer differently (its mail state).
+	waitFor(t, "the outbox to be sent", func() bool {
+		st, err := e.App.Mailer().Stats()
+		return err == nil && st.Pending == 0
+	})
 	for route, list := range map[string]string{"/admin/api/invites/": "invites", "/admin/api/outbox/": "items", "/admin/api/deliveries/": "items"} {
 		v := check(strings.TrimSuffix(route, "/")).(map[string]any)
 		items, _ := v[list].([]any)
