@@ -263,7 +263,8 @@ func (a *App) Start(ctx context.Context) {
 	}
 	if a.db.PG() != nil {
 		a.goBackground(ctx, "", "lookup pepper refresh", func(ctx context.Context) error {
-			a.refreshPepper(ctx, a.intervals.KeyReload)
+			// A pepper rotated on any replica (identity.PepperChannel).
+			a.followChanges(ctx, identity.PepperChannel, a.intervals.KeyReload, "reloading the lookup pepper", a.identity.Refresh)
 			return nil
 		})
 	}
@@ -314,7 +315,9 @@ func (a *App) goBackground(ctx context.Context, worker, name string, fn func(con
 // reloadKeys picks up `herald keys rotate|retire` run while Herald serves.
 func (a *App) reloadKeys(ctx context.Context, every time.Duration) {
 	if a.db.PG() != nil {
-		a.reloadKeysOnNotify(ctx, every)
+		// A key rotated or retired on any replica (keys.NotifyChannel).
+		a.followChanges(ctx, keys.NotifyChannel, every, "reloading signing keys",
+			func(ctx context.Context) error { return a.ring.Reload(ctx, false) })
 		return
 	}
 	background.Every(ctx, every, func() {

@@ -11,7 +11,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/herald-im/herald/config"
-	"github.com/herald-im/herald/identity"
 	"github.com/herald-im/herald/internal/background"
 	"github.com/herald-im/herald/keys"
 	"github.com/herald-im/herald/pgstore"
@@ -116,19 +115,13 @@ func openKeysPostgres(cfg *config.Config, db *store.DB, log *slog.Logger) (*keys
 	return ring, nil
 }
 
-// reloadKeysOnNotify, on PostgreSQL, reloads the ring whenever a replica
-// changes it (keys.NotifyChannel), and at least every interval when
-// notifications do not arrive.
-func (a *App) reloadKeysOnNotify(ctx context.Context, every time.Duration) {
-	sig := a.db.PG().Subscribe(ctx, keys.NotifyChannel, every)
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-sig:
-			if err := a.ring.Reload(ctx, false); err != nil && ctx.Err() == nil {
-				a.log.Error("reloading signing keys", "err", err)
-			}
+// followChanges, on PostgreSQL, runs reload whenever a replica notifies
+// channel, and at least every interval when notifications do not arrive
+// (Subscribe's fallback), until ctx is done; a failure is logged as what.
+func (a *App) followChanges(ctx context.Context, channel string, every time.Duration, what string, reload func(context.Context) error) {
+	for range a.db.PG().Subscribe(ctx, channel, every) {
+		if err := reload(ctx); err != nil && ctx.Err() == nil {
+			a.log.Error(what, "err", err)
 		}
 	}
 }
@@ -186,22 +179,6 @@ func (a *App) runPeriodic(ctx context.Context, jobs []periodicJob) {
 			background.Every(ctx, j.period, pass)
 			return nil
 		})
-	}
-}
-
-// refreshPepper, on PostgreSQL, re-reads the lookup pepper whenever a
-// replica rotates it (identity.PepperChannel), and at least every interval.
-func (a *App) refreshPepper(ctx context.Context, every time.Duration) {
-	sig := a.db.PG().Subscribe(ctx, identity.PepperChannel, every)
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-sig:
-			if err := a.identity.Refresh(ctx); err != nil && ctx.Err() == nil {
-				a.log.Error("reloading the lookup pepper", "err", err)
-			}
-		}
 	}
 }
 
