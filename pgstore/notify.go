@@ -53,16 +53,7 @@ func (db *DB) Subscribe(ctx context.Context, channel string, fallback time.Durat
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
-		t := time.NewTicker(fallback)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				signal()
-			}
-		}
+		background.Every(ctx, fallback, signal)
 	}()
 	go func() {
 		defer wg.Done()
