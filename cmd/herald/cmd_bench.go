@@ -52,6 +52,10 @@ Flags of run:
   --smtp-listen ADDR    the benchmark SMTP server (127.0.0.1:12525)
   --duration D          each load step (10s)
   --concurrency LIST    store-invite connections per step (1,8,64)
+  --rate R              send store-invite at R requests/s over a step's
+                        connections (steps of 2 or more), latency counted
+                        from when each was due; 0, the default, sends as
+                        fast as the connections go
   --cycles N            invite -> bind -> onbind cycles, one at a time (200)
   --bindings M          the bindings populate made (1000000), for lookups
   --only LIST           steps to run: store,cycle,lookup,isvalid (all)
@@ -267,6 +271,7 @@ func benchRun(ctx context.Context, args []string, stdout io.Writer) error {
 	fs.StringVar(&o.SMTPListen, "smtp-listen", "127.0.0.1:12525", "")
 	fs.DurationVar(&o.Duration, "duration", 10*time.Second, "")
 	conc := fs.String("concurrency", "1,8,64", "")
+	fs.Float64Var(&o.Rate, "rate", 0, "")
 	fs.IntVar(&o.Cycles, "cycles", 200, "")
 	fs.IntVar(&o.Bindings, "bindings", 1_000_000, "")
 	only := fs.String("only", "store,cycle,lookup,isvalid", "")
@@ -280,7 +285,7 @@ func benchRun(ctx context.Context, args []string, stdout io.Writer) error {
 			o.URLs = append(o.URLs, u)
 		}
 	}
-	if len(o.URLs) == 0 {
+	if len(o.URLs) == 0 || o.Rate < 0 {
 		return usageError(benchUsage)
 	}
 	o.URL = o.URLs[0]

@@ -48,9 +48,14 @@ type BenchOptions struct {
 	SMTPListen  string        // where the benchmark SMTP server listens
 	Duration    time.Duration // each load step
 	Concurrency []int         // store-invite connections per step
-	Cycles      int           // invite -> bind -> onbind cycles
-	Bindings    int           // bindings populate made
-	Steps       []string      // store, cycle, lookup, isvalid
+	// Rate, when above 0, paces each store-invite step at that many
+	// requests per second over all its connections (an open load: a
+	// request's latency counts from when it was due, so a server that
+	// falls behind shows it); 0 sends as fast as the connections go.
+	Rate     float64
+	Cycles   int      // invite -> bind -> onbind cycles
+	Bindings int      // bindings populate made
+	Steps    []string // store, cycle, lookup, isvalid
 	// MetricsURL, when set, is Herald's /metrics (metrics.listen): each
 	// step then also prints the server's CPU time per request, read from
 	// process_cpu_seconds_total, a figure that depends much less than the
@@ -462,6 +467,10 @@ func (b *bench) load(ctx context.Context, conns int, op func(c *Conn, seq int) e
 	var wg sync.WaitGroup
 	start := time.Now()
 	urls := b.urls()
+	var due <-chan time.Time
+	if b.o.Rate > 0 && conns > 1 {
+		due = pace(ctx, start, b.o.Rate)
+	}
 	for i := 0; i < conns; i++ {
 		c, err := Dial(urls[i%len(urls)])
 		if err != nil {
@@ -476,6 +485,12 @@ func (b *bench) load(ctx context.Context, conns int, op func(c *Conn, seq int) e
 			var firstErr error
 			for ctx.Err() == nil {
 				t := time.Now()
+				if due != nil {
+					var ok bool
+					if t, ok = <-due; !ok {
+						break
+					}
+				}
 				err := op(c, int(seq.Add(1)))
 				if err != nil {
 					failed++
@@ -500,6 +515,36 @@ func (b *bench) load(ctx context.Context, conns int, op func(c *Conn, seq int) e
 	wg.Wait()
 	f.elapsed = time.Since(start)
 	return f, nil
+}
+
+// pace returns a channel that yields the times at which requests are due,
+// rate per second from start, until ctx ends. Times that came due while no
+// connection was free are still handed out, late, so the latency measured
+// from them includes the wait.
+func pace(ctx context.Context, start time.Time, rate float64) <-chan time.Time {
+	due := make(chan time.Time)
+	go func() {
+		defer close(due)
+		every := time.Duration(float64(time.Second) / rate)
+		tick := time.NewTicker(time.Millisecond)
+		defer tick.Stop()
+		for i := 0; ; i++ {
+			at := start.Add(time.Duration(i) * every)
+			for time.Now().Before(at) {
+				select {
+				case <-ctx.Done():
+					return
+				case <-tick.C:
+				}
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case due <- at:
+			}
+		}
+	}()
+	return due
 }
 
 // run is a per-run prefix so repeated runs invite fresh addresses.
@@ -544,7 +589,11 @@ func (b *bench) storeSteps(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		b.printf("store-invite       %3d conn %s  load %s\n", n, f, loadAvg())
+		offered := ""
+		if b.o.Rate > 0 && n > 1 {
+			offered = fmt.Sprintf(" at %.0f/s", b.o.Rate)
+		}
+		b.printf("store-invite       %3d conn%s %s  load %s\n", n, offered, f, loadAvg())
 		// How soon after its invite each mail reached SMTP: wait up to 30 s
 		// for the last ones.
 		deadline := time.Now().Add(30 * time.Second)
