@@ -57,7 +57,7 @@ func loadInviteTemplates(c *config.Config, dir string) (*mailer.Templates, error
 		RoomType: "", SenderDisplayName: "Alice", SenderAvatarURL: "mxc://example.org/b",
 		EphemeralPrivate: "c2FtcGxl", Homeserver: "example.org",
 	}
-	if err := t.Check(templateData(c, sample)); err != nil {
+	if err := t.Check(templateData(c, sample, t.Uses)); err != nil {
 		return nil, fmt.Errorf("invite email templates (%s): %w", strings.Join(t.Files(), ", "), err)
 	}
 	return t, nil
@@ -171,20 +171,34 @@ func roomDisplay(inv *Invite) string {
 // with {{index . "key"}} (a plain {{.key}} fails the start-up check). Every
 // value from the request is cleaned of control characters; the HTML template
 // escapes on output.
-func templateData(c *config.Config, inv *Invite) map[string]any {
+func templateData(c *config.Config, inv *Invite, need func(key string) bool) map[string]any {
+	if need == nil {
+		need = func(string) bool { return true }
+	}
 	// Sized once: the map would otherwise regrow several times per invite.
 	d := make(map[string]any, 3*(len(inv.Extra)+len(sydentNames))+12)
-	set := func(k, khtml, kurl, v string) {
-		d[k] = v
-		d[khtml] = html.EscapeString(v)
-		d[kurl] = url.QueryEscape(v)
+	set := func(k, khtml, kurl string, v func() string) {
+		nk, nh, nu := need(k), need(khtml), need(kurl)
+		if !nk && !nh && !nu {
+			return
+		}
+		s := v()
+		if nk {
+			d[k] = s
+		}
+		if nh {
+			d[khtml] = html.EscapeString(s)
+		}
+		if nu {
+			d[kurl] = url.QueryEscape(s)
+		}
 	}
 	// sydent's names from the request first, so Herald's own names win on
 	// a clash.
 	for k, v := range inv.Extra {
 		var s string
 		if err := jsonString(v, &s); err == nil && validVarName(k) {
-			set(k, k+"_forhtml", k+"_forurl", clean(s))
+			set(k, k+"_forhtml", k+"_forurl", func() string { return clean(s) })
 		}
 	}
 	name := clean(inv.RoomName)
@@ -197,33 +211,38 @@ func templateData(c *config.Config, inv *Invite) map[string]any {
 	if display != "" {
 		bracketedSender = display + " (" + inv.Sender + ")"
 	}
-	signURL := SignURL(c, inv)
-	values := [len(sydentNames)]string{
-		inv.Medium, inv.Address, inv.Address,
-		inv.RoomID, inv.Sender, inv.Token,
-		alias, clean(inv.RoomAvatarURL),
-		clean(inv.RoomJoinRules), name, clean(inv.RoomType),
-		display, clean(inv.SenderAvatarURL),
-		inv.EphemeralPrivate, webClient(c, inv),
-		bracketedRoom, bracketedSender,
-		signURL,
+	str := func(v string) func() string { return func() string { return v } }
+	values := [len(sydentNames)]func() string{
+		str(inv.Medium), str(inv.Address), str(inv.Address),
+		str(inv.RoomID), str(inv.Sender), str(inv.Token),
+		str(alias), func() string { return clean(inv.RoomAvatarURL) },
+		func() string { return clean(inv.RoomJoinRules) }, str(name), func() string { return clean(inv.RoomType) },
+		str(display), func() string { return clean(inv.SenderAvatarURL) },
+		str(inv.EphemeralPrivate), func() string { return webClient(c, inv) },
+		str(bracketedRoom), str(bracketedSender),
+		func() string { return SignURL(c, inv) },
 	}
 	for i, n := range sydentNames {
 		set(n[0], n[1], n[2], values[i])
 	}
 	// Herald's names.
-	d["brand"] = c.Email.BrandName
-	d["inviter_name"] = inviterName(inv)
-	d["inviter_full"] = bracketedSender
-	d["room_display"] = roomDisplay(inv)
-	d["room_is_space"] = inv.RoomType == "m.space"
-	d["room_named"] = name != "" || alias != ""
-	d["join_url"] = JoinURL(c, inv)
-	d["decline_url"] = DeclineURL(c, inv)
-	d["optout_url"] = OptOutURL(c, inv)
-	d["homeserver"] = inv.Homeserver
-	d["base_url"] = c.BaseURL()
-	d["invite_id"] = inv.ID
+	put := func(k string, v func() any) {
+		if need(k) {
+			d[k] = v()
+		}
+	}
+	put("brand", func() any { return c.Email.BrandName })
+	put("inviter_name", func() any { return inviterName(inv) })
+	put("inviter_full", func() any { return bracketedSender })
+	put("room_display", func() any { return roomDisplay(inv) })
+	put("room_is_space", func() any { return inv.RoomType == "m.space" })
+	put("room_named", func() any { return name != "" || alias != "" })
+	put("join_url", func() any { return JoinURL(c, inv) })
+	put("decline_url", func() any { return DeclineURL(c, inv) })
+	put("optout_url", func() any { return OptOutURL(c, inv) })
+	put("homeserver", func() any { return inv.Homeserver })
+	put("base_url", func() any { return c.BaseURL() })
+	put("invite_id", func() any { return inv.ID })
 	return d
 }
 
@@ -260,7 +279,8 @@ func validVarName(k string) bool {
 // renderMail renders inv's invite email. To, Headers and Ref are set; the
 // caller sets Ref again once the invite has its id.
 func (s *Service) renderMail(inv *Invite) (mailer.Message, error) {
-	m, err := s.mail.forInvite(inv).Render(templateData(s.cfg, inv))
+	t := s.mail.forInvite(inv)
+	m, err := t.Render(templateData(s.cfg, inv, t.Uses))
 	if err != nil {
 		return m, err
 	}
@@ -293,7 +313,7 @@ func (s *Service) prepareMail(inv *Invite) (*mailer.Prepared, error) {
 		}
 		return s.opts.Mailer.Prepare(m)
 	}
-	subject, err := t.RenderSubject(templateData(s.cfg, inv))
+	subject, err := t.RenderSubject(templateData(s.cfg, inv, t.SubjectUses))
 	if err != nil {
 		return nil, err
 	}

@@ -97,7 +97,7 @@ func (s *Service) UseUpstream(d *Deliveries, opts UpstreamOptions) error {
 	}
 	sample := &Invite{ID: 1, Token: "SampleToken", Medium: "email", Address: "invitee@example.org",
 		RoomID: "!room:example.org", Sender: "@alice:example.org", RoomName: "Sample room", Homeserver: "example.org"}
-	if err := t.Check(templateData(s.cfg, sample)); err != nil {
+	if err := t.Check(templateData(s.cfg, sample, t.Uses)); err != nil {
 		return fmt.Errorf("invite-waiting email templates: %w", err)
 	}
 	s.upstream = &upstreamHook{opts: opts, d: d, mail: &mailTemplates{t: t}, wake: make(chan struct{}, 1)}
@@ -130,7 +130,8 @@ func (s *Service) askUpstream(inv *Invite) *Vouch {
 
 // renderWaiting renders the notice for an invite an upstream vouched for.
 func (s *Service) renderWaiting(inv *Invite) (mailer.Message, error) {
-	m, err := s.upstream.mail.t.Render(templateData(s.cfg, inv))
+	t := s.upstream.mail.t
+	m, err := t.Render(templateData(s.cfg, inv, t.Uses))
 	if err != nil {
 		return m, err
 	}

@@ -46,6 +46,9 @@ type Templates struct {
 	raw     *texttemplate.Template
 	// version is a hash of the sources loaded (Version).
 	version uint32
+	// uses and subjectUses are the data keys the templates read (nil: any
+	// key; see Uses).
+	uses, subjectUses fieldSet
 }
 
 // Funcs shared by every template.
@@ -159,6 +162,7 @@ func LoadTemplates(defaults fs.FS, overrideDir, kind string) (*Templates, error)
 			return nil, fmt.Errorf("mailer: template %s: %w", from, err)
 		}
 		t.raw, t.files = tt, []string{from}
+		t.uses = collectFields(textTrees(tt))
 		return t, nil
 	}
 
@@ -198,6 +202,8 @@ func LoadTemplates(defaults fs.FS, overrideDir, kind string) (*Templates, error)
 			t.text = tt
 		}
 	}
+	t.subjectUses = collectFields(textTrees(t.subject))
+	t.uses = collectFields(append(textTrees(t.subject, t.text), htmlTrees(t.html)...))
 	return t, nil
 }
 
