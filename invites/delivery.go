@@ -189,7 +189,10 @@ func OpenDeliveries(s *Service, opts DeliveryOptions) (*Deliveries, error) {
 	if s.db.Backend() == store.BackendPostgres {
 		be, err = pgqueue.New(s.db.PG(), deliveryQueue)
 	} else {
-		be, err = queue.OpenBolt(s.db.Bolt(), deliveryQueue)
+		var b *queue.Bolt
+		if b, err = queue.OpenBolt(s.db.Bolt(), deliveryQueue); err == nil {
+			be = b.CommitThrough(s.db.Committer())
+		}
 	}
 	if err != nil {
 		return nil, err

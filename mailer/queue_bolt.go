@@ -35,6 +35,7 @@ func (q *Queue) openStorage() error {
 	if err != nil {
 		return err
 	}
+	be.CommitThrough(q.db.Committer())
 	q.be, q.bolt, q.idx = be, be, boltIndex{db: q.db}
 	return nil
 }

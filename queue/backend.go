@@ -125,6 +125,9 @@ var (
 // Its contract is queuetest.RunConformance.
 type Backend interface {
 	// Write runs fn in one write transaction, committed if fn returns nil.
+	// fn may run more than once (a retry on PostgreSQL, a group commit on
+	// bbolt that one of its other functions failed): it writes only what
+	// it would write on any run and does nothing outside the transaction.
 	Write(ctx context.Context, fn func(tx Tx) error) error
 	// Enqueue stores r as a new record in tx and sets r.ID (increasing with
 	// time). The record is due at r.NextAttempt if r.State is Pending.

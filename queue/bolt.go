@@ -32,6 +32,22 @@ type Bolt struct {
 
 	mu     sync.Mutex
 	leases map[uint64]time.Time
+
+	// commit, when set, runs Write's transactions through the database's
+	// group committer (CommitThrough).
+	commit *store.Committer
+}
+
+// CommitThrough makes Write commit through c, the Committer of the same
+// database: the worker's outcomes then share a transaction, and its fsync,
+// with the writes in flight at the same moment (store-invite's above all)
+// instead of taking bbolt's only writer for a commit of their own. It
+// returns b.
+func (b *Bolt) CommitThrough(c *store.Committer) *Bolt {
+	if c != nil && c.DB() == b.db {
+		b.commit = c
+	}
+	return b
 }
 
 // OpenBolt creates the queue's buckets in db (if missing) and returns its backend.
@@ -85,6 +101,9 @@ func (b *Bolt) Read(tx Tx, id uint64, data bool) (*Record, error) {
 func (b *Bolt) Write(ctx context.Context, fn func(tx Tx) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
+	}
+	if b.commit != nil {
+		return b.commit.Do(func(tx *bolt.Tx) error { return fn(store.BoltTx(tx)) })
 	}
 	return b.db.Update(func(tx *bolt.Tx) error { return fn(store.BoltTx(tx)) })
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/herald-im/herald/queue"
 	"github.com/herald-im/herald/queue/queuetest"
+	"github.com/herald-im/herald/store"
 )
 
 func openDB(t *testing.T, path string) *bolt.DB {
@@ -28,24 +29,36 @@ func openDB(t *testing.T, path string) *bolt.DB {
 }
 
 func TestBoltConformance(t *testing.T) {
-	queuetest.RunConformance(t, func(t *testing.T) (queue.Backend, func() queue.Backend) {
-		path := filepath.Join(t.TempDir(), "q.db")
-		db := openDB(t, path)
-		t.Cleanup(func() { db.Close() })
-		be, err := queue.OpenBolt(db, "q")
-		if err != nil {
-			t.Fatal(err)
+	// Directly on the file, and through a group committer as the server
+	// opens its queues (CommitThrough).
+	for _, grouped := range []bool{false, true} {
+		name := "direct"
+		if grouped {
+			name = "group commit"
 		}
-		return be, func() queue.Backend {
-			db.Close()
-			db = openDB(t, path)
-			be, err := queue.OpenBolt(db, "q")
-			if err != nil {
-				t.Fatal(err)
-			}
-			return be
-		}
-	})
+		t.Run(name, func(t *testing.T) {
+			queuetest.RunConformance(t, func(t *testing.T) (queue.Backend, func() queue.Backend) {
+				path := filepath.Join(t.TempDir(), "q.db")
+				db := openDB(t, path)
+				t.Cleanup(func() { db.Close() })
+				open := func() queue.Backend {
+					be, err := queue.OpenBolt(db, "q")
+					if err != nil {
+						t.Fatal(err)
+					}
+					if grouped {
+						be.CommitThrough(store.NewCommitter(db))
+					}
+					return be
+				}
+				return open(), func() queue.Backend {
+					db.Close()
+					db = openDB(t, path)
+					return open()
+				}
+			})
+		})
+	}
 }
 
 // clock is an injected clock the test moves.
@@ -114,9 +127,11 @@ func (h *harness) setAnswer(a func(ctx context.Context, r *queue.Record) queue.O
 func (h *harness) open() {
 	h.db = openDB(h.t, h.path)
 	var err error
-	if h.be, err = queue.OpenBolt(h.db, "q"); err != nil {
+	be, err := queue.OpenBolt(h.db, "q")
+	if err != nil {
 		h.t.Fatal(err)
 	}
+	h.be = be.CommitThrough(store.NewCommitter(h.db)) // as the server opens its queues
 	if h.q, err = queue.New(h.be, h.opts); err != nil {
 		h.t.Fatal(err)
 	}
