@@ -25,8 +25,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/emersion/go-smtp"
 )
 
 // BoundAddress is the address of the i-th binding `herald bench populate`
@@ -173,13 +171,9 @@ func (b *bench) serve() (stop func(), _ error) {
 			return nil, fmt.Errorf("--smtp-listen: %w", err)
 		}
 	}
-	ss := smtp.NewServer(smtpBackend{b})
-	ss.Domain = "bench.localhost"
-	ss.ReadTimeout, ss.WriteTimeout = time.Minute, time.Minute
-	ss.MaxMessageBytes = 10 << 20
-	ss.ErrorLog = log.New(io.Discard, "", 0)
-	go ss.Serve(sl)
-	return func() { hs.Close(); ss.Close() }, nil
+	ss := &smtpSink{deliver: b.received}
+	go ss.serve(sl)
+	return func() { hs.Close(); ss.close() }, nil
 }
 
 // homeserver answers OpenID userinfo (every token is @bench:bench.test) and
@@ -212,48 +206,28 @@ func (b *bench) homeserver(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-type smtpBackend struct{ b *bench }
-
-func (s smtpBackend) NewSession(*smtp.Conn) (smtp.Session, error) { return &smtpSession{b: s.b}, nil }
-
-type smtpSession struct {
-	b  *bench
-	to []string
-}
-
-func (s *smtpSession) Mail(string, *smtp.MailOptions) error { return nil }
-func (s *smtpSession) Rcpt(to string, _ *smtp.RcptOptions) error {
-	s.to = append(s.to, strings.ToLower(to))
-	return nil
-}
-func (s *smtpSession) Reset()        { s.to = nil }
-func (s *smtpSession) Logout() error { return nil }
-
 var codeLine = regexp.MustCompile(`(?m)^\s*([A-Za-z0-9_\-]{6,})\s*$`)
 
-func (s *smtpSession) Data(r io.Reader) error {
-	raw, err := io.ReadAll(r)
-	if err != nil {
-		return err
-	}
+// received records a message the SMTP sink accepted: when it arrived for
+// each recipient, and the code of a validation mail.
+func (b *bench) received(to []string, raw []byte) {
 	now := time.Now()
 	code := ""
 	if bytes.Contains(raw, []byte("submitToken")) {
 		code = validationCode(raw) // a validation mail
 	}
-	s.b.mu.Lock()
-	for _, to := range s.to {
-		s.b.mails[to] = now
+	b.mu.Lock()
+	for _, to := range to {
+		b.mails[to] = now
 		if code != "" {
-			s.b.codes[to] = code
+			b.codes[to] = code
 		}
-		if ch := s.b.waiters["mail:"+to]; ch != nil && code != "" {
+		if ch := b.waiters["mail:"+to]; ch != nil && code != "" {
 			close(ch)
-			delete(s.b.waiters, "mail:"+to)
+			delete(b.waiters, "mail:"+to)
 		}
 	}
-	s.b.mu.Unlock()
-	return nil
+	b.mu.Unlock()
 }
 
 // validationCode finds the code in a validation mail's text part: the
