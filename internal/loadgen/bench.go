@@ -75,6 +75,10 @@ smtp:
   host: %s
   port: %s
   security: none
+  # Mail is sent over this many connections at once (default 16): at
+  # thousands of invites a second, each mail's round trips to the SMTP server
+  # on the same busy cores leave 16 behind. Set it to what your relay accepts.
+  connections: 32
 federation:
   servers:
     %s: http://%s
