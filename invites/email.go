@@ -172,11 +172,15 @@ func roomDisplay(inv *Invite) string {
 // value from the request is cleaned of control characters; the HTML template
 // escapes on output.
 func templateData(c *config.Config, inv *Invite, need func(key string) bool) map[string]any {
+	// Sized once for every key: the map would otherwise regrow several
+	// times per invite. Templates read far fewer (a subject two or three).
+	size := 3*(len(inv.Extra)+len(sydentNames)) + 12
 	if need == nil {
 		need = func(string) bool { return true }
+	} else {
+		size = 16
 	}
-	// Sized once: the map would otherwise regrow several times per invite.
-	d := make(map[string]any, 3*(len(inv.Extra)+len(sydentNames))+12)
+	d := make(map[string]any, size)
 	set := func(k, khtml, kurl string, v func() string) {
 		nk, nh, nu := need(k), need(khtml), need(kurl)
 		if !nk && !nh && !nu {
