@@ -46,6 +46,14 @@ func invalidEmail(why string) error {
 // address while being a distinct one. Surrounding spaces are trimmed. Errors
 // are *matrix.Error values answering 400 M_INVALID_EMAIL.
 func NormalizeEmail(addr string) (string, error) {
+	if n, ok := normalizeSimpleEmail(addr); ok {
+		return n, nil
+	}
+	return normalizeEmailFull(addr)
+}
+
+// normalizeEmailFull is NormalizeEmail for any input.
+func normalizeEmailFull(addr string) (string, error) {
 	addr = strings.TrimSpace(addr)
 	if addr == "" {
 		return "", invalidEmail("empty")
@@ -94,4 +102,69 @@ func NormalizeEmail(addr string) (string, error) {
 		return "", invalidEmail("not a single bare address")
 	}
 	return folded, nil
+}
+
+// normalizeSimpleEmail is NormalizeEmail's answer, found without its
+// Unicode machinery, for the common address: ASCII, a dot-atom local part,
+// and a domain of letter-digit-hyphen labels none of which is an IDNA
+// A-label or has hyphens in its third and fourth places. Folding such an
+// address is lower-casing it, and its domain is already IDNA's canonical
+// form. ok is false for anything else (which NormalizeEmail then examines
+// in full, valid or not). FuzzNormalizeSimpleEmail holds it to NormalizeEmail's answer.
+func normalizeSimpleEmail(addr string) (string, bool) {
+	if len(addr) == 0 || len(addr) > MaxEmailBytes {
+		return "", false
+	}
+	at := strings.IndexByte(addr, '@')
+	if at < 1 || at > MaxEmailLocalBytes || at == len(addr)-1 {
+		return "", false
+	}
+	lower := true
+	// The local part: dot-atom text (RFC 5322), no leading, trailing or
+	// doubled dot.
+	prev := byte('.')
+	for i := 0; i < at; i++ {
+		c := addr[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= '0' && c <= '9':
+		case c >= 'A' && c <= 'Z':
+			lower = false
+		case c == '.':
+			if prev == '.' {
+				return "", false
+			}
+		case strings.IndexByte("!#$%&'*+-/=?^_`{|}~", c) >= 0:
+		default:
+			return "", false
+		}
+		prev = c
+	}
+	if prev == '.' {
+		return "", false
+	}
+	// The domain: labels of 1 to 63 letters, digits and inner hyphens.
+	label := 0
+	for i := at + 1; i <= len(addr); i++ {
+		if i == len(addr) || addr[i] == '.' {
+			start := i - label
+			if label == 0 || label > 63 || addr[start] == '-' || addr[i-1] == '-' ||
+				(label >= 4 && addr[start+2] == '-' && addr[start+3] == '-') {
+				return "", false
+			}
+			label = 0
+			continue
+		}
+		switch c := addr[i]; {
+		case c >= 'a' && c <= 'z', c >= '0' && c <= '9', c == '-':
+		case c >= 'A' && c <= 'Z':
+			lower = false
+		default:
+			return "", false
+		}
+		label++
+	}
+	if lower {
+		return addr, true
+	}
+	return strings.ToLower(addr), true
 }
