@@ -283,6 +283,17 @@ func BoltTx(tx *bolt.Tx) *Tx { return &Tx{Bolt: tx, writable: tx.Writable()} }
 // backend's own writes, imports).
 func PGTx(ctx context.Context, tx pgx.Tx) *Tx { return &Tx{PG: tx, ctx: ctx, writable: true} }
 
+// PGTxQueued is PGTx with DB's queueing: Tx.Exec queues its writes and
+// Tx.QueueRow its reads, sent with the transaction's next statement (a
+// QueryRow takes them along in its round trip) or by Flush. The owner
+// must call Flush before it commits tx: an error of a queued write comes
+// from there at the latest.
+func PGTxQueued(ctx context.Context, tx pgx.Tx) *Tx {
+	t := &Tx{ctx: ctx, writable: true, queued: &pgx.Batch{}, raw: tx}
+	t.PG = flushingTx{Tx: tx, t: t}
+	return t
+}
+
 // Committed runs the OnCommit functions of a transaction opened outside a
 // DB (PGTx) once its owner committed it; DB's own transactions run them
 // themselves.
