@@ -73,7 +73,7 @@ const (
 // returns nil.
 func (db *DB) InTx(ctx context.Context, opts TxOptions, fn func(pgx.Tx) error) error {
 	if opts.SerializeOn == "" {
-		return inTx(ctx, db.pool, opts, fn, nil)
+		return inTx(ctx, lazyPool{db.pool}, opts, fn, nil)
 	}
 	mu, _ := db.serial.LoadOrStore(opts.SerializeOn, new(sync.Mutex))
 	mu.(*sync.Mutex).Lock()

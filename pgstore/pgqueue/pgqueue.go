@@ -463,7 +463,9 @@ func (b *Backend) Claim(ctx context.Context, now time.Time, n int, lease time.Du
 	var next time.Time
 	owner := b.db.Owner()
 	reap := b.reapDue()
-	err := pgx.BeginFunc(ctx, b.db.Pool(), func(tx pgx.Tx) error {
+	// Through InTx: BEGIN goes with the first statement, and a deadlock
+	// (none is known: SKIP LOCKED) would run the claim again.
+	err := b.db.InTx(ctx, pgstore.TxOptions{}, func(tx pgx.Tx) error {
 		out, next = nil, time.Time{}
 		if reap {
 			if _, err := tx.Exec(ctx, reapQuery, b.name, owner); err != nil {

@@ -1,0 +1,94 @@
+package pgstore
+
+import (
+	"errors"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/herald-im/herald/internal/pgtest"
+)
+
+// InTx begins its transaction with the first statement, whichever kind of
+// statement that is: the transaction has the options asked for, its
+// statements are atomic, and a transaction that ran nothing commits as
+// nothing. Every connection goes back to the pool.
+func TestInTxBeginsWithTheFirstStatement(t *testing.T) {
+	ctx := testCtx(t)
+	db := open(t, ctx, Options{DSN: pgtest.DSN(t)})
+	if _, err := db.Pool().Exec(ctx, "CREATE TABLE lazy (k int PRIMARY KEY)"); err != nil {
+		t.Fatal(err)
+	}
+	rr := TxOptions{TxOptions: pgx.TxOptions{IsoLevel: pgx.RepeatableRead}}
+	level := func(tx pgx.Tx) (string, error) {
+		var l string
+		err := tx.QueryRow(ctx, "SHOW transaction_isolation").Scan(&l)
+		return l, err
+	}
+	firsts := map[string]func(tx pgx.Tx) error{
+		"QueryRow": func(tx pgx.Tx) error { _, err := level(tx); return err },
+		"Exec":     func(tx pgx.Tx) error { _, err := tx.Exec(ctx, "INSERT INTO lazy VALUES (1)"); return err },
+		"Query": func(tx pgx.Tx) error {
+			rows, err := tx.Query(ctx, "SELECT k FROM lazy")
+			if err != nil {
+				return err
+			}
+			rows.Close()
+			return rows.Err()
+		},
+		"SendBatch": func(tx pgx.Tx) error {
+			b := &pgx.Batch{}
+			b.Queue("INSERT INTO lazy VALUES (1)")
+			b.Queue("SELECT 1")
+			return tx.SendBatch(ctx, b).Close()
+		},
+	}
+	for name, first := range firsts {
+		t.Run(name, func(t *testing.T) {
+			if _, err := db.Pool().Exec(ctx, "DELETE FROM lazy"); err != nil {
+				t.Fatal(err)
+			}
+			var got string
+			err := db.InTx(ctx, rr, func(tx pgx.Tx) error {
+				if err := first(tx); err != nil {
+					return err
+				}
+				var err error
+				got, err = level(tx)
+				return err
+			})
+			if err != nil || got != "repeatable read" {
+				t.Fatalf("InTx: %v, isolation %q; want repeatable read", err, got)
+			}
+			// A failure after the first statement rolls it back.
+			boom := errors.New("boom")
+			err = db.InTx(ctx, rr, func(tx pgx.Tx) error {
+				if _, err := tx.Exec(ctx, "INSERT INTO lazy VALUES (2)"); err != nil {
+					return err
+				}
+				return boom
+			})
+			var n int
+			if err := db.Pool().QueryRow(ctx, "SELECT count(*) FROM lazy WHERE k = 2").Scan(&n); err != nil || n != 0 {
+				t.Fatalf("a rolled back transaction left %d rows (%v)", n, err)
+			}
+			if !errors.Is(err, boom) {
+				t.Fatalf("InTx: %v, want boom", err)
+			}
+		})
+	}
+	// The first statement failing: its error, nothing left open.
+	err := db.InTx(ctx, rr, func(tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, "INSERT INTO no_such_table VALUES (1)")
+		return err
+	})
+	if err == nil {
+		t.Fatal("a failing first statement did not fail InTx")
+	}
+	if err := db.InTx(ctx, rr, func(pgx.Tx) error { return nil }); err != nil {
+		t.Fatalf("a transaction without statements: %v", err)
+	}
+	if n := db.Pool().Stat().AcquiredConns(); n != 0 {
+		t.Fatalf("%d connections still held after the transactions", n)
+	}
+}
