@@ -267,7 +267,7 @@ func (s *Service) pendingDuplicate(tx *store.Tx, sender, room, medium, address s
 // with the transaction's next round trip (store.Tx.QueueRow), on bbolt at
 // once.
 func (s *Service) queueDedup(tx *store.Tx, sender, room, medium, address string, out *uint64) error {
-	if pg, ok := s.st.(pgStorage); ok && tx.PG != nil {
+	if pg, ok := s.st.(*pgStorage); ok && tx.PG != nil {
 		return pg.queueDedup(tx, sender, room, medium, address, out)
 	}
 	id, err := s.st.dedup(tx, sender, room, medium, address)
@@ -279,7 +279,7 @@ func (s *Service) queueDedup(tx *store.Tx, sender, room, medium, address string,
 // from anyone) into *out, queued on PostgreSQL as queueDedup.
 func (s *Service) queueOptedOut(tx *store.Tx, address, sender string, out *bool) error {
 	address = normalize("email", address)
-	if pg, ok := s.st.(pgStorage); ok && tx.PG != nil {
+	if pg, ok := s.st.(*pgStorage); ok && tx.PG != nil {
 		return pg.queueOptedOut(tx, address, sender, out)
 	}
 	o, err := s.st.optedOut(tx, address, sender)
