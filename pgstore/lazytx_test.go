@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/herald-im/herald/internal/pgtest"
 )
@@ -87,6 +88,79 @@ func TestInTxBeginsWithTheFirstStatement(t *testing.T) {
 	}
 	if err := db.InTx(ctx, rr, func(pgx.Tx) error { return nil }); err != nil {
 		t.Fatalf("a transaction without statements: %v", err)
+	}
+	if n := db.Pool().Stat().AcquiredConns(); n != 0 {
+		t.Fatalf("%d connections still held after the transactions", n)
+	}
+}
+
+// Writes handed to CommitWith go with COMMIT: they are committed when
+// InTx returns nil, also in a transaction that ran nothing else; one that
+// fails fails the commit (as a serialization failure there is run again)
+// and leaves nothing, and the connection goes back to the pool.
+func TestInTxCommitWith(t *testing.T) {
+	ctx := testCtx(t)
+	db := open(t, ctx, Options{DSN: pgtest.DSN(t)})
+	if _, err := db.Pool().Exec(ctx, "CREATE TABLE lazyc (k int PRIMARY KEY)"); err != nil {
+		t.Fatal(err)
+	}
+	count := func() int {
+		var n int
+		if err := db.Pool().QueryRow(ctx, "SELECT count(*) FROM lazyc").Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	withCommit := func(tx pgx.Tx, ks ...int) {
+		b := &pgx.Batch{}
+		for _, k := range ks {
+			b.Queue("INSERT INTO lazyc VALUES ($1)", k)
+		}
+		tx.(BatchCommitter).CommitWith(b)
+	}
+	if err := db.InTx(ctx, TxOptions{}, func(tx pgx.Tx) error { withCommit(tx, 1, 2); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.InTx(ctx, TxOptions{}, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "INSERT INTO lazyc VALUES (3)"); err != nil {
+			return err
+		}
+		withCommit(tx, 4)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if n := count(); n != 4 {
+		t.Fatalf("%d rows committed, want 4", n)
+	}
+	err := db.InTx(ctx, TxOptions{}, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "INSERT INTO lazyc VALUES (5)"); err != nil {
+			return err
+		}
+		withCommit(tx, 6, 1) // 1 exists
+		return nil
+	})
+	var pg *pgconn.PgError
+	if !errors.As(err, &pg) || pg.Code != "23505" {
+		t.Fatalf("a failing write with the commit: %v, want the unique violation", err)
+	}
+	if n := count(); n != 4 {
+		t.Fatalf("%d rows after the failed commit, want 4", n)
+	}
+	runs := 0
+	err = db.InTx(ctx, TxOptions{MaxAttempts: 3}, func(tx pgx.Tx) error {
+		runs++
+		b := &pgx.Batch{}
+		b.Queue("SELECT 1/0") // any error: then a serialization failure
+		if runs == 1 {
+			b = &pgx.Batch{}
+			b.Queue(`DO $$ BEGIN RAISE EXCEPTION USING ERRCODE = '40001'; END $$`)
+		}
+		tx.(BatchCommitter).CommitWith(b)
+		return nil
+	})
+	if runs != 2 || !errors.As(err, &pg) || pg.Code != "22012" {
+		t.Fatalf("runs %d, %v; want the serialization failure run again, then division by zero", runs, err)
 	}
 	if n := db.Pool().Stat().AcquiredConns(); n != 0 {
 		t.Fatalf("%d connections still held after the transactions", n)

@@ -179,6 +179,24 @@ func (t *Tx) Flush() error {
 	return t.flushErr
 }
 
+// FlushWithCommit is Flush at the end of a write function: when the
+// transaction can send writes with its COMMIT (pgstore.BatchCommitter:
+// pgstore.InTx's transactions on the pool) the queued writes are handed to
+// it and go in the commit's round trip, their error the commit's;
+// otherwise they are sent now. Call it last: nothing may run on the
+// transaction after it but the commit.
+func (t *Tx) FlushWithCommit() error {
+	if t.flushErr != nil || t.queued == nil || t.queued.Len() == 0 {
+		return t.flushErr
+	}
+	if bc, ok := t.raw.(pgstore.BatchCommitter); ok {
+		bc.CommitWith(t.queued)
+		t.queued = &pgx.Batch{}
+		return nil
+	}
+	return t.Flush()
+}
+
 // flushingTx is a write transaction's pgx.Tx that sends the queued writes
 // (Tx.Exec) before any statement of its own, so reads see them and
 // statements keep their order.
@@ -485,7 +503,7 @@ func (d *DB) pgWriteAt(ctx context.Context, opts pgstore.TxOptions, fn func(*Tx)
 		if err := fn(t); err != nil {
 			return err
 		}
-		return t.Flush()
+		return t.FlushWithCommit()
 	})
 	if err != nil {
 		return err

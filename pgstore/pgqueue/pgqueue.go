@@ -118,7 +118,7 @@ func (b *Backend) Write(ctx context.Context, fn func(tx queue.Tx) error) error {
 		if err := fn(t); err != nil {
 			return err
 		}
-		return t.Flush()
+		return t.FlushWithCommit()
 	})
 	if err != nil {
 		return err
