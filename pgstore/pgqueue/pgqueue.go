@@ -53,6 +53,35 @@ type Backend struct {
 	// localWake is the wake function of this process's worker while it
 	// runs (SetLocalWake), else nil.
 	localWake atomic.Pointer[func()]
+
+	// released holds records whose lease a committed Update ended with
+	// their attempt (they left pending): Lease releasing one of them has
+	// nothing left to do and costs no round trip. Bounded by maxReleased.
+	releasedMu sync.Mutex
+	released   map[uint64]struct{}
+}
+
+// maxReleased bounds Backend.released: past it the set starts over, and a
+// release it forgot is done in the database as before.
+const maxReleased = 4096
+
+func (b *Backend) noteReleased(id uint64) {
+	b.releasedMu.Lock()
+	defer b.releasedMu.Unlock()
+	if b.released == nil || len(b.released) >= maxReleased {
+		b.released = make(map[uint64]struct{})
+	}
+	b.released[id] = struct{}{}
+}
+
+// takeReleased says whether id's lease is known released, and forgets it
+// (Lease and Claim call it: a record leased again is not released).
+func (b *Backend) takeReleased(id uint64) bool {
+	b.releasedMu.Lock()
+	defer b.releasedMu.Unlock()
+	_, ok := b.released[id]
+	delete(b.released, id)
+	return ok
 }
 
 // SetLocalWake tells Enqueue that this process runs the queue's worker, woken
@@ -318,12 +347,18 @@ func (b *Backend) Update(tx queue.Tx, id uint64, fn func(r *queue.Record) error)
 	// The payload is written only when it changed (or is removed), so a
 	// retry does not rewrite a large mail.
 	setData := r.Data == nil || string(r.Data) != string(oldData)
+	// A record that leaves pending loses its lease with it: no claim can
+	// take a record that is not pending, and the worker that attempted it
+	// releases it next (Lease), which then needs no statement of its own.
+	ended := oldState == queue.Pending && r.State != queue.Pending
 	_, err = w.Exec(ctx, `UPDATE queue_records SET kind = $3, state = $4, created = $5, next_attempt = $6,
 		retry_from = $7, retry_base = $8, finished = $9, last_error = $10, attempts = $11, meta = $12,
-		data = CASE WHEN $13 THEN $14 ELSE data END
+		data = CASE WHEN $13 THEN $14 ELSE data END,
+		lease_until = CASE WHEN $15 THEN NULL ELSE lease_until END,
+		lease_owner = CASE WHEN $15 THEN NULL ELSE lease_owner END
 		WHERE queue = $1 AND id = $2`,
 		b.name, int64(id), r.Kind, string(r.State), r.Created, r.NextAttempt, r.RetryFrom, r.RetryBase,
-		nullTime(r.Finished), r.LastError, attempts, nullJSON(r.Meta), setData, r.Data)
+		nullTime(r.Finished), r.LastError, attempts, nullJSON(r.Meta), setData, r.Data, ended)
 	if err != nil {
 		return nil, fmt.Errorf("pgqueue %s: update %d: %w", b.name, id, err)
 	}
@@ -336,6 +371,9 @@ func (b *Backend) Update(tx queue.Tx, id uint64, fn func(r *queue.Record) error)
 		if err := b.count(ctx, w, oldState, r.State); err != nil {
 			return nil, err
 		}
+	}
+	if st, ok := tx.(*store.Tx); ok && ended {
+		st.OnCommit(func() { b.noteReleased(id) })
 	}
 	return r, nil
 }
@@ -521,6 +559,9 @@ func (b *Backend) Claim(ctx context.Context, now time.Time, n int, lease time.Du
 	if err != nil {
 		return nil, time.Time{}, fmt.Errorf("pgqueue %s: claim: %w", b.name, err)
 	}
+	for _, c := range out {
+		b.takeReleased(c.ID) // leased again: its next release is a real one
+	}
 	b.maybeFold(ctx)
 	return out, next, nil
 }
@@ -555,6 +596,9 @@ func rowID(rows pgx.Rows) (int64, error) {
 func (b *Backend) Lease(id uint64, until time.Time) error {
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
+	if b.takeReleased(id) && until.IsZero() {
+		return nil // the committed Update that finished it ended the lease
+	}
 	var owner *int64 // released: no owner
 	if !until.IsZero() {
 		o := b.db.Owner()
