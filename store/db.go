@@ -44,8 +44,11 @@ const (
 //     queues a write whose result is not needed, and the queued writes go
 //     to the server in one round trip (a pgx.Batch) before the next
 //     statement of the transaction or its commit, in the order they were
-//     queued. An error of a queued write surfaces at that moment. On bbolt,
-//     and in transactions not opened by DB, Tx.Exec runs at once.
+//     queued. An error of a queued write surfaces at that moment. The
+//     writes still queued when the function returns go with COMMIT, in
+//     its round trip (Tx.FlushWithCommit), and BEGIN goes with the first
+//     statement (pgstore.InTx). On bbolt, and in transactions not opened
+//     by DB or PGTxQueued, Tx.Exec runs at once.
 //   - ReadOne runs a read that is one statement, or one pgx.Batch of
 //     independent reads, without BEGIN and COMMIT: on PostgreSQL straight
 //     on the pool, each statement its own snapshot (on bbolt a View). A
