@@ -9,6 +9,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/herald-im/herald/internal/storetest"
+	"github.com/herald-im/herald/pgstore"
 	"github.com/herald-im/herald/store"
 )
 
@@ -208,5 +209,51 @@ func TestQueryRowJoinsQueuedStatements(t *testing.T) {
 	}
 	if got := rows(t, db); got != 2 {
 		t.Fatalf("%d rows after the failed transaction, want 2", got)
+	}
+}
+
+// PGTxQueued queues like DB's write transactions; FlushWithCommit hands
+// what is left to a transaction of pgstore.InTx, which sends it with its
+// COMMIT, and sends it at once in any other transaction.
+func TestPGTxQueuedFlushWithCommit(t *testing.T) {
+	db := pgDB(t)
+	ctx := t.Context()
+	var queuedSeen int
+	err := db.PG().InTx(ctx, pgstore.TxOptions{}, func(ptx pgx.Tx) error {
+		tx := store.PGTxQueued(ctx, ptx)
+		if err := tx.Exec(`INSERT INTO exec_test (k) VALUES (1)`); err != nil {
+			return err
+		}
+		if err := tx.PG.QueryRow(ctx, `SELECT count(*) FROM exec_test`).Scan(&queuedSeen); err != nil {
+			return err
+		}
+		if err := tx.Exec(`INSERT INTO exec_test (k) VALUES (2)`); err != nil {
+			return err
+		}
+		return tx.FlushWithCommit()
+	})
+	if err != nil || queuedSeen != 1 {
+		t.Fatalf("InTx: %v; the transaction read %d rows after one queued insert, want 1", err, queuedSeen)
+	}
+	if n := rows(t, db); n != 2 {
+		t.Fatalf("%d rows committed, want 2", n)
+	}
+
+	ptx, err := db.PG().Pool().Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tx := store.PGTxQueued(ctx, ptx)
+	if err := tx.Exec(`INSERT INTO exec_test (k) VALUES (3)`); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.FlushWithCommit(); err != nil {
+		t.Fatal(err)
+	}
+	if err := ptx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := rows(t, db); n != 3 {
+		t.Fatalf("%d rows after a plain transaction's FlushWithCommit and commit, want 3", n)
 	}
 }
