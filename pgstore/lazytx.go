@@ -30,8 +30,8 @@ type BatchCommitter interface {
 }
 
 // lazyTx is a transaction on a pool connection of its own, not begun until
-// its first statement. Exec, QueryRow and SendBatch take BEGIN along in
-// their round trip; Query and the rest begin it first on their own. A
+// its first statement. Exec, Query, QueryRow and SendBatch take BEGIN along
+// in their round trip; the rest begin it first on their own. A
 // transaction that ran no statement commits and rolls back as nothing.
 type lazyTx struct {
 	p      *pgxpool.Pool
@@ -143,10 +143,62 @@ func (l *lazyTx) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
 }
 
 func (l *lazyTx) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
-	if err := l.begin(ctx); err != nil {
+	if l.begun {
+		if err := l.conn(ctx); err != nil {
+			return nil, err
+		}
+		return l.c.Query(ctx, sql, args...)
+	}
+	b := &pgx.Batch{}
+	b.Queue(sql, args...)
+	br := l.send(ctx, b)
+	rows, err := br.Query()
+	if err != nil {
+		if rows != nil {
+			rows.Close()
+		}
+		br.Close()
 		return nil, err
 	}
-	return l.c.Query(ctx, sql, args...)
+	return &closingRows{Rows: rows, br: br}, nil
+}
+
+// closingRows are the rows of a batch's last statement: the batch is
+// closed (its end read from the connection) when the rows are done, by
+// Close or by Next's last call, as pgx's own rows close themselves.
+type closingRows struct {
+	pgx.Rows
+	br   pgx.BatchResults
+	done bool
+	err  error
+}
+
+func (r *closingRows) finish() {
+	if !r.done {
+		r.done = true
+		r.Rows.Close()
+		r.err = r.br.Close()
+	}
+}
+
+func (r *closingRows) Next() bool {
+	if r.done {
+		return false
+	}
+	if r.Rows.Next() {
+		return true
+	}
+	r.finish()
+	return false
+}
+
+func (r *closingRows) Close() { r.finish() }
+
+func (r *closingRows) Err() error {
+	if err := r.Rows.Err(); err != nil {
+		return err
+	}
+	return r.err
 }
 
 func (l *lazyTx) CopyFrom(ctx context.Context, t pgx.Identifier, cols []string, src pgx.CopyFromSource) (int64, error) {

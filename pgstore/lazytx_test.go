@@ -2,6 +2,7 @@ package pgstore
 
 import (
 	"errors"
+	"fmt"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
@@ -85,6 +86,36 @@ func TestInTxBeginsWithTheFirstStatement(t *testing.T) {
 	})
 	if err == nil {
 		t.Fatal("a failing first statement did not fail InTx")
+	}
+	err = db.InTx(ctx, rr, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, "SELECT k FROM no_such_table")
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+		}
+		return rows.Err()
+	})
+	if err == nil {
+		t.Fatal("a failing first query did not fail InTx")
+	}
+	// Rows read to their end without Close, then another statement.
+	if err := db.InTx(ctx, rr, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, "SELECT generate_series(1, 3)")
+		if err != nil {
+			return err
+		}
+		n := 0
+		for rows.Next() {
+			n++
+		}
+		if err := rows.Err(); err != nil || n != 3 {
+			return fmt.Errorf("read %d rows: %v", n, err)
+		}
+		_, err = tx.Exec(ctx, "INSERT INTO lazy VALUES (9)")
+		return err
+	}); err != nil {
+		t.Fatal(err)
 	}
 	if err := db.InTx(ctx, rr, func(pgx.Tx) error { return nil }); err != nil {
 		t.Fatalf("a transaction without statements: %v", err)
