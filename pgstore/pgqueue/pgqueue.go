@@ -552,8 +552,16 @@ func (b *Backend) Claim(ctx context.Context, now time.Time, n int, lease time.Du
 		if len(ids) == 0 {
 			return nil
 		}
-		_, err = tx.Exec(ctx, `UPDATE queue_records SET lease_until = $3, lease_owner = $4 WHERE queue = $1 AND id = ANY($2)`,
-			b.name, ids, now.Add(lease), owner)
+		const leaseQuery = `UPDATE queue_records SET lease_until = $3, lease_owner = $4 WHERE queue = $1 AND id = ANY($2)`
+		if bc, ok := tx.(pgstore.BatchCommitter); ok {
+			// Sent with COMMIT, in its round trip: the rows are locked
+			// (FOR UPDATE) until then, and a failure fails the claim.
+			batch := &pgx.Batch{}
+			batch.Queue(leaseQuery, b.name, ids, now.Add(lease), owner)
+			bc.CommitWith(batch)
+			return nil
+		}
+		_, err = tx.Exec(ctx, leaseQuery, b.name, ids, now.Add(lease), owner)
 		return err
 	})
 	if err != nil {
