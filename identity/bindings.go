@@ -154,6 +154,18 @@ func (s *Service) BindingTx(tx *store.Tx, medium, address string) (*Binding, err
 	return s.st.binding(tx, medium, normalizeAddress(medium, address))
 }
 
+// QueueBinding is BindingTx for a batch of reads: on PostgreSQL the read is
+// queued (store.Tx.QueueRow) and *out is set when the transaction's next
+// round trip has been sent (nil when unbound); on bbolt it is read at once.
+func (s *Service) QueueBinding(tx *store.Tx, medium, address string, out **Binding) error {
+	if pg, ok := s.st.(*pgStorage); ok && tx.PG != nil {
+		return pg.queueBinding(tx, medium, normalizeAddress(medium, address), out)
+	}
+	b, err := s.BindingTx(tx, medium, address)
+	*out = b
+	return err
+}
+
 // Bindings calls fn for every binding, in (medium, address) order, until fn
 // returns false. It reads a batch of bindings per read transaction, so a
 // binding changed meanwhile may be seen in either state.

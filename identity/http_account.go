@@ -1,6 +1,7 @@
 package identity
 
 import (
+	"context"
 	"errors"
 	"net/http"
 	"strings"
@@ -146,15 +147,19 @@ func (s *Service) PostTerms(c echo.Context) error {
 }
 
 // accountAndTerms reads the token's account and, when gated, whether its
-// user accepted every current policy, in one read transaction (every
-// authenticated request pays for it). touch says the recorded last use is
+// user accepted every current policy (every authenticated request pays for
+// it). It runs without a transaction (store.DB.ReadOne): the account is one
+// statement; the acceptances, when policies are gated, a second, which need
+// not share its snapshot: acceptances are only ever added, and an account
+// logged out between the two reads is refused at its next request as it
+// would be had the request come a moment earlier. touch says the recorded last use is
 // stale enough to record again; an expired token is ErrTokenExpired.
 func (s *Service) accountAndTerms(token string, gated bool) (*Account, bool, bool, error) {
 	var a *Account
 	touch := false
 	now := s.opts.Now().UTC()
 	accepted := !gated || len(s.opts.Terms.Policies) == 0
-	err := s.db.View(func(tx *store.Tx) error {
+	err := s.db.ReadOne(context.Background(), func(tx *store.Tx) error {
 		var err error
 		if a, err = s.accountTx(tx, token, now); err != nil {
 			return err

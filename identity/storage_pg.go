@@ -168,6 +168,18 @@ func (st *pgStorage) binding(tx *store.Tx, medium, address string) (*Binding, er
 	return b, err
 }
 
+// queueBinding is binding queued on tx (see Service.QueueBinding).
+func (st *pgStorage) queueBinding(tx *store.Tx, medium, address string, out **Binding) error {
+	return tx.QueueRow(func(row pgx.Row) error {
+		b, err := scanBinding(row)
+		if errors.Is(err, pgx.ErrNoRows) {
+			b, err = nil, nil
+		}
+		*out = b
+		return err
+	}, `SELECT `+bindingCols+` FROM identity_bindings WHERE medium = $1 AND address = $2`, medium, address)
+}
+
 // bindings is one statement for all of refs (the primary key, once per ref).
 func (st *pgStorage) bindings(tx *store.Tx, refs []bindingRef) ([]*Binding, error) {
 	media, addrs := make([]string, len(refs)), make([]string, len(refs))

@@ -193,14 +193,7 @@ func (s *Service) store(fields map[string]json.RawMessage, account, api string) 
 	}
 
 	// Already bound, or a repeat of a pending invite: answer without writing.
-	var dup *Invite
-	err = s.db.View(func(tx *store.Tx) error {
-		if err := s.checkBound(tx, inv.Address); err != nil {
-			return err
-		}
-		dup, err = s.pendingDuplicate(tx, inv.Sender, inv.RoomID, inv.Medium, inv.Address)
-		return err
-	})
+	dup, err := s.precheck(inv)
 	if err != nil {
 		return nil, busy(err)
 	}
@@ -288,6 +281,42 @@ func (s *Service) store(fields map[string]json.RawMessage, account, api string) 
 	return &a, nil
 }
 
+// precheck is store-invite's answer without writing: M_THREEPID_IN_USE
+// for a bound address, or the pending invite it repeats. It runs without a
+// transaction (store.DB.ReadOne): on PostgreSQL the binding and the
+// de-duplication entry are read in one round trip, then the entry's invite
+// (only when there is one). They need not be one snapshot: each answer is
+// true of the moment its read ran, and nothing is stored on the strength
+// of this check, which storeTx makes again under the address lock.
+func (s *Service) precheck(inv *Invite) (*Invite, error) {
+	var dup *Invite
+	err := s.db.ReadOne(context.Background(), func(tx *store.Tx) error {
+		var bound *identity.Binding
+		if s.opts.Identity != nil { // always set but in storage tests (New requires it)
+			if err := s.opts.Identity.QueueBinding(tx, "email", inv.Address, &bound); err != nil {
+				return err
+			}
+		}
+		var id uint64
+		if err := s.queueDedup(tx, inv.Sender, inv.RoomID, inv.Medium, inv.Address, &id); err != nil {
+			return err
+		}
+		if err := tx.Flush(); err != nil {
+			return err
+		}
+		if bound != nil {
+			return errBound(bound)
+		}
+		if id == 0 {
+			return nil
+		}
+		var err error
+		dup, err = s.duplicate(tx, id)
+		return err
+	})
+	return dup, err
+}
+
 // commitStore runs fn, store-invite's write transaction (storeTx), at READ
 // COMMITTED on PostgreSQL: what storeTx decides from its reads is held until
 // its commit by the de-duplication entry's key and row lock and by the
@@ -312,31 +341,64 @@ func (s *Service) storeTx(tx *store.Tx, inv *Invite, mail *mailer.Prepared, vouc
 	if err != nil {
 		return nil, false, err
 	}
-	if err := s.checkBound(tx, inv.Address); err != nil {
+	// The binding and opt-out reads are queued (on PostgreSQL: sent with
+	// the transaction's next statement, after the claim took the lock;
+	// on bbolt read at once).
+	var bound *identity.Binding
+	if s.opts.Identity != nil { // always set but in storage tests (New requires it)
+		if err := s.opts.Identity.QueueBinding(tx, "email", inv.Address, &bound); err != nil {
+			return nil, false, err
+		}
+	}
+	optedOut := false
+	if d == nil {
+		if err := s.queueOptedOut(tx, inv.Address, inv.Sender, &optedOut); err != nil {
+			return nil, false, err
+		}
+	}
+	rec := *inv
+	rec.ID = id
+	queued := false
+	enqueue := func() error {
+		m := *mail // a copy: this function may run twice
+		m.Ref = "invite:" + strconv.FormatUint(rec.ID, 10)
+		var err error
+		if rec.MailID, err = s.opts.Mailer.EnqueuePrepared(tx, &m); err != nil {
+			return err
+		}
+		rec.MailedAt = now
+		queued = true
+		return nil
+	}
+	if tx.PG != nil && d == nil && id != 0 && mail != nil {
+		// The outbox insert returns the mail id the invite records: the
+		// queued reads go with it, in one round trip. A refusal below
+		// returns an error, which rolls the insert back.
+		if err := enqueue(); err != nil {
+			return nil, false, err
+		}
+	} else if err := tx.Flush(); err != nil {
 		return nil, false, err
+	}
+	if bound != nil {
+		return nil, false, errBound(bound)
 	}
 	if d != nil {
 		return d, false, nil
 	}
-	rec := *inv
-	if err := s.optOutCheck(tx, &rec); err != nil {
-		return nil, false, err
+	if optedOut {
+		return nil, false, errOptedOut()
 	}
-	if id == 0 {
-		if id, err = s.reserveID(tx); err != nil {
+	if rec.ID == 0 {
+		if rec.ID, err = s.reserveID(tx); err != nil {
 			return nil, false, err
 		}
+		id = rec.ID
 	}
-	rec.ID = id
-	queued := false
-	if mail != nil {
-		m := *mail // a copy: this function may run twice
-		m.Ref = "invite:" + strconv.FormatUint(id, 10)
-		if rec.MailID, err = s.opts.Mailer.EnqueuePrepared(tx, &m); err != nil {
+	if mail != nil && !queued {
+		if err := enqueue(); err != nil {
 			return nil, false, err
 		}
-		rec.MailedAt = now
-		queued = true
 	}
 	if err := s.insert(tx, &rec); err != nil {
 		return nil, false, err
@@ -419,18 +481,9 @@ func refusalReason(err error) string {
 	return "invalid"
 }
 
-func (s *Service) checkBound(tx *store.Tx, address string) error {
-	if s.opts.Identity == nil { // always set but in storage tests (New requires it)
-		return nil
-	}
-	b, err := s.opts.Identity.BindingTx(tx, "email", address)
-	if err != nil {
-		return err
-	}
-	if b != nil {
-		return matrix.ThreepidInUse("Binding already known").With("mxid", b.MXID)
-	}
-	return nil
+// errBound is store-invite's refusal of an address already bound.
+func errBound(b *identity.Binding) error {
+	return matrix.ThreepidInUse("Binding already known").With("mxid", b.MXID)
 }
 
 // StoreInvite serves POST /v2/store-invite (authenticated, terms-gated).

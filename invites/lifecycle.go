@@ -27,9 +27,14 @@ func (s *Service) optOutCheck(tx *store.Tx, inv *Invite) error {
 		return err
 	}
 	if out {
-		return matrix.Forbidden("The recipient does not accept invitations through this identity server")
+		return errOptedOut()
 	}
 	return nil
+}
+
+// errOptedOut is store-invite's refusal of an address that opted out.
+func errOptedOut() error {
+	return matrix.Forbidden("The recipient does not accept invitations through this identity server")
 }
 
 // ErrState means the action does not apply to the invite's current state.

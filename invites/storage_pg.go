@@ -271,6 +271,27 @@ func (pgStorage) dedup(tx *store.Tx, sender, room, medium, address string) (uint
 	return one(tx, "de-duplication entry", qDedup, sender, room, medium, address)
 }
 
+// queueDedup is dedup queued on tx (store.Tx.QueueRow): *out is set when
+// the transaction's next round trip has been sent.
+func (pgStorage) queueDedup(tx *store.Tx, sender, room, medium, address string, out *uint64) error {
+	return tx.QueueRow(func(row pgx.Row) error {
+		var id int64
+		err := row.Scan(&id)
+		if errors.Is(err, pgx.ErrNoRows) {
+			id, err = 0, nil
+		}
+		*out = uint64(id)
+		return pgErr("de-duplication entry", err)
+	}, qDedup, sender, room, medium, address)
+}
+
+// queueOptedOut is optedOut queued on tx (store.Tx.QueueRow).
+func (pgStorage) queueOptedOut(tx *store.Tx, address, sender string, out *bool) error {
+	return tx.QueueRow(func(row pgx.Row) error {
+		return pgErr("opt-outs", row.Scan(out))
+	}, qOptedOut, address, sender)
+}
+
 // addressLockKey is the advisory lock key of the address in $4 (medium in
 // $3): store-invite holds it shared from its first statement to its
 // commit, a bind exclusively from its hook to its commit (see

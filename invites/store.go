@@ -1,6 +1,7 @@
 package invites
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"time"
@@ -79,10 +80,12 @@ var ErrNotFound = errors.New("invites: no such invite")
 
 func (s *Service) getTx(tx *store.Tx, id uint64) (*Invite, error) { return s.st.get(tx, id) }
 
-// Get returns the invite with that id.
+// Get returns the invite with that id. One statement, so it runs without a
+// transaction (store.DB.ReadOne): the mail worker reads each invite it
+// renders through it.
 func (s *Service) Get(id uint64) (*Invite, error) {
 	var inv *Invite
-	err := s.db.View(func(tx *store.Tx) error {
+	err := s.db.ReadOne(context.Background(), func(tx *store.Tx) error {
 		var err error
 		inv, err = s.getTx(tx, id)
 		return err
@@ -257,6 +260,31 @@ func (s *Service) pendingDuplicate(tx *store.Tx, sender, room, medium, address s
 		return nil, err
 	}
 	return s.duplicate(tx, id)
+}
+
+// queueDedup reads the id of the de-duplication entry of (sender, room,
+// medium, address) into *out, 0 when there is none: on PostgreSQL queued
+// with the transaction's next round trip (store.Tx.QueueRow), on bbolt at
+// once.
+func (s *Service) queueDedup(tx *store.Tx, sender, room, medium, address string, out *uint64) error {
+	if pg, ok := s.st.(*pgStorage); ok && tx.PG != nil {
+		return pg.queueDedup(tx, sender, room, medium, address, out)
+	}
+	id, err := s.st.dedup(tx, sender, room, medium, address)
+	*out = id
+	return err
+}
+
+// queueOptedOut reads whether address opted out of invites from sender (or
+// from anyone) into *out, queued on PostgreSQL as queueDedup.
+func (s *Service) queueOptedOut(tx *store.Tx, address, sender string, out *bool) error {
+	address = normalize("email", address)
+	if pg, ok := s.st.(*pgStorage); ok && tx.PG != nil {
+		return pg.queueOptedOut(tx, address, sender, out)
+	}
+	o, err := s.st.optedOut(tx, address, sender)
+	*out = o
+	return err
 }
 
 // claimDuplicate is pendingDuplicate inside store-invite's write

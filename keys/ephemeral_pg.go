@@ -62,9 +62,16 @@ func (pgEphemeral) delete(tx *store.Tx, pub string) error {
 	return err
 }
 
+// isValid is one statement: it runs without a transaction
+// (store.DB.ReadOne).
 func (e pgEphemeral) isValid(pub string, now time.Time) (valid, found bool, err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
-	r, found, err := scanEphemeral(e.db.PG().Pool().QueryRow(ctx, `SELECT valid, ref, expires FROM keys_ephemeral WHERE pub = $1`, pub))
+	var r ephemeralRecord
+	err = e.db.ReadOne(ctx, func(tx *store.Tx) error {
+		var err error
+		r, found, err = scanEphemeral(tx.PG.QueryRow(tx.Context(), `SELECT valid, ref, expires FROM keys_ephemeral WHERE pub = $1`, pub))
+		return err
+	})
 	return r.validAt(now), found, err
 }

@@ -266,7 +266,7 @@ func TestInTxRetriesSerializationFailure(t *testing.T) {
 	for _, id := range []int{1, 2} {
 		go func() {
 			first := true
-			errs <- inTx(ctx, db.pool, TxOptions{TxOptions: pgx.TxOptions{IsoLevel: pgx.Serializable}}, func(tx pgx.Tx) error {
+			errs <- inTx(ctx, lazyPool{db.pool}, TxOptions{TxOptions: pgx.TxOptions{IsoLevel: pgx.Serializable}}, func(tx pgx.Tx) error {
 				var sum int
 				if err := tx.QueryRow(ctx, "SELECT sum(v) FROM acct").Scan(&sum); err != nil {
 					return err
@@ -317,7 +317,7 @@ func TestInTxRetriesDeadlock(t *testing.T) {
 	for _, order := range [][2]int{{1, 2}, {2, 1}} {
 		go func() {
 			first := true
-			errs <- inTx(ctx, db.pool, TxOptions{}, func(tx pgx.Tx) error {
+			errs <- inTx(ctx, lazyPool{db.pool}, TxOptions{}, func(tx pgx.Tx) error {
 				// Detect the deadlock quickly (the test's superuser may).
 				if _, err := tx.Exec(ctx, "SET LOCAL deadlock_timeout = '20ms'"); err != nil {
 					return err

@@ -71,9 +71,13 @@ const (
 // fn may therefore run more than once: like a bbolt Batch function it must
 // do nothing outside the transaction (no mail, no HTTP); do those after InTx
 // returns nil.
+//
+// Without SerializeOn the transaction is lazy (lazyPool): BEGIN goes with
+// its first statement, and COMMIT with the writes fn handed to CommitWith
+// (the pgx.Tx is a BatchCommitter), each in one round trip.
 func (db *DB) InTx(ctx context.Context, opts TxOptions, fn func(pgx.Tx) error) error {
 	if opts.SerializeOn == "" {
-		return inTx(ctx, db.pool, opts, fn, nil)
+		return inTx(ctx, lazyPool{db.pool}, opts, fn, nil)
 	}
 	mu, _ := db.serial.LoadOrStore(opts.SerializeOn, new(sync.Mutex))
 	mu.(*sync.Mutex).Lock()

@@ -7,6 +7,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/herald-im/herald/pgstore"
@@ -43,8 +44,25 @@ const (
 //     queues a write whose result is not needed, and the queued writes go
 //     to the server in one round trip (a pgx.Batch) before the next
 //     statement of the transaction or its commit, in the order they were
-//     queued. An error of a queued write surfaces at that moment. On bbolt,
-//     and in transactions not opened by DB, Tx.Exec runs at once.
+//     queued. An error of a queued write surfaces at that moment. The
+//     writes still queued when the function returns go with COMMIT, in
+//     its round trip (Tx.FlushWithCommit), and BEGIN goes with the first
+//     statement (pgstore.InTx). On bbolt, and in transactions not opened
+//     by DB or PGTxQueued, Tx.Exec runs at once.
+//   - ReadOne runs a read that is one statement, or one pgx.Batch of
+//     independent reads, without BEGIN and COMMIT: on PostgreSQL straight
+//     on the pool, each statement its own snapshot (on bbolt a View). A
+//     single statement is as consistent as in View. Several statements,
+//     queued together (Tx.QueueRow) or one after another, are NOT one
+//     snapshot: each may see commits the one before did not. Use ReadOne
+//     only where that does not matter, and say why at the call: a check
+//     that a write transaction makes again under its own locks, a read
+//     whose parts are independent facts, or a single-row read.
+//   - Tx.QueueRow queues a read like Exec queues a write: it goes to the
+//     server with the transaction's next round trip (ReadOne's, or a write
+//     transaction's), and its function gets the row then. A QueryRow of a
+//     transaction of DB joins what is queued, so queued writes and reads
+//     and the statement whose row the caller waits for take one round trip.
 //   - A write function may run more than once (Committer groups on bbolt,
 //     retries on PostgreSQL): it must do nothing outside the transaction
 //     (no mail, no HTTP) and write only what it would write on any run.
@@ -108,6 +126,8 @@ type Tx struct {
 	// flushErr is the error of the queued writes once sent: the
 	// transaction is aborted from then on, and its commit fails with it.
 	flushErr error
+	// readOne marks ReadOne's Tx: no transaction, reads only.
+	readOne bool
 }
 
 // Exec runs a PostgreSQL write whose result the caller does not need. In a
@@ -120,11 +140,32 @@ func (t *Tx) Exec(sql string, args ...any) error {
 	if t.PG == nil {
 		return errors.New("store: Tx.Exec on bbolt")
 	}
+	if t.readOne {
+		return ErrReadOnly
+	}
 	if t.queued == nil {
 		_, err := t.PG.Exec(t.Context(), sql, args...)
 		return err
 	}
 	t.queued.Queue(sql, args...)
+	return nil
+}
+
+// QueueRow queues a read of one row on PostgreSQL: the statement goes to
+// the server with the transaction's next round trip (Flush, the next
+// statement, the commit, or the end of ReadOne's function), and scan gets
+// its row then (pgx.ErrNoRows from Scan when there is none); an error scan
+// returns becomes the error of that round trip. Where nothing is queued
+// (transactions not opened by DB's ReadOne, Commit, Update or CommitWith)
+// the read runs at once. On bbolt it is an error: read bbolt directly.
+func (t *Tx) QueueRow(scan func(pgx.Row) error, sql string, args ...any) error {
+	if t.PG == nil {
+		return errors.New("store: Tx.QueueRow on bbolt")
+	}
+	if t.queued == nil {
+		return scan(t.PG.QueryRow(t.Context(), sql, args...))
+	}
+	t.queued.Queue(sql, args...).QueryRow(scan)
 	return nil
 }
 
@@ -139,6 +180,24 @@ func (t *Tx) Flush() error {
 	t.queued = &pgx.Batch{}
 	t.flushErr = t.raw.SendBatch(t.Context(), b).Close()
 	return t.flushErr
+}
+
+// FlushWithCommit is Flush at the end of a write function: when the
+// transaction can send writes with its COMMIT (pgstore.BatchCommitter:
+// pgstore.InTx's transactions on the pool) the queued writes are handed to
+// it and go in the commit's round trip, their error the commit's;
+// otherwise they are sent now. Call it last: nothing may run on the
+// transaction after it but the commit.
+func (t *Tx) FlushWithCommit() error {
+	if t.flushErr != nil || t.queued == nil || t.queued.Len() == 0 {
+		return t.flushErr
+	}
+	if bc, ok := t.raw.(pgstore.BatchCommitter); ok {
+		bc.CommitWith(t.queued)
+		t.queued = &pgx.Batch{}
+		return nil
+	}
+	return t.Flush()
 }
 
 // flushingTx is a write transaction's pgx.Tx that sends the queued writes
@@ -163,11 +222,53 @@ func (f flushingTx) Query(ctx context.Context, sql string, args ...any) (pgx.Row
 	return f.Tx.Query(ctx, sql, args...)
 }
 
+// QueryRow sends what is queued and this statement in one round trip: the
+// queued statements' results are read first (an error among them is the
+// transaction's, as Flush's), then the row is the caller's to scan, and the
+// batch is closed when it is scanned.
 func (f flushingTx) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
-	if err := f.t.Flush(); err != nil {
-		return errRow{err}
+	t := f.t
+	if t.flushErr != nil {
+		return errRow{t.flushErr}
 	}
-	return f.Tx.QueryRow(ctx, sql, args...)
+	if t.queued == nil || t.queued.Len() == 0 {
+		return f.Tx.QueryRow(ctx, sql, args...)
+	}
+	b := t.queued
+	t.queued = &pgx.Batch{}
+	n := b.Len()
+	b.Queue(sql, args...)
+	br := t.raw.SendBatch(ctx, b)
+	for _, qq := range b.QueuedQueries[:n] {
+		var err error
+		if qq.Fn != nil {
+			err = qq.Fn(br)
+		} else {
+			_, err = br.Exec()
+		}
+		if err != nil {
+			if cerr := br.Close(); cerr != nil && !errors.Is(err, cerr) {
+				err = errors.Join(err, cerr)
+			}
+			t.flushErr = err
+			return errRow{err}
+		}
+	}
+	return batchRow{row: br.QueryRow(), br: br}
+}
+
+// batchRow is the last statement of a batch: scanning it closes the batch.
+type batchRow struct {
+	row pgx.Row
+	br  pgx.BatchResults
+}
+
+func (r batchRow) Scan(dest ...any) error {
+	err := r.row.Scan(dest...)
+	if cerr := r.br.Close(); err == nil && cerr != nil {
+		return cerr
+	}
+	return err
 }
 
 // SendBatch after a failed flush goes to an aborted transaction, which
@@ -202,6 +303,17 @@ func BoltTx(tx *bolt.Tx) *Tx { return &Tx{Bolt: tx, writable: tx.Writable()} }
 // PGTx wraps a PostgreSQL transaction opened outside a DB (a queue
 // backend's own writes, imports).
 func PGTx(ctx context.Context, tx pgx.Tx) *Tx { return &Tx{PG: tx, ctx: ctx, writable: true} }
+
+// PGTxQueued is PGTx with DB's queueing: Tx.Exec queues its writes and
+// Tx.QueueRow its reads, sent with the transaction's next statement (a
+// QueryRow takes them along in its round trip) or by Flush. The owner
+// must call Flush before it commits tx: an error of a queued write comes
+// from there at the latest.
+func PGTxQueued(ctx context.Context, tx pgx.Tx) *Tx {
+	t := &Tx{ctx: ctx, writable: true, queued: &pgx.Batch{}, raw: tx}
+	t.PG = flushingTx{Tx: tx, t: t}
+	return t
+}
 
 // Committed runs the OnCommit functions of a transaction opened outside a
 // DB (PGTx) once its owner committed it; DB's own transactions run them
@@ -261,6 +373,63 @@ func (d *DB) ViewContext(ctx context.Context, fn func(*Tx) error) error {
 	opts := pgstore.TxOptions{TxOptions: pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}}
 	return d.pg.InTx(ctx, opts, func(tx pgx.Tx) error { return fn(&Tx{PG: tx, ctx: ctx}) })
 }
+
+// ReadOne runs fn, a read of one statement or of one batch of independent
+// reads (Tx.QueueRow, sent when fn returns or before its next statement),
+// without a transaction: on PostgreSQL straight on the pool, saving the
+// round trips of BEGIN and COMMIT; on bbolt it is ViewContext. Each
+// statement is its own snapshot, so several statements are not one
+// snapshot (see DB for when that is allowed). Writes are refused
+// (ErrReadOnly) and fn runs once.
+func (d *DB) ReadOne(ctx context.Context, fn func(*Tx) error) error {
+	if d.pg == nil {
+		return d.ViewContext(ctx, fn)
+	}
+	ctx, cancel := context.WithTimeout(ctx, d.timeout())
+	defer cancel()
+	t := &Tx{ctx: ctx, readOne: true, queued: &pgx.Batch{}, raw: poolReader{d.pg.Pool()}}
+	t.PG = flushingTx{Tx: t.raw, t: t}
+	if err := fn(t); err != nil {
+		return err
+	}
+	return t.Flush()
+}
+
+// poolReader is ReadOne's pgx.Tx: reads go straight to the pool, each
+// statement on whichever connection the pool gives (autocommit). Writes,
+// transactions and the rest of a connection's state are refused.
+type poolReader struct{ p *pgxpool.Pool }
+
+func (r poolReader) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
+	return r.p.Query(ctx, sql, args...)
+}
+
+func (r poolReader) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
+	return r.p.QueryRow(ctx, sql, args...)
+}
+
+func (r poolReader) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
+	return r.p.SendBatch(ctx, b)
+}
+
+func (poolReader) Exec(context.Context, string, ...any) (pgconn.CommandTag, error) {
+	return pgconn.CommandTag{}, ErrReadOnly
+}
+
+func (poolReader) CopyFrom(context.Context, pgx.Identifier, []string, pgx.CopyFromSource) (int64, error) {
+	return 0, ErrReadOnly
+}
+
+func (poolReader) Begin(context.Context) (pgx.Tx, error) { return nil, errNoTx }
+func (poolReader) Commit(context.Context) error          { return errNoTx }
+func (poolReader) Rollback(context.Context) error        { return nil }
+func (poolReader) LargeObjects() pgx.LargeObjects        { return pgx.LargeObjects{} }
+func (poolReader) Conn() *pgx.Conn                       { return nil }
+func (poolReader) Prepare(context.Context, string, string) (*pgconn.StatementDescription, error) {
+	return nil, errNoTx
+}
+
+var errNoTx = errors.New("store: ReadOne runs no transaction")
 
 // Update runs fn in a serializable write transaction and commits it. On
 // bbolt it is bbolt's own Update (fn runs once); on PostgreSQL fn may run
@@ -337,7 +506,7 @@ func (d *DB) pgWriteAt(ctx context.Context, opts pgstore.TxOptions, fn func(*Tx)
 		if err := fn(t); err != nil {
 			return err
 		}
-		return t.Flush()
+		return t.FlushWithCommit()
 	})
 	if err != nil {
 		return err
