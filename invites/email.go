@@ -170,7 +170,8 @@ func roomDisplay(inv *Invite) string {
 // string key the homeserver sent is there too; as it may be absent, reach it
 // with {{index . "key"}} (a plain {{.key}} fails the start-up check). Every
 // value from the request is cleaned of control characters; the HTML template
-// escapes on output.
+// escapes on output. need, when not nil, says which keys to fill (the
+// templates' Uses or SubjectUses): the others are not computed.
 func templateData(c *config.Config, inv *Invite, need func(key string) bool) map[string]any {
 	// Sized once for every key: the map would otherwise regrow several
 	// times per invite. Templates read far fewer (a subject two or three).
