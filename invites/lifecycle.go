@@ -19,19 +19,6 @@ var bktOptOut = []byte("invites_optout")
 // OptOutAnyone is the sender of an opt-out from every sender.
 const OptOutAnyone = "*"
 
-// optOutCheck refuses, inside store-invite's write transaction, a new invite
-// to an address that opted out of invites from its sender or from anyone.
-func (s *Service) optOutCheck(tx *store.Tx, inv *Invite) error {
-	out, err := s.st.optedOut(tx, normalize("email", inv.Address), inv.Sender)
-	if err != nil {
-		return err
-	}
-	if out {
-		return errOptedOut()
-	}
-	return nil
-}
-
 // errOptedOut is store-invite's refusal of an address that opted out.
 func errOptedOut() error {
 	return matrix.Forbidden("The recipient does not accept invitations through this identity server")
@@ -51,7 +38,7 @@ type OptOut struct {
 
 // OptedOut reports, inside tx, whether address (normalised) refuses invites
 // from sender.
-// A storage error reads as false (store-invite checks through optOutCheck,
+// A storage error reads as false (store-invite checks through queueOptedOut,
 // which returns it).
 func (s *Service) OptedOut(tx *store.Tx, address, sender string) bool {
 	out, err := s.st.optedOut(tx, normalize("email", address), sender)

@@ -31,7 +31,7 @@ func (boltStorage) open(db *store.DB, part string) error {
 	switch part {
 	case partInvites:
 		// The invites' buckets and the opt-out list (lifecycle.go), which
-		// store-invite checks before writing a new invite (optOutCheck).
+		// store-invite checks before writing a new invite (queueOptedOut).
 		return store.Buckets(db.Bolt(), append(allBuckets, bktOptOut)...)
 	case partUpstream:
 		return store.Buckets(db.Bolt(), bktUpstream, bktUpstreamDue)
