@@ -98,6 +98,29 @@ func (b *Bolt) Read(tx Tx, id uint64, data bool) (*Record, error) {
 	return b.get(t, id, data)
 }
 
+// outcomeLinger is how long a group of outcomes written through the group
+// committer waits for another commit to join (store.Committer.DoSoon). It
+// widens the crash window in which a sent mail or a delivered onbind is
+// not yet recorded (and is attempted again after a restart) by at most
+// this much; in return, on a quiet server, the request that follows a send
+// carries its outcome in the same fsync.
+const outcomeLinger = 10 * time.Millisecond
+
+// WriteSoon is Write for attempt outcomes: through the group committer
+// (CommitThrough), it joins another commit within outcomeLinger rather than
+// taking the writer at once.
+func (b *Bolt) WriteSoon(ctx context.Context, fn func(tx Tx) error) error {
+	if b.commit == nil {
+		return b.Write(ctx, fn)
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return b.commit.DoSoon(func(tx *bolt.Tx) error { return fn(store.BoltTx(tx)) }, outcomeLinger)
+}
+
+var _ soonWriter = (*Bolt)(nil)
+
 func (b *Bolt) Write(ctx context.Context, fn func(tx Tx) error) error {
 	if err := ctx.Err(); err != nil {
 		return err

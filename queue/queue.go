@@ -330,7 +330,11 @@ func (q *Queue) record(group []result) {
 		return
 	}
 	stored := make([]*Record, len(write))
-	err := q.be.Write(context.Background(), func(tx Tx) error {
+	writeFn := q.be.Write
+	if w, ok := q.be.(soonWriter); ok {
+		writeFn = w.WriteSoon
+	}
+	err := writeFn(context.Background(), func(tx Tx) error {
 		for i, res := range write {
 			stored[i] = nil
 			rec, err := q.be.Update(tx, res.id, func(r *Record) error {
@@ -372,6 +376,13 @@ func (q *Queue) record(group []result) {
 }
 
 var errSkip = errors.New("queue: skip")
+
+// soonWriter is a Backend that can write outcomes a little later, joining
+// another commit (Bolt through the group committer): they must be durable
+// before the record can be attempted again, not before anything else.
+type soonWriter interface {
+	WriteSoon(ctx context.Context, fn func(tx Tx) error) error
+}
 
 // apply changes pending record r by the outcome of its attempt.
 func (q *Queue) apply(r *Record, res result) {

@@ -3,8 +3,10 @@ package store
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -41,6 +43,9 @@ func (c *Committer) Panics() uint64 { return c.panics.Load() }
 type commitCall struct {
 	fn   func(*bolt.Tx) error
 	done chan error // the result, or errLead: commit the queue now
+	// lingering: DoSoon's caller still waits for another commit to join
+	// (guarded by mu); it is not handed the lead.
+	lingering bool
 }
 
 // errLead tells a waiting caller that the commit in flight ended and it now
@@ -71,10 +76,64 @@ func (c *Committer) Do(fn func(*bolt.Tx) error) error {
 		}
 		c.mu.Lock()
 	}
-	// This caller leads: nothing is in flight. It commits what is queued
-	// (its own call among them), then hands the lead to the first caller
-	// that queued meanwhile, so no caller commits others' work forever.
+	return c.lead(call)
+}
+
+// DoSoon is Do for a write that may wait a little for company: a queue's
+// outcomes, which need to be durable soon but not before anything else.
+// Instead of committing at once on an idle writer, fn waits up to linger
+// for another caller's commit and joins it (one fsync for both); only when
+// none begins in that time does it commit alone. On an idle server a
+// request that follows a send (the bind after a validation mail, the next
+// store-invite after an onbind delivery) then commits the outcome with its
+// own write instead of waiting behind a commit of the outcome alone. It
+// returns once fn is committed (or failed), like Do.
+func (c *Committer) DoSoon(fn func(*bolt.Tx) error, linger time.Duration) error {
+	if linger <= 0 {
+		return c.Do(fn)
+	}
+	call := &commitCall{fn: fn, done: make(chan error, 1), lingering: true}
+	c.mu.Lock()
+	c.queue = append(c.queue, call)
+	c.mu.Unlock()
+	t := time.NewTimer(linger)
+	select {
+	case err := <-call.done:
+		t.Stop()
+		if err != errLead {
+			return unpanic(err)
+		}
+		c.mu.Lock()
+		return c.lead(call)
+	case <-t.C:
+	}
+	// Nobody came: commit now, unless a commit already took fn or is in
+	// flight (whose end hands the lead to fn, no longer lingering).
+	c.mu.Lock()
+	call.lingering = false
+	if !c.leading && slices.Contains(c.queue, call) {
+		return c.lead(call)
+	}
+	c.mu.Unlock()
+	if err := <-call.done; err != errLead {
+		return unpanic(err)
+	}
+	c.mu.Lock()
+	return c.lead(call)
+}
+
+// lead commits what is queued (call among it, at the front), with c.mu held
+// and nothing in flight, then hands the lead to the first queued caller
+// that is not lingering, so no caller commits others' work forever. Lingering
+// callers left alone lead when their time is up.
+func (c *Committer) lead(call *commitCall) error {
 	c.leading = true
+	if i := slices.Index(c.queue, call); i > 0 {
+		// The caller handed the lead may not be first (lingering callers
+		// queued before it): its own function goes in this group.
+		copy(c.queue[1:i+1], c.queue[:i])
+		c.queue[0] = call
+	}
 	n := len(c.queue)
 	if max := c.maxGroup(); n > max {
 		n = max
@@ -86,10 +145,13 @@ func (c *Committer) Do(fn func(*bolt.Tx) error) error {
 	c.commit(group)
 
 	c.mu.Lock()
-	if len(c.queue) > 0 {
-		c.queue[0].done <- errLead
-	} else {
-		c.leading = false
+	c.leading = false
+	for _, next := range c.queue {
+		if !next.lingering {
+			c.leading = true
+			next.done <- errLead
+			break
+		}
 	}
 	c.mu.Unlock()
 	return unpanic(<-call.done)

@@ -142,3 +142,155 @@ func TestCommitterPanic(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// waitQueued waits until n calls are queued in c.
+func waitQueued(t *testing.T, c *Committer, n int, lingering bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		c.mu.Lock()
+		k := 0
+		for _, call := range c.queue {
+			if call.lingering == lingering {
+				k++
+			}
+		}
+		c.mu.Unlock()
+		if k == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d calls queued (lingering %v), want %d", k, lingering, n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func putKey(k string, txs chan<- *bolt.Tx) func(tx *bolt.Tx) error {
+	return func(tx *bolt.Tx) error {
+		if txs != nil {
+			txs <- tx
+		}
+		return tx.Bucket([]byte("b")).Put([]byte(k), []byte("v"))
+	}
+}
+
+// A DoSoon on an idle writer does not commit alone while it may linger: the
+// next Do takes it along, one transaction for both.
+func TestCommitterDoSoonJoinsTheNextCommit(t *testing.T) {
+	db := commitDB(t)
+	c := NewCommitter(db)
+	txs := make(chan *bolt.Tx, 2)
+	soon := make(chan error, 1)
+	go func() { soon <- c.DoSoon(putKey("soon", txs), time.Hour) }()
+	waitQueued(t, c, 1, true)
+	if err := c.Do(putKey("now", txs)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-soon:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("DoSoon did not return after the commit that took it")
+	}
+	if a, b := <-txs, <-txs; a != b {
+		t.Error("DoSoon and Do were committed in two transactions")
+	}
+}
+
+// With nobody to join, DoSoon commits alone once its time is up.
+func TestCommitterDoSoonCommitsAloneAfterLinger(t *testing.T) {
+	db := commitDB(t)
+	c := NewCommitter(db)
+	if err := c.DoSoon(putKey("soon", nil), time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	db.View(func(tx *bolt.Tx) error {
+		if tx.Bucket([]byte("b")).Get([]byte("soon")) == nil {
+			t.Error("not committed")
+		}
+		return nil
+	})
+}
+
+// A lingering DoSoon queued behind a commit in flight is not handed the
+// lead when that commit ends; a Do queued with it is, and takes it along.
+func TestCommitterLingeringCallIsNotHandedTheLead(t *testing.T) {
+	db := commitDB(t)
+	c := NewCommitter(db)
+	entered, release := make(chan struct{}), make(chan struct{})
+	first := make(chan error, 1)
+	go func() {
+		first <- c.Do(func(tx *bolt.Tx) error {
+			close(entered)
+			<-release
+			return nil
+		})
+	}()
+	<-entered
+	txs := make(chan *bolt.Tx, 2)
+	soon := make(chan error, 1)
+	go func() { soon <- c.DoSoon(putKey("soon", txs), time.Hour) }()
+	waitQueued(t, c, 1, true)
+	close(release)
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	// The commit in flight ended with only a lingering call queued: nobody
+	// leads, and the call waits.
+	c.mu.Lock()
+	leading, queued := c.leading, len(c.queue)
+	c.mu.Unlock()
+	if leading || queued != 1 {
+		t.Fatalf("after the first commit: leading %v, %d queued; want no leader, the lingering call queued", leading, queued)
+	}
+	if err := c.Do(putKey("now", txs)); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-soon; err != nil {
+		t.Fatal(err)
+	}
+	if a, b := <-txs, <-txs; a != b {
+		t.Error("DoSoon and Do were committed in two transactions")
+	}
+}
+
+// A DoSoon whose time ran out while a commit was in flight is handed the
+// lead when that commit ends.
+func TestCommitterDoSoonLeadsAfterACommitInFlight(t *testing.T) {
+	db := commitDB(t)
+	c := NewCommitter(db)
+	entered, release := make(chan struct{}), make(chan struct{})
+	first := make(chan error, 1)
+	go func() {
+		first <- c.Do(func(tx *bolt.Tx) error {
+			close(entered)
+			<-release
+			return nil
+		})
+	}()
+	<-entered
+	soon := make(chan error, 1)
+	go func() { soon <- c.DoSoon(putKey("soon", nil), time.Millisecond) }()
+	waitQueued(t, c, 1, false) // its time is up, the first commit still in flight
+	close(release)
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-soon:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("DoSoon was never handed the lead")
+	}
+	db.View(func(tx *bolt.Tx) error {
+		if tx.Bucket([]byte("b")).Get([]byte("soon")) == nil {
+			t.Error("not committed")
+		}
+		return nil
+	})
+}
