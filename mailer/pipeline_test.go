@@ -1,8 +1,12 @@
 package mailer_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"errors"
+	"io"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -93,6 +97,7 @@ func TestSMTPSenderPipelinedRefusals(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			type outcome struct {
 				err, class string
+				reply      string
 				temporary  bool
 				msgs       int
 				mail       []string
@@ -115,12 +120,12 @@ func TestSMTPSenderPipelinedRefusals(t *testing.T) {
 				if to == nil {
 					to = []string{"a@example.org"}
 				}
-				err := s.Send(ctx, "h@x.org", to, testRaw(t, to[0], "scripted"))
+				reply, err := s.SendReply(ctx, "h@x.org", to, testRaw(t, to[0], "scripted"))
 				// Without pipelining, replies meant for commands after a
 				// refusal are not used.
 				srv.Reply(c.verb)
 				good("after")
-				o := outcome{class: mailer.ReplyClass(err), temporary: err != nil && mailer.Temporary(err), msgs: len(srv.Messages())}
+				o := outcome{reply: reply, class: mailer.ReplyClass(err), temporary: err != nil && mailer.Temporary(err), msgs: len(srv.Messages())}
 				if err != nil {
 					o.err = err.Error()
 				}
@@ -135,6 +140,9 @@ func TestSMTPSenderPipelinedRefusals(t *testing.T) {
 				return o
 			}
 			p, q := run(true), run(false)
+			if p.reply != q.reply {
+				t.Errorf("reply pipelined %q, not %q", p.reply, q.reply)
+			}
 			if p.err != q.err || p.class != q.class || p.temporary != q.temporary {
 				t.Errorf("pipelined: %q (%s, temporary %v); not: %q (%s, temporary %v)", p.err, p.class, p.temporary, q.err, q.class, q.temporary)
 			}
@@ -151,5 +159,96 @@ func TestSMTPSenderPipelinedRefusals(t *testing.T) {
 				t.Errorf("MAIL FROM lines differ:\npipelined %q\nnot       %q", p.mail, q.mail)
 			}
 		})
+	}
+}
+
+// scriptedServer accepts one connection on loopback and hands it to serve
+// after the greeting.
+func scriptedServer(t *testing.T, serve func(c net.Conn, br *bufio.Reader)) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(20 * time.Second))
+		io.WriteString(c, "220 scripted ESMTP\r\n")
+		serve(c, bufio.NewReader(c))
+	}()
+	t.Cleanup(func() { ln.Close(); <-done })
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// readUntil reads lines until one equals line (CRLF dropped).
+func readUntil(br *bufio.Reader, line string) bool {
+	for {
+		l, err := br.ReadString('\n')
+		if err != nil {
+			return false
+		}
+		if strings.TrimRight(l, "\r\n") == line {
+			return true
+		}
+	}
+}
+
+// A pipelined message whose final reply never comes fails after twice the
+// Timeout, as on the go-smtp path, and is retried later.
+func TestSMTPSenderPipelinedTimeout(t *testing.T) {
+	release := make(chan struct{})
+	port := scriptedServer(t, func(c net.Conn, br *bufio.Reader) {
+		if !readUntil(br, "EHLO localhost") {
+			return
+		}
+		io.WriteString(c, "250-scripted\r\n250 PIPELINING\r\n")
+		if !readUntil(br, "DATA") {
+			return
+		}
+		io.WriteString(c, "250 OK\r\n250 OK\r\n354 go ahead\r\n")
+		if readUntil(br, ".") {
+			<-release // no reply to the end of data
+		}
+	})
+	defer close(release)
+	const timeout = 300 * time.Millisecond
+	s := mailer.NewSMTPSender(mailer.SMTPConfig{Host: "127.0.0.1", Port: port, Security: "none", HeloName: "localhost", Timeout: timeout})
+	defer s.Close()
+	start := time.Now()
+	err := s.Send(context.Background(), "h@x.org", []string{"a@example.org"}, testRaw(t, "a@example.org", "x"))
+	var ne net.Error
+	if !errors.As(err, &ne) || !ne.Timeout() || !strings.HasPrefix(err.Error(), "end of DATA: ") || !mailer.Temporary(err) {
+		t.Fatalf("err = %v, want a temporary end of DATA timeout", err)
+	}
+	if d := time.Since(start); d < 2*timeout || d > 10*timeout {
+		t.Errorf("timed out after %v, want about %v", d, 2*timeout)
+	}
+}
+
+// Bytes a server sends after its reply to STARTTLS, before TLS, must not
+// be read as replies after it (a plaintext injection): the connection is
+// refused.
+func TestSMTPSenderRefusesDataAfterStartTLSReply(t *testing.T) {
+	port := scriptedServer(t, func(c net.Conn, br *bufio.Reader) {
+		if !readUntil(br, "EHLO localhost") {
+			return
+		}
+		io.WriteString(c, "250-scripted\r\n250 STARTTLS\r\n")
+		if readUntil(br, "STARTTLS") {
+			io.WriteString(c, "220 go ahead\r\n250 injected\r\n")
+			br.ReadByte() // until the client hangs up
+		}
+	})
+	s := mailer.NewSMTPSender(mailer.SMTPConfig{Host: "127.0.0.1", Port: port, Security: "starttls", HeloName: "localhost", InsecureSkipVerify: true, Timeout: 5 * time.Second})
+	defer s.Close()
+	err := s.Send(context.Background(), "h@x.org", []string{"a@example.org"}, testRaw(t, "a@example.org", "x"))
+	if err == nil || !strings.Contains(err.Error(), "STARTTLS: the server sent more than its reply to STARTTLS") {
+		t.Fatalf("err = %v, want the STARTTLS injection refused", err)
 	}
 }
