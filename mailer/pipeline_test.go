@@ -226,7 +226,7 @@ func TestSMTPSenderPipelinedTimeout(t *testing.T) {
 	if !errors.As(err, &ne) || !ne.Timeout() || !strings.HasPrefix(err.Error(), "end of DATA: ") || !mailer.Temporary(err) {
 		t.Fatalf("err = %v, want a temporary end of DATA timeout", err)
 	}
-	if d := time.Since(start); d < 2*timeout || d > 10*timeout {
+	if d := time.Since(start); d < 2*timeout || d > 5*time.Second {
 		t.Errorf("timed out after %v, want about %v", d, 2*timeout)
 	}
 }
