@@ -103,10 +103,10 @@ type SMTPSender struct {
 
 // noopAfter: a connection that took a message less than this long ago is
 // reused without a NOOP first (one round trip of the five a message costs,
-// and the server's work for it). Should the server have closed it anyway
-// (an SMTP server may close after some number of messages), MAIL FROM fails
-// before anything of the message was sent, and the message goes once more
-// over a new connection.
+// or of the three with pipelining, and the server's work for it). Should
+// the server have closed it anyway (an SMTP server may close after some
+// number of messages), MAIL FROM fails before anything of the message was
+// sent, and the message goes once more over a new connection.
 const noopAfter = time.Second
 
 // NewSMTPSender returns a sender; it connects on the first Send.
