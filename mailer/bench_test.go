@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -252,4 +253,49 @@ func BenchmarkDrainBacklog(b *testing.B) {
 			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "mails/s")
 		})
 	}
+}
+
+// BenchmarkSMTPSend: one SMTPSender sends messages one after another to an
+// in-process SMTP server on loopback (smtptest.Raw, plain), with and
+// without PIPELINING offered: four round trips per message without, two
+// with. ns/op is the time per message; cpu-µs/op the CPU of the whole
+// process (sender and server) per message.
+func BenchmarkSMTPSend(b *testing.B) {
+	raw, err := mailer.Compose(benchMsg, from, fixedDate, "<x@id.example.org>")
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, pipelining := range []bool{false, true} {
+		b.Run(fmt.Sprintf("pipelining=%v", pipelining), func(b *testing.B) {
+			srv := smtptest.StartRaw(b, smtptest.RawOptions{Pipelining: pipelining, CountOnly: true})
+			s := mailer.NewSMTPSender(mailer.SMTPConfig{Host: srv.Host, Port: srv.Port, Security: "none"})
+			defer s.Close()
+			ctx := context.Background()
+			to := []string{"alice@example.org"}
+			// Connected before the clock starts.
+			if err := s.Send(ctx, "herald@id.example.org", to, raw); err != nil {
+				b.Fatal(err)
+			}
+			var cpu0 time.Duration
+			for i := 0; b.Loop(); i++ {
+				if i == 0 {
+					cpu0 = cpuTime()
+				}
+				if err := s.Send(ctx, "herald@id.example.org", to, raw); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64((cpuTime()-cpu0).Microseconds())/float64(b.N), "cpu-µs/op")
+			if n := srv.Delivered(); n != b.N+1 {
+				b.Fatalf("%d messages delivered, want %d", n, b.N+1)
+			}
+		})
+	}
+}
+
+// cpuTime is the process's user+system CPU time.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

@@ -88,6 +88,13 @@ type SMTPSender struct {
 	mu     sync.Mutex
 	client *smtp.Client
 	conn   net.Conn
+	// wire is the connection go-smtp's client reads and writes (above TLS
+	// when there is TLS); pipe, made on the first pipelined message, reads
+	// and writes it for pipelined transactions (pipeline.go). lost says a
+	// pipelined transaction left the connection in an unknown state.
+	wire   net.Conn
+	pipe   *pipe
+	lost   bool
 	idle   *time.Timer
 	closed bool
 	// lastOK is when the connection last took a message.
@@ -96,10 +103,10 @@ type SMTPSender struct {
 
 // noopAfter: a connection that took a message less than this long ago is
 // reused without a NOOP first (one round trip of the five a message costs,
-// and the server's work for it). Should the server have closed it anyway
-// (an SMTP server may close after some number of messages), MAIL FROM fails
-// before anything of the message was sent, and the message goes once more
-// over a new connection.
+// or of the three with pipelining, and the server's work for it). Should
+// the server have closed it anyway (an SMTP server may close after some
+// number of messages), MAIL FROM fails before anything of the message was
+// sent, and the message goes once more over a new connection.
 const noopAfter = time.Second
 
 // NewSMTPSender returns a sender; it connects on the first Send.
@@ -210,7 +217,9 @@ func (s *SMTPSender) send(ctx context.Context, from string, to []string, raw []b
 	if err != nil {
 		var se *smtp.SMTPError
 		var pe *PermanentError
-		if errors.As(err, &pe) && s.client.Reset() == nil {
+		if s.lost {
+			s.drop()
+		} else if errors.As(err, &pe) && s.client.Reset() == nil {
 			// Refused before the server saw it; the connection is fine.
 		} else if errors.As(err, &se) && s.client.Reset() == nil {
 			// The server refused this message; the connection is fine.
@@ -218,6 +227,9 @@ func (s *SMTPSender) send(ctx context.Context, from string, to []string, raw []b
 			s.drop()
 		}
 		return "", err
+	}
+	if s.lost {
+		s.drop()
 	}
 	return reply, nil
 }
@@ -251,6 +263,9 @@ func (s *SMTPSender) transaction(from string, to []string, raw []byte) (string, 
 			return "", &PermanentError{Err: ErrNeedsSMTPUTF8}
 		}
 		opts = &smtp.MailOptions{UTF8: true}
+	}
+	if ok, _ := c.Extension("PIPELINING"); ok {
+		return s.pipelined(from, rcpts, needUTF8, raw)
 	}
 	if err := c.Mail(from, opts); err != nil {
 		return "", &mailFromError{err}
@@ -301,11 +316,16 @@ func (s *SMTPSender) connect(ctx context.Context) error {
 	case "none":
 		c = smtp.NewClient(conn)
 	default:
-		c, err = smtp.NewClientStartTLS(conn, tlsCfg)
+		// STARTTLS is done here rather than by go-smtp, which would make
+		// the TLS connection itself and keep it private: pipelined
+		// transactions need the connection go-smtp talks over.
+		tc, err := startTLS(ctx, conn, tlsCfg, cfg)
 		if err != nil {
 			raw.Close()
 			return fmt.Errorf("STARTTLS: %w", err)
 		}
+		conn = tc
+		c = smtp.NewClient(&greetedConn{Conn: tc, greeting: []byte(greetingReplay)})
 	}
 	c.CommandTimeout = cfg.Timeout
 	c.SubmissionTimeout = 2 * cfg.Timeout
@@ -329,7 +349,7 @@ func (s *SMTPSender) connect(ctx context.Context) error {
 			return fmt.Errorf("AUTH: %w", err)
 		}
 	}
-	s.client, s.conn = c, raw
+	s.client, s.conn, s.wire = c, raw, conn
 	return nil
 }
 
@@ -338,7 +358,12 @@ func (s *SMTPSender) drop() {
 	if s.client != nil {
 		s.client.Close()
 	}
-	s.client, s.conn = nil, nil
+	s.forget()
+}
+
+// forget clears the state of the current connection.
+func (s *SMTPSender) forget() {
+	s.client, s.conn, s.wire, s.pipe, s.lost = nil, nil, nil, nil, false
 }
 
 func (s *SMTPSender) closeIdle() {
@@ -355,7 +380,7 @@ func (s *SMTPSender) quit() {
 	if s.client.Quit() != nil {
 		s.client.Close()
 	}
-	s.client, s.conn = nil, nil
+	s.forget()
 }
 
 // Close says QUIT on an open connection; later Sends fail.
@@ -389,11 +414,8 @@ func (c *cappedConn) SetWriteDeadline(t time.Time) error { return c.Conn.SetWrit
 
 // SMTPPool sends through up to n SMTP connections at once (smtp.connections),
 // each an SMTPSender that keeps its connection open between messages. A send
-// takes a free connection, or waits for one.
-//
-// Pipelining (RFC 2920) is not used: go-smtp's client (v0.25) writes each
-// command and reads its reply before the next. Throughput comes from the
-// parallel connections instead.
+// takes a free connection, or waits for one. Each connection pipelines
+// (RFC 2920) when the server offers PIPELINING.
 type SMTPPool struct {
 	free chan *SMTPSender
 	all  []*SMTPSender

@@ -18,7 +18,9 @@ import (
 // the invite, reading the message a byte at a time. It speaks the part of
 // RFC 5321 a sending client needs: HELO/EHLO, MAIL, RCPT, DATA with
 // dot-unstuffing, RSET, NOOP, QUIT; anything else is answered 502. No TLS,
-// no AUTH, no extensions beyond 8BITMIME.
+// no AUTH, no extensions beyond 8BITMIME and PIPELINING (RFC 2920): replies
+// to commands that arrived together go out in one write, once no further
+// command is buffered, and always before the body is read after DATA.
 type smtpSink struct {
 	deliver func(to []string, raw []byte)
 
@@ -97,7 +99,7 @@ func (s *smtpSink) session(c net.Conn) {
 		ok := true
 		switch verb {
 		case "EHLO":
-			ok = reply("250-bench.localhost\r\n250 8BITMIME")
+			ok = reply("250-bench.localhost\r\n250-PIPELINING\r\n250 8BITMIME")
 		case "HELO":
 			ok = reply("250 bench.localhost")
 		case "MAIL":
@@ -118,6 +120,8 @@ func (s *smtpSink) session(c net.Conn) {
 				ok = reply("503 5.5.1 RCPT first")
 				break
 			}
+			// The replies held back for MAIL and RCPT go out with 354,
+			// whatever is buffered: the client sends the body only then.
 			if !reply("354 end with <CRLF>.<CRLF>") || bw.Flush() != nil {
 				return
 			}
