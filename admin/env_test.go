@@ -77,7 +77,9 @@ func newEnv(t testing.TB, mods ...func(*admin.Options)) *env {
 	}
 	db := store.NewBolt(bdb)
 	t.Cleanup(func() {
-		if err := db.View(func(tx *store.Tx) error {
+		// In a write transaction: bbolt's Check reads the freelist, which
+		// a writer still running would change under it.
+		if err := db.Update(func(tx *store.Tx) error {
 			for err := range tx.Bolt.Check() {
 				return err
 			}
