@@ -72,15 +72,15 @@ func (boltEphemeral) delete(tx *store.Tx, pub string) error {
 	return tx.Bolt.Bucket(ephemeralBucket).Delete([]byte(pub))
 }
 
+func (e boltEphemeral) isValid(pub string, now time.Time) (valid, found bool, err error) {
+	return e.isValidBytes([]byte(pub), now)
+}
+
 // isValidBytes opens its bbolt read transaction itself rather than through
 // store.DB.View: it is the read of every ephemeral/isvalid check, and
 // View's closure and store.Tx wrapper cost allocations on each. The record
 // is decoded before the deferred Rollback releases the memory it lives in,
 // and nothing of it is kept.
-func (e boltEphemeral) isValid(pub string, now time.Time) (valid, found bool, err error) {
-	return e.isValidBytes([]byte(pub), now)
-}
-
 func (e boltEphemeral) isValidBytes(pub []byte, now time.Time) (valid, found bool, err error) {
 	tx, err := e.db.Bolt().Begin(false)
 	if err != nil {
