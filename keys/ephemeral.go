@@ -1,9 +1,9 @@
 package keys
 
 import (
+	"bytes"
 	"crypto/ed25519"
 	"crypto/rand"
-	"strings"
 	"time"
 
 	"github.com/herald-im/herald/store"
@@ -83,15 +83,30 @@ func (e *Ephemeral) Delete(tx *store.Tx, pub string) error {
 
 // IsValid reports whether pub is a known, still valid ephemeral key. It only reads.
 func (e *Ephemeral) IsValid(pub string) (bool, error) {
+	return e.isValid([]byte(pub))
+}
+
+// isValid is IsValid for a key the HTTP handler decoded into its own
+// buffer: the stored form is looked up without making a string of it.
+func (e *Ephemeral) isValid(pub []byte) (bool, error) {
 	now := e.now()
-	valid, found, err := e.st.isValid(pub, now)
+	valid, found, err := e.lookup(pub, now)
 	if err != nil || found {
 		return valid, err
 	}
-	if b, err := DecodeBase64(pub); err == nil && EncodeBase64(b) != pub {
+	if b, err := DecodeBase64(string(pub)); err == nil && EncodeBase64(b) != string(pub) {
 		valid, _, err = e.st.isValid(EncodeBase64(b), now)
 	}
 	return valid, err
+}
+
+// lookup is st.isValid, called directly on bbolt: through the interface
+// pub would escape, and the handler's buffer with it, on every check.
+func (e *Ephemeral) lookup(pub []byte, now time.Time) (valid, found bool, err error) {
+	if b, ok := e.st.(boltEphemeral); ok {
+		return b.isValidBytes(pub, now)
+	}
+	return e.st.isValid(string(pub), now)
 }
 
 func (r ephemeralRecord) validAt(now time.Time) bool {
@@ -104,32 +119,49 @@ func (r ephemeralRecord) validAt(now time.Time) bool {
 // read of every ephemeral/isvalid check. Any other shape gives ok false and
 // the caller uses encoding/json (TestDecodeEphemeralFastAgrees).
 func decodeEphemeralFast(raw []byte) (r ephemeralRecord, ok bool) {
-	s := string(raw)
+	return decodeEphemeralBytes(raw, true)
+}
+
+var (
+	ephemeralValidTrue  = []byte(`{"valid":true`)
+	ephemeralValidFalse = []byte(`{"valid":false`)
+	ephemeralRef        = []byte(`,"ref":"`)
+	ephemeralExpires    = []byte(`,"expires":"`)
+)
+
+// decodeEphemeralBytes is decodeEphemeralFast working on raw in place: it
+// copies nothing out of raw (which may be bbolt's memory map) unless
+// keepRef asks for the ref, and reads the expiry with time.Time's
+// UnmarshalText, the strict RFC 3339 parser encoding/json uses, so that a
+// validity check allocates nothing.
+func decodeEphemeralBytes(s []byte, keepRef bool) (r ephemeralRecord, ok bool) {
 	switch {
-	case strings.HasPrefix(s, `{"valid":true`):
-		r.Valid, s = true, s[len(`{"valid":true`):]
-	case strings.HasPrefix(s, `{"valid":false`):
-		s = s[len(`{"valid":false`):]
+	case bytes.HasPrefix(s, ephemeralValidTrue):
+		r.Valid, s = true, s[len(ephemeralValidTrue):]
+	case bytes.HasPrefix(s, ephemeralValidFalse):
+		s = s[len(ephemeralValidFalse):]
 	default:
 		return r, false
 	}
-	if rest, found := strings.CutPrefix(s, `,"ref":"`); found {
-		end := strings.IndexByte(rest, '"')
-		if end < 0 || strings.IndexByte(rest[:end], '\\') >= 0 {
+	if rest, found := bytes.CutPrefix(s, ephemeralRef); found {
+		end := bytes.IndexByte(rest, '"')
+		if end < 0 || bytes.IndexByte(rest[:end], '\\') >= 0 {
 			return r, false
 		}
-		r.Ref, s = rest[:end], rest[end+1:]
+		if keepRef {
+			r.Ref = string(rest[:end])
+		}
+		s = rest[end+1:]
 	}
-	if rest, found := strings.CutPrefix(s, `,"expires":"`); found {
-		end := strings.IndexByte(rest, '"')
+	if rest, found := bytes.CutPrefix(s, ephemeralExpires); found {
+		end := bytes.IndexByte(rest, '"')
 		if end < 0 {
 			return r, false
 		}
-		t, err := time.Parse(time.RFC3339Nano, rest[:end])
-		if err != nil {
+		if err := r.Expires.UnmarshalText(rest[:end]); err != nil {
 			return r, false
 		}
-		r.Expires, s = t, rest[end+1:]
+		s = rest[end+1:]
 	}
-	return r, s == "}"
+	return r, len(s) == 1 && s[0] == '}'
 }

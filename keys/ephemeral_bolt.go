@@ -37,14 +37,20 @@ func (boltEphemeral) get(tx *store.Tx, pub string) (ephemeralRecord, bool, error
 }
 
 func decodeEphemeral(raw []byte) (ephemeralRecord, error) {
-	r, ok := decodeEphemeralFast(raw)
-	if !ok {
-		r = ephemeralRecord{}
-		if err := json.Unmarshal(raw, &r); err != nil {
-			return r, err
-		}
+	return decodeEphemeralKeep(raw, true)
+}
+
+// decodeEphemeralKeep decodes raw, copying the ref out only when keepRef
+// says the caller needs it. Records of another shape than Put's go through
+// encoding/json, into a record of their own so that the common case does
+// not put one on the heap.
+func decodeEphemeralKeep(raw []byte, keepRef bool) (ephemeralRecord, error) {
+	if r, ok := decodeEphemeralBytes(raw, keepRef); ok {
+		return r, nil
 	}
-	return r, nil
+	var slow ephemeralRecord
+	err := json.Unmarshal(raw, &slow)
+	return slow, err
 }
 
 func (boltEphemeral) invalidate(tx *store.Tx, pub string) error {
@@ -67,17 +73,26 @@ func (boltEphemeral) delete(tx *store.Tx, pub string) error {
 }
 
 func (e boltEphemeral) isValid(pub string, now time.Time) (valid, found bool, err error) {
-	err = e.db.View(func(tx *store.Tx) error {
-		raw := tx.Bolt.Bucket(ephemeralBucket).Get([]byte(pub))
-		if raw == nil {
-			return nil
-		}
-		found = true
-		r, err := decodeEphemeral(raw)
-		valid = r.validAt(now)
-		return err
-	})
-	return valid, found, err
+	return e.isValidBytes([]byte(pub), now)
+}
+
+// isValidBytes opens its bbolt read transaction itself rather than through
+// store.DB.View: it is the read of every ephemeral/isvalid check, and
+// View's closure and store.Tx wrapper cost allocations on each. The record
+// is decoded before the deferred Rollback releases the memory it lives in,
+// and nothing of it is kept.
+func (e boltEphemeral) isValidBytes(pub []byte, now time.Time) (valid, found bool, err error) {
+	tx, err := e.db.Bolt().Begin(false)
+	if err != nil {
+		return false, false, err
+	}
+	defer tx.Rollback()
+	raw := tx.Bucket(ephemeralBucket).Get(pub)
+	if raw == nil {
+		return false, false, nil
+	}
+	r, err := decodeEphemeralKeep(raw, false)
+	return r.validAt(now), true, err
 }
 
 // eachEphemeralBolt calls fn for every record in key order, in batches of

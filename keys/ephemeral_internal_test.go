@@ -35,6 +35,10 @@ func TestDecodeEphemeralFastAgrees(t *testing.T) {
 		if got.Valid != want.Valid || got.Ref != want.Ref || !got.Expires.Equal(want.Expires) {
 			t.Errorf("%s: fast %+v, encoding/json %+v", raw, got, want)
 		}
+		// The validity check's decoding, which leaves the ref out.
+		if v, ok := decodeEphemeralBytes(raw, false); !ok || v.Valid != want.Valid || v.Ref != "" || !v.Expires.Equal(want.Expires) {
+			t.Errorf("%s: without the ref %+v, %v; encoding/json %+v", raw, v, ok, want)
+		}
 	}
 	for _, raw := range []string{
 		``, `{}`, `{"valid":true,"expires":"x"}`, `{"valid":true} `, `{"valid":true,"other":1}`,

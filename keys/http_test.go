@@ -2,8 +2,10 @@ package keys_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/url"
+	"strings"
 	"testing"
 	"time"
 
@@ -156,5 +158,56 @@ func assertErrcode(t *testing.T, body []byte, want string) {
 	}
 	if err := json.Unmarshal(body, &r); err != nil || r.Errcode != want {
 		t.Errorf("errcode in %s, want %s", body, want)
+	}
+}
+
+// Both isvalid endpoints read public_key the way url.Values would, whatever
+// the form of the query: escaped or not, among other parameters, '+' as a
+// space, and a missing, empty or badly escaped value as missing.
+func TestIsValidQueryForms(t *testing.T) {
+	e := testenv.Start(t)
+	eph := e.App.Ephemeral()
+	var pub string
+	for !strings.ContainsAny(pub, "+/") { // a key that needs escaping
+		k, _ := keys.NewEphemeralKey()
+		pub = keys.EncodeBase64(k)
+	}
+	if err := e.App.DB().Update(func(tx *store.Tx) error { return eph.Put(tx, pub, "test", time.Time{}) }); err != nil {
+		t.Fatal(err)
+	}
+	for path, key := range map[string]string{
+		"/_matrix/identity/v2/pubkey/ephemeral/isvalid": pub,
+		"/_matrix/identity/v2/pubkey/isvalid":           e.App.Ring().Current().PublicBase64(),
+	} {
+		esc := url.QueryEscape(key)
+		for _, c := range []struct {
+			query  string
+			status int
+			valid  bool
+		}{
+			{"public_key=" + esc, 200, true},
+			{"public_key=" + strings.ReplaceAll(esc, "%2F", "/"), 200, true},
+			{"other=1&public_key=" + esc, 200, true},
+			{"public_key=" + esc + "&other=1", 200, true},
+			{"public_key=" + esc + "%3D", 200, true}, // padded
+			{"public_key=" + strings.ReplaceAll(key, "/", "%2F"), 200, !strings.Contains(key, "+")},
+			{"public_key=", 400, false},
+			{"public_key=%zz" + esc, 400, false},
+			{"public_key=" + esc + "%", 400, false},
+			{"", 400, false},
+		} {
+			status, body := e.Do(t, http.MethodGet, path+"?"+c.query, nil, "")
+			if status != c.status {
+				t.Errorf("%s?%s: %d %s, want %d", path, c.query, status, body, c.status)
+				continue
+			}
+			if status != 200 {
+				assertErrcode(t, body, "M_MISSING_PARAMS")
+				continue
+			}
+			if want := fmt.Sprintf(`{"valid":%v}`, c.valid); string(body) != want {
+				t.Errorf("%s?%s: %s, want %s", path, c.query, body, want)
+			}
+		}
 	}
 }

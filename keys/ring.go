@@ -253,11 +253,17 @@ func (r *Ring) Published(id string) (Key, bool) {
 
 // IsValidPublic reports whether pub (unpadded base64) is a published long-term key.
 func (r *Ring) IsValidPublic(pub string) bool {
+	return r.isValidPublic([]byte(pub))
+}
+
+// isValidPublic is IsValidPublic for a key the HTTP handler decoded into
+// its own buffer (the map lookup by string(pub) makes no string).
+func (r *Ring) isValidPublic(pub []byte) bool {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	k, ok := r.byPub[pub]
+	k, ok := r.byPub[string(pub)]
 	if !ok {
-		if b, err := DecodeBase64(pub); err == nil {
+		if b, err := DecodeBase64(string(pub)); err == nil {
 			k, ok = r.byPub[EncodeBase64(b)]
 		}
 	}

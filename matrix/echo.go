@@ -78,18 +78,28 @@ func Errcode(err error) string { return toMatrix(err).Code }
 // that is not valid percent-encoding is left as it is.
 func UnescapePathParams(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
-		vals := slices.Clone(c.ParamValues())
-		changed := false
-		for i, v := range vals {
-			if strings.Contains(v, "%") {
-				if u, err := url.PathUnescape(v); err == nil {
-					vals[i], changed = u, true
-				}
-			}
-		}
-		if changed {
-			c.SetParamValues(vals...)
-		}
+		UnescapeParams(c)
 		return next(c)
+	}
+}
+
+// UnescapeParams is what UnescapePathParams does before the handler, for a
+// stack that calls it directly. It copies the values only when one needs
+// decoding (c's own slice is Echo's, reused across requests).
+func UnescapeParams(c echo.Context) {
+	var vals []string
+	for i, v := range c.ParamValues() {
+		if !strings.Contains(v, "%") {
+			continue
+		}
+		if u, err := url.PathUnescape(v); err == nil {
+			if vals == nil {
+				vals = slices.Clone(c.ParamValues())
+			}
+			vals[i] = u
+		}
+	}
+	if vals != nil {
+		c.SetParamValues(vals...)
 	}
 }

@@ -16,24 +16,30 @@ const (
 	corsAllowHeaders = "X-Requested-With, Content-Type, Authorization, Origin, Accept"
 )
 
-// cors sets those headers on every answer of the Matrix API (/_matrix/),
-// errors included, whether or not the request carries an Origin header, and
-// answers every OPTIONS request there (a preflight) with 204 without running
-// the endpoint's logic, as the specification requires. Nothing else gets
+var (
+	corsOriginValue  = []string{corsAllowOrigin}
+	corsMethodsValue = []string{corsAllowMethods}
+	corsHeadersValue = []string{corsAllowHeaders}
+)
+
+// corsHeaders sets those headers on every answer of the Matrix API
+// (/_matrix/), errors included, whether or not the request carries an
+// Origin header; it reports a preflight (an OPTIONS request there), which
+// the caller answers with 204 without running the endpoint's logic, as the
+// specification requires (serveMatrix in stack.go). Nothing else gets
 // CORS: the admin console and its API (a page of any origin must not read
 // them with an operator's session or token) and Herald's own pages.
-func cors(next echo.HandlerFunc) echo.HandlerFunc {
-	return func(c echo.Context) error {
-		if !strings.HasPrefix(c.Request().URL.Path, "/_matrix/") {
-			return next(c)
-		}
-		h := c.Response().Header()
-		h.Set(echo.HeaderAccessControlAllowOrigin, corsAllowOrigin)
-		h.Set(echo.HeaderAccessControlAllowMethods, corsAllowMethods)
-		h.Set(echo.HeaderAccessControlAllowHeaders, corsAllowHeaders)
-		if c.Request().Method == http.MethodOptions {
-			return c.NoContent(http.StatusNoContent)
-		}
-		return next(c)
+func corsHeaders(c echo.Context) (preflight bool) {
+	if !strings.HasPrefix(c.Request().URL.Path, "/_matrix/") {
+		return false
 	}
+	// The header names are already canonical and the values shared
+	// (Header.Set would canonicalise and allocate a slice for each, on
+	// every request). Each value slice is full (len == cap), so an Add
+	// to one of these headers copies it rather than write into it.
+	h := c.Response().Header()
+	h[echo.HeaderAccessControlAllowOrigin] = corsOriginValue
+	h[echo.HeaderAccessControlAllowMethods] = corsMethodsValue
+	h[echo.HeaderAccessControlAllowHeaders] = corsHeadersValue
+	return c.Request().Method == http.MethodOptions
 }

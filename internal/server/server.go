@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/labstack/echo/v4"
-	"github.com/labstack/echo/v4/middleware"
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/herald-im/herald/admin"
@@ -373,16 +372,10 @@ func (a *App) Handler() http.Handler {
 	e.Debug = false
 	e.HTTPErrorHandler = matrix.ErrorHandler(a.log)
 	e.IPExtractor = a.clientIP
-	e.Use(logRequests(a.log, a.metrics))
-	e.Use(middleware.RecoverWithConfig(middleware.RecoverConfig{DisablePrintStack: true, LogErrorFunc: func(c echo.Context, err error, stack []byte) error {
-		a.handlerPanics.Add(1)
-		a.log.Error("panic in handler", "path", c.Path(), "err", err, "stack", string(stack))
-		return err
-	}}))
-	e.Use(middleware.BodyLimit(fmt.Sprint(matrix.MaxBodyBytes/1024) + "K"))
-	// CORS as the spec recommends, on every answer (cors.go).
-	e.Use(cors)
-	e.Use(matrix.UnescapePathParams) // clients may percent-encode path parameters
+	// The request log and metrics, panic recovery, the body limit, CORS as
+	// the spec recommends (cors.go), and path parameters percent-decoded
+	// (clients may encode them): one middleware (stack.go).
+	e.Use(a.middleware(a.log, a.metrics))
 	a.routes(e)
 	return e
 }
