@@ -223,27 +223,23 @@ func Compose(m Message, from string, date time.Time, messageID string) ([]byte, 
 		buf.WriteString("\r\n")
 		writeQP(&buf, m.HTML)
 	default:
+		// What mime/multipart.Writer writes for these two parts (its
+		// CreatePart writes a part's headers in name order), without its
+		// per-part buffer, header map and formatting.
 		sum := sha256.Sum256([]byte(messageID))
 		boundary := "herald-" + hex.EncodeToString(sum[:12])
 		writeHeader(&buf, "Content-Type", `multipart/alternative; boundary="`+boundary+`"`)
-		buf.WriteString("\r\n")
-		mw := multipart.NewWriter(&buf)
-		mw.SetBoundary(boundary)
-		for _, p := range []struct{ ct, body string }{
-			{"text/plain; charset=utf-8", m.Text},
-			{"text/html; charset=utf-8", m.HTML},
-		} {
-			h := textproto.MIMEHeader{}
-			h.Set("Content-Type", p.ct)
-			h.Set("Content-Transfer-Encoding", "quoted-printable")
-			w, err := mw.CreatePart(h)
-			if err != nil {
-				return nil, err
-			}
-			writeQP(w, p.body)
-		}
-		mw.Close()
-		buf.WriteString("\r\n")
+		buf.WriteString("\r\n--")
+		buf.WriteString(boundary)
+		buf.WriteString("\r\nContent-Transfer-Encoding: quoted-printable\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n")
+		writeQP(&buf, m.Text)
+		buf.WriteString("\r\n--")
+		buf.WriteString(boundary)
+		buf.WriteString("\r\nContent-Transfer-Encoding: quoted-printable\r\nContent-Type: text/html; charset=utf-8\r\n\r\n")
+		writeQP(&buf, m.HTML)
+		buf.WriteString("\r\n--")
+		buf.WriteString(boundary)
+		buf.WriteString("--\r\n\r\n")
 	}
 	return buf.Bytes(), nil
 }
@@ -253,16 +249,10 @@ func writePartHeaders(buf *bytes.Buffer, ct string) {
 	writeHeader(buf, "Content-Transfer-Encoding", "quoted-printable")
 }
 
-// writeQP writes s quoted-printable with CRLF line endings, ending with CRLF.
-func writeQP(w io.Writer, s string) {
-	s = strings.ReplaceAll(s, "\r\n", "\n")
-	s = strings.ReplaceAll(s, "\r", "\n")
-	if !strings.HasSuffix(s, "\n") {
-		s += "\n"
-	}
-	qw := quotedprintable.NewWriter(w)
-	io.WriteString(qw, s)
-	qw.Close()
+// writeQP writes s quoted-printable with CRLF line endings, ending with CRLF
+// (appendQP).
+func writeQP(buf *bytes.Buffer, s string) {
+	buf.Write(appendQP(buf.AvailableBuffer(), s))
 }
 
 // encodeWord RFC 2047-encodes v when it is not printable ASCII, or when it
