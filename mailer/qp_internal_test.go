@@ -5,6 +5,7 @@ import (
 	"io"
 	"mime/multipart"
 	"mime/quotedprintable"
+	"net/mail"
 	"net/textproto"
 	"strings"
 	"testing"
@@ -132,5 +133,74 @@ func TestComposeMultipartMatchesWriter(t *testing.T) {
 		if !bytes.Equal(body, want.Bytes()) {
 			t.Fatalf("body\n got %q\nwant %q", body, want.Bytes())
 		}
+	}
+}
+
+// FuzzSimpleAddrSpecMatchesNetMail: an address simpleAddrSpec accepts is
+// one mail.ParseAddress gives back as it is, with no display name, and
+// that mail.Address.String and headerAddress write as "<addr>"; whatever
+// the input, ParseRecipient and headerAddress give what net/mail gave.
+func FuzzSimpleAddrSpecMatchesNetMail(f *testing.F) {
+	for _, s := range []string{"alice@example.org", "a.b+c@x.y", "a..b@x", ".a@x", "a.@x", "a@b@c", "@x", "a@",
+		"a@.x", "a@x.", "a b@x", `"a"@x`, "a@[1.2.3.4]", "ü@x", "a@ü", "Alice <a@x>", "a@x (c)", " a@x ", "!#$%&'*+-/=?^_`{|}~@x",
+		"a(b)@x", "a\\b@x", "a,b@x", "a;b@x", "a:b@x", "a@x\x00", "a@xn--mnchen-3ya.de", "a\x7f@x"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if simpleAddrSpec(s) {
+			a, err := mail.ParseAddress(s)
+			if err != nil || a.Name != "" || a.Address != s {
+				t.Fatalf("simpleAddrSpec(%q) but ParseAddress gives %+v, %v", s, a, err)
+			}
+			if got := (&mail.Address{Address: s}).String(); got != "<"+s+">" {
+				t.Fatalf("Address{%q}.String() = %q", s, got)
+			}
+		}
+		// ParseRecipient as it was, with net/mail alone.
+		var want string
+		var wantErr bool
+		addr := strings.TrimSpace(s)
+		if CheckHeaderValue(addr) != nil {
+			wantErr = true
+		} else if a, err := mail.ParseAddress(addr); err != nil || a.Name != "" || a.Address != addr {
+			wantErr = true
+		} else {
+			want = addr
+		}
+		got, err := ParseRecipient(s)
+		if got != want || (err != nil) != wantErr {
+			t.Fatalf("ParseRecipient(%q) = %q, %v; want %q (error %v)", s, got, err, want, wantErr)
+		}
+		// headerAddress as it was.
+		wantH := addr
+		if e, utf8, err := EnvelopeAddress(addr); err == nil && !utf8 {
+			wantH = e
+		}
+		wantH = (&mail.Address{Address: wantH}).String()
+		if got := headerAddress(s); got != wantH {
+			t.Fatalf("headerAddress(%q) = %q, want %q", s, got, wantH)
+		}
+	})
+}
+
+// TestComposeFromIsParsedPerAddress: Compose remembers the last From it
+// parsed, and a different From is parsed anew.
+func TestComposeFromIsParsedPerAddress(t *testing.T) {
+	m := Message{To: "bob@example.org", Subject: "s", Text: "t"}
+	for _, c := range []struct{ from, want string }{
+		{"Herald <h@a.example>", `From: "Herald" <h@a.example>`},
+		{"h@b.example", "From: <h@b.example>"},
+		{"Herald <h@a.example>", `From: "Herald" <h@a.example>`},
+	} {
+		raw, err := Compose(m, c.from, time.Unix(0, 0).UTC(), "<x@y>")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Contains(raw, []byte("\r\n"+c.want+"\r\n")) {
+			t.Fatalf("from %q: no %q in\n%s", c.from, c.want, raw)
+		}
+	}
+	if _, err := Compose(m, "not an address", time.Unix(0, 0).UTC(), "<x@y>"); err == nil {
+		t.Fatal("a bad From is accepted")
 	}
 }
