@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"unicode"
+	"unicode/utf8"
 
 	"github.com/herald-im/herald/config"
 	"github.com/herald-im/herald/internal/textnorm"
@@ -72,6 +73,9 @@ func (s *Service) TemplateFiles() []string { return s.mail.t.Files() }
 // inviter's room or display name cannot reorder the subject or sentence it is
 // put in, and it is cut at 200 runes.
 func clean(s string) string {
+	if isClean(s) {
+		return s
+	}
 	s = strings.Map(func(r rune) rune {
 		if textnorm.IsBidiControl(r) {
 			return -1
@@ -86,6 +90,31 @@ func clean(s string) string {
 		s = string(r[:199]) + "…"
 	}
 	return s
+}
+
+// isClean reports whether clean(s) is s: valid UTF-8 of at most 200 runes
+// with no control character, U+2028, U+2029 or bidi control, and no space
+// but single ' ' between words. The mail worker cleans the same few names
+// several times for every invite email, and nearly all are clean already.
+func isClean(s string) bool {
+	n := 0
+	space := true // at the start, as after a space: a leading space is not clean
+	for _, r := range s {
+		n++
+		switch {
+		case r < 0x80:
+			if r < 0x20 || r == 0x7f || r == ' ' && space {
+				return false
+			}
+			space = r == ' '
+			continue
+		case r == utf8.RuneError, unicode.IsControl(r), unicode.IsSpace(r), r == '\u2028', r == '\u2029',
+			textnorm.IsBidiControl(r):
+			return false
+		}
+		space = false
+	}
+	return n <= 200 && (n == 0 || !space)
 }
 
 // webClient is the web client base for the invite's links: the invite's

@@ -7,8 +7,10 @@ import (
 	"net/url"
 	"strings"
 	"testing"
+	"unicode"
 
 	"github.com/herald-im/herald/config"
+	"github.com/herald-im/herald/internal/textnorm"
 )
 
 // TestJoinURLMatchesValuesEncode: JoinURL writes its query as
@@ -62,5 +64,52 @@ func TestMailVersionUnchanged(t *testing.T) {
 	s := &Service{cfg: c}
 	if got, want := s.mailVersion(tm), h.Sum32(); got != want {
 		t.Fatalf("mailVersion = %08x, want %08x", got, want)
+	}
+}
+
+// cleanSlow is clean without its isClean shortcut.
+func cleanSlow(s string) string {
+	s = strings.Map(func(r rune) rune {
+		if textnorm.IsBidiControl(r) {
+			return -1
+		}
+		if unicode.IsControl(r) || r == '\u2028' || r == '\u2029' {
+			return ' '
+		}
+		return r
+	}, s)
+	s = strings.Join(strings.Fields(s), " ")
+	if r := []rune(s); len(r) > 200 {
+		s = string(r[:199]) + "…"
+	}
+	return s
+}
+
+// FuzzCleanShortcut: whatever the text, clean gives what it gave without
+// the isClean shortcut, and the shortcut is taken only when that is the
+// text itself.
+func FuzzCleanShortcut(f *testing.F) {
+	for _, s := range []string{"", " ", "Tea & Cake", " lead", "trail ", "two  spaces", "tab\there", "nl\n", "\u00a0nbsp",
+		"bidi\u202eevil", "ls\u2028", "\x7f", "\x85", "\xff", "\ufffd", "ünïcödé 日本語", strings.Repeat("é", 200),
+		strings.Repeat("é", 201), strings.Repeat("a ", 100), strings.Repeat("a ", 101) + "a", "\u3000ideographic", "a\u200eb"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		want := cleanSlow(s)
+		if got := clean(s); got != want {
+			t.Fatalf("clean(%q) = %q, want %q", s, got, want)
+		}
+		if isClean(s) && want != s {
+			t.Fatalf("isClean(%q) but clean gives %q", s, want)
+		}
+	})
+}
+
+// TestIsCleanCommonNames: the shortcut is taken for ordinary names.
+func TestIsCleanCommonNames(t *testing.T) {
+	for _, s := range []string{"", "Tea & Cake", "Alice", "#tea:hs.test", "mxc://hs.test/avatar", "Ünïcödé 日本語 room"} {
+		if !isClean(s) {
+			t.Errorf("isClean(%q) = false", s)
+		}
 	}
 }
