@@ -1,6 +1,7 @@
 package mailer
 
 import (
+	"fmt"
 	"os"
 	"reflect"
 	"strings"
@@ -123,5 +124,41 @@ func TestFastTemplateMissingKey(t *testing.T) {
 	}
 	if fast.textFast == nil {
 		t.Fatal("text template not fast")
+	}
+}
+
+// TestFastTemplateConcurrentFirstRender: renders from several goroutines
+// while the html template is first escaped and its fastTemplate compiled
+// (run with -race), all with the same result.
+func TestFastTemplateConcurrentFirstRender(t *testing.T) {
+	fast, slow := loadPair(t, fastSources)
+	data := map[string]any{"a": "A&", "b": "<b>", "c": "c", "url": "https://x/?a=b", "flag": true}
+	want, err := slow.Render(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	errs := make(chan error, 8)
+	for range 8 {
+		go func() {
+			for range 20 {
+				got, err := fast.Render(data)
+				if err == nil && !reflect.DeepEqual(got, want) {
+					err = fmt.Errorf("rendered %+v, want %+v", got, want)
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range 8 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if fast.htmlFast.Load() == nil {
+		t.Fatal("the html template is not fast after rendering")
 	}
 }
