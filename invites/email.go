@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"unicode"
+	"unicode/utf8"
 
 	"github.com/herald-im/herald/config"
 	"github.com/herald-im/herald/internal/textnorm"
@@ -72,6 +73,9 @@ func (s *Service) TemplateFiles() []string { return s.mail.t.Files() }
 // inviter's room or display name cannot reorder the subject or sentence it is
 // put in, and it is cut at 200 runes.
 func clean(s string) string {
+	if isClean(s) {
+		return s
+	}
 	s = strings.Map(func(r rune) rune {
 		if textnorm.IsBidiControl(r) {
 			return -1
@@ -86,6 +90,31 @@ func clean(s string) string {
 		s = string(r[:199]) + "…"
 	}
 	return s
+}
+
+// isClean reports whether clean(s) is s: valid UTF-8 of at most 200 runes
+// with no control character, U+2028, U+2029 or bidi control, and no space
+// but single ' ' between words. The mail worker cleans the same few names
+// several times for every invite email, and nearly all are clean already.
+func isClean(s string) bool {
+	n := 0
+	space := true // at the start, as after a space: a leading space is not clean
+	for _, r := range s {
+		n++
+		switch {
+		case r < 0x80:
+			if r < 0x20 || r == 0x7f || r == ' ' && space {
+				return false
+			}
+			space = r == ' '
+			continue
+		case r == utf8.RuneError, unicode.IsControl(r), unicode.IsSpace(r), r == '\u2028', r == '\u2029',
+			textnorm.IsBidiControl(r):
+			return false
+		}
+		space = false
+	}
+	return n <= 200 && (n == 0 || !space)
 }
 
 // webClient is the web client base for the invite's links: the invite's
@@ -132,16 +161,28 @@ func OptOutURL(c *config.Config, inv *Invite) string {
 // JoinURL is the web client link that lets the invitee accept: the room with
 // what the client needs (email, signurl, room name, inviter), as Element reads it.
 func JoinURL(c *config.Config, inv *Invite) string {
-	q := url.Values{}
-	q.Set("email", inv.Address)
-	q.Set("signurl", SignURL(c, inv))
-	q.Set("room_name", clean(inv.RoomName))
-	q.Set("room_avatar_url", clean(inv.RoomAvatarURL))
-	q.Set("inviter_name", clean(inviterName(inv)))
+	// The query is written as url.Values.Encode writes it (keys in order,
+	// each value QueryEscaped), without its map and sort.
+	var b strings.Builder
+	b.Grow(512)
+	b.WriteString(webClient(c, inv))
+	b.WriteString("/#/room/")
+	b.WriteString(strings.ReplaceAll(url.PathEscape(inv.RoomID), "%21", "!"))
+	b.WriteString("?email=")
+	b.WriteString(url.QueryEscape(inv.Address))
+	b.WriteString("&inviter_name=")
+	b.WriteString(url.QueryEscape(clean(inviterName(inv))))
+	b.WriteString("&room_avatar_url=")
+	b.WriteString(url.QueryEscape(clean(inv.RoomAvatarURL)))
+	b.WriteString("&room_name=")
+	b.WriteString(url.QueryEscape(clean(inv.RoomName)))
 	if inv.RoomType != "" {
-		q.Set("room_type", clean(inv.RoomType))
+		b.WriteString("&room_type=")
+		b.WriteString(url.QueryEscape(clean(inv.RoomType)))
 	}
-	return webClient(c, inv) + "/#/room/" + strings.ReplaceAll(url.PathEscape(inv.RoomID), "%21", "!") + "?" + q.Encode()
+	b.WriteString("&signurl=")
+	b.WriteString(url.QueryEscape(SignURL(c, inv)))
+	return b.String()
 }
 
 func inviterName(inv *Invite) string {
@@ -331,10 +372,20 @@ func (s *Service) prepareMail(inv *Invite) (*mailer.Prepared, error) {
 // kept with a queued mail so that a change before the mail is sent is
 // logged: the mail is rendered with what is in use when it is sent.
 func (s *Service) mailVersion(t *mailer.Templates) uint32 {
+	// The mail worker computes it for every invite email it sends: written
+	// straight into the hash (what binary.Write and a string per value
+	// wrote before, so the versions of queued mails still match).
 	h := fnv.New32a()
-	_ = binary.Write(h, binary.BigEndian, t.Version())
-	for _, v := range append([]string{s.cfg.BaseURL(), s.cfg.Email.BrandName, s.cfg.Email.WebClientURL}, s.cfg.Email.WebClientAllowlist...) {
-		_, _ = io.WriteString(h, v+"\x00")
+	var v [4]byte
+	binary.BigEndian.PutUint32(v[:], t.Version())
+	h.Write(v[:])
+	for _, v := range [...]string{s.cfg.BaseURL(), s.cfg.Email.BrandName, s.cfg.Email.WebClientURL} {
+		_, _ = io.WriteString(h, v)
+		h.Write([]byte{0})
+	}
+	for _, v := range s.cfg.Email.WebClientAllowlist {
+		_, _ = io.WriteString(h, v)
+		h.Write([]byte{0})
 	}
 	return h.Sum32()
 }

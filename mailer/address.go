@@ -38,6 +38,9 @@ func EnvelopeAddress(addr string) (out string, utf8 bool, err error) {
 // can only travel with SMTPUTF8, where UTF-8 headers are allowed (RFC 6532).
 func headerAddress(addr string) string {
 	addr = strings.TrimSpace(addr)
+	if simpleAddrSpec(addr) {
+		return "<" + addr + ">" // what the lines below give it
+	}
 	if a, utf8, err := EnvelopeAddress(addr); err == nil && !utf8 {
 		addr = a
 	}
@@ -52,3 +55,40 @@ func isASCII(s string) bool {
 	}
 	return true
 }
+
+// simpleAddrSpec reports whether addr is local@domain, each a dot-atom of
+// ASCII atext (RFC 5322 3.2.3): nearly every address. mail.ParseAddress
+// gives such an address back as it is, without a display name, and
+// mail.Address.String gives "<addr>" (FuzzSimpleAddrSpecMatchesNetMail);
+// Compose checks it this way first, as ParseAddress is a third of its CPU.
+func simpleAddrSpec(addr string) bool {
+	at := strings.IndexByte(addr, '@')
+	return at > 0 && dotAtom(addr[:at]) && dotAtom(addr[at+1:])
+}
+
+func dotAtom(s string) bool {
+	if s == "" || s[0] == '.' || s[len(s)-1] == '.' {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c == '.' {
+			if s[i-1] == '.' {
+				return false
+			}
+			continue
+		}
+		if !atext[c] {
+			return false
+		}
+	}
+	return true
+}
+
+// atext marks RFC 5322's ASCII atext: printable ASCII but the specials.
+var atext = func() (t [256]bool) {
+	for c := '!'; c <= '~'; c++ {
+		t[c] = !strings.ContainsRune(`()<>[]:;@\,."`, c)
+	}
+	return t
+}()

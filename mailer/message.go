@@ -23,6 +23,7 @@ import (
 	"net/textproto"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"time"
 	"unicode"
 	"unicode/utf8"
@@ -117,6 +118,9 @@ func ParseRecipient(addr string) (string, error) {
 	if err := CheckHeaderValue(addr); err != nil {
 		return "", invalid("recipient contains a line break")
 	}
+	if simpleAddrSpec(addr) {
+		return addr, nil // what mail.ParseAddress gives it
+	}
 	a, err := mail.ParseAddress(addr)
 	if err != nil || a.Name != "" || a.Address != addr {
 		return "", invalid("recipient is not a bare email address")
@@ -162,7 +166,7 @@ func Compose(m Message, from string, date time.Time, messageID string) ([]byte, 
 	if _, err := ParseRecipient(m.To); err != nil {
 		return nil, err
 	}
-	fromAddr, err := mail.ParseAddress(from)
+	fromAddr, err := parseFrom(from)
 	if err != nil {
 		return nil, invalid("from %q is not an address: %v", from, err)
 	}
@@ -171,7 +175,7 @@ func Compose(m Message, from string, date time.Time, messageID string) ([]byte, 
 	}
 	messageID = normalizeMessageID(messageID, from)
 	if m.Raw != nil {
-		return composeRaw(m, fromAddr.String(), date, messageID)
+		return composeRaw(m, fromAddr, date, messageID)
 	}
 	if err := checkSubject(m.Subject); err != nil {
 		return nil, err
@@ -185,9 +189,12 @@ func Compose(m Message, from string, date time.Time, messageID string) ([]byte, 
 	// Sized once for the headers and both parts (quoted-printable adds a
 	// little): the buffer would otherwise be copied as it grows.
 	buf.Grow(1024 + (len(m.Text)+len(m.HTML))*9/8)
-	writeHeader(&buf, "Date", date.Format(time.RFC1123Z))
+	// A date is far shorter than a line: writeHeader would not fold it.
+	buf.WriteString("Date: ")
+	buf.Write(date.AppendFormat(buf.AvailableBuffer(), time.RFC1123Z))
+	buf.WriteString("\r\n")
 	writeHeader(&buf, "Message-ID", messageID)
-	writeHeader(&buf, "From", fromAddr.String())
+	writeHeader(&buf, "From", fromAddr)
 	writeHeader(&buf, "To", headerAddress(m.To))
 	writeHeader(&buf, "Subject", encodeWord(subject))
 	writeHeader(&buf, "MIME-Version", "1.0")
@@ -223,27 +230,23 @@ func Compose(m Message, from string, date time.Time, messageID string) ([]byte, 
 		buf.WriteString("\r\n")
 		writeQP(&buf, m.HTML)
 	default:
+		// What mime/multipart.Writer writes for these two parts (its
+		// CreatePart writes a part's headers in name order), without its
+		// per-part buffer, header map and formatting.
 		sum := sha256.Sum256([]byte(messageID))
 		boundary := "herald-" + hex.EncodeToString(sum[:12])
 		writeHeader(&buf, "Content-Type", `multipart/alternative; boundary="`+boundary+`"`)
-		buf.WriteString("\r\n")
-		mw := multipart.NewWriter(&buf)
-		mw.SetBoundary(boundary)
-		for _, p := range []struct{ ct, body string }{
-			{"text/plain; charset=utf-8", m.Text},
-			{"text/html; charset=utf-8", m.HTML},
-		} {
-			h := textproto.MIMEHeader{}
-			h.Set("Content-Type", p.ct)
-			h.Set("Content-Transfer-Encoding", "quoted-printable")
-			w, err := mw.CreatePart(h)
-			if err != nil {
-				return nil, err
-			}
-			writeQP(w, p.body)
-		}
-		mw.Close()
-		buf.WriteString("\r\n")
+		buf.WriteString("\r\n--")
+		buf.WriteString(boundary)
+		buf.WriteString("\r\nContent-Transfer-Encoding: quoted-printable\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n")
+		writeQP(&buf, m.Text)
+		buf.WriteString("\r\n--")
+		buf.WriteString(boundary)
+		buf.WriteString("\r\nContent-Transfer-Encoding: quoted-printable\r\nContent-Type: text/html; charset=utf-8\r\n\r\n")
+		writeQP(&buf, m.HTML)
+		buf.WriteString("\r\n--")
+		buf.WriteString(boundary)
+		buf.WriteString("--\r\n\r\n")
 	}
 	return buf.Bytes(), nil
 }
@@ -253,16 +256,10 @@ func writePartHeaders(buf *bytes.Buffer, ct string) {
 	writeHeader(buf, "Content-Transfer-Encoding", "quoted-printable")
 }
 
-// writeQP writes s quoted-printable with CRLF line endings, ending with CRLF.
-func writeQP(w io.Writer, s string) {
-	s = strings.ReplaceAll(s, "\r\n", "\n")
-	s = strings.ReplaceAll(s, "\r", "\n")
-	if !strings.HasSuffix(s, "\n") {
-		s += "\n"
-	}
-	qw := quotedprintable.NewWriter(w)
-	io.WriteString(qw, s)
-	qw.Close()
+// writeQP writes s quoted-printable with CRLF line endings, ending with CRLF
+// (appendQP).
+func writeQP(buf *bytes.Buffer, s string) {
+	buf.Write(appendQP(buf.AvailableBuffer(), s))
 }
 
 // encodeWord RFC 2047-encodes v when it is not printable ASCII, or when it
@@ -301,11 +298,11 @@ func forceEncode(v string) string {
 // writeHeader writes "Name: value" folded at spaces to lines of at most 78
 // characters where possible.
 func writeHeader(buf *bytes.Buffer, name, value string) {
-	line := name + ": "
-	width := len(line)
-	buf.WriteString(line)
-	words := strings.Split(value, " ")
-	for i, w := range words {
+	buf.WriteString(name)
+	buf.WriteString(": ")
+	width := len(name) + 2
+	for i := 0; ; i++ {
+		w, rest, more := strings.Cut(value, " ")
 		if i > 0 {
 			if width+1+len(w) > 78 {
 				buf.WriteString("\r\n ")
@@ -317,8 +314,31 @@ func writeHeader(buf *bytes.Buffer, name, value string) {
 		}
 		buf.WriteString(w)
 		width += len(w)
+		if !more {
+			break
+		}
+		value = rest
 	}
 	buf.WriteString("\r\n")
+}
+
+// lastFrom is the last From address parseFrom parsed, with its result: a
+// Queue composes every mail with the same one.
+var lastFrom atomic.Pointer[[2]string]
+
+// parseFrom is mail.ParseAddress(from).String(), remembered for the last
+// from.
+func parseFrom(from string) (string, error) {
+	if c := lastFrom.Load(); c != nil && c[0] == from {
+		return c[1], nil
+	}
+	a, err := mail.ParseAddress(from)
+	if err != nil {
+		return "", err
+	}
+	s := a.String()
+	lastFrom.Store(&[2]string{from, s})
+	return s, nil
 }
 
 // toCRLF makes every line ending CRLF.

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	texttemplate "text/template"
 	"time"
 	"unicode/utf8"
@@ -50,6 +51,14 @@ type Templates struct {
 	// uses and subjectUses are the data keys the templates read (nil: any
 	// key; see Uses).
 	uses, subjectUses fieldSet
+	// fast are the templates' fastTemplates (nil for one that needs
+	// executing); the html one is compiled from the escaped tree once the
+	// template has been executed (htmlFast, htmlFastDone).
+	subjectFast, textFast, rawFast *fastTemplate
+	htmlFast                       atomic.Pointer[fastTemplate]
+	htmlFastDone                   atomic.Bool
+	// slow makes every render execute the templates (tests compare).
+	slow bool
 }
 
 // Funcs shared by every template.
@@ -163,6 +172,7 @@ func LoadTemplates(defaults fs.FS, overrideDir, kind string) (*Templates, error)
 			return nil, fmt.Errorf("mailer: template %s: %w", from, err)
 		}
 		t.raw, t.files = tt, []string{from}
+		t.rawFast = compileFast(tt.Tree)
 		t.uses = collectFields(textTrees(tt))
 		return t, nil
 	}
@@ -203,6 +213,7 @@ func LoadTemplates(defaults fs.FS, overrideDir, kind string) (*Templates, error)
 			t.text = tt
 		}
 	}
+	t.subjectFast, t.textFast = compileFast(t.subject.Tree), compileFast(t.text.Tree)
 	t.subjectUses = collectFields(textTrees(t.subject))
 	t.uses = collectFields(append(textTrees(t.subject, t.text), htmlTrees(t.html)...))
 	return t, nil
@@ -227,7 +238,7 @@ func (t *Templates) RenderSubject(data any) (string, error) {
 		return "", errors.New("mailer: a .eml template has no subject template")
 	}
 	var b bytes.Buffer
-	if err := t.subject.Execute(&b, data); err != nil {
+	if err := t.execText(&b, t.subject, t.subjectFast, data); err != nil {
 		return "", fmt.Errorf("mailer: render %s.subject.txt: %w", t.kind, err)
 	}
 	subject := strings.TrimSpace(b.String())
@@ -255,7 +266,7 @@ func (t *Templates) Render(data any) (Message, error) {
 		}
 	}()
 	if t.raw != nil {
-		if err := t.raw.Execute(b, data); err != nil {
+		if err := t.execText(b, t.raw, t.rawFast, data); err != nil {
 			return m, fmt.Errorf("mailer: render %s: %w", t.files[0], err)
 		}
 		raw := toCRLF(bytes.TrimLeft(b.Bytes(), "\r\n"))
@@ -265,7 +276,7 @@ func (t *Templates) Render(data any) (Message, error) {
 		m.Raw = raw
 		return m, nil
 	}
-	if err := t.subject.Execute(b, data); err != nil {
+	if err := t.execText(b, t.subject, t.subjectFast, data); err != nil {
 		return m, fmt.Errorf("mailer: render %s.subject.txt: %w", t.kind, err)
 	}
 	subject := strings.TrimSpace(b.String())
@@ -274,18 +285,53 @@ func (t *Templates) Render(data any) (Message, error) {
 	}
 	m.Subject = CapSubject(subject)
 	b.Reset()
-	if err := t.text.Execute(b, data); err != nil {
+	if err := t.execText(b, t.text, t.textFast, data); err != nil {
 		return m, fmt.Errorf("mailer: render %s.txt: %w", t.kind, err)
 	}
 	m.Text = b.String()
 	if t.html != nil {
 		b.Reset()
-		if err := t.html.Execute(b, data); err != nil {
+		if err := t.execHTML(b, data); err != nil {
 			return m, fmt.Errorf("mailer: render %s.html: %w", t.kind, err)
 		}
 		m.HTML = b.String()
 	}
 	return m, nil
+}
+
+// execText executes tt (whose fastTemplate is fast, or nil) with data into
+// b, which is empty.
+func (t *Templates) execText(b *bytes.Buffer, tt *texttemplate.Template, fast *fastTemplate, data any) error {
+	if fast != nil && !t.slow {
+		if fast.exec(b, data) {
+			return nil
+		}
+		b.Reset()
+	}
+	return tt.Execute(b, data)
+}
+
+// execHTML executes the html template with data into b, which is empty.
+// html/template escapes the template when it is first executed: its
+// fastTemplate is compiled from the escaped tree after that.
+func (t *Templates) execHTML(b *bytes.Buffer, data any) error {
+	if fast := t.htmlFast.Load(); fast != nil && !t.slow {
+		if fast.exec(b, data) {
+			return nil
+		}
+		b.Reset()
+	}
+	if err := t.html.Execute(b, data); err != nil {
+		return err
+	}
+	// Once executed without error, the template is escaped (under
+	// html/template's lock, which this Execute took too) and its tree
+	// no longer changes.
+	if !t.htmlFastDone.Load() {
+		t.htmlFast.Store(compileFast(t.html.Tree))
+		t.htmlFastDone.Store(true)
+	}
+	return nil
 }
 
 // Check renders with sample data and composes the result, so a template
