@@ -325,13 +325,18 @@ func validVarName(k string) bool {
 // renderMail renders inv's invite email. To, Headers and Ref are set; the
 // caller sets Ref again once the invite has its id.
 func (s *Service) renderMail(inv *Invite) (mailer.Message, error) {
-	t := s.mail.forInvite(inv)
+	return s.renderInviteMail(s.mail.forInvite(inv), "invite", inv)
+}
+
+// renderInviteMail renders a mail of kind about inv with t: the invite
+// email, or the notice for an invite an upstream vouched for.
+func (s *Service) renderInviteMail(t *mailer.Templates, kind string, inv *Invite) (mailer.Message, error) {
 	m, err := t.Render(templateData(s.cfg, inv, t.Uses))
 	if err != nil {
 		return m, err
 	}
 	m.To = inv.Address
-	m.Kind = "invite"
+	m.Kind = kind
 	m.Ref = fmt.Sprintf("invite:%d", inv.ID)
 	m.Headers = map[string]string{
 		"List-Unsubscribe":         "<" + OptOutURL(s.cfg, inv) + ">",

@@ -130,20 +130,7 @@ func (s *Service) askUpstream(inv *Invite) *Vouch {
 
 // renderWaiting renders the notice for an invite an upstream vouched for.
 func (s *Service) renderWaiting(inv *Invite) (mailer.Message, error) {
-	t := s.upstream.mail.t
-	m, err := t.Render(templateData(s.cfg, inv, t.Uses))
-	if err != nil {
-		return m, err
-	}
-	m.To = inv.Address
-	m.Kind = "invite-waiting"
-	m.Ref = fmt.Sprintf("invite:%d", inv.ID)
-	m.Headers = map[string]string{
-		"List-Unsubscribe":         "<" + OptOutURL(s.cfg, inv) + ">",
-		"Auto-Submitted":           "auto-generated",
-		"X-Auto-Response-Suppress": "All",
-	}
-	return m, nil
+	return s.renderInviteMail(s.upstream.mail.t, "invite-waiting", inv)
 }
 
 // recordVouch writes the vouch and its resolve time inside store-invite's
