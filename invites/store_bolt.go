@@ -51,23 +51,8 @@ const appendFill = 0.9
 // descending yields, highest first, the IDs below before (0: no bound) of
 // b's keys that are prefix followed by an 8-byte ID.
 func descending(b *bolt.Bucket, prefix []byte, before uint64, yield func(uint64) bool) {
-	if before == 0 {
-		for id := range store.Descending(b, prefix) {
-			if !yield(id) {
-				return
-			}
-		}
-		return
-	}
-	c := b.Cursor()
-	k, _ := c.Seek(append(append([]byte{}, prefix...), store.U64(before)...))
-	if k == nil {
-		k, _ = c.Last()
-	} else {
-		k, _ = c.Prev()
-	}
-	for ; k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Prev() {
-		if len(k) == len(prefix)+8 && !yield(u64(k[len(prefix):])) {
+	for id := range store.DescendingBefore(b, prefix, before) {
+		if !yield(id) {
 			return
 		}
 	}

@@ -324,17 +324,11 @@ func (b *Bolt) List(ctx context.Context, p Page) ([]Record, error) {
 	}
 	var out []Record
 	err := b.db.View(func(tx *bolt.Tx) error {
-		var ids func(yield func(uint64) bool)
-		if p.State == "" {
-			ids = store.Descending(tx.Bucket(b.bRec), nil)
-		} else {
-			ids = store.Descending(tx.Bucket(b.bState), stateKey(p.State, 0)[:len(p.State)+1])
+		bk, prefix := tx.Bucket(b.bRec), []byte(nil)
+		if p.State != "" {
+			bk, prefix = tx.Bucket(b.bState), append([]byte(p.State), 0)
 		}
-		// Descending starts at the newest; Before skips to below it with
-		// one Seek rather than stepping over what was already shown.
-		if p.Before > 0 {
-			ids = descendingBefore(tx, p, b)
-		}
+		ids := store.DescendingBefore(bk, prefix, p.Before)
 		skip := p.Offset
 		for id := range ids {
 			if skip > 0 {
@@ -353,32 +347,6 @@ func (b *Bolt) List(ctx context.Context, p Page) ([]Record, error) {
 		return nil
 	})
 	return out, err
-}
-
-// descendingBefore yields the IDs below p.Before, highest first, of the
-// state index (or of every record when p.State is empty).
-func descendingBefore(tx *bolt.Tx, p Page, b *Bolt) func(yield func(uint64) bool) {
-	return func(yield func(uint64) bool) {
-		bk, prefix := tx.Bucket(b.bRec), []byte(nil)
-		if p.State != "" {
-			bk, prefix = tx.Bucket(b.bState), append([]byte(p.State), 0)
-		}
-		c := bk.Cursor()
-		k, _ := c.Seek(append(append([]byte{}, prefix...), store.U64(p.Before)...))
-		if k == nil {
-			k, _ = c.Last()
-		} else {
-			k, _ = c.Prev()
-		}
-		for ; k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Prev() {
-			if len(k) != len(prefix)+8 {
-				continue
-			}
-			if !yield(binary.BigEndian.Uint64(k[len(prefix):])) {
-				return
-			}
-		}
-	}
 }
 
 func (b *Bolt) Stats(ctx context.Context, failedSince time.Time) (Counts, error) {

@@ -196,11 +196,21 @@ func TimeKey(t time.Time, suffix []byte) []byte {
 // value+NUL+ID keys or, with a nil prefix, a bucket keyed by ID. Keys with the
 // prefix and another length are skipped. Use it inside the transaction of b.
 func Descending(b *bolt.Bucket, prefix []byte) iter.Seq[uint64] {
+	return DescendingBefore(b, prefix, 0)
+}
+
+// DescendingBefore is Descending from the highest ID below before (0: no
+// bound), reached with one Seek: a page of a list after the one shown does
+// not step over what was already shown.
+func DescendingBefore(b *bolt.Bucket, prefix []byte, before uint64) iter.Seq[uint64] {
 	return func(yield func(uint64) bool) {
 		c := b.Cursor()
-		// Seek past every prefix+ID key, then step back.
-		end := append(append([]byte{}, prefix...), 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff)
-		k, _ := c.Seek(end)
+		// Seek to prefix+before, or past every prefix+ID key, then step back.
+		seek := append(append([]byte{}, prefix...), U64(before)...)
+		if before == 0 {
+			seek = append(append([]byte{}, prefix...), 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff)
+		}
+		k, _ := c.Seek(seek)
 		if k == nil {
 			k, _ = c.Last()
 		} else {

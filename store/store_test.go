@@ -133,6 +133,28 @@ func TestDescending(t *testing.T) {
 		if got := ids([]byte("z\x00"), 10); len(got) != 0 {
 			t.Errorf("z: %v", got)
 		}
+		before := func(prefix []byte, id uint64) []uint64 {
+			var out []uint64
+			for id := range DescendingBefore(b, prefix, id) {
+				out = append(out, id)
+			}
+			return out
+		}
+		if got := before([]byte("b\x00"), 300); len(got) != 1 || got[0] != 2 {
+			t.Errorf("b below 300: %v", got)
+		}
+		if got := before([]byte("b\x00"), 299); len(got) != 1 || got[0] != 2 {
+			t.Errorf("b below 299: %v", got)
+		}
+		if got := before([]byte("b\x00"), 2); len(got) != 0 {
+			t.Errorf("b below 2: %v", got)
+		}
+		if got := before([]byte("c\x00"), 1000); len(got) != 1 || got[0] != 3 {
+			t.Errorf("c below 1000 (past the last key): %v", got)
+		}
+		if got := before([]byte("b\x00"), 0); len(got) != 3 {
+			t.Errorf("b, no bound: %v", got)
+		}
 		ib, err := tx.CreateBucket([]byte("byid"))
 		if err != nil {
 			return err
