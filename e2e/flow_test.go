@@ -264,6 +264,7 @@ func TestRestartWhileRetryingDeliversOnce(t *testing.T) {
 func TestRevokedExpiredDeclinedNeverDelivered(t *testing.T) {
 	w := start(t, hssim.Synapse)
 	atok := w.env.Register(t, alice)
+	w.env.WaitFirstSweeps(t, "invite-expiry") // the server's own pass, before the clock moves
 	_, expAns := w.storeInvite(t, atok, alice, "bob@example.org")
 	w.env.Clock.Advance(8 * 24 * time.Hour) // past invites.expiry (7 days)
 	if ephemeralValid(t, w.env, expAns) {

@@ -41,29 +41,8 @@ func TestDeleteExpiredSessions(t *testing.T) {
 		}
 		return
 	}
-	// On PostgreSQL the server's own session sweep runs once at start (a
-	// job that never ran is due at once), after the sweeps queued before
-	// it: wait for that pass to end, or it may run after the clock below
-	// has moved and delete what this test's sweep is to delete.
-	if e.App.DB().PG() != nil {
-		deadline := time.Now().Add(30 * time.Second)
-		for {
-			var done bool
-			err := e.App.DB().View(func(tx *store.Tx) error {
-				return tx.PG.QueryRow(tx.Context(), `SELECT EXISTS (SELECT 1 FROM periodic_jobs WHERE name = 'session-sweep' AND last_finished IS NOT NULL)`).Scan(&done)
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if done {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatal("the session sweep's first pass did not end within 30 s")
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	}
+	// The server's own first pass must not come after the clock moves.
+	e.WaitFirstSweeps(t, "session-sweep")
 	request("secret-old-1", "old1@example.org")
 	request("secret-old-2", "old2@example.org")
 	svc := e.App.Identity()

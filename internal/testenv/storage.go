@@ -4,9 +4,11 @@ import (
 	"fmt"
 	"os"
 	"testing"
+	"time"
 
 	"github.com/herald-im/herald/config"
 	"github.com/herald-im/herald/internal/pgtest"
+	"github.com/herald-im/herald/store"
 )
 
 // StorageVar names the test variable that picks the storage backend of
@@ -58,4 +60,35 @@ func StorageYAML(t testing.TB) string {
 		return ""
 	}
 	return fmt.Sprintf("storage:\n  backend: postgres\n  postgres:\n    dsn: %q\n", pgtest.DSN(t))
+}
+
+// WaitFirstSweeps waits, on PostgreSQL, until the server's own first pass of
+// each named periodic job (its periodic_jobs name: "invite-expiry",
+// "session-sweep", ...) has ended. A job that never ran is due at once, and
+// a replica runs its jobs one at a time, so on a loaded machine a first pass
+// can come after a test has moved its clock, and do the work the test's own
+// call of the same sweep was to do and count. On bbolt the first passes run
+// at start without waiting on each other, and it returns at once.
+func (e *Env) WaitFirstSweeps(t testing.TB, names ...string) {
+	t.Helper()
+	if e.App.DB().PG() == nil {
+		return
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var done int
+		err := e.App.DB().View(func(tx *store.Tx) error {
+			return tx.PG.QueryRow(tx.Context(), `SELECT count(*) FROM periodic_jobs WHERE name = ANY($1) AND last_finished IS NOT NULL`, names).Scan(&done)
+		})
+		if err != nil {
+			t.Fatalf("testenv: periodic_jobs: %v", err)
+		}
+		if done == len(names) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("testenv: the first pass of %v did not end within 30 s", names)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
