@@ -76,6 +76,11 @@ func clean(s string) string {
 	if isClean(s) {
 		return s
 	}
+	return cleanFull(s)
+}
+
+// cleanFull is clean without the isClean shortcut.
+func cleanFull(s string) string {
 	s = strings.Map(func(r rune) rune {
 		if textnorm.IsBidiControl(r) {
 			return -1

@@ -252,10 +252,12 @@ func boltSource(src source) (bucket, prefix []byte) {
 func (boltStorage) descend(tx *store.Tx, src source, before uint64, limit int) ([]uint64, error) {
 	bucket, prefix := boltSource(src)
 	var out []uint64
-	descending(tx.Bolt.Bucket(bucket), prefix, before, func(id uint64) bool {
+	for id := range store.DescendingBefore(tx.Bolt.Bucket(bucket), prefix, before) {
 		out = append(out, id)
-		return limit <= 0 || len(out) < limit
-	})
+		if limit > 0 && len(out) >= limit {
+			break
+		}
+	}
 	return out, nil
 }
 

@@ -3,8 +3,6 @@ package invites
 import (
 	"bytes"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/herald-im/herald/store"
 )
 
@@ -47,16 +45,6 @@ func stateKey(state string, id uint64) []byte { return append(join0(state, ""), 
 // half empty when keys are appended, which doubled the file. A tenth is left
 // for records that grow a little in place.
 const appendFill = 0.9
-
-// descending yields, highest first, the IDs below before (0: no bound) of
-// b's keys that are prefix followed by an 8-byte ID.
-func descending(b *bolt.Bucket, prefix []byte, before uint64, yield func(uint64) bool) {
-	for id := range store.DescendingBefore(b, prefix, before) {
-		if !yield(id) {
-			return
-		}
-	}
-}
 
 func u64(b []byte) uint64 {
 	return store.ParseU64(b)
