@@ -5,12 +5,15 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -28,14 +31,58 @@ type herald struct {
 	client           *http.Client
 }
 
+// freePort is a loopback TCP port for a binary under test to listen on.
+//
+// The port is closed again before the binary binds it, so nothing may take
+// it in between. A port from the kernel's ephemeral range (what
+// 127.0.0.1:0 gives) can be: every outgoing connection of the tests running
+// beside this one (to PostgreSQL, SMTP, a homeserver simulator) takes its
+// local port from that range, and the binary's bind then fails with
+// "address already in use". So the port comes from below the range, is
+// never handed out twice in this process, and is checked free by binding it.
 func freePort(t *testing.T) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	lo := ephemeralLow()
+	portMu.Lock()
+	defer portMu.Unlock()
+	for range 1000 {
+		port := freePortFloor + rand.IntN(lo-freePortFloor)
+		if portsGiven[port] {
+			continue
+		}
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			continue
+		}
+		l.Close()
+		portsGiven[port] = true
+		return port
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	t.Fatalf("no free port in [%d, %d)", freePortFloor, lo)
+	return 0
+}
+
+// freePortFloor is the lowest port freePort hands out: above the ports
+// services on a developer's machine usually listen on.
+const freePortFloor = 20000
+
+var (
+	portMu     sync.Mutex
+	portsGiven = map[int]bool{}
+)
+
+// ephemeralLow is the first port of the kernel's ephemeral range (Linux's
+// ip_local_port_range), 32768 where it cannot be read.
+func ephemeralLow() int {
+	lo := 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if n, err := strconv.Atoi(f[0]); err == nil && n > freePortFloor+1000 {
+				lo = n
+			}
+		}
+	}
+	return lo
 }
 
 func (h *herald) start(t *testing.T) {

@@ -48,10 +48,6 @@ func (a *App) serve(ctx context.Context, ln net.Listener, tlsConf *tls.Config) e
 	if tlsConf != nil {
 		scheme = "https"
 	}
-	a.log.Info("listening", "addr", ln.Addr().String(), "scheme", scheme, "base_url", a.cfg.BaseURL(), "server_name", a.cfg.ServerName, "version", a.version)
-	if a.listening != nil {
-		a.listening(ln.Addr())
-	}
 	adminErrc, stopAdmin, err := a.serveAdmin(tlsConf)
 	if err != nil {
 		ln.Close()
@@ -62,6 +58,13 @@ func (a *App) serve(ctx context.Context, ln net.Listener, tlsConf *tls.Config) e
 		ln.Close()
 		stopAdmin(context.Background())
 		return err
+	}
+	// "listening" is said once every listener is bound: a supervisor or test
+	// that waits for it finds the console and metrics listeners up too, and
+	// never a process about to exit because one of them could not bind.
+	a.log.Info("listening", "addr", ln.Addr().String(), "scheme", scheme, "base_url", a.cfg.BaseURL(), "server_name", a.cfg.ServerName, "version", a.version)
+	if a.listening != nil {
+		a.listening(ln.Addr())
 	}
 	errc := make(chan error, 1)
 	go func() {
