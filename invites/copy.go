@@ -53,7 +53,7 @@ func CopyStorage(ctx context.Context, src, dst *store.DB, progress func(n int)) 
 				if err := to.put(tx, inv); err != nil {
 					return err
 				}
-				if err := to.index(tx, nil, inv); err != nil {
+				if err := to.index(tx, nil, inv, false); err != nil {
 					return err
 				}
 			}

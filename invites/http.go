@@ -389,6 +389,8 @@ func (s *Service) storeTx(tx *store.Tx, inv *Invite, mail *mailer.Prepared, vouc
 	if optedOut {
 		return nil, false, errOptedOut()
 	}
+	// An id reserved by the claim comes with its de-duplication entry.
+	claimed := rec.ID != 0
 	if rec.ID == 0 {
 		if rec.ID, err = s.reserveID(tx); err != nil {
 			return nil, false, err
@@ -400,7 +402,7 @@ func (s *Service) storeTx(tx *store.Tx, inv *Invite, mail *mailer.Prepared, vouc
 			return nil, false, err
 		}
 	}
-	if err := s.insert(tx, &rec); err != nil {
+	if err := s.insertClaimed(tx, &rec, claimed); err != nil {
 		return nil, false, err
 	}
 	if s.opts.Ephemeral != nil { // always set but in storage tests (New requires it)

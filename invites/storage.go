@@ -30,8 +30,10 @@ type storage interface {
 	// nextID takes the next invite id.
 	nextID(tx *store.Tx) (uint64, error)
 	// index moves the indexes and counters from old (nil: a new invite) to
-	// inv (nil: a deleted one), after put (or before remove).
-	index(tx *store.Tx, old, inv *Invite) error
+	// inv (nil: a deleted one), after put (or before remove). claimed says
+	// that claimDedup wrote new invite inv's de-duplication entry in this
+	// transaction (it reserved inv.ID): the entry is not written again.
+	index(tx *store.Tx, old, inv *Invite, claimed bool) error
 	// byToken is the id of the invite holding token (0: none).
 	byToken(tx *store.Tx, token string) (uint64, error)
 	// forAddress lists the ids of the address's invites, oldest first.

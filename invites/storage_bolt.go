@@ -86,7 +86,7 @@ func (boltStorage) nextID(tx *store.Tx) (uint64, error) {
 	return tx.Bolt.Bucket(bktInvites).NextSequence()
 }
 
-func (boltStorage) index(tx *store.Tx, old, inv *Invite) error {
+func (boltStorage) index(tx *store.Tx, old, inv *Invite, _ bool) error {
 	if err := indexSweepsAndCounts(tx, old, inv); err != nil {
 		return err
 	}

@@ -206,7 +206,7 @@ func dedupHeld(inv *Invite) bool {
 // de-duplication entry and the counters (as delta rows: see the migration).
 // Its writes are queued (store.Tx.Exec): they go with the transaction's
 // next statement or its commit.
-func (pgStorage) index(tx *store.Tx, old, inv *Invite) error {
+func (pgStorage) index(tx *store.Tx, old, inv *Invite, claimed bool) error {
 	same := old != nil && inv != nil && dedupHeld(old) && dedupHeld(inv) && old.ID == inv.ID &&
 		old.Sender == inv.Sender && old.RoomID == inv.RoomID && old.Medium == inv.Medium && old.Address == inv.Address
 	if old != nil && !same {
@@ -215,7 +215,10 @@ func (pgStorage) index(tx *store.Tx, old, inv *Invite) error {
 			return pgErr("de-duplication entry", err)
 		}
 	}
-	if dedupHeld(inv) && !same {
+	// A new invite whose entry claimDedup inserted in this transaction,
+	// naming its id, already has it: writing it again would only make a
+	// second version of the row.
+	if dedupHeld(inv) && !same && !(old == nil && claimed) {
 		if err := tx.Exec(`INSERT INTO invite_dedup (sender, room_id, medium, address, invite_id) VALUES ($1, $2, $3, $4, $5)
 			ON CONFLICT (sender, room_id, medium, address) DO UPDATE SET invite_id = excluded.invite_id`,
 			inv.Sender, inv.RoomID, inv.Medium, inv.Address, int64(inv.ID)); err != nil {

@@ -173,7 +173,11 @@ func normalize(medium, address string) string {
 
 // insert stores a new invite, assigning its ID, and writes every index.
 // A non-zero inv.ID must come from reserveID in the same transaction.
-func (s *Service) insert(tx *store.Tx, inv *Invite) error {
+func (s *Service) insert(tx *store.Tx, inv *Invite) error { return s.insertClaimed(tx, inv, false) }
+
+// insertClaimed is insert; claimed says store-invite's claimDedup reserved
+// inv.ID and wrote its de-duplication entry (storage.index).
+func (s *Service) insertClaimed(tx *store.Tx, inv *Invite, claimed bool) error {
 	if inv.ID == 0 {
 		id, err := s.reserveID(tx)
 		if err != nil {
@@ -190,7 +194,7 @@ func (s *Service) insert(tx *store.Tx, inv *Invite) error {
 	if err := s.st.put(tx, inv); err != nil {
 		return err
 	}
-	return s.st.index(tx, nil, inv)
+	return s.st.index(tx, nil, inv, claimed)
 }
 
 // InsertTx stores a new invite inside the caller's write transaction with
@@ -229,7 +233,7 @@ func (s *Service) Update(tx *store.Tx, inv *Invite) error {
 	if err := s.st.put(tx, inv); err != nil {
 		return err
 	}
-	return s.st.index(tx, old, inv)
+	return s.st.index(tx, old, inv, false)
 }
 
 // Delete erases an invite, its indexes and its ephemeral key (data-protection
@@ -239,7 +243,7 @@ func (s *Service) Delete(tx *store.Tx, id uint64) error {
 	if err != nil {
 		return err
 	}
-	if err := s.st.index(tx, old, nil); err != nil {
+	if err := s.st.index(tx, old, nil, false); err != nil {
 		return err
 	}
 	if old.EphemeralPublic != "" && s.opts.Ephemeral != nil {

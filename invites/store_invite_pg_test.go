@@ -322,3 +322,32 @@ func TestBindWithoutASecondConnectionRunsAgain(t *testing.T) {
 		t.Fatalf("bind: %v", err)
 	}
 }
+
+// store-invite writes the new invite's de-duplication entry once, in the
+// claim that reserves its id: the entry is older in the transaction (a
+// lower command id) than the invite's row, so the invite's indexing did not
+// write it again after the row.
+func TestStoreInviteWritesItsDedupEntryOnce(t *testing.T) {
+	clk := newClock()
+	s := pgReplica(t, pgtest.DSN(t), clk)
+	inv := testInvite(0, clk.Now())
+	mail, err := s.opts.Mailer.Prepare(mailer.Message{To: inv.Address, Subject: "invite", Text: "hello", Kind: "invite"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var res *Invite
+	if err := s.commitStore(func(tx *store.Tx) (err error) {
+		res, _, err = s.storeTx(tx, inv, mail, nil, clk.Now())
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	var sameTx, before bool
+	if err := s.db.PG().Pool().QueryRow(t.Context(), `SELECT d.xmin = i.xmin, d.cmin::text::int < i.cmin::text::int
+		FROM invite_dedup d JOIN invites i ON i.id = d.invite_id WHERE i.id = $1`, int64(res.ID)).Scan(&sameTx, &before); err != nil {
+		t.Fatal(err)
+	}
+	if !sameTx || !before {
+		t.Fatalf("the de-duplication entry was written by the invite's transaction: %v, before the invite's row: %v", sameTx, before)
+	}
+}
