@@ -49,6 +49,9 @@ type Backend struct {
 
 	reapMu   sync.Mutex
 	lastReap time.Time // monotonic: when Claim last looked for dead owners
+	// floor is the next_attempt from which Claim's bounded scans look for
+	// due records (see claimFloor); zero: from the first.
+	floor time.Time
 
 	// localWake is the wake function of this process's worker while it
 	// runs (SetLocalWake), else nil.
@@ -436,13 +439,15 @@ func (b *Backend) Get(ctx context.Context, id uint64) (*queue.Record, error) {
 }
 
 // claimQuery locks up to $3 claimable records (pending, due at $2, lease
-// ended), in next-attempt order, skipping rows another transaction holds (a
-// replica claiming or recording them). It asks for one more than it will
-// lease, to learn whether more are claimable now. READ COMMITTED rechecks
-// the WHERE clause on a row another claimer leased and committed after this
-// statement began, so a record is never leased twice.
+// ended, due at $4 or later: see claimFloor), in next-attempt order,
+// skipping rows another transaction holds (a replica claiming or recording
+// them). It asks for one more than it will lease, to learn whether more are
+// claimable now. READ COMMITTED rechecks the WHERE clause on a row another
+// claimer leased and committed after this statement began, so a record is
+// never leased twice.
 const claimQuery = selectCols + `, data FROM queue_records
 	WHERE queue = $1 AND state = 'pending' AND next_attempt <= $2 AND (lease_until IS NULL OR lease_until <= $2)
+	  AND next_attempt >= $4
 	ORDER BY next_attempt, id
 	LIMIT $3
 	FOR UPDATE SKIP LOCKED`
@@ -451,9 +456,12 @@ const claimQuery = selectCols + `, data FROM queue_records
 // claimable: the first lease to end among due records, or the first due
 // time after $2; or $3 (a moment later) if a due record without a lease was
 // not claimed, which means another transaction held it (a replica claiming
-// it right now: it may lease it, or leave it as the one more it looked at).
-// All walk the queue_records_due index; the due ones not claimed here are
-// the records being attempted or claimed, a few per replica.
+// it right now: it may lease it, or leave it as the one more it looked at);
+// that one looks, like the claim, only at records due at $7 or later; or $5
+// (when the reap is next due) if other replicas hold leases on due records.
+// The leases are found through queue_records_leased, the due times through
+// queue_records_due; the due records not claimed here are the records being
+// attempted or claimed, a few per replica.
 const nextQuery = `SELECT least(
 	(SELECT min(lease_until) FROM queue_records
 	  WHERE queue = $1 AND state = 'pending' AND next_attempt <= $2 AND lease_until > $2),
@@ -462,7 +470,7 @@ const nextQuery = `SELECT least(
 	  ORDER BY next_attempt LIMIT 1),
 	(SELECT $3::timestamptz WHERE EXISTS (SELECT 1 FROM queue_records
 	  WHERE queue = $1 AND state = 'pending' AND next_attempt <= $2 AND (lease_until IS NULL OR lease_until <= $2)
-	    AND id <> ALL($4))),
+	    AND next_attempt >= $7 AND id <> ALL($4))),
 	(SELECT $5::timestamptz WHERE EXISTS (SELECT 1 FROM queue_records
 	  WHERE queue = $1 AND state = 'pending' AND next_attempt <= $2 AND lease_until > $2
 	    AND lease_owner IS NOT NULL AND lease_owner <> $6)))`
@@ -501,8 +509,12 @@ func (b *Backend) Claim(ctx context.Context, now time.Time, n int, lease time.Du
 	var next time.Time
 	owner := b.db.Owner()
 	reap := b.reapDue()
+	// The claims that reap look at every due record; the others from the
+	// floor the last of those read (claimFloor).
+	from := b.claimFloor(now, reap)
 	// Through InTx: BEGIN goes with the first statement, and a deadlock
 	// (none is known: SKIP LOCKED) would run the claim again.
+	var floor time.Time
 	err := b.db.InTx(ctx, pgstore.TxOptions{}, func(tx pgx.Tx) error {
 		out, next = nil, time.Time{}
 		if reap {
@@ -510,7 +522,14 @@ func (b *Backend) Claim(ctx context.Context, now time.Time, n int, lease time.Du
 				return err
 			}
 		}
-		rows, err := tx.Query(ctx, claimQuery, b.name, now, n+1)
+		if from.Equal(everything) {
+			// Read before the claim: a record pending now is due at the
+			// floor or later.
+			if err := tx.QueryRow(ctx, floorQuery, b.name, now).Scan(&floor); err != nil {
+				return err
+			}
+		}
+		rows, err := tx.Query(ctx, claimQuery, b.name, now, n+1, from)
 		if err != nil {
 			return err
 		}
@@ -542,7 +561,7 @@ func (b *Backend) Claim(ctx context.Context, now time.Time, n int, lease time.Du
 			out, ids, next = out[:n], ids[:n], now
 		} else {
 			var at *time.Time
-			if err := tx.QueryRow(ctx, nextQuery, b.name, now, now.Add(recheck), ids, now.Add(reapEvery), owner).Scan(&at); err != nil {
+			if err := tx.QueryRow(ctx, nextQuery, b.name, now, now.Add(recheck), ids, now.Add(reapEvery), owner, from).Scan(&at); err != nil {
 				return err
 			}
 			if at != nil {
@@ -570,8 +589,57 @@ func (b *Backend) Claim(ctx context.Context, now time.Time, n int, lease time.Du
 	for _, c := range out {
 		b.takeReleased(c.ID) // leased again: its next release is a real one
 	}
+	if from.Equal(everything) {
+		b.setFloor(floor)
+	}
 	b.maybeFold(ctx)
 	return out, next, nil
+}
+
+// everything is claimFloor's answer for a claim that looks at every due
+// record: a time before any next attempt.
+var everything = time.Date(1, time.January, 1, 0, 0, 0, 0, time.UTC)
+
+// floorSlack is how far before the floor a bounded claim starts: a record
+// enqueued by another replica whose clock is behind by less than this is
+// not left below it.
+const floorSlack = time.Second
+
+// floorQuery is the floor (claimFloor) at $2: the earliest next attempt of
+// the queue's pending records, leased or not, or $2 if that is later.
+const floorQuery = `SELECT least(min(next_attempt), $2) FROM queue_records WHERE queue = $1 AND state = 'pending'`
+
+// claimFloor is the next_attempt from which this Claim looks for due
+// records. Due records are claimed in next-attempt order, so the front of
+// queue_records_due is the entries of records attempted since the last
+// VACUUM of queue_records: dead, but walked by every scan from the first
+// entry (on a busy queue, 1,300 index pages and 14 ms per claim after a few
+// hundred thousand mails, until autovacuum comes). A claim that reaps (the
+// first, then one every reapEvery) looks at every due record and sets the
+// floor (floorQuery): every record pending then is due at the floor or
+// later, and stays so (leases, their end and releases do not move a
+// record's next attempt; a retry moves it later). The claims between look
+// from the floor, less floorSlack, on; what they pass over is the dead
+// entries of the records attempted since the reaping claim, and of those
+// still in flight. A record enqueued later is due at its enqueuer's now, at
+// the floor or later unless that replica's clock is behind by more than
+// floorSlack; then it waits for the next claim that reaps (each replica
+// claims what it enqueues, with its own clock, at once). A caller's now
+// before the floor (a clock set back) looks at everything.
+func (b *Backend) claimFloor(now time.Time, reap bool) time.Time {
+	b.reapMu.Lock()
+	defer b.reapMu.Unlock()
+	if reap || b.floor.IsZero() || now.Before(b.floor) {
+		return everything
+	}
+	return b.floor.Add(-floorSlack)
+}
+
+// setFloor records the floor a claim that looked at everything read.
+func (b *Backend) setFloor(floor time.Time) {
+	b.reapMu.Lock()
+	defer b.reapMu.Unlock()
+	b.floor = floor
 }
 
 // reapDue says whether this Claim looks for leases of dead replicas: the
