@@ -19,3 +19,11 @@ func (b *Backend) HoldReaps() {
 	defer b.reapMu.Unlock()
 	b.lastReap = time.Now().Add(24 * time.Hour)
 }
+
+// FloorQuery, ClaimQuery and NextQuery are the claim's statements, for the
+// plan tests.
+const (
+	FloorQuery = floorQuery
+	ClaimQuery = claimQuery
+	NextQuery  = nextQuery
+)

@@ -606,8 +606,13 @@ var everything = time.Date(1, time.January, 1, 0, 0, 0, 0, time.UTC)
 const floorSlack = time.Second
 
 // floorQuery is the floor (claimFloor) at $2: the earliest next attempt of
-// the queue's pending records, leased or not, or $2 if that is later.
-const floorQuery = `SELECT least(min(next_attempt), $2) FROM queue_records WHERE queue = $1 AND state = 'pending'`
+// the queue's pending records, leased or not, or $2 if that is later. It is
+// the first entry of queue_records_due, asked for as such (ORDER BY ...
+// LIMIT 1): written as min(next_attempt), PostgreSQL's cached plan for it,
+// made while the statistics said the queue was empty, read every pending
+// entry instead (886 ms under a backlog of 34,000 mails).
+const floorQuery = `SELECT least((SELECT next_attempt FROM queue_records WHERE queue = $1 AND state = 'pending'
+	ORDER BY next_attempt LIMIT 1), $2)`
 
 // claimFloor is the next_attempt from which this Claim looks for due
 // records. Due records are claimed in next-attempt order, so the front of
