@@ -346,6 +346,15 @@ func (q *Queue) record(group []result) {
 		writeFn = w.WriteSoon
 	}
 	err := writeFn(context.Background(), func(tx Tx) error {
+		if l, ok := q.be.(groupLocker); ok && len(write) > 1 {
+			ids := make([]uint64, len(write))
+			for i, res := range write {
+				ids[i] = res.id
+			}
+			if err := l.LockForUpdate(tx, ids); err != nil {
+				return err
+			}
+		}
 		for i, res := range write {
 			stored[i] = nil
 			rec, err := q.be.Update(tx, res.id, func(r *Record) error {
@@ -387,6 +396,13 @@ func (q *Queue) record(group []result) {
 }
 
 var errSkip = errors.New("queue: skip")
+
+// groupLocker is a Backend that reads the records of a group of outcomes in
+// one statement before their Updates (pgqueue: one round trip instead of
+// one per record).
+type groupLocker interface {
+	LockForUpdate(tx Tx, ids []uint64) error
+}
 
 // soonWriter is a Backend that can write outcomes a little later, joining
 // another commit (Bolt through the group committer): they must be durable

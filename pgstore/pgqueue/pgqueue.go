@@ -62,6 +62,11 @@ type Backend struct {
 	// nothing left to do and costs no round trip. Bounded by maxReleased.
 	releasedMu sync.Mutex
 	released   map[uint64]struct{}
+
+	// locked holds the records LockForUpdate read, by transaction of
+	// Write, until the Updates that follow take them.
+	lockedMu sync.Mutex
+	locked   map[*store.Tx]map[uint64]*queue.Record
 }
 
 // maxReleased bounds Backend.released: past it the set starts over, and a
@@ -142,16 +147,18 @@ func (b *Backend) pgTx(tx queue.Tx) (pgx.Tx, error) {
 func (b *Backend) Write(ctx context.Context, fn func(tx queue.Tx) error) error {
 	var t *store.Tx
 	err := b.db.InTx(ctx, pgstore.TxOptions{}, func(tx pgx.Tx) error {
-		// Hooks and queued writes of an earlier run are dropped. Writes
-		// are queued (store.PGTxQueued): Update's go with the next
-		// record's read, so recording a group of outcomes takes about
-		// one round trip per record instead of three.
+		// Hooks, queued writes and locked records of an earlier run are
+		// dropped. Writes are queued (store.PGTxQueued): Update's go with
+		// the next statement or the commit, so recording a group of
+		// outcomes whose records LockForUpdate read takes two round trips.
+		b.dropLocked(t)
 		t = store.PGTxQueued(ctx, tx)
 		if err := fn(t); err != nil {
 			return err
 		}
 		return t.FlushWithCommit()
 	})
+	b.dropLocked(t)
 	if err != nil {
 		return err
 	}
@@ -317,15 +324,18 @@ func (b *Backend) Update(tx queue.Tx, id uint64, fn func(r *queue.Record) error)
 		return nil, err
 	}
 	ctx := context.Background()
-	// FOR UPDATE: a concurrent Update of the record waits for this one and
-	// then reads what it wrote.
-	r, err := scanRecord(t.QueryRow(ctx, selectCols+`, data FROM queue_records WHERE queue = $1 AND id = $2 FOR UPDATE`,
-		b.name, int64(id)), true)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, fmt.Errorf("%w: %d", queue.ErrNotFound, id)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("pgqueue %s: record %d: %w", b.name, id, err)
+	r := b.takeLocked(tx, id)
+	if r == nil {
+		// FOR UPDATE: a concurrent Update of the record waits for this
+		// one and then reads what it wrote.
+		r, err = scanRecord(t.QueryRow(ctx, selectCols+`, data FROM queue_records WHERE queue = $1 AND id = $2 FOR UPDATE`,
+			b.name, int64(id)), true)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil, fmt.Errorf("%w: %d", queue.ErrNotFound, id)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("pgqueue %s: record %d: %w", b.name, id, err)
+		}
 	}
 	// The writes need no answer: in a transaction that queues (store.DB's
 	// write transactions, Write) they go with its next statement or its
@@ -379,6 +389,69 @@ func (b *Backend) Update(tx queue.Tx, id uint64, fn func(r *queue.Record) error)
 		st.OnCommit(func() { b.noteReleased(id) })
 	}
 	return r, nil
+}
+
+// LockForUpdate reads and locks the records ids (FOR UPDATE, in id order)
+// in one statement, for the Updates of them that follow in tx, a
+// transaction of Write: each of those then reads nothing itself, and their
+// writes all go with the commit. queue.Queue calls it before recording a
+// group of outcomes, which took a round trip per record before. A record
+// it does not find, or cannot decode, is left to its Update to read (and
+// report) as before; the first Update of each record takes its copy.
+func (b *Backend) LockForUpdate(tx queue.Tx, ids []uint64) error {
+	st, ok := tx.(*store.Tx)
+	if !ok || len(ids) < 2 {
+		return nil
+	}
+	arg := make([]int64, len(ids))
+	for i, id := range ids {
+		arg[i] = int64(id)
+	}
+	rows, err := st.PG.Query(st.Context(), selectCols+`, data FROM queue_records WHERE queue = $1 AND id = ANY($2)
+		ORDER BY id FOR UPDATE`, b.name, arg)
+	if err != nil {
+		return fmt.Errorf("pgqueue %s: lock records: %w", b.name, err)
+	}
+	got := make(map[uint64]*queue.Record, len(ids))
+	for rows.Next() {
+		if r, err := scanRecord(rows, true); err == nil {
+			got[r.ID] = r
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("pgqueue %s: lock records: %w", b.name, err)
+	}
+	b.lockedMu.Lock()
+	defer b.lockedMu.Unlock()
+	if b.locked == nil {
+		b.locked = make(map[*store.Tx]map[uint64]*queue.Record)
+	}
+	b.locked[st] = got
+	return nil
+}
+
+// takeLocked is record id as LockForUpdate read it in tx, once; nil if it
+// did not.
+func (b *Backend) takeLocked(tx queue.Tx, id uint64) *queue.Record {
+	st, ok := tx.(*store.Tx)
+	if !ok {
+		return nil
+	}
+	b.lockedMu.Lock()
+	defer b.lockedMu.Unlock()
+	r := b.locked[st][id]
+	delete(b.locked[st], id)
+	return r
+}
+
+// dropLocked forgets what LockForUpdate read in t (t's run ended).
+func (b *Backend) dropLocked(t *store.Tx) {
+	if t == nil {
+		return
+	}
+	b.lockedMu.Lock()
+	defer b.lockedMu.Unlock()
+	delete(b.locked, t)
 }
 
 func (b *Backend) Delete(tx queue.Tx, id uint64) (*queue.Record, error) {
