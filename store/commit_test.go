@@ -56,16 +56,7 @@ func TestCommitterIdleCommitsAtOnce(t *testing.T) {
 func TestCommitterGroupsAndIsolatesFailures(t *testing.T) {
 	db := commitDB(t)
 	c := NewCommitter(db)
-	entered, release := make(chan struct{}), make(chan struct{})
-	first := make(chan error, 1)
-	go func() {
-		first <- c.Do(func(tx *bolt.Tx) error {
-			close(entered)
-			<-release
-			return tx.Bucket([]byte("b")).Put([]byte("first"), nil)
-		})
-	}()
-	<-entered
+	release := holdCommit(c, putKey("first", nil))
 	const n = 20
 	boom := errors.New("boom")
 	var wg sync.WaitGroup
@@ -87,22 +78,8 @@ func TestCommitterGroupsAndIsolatesFailures(t *testing.T) {
 			})
 		}()
 	}
-	// Wait until all n are queued behind the first commit.
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		c.mu.Lock()
-		q := len(c.queue)
-		c.mu.Unlock()
-		if q == n {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("only %d queued", q)
-		}
-		time.Sleep(time.Millisecond)
-	}
-	close(release)
-	if err := <-first; err != nil {
+	waitQueued(t, c, n, false) // all n behind the first commit
+	if err := release(); err != nil {
 		t.Fatal(err)
 	}
 	wg.Wait()
@@ -166,6 +143,25 @@ func waitQueued(t *testing.T, c *Committer, n int, lingering bool) {
 	}
 }
 
+// holdCommit starts c.Do(fn) and returns once fn runs, its commit in
+// flight; release lets fn return and gives Do's error.
+func holdCommit(c *Committer, fn func(*bolt.Tx) error) (release func() error) {
+	entered, done := make(chan struct{}), make(chan struct{})
+	first := make(chan error, 1)
+	go func() {
+		first <- c.Do(func(tx *bolt.Tx) error {
+			close(entered)
+			<-done
+			return fn(tx)
+		})
+	}()
+	<-entered
+	return func() error {
+		close(done)
+		return <-first
+	}
+}
+
 func putKey(k string, txs chan<- *bolt.Tx) func(tx *bolt.Tx) error {
 	return func(tx *bolt.Tx) error {
 		if txs != nil {
@@ -220,22 +216,12 @@ func TestCommitterDoSoonCommitsAloneAfterLinger(t *testing.T) {
 func TestCommitterLingeringCallIsNotHandedTheLead(t *testing.T) {
 	db := commitDB(t)
 	c := NewCommitter(db)
-	entered, release := make(chan struct{}), make(chan struct{})
-	first := make(chan error, 1)
-	go func() {
-		first <- c.Do(func(tx *bolt.Tx) error {
-			close(entered)
-			<-release
-			return nil
-		})
-	}()
-	<-entered
+	release := holdCommit(c, func(*bolt.Tx) error { return nil })
 	txs := make(chan *bolt.Tx, 2)
 	soon := make(chan error, 1)
 	go func() { soon <- c.DoSoon(putKey("soon", txs), time.Hour) }()
 	waitQueued(t, c, 1, true)
-	close(release)
-	if err := <-first; err != nil {
+	if err := release(); err != nil {
 		t.Fatal(err)
 	}
 	// The commit in flight ended with only a lingering call queued: nobody
@@ -262,21 +248,11 @@ func TestCommitterLingeringCallIsNotHandedTheLead(t *testing.T) {
 func TestCommitterDoSoonLeadsAfterACommitInFlight(t *testing.T) {
 	db := commitDB(t)
 	c := NewCommitter(db)
-	entered, release := make(chan struct{}), make(chan struct{})
-	first := make(chan error, 1)
-	go func() {
-		first <- c.Do(func(tx *bolt.Tx) error {
-			close(entered)
-			<-release
-			return nil
-		})
-	}()
-	<-entered
+	release := holdCommit(c, func(*bolt.Tx) error { return nil })
 	soon := make(chan error, 1)
 	go func() { soon <- c.DoSoon(putKey("soon", nil), time.Millisecond) }()
 	waitQueued(t, c, 1, false) // its time is up, the first commit still in flight
-	close(release)
-	if err := <-first; err != nil {
+	if err := release(); err != nil {
 		t.Fatal(err)
 	}
 	select {
