@@ -34,14 +34,7 @@ func TestCommitterIdleCommitsAtOnce(t *testing.T) {
 	go func() {
 		done <- c.Do(func(tx *bolt.Tx) error { return tx.Bucket([]byte("b")).Put([]byte("k"), []byte("v")) })
 	}()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("Do waited for a timer")
-	}
+	awaitErr(t, done, "Do waited for a timer")
 	db.View(func(tx *bolt.Tx) error {
 		if string(tx.Bucket([]byte("b")).Get([]byte("k"))) != "v" {
 			t.Error("not committed")
@@ -143,6 +136,20 @@ func waitQueued(t *testing.T, c *Committer, n int, lingering bool) {
 	}
 }
 
+// awaitErr fails the test with ch's error, or with stuck if none comes
+// within 30 s.
+func awaitErr(t *testing.T, ch <-chan error, stuck string) {
+	t.Helper()
+	select {
+	case err := <-ch:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal(stuck)
+	}
+}
+
 // holdCommit starts c.Do(fn) and returns once fn runs, its commit in
 // flight; release lets fn return and gives Do's error.
 func holdCommit(c *Committer, fn func(*bolt.Tx) error) (release func() error) {
@@ -183,14 +190,7 @@ func TestCommitterDoSoonJoinsTheNextCommit(t *testing.T) {
 	if err := c.Do(putKey("now", txs)); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case err := <-soon:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("DoSoon did not return after the commit that took it")
-	}
+	awaitErr(t, soon, "DoSoon did not return after the commit that took it")
 	if a, b := <-txs, <-txs; a != b {
 		t.Error("DoSoon and Do were committed in two transactions")
 	}
@@ -255,14 +255,7 @@ func TestCommitterDoSoonLeadsAfterACommitInFlight(t *testing.T) {
 	if err := release(); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case err := <-soon:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("DoSoon was never handed the lead")
-	}
+	awaitErr(t, soon, "DoSoon was never handed the lead")
 	db.View(func(tx *bolt.Tx) error {
 		if tx.Bucket([]byte("b")).Get([]byte("soon")) == nil {
 			t.Error("not committed")
