@@ -20,10 +20,12 @@ func (b *Backend) HoldReaps() {
 	b.lastReap = time.Now().Add(24 * time.Hour)
 }
 
-// FloorQuery, ClaimQuery and NextQuery are the claim's statements, for the
-// plan tests.
+// FloorQuery, ClaimQuery and NextQuery are the claim's statements, and
+// DeadOwnersQuery the reap's search, for the plan tests.
 const (
 	FloorQuery = floorQuery
 	ClaimQuery = claimQuery
 	NextQuery  = nextQuery
 )
+
+var DeadOwnersQuery = deadOwnersQuery
