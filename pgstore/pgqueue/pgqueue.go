@@ -620,18 +620,8 @@ func (b *Backend) Claim(ctx context.Context, now time.Time, n int, lease time.Du
 	err := b.db.InTx(ctx, pgstore.TxOptions{}, func(tx pgx.Tx) error {
 		out, next = nil, time.Time{}
 		if reap {
-			rows, err := tx.Query(ctx, deadOwnersQuery, b.name, owner)
-			if err != nil {
+			if err := b.reap(ctx, tx, owner); err != nil {
 				return err
-			}
-			dead, err := pgx.CollectRows(rows, pgx.RowTo[int64])
-			if err != nil {
-				return err
-			}
-			if len(dead) > 0 {
-				if _, err := tx.Exec(ctx, reapQuery, b.name, dead); err != nil {
-					return err
-				}
 			}
 		}
 		if from.Equal(everything) {
@@ -706,6 +696,21 @@ func (b *Backend) Claim(ctx context.Context, now time.Time, n int, lease time.Du
 	}
 	b.maybeFold(ctx)
 	return out, next, nil
+}
+
+// reap ends the leases of the owners deadOwnersQuery finds dead, if any,
+// in tx (a claim's transaction); owner is this replica's.
+func (b *Backend) reap(ctx context.Context, tx pgx.Tx, owner int64) error {
+	rows, err := tx.Query(ctx, deadOwnersQuery, b.name, owner)
+	if err != nil {
+		return err
+	}
+	dead, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil || len(dead) == 0 {
+		return err
+	}
+	_, err = tx.Exec(ctx, reapQuery, b.name, dead)
+	return err
 }
 
 // everything is claimFloor's answer for a claim that looks at every due
